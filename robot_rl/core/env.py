@@ -1,0 +1,112 @@
+"""RobotEnv: one gymnasium.Env over a Robot, its cameras and a Task, for sim and hardware alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from robot_rl.core.protocols import Camera, Robot, Task
+
+
+class RobotEnv(gym.Env):
+    """Dict observations {"state", "image/<camera>"}; actions normalized to [-1, 1].
+
+    `step()` is `apply_action()` + `observe()` + `evaluate()`; the ControlLoop calls the three
+    separately so it can wait for the tick deadline between sending and observing, and time each.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, robot: Robot, task: Task, cameras: Sequence[Camera] = ()):
+        self.robot, self.task, self.cameras = robot, task, list(cameras)
+        self.robot_state_keys = [k for k in robot.observation_spec if k != "timestamp"]
+        task_spec = task.observation_spec()
+        self.task_state_keys = list(task_spec)
+        specs = {**{k: robot.observation_spec[k] for k in self.robot_state_keys}, **task_spec}
+        self.state_layout = {k: int(np.prod(s.shape)) for k, s in specs.items()}
+        state_dim = sum(self.state_layout.values())
+        spaces = {"state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)}
+        for cam in self.cameras:
+            spaces[f"image/{cam.name}"] = gym.spaces.Box(0, 255, tuple(cam.shape), np.uint8)
+        self.observation_space = gym.spaces.Dict(spaces)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, tuple(robot.action_spec.shape), np.float32)
+        self._low, self._high = robot.action_spec.bounds()
+        self.raw_obs: dict[str, np.ndarray] = {}
+        self.steps = 0
+        self._connected = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def connect(self) -> None:
+        if not self._connected:
+            self.robot.connect()
+            for cam in self.cameras:
+                cam.connect()
+            self._connected = True
+
+    def close(self) -> None:
+        if self._connected:
+            try:
+                self.robot.stop()
+            finally:
+                for cam in self.cameras:
+                    cam.disconnect()
+                self.robot.disconnect()
+                self._connected = False
+
+    def __enter__(self) -> RobotEnv:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- gymnasium -------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.connect()
+        self.task.reset(self.np_random)
+        self.steps = 0
+        return self.observe(), {}
+
+    def step(self, action):
+        self.apply_action(action)
+        obs = self.observe()
+        reward, terminated, truncated, info = self.evaluate()
+        return obs, reward, terminated, truncated, info
+
+    # --- the three parts of a step ---------------------------------------------------------
+    def to_robot_units(self, action: np.ndarray) -> np.ndarray:
+        return self._low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self._high - self._low)
+
+    def from_robot_units(self, command: np.ndarray) -> np.ndarray:
+        span = np.where(self._high > self._low, self._high - self._low, 1.0)
+        return (2.0 * (np.asarray(command, np.float64) - self._low) / span - 1.0).astype(np.float32)
+
+    def apply_action(self, action) -> None:
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != self.action_space.shape:
+            raise ValueError(f"action has shape {a.shape}, expected {self.action_space.shape}")
+        if not np.all(np.isfinite(a)):
+            # Last line of defence: the ControlLoop's safety filter normally catches this first.
+            raise ValueError("refusing to send a non-finite action to the robot")
+        self.robot.command(self.to_robot_units(np.clip(a, -1.0, 1.0)))
+        self.steps += 1
+
+    def observe(self) -> dict[str, np.ndarray]:
+        raw = dict(self.robot.observe())
+        raw.update(self.task.observe())
+        self.raw_obs = raw
+        parts = [np.asarray(raw[k], np.float32).ravel() for k in self.state_layout]
+        obs = {"state": np.concatenate(parts) if parts else np.zeros(0, np.float32)}
+        for cam in self.cameras:
+            frame = cam.read()
+            obs[f"image/{cam.name}"] = frame.image
+            raw[f"timestamp/{cam.name}"] = np.float64(frame.timestamp)
+        return obs
+
+    def evaluate(self) -> tuple[float, bool, bool, dict]:
+        reward, success, terminated = self.task.evaluate(self.raw_obs)
+        truncated = (not terminated) and self.steps >= self.task.max_steps
+        return float(reward), bool(terminated), bool(truncated), {"success": bool(success)}

@@ -1,0 +1,236 @@
+"""ControlLoop: runs a RobotEnv with a policy and/or a teleop device at a fixed rate.
+
+One tick: choose an action (teleop wins while intervening; otherwise the next action of the
+policy's chunk), filter it for safety and send it, wait for the deadline, observe and evaluate,
+hand the transition to the recorder. Every stage is timed; overruns are counted and reported.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from robot_rl.core.clock import RateClock
+from robot_rl.core.env import RobotEnv
+from robot_rl.core.protocols import Teleop
+from robot_rl.core.safety import SafetyConfig, SafetyFilter, Watchdog
+from robot_rl.core.timing import StageTimer
+
+Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
+STAGES = ("observe", "policy", "command", "record")
+
+
+class ActionChunkQueue:
+    """Holds the actions of the current plan: a policy returns H actions, the first k are run."""
+
+    def __init__(self, execute_k: int = 8):
+        if execute_k < 1:
+            raise ValueError(f"execute_k must be at least 1, got {execute_k}")
+        self.execute_k = execute_k
+        self._queue: deque[np.ndarray] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def push(self, chunk: np.ndarray) -> None:
+        chunk = np.asarray(chunk, dtype=np.float32)
+        if chunk.ndim == 1:
+            chunk = chunk[None]
+        if chunk.ndim != 2 or len(chunk) == 0:
+            raise ValueError(f"a policy must return an action (A,) or a chunk (H, A), got shape {chunk.shape}")
+        self._queue.extend(chunk[: self.execute_k])
+
+    def pop(self) -> np.ndarray:
+        return self._queue.popleft()
+
+    def clear(self) -> None:
+        self._queue.clear()
+
+
+@dataclass
+class EpisodeResult:
+    steps: int = 0
+    reward: float = 0.0
+    success: bool = False
+    intervened_steps: int = 0
+    held_steps: int = 0  # steps where the safety filter rejected the action and the robot held still
+    discarded: bool = False  # the operator asked to re-record: nothing of it was stored
+    stop_requested: bool = False
+    events: set[str] = field(default_factory=set)
+
+
+class ControlLoop:
+    """Runs episodes of `env` with `policy` and/or `teleop`, through the safety layer.
+
+    - `policy(obs)` returns one action or a chunk; `execute_k` actions of a chunk are executed
+      before the policy is asked again. With no policy the teleop drives.
+    - While `teleop.read().intervening`, the teleop's action is executed, the transition is
+      flagged `intervened` and the policy's remaining chunk is dropped (it was planned for a
+      state the human has since changed).
+    - `recorder` (optional) gets `begin()`, `add(transition)` each tick and `commit()` or
+      `discard()` at the end of each episode.
+    - `rate_hz=None` runs as fast as possible (sim data generation); timing is still reported.
+    """
+
+    def __init__(
+        self,
+        env: RobotEnv,
+        policy: Policy | None = None,
+        teleop: Teleop | None = None,
+        *,
+        rate_hz: float | None = 20.0,
+        execute_k: int = 8,
+        safety: SafetyConfig | None = None,
+        recorder=None,
+        on_step: Callable[[ControlLoop, EpisodeResult], None] | None = None,
+    ):
+        if policy is None and teleop is None:
+            raise ValueError("a ControlLoop needs a policy, a teleop device, or both")
+        self.env, self.policy, self.teleop, self.recorder = env, policy, teleop, recorder
+        self.safety_config = safety or SafetyConfig()
+        self.safety = SafetyFilter(env.robot.action_spec, self.safety_config)
+        self.chunks = ActionChunkQueue(execute_k)
+        self.clock = RateClock(rate_hz)
+        self.timer = StageTimer(STAGES)
+        self.on_step = on_step
+        self.episode = 0
+        self._robot_lock = threading.Lock()
+        self._watchdog = (
+            Watchdog(self.safety_config.watchdog_s, self._stop_robot, self._robot_lock)
+            if self.safety_config.watchdog_s
+            else None
+        )
+
+    # --- public ----------------------------------------------------------------------------
+    def run(self, episodes: int, seed: int = 0) -> list[EpisodeResult]:
+        """Run up to `episodes` committed episodes (re-recorded ones do not count)."""
+        results = []
+        try:
+            while len([r for r in results if not r.discarded]) < episodes:
+                result = self.run_episode(seed=seed + len(results))
+                results.append(result)
+                if result.stop_requested:
+                    break
+        finally:
+            self.close()
+        return results
+
+    def run_episode(self, seed: int | None = None) -> EpisodeResult:
+        env, result = self.env, EpisodeResult()
+        try:
+            obs, _ = env.reset(seed=seed)
+            for part in (self.policy, self.teleop):
+                if hasattr(part, "reset"):
+                    part.reset()
+            self.chunks.clear()
+            self.safety.reset()
+            if self.recorder is not None:
+                self.recorder.begin()
+            self.clock.start()
+            if self._watchdog:
+                self._watchdog.arm()
+            done = False
+            while not done:
+                obs, done = self._tick(obs, result)
+                if self.on_step is not None:
+                    self.on_step(self, result)
+        except BaseException:
+            # Whatever leaves the loop (a bug, Ctrl-C, a device error), the robot stops first.
+            self._stop_robot()
+            if self.recorder is not None:
+                self.recorder.discard()
+            raise
+        finally:
+            if self._watchdog:
+                self._watchdog.disarm()
+        self._stop_robot()
+        if self.recorder is not None:
+            if result.discarded:
+                self.recorder.discard()
+            else:
+                self.recorder.commit()
+        self.episode += 1
+        return result
+
+    def report(self) -> dict:
+        return {
+            "stages": self.timer.summary(),
+            "clock": self.clock.report(),
+            "safety": dict(self.safety.counts),
+            "watchdog_trips": self._watchdog.trips if self._watchdog else 0,
+        }
+
+    def close(self) -> None:
+        self._stop_robot()
+        if self._watchdog:
+            self._watchdog.close()
+
+    # --- one tick --------------------------------------------------------------------------
+    def _tick(self, obs: dict[str, np.ndarray], result: EpisodeResult):
+        t0 = time.perf_counter()
+        action, intervened, events = self._choose(obs)
+        t1 = time.perf_counter()
+        safe = self.safety(action, self.env.raw_obs)
+        with self._robot_lock:
+            if safe is None:
+                self.env.robot.stop()
+            else:
+                self.env.apply_action(safe)
+        if self._watchdog:
+            self._watchdog.feed()
+        t2 = time.perf_counter()
+        self.clock.wait()
+        t3 = time.perf_counter()
+        next_obs = self.env.observe()
+        reward, terminated, truncated, info = self.env.evaluate()
+        success = info["success"]
+        if "success" in events or "failure" in events:
+            success, terminated = "success" in events, True
+        t4 = time.perf_counter()
+        if self.recorder is not None:
+            executed = np.zeros(self.env.action_space.shape, np.float32) if safe is None else safe
+            self.recorder.add(
+                {
+                    **{f"obs/{k}": v for k, v in obs.items()},
+                    "action": executed,
+                    "reward": np.float32(reward),
+                    "terminated": terminated,
+                    "truncated": truncated,
+                    "intervened": intervened,
+                    "safety_hold": safe is None,
+                }
+            )
+        t5 = time.perf_counter()
+        self.timer.add("policy", t1 - t0)
+        self.timer.add("command", t2 - t1)
+        self.timer.add("observe", t4 - t3)
+        self.timer.add("record", t5 - t4)
+
+        result.steps += 1
+        result.reward += reward
+        result.success = result.success or success
+        result.intervened_steps += int(intervened)
+        result.held_steps += int(safe is None)
+        result.events |= events
+        result.discarded = "rerecord" in events
+        result.stop_requested = result.stop_requested or "stop" in events
+        done = terminated or truncated or result.discarded or result.stop_requested
+        return next_obs, done
+
+    def _choose(self, obs) -> tuple[np.ndarray, bool, frozenset[str]]:
+        cmd = self.teleop.read() if self.teleop is not None else None
+        events = cmd.events if cmd is not None else frozenset()
+        if cmd is not None and (cmd.intervening or self.policy is None):
+            self.chunks.clear()
+            return cmd.action, self.policy is not None, events
+        if len(self.chunks) == 0:
+            self.chunks.push(self.policy(obs))
+        return self.chunks.pop(), False, events
+
+    def _stop_robot(self) -> None:
+        self.env.robot.stop()

@@ -1,0 +1,60 @@
+"""Scripted experts: policies with privileged sim state, and a scripted stand-in for a human teleop."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from robot_rl.core.protocols import Teleop
+from robot_rl.core.specs import TeleopCommand
+from robot_rl.sim.reach import MAX_STEP_M, ReachTask
+
+
+class ReachExpert:
+    """Steps straight toward the target; `noise` adds Gaussian noise (normalized action units)."""
+
+    def __init__(self, task: ReachTask, noise: float = 0.0, seed: int | None = None):
+        self.task, self.noise = task, noise
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, obs=None) -> np.ndarray:
+        step = (self.task.target - self.task.arm.ee_pos()) / MAX_STEP_M
+        action = np.clip(step, -1.0, 1.0)
+        if self.noise:
+            action = action + self.noise * self.rng.standard_normal(action.shape)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def distance(self) -> float:
+        return self.task.distance()
+
+
+class ScriptedTeleop(Teleop):
+    """Stands in for a human at the teleop device, driven by a scripted expert.
+
+    mode "always": drives every step (demonstration collection).
+    mode "drift": takes over when the learner drifts (the distance to the goal has grown more
+    than `drift_m` beyond the best reached so far this episode) and hands back once it is within
+    half that margin again, like an operator who intervenes only when things go wrong.
+    """
+
+    def __init__(self, expert, mode: str = "always", drift_m: float = 0.05):
+        if mode not in ("always", "drift"):
+            raise ValueError(f"mode must be 'always' or 'drift', got {mode!r}")
+        self.expert, self.mode, self.drift_m = expert, mode, drift_m
+        self._best = np.inf
+        self._intervening = False
+
+    def reset(self) -> None:
+        self._best = np.inf
+        self._intervening = False
+
+    def read(self) -> TeleopCommand:
+        action = self.expert()
+        if self.mode == "always":
+            return TeleopCommand(action, intervening=True)
+        distance = self.expert.distance()
+        self._best = min(self._best, distance)
+        if self._intervening:
+            self._intervening = distance > self._best + self.drift_m / 2
+        else:
+            self._intervening = distance > self._best + self.drift_m
+        return TeleopCommand(action, intervening=self._intervening)

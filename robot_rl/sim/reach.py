@@ -1,0 +1,122 @@
+"""`reach`: a 3-DoF MuJoCo arm moves its end effector to a randomized target.
+
+Cartesian end-effector control: an action is a position step of at most 2 cm (at 20 Hz), turned
+into joint targets by damped least-squares IK on the site Jacobian; physics runs 25 substeps of
+2 ms per command. Sparse reward: 1 when the end effector is within 2 cm of the target.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from robot_rl.core.env import RobotEnv
+from robot_rl.core.protocols import Robot, Task
+from robot_rl.core.specs import ArraySpec
+from robot_rl.sim.world import ASSETS, MujocoCamera, MujocoWorld
+
+CONTROL_HZ = 20.0
+MAX_STEP_M = 0.02
+HOME_QPOS = np.array([0.0, 0.2, 0.6])
+TARGET_LOW = np.array([0.18, -0.3, 0.08])
+TARGET_HIGH = np.array([0.45, 0.3, 0.4])
+
+
+class MujocoReachArm(Robot):
+    def __init__(self, world: MujocoWorld, control_hz: float = CONTROL_HZ, damping: float = 0.05):
+        self.world = world
+        model = world.model
+        self.substeps = int(round(1.0 / (control_hz * model.opt.timestep)))
+        self._site = model.site("ee").id
+        self._joint_range = model.jnt_range.copy()
+        self._damping2 = damping**2
+        self._jacp = np.zeros((3, model.nv))
+        self.observation_spec = {
+            "joint_pos": ArraySpec((3,)),
+            "joint_vel": ArraySpec((3,)),
+            "ee_pos": ArraySpec((3,)),
+            "timestamp": ArraySpec((), "float64"),
+        }
+        self.action_spec = ArraySpec((3,), low=-MAX_STEP_M, high=MAX_STEP_M, names=("dx", "dy", "dz"))
+        self.commands = 0
+        self.stops = 0
+
+    def connect(self) -> None:
+        self.world.forward()
+
+    def disconnect(self) -> None:
+        pass
+
+    def ee_pos(self) -> np.ndarray:
+        return self.world.data.site_xpos[self._site].copy()
+
+    def observe(self) -> dict[str, np.ndarray]:
+        d = self.world.data
+        return {
+            "joint_pos": d.qpos[:3].astype(np.float32),
+            "joint_vel": d.qvel[:3].astype(np.float32),
+            "ee_pos": self.ee_pos().astype(np.float32),
+            "timestamp": np.float64(d.time),
+        }
+
+    def command(self, action: np.ndarray) -> None:
+        delta = np.clip(np.asarray(action, np.float64), -MAX_STEP_M, MAX_STEP_M)
+        m, d = self.world.model, self.world.data
+        mujoco.mj_jacSite(m, d, self._jacp, None, self._site)
+        jac = self._jacp[:, :3]
+        dq = jac.T @ np.linalg.solve(jac @ jac.T + self._damping2 * np.eye(3), delta)
+        d.ctrl[:] = np.clip(d.qpos[:3] + dq, self._joint_range[:, 0], self._joint_range[:, 1])
+        self.world.step(self.substeps)
+        self.commands += 1
+
+    def stop(self) -> None:
+        # Hold the current joint positions. Safe from any thread: it only writes the servo targets.
+        d = self.world.data
+        d.ctrl[:] = d.qpos[:3]
+        self.stops += 1
+
+    def reset_joints(self, qpos: np.ndarray) -> None:
+        d = self.world.data
+        d.qpos[:3] = qpos
+        d.qvel[:] = 0.0
+        d.ctrl[:] = qpos
+        self.world.forward()
+
+
+class ReachTask(Task):
+    text = "move the arm's end effector to the red target"
+
+    def __init__(self, arm: MujocoReachArm, max_steps: int = 80, tolerance: float = 0.02):
+        self.arm, self.world, self.max_steps, self.tolerance = arm, arm.world, max_steps, tolerance
+        self._mocap = self.world.model.body("target").mocapid[0]
+
+    @property
+    def target(self) -> np.ndarray:
+        return self.world.data.mocap_pos[self._mocap].copy()
+
+    def observation_spec(self) -> dict[str, ArraySpec]:
+        return {"target_pos": ArraySpec((3,))}
+
+    def observe(self) -> dict[str, np.ndarray]:
+        return {"target_pos": self.target.astype(np.float32)}
+
+    def reset(self, rng: np.random.Generator) -> None:
+        self.world.data.time = 0.0
+        self.arm.reset_joints(HOME_QPOS + rng.uniform(-0.15, 0.15, size=3))
+        self.world.data.mocap_pos[self._mocap] = rng.uniform(TARGET_LOW, TARGET_HIGH)
+        self.world.forward()
+
+    def distance(self) -> float:
+        return float(np.linalg.norm(self.arm.ee_pos() - self.target))
+
+    def evaluate(self, obs) -> tuple[float, bool, bool]:
+        success = self.distance() < self.tolerance
+        return float(success), success, success
+
+
+def make_reach_env(cameras: tuple[str, ...] = ("front",), image_size: int = 84, max_steps: int = 80) -> RobotEnv:
+    world = MujocoWorld(ASSETS / "reach_arm.xml")
+    arm = MujocoReachArm(world)
+    task = ReachTask(arm, max_steps=max_steps)
+    cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
+    return RobotEnv(arm, task, cams)
