@@ -37,6 +37,10 @@ class RobotEnv(gym.Env):
         self.steps = 0
         self._connected = False
 
+    def state_names(self) -> list[str]:
+        """One name per entry of the `state` vector, e.g. ee_pos[0]."""
+        return [f"{k}[{i}]" if n > 1 else k for k, n in self.state_layout.items() for i in range(n)]
+
     # --- lifecycle -------------------------------------------------------------------------
     def connect(self) -> None:
         if not self._connected:

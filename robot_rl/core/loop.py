@@ -23,6 +23,16 @@ from robot_rl.core.timing import StageTimer
 
 Policy = Callable[[dict[str, np.ndarray]], np.ndarray]
 STAGES = ("observe", "policy", "command", "record")
+FLAGS = ("terminated", "truncated", "intervened", "safety_hold")
+
+
+def transition_schema(env: RobotEnv) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The keys, per-step shapes and dtypes of the transitions a ControlLoop records for `env`."""
+    schema = {f"obs/{k}": (space.shape, space.dtype.name) for k, space in env.observation_space.items()}
+    schema["action"] = (env.action_space.shape, "float32")
+    schema["reward"] = ((), "float32")
+    schema.update({flag: ((), "bool") for flag in FLAGS})
+    return schema
 
 
 class ActionChunkQueue:
@@ -75,6 +85,8 @@ class ControlLoop:
     - `recorder` (optional) gets `begin()`, `add(transition)` each tick and `commit()` or
       `discard()` at the end of each episode.
     - `rate_hz=None` runs as fast as possible (sim data generation); timing is still reported.
+    - `on_step` / `on_episode` are called after every tick / episode (progress display).
+    `run()` closes the loop (watchdog thread) when it returns; `run_episode()` does not.
     """
 
     def __init__(
@@ -88,6 +100,7 @@ class ControlLoop:
         safety: SafetyConfig | None = None,
         recorder=None,
         on_step: Callable[[ControlLoop, EpisodeResult], None] | None = None,
+        on_episode: Callable[[ControlLoop, EpisodeResult], None] | None = None,
     ):
         if policy is None and teleop is None:
             raise ValueError("a ControlLoop needs a policy, a teleop device, or both")
@@ -97,7 +110,7 @@ class ControlLoop:
         self.chunks = ActionChunkQueue(execute_k)
         self.clock = RateClock(rate_hz)
         self.timer = StageTimer(STAGES)
-        self.on_step = on_step
+        self.on_step, self.on_episode = on_step, on_episode
         self.episode = 0
         self._robot_lock = threading.Lock()
         self._watchdog = (
@@ -114,6 +127,8 @@ class ControlLoop:
             while len([r for r in results if not r.discarded]) < episodes:
                 result = self.run_episode(seed=seed + len(results))
                 results.append(result)
+                if self.on_episode is not None:
+                    self.on_episode(self, result)
                 if result.stop_requested:
                     break
         finally:

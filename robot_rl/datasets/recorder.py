@@ -14,9 +14,14 @@ from robot_rl.datasets.store import EpisodeStore
 
 
 class EpisodeRecorder:
-    def __init__(self, path, *, fps: float, attrs: dict | None = None):
+    """Give `schema` (see `core.loop.transition_schema`) to open or create the store up front, so
+    that a mismatch with an existing store is reported before anything is recorded."""
+
+    def __init__(self, path, *, fps: float, attrs: dict | None = None, schema: dict | None = None):
         self.path, self.fps, self.attrs = Path(path), fps, dict(attrs or {})
         self.store: EpisodeStore | None = None
+        if schema is not None:
+            self.store = EpisodeStore.open_or_create(self.path, schema, fps=fps, attrs=self.attrs)
         self._steps: list[dict[str, np.ndarray]] = []
         self.committed = 0
 

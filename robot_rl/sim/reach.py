@@ -103,7 +103,11 @@ class ReachTask(Task):
     def reset(self, rng: np.random.Generator) -> None:
         self.world.data.time = 0.0
         self.arm.reset_joints(HOME_QPOS + rng.uniform(-0.15, 0.15, size=3))
-        self.world.data.mocap_pos[self._mocap] = rng.uniform(TARGET_LOW, TARGET_HIGH)
+        # A target at least 8 cm away, so every episode is a real reach.
+        target = rng.uniform(TARGET_LOW, TARGET_HIGH)
+        while np.linalg.norm(target - self.arm.ee_pos()) < 0.08:
+            target = rng.uniform(TARGET_LOW, TARGET_HIGH)
+        self.world.data.mocap_pos[self._mocap] = target
         self.world.forward()
 
     def distance(self) -> float:

@@ -1,0 +1,157 @@
+"""`robot-rl`: one entry point, thin subcommands over library code.
+
+User mistakes (a missing path, an unknown config value, a schema mismatch, a missing extra) end
+with one line on stderr and exit code 2; a traceback means a bug in robot_rl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from robot_rl.errors import ConfigError, RobotRLError
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not usage + message
+        raise ConfigError(f"{self.prog}: {message}")
+
+
+def compose(config_name: str, overrides: list[str]):
+    """Compose a hydra config from robot_rl/conf with command-line overrides (key=value)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
+        from omegaconf import OmegaConf
+
+        OmegaConf.resolve(cfg)
+        return cfg
+    except (HydraException, OmegaConfBaseException, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"bad config ({' '.join(overrides) or 'defaults'}): {first}") from exc
+
+
+def _print_summary(info: dict) -> None:
+    print(f"store      {info['path']}")
+    print(f"episodes   {info['episodes']}    steps {info['steps']}    fps {info.get('fps', '?')}")
+    length = info["episode_length"]
+    print(f"length     min {length['min']}  mean {length['mean']:.1f}  max {length['max']}")
+    print(f"on disk    {info['size_bytes'] / 2**20:.2f} MiB")
+    for key in ("robot", "task", "source", "created"):
+        if key in info:
+            print(f"{key:<10} {info[key]}")
+    print("keys")
+    for key, spec in info["keys"].items():
+        print(f"  {key:<22} {str(tuple(spec['shape'])):<14} {spec['dtype']}")
+
+
+def cmd_collect(args, config_name: str = "collect", replace: bool = False) -> dict:
+    from robot_rl.collect import collect
+    from robot_rl.datasets import EpisodeStore
+
+    cfg = compose(config_name, args.overrides)
+    result = collect(cfg, replace=replace)
+    clock = result["report"]["clock"]
+    print(
+        f"recorded {result['episodes']} episodes ({result['successes']} successful) into {result['store']}; "
+        f"loop {clock.get('achieved_hz', 0):.1f} Hz, {clock.get('overruns', 0)} overruns",
+        file=sys.stderr,
+    )
+    with EpisodeStore.open(result["store"]) as store:
+        return store.info()
+
+
+def cmd_demo(args) -> None:
+    info = cmd_collect(args, config_name="demo", replace=True)
+    _print_summary(info)
+
+
+def cmd_dataset_info(args) -> None:
+    from robot_rl.datasets import EpisodeStore
+
+    with EpisodeStore.open(args.path) as store:
+        info = store.info()
+    info.pop("config", None) if not args.json else None
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        _print_summary(info)
+
+
+def cmd_dataset_show(args) -> None:
+    from robot_rl.datasets.show import show_episode
+
+    for path in show_episode(args.path, args.episode, args.out, args.format):
+        print(path)
+
+
+def cmd_bench(args) -> None:
+    if args.which == "loop":
+        from robot_rl.bench.loop import format_table, run
+    else:
+        from robot_rl.bench.store import format_table, run
+    results = run(quick=args.quick)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="robot-rl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("collect", help="run the control loop with a teleop device and record episodes")
+    p.add_argument("overrides", nargs="*", help="config overrides, e.g. episodes=20 env=reach out=datasets/x.zarr")
+    p.set_defaults(func=lambda a: cmd_collect(a) and None)
+
+    p = sub.add_parser("demo", help="what `make demo` runs: collect scripted demos, print the summary")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("dataset", help="inspect episode stores")
+    dsub = p.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
+    q = dsub.add_parser("info", help="episodes, steps, keys, shapes, dtypes, fps, size on disk")
+    q.add_argument("path")
+    q.add_argument("--json", action="store_true", help="machine-readable output")
+    q.set_defaults(func=cmd_dataset_info)
+    q = dsub.add_parser("show", help="write a video of the cameras and a plot of state and action")
+    q.add_argument("path")
+    q.add_argument("--episode", type=int, default=0)
+    q.add_argument("--out", default=".", help="output folder (default: current folder)")
+    q.add_argument("--format", default="mp4", choices=("mp4", "gif"))
+    q.set_defaults(func=cmd_dataset_show)
+
+    p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
+    p.add_argument("which", choices=("loop", "store"))
+    p.add_argument("--json", help="write the figures to this file")
+    p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        args.func(args)
+        return 0
+    except RobotRLError as exc:
+        print(f"robot-rl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robot-rl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
