@@ -98,6 +98,11 @@ class RobotEnv(gym.Env):
         self.robot.command(self.to_robot_units(np.clip(a, -1.0, 1.0)))
         self.steps += 1
 
+    def hold(self) -> None:
+        """Spend this step holding still (the safety layer rejected the action)."""
+        self.robot.stop()
+        self.steps += 1
+
     def observe(self) -> dict[str, np.ndarray]:
         raw = dict(self.robot.observe())
         raw.update(self.task.observe())

@@ -193,7 +193,7 @@ class ControlLoop:
         safe = self.safety(action, self.env.raw_obs)
         with self._robot_lock:
             if safe is None:
-                self.env.robot.stop()
+                self.env.hold()
             else:
                 self.env.apply_action(safe)
         if self._watchdog:
