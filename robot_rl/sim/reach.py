@@ -17,6 +17,7 @@ from robot_rl.sim.world import ASSETS, MujocoCamera, MujocoWorld
 
 CONTROL_HZ = 20.0
 MAX_STEP_M = 0.02
+MAX_TARGET_LEAD = 0.2  # rad: how far the servo target may run ahead of the measured joints
 HOME_QPOS = np.array([0.0, 0.2, 0.6])
 TARGET_LOW = np.array([0.18, -0.3, 0.08])
 TARGET_HIGH = np.array([0.45, 0.3, 0.4])
@@ -65,7 +66,11 @@ class MujocoReachArm(Robot):
         mujoco.mj_jacSite(m, d, self._jacp, None, self._site)
         jac = self._jacp[:, :3]
         dq = jac.T @ np.linalg.solve(jac @ jac.T + self._damping2 * np.eye(3), delta)
-        d.ctrl[:] = np.clip(d.qpos[:3] + dq, self._joint_range[:, 0], self._joint_range[:, 1])
+        # Integrate the servo target rather than restarting from the measured joints, so servo lag
+        # does not shrink every commanded step; bounded near the measured joints against windup.
+        q = d.qpos[:3]
+        target = np.clip(d.ctrl[:3] + dq, q - MAX_TARGET_LEAD, q + MAX_TARGET_LEAD)
+        d.ctrl[:] = np.clip(target, self._joint_range[:, 0], self._joint_range[:, 1])
         self.world.step(self.substeps)
         self.commands += 1
 
