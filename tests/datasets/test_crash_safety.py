@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 from robot_rl.datasets import EpisodeStore
+from robot_rl.datasets.store import IMAGE_CHUNK_STEPS
 
 CHILD = textwrap.dedent(
     """
@@ -33,7 +34,7 @@ CHILD = textwrap.dedent(
     start = store.n_episodes
     for i in range(start, start + 3):
         store.append_episode(episode(50 + i, i))
-    big = episode(4000, 999)
+    big = episode(8000, 999)
     print("writing", flush=True)
     store.append_episode(big)  # killed during this
     print("finished", flush=True)
@@ -49,15 +50,23 @@ def episode(length, seed):
 
 
 def run_and_kill(path, delay_s):
+    """Kill after `delay_s`, or (delay None) as soon as the first chunk of the new episode is on disk."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "writing"
-    time.sleep(delay_s)
+    if delay_s is None:
+        committed = EpisodeStore.open(path).n_steps
+        first_new = path / "data/obs/image/cam/c" / str(committed // IMAGE_CHUNK_STEPS + 1)
+        deadline = time.monotonic() + 10
+        while not first_new.exists() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+    else:
+        time.sleep(delay_s)
     child.send_signal(signal.SIGKILL)
     child.wait(timeout=30)
     assert child.returncode == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("delays", [(0.02, 0.2), (0.1, 0.05)])
+@pytest.mark.parametrize("delays", [(None, 0.1), (0.02, None)])
 def test_sigkill_mid_episode_loses_only_that_episode(tmp_path, delays):
     path = tmp_path / "crash.zarr"
     committed = 0
