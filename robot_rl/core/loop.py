@@ -7,6 +7,7 @@ hand the transition to the recorder. Every stage is timed; overruns are counted 
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import deque
@@ -146,6 +147,9 @@ class ControlLoop:
             self.safety.reset()
             if self.recorder is not None:
                 self.recorder.begin()
+            # Move everything allocated so far (models, datasets) out of the garbage collector's
+            # view, so a full collection during the episode scans only what the loop allocates.
+            gc.freeze()
             self.clock.start()
             if self._watchdog:
                 self._watchdog.arm()

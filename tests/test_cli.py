@@ -1,0 +1,121 @@
+"""The `robot-rl` console script, run as a user runs it (a real subprocess)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from robot_rl.datasets import EpisodeStore
+
+ROBOT_RL = shutil.which("robot-rl", path=str(Path(sys.executable).parent)) or "robot-rl"
+
+
+def cli(*args, cwd=None):
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    return subprocess.run([ROBOT_RL, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collect") / "reach.zarr"
+    run = cli("collect", "episodes=3", "loop.rate_hz=null", f"out={out}", "env.image_size=48")
+    assert run.returncode == 0, run.stderr
+    return out, run
+
+
+def test_collect_records_what_it_reports(collected):
+    out, run = collected
+    assert "recorded 3 episodes" in run.stderr
+    assert "episode 3 step" in run.stderr  # the live progress line
+    info = json.loads(cli("dataset", "info", str(out), "--json").stdout)
+    store = EpisodeStore.open(out)
+    assert info["episodes"] == store.n_episodes == 3
+    assert info["steps"] == store.n_steps == int(store.episode_lengths.sum())
+    assert info["fps"] == 20.0 and info["robot"] == "mujoco_reach_arm"
+    assert info["keys"]["obs/image/front"] == {"shape": [48, 48, 3], "dtype": "uint8"}
+    assert info["keys"]["action"] == {"shape": [3], "dtype": "float32"}
+    assert info["size_bytes"] > 0
+    episode = store.episode(0)
+    assert episode["terminated"][-1] or episode["truncated"][-1]
+    text = cli("dataset", "info", str(out)).stdout
+    assert "episodes   3" in text and "obs/image/front" in text
+
+
+def test_collect_appends_to_an_existing_store(collected, tmp_path):
+    out, _ = collected
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(out, copy)
+    run = cli("collect", "episodes=1", "loop.rate_hz=null", f"out={copy}", "env.image_size=48", "seed=7")
+    assert run.returncode == 0, run.stderr
+    assert EpisodeStore.open(copy).n_episodes == 4
+
+
+def test_dataset_show_writes_a_video_and_a_plot(collected, tmp_path):
+    out, _ = collected
+    run = cli("dataset", "show", str(out), "--episode", "1", "--out", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    video, plot = (Path(line) for line in run.stdout.split())
+    capture = cv2.VideoCapture(str(video))
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    ok, frame = capture.read()
+    assert ok and frames == EpisodeStore.open(out).episode_lengths[1]
+    assert frame.shape == (48 * 3, 48 * 3, 3)
+    assert plot.suffix == ".png" and plot.stat().st_size > 10_000
+    gif = cli("dataset", "show", str(out), "--out", str(tmp_path), "--format", "gif")
+    assert gif.returncode == 0 and Path(gif.stdout.split()[0]).suffix == ".gif"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("dataset", "info", "no/such.zarr"), "no episode store at no/such.zarr"),
+        (("collect", "nosuchkey=3"), "Could not override 'nosuchkey'"),
+        (("collect", "env=nosuchenv"), "Could not find 'env/nosuchenv'"),
+        (("collect", "episodes=0"), "episodes must be at least 1"),
+        (("dataset", "show", "no/such.zarr"), "no episode store"),
+        (("bench", "nothing"), "invalid choice"),
+    ],
+)
+def test_user_mistakes_get_one_line_and_exit_2(args, message):
+    run = cli(*args)
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_schema_mismatch_is_reported_before_recording(collected, tmp_path):
+    out, _ = collected
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(out, copy)
+    run = cli("collect", "episodes=1", f"out={copy}", "env.image_size=32")
+    assert run.returncode == 2 and "does not match the schema" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert EpisodeStore.open(copy).n_episodes == 3
+
+
+def test_demo_collects_and_prints_the_summary(tmp_path):
+    run = cli("demo", "episodes=2", "loop.rate_hz=null", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    store = EpisodeStore.open(tmp_path / "datasets/demo_reach.zarr")
+    assert store.n_episodes == 2
+    assert f"episodes   2    steps {store.n_steps}" in run.stdout
+
+
+@pytest.mark.parametrize("which", ["loop", "store"])
+def test_bench_prints_a_table_and_writes_json(which, tmp_path):
+    run = cli("bench", which, "--quick", "--json", str(tmp_path / "b.json"))
+    assert run.returncode == 0, run.stderr
+    figures = json.loads((tmp_path / "b.json").read_text())
+    if which == "loop":
+        assert "naive_sleep" in run.stdout and set(figures["rates"]) == {"100", "500"}
+        assert figures["rates"]["500"]["control_loop"]["achieved_hz"] > 0
+    else:
+        assert "plain zarr" in run.stdout
+        assert figures["sample"]["images"]["ours_warm_per_s"] > 0 and figures["write"]["ours_steps_per_s"] > 0
