@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
+from robot_rl.datasets.store import IMAGE_BLOSC
 
 HORIZON, N_OBS, N_ACTION = 16, 2, 8  # pad_before 1, pad_after 7
 
@@ -157,7 +158,7 @@ def format_table(r: dict) -> str:
         f"state {d['state']}, action {d['action']} ({d['raw_mb']:.0f} MB raw)",
         "",
         f"{'write':<34}{'steps/s':>10}{'MB/s':>9}{'image ratio':>13}",
-        f"{'  EpisodeStore (zstd 3)':<34}{w['ours_steps_per_s']:>10.0f}{w['ours_mb_per_s']:>9.1f}{w['ours_image_compression']:>12.1f}x",
+        f"{'  EpisodeStore (zstd ' + str(IMAGE_BLOSC['clevel']) + ')':<34}{w['ours_steps_per_s']:>10.0f}{w['ours_mb_per_s']:>9.1f}{w['ours_image_compression']:>12.1f}x",
         f"{'  plain zarr (defaults)':<34}{w['plain_zarr_steps_per_s']:>10.0f}{w['plain_zarr_mb_per_s']:>9.1f}{w['plain_zarr_image_compression']:>12.1f}x",
         f"{'  ratio (ours / plain)':<34}{w['ratio']:>9.2f}x",
         "",
