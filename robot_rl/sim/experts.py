@@ -46,6 +46,8 @@ class ScriptedTeleop(Teleop):
     def reset(self) -> None:
         self._best = np.inf
         self._intervening = False
+        if hasattr(self.expert, "reset"):
+            self.expert.reset()
 
     def read(self) -> TeleopCommand:
         action = self.expert()

@@ -129,3 +129,10 @@ def make_reach_env(cameras: tuple[str, ...] = ("front",), image_size: int = 84, 
     task = ReachTask(arm, max_steps=max_steps)
     cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
     return RobotEnv(arm, task, cams)
+
+
+def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
+    from robot_rl.sim.experts import ReachExpert
+
+    env = make_reach_env(cameras=tuple(cfg.cameras), image_size=int(cfg.image_size), max_steps=int(cfg.max_steps))
+    return env, ReachExpert(env.task, noise=expert_noise, seed=seed)

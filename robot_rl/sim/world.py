@@ -16,8 +16,10 @@ ASSETS = Path(__file__).parent / "assets"
 class MujocoWorld:
     """Model and data of one scene. Physics advances only when the robot is commanded."""
 
-    def __init__(self, xml_path: str | Path):
-        self.model = mujoco.MjModel.from_xml_path(str(xml_path))
+    def __init__(self, xml_path: str | Path | None = None, *, xml: str | None = None):
+        if (xml_path is None) == (xml is None):
+            raise ValueError("give either an MJCF path or an MJCF string")
+        self.model = mujoco.MjModel.from_xml_path(str(xml_path)) if xml is None else mujoco.MjModel.from_xml_string(xml)
         self.data = mujoco.MjData(self.model)
 
     @property

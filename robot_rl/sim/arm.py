@@ -1,0 +1,260 @@
+"""A 7-DoF arm with a parallel-jaw gripper (Franka Panda kinematics), and its Cartesian controller.
+
+The MJCF is our own: the Panda's joint frames and limits (as in MuJoCo Menagerie's panda.xml), links
+drawn as capsules between joint origins. Only the hand and the finger pads collide: link-link and
+link-scene contacts are not needed by the tabletop tasks and would cost collision time.
+
+Control: an action is an end-effector step [dx, dy, dz, dyaw] plus a gripper command; the gripper
+always points down. Each command solves damped least-squares IK on the 6-D site Jacobian (position
+and orientation error), with a null-space pull toward the home posture for the redundant 7th joint,
+and integrates the joint servo targets. Physics runs at 500 Hz under a 20 Hz command.
+"""
+
+from __future__ import annotations
+
+import mujoco
+import numpy as np
+
+from robot_rl.core.protocols import Robot
+from robot_rl.core.specs import ArraySpec
+from robot_rl.sim.world import MujocoWorld
+
+CONTROL_HZ = 20.0
+MAX_STEP_M = 0.02  # per command: 0.4 m/s at 20 Hz
+MAX_YAW_STEP = 0.15  # rad per command
+MAX_TARGET_LEAD = 0.15  # rad: how far the servo target may run ahead of the measured joints
+FINGER_OPEN = 0.04  # finger joint travel (half the opening), metres
+HOME_QPOS = np.array([0.0, -0.2, 0.0, -2.3, 0.0, 2.1, 0.0])
+JOINT_KP = (2500, 2500, 2000, 2000, 1200, 1200, 800)
+
+ARM_XML = """
+<body name="link0" pos="0 0 0">
+  <geom type="cylinder" size="0.07 0.05" pos="0 0 0.05" rgba="0.92 0.92 0.94 1"/>
+  <geom type="capsule" fromto="0 0 0.05 0 0 0.333" size="0.06" rgba="0.92 0.92 0.94 1"/>
+  <body name="link1" pos="0 0 0.333" gravcomp="1">
+    <inertial pos="0 0 0" mass="3" diaginertia="0.05 0.05 0.02"/>
+    <joint name="joint1" range="-2.8973 2.8973"/>
+    <geom type="sphere" size="0.065" rgba="0.92 0.92 0.94 1"/>
+    <body name="link2" quat="1 -1 0 0" gravcomp="1">
+      <inertial pos="0 -0.1 0" mass="3" diaginertia="0.05 0.05 0.02"/>
+      <joint name="joint2" range="-1.7628 1.7628"/>
+      <geom type="capsule" fromto="0 0 0 0 -0.316 0" size="0.06" rgba="0.92 0.92 0.94 1"/>
+      <body name="link3" pos="0 -0.316 0" quat="1 1 0 0" gravcomp="1">
+        <inertial pos="0.04 0 0" mass="2.5" diaginertia="0.03 0.03 0.01"/>
+        <joint name="joint3" range="-2.8973 2.8973"/>
+        <geom type="capsule" fromto="0 0 0 0.0825 0 0" size="0.055" rgba="0.92 0.92 0.94 1"/>
+        <body name="link4" pos="0.0825 0 0" quat="1 1 0 0" gravcomp="1">
+          <inertial pos="-0.04 0.15 0" mass="2.5" diaginertia="0.03 0.03 0.01"/>
+          <joint name="joint4" range="-3.0718 -0.0698"/>
+          <geom type="capsule" fromto="0 0 0 -0.0825 0.384 0" size="0.055" rgba="0.25 0.25 0.28 1"/>
+          <body name="link5" pos="-0.0825 0.384 0" quat="1 -1 0 0" gravcomp="1">
+            <inertial pos="0 0 -0.05" mass="2" diaginertia="0.02 0.02 0.01"/>
+            <joint name="joint5" range="-2.8973 2.8973"/>
+            <geom type="sphere" size="0.055" rgba="0.92 0.92 0.94 1"/>
+            <body name="link6" quat="1 1 0 0" gravcomp="1">
+              <inertial pos="0.04 0 0" mass="1.5" diaginertia="0.01 0.01 0.005"/>
+              <joint name="joint6" range="-0.0175 3.7525"/>
+              <geom type="capsule" fromto="0 0 0 0.088 0 0" size="0.045" rgba="0.92 0.92 0.94 1"/>
+              <body name="link7" pos="0.088 0 0" quat="1 1 0 0" gravcomp="1">
+                <inertial pos="0 0 0.05" mass="0.5" diaginertia="0.003 0.003 0.002"/>
+                <joint name="joint7" range="-2.8973 2.8973"/>
+                <geom type="cylinder" fromto="0 0 0 0 0 0.09" size="0.04" rgba="0.25 0.25 0.28 1"/>
+                <body name="hand" pos="0 0 0.107" gravcomp="1">
+                  <inertial pos="0 0 0.03" mass="0.6" diaginertia="0.002 0.002 0.001"/>
+                  <geom name="hand" type="box" size="0.025 0.1 0.03" pos="0 0 0.03" rgba="0.92 0.92 0.94 1"
+                        contype="1" conaffinity="1"/>
+                  <camera name="wrist" pos="0.06 0 0.01" xyaxes="0 1 0 0.94 0 0.35" fovy="75"/>
+                  <site name="tcp" pos="0 0 0.105" size="0.006" rgba="1 0.2 0.2 0.6"/>
+                  {hand_extra}
+                  <body name="left_finger" pos="0 0 0.06" gravcomp="1">
+                    <inertial pos="0 0.01 0.025" mass="0.05" diaginertia="1e-5 1e-5 1e-5"/>
+                    <joint name="finger_left" type="slide" axis="0 1 0" range="0 0.04" damping="5" armature="0.01"/>
+                    <geom name="pad_left" class="pad" pos="0 0.006 0.03"/>
+                  </body>
+                  <body name="right_finger" pos="0 0 0.06" gravcomp="1">
+                    <inertial pos="0 -0.01 0.025" mass="0.05" diaginertia="1e-5 1e-5 1e-5"/>
+                    <joint name="finger_right" type="slide" axis="0 -1 0" range="0 0.04" damping="5" armature="0.01"/>
+                    <geom name="pad_right" class="pad" pos="0 -0.006 0.03"/>
+                  </body>
+                </body>
+              </body>
+            </body>
+          </body>
+        </body>
+      </body>
+    </body>
+  </body>
+</body>
+"""
+
+ARM_DEFAULTS = """
+<default>
+  <joint damping="8" armature="0.1"/>
+  <geom contype="0" conaffinity="0" density="0"/>
+  <default class="pad">
+    <!-- condim 4 adds torsional friction, so a pinched object does not spin about the pinch axis -->
+    <geom type="box" size="0.012 0.006 0.025" contype="1" conaffinity="1" condim="4"
+          friction="1.5 0.02 0.001" solref="0.004 1" rgba="0.2 0.2 0.22 1" density="500"/>
+  </default>
+</default>
+"""
+
+ARM_ACTUATORS = """
+<actuator>
+  {joints}
+  <position name="gripper" joint="finger_left" kp="400" kv="20" ctrlrange="0 0.04" forcerange="-40 40"/>
+</actuator>
+<equality>
+  <!-- the two fingers move together, as the Panda's single gripper motor drives them -->
+  <joint joint1="finger_right" joint2="finger_left" polycoef="0 1 0 0 0" solref="0.004 1"/>
+</equality>
+"""
+
+
+def scene_xml(worldbody: str, hand_extra: str = "", extra: str = "", timestep: float = 0.002) -> str:
+    """A full MJCF: the arm on a table, the given task bodies, two cameras and the actuators."""
+    joints = "\n  ".join(
+        f'<position name="a{i + 1}" joint="joint{i + 1}" kp="{kp}" kv="{2 * np.sqrt(kp) * 0.9:.0f}"/>'
+        for i, kp in enumerate(JOINT_KP)
+    )
+    return f"""
+<mujoco model="arm_task">
+  <compiler angle="radian" autolimits="true"/>
+  <option timestep="{timestep}" integrator="implicitfast" cone="elliptic" impratio="5"/>
+  <visual>
+    <quality shadowsize="0" offsamples="0"/>
+    <global offwidth="84" offheight="84"/>
+    <headlight ambient="0.45 0.45 0.45" diffuse="0.5 0.5 0.5" specular="0 0 0"/>
+  </visual>
+  {ARM_DEFAULTS}
+  <worldbody>
+    <light pos="0.5 0 1.5" dir="0 0 -1" directional="true" castshadow="false"/>
+    <geom name="table" type="plane" size="1.2 1.2 0.01" rgba="0.78 0.72 0.62 1" contype="1" conaffinity="1"/>
+    <camera name="front" pos="1.1 0 0.55" xyaxes="0 1 0 -0.6 0 0.8" fovy="50"/>
+    <camera name="side" pos="0.55 -0.9 0.55" xyaxes="1 0 0 0 0.45 0.89" fovy="50"/>
+    {ARM_XML.replace("{hand_extra}", hand_extra)}
+    {worldbody}
+  </worldbody>
+  {ARM_ACTUATORS.format(joints=joints)}
+  {extra}
+</mujoco>
+"""
+
+
+def yaw_of(rotation: np.ndarray) -> float:
+    """Yaw of a gripper that points down: the angle of its x axis in the table plane."""
+    return float(np.arctan2(rotation[1, 0], rotation[0, 0]))
+
+
+def down_rotation(yaw: float) -> np.ndarray:
+    """Rotation of a downward-pointing gripper turned by `yaw` about the world z axis."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+    return rz @ np.diag([1.0, -1.0, -1.0])
+
+
+class MujocoArm(Robot):
+    """The 7-DoF arm as a robot_rl Robot. Action (robot units): [dx, dy, dz, dyaw, gripper]."""
+
+    def __init__(self, world: MujocoWorld, control_hz: float = CONTROL_HZ, damping: float = 0.05, null_gain: float = 0.1):
+        self.world = world
+        m = world.model
+        self.substeps = int(round(1.0 / (control_hz * m.opt.timestep)))
+        self._site = m.site("tcp").id
+        self._qadr = np.array([m.jnt_qposadr[m.joint(f"joint{i}").id] for i in range(1, 8)])
+        self._dadr = np.array([m.jnt_dofadr[m.joint(f"joint{i}").id] for i in range(1, 8)])
+        self._finger = m.jnt_qposadr[m.joint("finger_left").id]
+        self._finger_r = m.jnt_qposadr[m.joint("finger_right").id]
+        self._act = np.array([m.actuator(f"a{i}").id for i in range(1, 8)])
+        self._grip_act = m.actuator("gripper").id
+        self._range = m.jnt_range[[m.joint(f"joint{i}").id for i in range(1, 8)]]
+        self._damping2 = damping**2
+        self._null_gain = null_gain
+        self._jacp = np.zeros((3, m.nv))
+        self._jacr = np.zeros((3, m.nv))
+        self.target_yaw = 0.0
+        self.observation_spec = {
+            "joint_pos": ArraySpec((7,)),
+            "joint_vel": ArraySpec((7,)),
+            "ee_pos": ArraySpec((3,)),
+            "ee_yaw": ArraySpec((2,)),  # cos, sin: continuous across the +-pi wrap
+            "gripper": ArraySpec((1,)),  # opening width in metres
+            "timestamp": ArraySpec((), "float64"),
+        }
+        low = [-MAX_STEP_M] * 3 + [-MAX_YAW_STEP, -1.0]
+        high = [MAX_STEP_M] * 3 + [MAX_YAW_STEP, 1.0]
+        self.action_spec = ArraySpec((5,), low=np.array(low), high=np.array(high),
+                                     names=("dx", "dy", "dz", "dyaw", "gripper"))
+
+    # --- Robot protocol --------------------------------------------------------------------
+    def connect(self) -> None:
+        self.world.forward()
+
+    def disconnect(self) -> None:
+        pass
+
+    def observe(self) -> dict[str, np.ndarray]:
+        d = self.world.data
+        yaw = yaw_of(self.ee_rotation())
+        return {
+            "joint_pos": d.qpos[self._qadr].astype(np.float32),
+            "joint_vel": d.qvel[self._dadr].astype(np.float32),
+            "ee_pos": self.ee_pos().astype(np.float32),
+            "ee_yaw": np.array([np.cos(yaw), np.sin(yaw)], np.float32),
+            "gripper": np.array([d.qpos[self._finger] + d.qpos[self._finger_r]], np.float32),
+            "timestamp": np.float64(d.time),
+        }
+
+    def command(self, action: np.ndarray) -> None:
+        a = np.asarray(action, np.float64)
+        delta = np.clip(a[:3], -MAX_STEP_M, MAX_STEP_M)
+        self.target_yaw = float(np.clip(self.target_yaw + np.clip(a[3], -MAX_YAW_STEP, MAX_YAW_STEP), -2.5, 2.5))
+        self._track(self.ee_pos() + delta, self.target_yaw)
+        # Gripper command in [-1, 1]: -1 fully open, +1 fully closed (the servo squeezes).
+        self.world.data.ctrl[self._grip_act] = FINGER_OPEN * (1.0 - np.clip(a[4], -1.0, 1.0)) / 2.0
+        self.world.step(self.substeps)
+
+    def stop(self) -> None:
+        # Hold the measured joints and the gripper as it is. Safe from any thread: writes targets only.
+        d = self.world.data
+        d.ctrl[self._act] = d.qpos[self._qadr]
+        d.ctrl[self._grip_act] = d.qpos[self._finger]
+
+    # --- kinematics ------------------------------------------------------------------------
+    def ee_pos(self) -> np.ndarray:
+        return self.world.data.site_xpos[self._site].copy()
+
+    def ee_rotation(self) -> np.ndarray:
+        return self.world.data.site_xmat[self._site].reshape(3, 3).copy()
+
+    def gripper_width(self) -> float:
+        d = self.world.data
+        return float(d.qpos[self._finger] + d.qpos[self._finger_r])
+
+    def _track(self, target_pos: np.ndarray, target_yaw: float) -> None:
+        m, d = self.world.model, self.world.data
+        mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self._site)
+        jac = np.vstack([self._jacp[:, self._dadr], self._jacr[:, self._dadr]])
+        rot, goal = self.ee_rotation(), down_rotation(target_yaw)
+        rot_err = 0.5 * sum(np.cross(rot[:, i], goal[:, i]) for i in range(3))
+        twist = np.concatenate([target_pos - self.ee_pos(), rot_err])
+        jjt = jac @ jac.T + self._damping2 * np.eye(6)
+        dq = jac.T @ np.linalg.solve(jjt, twist)
+        # Null space: the 7th degree of freedom drifts toward the home posture, away from limits.
+        # Projected with the exact pseudo-inverse: the damped one leaks the pull into the task
+        # space, enough to stall sub-millimetre steps.
+        q = d.qpos[self._qadr]
+        null = np.eye(7) - np.linalg.pinv(jac, rcond=1e-4) @ jac
+        dq += null @ (self._null_gain * (HOME_QPOS - q))
+        target = np.clip(d.ctrl[self._act] + dq, q - MAX_TARGET_LEAD, q + MAX_TARGET_LEAD)
+        d.ctrl[self._act] = np.clip(target, self._range[:, 0], self._range[:, 1])
+
+    def reset_joints(self, qpos: np.ndarray, gripper_open: float = FINGER_OPEN) -> None:
+        d = self.world.data
+        d.qpos[self._qadr] = qpos
+        d.qpos[self._finger] = d.qpos[self._finger_r] = gripper_open
+        d.qvel[:] = 0.0
+        d.ctrl[self._act] = qpos
+        d.ctrl[self._grip_act] = gripper_open
+        self.world.forward()
+        self.target_yaw = yaw_of(self.ee_rotation())
