@@ -31,6 +31,7 @@ PEG_LENGTH = 0.1
 HOLE_DEPTH = 0.05
 HOLE_WALL = 0.03
 INSERTED_DEPTH = 0.03
+POSITION_GAIN = 0.6
 
 
 def _quat_yaw(yaw: float) -> np.ndarray:
@@ -253,7 +254,9 @@ class ArmExpert:
     def __call__(self, obs=None) -> np.ndarray:
         goal, yaw, grip, speed = self._plan_with_advance()
         error = goal - self.arm.ee_pos()
-        move = np.clip(error / MAX_STEP_M, -speed, speed)
+        # A gain below 1: the servos lag a little behind each step, and a full (deadbeat) correction
+        # would overshoot into a limit cycle of about a millimetre, wider than the peg's clearance.
+        move = np.clip(POSITION_GAIN * error / MAX_STEP_M, -speed, speed)
         turn = np.clip(_square_yaw_error(self.arm.target_yaw, yaw) / MAX_YAW_STEP, -1.0, 1.0)
         action = np.concatenate([move, [turn, grip]])
         if self.noise:
