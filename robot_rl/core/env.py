@@ -10,6 +10,21 @@ import numpy as np
 from robot_rl.core.protocols import Camera, Robot, Task
 
 
+class EnvHook:
+    """Something that acts at fixed points of every episode: domain randomization, observation
+    noise, action latency. Hooks run in the order given, in `reset`, on each command (robot
+    units, after the safety layer) and on each observation."""
+
+    def on_reset(self, env: RobotEnv, rng: np.random.Generator) -> None:
+        pass
+
+    def on_command(self, command: np.ndarray) -> np.ndarray:
+        return command
+
+    def on_observation(self, obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return obs
+
+
 class RobotEnv(gym.Env):
     """Dict observations {"state", "image/<camera>"}; actions normalized to [-1, 1].
 
@@ -19,8 +34,8 @@ class RobotEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, robot: Robot, task: Task, cameras: Sequence[Camera] = ()):
-        self.robot, self.task, self.cameras = robot, task, list(cameras)
+    def __init__(self, robot: Robot, task: Task, cameras: Sequence[Camera] = (), hooks: Sequence[EnvHook] = ()):
+        self.robot, self.task, self.cameras, self.hooks = robot, task, list(cameras), list(hooks)
         self.robot_state_keys = [k for k in robot.observation_spec if k != "timestamp"]
         task_spec = task.observation_spec()
         self.task_state_keys = list(task_spec)
@@ -70,6 +85,8 @@ class RobotEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         self.connect()
+        for hook in self.hooks:
+            hook.on_reset(self, self.np_random)
         self.task.reset(self.np_random)
         self.steps = 0
         return self.observe(), {}
@@ -88,14 +105,21 @@ class RobotEnv(gym.Env):
         span = np.where(self._high > self._low, self._high - self._low, 1.0)
         return (2.0 * (np.asarray(command, np.float64) - self._low) / span - 1.0).astype(np.float32)
 
-    def apply_action(self, action) -> None:
+    def command_for(self, action) -> np.ndarray:
+        """The robot-unit command for a normalized action, which must be finite and well shaped."""
         a = np.asarray(action, dtype=np.float64)
         if a.shape != self.action_space.shape:
             raise ValueError(f"action has shape {a.shape}, expected {self.action_space.shape}")
         if not np.all(np.isfinite(a)):
             # Last line of defence: the ControlLoop's safety filter normally catches this first.
             raise ValueError("refusing to send a non-finite action to the robot")
-        self.robot.command(self.to_robot_units(np.clip(a, -1.0, 1.0)))
+        command = self.to_robot_units(np.clip(a, -1.0, 1.0))
+        for hook in self.hooks:
+            command = hook.on_command(command)
+        return command
+
+    def apply_action(self, action) -> None:
+        self.robot.command(self.command_for(action))
         self.steps += 1
 
     def hold(self) -> None:
@@ -113,6 +137,8 @@ class RobotEnv(gym.Env):
             frame = cam.read()
             obs[f"image/{cam.name}"] = frame.image
             raw[f"timestamp/{cam.name}"] = np.float64(frame.timestamp)
+        for hook in self.hooks:
+            obs = hook.on_observation(obs)
         return obs
 
     def evaluate(self) -> tuple[float, bool, bool, dict]:

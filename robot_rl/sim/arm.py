@@ -206,13 +206,38 @@ class MujocoArm(Robot):
         }
 
     def command(self, action: np.ndarray) -> None:
-        a = np.asarray(action, np.float64)
-        delta = np.clip(a[:3], -MAX_STEP_M, MAX_STEP_M)
-        self.target_yaw = float(np.clip(self.target_yaw + np.clip(a[3], -MAX_YAW_STEP, MAX_YAW_STEP), -2.5, 2.5))
-        self._track(self.ee_pos() + delta, self.target_yaw)
-        # Gripper command in [-1, 1]: -1 fully open, +1 fully closed (the servo squeezes).
-        self.world.data.ctrl[self._grip_act] = FINGER_OPEN * (1.0 - np.clip(a[4], -1.0, 1.0)) / 2.0
+        self.set_command(action)
         self.world.step(self.substeps)
+
+    def set_command(self, action: np.ndarray) -> None:
+        """Turn an action into servo targets without stepping physics."""
+        MujocoArm.set_commands([self], np.asarray(action, np.float64)[None])
+
+    @staticmethod
+    def set_commands(arms: list[MujocoArm], actions: np.ndarray) -> None:
+        """Servo targets for many arms at once (a vector env): one batched IK solve for all."""
+        a = np.asarray(actions, np.float64)
+        delta = np.clip(a[:, :3], -MAX_STEP_M, MAX_STEP_M)
+        for arm, dyaw in zip(arms, a[:, 3]):
+            arm.target_yaw = float(np.clip(arm.target_yaw + np.clip(dyaw, -MAX_YAW_STEP, MAX_YAW_STEP), -2.5, 2.5))
+        n = len(arms)
+        jac, twist = np.empty((n, 6, 7)), np.empty((n, 6))
+        q, ctrl = np.empty((n, 7)), np.empty((n, 7))
+        for i, arm in enumerate(arms):
+            m, d = arm.world.model, arm.world.data
+            mujoco.mj_jacSite(m, d, arm._jacp, arm._jacr, arm._site)
+            jac[i, :3], jac[i, 3:] = arm._jacp[:, arm._dadr], arm._jacr[:, arm._dadr]
+            # Orientation error: the rotation vector of goal @ rot^T, to first order.
+            err = down_rotation(arm.target_yaw) @ arm.ee_rotation().T
+            twist[i, :3] = delta[i]
+            twist[i, 3:] = 0.5 * np.array([err[2, 1] - err[1, 2], err[0, 2] - err[2, 0], err[1, 0] - err[0, 1]])
+            q[i], ctrl[i] = d.qpos[arm._qadr], d.ctrl[arm._act]
+        targets = _ik_targets(jac, twist, q, ctrl, arms[0]._damping2, arms[0]._null_gain)
+        for i, arm in enumerate(arms):
+            d = arm.world.data
+            d.ctrl[arm._act] = np.clip(targets[i], arm._range[:, 0], arm._range[:, 1])
+            # Gripper command in [-1, 1]: -1 fully open, +1 fully closed (the servo squeezes).
+            d.ctrl[arm._grip_act] = FINGER_OPEN * (1.0 - np.clip(a[i, 4], -1.0, 1.0)) / 2.0
 
     def stop(self) -> None:
         # Hold the measured joints and the gripper as it is. Safe from any thread: writes targets only.
@@ -231,24 +256,6 @@ class MujocoArm(Robot):
         d = self.world.data
         return float(d.qpos[self._finger] + d.qpos[self._finger_r])
 
-    def _track(self, target_pos: np.ndarray, target_yaw: float) -> None:
-        m, d = self.world.model, self.world.data
-        mujoco.mj_jacSite(m, d, self._jacp, self._jacr, self._site)
-        jac = np.vstack([self._jacp[:, self._dadr], self._jacr[:, self._dadr]])
-        rot, goal = self.ee_rotation(), down_rotation(target_yaw)
-        rot_err = 0.5 * sum(np.cross(rot[:, i], goal[:, i]) for i in range(3))
-        twist = np.concatenate([target_pos - self.ee_pos(), rot_err])
-        jjt = jac @ jac.T + self._damping2 * np.eye(6)
-        dq = jac.T @ np.linalg.solve(jjt, twist)
-        # Null space: the 7th degree of freedom drifts toward the home posture, away from limits.
-        # Projected with the exact pseudo-inverse: the damped one leaks the pull into the task
-        # space, enough to stall sub-millimetre steps.
-        q = d.qpos[self._qadr]
-        null = np.eye(7) - np.linalg.pinv(jac, rcond=1e-4) @ jac
-        dq += null @ (self._null_gain * (HOME_QPOS - q))
-        target = np.clip(d.ctrl[self._act] + dq, q - MAX_TARGET_LEAD, q + MAX_TARGET_LEAD)
-        d.ctrl[self._act] = np.clip(target, self._range[:, 0], self._range[:, 1])
-
     def reset_joints(self, qpos: np.ndarray, gripper_open: float = FINGER_OPEN) -> None:
         d = self.world.data
         d.qpos[self._qadr] = qpos
@@ -258,3 +265,20 @@ class MujocoArm(Robot):
         d.ctrl[self._grip_act] = gripper_open
         self.world.forward()
         self.target_yaw = yaw_of(self.ee_rotation())
+
+
+def _ik_targets(jac, twist, q, ctrl, damping2: float, null_gain: float) -> np.ndarray:
+    """Batched damped least-squares IK step for (N, 6, 7) Jacobians; returns new servo targets.
+
+    The servo targets are integrated rather than restarted from the measured joints, so servo lag
+    does not shrink every commanded step; they stay within MAX_TARGET_LEAD of the joints.
+    """
+    jt = np.swapaxes(jac, 1, 2)
+    jjt = jac @ jt + damping2 * np.eye(6)
+    dq = (jt @ np.linalg.solve(jjt, twist[..., None]))[..., 0]
+    # Null space: the 7th degree of freedom drifts toward the home posture, away from limits.
+    # Projected with the exact pseudo-inverse: the damped one leaks the pull into the task space,
+    # enough to stall sub-millimetre steps.
+    null = np.eye(7) - np.linalg.pinv(jac, rcond=1e-4) @ jac
+    dq += (null @ (null_gain * (HOME_QPOS - q))[..., None])[..., 0]
+    return np.clip(ctrl + dq, q - MAX_TARGET_LEAD, q + MAX_TARGET_LEAD)

@@ -20,6 +20,7 @@ from robot_rl.core.env import RobotEnv
 from robot_rl.core.protocols import Task
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError
+from robot_rl.sim.randomization import randomization_hooks
 from robot_rl.sim.arm import HOME_QPOS, MAX_STEP_M, MAX_YAW_STEP, MujocoArm, scene_xml, yaw_of
 from robot_rl.sim.world import MujocoCamera, MujocoWorld
 
@@ -361,7 +362,7 @@ TASKS = {
 
 
 def make_arm_env(task: str, cameras=("front",), image_size: int = 84, max_steps: int | None = None,
-                 clearance: float = 0.002) -> RobotEnv:
+                 clearance: float = 0.002, randomization: dict | None = None) -> RobotEnv:
     if task not in TASKS:
         raise ConfigError(f"unknown arm task {task!r}; known: {', '.join(TASKS)}")
     if task == "peg_insert":
@@ -378,7 +379,7 @@ def make_arm_env(task: str, cameras=("front",), image_size: int = 84, max_steps:
         kwargs["clearance"] = clearance
     env_task = task_cls(arm, **kwargs)
     cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
-    return RobotEnv(arm, env_task, cams)
+    return RobotEnv(arm, env_task, cams, hooks=randomization_hooks(world.model, randomization))
 
 
 def make_expert(env: RobotEnv, noise: float = 0.0, seed: int | None = None) -> ArmExpert:
@@ -390,5 +391,6 @@ def make_expert(env: RobotEnv, noise: float = 0.0, seed: int | None = None) -> A
 
 def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
     env = make_arm_env(cfg.task, cameras=tuple(cfg.cameras), image_size=int(cfg.image_size),
-                       max_steps=int(cfg.max_steps), clearance=float(cfg.get("clearance_mm", 2.0)) / 1000)
+                       max_steps=int(cfg.max_steps), clearance=float(cfg.get("clearance_mm", 2.0)) / 1000,
+                       randomization=cfg.get("randomization"))
     return env, make_expert(env, noise=expert_noise, seed=seed)

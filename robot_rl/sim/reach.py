@@ -61,6 +61,12 @@ class MujocoReachArm(Robot):
         }
 
     def command(self, action: np.ndarray) -> None:
+        self.set_command(action)
+        self.world.step(self.substeps)
+        self.commands += 1
+
+    def set_command(self, action: np.ndarray) -> None:
+        """Servo targets for an action, without stepping physics."""
         delta = np.clip(np.asarray(action, np.float64), -MAX_STEP_M, MAX_STEP_M)
         m, d = self.world.model, self.world.data
         mujoco.mj_jacSite(m, d, self._jacp, None, self._site)
@@ -71,8 +77,6 @@ class MujocoReachArm(Robot):
         q = d.qpos[:3]
         target = np.clip(d.ctrl[:3] + dq, q - MAX_TARGET_LEAD, q + MAX_TARGET_LEAD)
         d.ctrl[:] = np.clip(target, self._joint_range[:, 0], self._joint_range[:, 1])
-        self.world.step(self.substeps)
-        self.commands += 1
 
     def stop(self) -> None:
         # Hold the current joint positions. Safe from any thread: it only writes the servo targets.

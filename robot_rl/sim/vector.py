@@ -1,0 +1,121 @@
+"""VectorEnv: N copies of a simulated task stepped together, for RL.
+
+- State observations batched as one (N, D) float32 array; actions (N, A) in [-1, 1].
+- Per-env auto-reset in the same step (gymnasium's SAME_STEP mode): when an env terminates or
+  truncates, the observation returned for it is the first of its next episode, and the last one
+  is in `infos["final_obs"]` (masked by `infos["_final_obs"]`).
+- Physics of all envs advances in a thread pool: `mujoco.mj_step` releases the GIL, so the
+  worlds step in parallel on all cores while Python only computes each robot's servo targets.
+  (`mujoco.rollout` was measured about 10 % faster at 64 envs but round-trips the full state every
+  call and restarts the solver warm-start; stepping the MjData in place keeps every env
+  bit-identical to the same env stepped alone.)
+- A gymnasium.vector.VectorEnv, so gymnasium's vector API and wrappers apply.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from robot_rl.core.env import RobotEnv
+
+
+class VectorEnv(gym.vector.VectorEnv):
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(self, make_env: Callable[[], RobotEnv], num_envs: int, threads: int | None = None):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be at least 1, got {num_envs}")
+        self.envs = [make_env() for _ in range(num_envs)]
+        first = self.envs[0]
+        if set(first.observation_space.spaces) != {"state"}:
+            raise ValueError("a VectorEnv batches state observations: build its envs without cameras")
+        self.num_envs = num_envs
+        self.single_observation_space = first.observation_space["state"]
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.render_mode = None
+        # Sim robots that can set their servo targets without stepping are stepped in the pool.
+        self._parallel = all(hasattr(e.robot, "set_command") and hasattr(e.robot, "world") for e in self.envs)
+        workers = threads or min(os.cpu_count() or 1, num_envs)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="robot_rl-vecenv") if self._parallel and workers > 1 else None
+        self._groups = [self.envs[i::workers] for i in range(workers)] if self._pool else [self.envs]
+        self._obs = np.zeros((num_envs, *self.single_observation_space.shape), np.float32)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Reset every env; env i is seeded with seed + i (later auto-resets follow their own RNG)."""
+        for i, env in enumerate(self.envs):
+            obs, _ = env.reset(seed=None if seed is None else seed + i)
+            self._obs[i] = obs["state"]
+        return self._obs.copy(), {}
+
+    def step(self, actions):
+        actions = np.asarray(actions, np.float32)
+        if actions.shape != self.action_space.shape:
+            raise ValueError(f"actions have shape {actions.shape}, expected {self.action_space.shape}")
+        if self._parallel:
+            commands = np.stack([env.command_for(action) for env, action in zip(self.envs, actions)])
+            robots = [env.robot for env in self.envs]
+            if hasattr(type(robots[0]), "set_commands"):  # one batched solve (the arm's IK)
+                type(robots[0]).set_commands(robots, commands)
+            else:
+                for robot, command in zip(robots, commands):
+                    robot.set_command(command)
+            for env in self.envs:
+                env.steps += 1
+            if self._pool:
+                list(self._pool.map(_step_physics, self._groups))
+            else:
+                _step_physics(self.envs)
+        else:
+            for env, action in zip(self.envs, actions):
+                env.apply_action(action)
+
+        rewards = np.zeros(self.num_envs)
+        terminated = np.zeros(self.num_envs, bool)
+        truncated = np.zeros(self.num_envs, bool)
+        success = np.zeros(self.num_envs, bool)
+        final_obs = np.zeros_like(self._obs)
+        for i, env in enumerate(self.envs):
+            self._obs[i] = env.observe()["state"]
+            rewards[i], terminated[i], truncated[i], info = env.evaluate()
+            success[i] = info["success"]
+        done = terminated | truncated
+        for i in np.flatnonzero(done):
+            final_obs[i] = self._obs[i]
+            obs, _ = self.envs[i].reset()
+            self._obs[i] = obs["state"]
+        # Episode returns and lengths: wrap in gymnasium.wrappers.vector.RecordEpisodeStatistics.
+        infos = {"success": success, "final_obs": final_obs, "_final_obs": done}
+        return self._obs.copy(), rewards, terminated, truncated, infos
+
+    def close(self, **kwargs):
+        if self._pool:
+            self._pool.shutdown()
+        for env in self.envs:
+            env.close()
+        self.closed = True
+
+
+def _step_physics(envs: list[RobotEnv]) -> None:
+    for env in envs:
+        world = env.robot.world
+        mujoco.mj_step(world.model, world.data, nstep=env.robot.substeps)
+
+
+def make_vector_env(env_cfg, num_envs: int, threads: int | None = None) -> VectorEnv:
+    """A VectorEnv of the task an `env` config entry describes (cameras dropped: state only)."""
+    from omegaconf import OmegaConf
+
+    from robot_rl.sim.registry import make_sim_env
+
+    cfg = OmegaConf.merge(env_cfg, {"cameras": []})
+    return VectorEnv(lambda: make_sim_env(cfg)[0], num_envs, threads)

@@ -1,0 +1,69 @@
+"""Domain randomization hooks: model parameters per reset, observation noise, action latency."""
+
+import numpy as np
+import pytest
+
+from robot_rl.core import RobotEnv
+from robot_rl.core.noop import NoopRobot, NullTask
+from robot_rl.errors import ConfigError
+from robot_rl.sim.arm_tasks import make_arm_env
+from robot_rl.sim.randomization import ActionLatency, ObservationNoise, RandomizationConfig
+
+
+def test_model_parameters_are_resampled_around_nominal():
+    env = make_arm_env("cube_lift", cameras=(), randomization={"friction": [0.5, 0.6], "mass": [1.5, 2.0],
+                                                               "actuator_gain": [0.9, 0.95], "camera_pos_m": 0.01})
+    nominal = make_arm_env("cube_lift", cameras=())
+    m0, m = nominal.robot.world.model, env.robot.world.model
+    samples = []
+    for seed in range(5):  # repeated resets do not compound: always within range of the nominal
+        env.reset(seed=seed)
+        ratio = m.geom_friction[:, 0] / m0.geom_friction[:, 0]
+        assert np.all((ratio >= 0.5) & (ratio <= 0.6))
+        has_mass = m0.body_mass > 0
+        mass = m.body_mass[has_mass] / m0.body_mass[has_mass]
+        assert np.all((mass >= 1.5) & (mass <= 2.0))
+        assert np.all(np.abs(m.cam_pos - m0.cam_pos) < 0.06)
+        samples.append(m.geom_friction[:, 0].copy())
+    assert not np.allclose(samples[0], samples[1])
+    kp = m.actuator_gainprm[:7, 0] / m0.actuator_gainprm[:7, 0]
+    assert np.all((kp >= 0.9) & (kp <= 0.95))
+    np.testing.assert_allclose(m.actuator_biasprm[:7, 1], -m.actuator_gainprm[:7, 0])  # still a servo
+
+
+def test_randomized_env_still_works_with_the_expert():
+    from robot_rl.sim.arm_tasks import make_expert
+
+    env = make_arm_env("cube_lift", cameras=(), randomization={"friction": [0.8, 1.2], "mass": [0.8, 1.2], "light": [0.5, 1.0]})
+    env.reset(seed=0)
+    expert = make_expert(env)
+    for _ in range(env.task.max_steps):
+        *_, terminated, truncated, info = env.step(expert())
+        if terminated or truncated:
+            break
+    assert info["success"]
+
+
+def test_observation_noise():
+    env = RobotEnv(NoopRobot(2), NullTask(), hooks=[ObservationNoise(0.1)])
+    env.reset(seed=0)
+    states = np.stack([env.observe()["state"] for _ in range(2000)])
+    assert states.std() == pytest.approx(0.1, rel=0.1) and abs(states.mean()) < 0.01
+
+
+def test_action_latency_delays_commands():
+    env = RobotEnv(NoopRobot(1), NullTask(), hooks=[ActionLatency(2)])
+    env.reset(seed=0)
+    for a in [0.1, 0.2, 0.3, 0.4, 0.5]:
+        env.step(np.array([a], np.float32))
+    sent = [float(c[0]) for c in env.robot.commands]
+    np.testing.assert_allclose(sent, [0.1, 0.1, 0.1, 0.2, 0.3], atol=1e-6)
+    env.reset(seed=1)  # a new episode starts with an empty pipeline
+    env.step(np.array([0.9], np.float32))
+    assert env.robot.commands[-1][0] == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("bad", [{"friction": [1.2, 0.8]}, {"mass": [0, 1]}, {"action_latency": -1}, {"nonsense": 1}])
+def test_bad_config_is_a_clear_error(bad):
+    with pytest.raises(ConfigError):
+        RandomizationConfig.from_dict(bad)
