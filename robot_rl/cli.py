@@ -95,10 +95,10 @@ def cmd_dataset_show(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    if args.which == "loop":
-        from robot_rl.bench.loop import format_table, run
-    else:
-        from robot_rl.bench.store import format_table, run
+    import importlib
+
+    bench = importlib.import_module(f"robot_rl.bench.{args.which}")
+    format_table, run = bench.format_table, bench.run
     results = run(quick=args.quick)
     print(format_table(results))
     if args.json:
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_dataset_show)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
-    p.add_argument("which", choices=("loop", "store"))
+    p.add_argument("which", choices=("loop", "store", "sim"))
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     p.set_defaults(func=cmd_bench)
