@@ -39,6 +39,9 @@ def collect(cfg: DictConfig, replace: bool = False) -> dict:
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env, expert = make_sim_env(cfg.env, expert_noise=float(cfg.expert_noise), seed=int(cfg.seed))
+    if expert is None:
+        env.close()
+        raise ConfigError(f"env {cfg.env.name} has no scripted expert, so teleop=scripted cannot drive it")
     recorder = EpisodeRecorder(
         out,
         fps=float(cfg.env.control_hz),

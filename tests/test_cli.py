@@ -119,3 +119,28 @@ def test_bench_prints_a_table_and_writes_json(which, tmp_path):
     else:
         assert "plain zarr" in run.stdout
         assert figures["sample"]["images"]["ours_warm_per_s"] > 0 and figures["write"]["ours_steps_per_s"] > 0
+
+
+@pytest.mark.parametrize("env_name", ["peg_insert", "cube_lift", "cube_place", "rc_car"])
+def test_collect_and_show_every_sim_task(env_name, tmp_path):
+    out = tmp_path / f"{env_name}.zarr"
+    run = cli("collect", f"env={env_name}", "episodes=1", "loop.rate_hz=null", f"out={out}", "env.image_size=32")
+    assert run.returncode == 0, run.stderr
+    assert "(1 successful)" in run.stderr
+    shown = cli("dataset", "show", str(out), "--out", str(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    assert {Path(p).suffix for p in shown.stdout.split()} == {".mp4", ".png"}
+
+
+def test_missing_extra_is_one_line_and_exit_2(tmp_path):
+    """robosuite made unimportable (whether or not it is installed): the CLI names the extra."""
+    code = (
+        "import sys; sys.modules['robosuite'] = None; from robot_rl.cli import main; "
+        "sys.exit(main(['collect', 'env=robosuite_lift', 'episodes=1', 'out=x.zarr']))"
+    )
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "install robot_rl[sim]" in lines[0], run.stderr
+    assert not (tmp_path / "x.zarr").exists()

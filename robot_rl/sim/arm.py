@@ -207,6 +207,10 @@ class MujocoArm(Robot):
 
     def command(self, action: np.ndarray) -> None:
         self.set_command(action)
+        self.step_physics()
+
+    def step_physics(self) -> None:
+        """Advance physics by one command period."""
         self.world.step(self.substeps)
 
     def set_command(self, action: np.ndarray) -> None:

@@ -62,8 +62,12 @@ class MujocoReachArm(Robot):
 
     def command(self, action: np.ndarray) -> None:
         self.set_command(action)
-        self.world.step(self.substeps)
+        self.step_physics()
         self.commands += 1
+
+    def step_physics(self) -> None:
+        """Advance physics by one command period."""
+        self.world.step(self.substeps)
 
     def set_command(self, action: np.ndarray) -> None:
         """Servo targets for an action, without stepping physics."""
