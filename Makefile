@@ -24,6 +24,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/robot-rl bench loop --json benchmarks/results/loop.json
 	$(BIN)/robot-rl bench store --json benchmarks/results/store.json
+	$(BIN)/robot-rl bench sim --json benchmarks/results/sim.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache
