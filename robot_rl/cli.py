@@ -71,8 +71,40 @@ def cmd_collect(args, config_name: str = "collect", replace: bool = False) -> di
 
 
 def cmd_demo(args) -> None:
-    info = cmd_collect(args, config_name="demo", replace=True)
-    _print_summary(info)
+    from robot_rl.train import resip_demo
+
+    cfg = compose("demo", args.overrides)
+    path = resip_demo(cfg)
+    report = json.loads(path.read_text())
+    print(f"{'env':<28}{report['env']}")
+    print(f"{'demonstrations':<28}{report['demos']}")
+    print(f"{'diffusion BC success':<28}{report['bc_success']:.1%}")
+    print(f"{'residual (ResiP) success':<28}{report['residual_success']:.1%}")
+    print(f"{'episodes evaluated (each)':<28}{report['episodes']}")
+    print(f"{'wall time':<28}{report['seconds'] / 60:.1f} min")
+    for key in ("bc_plot", "residual_plot", "bc_checkpoint", "residual_checkpoint"):
+        print(f"{key.replace('_', ' '):<28}{report[key]}")
+    print(path)
+
+
+def cmd_train(args) -> None:
+    from robot_rl.train import train
+
+    cfg = compose("train", args.overrides)
+    result = train(cfg)
+    print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
+
+
+def cmd_eval(args) -> None:
+    from robot_rl.train import evaluate_checkpoint
+
+    cfg = compose("eval", args.overrides)
+    result = evaluate_checkpoint(cfg.checkpoint, cfg.env, int(cfg.episodes), int(cfg.num_envs), int(cfg.seed),
+                                 cfg.ddim_steps)
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
 
 
 def cmd_dataset_info(args) -> None:
@@ -115,9 +147,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. episodes=20 env=reach out=datasets/x.zarr")
     p.set_defaults(func=lambda a: cmd_collect(a) and None)
 
-    p = sub.add_parser("demo", help="what `make demo` runs: collect scripted demos, print the summary")
+    p = sub.add_parser("demo", help="what `make demo` runs: demos -> diffusion BC -> residual PPO on peg_insert")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="success rate of a checkpoint: checkpoint=PATH env=<task> episodes=100")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("dataset", help="inspect episode stores")
     dsub = p.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
@@ -133,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_dataset_show)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
-    p.add_argument("which", choices=("loop", "store", "sim"))
+    p.add_argument("which", choices=("loop", "store", "sim", "policy"))
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     p.set_defaults(func=cmd_bench)

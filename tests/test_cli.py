@@ -100,12 +100,19 @@ def test_schema_mismatch_is_reported_before_recording(collected, tmp_path):
     assert EpisodeStore.open(copy).n_episodes == 3
 
 
-def test_demo_collects_and_prints_the_summary(tmp_path):
-    run = cli("demo", "episodes=2", "loop.rate_hz=null", cwd=tmp_path)
+def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
+    # The full pipeline at toy sizes: the figures are meaningless, the plumbing is real.
+    run = cli("demo", "episodes=4", "bc.steps=10", "residual.iterations=1", "residual.num_envs=4",
+              "residual.rollout_steps=8", "eval_episodes=4", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    store = EpisodeStore.open(tmp_path / "datasets/demo_reach.zarr")
-    assert store.n_episodes == 2
-    assert f"episodes   2    steps {store.n_steps}" in run.stdout
+    report_path = Path(run.stdout.strip().splitlines()[-1])
+    report = json.loads((tmp_path / report_path).read_text())
+    assert {"bc_success", "residual_success", "episodes", "seconds"} <= set(report)
+    assert report["episodes"] == 4 and 0.0 <= report["bc_success"] <= 1.0
+    for key in ("bc_plot", "residual_plot"):
+        assert (tmp_path / report[key]).exists()
+    assert EpisodeStore.open(tmp_path / "datasets/demo_peg_insert.zarr").n_episodes == 4
+    assert "diffusion BC success" in run.stdout
 
 
 @pytest.mark.parametrize("which", ["loop", "store"])

@@ -246,6 +246,8 @@ class ControlLoop:
         return next_obs, done
 
     def _choose(self, obs) -> tuple[np.ndarray, bool, frozenset[str]]:
+        if hasattr(self.policy, "observe"):  # policies with an observation history see every tick
+            self.policy.observe(obs)
         cmd = self.teleop.read() if self.teleop is not None else None
         events = cmd.events if cmd is not None else frozenset()
         if cmd is not None and (cmd.intervening or self.policy is None):

@@ -127,12 +127,17 @@ class PegInsertTask(ArmTask):
         return self.world.data.site_xpos[self._tip].copy()
 
     def observation_spec(self):
-        return {"hole_pos": ArraySpec((3,)), "hole_yaw": ArraySpec((2,))}
+        return {"hole_pos": ArraySpec((3,)), "hole_yaw": ArraySpec((2,)), "tip_to_hole": ArraySpec((3,))}
 
     def observe(self):
         # The hole is symmetric every 90 degrees: encode 4*yaw so equivalent poses look the same.
         yaw = 4 * self.hole_yaw
-        return {"hole_pos": self.hole_pos.astype(np.float32), "hole_yaw": np.array([np.cos(yaw), np.sin(yaw)], np.float32)}
+        # The peg tip relative to the hole's mouth, as a perception system would report it: the
+        # millimetre-scale signal the insertion depends on, not left to a difference of two
+        # absolute positions that the normalizer scales by the whole table.
+        mouth = self.hole_pos + np.array([0.0, 0.0, HOLE_DEPTH])
+        return {"hole_pos": self.hole_pos.astype(np.float32), "hole_yaw": np.array([np.cos(yaw), np.sin(yaw)], np.float32),
+                "tip_to_hole": (mouth - self.tip()).astype(np.float32)}
 
     def evaluate(self, obs):
         tip = self.tip()

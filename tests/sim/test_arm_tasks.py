@@ -22,7 +22,7 @@ def test_expert_at_noise_zero_succeeds(task):
         assert info["success"] and terminated and reward == 1.0, f"{task} seed {seed}"
 
 
-@pytest.mark.parametrize("task, state_dim", [("peg_insert", 25), ("cube_lift", 27), ("cube_place", 30)])
+@pytest.mark.parametrize("task, state_dim", [("peg_insert", 28), ("cube_lift", 27), ("cube_place", 30)])
 def test_observations_actions_and_cameras(task, state_dim):
     env = make_arm_env(task, cameras=("front", "wrist"), image_size=32)
     obs, _ = env.reset(seed=0)

@@ -1,0 +1,173 @@
+"""Residual PPO (ResiP): PPO on a per-step Gaussian residual over a frozen diffusion policy.
+
+Faithful to Ankile et al. and `ankile/robust-rearrangement`: the base predicts a chunk with a few
+DDIM steps and the envs execute it step by step; the residual acts every step on [normalized obs,
+base action]; GAE with gamma 0.999 and lambda 0.95; clipped surrogate (0.2), no value clipping, no
+entropy bonus, value coefficient 1; many epochs over the batch with a target-KL early stop;
+separate AdamW optimizers (actor 3e-4, critic 5e-3, cosine); per-minibatch advantage
+normalization; rewards divided by a running std of the discounted return (no centering) and
+clipped to +-5; truncation ends the return like termination.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.policies.diffusion import DiffusionPolicy
+from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
+
+
+@dataclass
+class ResidualPPOConfig:
+    num_envs: int = 64
+    rollout_steps: int = 100  # per env per iteration
+    iterations: int = 60
+    gamma: float = 0.999
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    update_epochs: int = 50
+    num_minibatches: int = 4
+    target_kl: float = 0.1
+    vf_coef: float = 1.0
+    max_grad_norm: float = 1.0
+    actor_lr: float = 3e-4
+    critic_lr: float = 5e-3
+    weight_decay: float = 1e-6
+    residual_scale: float = 0.1
+    log_std: float = -1.0
+    hidden: int = 256
+    base_ddim_steps: int = 4
+    reward_clip: float = 5.0
+    seed: int = 0
+
+
+class ReturnStd:
+    """Running std of the discounted return, to scale rewards without shifting them."""
+
+    def __init__(self, num_envs: int, gamma: float):
+        self.ret, self.gamma = np.zeros(num_envs), gamma
+        self.count, self.mean, self.m2 = 1e-4, 0.0, 0.0
+
+    def scale(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
+        self.ret = self.ret * self.gamma + rewards
+        for x in self.ret:  # Welford update over this step's returns
+            self.count += 1
+            delta = x - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (x - self.mean)
+        self.ret[dones] = 0.0
+        return rewards / np.sqrt(self.m2 / self.count + 1e-8)
+
+
+def gae(rewards, values, dones, last_value, gamma: float, lam: float):
+    """Generalized advantage estimation over (T, N) arrays; `dones[t]` ends the return after step t."""
+    T = len(rewards)
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_value)
+    for t in reversed(range(T)):
+        next_value = last_value if t == T - 1 else values[t + 1]
+        not_done = 1.0 - dones[t]
+        delta = rewards[t] + gamma * next_value * not_done - values[t]
+        running = delta + gamma * lam * not_done * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def ppo_losses(policy: ResidualPolicy, x, actions, old_logp, advantages, returns, clip: float):
+    """(policy loss, value loss, approximate KL) of the clipped PPO objective on one minibatch."""
+    dist = policy.dist(x)
+    logp = dist.log_prob(actions).sum(-1)
+    log_ratio = logp - old_logp
+    ratio = log_ratio.exp()
+    adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
+    value = 0.5 * (policy.value(x) - returns).pow(2).mean()
+    approx_kl = ((ratio - 1) - log_ratio).mean()
+    return pg, value, approx_kl
+
+
+def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True,
+                       evaluate_fn=None) -> dict:
+    seed_everything(cfg.seed)
+    base = DiffusionPolicy.load(base_checkpoint).requires_grad_(False)
+    vec = make_vec_env(cfg.num_envs)
+    obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
+    policy = ResidualPolicy(ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale))
+    actor_opt = torch.optim.AdamW(policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay)
+    critic_opt = torch.optim.AdamW(policy.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay)
+    schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(o, cfg.iterations) for o in (actor_opt, critic_opt)]
+    chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
+    reward_scale = ReturnStd(cfg.num_envs, cfg.gamma)
+    log = RunLog(out_dir, "residual PPO")
+    T, N = cfg.rollout_steps, cfg.num_envs
+    buf_x = torch.zeros(T, N, obs_dim + action_dim)
+    buf_a, buf_logp = torch.zeros(T, N, action_dim), torch.zeros(T, N)
+    buf_r, buf_v, buf_d = torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N)
+    obs, _ = vec.reset(seed=cfg.seed)
+    state = torch.as_tensor(obs)
+    episodes, successes, env_steps = 0, 0, 0
+    bar = tqdm(range(cfg.iterations), desc="residual PPO", unit="it", disable=not progress, dynamic_ncols=True)
+    for it in bar:
+        it_episodes = it_successes = 0
+        with torch.no_grad():
+            for t in range(T):
+                base_action = chunks.next(state)
+                x = residual_input(base, state, base_action)
+                dist = policy.dist(x)
+                residual = dist.sample()
+                buf_x[t], buf_a[t], buf_logp[t], buf_v[t] = x, residual, dist.log_prob(residual).sum(-1), policy.value(x)
+                action = combine(base, base_action, residual, cfg.residual_scale)
+                obs, reward, terminated, truncated, info = vec.step(action.numpy())
+                done = terminated | truncated  # ResiP: truncation ends the return too
+                buf_r[t] = torch.as_tensor(np.clip(reward_scale.scale(reward, done), -cfg.reward_clip, cfg.reward_clip))
+                buf_d[t] = torch.as_tensor(done, dtype=torch.float32)
+                chunks.reset(np.flatnonzero(done))
+                it_episodes += int(done.sum())
+                it_successes += int(info["success"][done].sum())
+                state = torch.as_tensor(obs)
+            last_value = policy.value(residual_input(base, state, chunks.queue[np.arange(N), np.minimum(chunks.index, chunks.queue.shape[1] - 1)]))
+            advantages, returns = gae(buf_r, buf_v, buf_d, last_value, cfg.gamma, cfg.gae_lambda)
+        env_steps += T * N
+        episodes += it_episodes
+        successes += it_successes
+        stats = _update(policy, actor_opt, critic_opt, cfg, buf_x.flatten(0, 1), buf_a.flatten(0, 1),
+                        buf_logp.flatten(0, 1), advantages.flatten(), returns.flatten())
+        for s in schedules:
+            s.step()
+        rate = it_successes / max(it_episodes, 1)
+        log.log(env_steps, success_rate=rate, episodes=it_episodes, **stats)
+        bar.set_postfix_str(f"success {rate:.2f} ({it_episodes} ep) kl {stats['approx_kl']:.3f} epochs {stats['epochs']}")
+    vec.close()
+    checkpoint = policy.save(Path(out_dir) / "checkpoint", base_checkpoint)
+    return log.close({"learner": "residual_ppo", "checkpoint": str(checkpoint), "base_checkpoint": str(base_checkpoint),
+                      "env_steps": env_steps, "training_episodes": episodes,
+                      "training_success_rate": successes / max(episodes, 1)},
+                     curves=("success_rate", "policy_loss", "value_loss", "approx_kl"))
+
+
+def _update(policy, actor_opt, critic_opt, cfg: ResidualPPOConfig, x, actions, old_logp, advantages, returns) -> dict:
+    n = len(x)
+    size = n // cfg.num_minibatches
+    epochs_done, kl = 0, torch.tensor(0.0)
+    for _ in range(cfg.update_epochs):
+        order = torch.randperm(n)
+        for start in range(0, n - size + 1, size):
+            idx = order[start : start + size]
+            pg, value, kl = ppo_losses(policy, x[idx], actions[idx], old_logp[idx], advantages[idx], returns[idx], cfg.clip)
+            actor_opt.zero_grad(set_to_none=True)
+            critic_opt.zero_grad(set_to_none=True)
+            (pg + cfg.vf_coef * value).backward()
+            torch.nn.utils.clip_grad_norm_(policy.actor.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(policy.critic.parameters(), cfg.max_grad_norm)
+            actor_opt.step()
+            critic_opt.step()
+        epochs_done += 1
+        if kl.item() > cfg.target_kl:  # early stop: the policy moved far enough for this batch
+            break
+    return {"policy_loss": pg.item(), "value_loss": value.item(), "approx_kl": kl.item(), "epochs": epochs_done}

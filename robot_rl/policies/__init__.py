@@ -1,0 +1,1 @@
+"""Policies: the diffusion-policy network (`unet`), its noise scheduler (`scheduler`) and observation encoders."""

@@ -1,0 +1,112 @@
+"""`robot-rl train`, `robot-rl eval` and the ResiP demo pipeline: thin functions over the learners."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from robot_rl.errors import ConfigError, DatasetError
+
+
+def _dataclass_from(cls, cfg, **extra):
+    values = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    values.pop("name", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+    return cls(**values, **extra)
+
+
+def _vector_env(env_cfg):
+    from robot_rl.sim.vector import make_vector_env
+
+    return lambda n: make_vector_env(env_cfg, n)
+
+
+def train_bc(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.diffusion_bc import DiffusionBCConfig, train_diffusion_bc
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(DiffusionBCConfig, learner_cfg, seed=seed)
+    return train_diffusion_bc(dataset, out, cfg, progress=progress)
+
+
+def train_residual(learner_cfg, env_cfg, base, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.residual_ppo import ResidualPPOConfig, train_residual_ppo
+
+    if base is None:
+        raise ConfigError("residual_ppo needs base=PATH (a diffusion_bc checkpoint folder)")
+    cfg = _dataclass_from(ResidualPPOConfig, learner_cfg, seed=seed)
+    return train_residual_ppo(_vector_env(env_cfg), base, out, cfg, progress=progress)
+
+
+def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
+                        ddim_steps: int | None = None, progress: bool = True) -> dict:
+    """Success rate of a diffusion checkpoint alone, or of a residual checkpoint over its base."""
+    from robot_rl.learners.evaluate import evaluate
+    from robot_rl.policies.diffusion import DiffusionPolicy
+    from robot_rl.policies.residual import ResidualPolicy
+
+    path = Path(checkpoint)
+    config = path / "config.json"
+    if not config.exists():
+        raise DatasetError(f"no checkpoint at {checkpoint} (expected {config})")
+    kind = json.loads(config.read_text()).get("kind")
+    residual = None
+    if kind == "residual_policy":
+        residual, base_path = ResidualPolicy.load(path)
+        base = DiffusionPolicy.load(base_path)
+        steps = ddim_steps or 4
+    else:
+        base = DiffusionPolicy.load(path)
+        steps = ddim_steps
+    result = evaluate(_vector_env(env_cfg), base, residual, episodes=episodes, num_envs=num_envs, seed=seed,
+                      ddim_steps=steps, progress=progress)
+    return {"checkpoint": str(path), "kind": kind, **result}
+
+
+def train(cfg) -> dict:
+    name = cfg.learner.name
+    if name == "diffusion_bc":
+        return train_bc(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    if name == "residual_ppo":
+        result = train_residual(cfg.learner, cfg.env, cfg.base, cfg.out, int(cfg.seed))
+        if cfg.eval_episodes:
+            result["evaluation"] = evaluate_checkpoint(result["checkpoint"], cfg.env, int(cfg.eval_episodes))
+            Path(result["results"]).write_text(json.dumps(result, indent=2))
+        return result
+    raise ConfigError(f"unknown learner {name!r}")
+
+
+def resip_demo(cfg) -> Path:
+    """Demos -> diffusion BC -> eval -> residual PPO -> eval; writes and returns report.json."""
+    from robot_rl.collect import collect
+
+    start = time.monotonic()
+    run_dir = Path(cfg.run_dir)
+    collected = collect(cfg, replace=True)
+    bc = train_bc(cfg.bc, collected["store"], run_dir / "bc", int(cfg.seed))
+    bc_eval = evaluate_checkpoint(bc["checkpoint"], cfg.env, int(cfg.eval_episodes))
+    residual = train_residual(cfg.residual, cfg.env, bc["checkpoint"], run_dir / "residual", int(cfg.seed))
+    residual_eval = evaluate_checkpoint(residual["checkpoint"], cfg.env, int(cfg.eval_episodes))
+    report = {
+        "bc_success": bc_eval["success_rate"],
+        "residual_success": residual_eval["success_rate"],
+        "episodes": int(cfg.eval_episodes),
+        "seconds": time.monotonic() - start,
+        "env": cfg.env.name,
+        "demos": collected["episodes"],
+        "bc_checkpoint": bc["checkpoint"], "residual_checkpoint": residual["checkpoint"],
+        "bc_plot": bc["plot"], "residual_plot": residual["plot"],
+        "bc_eval": bc_eval, "residual_eval": residual_eval,
+        "residual_env_steps": residual["env_steps"],
+    }
+    path = run_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    return path
