@@ -119,6 +119,7 @@ def latency(size: str, obs: str, dtype: torch.dtype, repeats: int, ddpm_repeats:
             e = policy.eps_fn(policy.global_cond(o))(x, t)
             out["eps_rel_err_vs_fp32"] = float((e - e_ref).norm() / e_ref.norm())
     out["ms_per_denoise_step"] = out["ddpm100_ms"] / 100
+    out["load_average_1min"] = os.getloadavg()[0]  # per row: shows which rows another process slowed
     out["ddpm100_over_ddim"] = {k: out["ddpm100_ms"] / v for k, v in out["ddim_ms"].items()}
     return out
 
@@ -213,14 +214,14 @@ def format_table(r: dict) -> str:
         f"(DDPM: {r['ddpm_repeats']})",
         f"{'size':<6} {'input':<6} {'dtype':<9}{'UNet params':>12}{'enc ms':>8}{'ms/step':>9}"
         + "".join(f"{'DDIM ' + k:>9}" for k in map(str, DDIM_STEPS))
-        + f"{'DDPM 100':>10}{'DDPM/DDIM10':>13}",
+        + f"{'DDPM 100':>10}{'DDPM/DDIM10':>13}{'load':>6}",
     ]
     for m in r["latency"]:
         lines.append(
             f"{m['size']:<6} {m['input']:<6} {m['dtype']:<9}{m['unet_params'] / 1e6:>11.2f}M{m['encode_ms']:>8.2f}"
             f"{m['ms_per_denoise_step']:>9.2f}"
             + "".join(f"{m['ddim_ms'][str(k)]:>9.1f}" for k in DDIM_STEPS)
-            + f"{m['ddpm100_ms']:>10.1f}{m['ddpm100_over_ddim']['10']:>12.1f}x"
+            + f"{m['ddpm100_ms']:>10.1f}{m['ddpm100_over_ddim']['10']:>12.1f}x{m['load_average_1min']:>6.1f}"
         )
     errs = [m for m in r["latency"] if "eps_rel_err_vs_fp32" in m]
     if errs:

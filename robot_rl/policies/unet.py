@@ -33,8 +33,10 @@ class GemmConv1d(nn.Conv1d):
     Why: at batch 1 the UNet's convolutions see only 4-16 time steps. PyTorch's CPU conv1d lowers to
     a GEMM whose N is that short time axis, a shape BLAS runs several times slower than the same
     product arranged as F.linear (time steps as rows, the weight as right-hand operand). On a 2-core
-    AMD EPYC this takes the ResiP-size UNet from ~49 to ~38 ms per denoising step in float32 and
-    trains it ~1.2-1.5x faster at batch 64. Other devices keep the native (cuDNN) convolution.
+    AMD EPYC one float32 denoising step of the ResiP-size UNet drops from ~48 to ~37 ms (2 threads)
+    and from ~85 to ~36 ms (1 thread); training at batch 64 is ~1.1-1.5x faster for that size and
+    ~10 % slower for the small default, where per-op overhead dominates. `robot-rl bench policy`
+    measures it. Other devices keep the native (cuDNN) convolution.
     """
 
     def forward(self, x: Tensor) -> Tensor:
