@@ -7,9 +7,11 @@ at 4, 8, 10 and 16 steps beside the full 100-step DDPM ancestral sampler in the 
 and with the weights cast to bfloat16 (scheduler arithmetic stays float32). Two UNet sizes: the small
 default (64, 128, 256) and the ResiP / Diffusion Policy sim size (256, 512, 1024).
 
-Training throughput: forward + backward + AdamW on the epsilon loss at batch 64, horizon 16, float32.
+Baseline for our CPU convolution (GemmConv1d): one denoising step of the same weights with torch's
+nn.Conv1d. Training throughput: forward + backward + AdamW on the epsilon loss at batch 64, horizon
+16, float32.
 
-At batch 1 a UNet this size is bound by reading its weights from memory every denoising step
+At batch 1 a UNet this size is limited by reading its weights from memory every denoising step
 (~264 MB in float32 for the ResiP size), so bfloat16 and the machine's memory bandwidth matter
 more than FLOPs. Run on an otherwise idle machine: the load average is reported because OpenMP
 threads competing with other processes for a core can slow small ops down many times over (on a

@@ -42,6 +42,12 @@ def _cosine_betas(n: int, max_beta: float = 0.999) -> np.ndarray:
     return np.array([min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)])
 
 
+def _randn(shape: tuple, generator: torch.Generator | None, device, dtype: torch.dtype) -> Tensor:
+    """Gaussian noise drawn on the generator's device (a CPU generator can then seed a GPU sampler)."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where, dtype=dtype).to(device)
+
+
 class DDPMScheduler:
     """Noise schedule plus samplers. `alphas_cumprod` is a float32 (num_train_timesteps,) tensor."""
 
@@ -75,8 +81,11 @@ class DDPMScheduler:
 
     # ---- forward process ---------------------------------------------------------------------
     def add_noise(self, x0: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """q(x_t | x_0): sqrt(a_t) * x0 + sqrt(1 - a_t) * noise, timesteps (B,) (or an int) broadcast over x0's trailing dims."""
-        a = self.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[torch.as_tensor(timesteps, device=x0.device).long()]
+        """q(x_t | x_0): sqrt(a_t) * x0 + sqrt(1 - a_t) * noise.
+
+        timesteps: (B,) (or an int), broadcast over x0's trailing dims."""
+        t = torch.as_tensor(timesteps, device=x0.device).long()
+        a = self.alphas_cumprod.to(device=x0.device, dtype=x0.dtype)[t]
         a = a.reshape(a.shape + (1,) * (x0.ndim - a.ndim))
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
@@ -103,7 +112,7 @@ class DDPMScheduler:
         sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)) if eta > 0 else 0.0
         x_prev = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - sigma**2, 0.0)) * eps
         if sigma > 0:
-            x_prev = x_prev + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x_prev = x_prev + sigma * _randn(x.shape, generator, x.device, x.dtype)
         return x_prev
 
     def ddpm_step(self, eps: Tensor, t: int, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -116,7 +125,7 @@ class DDPMScheduler:
         if t == 0:
             return mean
         var = max((1 - a_prev) / (1 - a_t) * beta_t, 1e-20)
-        return mean + math.sqrt(var) * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return mean + math.sqrt(var) * _randn(x.shape, generator, x.device, x.dtype)
 
     @torch.no_grad()
     def sample(
@@ -134,22 +143,21 @@ class DDPMScheduler:
         method "ddim": `steps` evenly spaced timesteps (default 10), deterministic when eta == 0.
         method "ddpm": the full ancestral sampler over all num_train_timesteps (steps ignored).
         With clip_sample, the predicted x0 is clipped to [-1, 1] at every step (as diffusers does)."""
+        if method not in ("ddim", "ddpm"):
+            raise ValueError(f"unknown sampling method {method!r}; use 'ddim' or 'ddpm'")
         if device is None:
             device = generator.device if generator is not None else torch.device("cpu")
-        x = torch.randn(tuple(shape), generator=generator, device=device)
-        batch = x.shape[0]
+        x = _randn(tuple(shape), generator, device, torch.float32)
 
-        def eps_at(t: int) -> Tensor:
-            return model_fn(x, torch.full((batch,), t, dtype=torch.long, device=device))
+        def eps_at(x: Tensor, t: int) -> Tensor:
+            return model_fn(x, torch.full((x.shape[0],), t, dtype=torch.long, device=device))
 
         if method == "ddim":
             timesteps = self.ddim_timesteps(10 if steps is None else steps)
             for i, t in enumerate(timesteps):
                 t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
-                x = self.ddim_step(eps_at(t), t, x, t_prev, eta=eta, generator=generator)
-        elif method == "ddpm":
-            for t in reversed(range(self.num_train_timesteps)):
-                x = self.ddpm_step(eps_at(t), t, x, generator=generator)
+                x = self.ddim_step(eps_at(x, t), t, x, t_prev, eta=eta, generator=generator)
         else:
-            raise ValueError(f"unknown sampling method {method!r}; use 'ddim' or 'ddpm'")
+            for t in reversed(range(self.num_train_timesteps)):
+                x = self.ddpm_step(eps_at(x, t), t, x, generator=generator)
         return x
