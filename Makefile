@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(BIN)/robot-rl bench loop --json benchmarks/results/loop.json
 	$(BIN)/robot-rl bench store --json benchmarks/results/store.json
 	$(BIN)/robot-rl bench sim --json benchmarks/results/sim.json
+	$(BIN)/robot-rl bench policy --json benchmarks/results/policy.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,6 +9,7 @@ from robot_rl.policies.encoders import ConvEncoder
 from robot_rl.policies.scheduler import DDPMScheduler
 from robot_rl.policies.unet import ConditionalUnet1D, GemmConv1d
 
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """These tests use tiny tensors, which gain nothing from intra-op threads; on a loaded 2-core box
