@@ -131,7 +131,11 @@ def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOC
                 it_episodes += int(done.sum())
                 it_successes += int(info["success"][done].sum())
                 state = torch.as_tensor(obs)
-            last_value = policy.value(residual_input(base, state, chunks.queue[np.arange(N), np.minimum(chunks.index, chunks.queue.shape[1] - 1)]))
+            # Bootstrap with the base action each env will take next; where its queue has run out
+            # (a new plan is due) the last queued action stands in, rather than sampling a plan
+            # that the next rollout would not use.
+            upcoming = chunks.queue[np.arange(N), np.minimum(chunks.index, chunks.queue.shape[1] - 1)]
+            last_value = policy.value(residual_input(base, state, upcoming))
             advantages, returns = gae(buf_r, buf_v, buf_d, last_value, cfg.gamma, cfg.gae_lambda)
         env_steps += T * N
         episodes += it_episodes
