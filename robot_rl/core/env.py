@@ -38,7 +38,6 @@ class RobotEnv(gym.Env):
         self.robot, self.task, self.cameras, self.hooks = robot, task, list(cameras), list(hooks)
         self.robot_state_keys = [k for k in robot.observation_spec if k != "timestamp"]
         task_spec = task.observation_spec()
-        self.task_state_keys = list(task_spec)
         specs = {**{k: robot.observation_spec[k] for k in self.robot_state_keys}, **task_spec}
         self.state_layout = {k: int(np.prod(s.shape)) for k, s in specs.items()}
         state_dim = sum(self.state_layout.values())
@@ -100,10 +99,6 @@ class RobotEnv(gym.Env):
     # --- the three parts of a step ---------------------------------------------------------
     def to_robot_units(self, action: np.ndarray) -> np.ndarray:
         return self._low + (np.asarray(action, np.float64) + 1.0) * 0.5 * (self._high - self._low)
-
-    def from_robot_units(self, command: np.ndarray) -> np.ndarray:
-        span = np.where(self._high > self._low, self._high - self._low, 1.0)
-        return (2.0 * (np.asarray(command, np.float64) - self._low) / span - 1.0).astype(np.float32)
 
     def command_for(self, action) -> np.ndarray:
         """The robot-unit command for a normalized action, which must be finite and well shaped."""

@@ -46,5 +46,3 @@ class TeleopCommand:
     intervening: bool = False
     events: frozenset[str] = field(default_factory=frozenset)
 
-
-TELEOP_EVENTS = frozenset({"success", "failure", "rerecord", "stop"})

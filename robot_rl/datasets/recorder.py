@@ -23,7 +23,6 @@ class EpisodeRecorder:
         if schema is not None:
             self.store = EpisodeStore.open_or_create(self.path, schema, fps=fps, attrs=self.attrs)
         self._steps: list[dict[str, np.ndarray]] = []
-        self.committed = 0
 
     def begin(self) -> None:
         self._steps = []
@@ -44,7 +43,6 @@ class EpisodeRecorder:
             schema = {k: (v.shape[1:], v.dtype) for k, v in episode.items()}
             self.store = EpisodeStore.open_or_create(self.path, schema, fps=self.fps, attrs=self.attrs)
         index = self.store.append_episode(episode)
-        self.committed += 1
         return index
 
     def close(self) -> None:

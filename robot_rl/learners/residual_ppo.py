@@ -92,8 +92,7 @@ def ppo_losses(policy: ResidualPolicy, x, actions, old_logp, advantages, returns
     return pg, value, approx_kl
 
 
-def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True,
-                       evaluate_fn=None) -> dict:
+def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True) -> dict:
     seed_everything(cfg.seed)
     base = DiffusionPolicy.load(base_checkpoint).requires_grad_(False)
     vec = make_vec_env(cfg.num_envs)
