@@ -90,7 +90,9 @@ def resip_demo(cfg) -> Path:
 
     start = time.monotonic()
     run_dir = Path(cfg.run_dir)
-    collected = collect(cfg, replace=True)
+    # Demos are recorded with `collect_env` merged into the env (actuation noise for recovery
+    # data); BC and the residual are then trained and evaluated on the env as configured.
+    collected = collect(OmegaConf.merge(cfg, {"env": cfg.get("collect_env") or {}}), replace=True)
     bc = train_bc(cfg.bc, collected["store"], run_dir / "bc", int(cfg.seed))
     bc_eval = evaluate_checkpoint(bc["checkpoint"], cfg.env, int(cfg.eval_episodes))
     residual = train_residual(cfg.residual, cfg.env, bc["checkpoint"], run_dir / "residual", int(cfg.seed))

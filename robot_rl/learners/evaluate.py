@@ -15,9 +15,11 @@ from robot_rl.policies.residual import BaseChunks, ResidualPolicy, combine, resi
 @torch.no_grad()
 def evaluate(make_vec_env, base: DiffusionPolicy, residual: ResidualPolicy | None = None, episodes: int = 100,
              num_envs: int = 50, seed: int = 10_000, ddim_steps: int | None = None, progress: bool = True) -> dict:
-    """Success rate over the first `episodes` episodes to finish (deterministic for a seed).
+    """Success rate over `episodes` episodes, deterministic for a seed.
 
-    The residual acts with its mean. Env i starts from seed + i and auto-resets from its own RNG.
+    Each env runs a fixed share of the episodes (its first ones): counting the first episodes to
+    finish would favour the short ones, and successes end early. The residual acts with its mean.
+    Env i starts from seed + i and auto-resets from its own RNG.
     """
     torch.set_num_threads(1)  # see learners.common.seed_everything
     num_envs = min(num_envs, episodes)
@@ -26,6 +28,7 @@ def evaluate(make_vec_env, base: DiffusionPolicy, residual: ResidualPolicy | Non
     chunks = BaseChunks(base, num_envs, steps, seed)
     obs, _ = vec.reset(seed=seed)
     state = torch.as_tensor(obs)
+    quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
     outcomes, lengths, length = [], [], np.zeros(num_envs, int)
     start = time.monotonic()
     bar = tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress, dynamic_ncols=True, leave=False)
@@ -40,7 +43,8 @@ def evaluate(make_vec_env, base: DiffusionPolicy, residual: ResidualPolicy | Non
         length += 1
         done = np.flatnonzero(terminated | truncated)
         for i in done:
-            if len(outcomes) < episodes:
+            if quota[i] > 0:
+                quota[i] -= 1
                 outcomes.append(bool(info["success"][i]))
                 lengths.append(int(length[i]))
                 bar.update(1)

@@ -23,6 +23,7 @@ CONTROL_HZ = 20.0
 MAX_STEP_M = 0.02  # per command: 0.4 m/s at 20 Hz
 MAX_YAW_STEP = 0.15  # rad per command
 MAX_TARGET_LEAD = 0.15  # rad: how far the servo target may run ahead of the measured joints
+MAX_HAND_LEAD_M = 0.01  # how far the hand's target may run ahead of the hand, per axis
 FINGER_OPEN = 0.04  # finger joint travel (half the opening), metres
 HOME_QPOS = np.array([0.0, -0.2, 0.0, -2.3, 0.0, 2.1, 0.0])
 JOINT_KP = (2500, 2500, 2000, 2000, 1200, 1200, 800)
@@ -285,4 +286,12 @@ def _ik_targets(jac, twist, q, ctrl, damping2: float, null_gain: float) -> np.nd
     # enough to stall sub-millimetre steps.
     null = np.eye(7) - np.linalg.pinv(jac, rcond=1e-4) @ jac
     dq += (null @ (null_gain * (HOME_QPOS - q))[..., None])[..., 0]
-    return np.clip(ctrl + dq, q - MAX_TARGET_LEAD, q + MAX_TARGET_LEAD)
+    # Bound how far the hand's target runs ahead of the hand, in Cartesian space and per axis: a
+    # hand pressed on a surface then pushes into it with a bounded force while its target keeps
+    # its place sideways, so the servos hold it there. (Re-anchoring joint by joint instead made
+    # the push follow the hand, and its sideways part slid the hand along the surface.)
+    lead = ctrl + dq - q
+    ahead = (jac[:, :3] @ lead[..., None])[..., 0]
+    excess = ahead - np.clip(ahead, -MAX_HAND_LEAD_M, MAX_HAND_LEAD_M)
+    lead -= (jt[..., :3] @ np.linalg.solve(jac[:, :3] @ jt[..., :3] + damping2 * np.eye(3), excess[..., None]))[..., 0]
+    return q + np.clip(lead, -MAX_TARGET_LEAD, MAX_TARGET_LEAD)

@@ -33,6 +33,7 @@ HOLE_DEPTH = 0.05
 HOLE_WALL = 0.03
 INSERTED_DEPTH = 0.03
 POSITION_GAIN = 0.6
+FINE_SCALE_M = 0.005
 
 
 def _quat_yaw(yaw: float) -> np.ndarray:
@@ -127,17 +128,25 @@ class PegInsertTask(ArmTask):
         return self.world.data.site_xpos[self._tip].copy()
 
     def observation_spec(self):
-        return {"hole_pos": ArraySpec((3,)), "hole_yaw": ArraySpec((2,)), "tip_to_hole": ArraySpec((3,))}
+        return {"hole_pos": ArraySpec((3,)), "hole_yaw": ArraySpec((2,)), "tip_to_hole": ArraySpec((3,)),
+                "tip_to_hole_fine": ArraySpec((3,)), "yaw_to_hole": ArraySpec((1,))}
 
     def observe(self):
         # The hole is symmetric every 90 degrees: encode 4*yaw so equivalent poses look the same.
         yaw = 4 * self.hole_yaw
-        # The peg tip relative to the hole's mouth, as a perception system would report it: the
-        # millimetre-scale signal the insertion depends on, not left to a difference of two
-        # absolute positions that the normalizer scales by the whole table.
-        mouth = self.hole_pos + np.array([0.0, 0.0, HOLE_DEPTH])
+        # The peg relative to the hole, as a perception system would report it: the millimetre-scale
+        # signal the insertion depends on, not left to a difference of two absolute positions that
+        # the normalizer scales by the whole table. The fine copy saturates at a few millimetres, so
+        # after min-max normalization a millimetre still spans a tenth of its range.
+        to_hole = self.tip_to_hole()
         return {"hole_pos": self.hole_pos.astype(np.float32), "hole_yaw": np.array([np.cos(yaw), np.sin(yaw)], np.float32),
-                "tip_to_hole": (mouth - self.tip()).astype(np.float32)}
+                "tip_to_hole": to_hole.astype(np.float32),
+                "tip_to_hole_fine": np.tanh(to_hole / FINE_SCALE_M).astype(np.float32),
+                "yaw_to_hole": np.array([_square_yaw_error(yaw_of(self.arm.ee_rotation()), self.hole_yaw)], np.float32)}
+
+    def tip_to_hole(self) -> np.ndarray:
+        """The hole's mouth (top centre) minus the peg's tip."""
+        return self.hole_pos + np.array([0.0, 0.0, HOLE_DEPTH]) - self.tip()
 
     def evaluate(self, obs):
         tip = self.tip()
@@ -264,7 +273,9 @@ class ArmExpert:
         # would overshoot into a limit cycle of about a millimetre, wider than the peg's clearance.
         move = np.clip(POSITION_GAIN * error / MAX_STEP_M, -speed, speed)
         turn = np.clip(_square_yaw_error(self.arm.target_yaw, yaw) / MAX_YAW_STEP, -1.0, 1.0)
-        action = np.concatenate([move, [turn, grip]])
+        return self._noisy(np.concatenate([move, [turn, grip]]))
+
+    def _noisy(self, action: np.ndarray) -> np.ndarray:
         if self.noise:
             action = action + self.noise * self.rng.standard_normal(action.shape)
         return np.clip(action, -1.0, 1.0).astype(np.float32)
@@ -294,19 +305,38 @@ class ArmExpert:
 
 
 class PegInsertExpert(ArmExpert):
-    n_phases = 3
+    """Memoryless: the action is a function of the current observation (the tip relative to the
+    hole's mouth and the yaw error) with no phases, so a policy that sees one observation can clone
+    it. The peg moves over the hole at a hover height that shrinks with the misalignment and goes
+    below the mouth only once aligned within about a millimetre: a funnel in state space."""
 
-    def plan(self):
+    HOVER_M = 0.03                  # height above the mouth while far off
+    DEEP_M = INSERTED_DEPTH + 0.01  # how far below the mouth the tip is driven
+    ALIGNED_M = 0.0005              # misalignment up to which the target is the full depth
+    FUNNEL_M = 0.001                # misalignment over which the target rises from full depth to the hover
+    NEAR_M = 0.005                  # within this, descend slowly: faster drags the tip sideways
+    DESCENT = 0.125                 # (2.5 mm a step)
+
+    def __call__(self, obs=None) -> np.ndarray:
         t: PegInsertTask = self.task
-        hole, yaw = t.hole_pos, t.hole_yaw
-        tip_offset = t.tip() - self.arm.ee_pos()  # the peg tip sits below the gripper's tcp
-        above = hole + np.array([0, 0, HOLE_DEPTH + 0.03]) - tip_offset
-        if self.phase == 0:  # over the hole, turned to match it
-            return above, yaw, 1.0, 0.01, 1.0, 0
-        if self.phase == 1:  # settle precisely above the hole
-            return above - [0, 0, 0.02], yaw, 1.0, 0.0006, 0.5, 2
-        # straight down at 5 mm a step, correcting any lateral error
-        return hole + np.array([0, 0, HOLE_DEPTH - INSERTED_DEPTH - 0.01]) - tip_offset, yaw, 1.0, 0.002, 0.25, 0
+        to_mouth = t.tip_to_hole()
+        yaw_error = _square_yaw_error(self.arm.target_yaw, t.hole_yaw)
+        # A yaw error moves the peg's corners sideways by half a diagonal times the angle.
+        misalign = float(np.linalg.norm(to_mouth[:2])) + np.sqrt(2) * PEG_HALF * abs(yaw_error)
+        if to_mouth[2] > 0.001:  # the tip is already inside the hole: keep going down
+            height = -self.DEEP_M
+        else:
+            rise = np.clip((misalign - self.ALIGNED_M) / self.FUNNEL_M, 0.0, 1.0)
+            height = -self.DEEP_M + (self.HOVER_M + self.DEEP_M) * rise
+        # Target minus tip: the mouth's axis sideways, the chosen height above the mouth vertically.
+        error = np.array([to_mouth[0], to_mouth[1], to_mouth[2] + height])
+        speed = np.array([1.0, 1.0, self.DESCENT if misalign < self.NEAR_M or to_mouth[2] > 0 else 1.0])
+        move = np.clip(POSITION_GAIN * error / MAX_STEP_M, -speed, speed)
+        turn = np.clip(yaw_error / MAX_YAW_STEP, -1.0, 1.0)
+        return self._noisy(np.concatenate([move, [turn, 1.0]]))
+
+    def distance(self) -> float:
+        return float(np.linalg.norm(self.task.tip_to_hole()))
 
 
 class CubeExpert(ArmExpert):

@@ -1,8 +1,8 @@
 """Domain randomization for sim-to-real work, as RobotEnv hooks configured per task.
 
 Model parameters (friction, masses, actuator gains, camera poses, lights) are re-sampled at every
-reset around the values the model was built with; observation noise and action latency act on each
-step. Each env owns its MjModel, so envs of a vector env are randomized independently.
+reset around the values the model was built with; observation noise, actuation noise and action
+latency act on each step. Each env owns its MjModel, so envs of a vector env are randomized independently.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class RandomizationConfig:
     light: tuple[float, float] | None = None  # scale range of light intensity (diffuse)
     obs_noise: float | None = None  # std of Gaussian noise on the state vector
     action_latency: int = 0  # the robot executes the command given this many steps earlier
+    action_noise: float | None = None  # std of Gaussian actuation noise, normalized action units
 
     @classmethod
     def from_dict(cls, values: dict | None) -> RandomizationConfig:
@@ -95,6 +96,28 @@ class ObservationNoise(EnvHook):
         return {**obs, "state": (state + self._rng.normal(0.0, self.std, size=state.shape)).astype(state.dtype)}
 
 
+class ActionNoise(EnvHook):
+    """The robot executes each command plus Gaussian noise (actuation error), clipped to its limits.
+
+    Recorders store the commanded action, not the executed one, so demonstrations collected with
+    this on carry clean labels from states the noise pushed off the expert's path: the recovery
+    data of DART (Laskey et al. 2017) that behaviour cloning needs to correct its own drift.
+    """
+
+    def __init__(self, std: float):
+        self.std = std
+        self._rng = np.random.default_rng(0)
+
+    def on_reset(self, env, rng) -> None:
+        self._rng = rng
+        spec = env.robot.action_spec
+        self._low, self._high = np.asarray(spec.low, float), np.asarray(spec.high, float)
+
+    def on_command(self, command):
+        noise = self._rng.normal(0.0, self.std, size=command.shape) * (self._high - self._low) / 2
+        return np.clip(command + noise, self._low, self._high)
+
+
 class ActionLatency(EnvHook):
     """The robot receives each command `steps` ticks late; until then it repeats the first one."""
 
@@ -120,6 +143,8 @@ def randomization_hooks(model: mujoco.MjModel, values: dict | None) -> list[EnvH
         hooks.append(ModelRandomization(model, cfg))
     if cfg.obs_noise:
         hooks.append(ObservationNoise(cfg.obs_noise))
+    if cfg.action_noise:
+        hooks.append(ActionNoise(cfg.action_noise))
     if cfg.action_latency:
         hooks.append(ActionLatency(cfg.action_latency))
     return hooks

@@ -7,7 +7,7 @@ from robot_rl.core import RobotEnv
 from robot_rl.core.noop import NoopRobot, NullTask
 from robot_rl.errors import ConfigError
 from robot_rl.sim.arm_tasks import make_arm_env
-from robot_rl.sim.randomization import ActionLatency, ObservationNoise, RandomizationConfig
+from robot_rl.sim.randomization import ActionLatency, ActionNoise, ObservationNoise, RandomizationConfig
 
 
 def test_model_parameters_are_resampled_around_nominal():
@@ -61,6 +61,32 @@ def test_action_latency_delays_commands():
     env.reset(seed=1)  # a new episode starts with an empty pipeline
     env.step(np.array([0.9], np.float32))
     assert env.robot.commands[-1][0] == pytest.approx(0.9)
+
+
+def test_action_noise_perturbs_what_is_executed_within_limits():
+    env = RobotEnv(NoopRobot(2), NullTask(), hooks=[ActionNoise(0.1)])
+    env.reset(seed=0)
+    for _ in range(2000):
+        env.step(np.array([0.0, 1.0], np.float32))
+    sent = np.stack(env.robot.commands)
+    assert sent[:, 0].std() == pytest.approx(0.1, rel=0.1) and abs(sent[:, 0].mean()) < 0.01
+    assert np.all(sent[:, 1] <= 1.0) and sent[:, 1].min() < 0.95  # clipped at the limit, not beyond
+
+
+def test_action_noise_demos_record_the_commanded_action(tmp_path):
+    """DART: the recorder stores the expert's command while the arm executes it noisily."""
+    from robot_rl.cli import compose
+    from robot_rl.collect import collect
+    from robot_rl.datasets import EpisodeStore
+
+    cfg = compose("collect", ["env=peg_insert", "env.cameras=[]", "episodes=2", "expert_noise=0", f"out={tmp_path}/d.zarr",
+                              "loop.rate_hz=null", "env.randomization.action_noise=0.03"])
+    collect(cfg)
+    store = EpisodeStore.open(tmp_path / "d.zarr")
+    actions = store.episode(0)["action"]
+    assert np.all(np.abs(actions) <= 1.0)
+    # The recorded gripper command is the expert's constant 1.0; the executed one was noisy.
+    np.testing.assert_array_equal(actions[:, 4], 1.0)
 
 
 @pytest.mark.parametrize("bad", [{"friction": [1.2, 0.8]}, {"mass": [0, 1]}, {"action_latency": -1}, {"nonsense": 1}])

@@ -85,5 +85,5 @@ def test_gymnasium_vector_api():
 def test_from_config_drops_cameras():
     vec = make_vector_env(OmegaConf.load("robot_rl/conf/env/peg_insert.yaml"), 2)
     obs, _ = vec.reset(seed=0)
-    assert obs.shape == (2, 28)
+    assert obs.shape == (2, 32)
     vec.close()
