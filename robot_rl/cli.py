@@ -71,9 +71,11 @@ def cmd_collect(args, config_name: str = "collect", replace: bool = False) -> di
 
 
 def cmd_demo(args) -> None:
-    from robot_rl.train import resip_demo
+    from robot_rl.train import resip_demo, resip_seeds
 
     cfg = compose("demo", args.overrides)
+    if cfg.seeds:
+        return _print_seed_summary(resip_seeds(cfg))
     path = resip_demo(cfg)
     report = json.loads(path.read_text())
     print(f"{'env':<28}{report['env']}")
@@ -84,6 +86,15 @@ def cmd_demo(args) -> None:
     print(f"{'wall time':<28}{report['seconds'] / 60:.1f} min")
     for key in ("bc_plot", "residual_plot", "bc_checkpoint", "residual_checkpoint"):
         print(f"{key.replace('_', ' '):<28}{report[key]}")
+    print(path)
+
+
+def _print_seed_summary(path: Path) -> None:
+    summary = json.loads(path.read_text())
+    print(f"{'seed':<6}{'BC success':>12}{'residual':>12}{'episodes':>10}{'minutes':>9}")
+    for seed, r in summary["seeds"].items():
+        print(f"{seed:<6}{r['bc_success']:>12.1%}{r['residual_success']:>12.1%}{r['episodes']:>10}{r['seconds'] / 60:>9.1f}")
+    print(f"{'mean':<6}{summary['bc_mean']:>12.1%}{summary['residual_mean']:>12.1%}")
     print(path)
 
 

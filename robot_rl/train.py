@@ -112,3 +112,33 @@ def resip_demo(cfg) -> Path:
     path = run_dir / "report.json"
     path.write_text(json.dumps(report, indent=2))
     return path
+
+
+def resip_seeds(cfg) -> Path:
+    """The demo pipeline once per seed in `cfg.seeds` (each in <run_dir>/seed<N>, demos in
+    <out>_seed<N>.zarr); writes and returns <run_dir>/seeds.json with every seed's figures."""
+    out = Path(cfg.out)
+    reports = {}
+    for seed in cfg.seeds:
+        run = OmegaConf.merge(cfg, {"seed": int(seed), "seeds": None, "run_dir": f"{cfg.run_dir}/seed{seed}",
+                                    "out": str(out.with_name(f"{out.stem}_seed{seed}{out.suffix}"))})
+        reports[int(seed)] = json.loads(resip_demo(run).read_text())
+    return write_seed_summary(reports, Path(cfg.run_dir) / "seeds.json")
+
+
+def write_seed_summary(reports: dict, path: Path) -> Path:
+    """Per-seed BC and residual success, their mean and std, and the seconds each seed took."""
+    import numpy as np
+
+    bc = np.array([r["bc_success"] for r in reports.values()])
+    residual = np.array([r["residual_success"] for r in reports.values()])
+    summary = {
+        "env": next(iter(reports.values()))["env"],
+        "seeds": {str(s): {k: r[k] for k in ("bc_success", "residual_success", "episodes", "seconds")}
+                  for s, r in reports.items()},
+        "bc_mean": float(bc.mean()), "bc_std": float(bc.std()),
+        "residual_mean": float(residual.mean()), "residual_std": float(residual.std()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    return path

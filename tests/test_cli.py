@@ -111,8 +111,21 @@ def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
     assert report["episodes"] == 4 and 0.0 <= report["bc_success"] <= 1.0
     for key in ("bc_plot", "residual_plot"):
         assert (tmp_path / report[key]).exists()
-    assert EpisodeStore.open(tmp_path / "datasets/demo_peg_insert.zarr").n_episodes == 4
+    with EpisodeStore.open(tmp_path / "datasets/demo_peg_insert.zarr") as store:
+        assert store.n_episodes == 4
+        # Demos are recorded under actuation noise (DART); the env the policies face has none.
+        assert store.info()["config"]["env"]["randomization"]["action_noise"] == 0.03
+    assert report["bc_eval"]["episodes"] == 4
     assert "diffusion BC success" in run.stdout
+
+
+def test_demo_over_seeds_writes_one_summary(tmp_path):
+    run = cli("demo", "seeds=[0,1]", "episodes=2", "bc.steps=2", "residual.iterations=1", "residual.num_envs=2",
+              "residual.rollout_steps=4", "eval_episodes=2", "run_dir=runs/s", "out=datasets/s.zarr", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    summary = json.loads((tmp_path / run.stdout.strip().splitlines()[-1]).read_text())
+    assert set(summary["seeds"]) == {"0", "1"} and 0.0 <= summary["residual_mean"] <= 1.0
+    assert (tmp_path / "datasets/s_seed1.zarr").exists() and (tmp_path / "runs/s/seed1/report.json").exists()
 
 
 @pytest.mark.parametrize("which", ["loop", "store"])
