@@ -305,8 +305,9 @@ class ArmExpert:
 
 
 class PegInsertExpert(ArmExpert):
-    """Memoryless: the action is a function of the current observation (the tip relative to the
-    hole's mouth and the yaw error) with no phases, so a policy that sees one observation can clone
+    """Memoryless: the action is a function of the current state (the tip relative to the hole's
+    mouth and the yaw error, both observed; the yaw is taken from the arm's yaw target, which the
+    measured yaw tracks) with no phases, so a policy that sees one observation can clone
     it. The peg moves over the hole at a hover height that shrinks with the misalignment and goes
     below the mouth only once aligned within about a millimetre: a funnel in state space."""
 
@@ -315,7 +316,7 @@ class PegInsertExpert(ArmExpert):
     ALIGNED_M = 0.0005              # misalignment up to which the target is the full depth
     FUNNEL_M = 0.001                # misalignment over which the target rises from full depth to the hover
     NEAR_M = 0.005                  # within this, descend slowly: faster drags the tip sideways
-    DESCENT = 0.125                 # (2.5 mm a step)
+    DESCENT = 0.125                 # the slow descent's speed limit (2.5 mm a step)
 
     def __call__(self, obs=None) -> np.ndarray:
         t: PegInsertTask = self.task
