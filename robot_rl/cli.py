@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_dataset_show)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
-    p.add_argument("which", choices=("loop", "store", "sim", "policy"))
+    p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac"))
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     p.set_defaults(func=cmd_bench)

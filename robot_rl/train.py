@@ -46,10 +46,42 @@ def train_residual(learner_cfg, env_cfg, base, out, seed: int, progress: bool = 
     return train_residual_ppo(_vector_env(env_cfg), base, out, cfg, progress=progress)
 
 
+RAY_KEYS = ("dist", "ray_address", "robot_resource", "weights_every")
+
+
+def train_hil(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> dict:
+    """HIL-SERL: actor and learner in one process (dist=sync) or as Ray actors (dist=ray)."""
+    from robot_rl.learners.hil_serl import HILSERLConfig, train_hil_serl
+
+    values = OmegaConf.to_container(learner_cfg, resolve=True)
+    ray = {k: values.pop(k, None) for k in RAY_KEYS}
+    for key in ("demos", "resume", "reward_classifier"):
+        if values.get(key) and not Path(values[key]).exists():
+            raise DatasetError(f"{key}={values[key]}: no such path")
+    cfg = _dataclass_from(HILSERLConfig, values, seed=seed)
+    if ray["dist"] in (None, "sync"):
+        return train_hil_serl(env_cfg, out, cfg, progress=progress)
+    if ray["dist"] != "ray":
+        raise ConfigError(f"dist must be sync or ray, got {ray['dist']!r}")
+    from robot_rl.learners.hil_serl_ray import train_hil_serl_ray
+
+    return train_hil_serl_ray(env_cfg, out, cfg, address=ray["ray_address"], robot_resource=ray["robot_resource"],
+                              weights_every=int(ray["weights_every"] or 100), progress=progress)
+
+
+def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.rewards.classifier import ClassifierTrainConfig, train_reward_classifier
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(ClassifierTrainConfig, learner_cfg, seed=seed)
+    return train_reward_classifier(dataset, out, cfg, progress=progress)
+
+
 def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
                         ddim_steps: int | None = None, progress: bool = True) -> dict:
-    """Success rate of a diffusion checkpoint alone, or of a residual checkpoint over its base."""
-    from robot_rl.learners.evaluate import evaluate
+    """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, or of a SAC agent."""
+    from robot_rl.learners.evaluate import evaluate, run_episodes
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
 
@@ -58,6 +90,15 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
     if not config.exists():
         raise DatasetError(f"no checkpoint at {checkpoint} (expected {config})")
     kind = json.loads(config.read_text()).get("kind")
+    if kind == "sac_agent":
+        from robot_rl.learners.hil_serl import batch_policy
+        from robot_rl.learners.sac import SACAgent
+
+        agent = SACAgent.load(path)
+        if agent.cfg.image_keys:
+            raise ConfigError("robot-rl eval runs state policies on vector envs; image agents are evaluated by their run")
+        result = run_episodes(_vector_env(env_cfg), batch_policy(agent), episodes, num_envs, seed, progress)
+        return {"checkpoint": str(path), "kind": kind, **result}
     residual = None
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)
@@ -81,6 +122,10 @@ def train(cfg) -> dict:
             result["evaluation"] = evaluate_checkpoint(result["checkpoint"], cfg.env, int(cfg.eval_episodes))
             Path(result["results"]).write_text(json.dumps(result, indent=2))
         return result
+    if name == "hil_serl":
+        return train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed))
+    if name == "reward_classifier":
+        return train_classifier(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     raise ConfigError(f"unknown learner {name!r}")
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from robot_rl.datasets import EpisodeStore
@@ -80,6 +79,11 @@ def test_dataset_show_writes_a_video_and_a_plot(collected, tmp_path):
         (("collect", "episodes=0"), "episodes must be at least 1"),
         (("dataset", "show", "no/such.zarr"), "no episode store"),
         (("bench", "nothing"), "invalid choice"),
+        (("train", "learner=hil_serl", "env=cube_lift", "learner.demos=no/such.zarr"), "demos=no/such.zarr: no such path"),
+        (("train", "learner=hil_serl", "env=cube_lift", "learner.human=sometimes"), "human must be none, drift or schedule"),
+        (("train", "learner=hil_serl", "env=cube_lift", "learner.dist=slurm"), "dist must be sync or ray"),
+        (("train", "learner=hil_serl", "env=cube_lift", "learner.sac.image_keys=[image/side]"), "not observations of this env"),
+        (("train", "learner=reward_classifier", "dataset=no/such.zarr"), "no episode store at no/such.zarr"),
     ],
 )
 def test_user_mistakes_get_one_line_and_exit_2(args, message):
@@ -126,6 +130,30 @@ def test_demo_over_seeds_writes_one_summary(tmp_path):
     summary = json.loads((tmp_path / run.stdout.strip().splitlines()[-1]).read_text())
     assert set(summary["seeds"]) == {"0", "1"} and 0.0 <= summary["residual_mean"] <= 1.0
     assert (tmp_path / "datasets/s_seed1.zarr").exists() and (tmp_path / "runs/s/seed1/report.json").exists()
+
+
+def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path):
+    demos = tmp_path / "demos.zarr"
+    run = cli("collect", "env=cube_lift", "episodes=2", "loop.rate_hz=null", "env.cameras=[]", f"out={demos}")
+    assert run.returncode == 0, run.stderr
+    run = cli("train", "learner=hil_serl", "env=cube_lift", "env.cameras=[]", f"learner.demos={demos}",
+              "learner.env_steps=150", "learner.training_starts=50", "learner.batch_size=16", "learner.eval_every=0",
+              "learner.eval_episodes=2", "learner.eval_num_envs=2", "learner.sac.hidden=[32,32]", f"out={tmp_path / 'run'}")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["env_steps"] >= 150 and result["learner_steps"] > 0 and result["intervened_episodes"] >= 1
+    assert result["evaluation"]["episodes"] == 2
+    for name in ("results.json", "curve.png", "checkpoint/model.safetensors", "buffers/online.zarr", "buffers/prior.zarr"):
+        assert (tmp_path / "run" / name).exists(), name
+    evaluated = cli("eval", f"checkpoint={tmp_path / 'run' / 'checkpoint'}", "env=cube_lift", "episodes=2", "num_envs=2")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["kind"] == "sac_agent"
+    # A run resumes from another's weights and buffers.
+    resumed = cli("train", "learner=hil_serl", "env=cube_lift", "env.cameras=[]", f"learner.resume={tmp_path / 'run'}",
+                  "learner.env_steps=20", "learner.batch_size=16", "learner.eval_every=0", "learner.eval_episodes=1",
+                  "learner.eval_num_envs=1", "learner.sac.hidden=[32,32]", f"out={tmp_path / 'run2'}")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["learner_steps"] >= 20  # training starts at once: the buffers came along
 
 
 @pytest.mark.parametrize("which", ["loop", "store"])

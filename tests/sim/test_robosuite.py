@@ -1,6 +1,5 @@
 """robosuite envs (Lift, NutAssemblySquare, PickPlaceCan) through RobotEnv and the ControlLoop."""
 
-import os
 import subprocess
 import sys
 

@@ -1,0 +1,273 @@
+"""Human-in-the-loop RL (HIL-SERL, Luo et al.): SAC/RLPD on the robot's ControlLoop with
+demonstrations, human interventions and (optionally) a learned reward.
+
+The pieces: `Learner` (the agent, an online buffer and a demo + intervention buffer, batches
+mixed half and half), `AgentPolicy` (the agent acting in the ControlLoop), and two ways to run them:
+`train_hil_serl` here (actor and learner in one process, stepping in turn: deterministic for a
+seed, used for the measured sim runs) and `robot_rl.learners.hil_serl_ray` (actor and learner as
+separate Ray actors, for robots).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from robot_rl.core.env import RobotEnv
+from robot_rl.errors import ConfigError
+from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.learners.replay import ReplayBuffer, TransitionSink, sample_mixed, transition_schema, transitions_from_store
+from robot_rl.learners.sac import SACAgent, SACConfig, to_tensors, torch_batch
+
+
+@dataclass
+class HILSERLConfig:
+    env_steps: int = 30_000           # online env steps, interventions included
+    batch_size: int = 256             # 128 online + 128 demo/intervention
+    utd_ratio: int = 1                # learner steps per env step
+    training_starts: int = 100        # online transitions before the first update
+    buffer_capacity: int = 200_000
+    demos: str | None = None          # an EpisodeStore of demonstrations for the prior buffer
+    human: str = "schedule"           # none | drift | schedule (the scripted human in sim)
+    human_until: int = 10_000         # env steps over which the human's attention tapers from 1 to 0
+    human_takeover: tuple[int, int] = (0, 40)  # step range at which the human takes over ("schedule")
+    eval_episodes: int = 100          # at the end, deterministic, no human
+    eval_every: int = 5_000           # env steps between interim evaluations (0: none)
+    eval_interim_episodes: int = 20
+    eval_num_envs: int = 25
+    rate_hz: float | None = None      # None: as fast as the simulator runs
+    log_every: int = 500              # env steps between logged learner statistics
+    reward_classifier: str | None = None  # a classifier checkpoint: its verdict is the reward
+    resume: str | None = None         # a previous run folder: its weights and buffers are loaded
+    seed: int = 0
+    sac: dict = field(default_factory=dict)  # SACConfig overrides (critic_ensemble, discount, ...)
+
+    def __post_init__(self):
+        if self.human not in ("none", "drift", "schedule"):
+            raise ConfigError(f"human must be none, drift or schedule, got {self.human!r}")
+        if self.env_steps < 1 or self.batch_size < 2 or self.utd_ratio < 1:
+            raise ConfigError("env_steps, utd_ratio must be at least 1 and batch_size at least 2")
+        self.human_takeover = tuple(self.human_takeover)
+
+
+class Learner:
+    """The agent and its two buffers. Every transition goes into the online buffer; intervened
+    ones (the human's action) into the demo + intervention buffer as well."""
+
+    def __init__(self, agent: SACAgent, schema, capacity: int, batch_size: int, seed: int = 0):
+        self.agent, self.batch_size = agent, batch_size
+        self.online, self.prior = ReplayBuffer(capacity, schema), ReplayBuffer(capacity, schema)
+        self.rng = np.random.default_rng(seed)
+        self.steps = 0
+
+    def insert(self, transition: dict) -> None:
+        self.insert_batch({k: np.asarray(v)[None] for k, v in transition.items()})
+
+    def insert_batch(self, batch: dict) -> None:
+        self.online.add_batch(batch)
+        human = np.asarray(batch["intervened"], bool)
+        if human.any():
+            self.prior.add_batch({k: np.asarray(v)[human] for k, v in batch.items()})
+
+    def sample(self) -> dict:
+        return torch_batch(sample_mixed(self.online, self.prior, self.batch_size, self.rng), self.agent.cfg.image_keys)
+
+    def step(self) -> dict:
+        info = self.agent.update([self.sample() for _ in range(self.agent.cfg.cta_ratio)])
+        self.steps += 1
+        return info
+
+
+class AgentPolicy:
+    """The agent as a ControlLoop policy: one action per tick, sampled (or the mode), the gripper
+    from the grasp critic when there is one."""
+
+    def __init__(self, agent: SACAgent, deterministic: bool = False):
+        self.agent, self.deterministic = agent, deterministic
+        self._gripper = -1.0
+
+    def reset(self) -> None:
+        self._gripper = -1.0
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        batch = to_tensors({k: np.asarray(v)[None] for k, v in obs.items()}, self.agent.cfg.image_keys)
+        action = self.agent.act(batch, torch.tensor([self._gripper]), self.deterministic)[0].numpy()
+        self._gripper = float(action[-1])
+        return action
+
+
+def batch_policy(agent: SACAgent):
+    """The agent's deterministic action for a vector env's state batch (evaluate.run_episodes)."""
+    gripper = None
+
+    def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
+        nonlocal gripper
+        if gripper is None:
+            gripper = torch.full((len(obs),), -1.0)
+        gripper[torch.as_tensor(reset, dtype=torch.long)] = -1.0
+        action = agent.act({"state": torch.as_tensor(obs, dtype=torch.float32)}, gripper, deterministic=True)
+        gripper = action[:, -1].clone()
+        return action.numpy()
+
+    return act
+
+
+def make_agent(env: RobotEnv, cfg: HILSERLConfig) -> SACAgent:
+    try:
+        sac = SACConfig(state_dim=env.observation_space["state"].shape[0], action_dim=env.action_space.shape[0], **cfg.sac)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad sac settings: {exc}") from None
+    missing = [k for k in sac.image_keys if k not in env.observation_space.spaces]
+    if missing:
+        raise ConfigError(f"sac.image_keys {missing} are not observations of this env "
+                          f"(it has {', '.join(env.observation_space.spaces)})")
+    return SACAgent(sac, seed=cfg.seed)
+
+
+def make_learner(env: RobotEnv, cfg: HILSERLConfig) -> Learner:
+    agent = make_agent(env, cfg)
+    keys = {"state": env.observation_space["state"], **{k: env.observation_space[k] for k in agent.cfg.image_keys}}
+    learner = Learner(agent, transition_schema(keys, env.action_space.shape[0]), cfg.buffer_capacity,
+                      cfg.batch_size, cfg.seed)
+    if cfg.resume:
+        run = Path(cfg.resume)
+        learner.agent.load_state_dict(SACAgent.load(run / "checkpoint").state_dict())
+        expected = learner.online.schema
+        learner.online = ReplayBuffer.load(run / "buffers" / "online.zarr", cfg.buffer_capacity)
+        learner.prior = ReplayBuffer.load(run / "buffers" / "prior.zarr", cfg.buffer_capacity)
+        if learner.online.schema != expected or learner.prior.schema != expected:
+            raise ConfigError(f"the buffers in {run} hold other observations than this env gives")
+    elif cfg.demos:
+        learner.prior.add_batch(transitions_from_store(cfg.demos, learner.online.schema))
+    return learner
+
+
+def make_env(env_cfg, cfg: HILSERLConfig):
+    """The training env and its scripted expert; with a reward classifier, its reward."""
+    from robot_rl.sim.registry import make_sim_env
+
+    env, expert = make_sim_env(env_cfg, seed=cfg.seed)
+    if cfg.human != "none" and expert is None:
+        raise ConfigError(f"env {env_cfg.name} has no scripted expert to stand in for the human; use human=none")
+    if cfg.reward_classifier:
+        from robot_rl.rewards.classifier import ClassifierRewardEnv, RewardClassifier
+
+        env = ClassifierRewardEnv(env, RewardClassifier.load(cfg.reward_classifier))
+    return env, expert
+
+
+def human_attention(cfg: HILSERLConfig, env_steps: callable):
+    """The scripted human's attention: 1 at the start, tapering linearly to 0 at `human_until`."""
+    return lambda: max(0.0, 1.0 - env_steps() / cfg.human_until) if cfg.human_until > 0 else 0.0
+
+
+def evaluate_agent(agent: SACAgent, env_cfg, env: RobotEnv, episodes: int, num_envs: int, seed: int,
+                   progress: bool = False) -> dict:
+    """Deterministic success rate with no human: on a vector env for state policies, through the
+    ControlLoop on `env` for image policies (vector envs are state-only)."""
+    from robot_rl.learners.evaluate import run_episodes
+
+    agent.eval()
+    if not agent.cfg.image_keys:
+        from robot_rl.sim.vector import make_vector_env
+
+        return run_episodes(lambda n: make_vector_env(env_cfg, n), batch_policy(agent), episodes, num_envs, seed, progress)
+    from robot_rl.core import ControlLoop
+
+    start = time.monotonic()
+    loop = ControlLoop(env, AgentPolicy(agent, deterministic=True), rate_hz=None, execute_k=1)
+    results = [loop.run_episode(seed=seed + i) for i in range(episodes)]
+    return {"episodes": episodes, "success_rate": float(np.mean([r.success for r in results])),
+            "successes": int(sum(r.success for r in results)),
+            "mean_length": float(np.mean([r.steps for r in results])), "seconds": time.monotonic() - start}
+
+
+def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) -> dict:
+    """Actor and learner in one process, in turn: each tick the ControlLoop acts (the human may
+    take over), the transition is routed into the buffers, and the learner takes `utd_ratio` steps."""
+    from robot_rl.collect import safety_from_config
+    from robot_rl.core import ControlLoop
+    from robot_rl.sim.experts import ScriptedTeleop
+
+    seed_everything(cfg.seed)
+    env, expert = make_env(env_cfg, cfg)
+    learner = make_learner(env, cfg)
+    log = RunLog(out_dir, f"HIL-SERL on {env_cfg.name}")
+    counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
+    teleop = None
+    if cfg.human != "none":
+        teleop = ScriptedTeleop(expert, mode=cfg.human, attention=human_attention(cfg, lambda: counts["env_steps"]),
+                                takeover_steps=cfg.human_takeover, seed=cfg.seed + 1)
+    policy = AgentPolicy(learner.agent)
+    bar = tqdm(total=cfg.env_steps, desc="HIL-SERL", unit="step", disable=not progress, dynamic_ncols=True)
+    recent: list[tuple[bool, int]] = []
+    info: dict = {}
+    evaluations = []
+    start = time.monotonic()
+
+    def on_step(loop, result) -> None:
+        nonlocal info
+        counts["env_steps"] += 1
+        if len(learner.online) >= cfg.training_starts:
+            for _ in range(cfg.utd_ratio):
+                info = learner.step()
+        steps = counts["env_steps"]
+        if info and steps % cfg.log_every == 0:
+            log.log(steps, **info, updates_per_s=learner.steps / (time.monotonic() - start))
+        bar.update(1)
+
+    def on_episode(loop, result) -> None:
+        counts["episodes"] += 1
+        counts["successes"] += int(result.success)
+        counts["intervened_steps"] += result.intervened_steps
+        counts["intervened_episodes"] += int(result.intervened_steps > 0)
+        recent.append((result.success, result.intervened_steps))
+        del recent[:-20]
+        rate = np.mean([s for s, _ in recent])
+        alone = [s for s, i in recent if i == 0]  # episodes the policy ran without the human
+        log.log(counts["env_steps"], episode_success=float(result.success), intervened_steps=result.intervened_steps,
+                success_rate_20=rate, **({"policy_success_20": np.mean(alone)} if alone else {}))
+        bar.set_postfix_str(f"ep {counts['episodes']} success(20) {rate:.2f} alone {np.mean(alone) if alone else 0:.2f} "
+                            f"interventions {counts['intervened_episodes']} updates {learner.steps}", refresh=False)
+
+    loop = ControlLoop(env, policy, teleop, rate_hz=cfg.rate_hz, execute_k=1,
+                       safety=safety_from_config(env_cfg.safety), recorder=TransitionSink(learner.insert),
+                       on_step=on_step)
+    next_eval = cfg.eval_every or None
+    try:
+        with env:
+            while counts["env_steps"] < cfg.env_steps:
+                result = loop.run_episode(seed=cfg.seed * 1_000_003 + counts["episodes"])
+                on_episode(loop, result)
+                if next_eval and counts["env_steps"] >= next_eval and counts["env_steps"] < cfg.env_steps:
+                    evaluations.append(_interim_eval(learner.agent, env_cfg, env, cfg, counts["env_steps"], log))
+                    next_eval += cfg.eval_every
+            report = loop.report()
+            final = evaluate_agent(learner.agent, env_cfg, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000,
+                                   progress=progress)
+    finally:
+        loop.close()
+        bar.close()
+    log.log(counts["env_steps"], eval_success_rate=final["success_rate"])
+    out = Path(out_dir)
+    checkpoint = learner.agent.save(out / "checkpoint")
+    learner.online.save(out / "buffers" / "online.zarr")
+    learner.prior.save(out / "buffers" / "prior.zarr")
+    return log.close({"learner": "hil_serl", "env": env_cfg.name, "checkpoint": str(checkpoint),
+                      "config": asdict(cfg), **counts, "training_success_rate": counts["successes"] / max(counts["episodes"], 1),
+                      "learner_steps": learner.steps, "evaluation": final, "interim_evaluations": evaluations,
+                      "loop": {"achieved_hz": report["clock"].get("achieved_hz"), "overruns": report["clock"].get("overruns")}},
+                     curves=("success_rate_20", "policy_success_20", "eval_success_rate", "intervened_steps", "critic_loss", "q", "alpha"))
+
+
+def _interim_eval(agent, env_cfg, env, cfg: HILSERLConfig, steps: int, log: RunLog) -> dict:
+    result = evaluate_agent(agent, env_cfg, env, cfg.eval_interim_episodes, min(cfg.eval_num_envs, cfg.eval_interim_episodes),
+                            20_000 + steps)
+    log.log(steps, eval_success_rate=result["success_rate"])
+    tqdm.write(f"env step {steps}: evaluation success {result['success_rate']:.2f} ({cfg.eval_interim_episodes} episodes)")
+    return {"env_steps": steps, **result}

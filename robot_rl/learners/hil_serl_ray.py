@@ -1,0 +1,229 @@
+"""HIL-SERL with the actor and the learner apart, as two Ray actors (the `dist` extra).
+
+- `ActorServer` owns the robot: it runs the ControlLoop at the robot's rate with the current
+  policy and the human's teleop, streams transitions to the learner in small batches, and picks
+  up new weights in a background thread (applied between ticks, so the loop never waits on them).
+- `LearnerServer` owns the buffers and the agent: it takes transitions whenever they arrive,
+  updates as fast as it can in its own thread, and publishes the acting weights every
+  `weights_every` learner steps.
+- One machine by default (a local Ray is started); with `address` an existing cluster is joined
+  and the actor is placed on the node that offers the custom resource `robot_resource` (start
+  that node with `ray start --resources='{"robot_arm": 1}'`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from robot_rl.errors import ConfigError, require
+from robot_rl.learners.hil_serl import HILSERLConfig
+
+
+class LearnerServer:
+    def __init__(self, env_cfg: dict, cfg: dict, weights_every: int):
+        import torch
+        from omegaconf import OmegaConf
+
+        from robot_rl.learners.hil_serl import make_learner
+        from robot_rl.sim.registry import make_sim_env
+
+        torch.set_num_threads(1)
+        self.cfg = HILSERLConfig(**cfg)
+        torch.manual_seed(self.cfg.seed)
+        # The env is built only for its observation and action spaces (and the evaluation at the end).
+        self.env_cfg = OmegaConf.create(env_cfg)
+        self.env, _ = make_sim_env(self.env_cfg, seed=self.cfg.seed)
+        self.learner = make_learner(self.env, self.cfg)
+        self.weights_every = weights_every
+        self.lock = threading.Lock()
+        self.version, self.weights = 0, self.learner.agent.acting_state()
+        self.received, self.info = 0, {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.started = time.monotonic()
+
+    def insert(self, batch: dict) -> int:
+        with self.lock:
+            self.learner.insert_batch(batch)
+            self.received += len(batch["action"])
+        return self.received
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._train, daemon=True, name="learner")
+        self._thread.start()
+
+    def _train(self) -> None:
+        learner = self.learner
+        while not self._stop.is_set():
+            if len(learner.online) < self.cfg.training_starts:
+                time.sleep(0.01)
+                continue
+            with self.lock:
+                batches = [learner.sample() for _ in range(learner.agent.cfg.cta_ratio)]
+            self.info = learner.agent.update(batches)
+            learner.steps += 1
+            if learner.steps % self.weights_every == 0:
+                self.weights, self.version = learner.agent.acting_state(), self.version + 1
+
+    def get_weights(self, have_version: int):
+        """(version, weights) when newer than `have_version`, else None."""
+        return (self.version, self.weights) if self.version > have_version else None
+
+    def status(self) -> dict:
+        elapsed = time.monotonic() - self.started
+        return {"learner_steps": self.learner.steps, "received": self.received, "version": self.version,
+                "updates_per_s": self.learner.steps / max(elapsed, 1e-9),
+                **{k: float(v) for k, v in self.info.items()}}
+
+    def finish(self, out_dir: str, eval_episodes: int, eval_num_envs: int) -> dict:
+        from robot_rl.learners.hil_serl import evaluate_agent
+
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        out = Path(out_dir)
+        agent = self.learner.agent
+        evaluation = evaluate_agent(agent, self.env_cfg, self.env, eval_episodes, eval_num_envs, 10_000) if eval_episodes else None
+        self.env.close()
+        checkpoint = agent.save(out / "checkpoint")
+        self.learner.online.save(out / "buffers" / "online.zarr")
+        self.learner.prior.save(out / "buffers" / "prior.zarr")
+        return {"checkpoint": str(checkpoint), "evaluation": evaluation, **self.status()}
+
+
+class ActorServer:
+    def __init__(self, env_cfg: dict, cfg: dict, learner, send_every: int = 50):
+        import torch
+        from omegaconf import OmegaConf
+
+        from robot_rl.collect import safety_from_config
+        from robot_rl.core import ControlLoop
+        from robot_rl.learners.hil_serl import AgentPolicy, human_attention, make_agent, make_env
+        from robot_rl.learners.replay import TransitionSink
+        from robot_rl.sim.experts import ScriptedTeleop
+
+        torch.set_num_threads(1)
+        self.cfg = HILSERLConfig(**cfg)
+        env_cfg = OmegaConf.create(env_cfg)
+        self.env, expert = make_env(env_cfg, self.cfg)
+        self.agent = make_agent(self.env, self.cfg)
+        self.learner, self.send_every = learner, send_every
+        self.counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
+        self.recent: list[bool] = []
+        teleop = None
+        if self.cfg.human != "none":
+            teleop = ScriptedTeleop(expert, mode=self.cfg.human, takeover_steps=self.cfg.human_takeover,
+                                    attention=human_attention(self.cfg, lambda: self.counts["env_steps"]),
+                                    seed=self.cfg.seed + 1)
+        self.pending: list[dict] = []
+        self.version, self._new_weights = 0, None
+        self._stop = threading.Event()
+        self.loop = ControlLoop(self.env, self._act_with_latest(AgentPolicy(self.agent)), teleop,
+                                rate_hz=self.cfg.rate_hz, execute_k=1, safety=safety_from_config(env_cfg.safety),
+                                recorder=TransitionSink(self.pending.append), on_step=self._on_step)
+
+    def _act_with_latest(self, policy):
+        def act(obs):
+            new = self._new_weights
+            if new is not None:  # weights fetched in the background: swap them in between ticks
+                self._new_weights = None
+                self.agent.load_acting_state(new)
+            return policy(obs)
+
+        act.reset = policy.reset
+        return act
+
+    def _poll_weights(self) -> None:
+        import ray
+
+        while not self._stop.is_set():
+            got = ray.get(self.learner.get_weights.remote(self.version))
+            if got is not None:
+                self.version, self._new_weights = got
+            self._stop.wait(0.2)
+
+    def _flush(self) -> None:
+        if self.pending:
+            batch = {k: np.stack([t[k] for t in self.pending]) for k in self.pending[0]}
+            self.pending.clear()
+            self.learner.insert.remote(batch)  # fire and forget: the loop never waits on the learner
+
+    def _on_step(self, loop, result) -> None:
+        self.counts["env_steps"] += 1
+        if len(self.pending) >= self.send_every:
+            self._flush()
+
+    def run(self, env_steps: int) -> dict:
+        poller = threading.Thread(target=self._poll_weights, daemon=True, name="weights")
+        poller.start()
+        try:
+            with self.env:
+                while self.counts["env_steps"] < env_steps:
+                    result = self.loop.run_episode(seed=self.cfg.seed * 1_000_003 + self.counts["episodes"])
+                    self._flush()
+                    c = self.counts
+                    c["episodes"] += 1
+                    c["successes"] += int(result.success)
+                    c["intervened_steps"] += result.intervened_steps
+                    c["intervened_episodes"] += int(result.intervened_steps > 0)
+                    self.recent = (self.recent + [result.success])[-20:]
+        finally:
+            self._stop.set()
+            poller.join()
+            self.loop.close()
+        return {**self.counts, "loop": self.loop.report()["clock"], "weights_version": self.version}
+
+    def status(self) -> dict:
+        clock = self.loop.clock.report()
+        return {**self.counts, "success_rate_20": float(np.mean(self.recent)) if self.recent else 0.0,
+                "actor_hz": clock.get("achieved_hz", 0.0), "weights_version": self.version}
+
+
+def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None = None,
+                       robot_resource: str | None = None, weights_every: int = 100, progress: bool = True) -> dict:
+    """Run the actor and the learner as Ray actors until `cfg.env_steps`; live status in a bar."""
+    from omegaconf import OmegaConf
+    from tqdm import tqdm
+
+    from robot_rl.learners.common import RunLog
+
+    ray = require("ray", "dist", "the actor/learner split")
+    if weights_every < 1:
+        raise ConfigError(f"weights_every must be at least 1, got {weights_every}")
+    env_dict = OmegaConf.to_container(env_cfg, resolve=True)
+    cfg_dict = asdict(cfg)
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 **({} if address else {"num_cpus": 2}))
+    try:
+        placement = {"resources": {robot_resource: 0.01}} if robot_resource else {}
+        learner = ray.remote(num_cpus=1, max_concurrency=8)(LearnerServer).remote(env_dict, cfg_dict, weights_every)
+        actor = ray.remote(num_cpus=1, max_concurrency=4, **placement)(ActorServer).remote(env_dict, cfg_dict, learner)
+        ray.get(learner.start.remote())
+        log = RunLog(out_dir, f"HIL-SERL (Ray actor/learner) on {env_cfg.name}")
+        done = actor.run.remote(cfg.env_steps)
+        bar = tqdm(total=cfg.env_steps, desc="HIL-SERL (ray)", unit="step", disable=not progress, dynamic_ncols=True)
+        while not ray.wait([done], timeout=1.0)[0]:
+            a, l = ray.get([actor.status.remote(), learner.status.remote()])
+            log.log(a["env_steps"], success_rate_20=a["success_rate_20"], actor_hz=a["actor_hz"],
+                    updates_per_s=l["updates_per_s"], intervened_episodes=a["intervened_episodes"])
+            bar.n = min(a["env_steps"], cfg.env_steps)
+            bar.set_postfix_str(f"success(20) {a['success_rate_20']:.2f} interventions {a['intervened_episodes']} "
+                                f"actor {a['actor_hz']:.1f} Hz learner {l['updates_per_s']:.1f} upd/s "
+                                f"weights v{a['weights_version']}", refresh=True)
+        bar.close()
+        acted = ray.get(done)
+        learned = ray.get(learner.finish.remote(str(out_dir), cfg.eval_episodes, cfg.eval_num_envs))
+    finally:
+        if started_here:
+            ray.shutdown()
+    return log.close({"learner": "hil_serl", "dist": "ray", "env": env_cfg.name, "config": cfg_dict,
+                      "actor": acted, "learner_stats": learned, "checkpoint": learned["checkpoint"],
+                      "evaluation": learned["evaluation"]},
+                     curves=("success_rate_20", "actor_hz", "updates_per_s", "intervened_episodes"))

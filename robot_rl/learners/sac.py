@@ -1,0 +1,301 @@
+"""SAC in the RLPD / HIL-SERL style (Luo et al., `rail-berkeley/hil-serl` and `serl`), in PyTorch.
+
+- Critic ensemble (2 by default; REDQ-style N members with a random subsample for the target),
+  MLPs 256x256 with LayerNorm and tanh, evaluated in one batched call.
+- Target r + γ·mask·min over the (sub)ensemble of target Q(s', a'), a' ~ π(s'): no entropy term in
+  the backup. Actor loss α·log π − mean over the ensemble of Q. Tanh-squashed Gaussian actor.
+  Temperature learned toward the target entropy −|A|/2, from 0.01. Soft target updates (τ 0.005).
+- Critic-to-actor ratio: each learner step updates the critic `cta_ratio` times, each on its own
+  batch, and the actor and temperature once (on the last batch), as HIL-SERL's learner loop does.
+- Images: a frozen pretrained backbone, a trainable spatial-embedding head per camera (Dense 256,
+  LayerNorm, tanh) and the state through Dense 64 (LayerNorm, tanh); random-crop augmentation
+  (pad 4) on obs and next obs; the head is trained by the critic only (the actor sees it detached).
+- Optional grasp critic: a DQN over {open, stay, close} with a double-Q target and a penalty for
+  each toggle; the continuous actor then controls every action dimension but the last (gripper).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robot_rl.learners.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
+from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
+from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings
+
+OPEN, STAY, CLOSE = 0, 1, 2
+
+
+@dataclass
+class SACConfig:
+    state_dim: int
+    action_dim: int  # of the env, gripper included
+    hidden: tuple[int, ...] = (256, 256)
+    critic_ensemble: int = 2
+    critic_subsample: int | None = None  # e.g. 2 with critic_ensemble 10 (REDQ)
+    discount: float = 0.97
+    tau: float = 0.005
+    actor_lr: float = 3e-4
+    critic_lr: float = 3e-4
+    temperature_lr: float = 3e-4
+    init_temperature: float = 0.01
+    target_entropy: float | None = None  # None: -|A|/2 over the actor's dimensions
+    cta_ratio: int = 2
+    grasp_critic: bool = False
+    grasp_penalty: float = -0.02
+    image_keys: tuple[str, ...] = ()  # e.g. ("image/front",): obs keys of camera images
+    image_size: int = 84
+    crop_pad: int = 4
+    image_features: int = 8  # spatial embeddings per camera
+    proprio_dim: int = 64
+
+    def __post_init__(self):
+        self.hidden, self.image_keys = tuple(self.hidden), tuple(self.image_keys)
+        if self.critic_subsample is not None and not 1 <= self.critic_subsample <= self.critic_ensemble:
+            raise ValueError(f"critic_subsample must be in 1..{self.critic_ensemble}, got {self.critic_subsample}")
+        if self.cta_ratio < 1:
+            raise ValueError(f"cta_ratio must be at least 1, got {self.cta_ratio}")
+
+    @property
+    def actor_dim(self) -> int:
+        return self.action_dim - 1 if self.grasp_critic else self.action_dim
+
+
+class ObsEncoder(nn.Module):
+    """Observation dict -> feature vector. State only: the state itself. With cameras: per camera
+    the frozen backbone, spatial embeddings, Dense 256, LayerNorm, tanh; the state through Dense 64,
+    LayerNorm, tanh; all concatenated."""
+
+    def __init__(self, cfg: SACConfig, backbone: PretrainedEfficientNet | None):
+        super().__init__()
+        self.image_keys = cfg.image_keys
+        if not self.image_keys:
+            self.out_dim = cfg.state_dim
+            return
+        self.backbone = [backbone]  # in a list: frozen and shared, so not a submodule (not saved, not copied)
+        side = backbone.feature_size(cfg.image_size)
+        self.heads = nn.ModuleList(
+            nn.Sequential(SpatialLearnedEmbeddings(backbone.out_channels, side, side, cfg.image_features),
+                          nn.Linear(backbone.out_channels * cfg.image_features, 256), nn.LayerNorm(256), nn.Tanh())
+            for _ in self.image_keys)
+        self.proprio = nn.Sequential(nn.Linear(cfg.state_dim, cfg.proprio_dim), nn.LayerNorm(cfg.proprio_dim), nn.Tanh())
+        self.out_dim = 256 * len(self.image_keys) + cfg.proprio_dim
+
+    def forward(self, obs: dict[str, Tensor]) -> Tensor:
+        if not self.image_keys:
+            return obs["state"]
+        parts = [self.proprio(obs["state"])]
+        for key, head in zip(self.image_keys, self.heads):
+            parts.append(head(self.backbone[0](obs[key])))
+        return torch.cat(parts, -1)
+
+
+def random_crop(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
+    """DrQ augmentation: pad by replicating the border, then crop back at a random offset per image."""
+    if pad <= 0:
+        return images
+    b, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    cropped = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, c, h, w)
+    return cropped.gather(3, cols)
+
+
+def to_tensors(obs: dict[str, np.ndarray], image_keys: tuple[str, ...]) -> dict[str, Tensor]:
+    """numpy obs (state float, images uint8 BHWC) -> float tensors (images BCHW in [0, 1])."""
+    out = {"state": torch.as_tensor(np.asarray(obs["state"], np.float32))}
+    for key in image_keys:
+        out[key] = torch.as_tensor(np.asarray(obs[key])).permute(0, 3, 1, 2).float().div_(255.0)
+    return out
+
+
+def grasp_classes(gripper: Tensor, previous: Tensor) -> Tensor:
+    """Discrete grasp action of each executed gripper command given the previous one: a change
+    of more than half the range toward closed is CLOSE, toward open OPEN, anything else STAY."""
+    change = gripper - previous
+    return torch.where(change > 0.5, CLOSE, torch.where(change < -0.5, OPEN, STAY))
+
+
+def gripper_command(grasp: Tensor, previous: Tensor) -> Tensor:
+    return torch.where(grasp == CLOSE, 1.0, torch.where(grasp == OPEN, -1.0, previous))
+
+
+class SACAgent(nn.Module):
+    def __init__(self, cfg: SACConfig, seed: int = 0):
+        super().__init__()
+        self.cfg = cfg
+        self.generator = torch.Generator().manual_seed(seed)
+        backbone = PretrainedEfficientNet() if cfg.image_keys else None
+        self.encoder = ObsEncoder(cfg, backbone)
+        self.critic = CriticEnsemble(cfg.critic_ensemble, self.encoder.out_dim, cfg.actor_dim, cfg.hidden)
+        self.actor = TanhGaussianActor(self.encoder.out_dim, cfg.actor_dim, cfg.hidden)
+        self.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_temperature))))
+        self.grasp = GraspCritic(self.encoder.out_dim, cfg.hidden) if cfg.grasp_critic else None
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.target_grasp = copy.deepcopy(self.grasp).requires_grad_(False) if self.grasp is not None else None
+        if cfg.image_keys:
+            self.target_encoder.backbone = self.encoder.backbone
+        self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -cfg.actor_dim / 2
+        critic_params = list(self.critic.parameters()) + list(self.encoder.parameters())
+        self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr)
+        self.grasp_opt = torch.optim.Adam(self.grasp.parameters(), lr=cfg.critic_lr) if self.grasp is not None else None
+        self.updates = 0
+
+    @property
+    def alpha(self) -> Tensor:
+        return self.log_alpha.exp()
+
+    # --- losses ----------------------------------------------------------------------------
+    def _augment(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k: random_crop(v, self.cfg.crop_pad, self.generator) if k in self.cfg.image_keys else v
+                for k, v in obs.items()}
+
+    def target_q(self, next_obs: dict[str, Tensor], reward: Tensor, mask: Tensor) -> Tensor:
+        """r + γ·mask·min over the (sub)ensemble of target Q(s', a'), a' ~ π(s'): no entropy term."""
+        with torch.no_grad():
+            next_action, _ = self.actor.sample(self.encoder(next_obs))
+            q = self.target_critic(self.target_encoder(next_obs), next_action)  # (E, B)
+            k = self.cfg.critic_subsample
+            if k is not None and k < q.shape[0]:
+                members = torch.randperm(q.shape[0], generator=self.generator)[:k]
+                q = q[members]
+            return reward + self.cfg.discount * mask * q.min(0).values
+
+    def critic_loss(self, batch: dict) -> tuple[Tensor, dict]:
+        obs, next_obs = self._augment(batch["obs"]), self._augment(batch["next_obs"])
+        target = self.target_q(next_obs, batch["reward"], batch["mask"])
+        q = self.critic(self.encoder(obs), self._arm(batch["action"]))
+        loss = (q - target).pow(2).mean()
+        return loss, {"critic_loss": loss.item(), "q": q.mean().item()}
+
+    def actor_loss(self, batch: dict) -> tuple[Tensor, Tensor, dict]:
+        features = self.encoder(self._augment(batch["obs"])).detach()  # the actor does not train the encoder
+        action, log_prob = self.actor.sample(features)
+        q = self.critic(features, action).mean(0)
+        actor = (self.alpha.detach() * log_prob - q).mean()
+        entropy = -log_prob.detach().mean()
+        temperature = self.alpha * (entropy - self.target_entropy)
+        return actor, temperature, {"actor_loss": actor.item(), "entropy": entropy.item(), "alpha": self.alpha.item()}
+
+    def grasp_loss(self, batch: dict) -> tuple[Tensor, dict]:
+        """DQN with a double-Q target: the online net picks a*, the target net scores it."""
+        obs, next_obs = self._augment(batch["obs"]), self._augment(batch["next_obs"])
+        taken = grasp_classes(batch["action"][:, -1], batch["prev_action"][:, -1])
+        reward = batch["reward"] + self.cfg.grasp_penalty * (taken != STAY).float()
+        with torch.no_grad():
+            next_features = self.encoder(next_obs)
+            best = self.grasp(next_features).argmax(-1)
+            next_q = self.target_grasp(self.target_encoder(next_obs)).gather(-1, best[:, None]).squeeze(-1)
+            target = reward + self.cfg.discount * batch["mask"] * next_q
+        q = self.grasp(self.encoder(obs).detach()).gather(-1, taken[:, None]).squeeze(-1)
+        loss = (q - target).pow(2).mean()
+        return loss, {"grasp_loss": loss.item()}
+
+    def _arm(self, action: Tensor) -> Tensor:
+        return action[:, :-1] if self.grasp is not None else action
+
+    # --- updates ---------------------------------------------------------------------------
+    def update_critic(self, batch: dict) -> dict:
+        loss, info = self.critic_loss(batch)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.critic_opt.step()
+        if self.grasp is not None:
+            grasp, grasp_info = self.grasp_loss(batch)
+            self.grasp_opt.zero_grad(set_to_none=True)
+            grasp.backward()
+            self.grasp_opt.step()
+            info.update(grasp_info)
+        self._soft_update()
+        return info
+
+    def update_actor(self, batch: dict) -> dict:
+        actor, temperature, info = self.actor_loss(batch)
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor.backward()
+        self.actor_opt.step()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        temperature.backward()
+        self.alpha_opt.step()
+        return info
+
+    def update(self, batches: list[dict]) -> dict:
+        """One learner step: a critic update per batch (`cta_ratio` of them), then the actor and
+        temperature on the last batch."""
+        if len(batches) != self.cfg.cta_ratio:
+            raise ValueError(f"a learner step takes cta_ratio={self.cfg.cta_ratio} batches, got {len(batches)}")
+        self.train()
+        for batch in batches:
+            info = self.update_critic(batch)
+        info.update(self.update_actor(batches[-1]))
+        self.updates += 1
+        return info
+
+    @torch.no_grad()
+    def _soft_update(self) -> None:
+        tau = self.cfg.tau
+        pairs = [(self.target_critic, self.critic), (self.target_encoder, self.encoder)]
+        if self.grasp is not None:
+            pairs.append((self.target_grasp, self.grasp))
+        for target, online in pairs:
+            for t, p in zip(target.parameters(), online.parameters()):
+                t.lerp_(p, tau)
+
+    # --- acting ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(self, obs: dict[str, Tensor], prev_gripper: Tensor | None = None, deterministic: bool = False) -> Tensor:
+        """Actions in [-1, 1] for a batch of observations (the gripper from the grasp critic if any)."""
+        features = self.encoder(obs)
+        arm = self.actor.mode(features) if deterministic else self.actor.sample(features)[0]
+        if self.grasp is None:
+            return arm
+        grasp = self.grasp(features).argmax(-1)
+        previous = prev_gripper if prev_gripper is not None else torch.full((len(arm),), -1.0)
+        return torch.cat([arm, gripper_command(grasp, previous)[:, None]], -1)
+
+    def acting_state(self) -> dict[str, Tensor]:
+        """The weights the acting side needs (encoder head, actor, grasp critic), detached copies."""
+        parts = {"encoder": self.encoder, "actor": self.actor}
+        if self.grasp is not None:
+            parts["grasp"] = self.grasp
+        return {f"{name}.{k}": v.detach().clone() for name, m in parts.items() for k, v in m.state_dict().items()}
+
+    def load_acting_state(self, state: dict[str, Tensor]) -> None:
+        for name in ("encoder", "actor", "grasp"):
+            module = getattr(self, name)
+            own = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            if module is not None and own:
+                module.load_state_dict(own)
+
+    # --- checkpoints -----------------------------------------------------------------------
+    def save(self, directory) -> Path:
+        return save_checkpoint(directory, self, "sac_agent", asdict(self.cfg), updates=self.updates)
+
+    @classmethod
+    def load(cls, directory) -> SACAgent:
+        meta, weights = load_checkpoint(directory, "sac_agent")
+        agent = cls(SACConfig(**meta["config"]))
+        agent.load_state_dict(weights)
+        agent.updates = int(meta.get("updates", 0))
+        return agent.eval()
+
+
+def torch_batch(batch: dict[str, np.ndarray], image_keys: tuple[str, ...]) -> dict:
+    """A sampled numpy batch (obs/..., next_obs/..., action, prev_action, reward, mask) as the
+    losses take it."""
+    obs = {k[len("obs/"):]: v for k, v in batch.items() if k.startswith("obs/")}
+    next_obs = {k[len("next_obs/"):]: v for k, v in batch.items() if k.startswith("next_obs/")}
+    tensors = {k: torch.as_tensor(batch[k], dtype=torch.float32) for k in ("action", "prev_action", "reward", "mask")}
+    return {"obs": to_tensors(obs, image_keys), "next_obs": to_tensors(next_obs, image_keys), **tensors}

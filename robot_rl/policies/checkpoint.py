@@ -1,0 +1,40 @@
+"""Checkpoints: weights as safetensors plus a JSON of what they are, never pickle.
+
+A checkpoint is a folder with `model.safetensors` and `config.json` ({"kind", "config", ...});
+loading checks the kind so a wrong path is a clear error rather than a confusing mismatch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from robot_rl.errors import DatasetError
+
+
+def save_checkpoint(directory, module: nn.Module, kind: str, config: dict, **meta) -> Path:
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, directory / "model.safetensors")
+    (directory / "config.json").write_text(json.dumps({"kind": kind, "config": config, **meta}, indent=2))
+    return directory
+
+
+def load_checkpoint(directory, kind: str, device: str = "cpu") -> tuple[dict, dict]:
+    """(the JSON metadata, the weights) of a checkpoint of this kind."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    what = kind.replace("_", " ")
+    try:
+        meta = json.loads((directory / "config.json").read_text())
+        weights = load_file(directory / "model.safetensors", device=device)
+    except FileNotFoundError as exc:
+        raise DatasetError(f"no {what} checkpoint at {directory} ({Path(exc.filename).name} missing)") from None
+    if meta.get("kind") != kind:
+        raise DatasetError(f"{directory} holds a {meta.get('kind')!r} checkpoint, not a {what}")
+    return meta, weights
