@@ -15,7 +15,6 @@ import os
 import threading
 import time
 
-import numpy as np
 import torch
 
 from robot_rl.learners.sac import SACAgent, SACConfig

@@ -117,23 +117,24 @@ def batch_policy(agent: SACAgent):
     return act
 
 
-def make_agent(env: RobotEnv, cfg: HILSERLConfig) -> SACAgent:
+def make_agent(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> SACAgent:
+    """The agent for these observation spaces (name -> gym Box, as `env.observation_space`) and
+    action size: nothing here touches the robot, so a learner can build it anywhere."""
     try:
-        sac = SACConfig(state_dim=env.observation_space["state"].shape[0], action_dim=env.action_space.shape[0], **cfg.sac)
+        sac = SACConfig(state_dim=obs_spaces["state"].shape[0], action_dim=action_dim, **cfg.sac)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad sac settings: {exc}") from None
-    missing = [k for k in sac.image_keys if k not in env.observation_space.spaces]
+    missing = [k for k in sac.image_keys if k not in obs_spaces]
     if missing:
-        raise ConfigError(f"sac.image_keys {missing} are not observations of this env "
-                          f"(it has {', '.join(env.observation_space.spaces)})")
+        raise ConfigError(f"sac.image_keys {missing} are not observations of this env (it has {', '.join(obs_spaces)})")
     return SACAgent(sac, seed=cfg.seed)
 
 
-def make_learner(env: RobotEnv, cfg: HILSERLConfig) -> Learner:
-    agent = make_agent(env, cfg)
-    keys = {"state": env.observation_space["state"], **{k: env.observation_space[k] for k in agent.cfg.image_keys}}
-    learner = Learner(agent, transition_schema(keys, env.action_space.shape[0]), cfg.buffer_capacity,
-                      cfg.batch_size, cfg.seed)
+def make_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> Learner:
+    """Agent and buffers; the demonstrations in the prior buffer, or a previous run's state."""
+    agent = make_agent(obs_spaces, action_dim, cfg)
+    keys = {"state": obs_spaces["state"], **{k: obs_spaces[k] for k in agent.cfg.image_keys}}
+    learner = Learner(agent, transition_schema(keys, action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
     if cfg.resume:
         run = Path(cfg.resume)
         learner.agent.load_state_dict(SACAgent.load(run / "checkpoint").state_dict())
@@ -196,7 +197,7 @@ def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) 
 
     seed_everything(cfg.seed)
     env, expert = make_env(env_cfg, cfg)
-    learner = make_learner(env, cfg)
+    learner = make_learner(env.observation_space.spaces, env.action_space.shape[0], cfg)
     log = RunLog(out_dir, f"HIL-SERL on {env_cfg.name}")
     counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
     teleop = None

@@ -25,20 +25,16 @@ from robot_rl.learners.hil_serl import HILSERLConfig
 
 
 class LearnerServer:
-    def __init__(self, env_cfg: dict, cfg: dict, weights_every: int):
+    def __init__(self, obs_spaces: dict, action_dim: int, cfg: dict, weights_every: int):
         import torch
-        from omegaconf import OmegaConf
 
         from robot_rl.learners.hil_serl import make_learner
-        from robot_rl.sim.registry import make_sim_env
 
         torch.set_num_threads(1)
         self.cfg = HILSERLConfig(**cfg)
         torch.manual_seed(self.cfg.seed)
-        # The env is built only for its observation and action spaces (and the evaluation at the end).
-        self.env_cfg = OmegaConf.create(env_cfg)
-        self.env, _ = make_sim_env(self.env_cfg, seed=self.cfg.seed)
-        self.learner = make_learner(self.env, self.cfg)
+        # Spaces come from the actor: the learner never builds the robot's env.
+        self.learner = make_learner(obs_spaces, action_dim, self.cfg)
         self.weights_every = weights_every
         self.lock = threading.Lock()
         self.version, self.weights = 0, self.learner.agent.acting_state()
@@ -80,24 +76,20 @@ class LearnerServer:
                 "updates_per_s": self.learner.steps / max(elapsed, 1e-9),
                 **{k: float(v) for k, v in self.info.items()}}
 
-    def finish(self, out_dir: str, eval_episodes: int, eval_num_envs: int) -> dict:
-        from robot_rl.learners.hil_serl import evaluate_agent
-
+    def finish(self, out_dir: str) -> dict:
+        """Stop training; save the agent and both buffers under `out_dir`."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         out = Path(out_dir)
-        agent = self.learner.agent
-        evaluation = evaluate_agent(agent, self.env_cfg, self.env, eval_episodes, eval_num_envs, 10_000) if eval_episodes else None
-        self.env.close()
-        checkpoint = agent.save(out / "checkpoint")
+        checkpoint = self.learner.agent.save(out / "checkpoint")
         self.learner.online.save(out / "buffers" / "online.zarr")
         self.learner.prior.save(out / "buffers" / "prior.zarr")
-        return {"checkpoint": str(checkpoint), "evaluation": evaluation, **self.status()}
+        return {"checkpoint": str(checkpoint), **self.status()}
 
 
 class ActorServer:
-    def __init__(self, env_cfg: dict, cfg: dict, learner, send_every: int = 50):
+    def __init__(self, env_cfg: dict, cfg: dict, send_every: int = 50):
         import torch
         from omegaconf import OmegaConf
 
@@ -111,8 +103,8 @@ class ActorServer:
         self.cfg = HILSERLConfig(**cfg)
         env_cfg = OmegaConf.create(env_cfg)
         self.env, expert = make_env(env_cfg, self.cfg)
-        self.agent = make_agent(self.env, self.cfg)
-        self.learner, self.send_every = learner, send_every
+        self.agent = make_agent(self.env.observation_space.spaces, self.env.action_space.shape[0], self.cfg)
+        self.learner, self.send_every = None, send_every
         self.counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
         self.recent: list[bool] = []
         teleop = None
@@ -126,6 +118,13 @@ class ActorServer:
         self.loop = ControlLoop(self.env, self._act_with_latest(AgentPolicy(self.agent)), teleop,
                                 rate_hz=self.cfg.rate_hz, execute_k=1, safety=safety_from_config(env_cfg.safety),
                                 recorder=TransitionSink(self.pending.append), on_step=self._on_step)
+
+    def connect_learner(self, learner) -> None:
+        self.learner = learner
+
+    def spaces(self) -> tuple[dict, int]:
+        """The observation spaces and action size the learner builds its agent for."""
+        return self.env.observation_space.spaces, int(self.env.action_space.shape[0])
 
     def _act_with_latest(self, policy):
         def act(obs):
@@ -203,9 +202,13 @@ def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None
                  **({} if address else {"num_cpus": 2}))
     try:
         placement = {"resources": {robot_resource: 0.01}} if robot_resource else {}
-        learner = ray.remote(num_cpus=1, max_concurrency=8)(LearnerServer).remote(env_dict, cfg_dict, weights_every)
-        actor = ray.remote(num_cpus=1, max_concurrency=4, **placement)(ActorServer).remote(env_dict, cfg_dict, learner)
-        ray.get(learner.start.remote())
+        learner_cls = ray.remote(num_cpus=1, max_concurrency=8)(LearnerServer)
+        actor_cls = ray.remote(num_cpus=1, max_concurrency=4, **placement)(ActorServer)
+        # The actor (on the robot's node) is made first; the learner gets its spaces from it.
+        actor = actor_cls.remote(env_dict, cfg_dict)
+        obs_spaces, action_dim = ray.get(actor.spaces.remote())
+        learner = learner_cls.remote(obs_spaces, action_dim, cfg_dict, weights_every)
+        ray.get([learner.start.remote(), actor.connect_learner.remote(learner)])
         log = RunLog(out_dir, f"HIL-SERL (Ray actor/learner) on {env_cfg.name}")
         done = actor.run.remote(cfg.env_steps)
         bar = tqdm(total=cfg.env_steps, desc="HIL-SERL (ray)", unit="step", disable=not progress, dynamic_ncols=True)
@@ -219,11 +222,25 @@ def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None
                                 f"weights v{a['weights_version']}", refresh=True)
         bar.close()
         acted = ray.get(done)
-        learned = ray.get(learner.finish.remote(str(out_dir), cfg.eval_episodes, cfg.eval_num_envs))
+        learned = ray.get(learner.finish.remote(str(out_dir)))
     finally:
         if started_here:
             ray.shutdown()
+    evaluation = _evaluate(learned["checkpoint"], env_cfg, cfg) if cfg.eval_episodes else None
     return log.close({"learner": "hil_serl", "dist": "ray", "env": env_cfg.name, "config": cfg_dict,
                       "actor": acted, "learner_stats": learned, "checkpoint": learned["checkpoint"],
-                      "evaluation": learned["evaluation"]},
+                      "evaluation": evaluation},
                      curves=("success_rate_20", "actor_hz", "updates_per_s", "intervened_episodes"))
+
+
+def _evaluate(checkpoint: str, env_cfg, cfg: HILSERLConfig) -> dict:
+    """The saved agent in simulation, deterministic and without the human (here, in the driver)."""
+    from robot_rl.learners.hil_serl import evaluate_agent, make_env
+    from robot_rl.learners.sac import SACAgent
+
+    env, _ = make_env(env_cfg, cfg)
+    try:
+        with env:
+            return evaluate_agent(SACAgent.load(checkpoint), env_cfg, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000)
+    finally:
+        env.close()

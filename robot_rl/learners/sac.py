@@ -10,6 +10,8 @@
 - Images: a frozen pretrained backbone, a trainable spatial-embedding head per camera (Dense 256,
   LayerNorm, tanh) and the state through Dense 64 (LayerNorm, tanh); random-crop augmentation
   (pad 4) on obs and next obs; the head is trained by the critic only (the actor sees it detached).
+  The backbone runs once per batch on obs and once on next obs; every network reads those maps
+  (the actor's update reuses its batch's crops rather than paying for a third backbone pass).
 - Optional grasp critic: a DQN over {open, stay, close} with a double-Q target and a penalty for
   each toggle; the continuous actor then controls every action dimension but the last (gripper).
 """
@@ -87,12 +89,20 @@ class ObsEncoder(nn.Module):
         self.proprio = nn.Sequential(nn.Linear(cfg.state_dim, cfg.proprio_dim), nn.LayerNorm(cfg.proprio_dim), nn.Tanh())
         self.out_dim = 256 * len(self.image_keys) + cfg.proprio_dim
 
-    def forward(self, obs: dict[str, Tensor]) -> Tensor:
+    def maps(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The frozen backbone's feature maps in place of the images (computed once per batch and
+        shared by every network that reads the batch)."""
         if not self.image_keys:
-            return obs["state"]
-        parts = [self.proprio(obs["state"])]
+            return obs
+        return {**obs, **{k: self.backbone[0](obs[k]) for k in self.image_keys}}
+
+    def forward(self, maps: dict[str, Tensor]) -> Tensor:
+        """Features from the output of `maps`."""
+        if not self.image_keys:
+            return maps["state"]
+        parts = [self.proprio(maps["state"])]
         for key, head in zip(self.image_keys, self.heads):
-            parts.append(head(self.backbone[0](obs[key])))
+            parts.append(head(maps[key]))
         return torch.cat(parts, -1)
 
 
@@ -158,11 +168,20 @@ class SACAgent(nn.Module):
         return self.log_alpha.exp()
 
     # --- losses ----------------------------------------------------------------------------
-    def _augment(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {k: random_crop(v, self.cfg.crop_pad, self.generator) if k in self.cfg.image_keys else v
-                for k, v in obs.items()}
+    def prepare(self, batch: dict) -> dict:
+        """Random-crop the images of obs and next obs (each its own crop) and run the frozen
+        backbone once on each; a prepared batch is left as it is."""
+        if batch.get("prepared") or not self.cfg.image_keys:
+            return batch
+        out = dict(batch, prepared=True)
+        for part in ("obs", "next_obs"):
+            obs = {k: random_crop(v, self.cfg.crop_pad, self.generator) if k in self.cfg.image_keys else v
+                   for k, v in batch[part].items()}
+            out[part] = self.encoder.maps(obs)
+        return out
 
     def target_q(self, next_obs: dict[str, Tensor], reward: Tensor, mask: Tensor) -> Tensor:
+        """(`next_obs` as prepared: for state inputs, the observation itself.)"""
         """r + γ·mask·min over the (sub)ensemble of target Q(s', a'), a' ~ π(s'): no entropy term."""
         with torch.no_grad():
             next_action, _ = self.actor.sample(self.encoder(next_obs))
@@ -174,14 +193,14 @@ class SACAgent(nn.Module):
             return reward + self.cfg.discount * mask * q.min(0).values
 
     def critic_loss(self, batch: dict) -> tuple[Tensor, dict]:
-        obs, next_obs = self._augment(batch["obs"]), self._augment(batch["next_obs"])
-        target = self.target_q(next_obs, batch["reward"], batch["mask"])
-        q = self.critic(self.encoder(obs), self._arm(batch["action"]))
+        batch = self.prepare(batch)
+        target = self.target_q(batch["next_obs"], batch["reward"], batch["mask"])
+        q = self.critic(self.encoder(batch["obs"]), self._arm(batch["action"]))
         loss = (q - target).pow(2).mean()
         return loss, {"critic_loss": loss.item(), "q": q.mean().item()}
 
     def actor_loss(self, batch: dict) -> tuple[Tensor, Tensor, dict]:
-        features = self.encoder(self._augment(batch["obs"])).detach()  # the actor does not train the encoder
+        features = self.encoder(self.prepare(batch)["obs"]).detach()  # the actor does not train the encoder
         action, log_prob = self.actor.sample(features)
         q = self.critic(features, action).mean(0)
         actor = (self.alpha.detach() * log_prob - q).mean()
@@ -191,7 +210,8 @@ class SACAgent(nn.Module):
 
     def grasp_loss(self, batch: dict) -> tuple[Tensor, dict]:
         """DQN with a double-Q target: the online net picks a*, the target net scores it."""
-        obs, next_obs = self._augment(batch["obs"]), self._augment(batch["next_obs"])
+        batch = self.prepare(batch)
+        obs, next_obs = batch["obs"], batch["next_obs"]
         taken = grasp_classes(batch["action"][:, -1], batch["prev_action"][:, -1])
         reward = batch["reward"] + self.cfg.grasp_penalty * (taken != STAY).float()
         with torch.no_grad():
@@ -208,6 +228,7 @@ class SACAgent(nn.Module):
 
     # --- updates ---------------------------------------------------------------------------
     def update_critic(self, batch: dict) -> dict:
+        batch = self.prepare(batch)  # the grasp critic sees the same crops
         loss, info = self.critic_loss(batch)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -237,6 +258,7 @@ class SACAgent(nn.Module):
         if len(batches) != self.cfg.cta_ratio:
             raise ValueError(f"a learner step takes cta_ratio={self.cfg.cta_ratio} batches, got {len(batches)}")
         self.train()
+        batches = [self.prepare(b) for b in batches]  # the actor reuses the last batch's crops and maps
         for batch in batches:
             info = self.update_critic(batch)
         info.update(self.update_actor(batches[-1]))
@@ -257,7 +279,7 @@ class SACAgent(nn.Module):
     @torch.no_grad()
     def act(self, obs: dict[str, Tensor], prev_gripper: Tensor | None = None, deterministic: bool = False) -> Tensor:
         """Actions in [-1, 1] for a batch of observations (the gripper from the grasp critic if any)."""
-        features = self.encoder(obs)
+        features = self.encoder(self.encoder.maps(obs))
         arm = self.actor.mode(features) if deterministic else self.actor.sample(features)[0]
         if self.grasp is None:
             return arm

@@ -10,6 +10,7 @@ from robot_rl.learners.replay import ReplayBuffer
 ray = pytest.importorskip("ray", reason="the dist extra (ray) is not installed")
 
 
+@pytest.mark.timeout(600)  # ~15 s on an idle machine; Ray workers starve when the cores are busy
 def test_actor_and_learner_exchange_transitions_and_weights(tmp_path):
     from robot_rl.learners.hil_serl_ray import train_hil_serl_ray
 
