@@ -182,7 +182,10 @@ def evaluate_agent(agent: SACAgent, env_cfg, env: RobotEnv, episodes: int, num_e
 
     start = time.monotonic()
     loop = ControlLoop(env, AgentPolicy(agent, deterministic=True), rate_hz=None, execute_k=1)
-    results = [loop.run_episode(seed=seed + i) for i in range(episodes)]
+    try:
+        results = [loop.run_episode(seed=seed + i) for i in range(episodes)]
+    finally:
+        loop.close()
     return {"episodes": episodes, "success_rate": float(np.mean([r.success for r in results])),
             "successes": int(sum(r.success for r in results)),
             "mean_length": float(np.mean([r.steps for r in results])), "seconds": time.monotonic() - start}
@@ -250,11 +253,12 @@ def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) 
                     next_eval += cfg.eval_every
             report = loop.report()
             final = evaluate_agent(learner.agent, env_cfg, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000,
-                                   progress=progress)
+                                   progress=progress) if cfg.eval_episodes else None
     finally:
         loop.close()
         bar.close()
-    log.log(counts["env_steps"], eval_success_rate=final["success_rate"])
+    if final is not None:
+        log.log(counts["env_steps"], eval_success_rate=final["success_rate"])
     out = Path(out_dir)
     checkpoint = learner.agent.save(out / "checkpoint")
     learner.online.save(out / "buffers" / "online.zarr")

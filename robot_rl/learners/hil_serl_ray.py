@@ -113,6 +113,7 @@ class ActorServer:
                                     attention=human_attention(self.cfg, lambda: self.counts["env_steps"]),
                                     seed=self.cfg.seed + 1)
         self.pending: list[dict] = []
+        self._in_flight = None
         self.version, self._new_weights = 0, None
         self._stop = threading.Event()
         self.loop = ControlLoop(self.env, self._act_with_latest(AgentPolicy(self.agent)), teleop,
@@ -150,7 +151,7 @@ class ActorServer:
         if self.pending:
             batch = {k: np.stack([t[k] for t in self.pending]) for k in self.pending[0]}
             self.pending.clear()
-            self.learner.insert.remote(batch)  # fire and forget: the loop never waits on the learner
+            self._in_flight = self.learner.insert.remote(batch)  # the loop never waits on the learner
 
     def _on_step(self, loop, result) -> None:
         self.counts["env_steps"] += 1
@@ -175,6 +176,10 @@ class ActorServer:
             self._stop.set()
             poller.join()
             self.loop.close()
+        if self._in_flight is not None:  # the last batch has arrived before anyone asks the learner to finish
+            import ray
+
+            ray.get(self._in_flight)
         return {**self.counts, "loop": self.loop.report()["clock"], "weights_version": self.version}
 
     def status(self) -> dict:
