@@ -185,7 +185,8 @@ class TransitionSink:
         if step["safety_hold"]:
             return
         action = np.asarray(step["action"], np.float32)
-        transition = {k: np.asarray(v) for k, v in step.items() if k.startswith(("obs/", "next_obs/"))}
+        # Copies: a device may hand out the same frame buffer again, and batches wait before they are sent.
+        transition = {k: np.array(v) for k, v in step.items() if k.startswith(("obs/", "next_obs/"))}
         transition.update({"action": action, "prev_action": action if self._prev_action is None else self._prev_action,
                            "reward": np.float32(step["reward"]), "mask": np.float32(not step["terminated"]),
                            "intervened": bool(step["intervened"])})
