@@ -10,6 +10,7 @@ separate Ray actors, for robots).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,8 +78,11 @@ class Learner:
     def sample(self) -> dict:
         return torch_batch(sample_mixed(self.online, self.prior, self.batch_size, self.rng), self.agent.cfg.image_keys)
 
-    def step(self) -> dict:
-        info = self.agent.update([self.sample() for _ in range(self.agent.cfg.cta_ratio)])
+    def step(self, lock=contextlib.nullcontext()) -> dict:
+        """One learner step; `lock` guards the sampling when transitions arrive from another thread."""
+        with lock:
+            batches = [self.sample() for _ in range(self.agent.cfg.cta_ratio)]
+        info = self.agent.update(batches)
         self.steps += 1
         return info
 

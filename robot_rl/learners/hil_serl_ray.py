@@ -59,10 +59,7 @@ class LearnerServer:
             if len(learner.online) < self.cfg.training_starts:
                 time.sleep(0.01)
                 continue
-            with self.lock:
-                batches = [learner.sample() for _ in range(learner.agent.cfg.cta_ratio)]
-            self.info = learner.agent.update(batches)
-            learner.steps += 1
+            self.info = learner.step(self.lock)
             if learner.steps % self.weights_every == 0:
                 self.weights, self.version = learner.agent.acting_state(), self.version + 1
 
