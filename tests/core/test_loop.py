@@ -55,9 +55,11 @@ def test_loop_holds_its_rate(rate_hz):
     loop.run(1)
     elapsed = time.monotonic() - start
     clock = loop.report()["clock"]
-    # Loose on purpose (a shared, noisy machine): a behaviour check, not a benchmark.
+    # A behaviour check, not a benchmark: the loop paces itself (it never races ahead of its
+    # period), and the clock reports the rate it held. No upper bound on the wall time: on a
+    # loaded machine setup and teardown take what they take (speed lives in benchmarks/).
+    assert elapsed >= (rate_hz - 1) / rate_hz * 0.98
     assert clock["achieved_hz"] == pytest.approx(rate_hz, rel=0.05)
-    assert elapsed == pytest.approx(1.0, abs=0.25)
     assert clock["overruns"] <= rate_hz // 10
 
 
