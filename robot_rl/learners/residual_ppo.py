@@ -4,9 +4,11 @@ Faithful to Ankile et al. and `ankile/robust-rearrangement`: the base predicts a
 DDIM steps and the envs execute it step by step; the residual acts every step on [normalized obs,
 base action]; GAE with gamma 0.999 and lambda 0.95; clipped surrogate (0.2), no value clipping, no
 entropy bonus, value coefficient 1; many epochs over the batch with a target-KL early stop;
-separate AdamW optimizers (actor 3e-4, critic 5e-3, cosine); per-minibatch advantage
-normalization; rewards divided by a running std of the discounted return (no centering) and
-clipped to +-5; truncation ends the return like termination.
+separate AdamW optimizers (actor 3e-4, critic 5e-3, cosine over `lr_horizon` iterations: the
+reference sets that horizon from a total-timestep budget far past where its runs are stopped, so
+the rate stays near its peak); per-minibatch advantage normalization; rewards divided by a running
+std of the discounted return (no centering) and clipped to +-5; truncation ends the return like
+termination.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class ResidualPPOConfig:
     max_grad_norm: float = 1.0
     actor_lr: float = 3e-4
     critic_lr: float = 5e-3
+    lr_horizon: int | None = None  # cosine period in iterations; None: anneal to zero at `iterations`
     weight_decay: float = 1e-6
     residual_scale: float = 0.1
     log_std: float = -1.0
@@ -92,6 +95,12 @@ def ppo_losses(policy: ResidualPolicy, x, actions, old_logp, advantages, returns
     return pg, value, approx_kl
 
 
+def cosine_schedules(optimizers, cfg: ResidualPPOConfig) -> list:
+    """Cosine learning-rate decay over `lr_horizon` iterations (to zero at `iterations` if unset)."""
+    horizon = cfg.lr_horizon or cfg.iterations
+    return [torch.optim.lr_scheduler.CosineAnnealingLR(o, horizon) for o in optimizers]
+
+
 def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True) -> dict:
     seed_everything(cfg.seed)
     base = DiffusionPolicy.load(base_checkpoint).requires_grad_(False)
@@ -100,7 +109,7 @@ def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOC
     policy = ResidualPolicy(ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale))
     actor_opt = torch.optim.AdamW(policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay)
     critic_opt = torch.optim.AdamW(policy.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay)
-    schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(o, cfg.iterations) for o in (actor_opt, critic_opt)]
+    schedules = cosine_schedules((actor_opt, critic_opt), cfg)
     chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
     reward_scale = ReturnStd(cfg.num_envs, cfg.gamma)
     log = RunLog(out_dir, "residual PPO")

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from robot_rl.learners.residual_ppo import ReturnStd, gae, ppo_losses
+from robot_rl.learners.residual_ppo import ResidualPPOConfig, ReturnStd, cosine_schedules, gae, ppo_losses
 from robot_rl.policies.residual import ResidualConfig, ResidualPolicy
 
 
@@ -47,3 +47,17 @@ def test_rewards_are_scaled_not_centered():
     rng = np.random.default_rng(0)
     out = [scaler.scale(rng.exponential(1.0, 2), np.zeros(2, bool)) for _ in range(500)]
     assert np.all(np.concatenate(out) >= 0)  # positive rewards stay positive: no mean subtracted
+
+
+def test_cosine_horizon_keeps_the_rate_near_its_peak():
+    def final_lr(**kw):
+        cfg = ResidualPPOConfig(iterations=120, **kw)
+        opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=cfg.actor_lr)
+        (schedule,) = cosine_schedules([opt], cfg)
+        for _ in range(cfg.iterations):
+            opt.step()
+            schedule.step()
+        return opt.param_groups[0]["lr"] / cfg.actor_lr
+
+    assert final_lr() < 1e-6  # no horizon: annealed to zero by the last iteration
+    assert 0.96 < final_lr(lr_horizon=1000) < 1.0  # the reference's regime: barely decayed
