@@ -181,8 +181,8 @@ class SACAgent(nn.Module):
         return out
 
     def target_q(self, next_obs: dict[str, Tensor], reward: Tensor, mask: Tensor) -> Tensor:
-        """(`next_obs` as prepared: for state inputs, the observation itself.)"""
-        """r + γ·mask·min over the (sub)ensemble of target Q(s', a'), a' ~ π(s'): no entropy term."""
+        """r + γ·mask·min over the (sub)ensemble of target Q(s', a'), a' ~ π(s'): no entropy term.
+        `next_obs` as `prepare` leaves it (for state inputs, the observation itself)."""
         with torch.no_grad():
             next_action, _ = self.actor.sample(self.encoder(next_obs))
             q = self.target_critic(self.target_encoder(next_obs), next_action)  # (E, B)
