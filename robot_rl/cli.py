@@ -137,6 +137,20 @@ def cmd_dataset_show(args) -> None:
         print(path)
 
 
+def cmd_label_vlm(args) -> None:
+    from robot_rl.label import label_vlm
+
+    result = label_vlm(compose("label", args.overrides))
+    report = result["report"]
+    print(json.dumps({"labels_file": result.get("out"), "labels": report["labels"], "report": report}, indent=2))
+
+
+def cmd_dataset_relabel(args) -> None:
+    from robot_rl.rewards.preference import relabel_store
+
+    print(json.dumps(relabel_store(args.path, args.model, args.key), indent=2, default=str))
+
+
 def cmd_bench(args) -> None:
     import importlib
 
@@ -182,9 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=".", help="output folder (default: current folder)")
     q.add_argument("--format", default="mp4", choices=("mp4", "gif"))
     q.set_defaults(func=cmd_dataset_show)
+    q = dsub.add_parser("relabel", help="write a preference reward model's reward into the store as a new key")
+    q.add_argument("path")
+    q.add_argument("--model", required=True, help="a reward_model checkpoint folder")
+    q.add_argument("--key", default="reward_vlm", help="the new reward key (default: reward_vlm)")
+    q.set_defaults(func=cmd_dataset_relabel)
+
+    p = sub.add_parser("label", help="label data: vlm (preference pairs from a vision-language model)")
+    lsub = p.add_subparsers(dest="label_command", required=True, parser_class=_Parser)
+    q = lsub.add_parser("vlm", help="preference labels for frame pairs: store=PATH backend.base_url=URL backend.model=NAME")
+    q.add_argument("overrides", nargs="*")
+    q.set_defaults(func=cmd_label_vlm)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
-    p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac"))
+    p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql"))
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     p.set_defaults(func=cmd_bench)

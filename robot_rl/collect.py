@@ -11,7 +11,7 @@ from robot_rl.core import ControlLoop, SafetyConfig
 from robot_rl.core.loop import transition_schema
 from robot_rl.datasets import EpisodeRecorder
 from robot_rl.errors import ConfigError
-from robot_rl.sim.experts import ScriptedTeleop
+from robot_rl.sim.experts import RandomTeleop, ScriptedTeleop
 from robot_rl.sim.registry import make_sim_env
 
 
@@ -28,8 +28,8 @@ def safety_from_config(cfg) -> SafetyConfig:
 
 def collect(cfg: DictConfig, replace: bool = False) -> dict:
     """Record `cfg.episodes` episodes into `cfg.out`; returns the loop's report and the store path."""
-    if cfg.teleop != "scripted":
-        raise ConfigError(f"unknown teleop {cfg.teleop!r}; in simulation use teleop=scripted")
+    if cfg.teleop not in ("scripted", "random"):
+        raise ConfigError(f"unknown teleop {cfg.teleop!r}; in simulation use teleop=scripted (or random)")
     if cfg.episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
     out = Path(cfg.out)
@@ -65,8 +65,12 @@ def collect(cfg: DictConfig, replace: bool = False) -> dict:
             bar.update(1)
 
     rate = cfg.loop.rate_hz
+    if cfg.teleop == "random":
+        teleop = RandomTeleop(env.action_space.shape[0], seed=int(cfg.seed))
+    else:
+        teleop = ScriptedTeleop(expert, mode="always")
     loop = ControlLoop(
-        env, teleop=ScriptedTeleop(expert, mode="always"), rate_hz=None if rate is None else float(rate),
+        env, teleop=teleop, rate_hz=None if rate is None else float(rate),
         execute_k=int(cfg.loop.execute_k), safety=safety_from_config(cfg.env.safety), recorder=recorder,
         on_step=progress, on_episode=episode_done,
     )

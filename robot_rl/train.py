@@ -112,6 +112,24 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
     return {"checkpoint": str(path), "kind": kind, **result}
 
 
+def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.iql import IQLTrainConfig, train_iql
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(IQLTrainConfig, learner_cfg, seed=seed)
+    return train_iql(dataset, env_cfg, out, cfg, progress=progress)
+
+
+def train_preference_reward(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.rewards.preference import RewardModelTrainConfig, train_reward_model
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(RewardModelTrainConfig, learner_cfg, seed=seed)
+    return train_reward_model(dataset, out, cfg, progress=progress)
+
+
 def train(cfg) -> dict:
     name = cfg.learner.name
     if name == "diffusion_bc":
@@ -126,6 +144,10 @@ def train(cfg) -> dict:
         return train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed))
     if name == "reward_classifier":
         return train_classifier(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    if name == "iql":
+        return train_iql_learner(cfg.learner, cfg.dataset, cfg.env, cfg.out, int(cfg.seed))
+    if name == "reward_model":
+        return train_preference_reward(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     raise ConfigError(f"unknown learner {name!r}")
 
 

@@ -1,7 +1,7 @@
 """`robot-rl bench sac`: the SAC/RLPD learner's update rate and the actor's control rate.
 
 1. Learner steps/s at batch 256 (one step = `cta_ratio` 2 critic updates + an actor and temperature
-   update, state input 27-D as cube_lift, action 5-D), with critic ensembles of 2 and 10 (REDQ
+   update, state input 34-D as cube_lift, action 5-D), with critic ensembles of 2 and 10 (REDQ
    subsample 2): the batched ensemble (one call for all members) beside the same ensemble as a
    Python loop over separate MLPs, in the same run. One torch thread.
 2. The actor's ControlLoop on cube_lift at 20 Hz with the policy acting every tick: alone, with a
@@ -20,7 +20,7 @@ import torch
 from robot_rl.learners.sac import SACAgent, SACConfig
 from robot_rl.learners.sac_networks import CriticEnsemble, LoopCriticEnsemble
 
-STATE_DIM, ACTION_DIM, BATCH = 27, 5, 256
+STATE_DIM, ACTION_DIM, BATCH = 34, 5, 256
 
 
 def _batches(n: int, seed: int = 0) -> list[dict]:

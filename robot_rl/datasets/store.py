@@ -340,6 +340,38 @@ class EpisodeStore:
         ends.resize((n + 1,))
         self._ends = np.append(self._ends, np.int64(end))
 
+    def add_key(self, key: str, values: np.ndarray, attrs: dict | None = None) -> None:
+        """Add a per-step key to every committed step (a relabeled reward), with `attrs` (its
+        provenance) on the new array. Existing keys are not touched; the new key must be new."""
+        if self.mode != "a":
+            raise DatasetError(f"{self.path} is open read-only")
+        if key in self.schema:
+            raise SchemaMismatchError(f"{self.path} already has {key!r}; choose another key")
+        values = np.asarray(values)
+        if values.ndim == 0 or len(values) != self.n_steps:
+            raise SchemaMismatchError(f"{key} has {len(values) if values.ndim else 0} steps, the store {self.n_steps}")
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            raise SchemaMismatchError(f"{key} contains NaN or inf; refusing to store it")
+        spec = {"shape": list(values.shape[1:]), "dtype": values.dtype.name}
+        step_bytes = max(1, int(np.prod(values.shape[1:], dtype=int)) * values.dtype.itemsize)
+        chunk_steps = int(np.clip(CHUNK_TARGET_BYTES // step_bytes, MIN_CHUNK_STEPS, MAX_CHUNK_STEPS))
+        array = self._root.create_array(f"data/{key}", shape=values.shape, chunks=(chunk_steps, *values.shape[1:]),
+                                        dtype=values.dtype, compressors=array_codec(values.dtype.itemsize), fill_value=0)
+        array[:] = values
+        array.attrs.update(attrs or {})
+        # The schema last: until it names the key, readers do not see the new array.
+        self.schema = {**self.schema, key: spec}
+        self._arrays[key] = array
+        self.attrs["schema"] = self.schema
+        self._meta_group.attrs["schema"] = self.schema
+        stats = self._accumulate(dict(self.attrs.get("stats_accumulators", {})), [key], 0, self.n_steps)
+        self.attrs["stats_accumulators"] = stats
+        self._meta_group.attrs["stats_accumulators"] = stats
+
+    def key_attrs(self, key: str) -> dict:
+        """The attributes of one key's array (a relabeled reward's provenance)."""
+        return dict(self.array(key).attrs)
+
     # --- statistics ------------------------------------------------------------------------
     def _update_stats(self, arrays: dict[str, np.ndarray]) -> None:
         stats = self.attrs.get("stats_accumulators", {})

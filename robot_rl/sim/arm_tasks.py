@@ -34,6 +34,7 @@ HOLE_WALL = 0.03
 INSERTED_DEPTH = 0.03
 POSITION_GAIN = 0.6
 FINE_SCALE_M = 0.005
+CUBE_FINE_SCALE_M = 0.02
 
 
 def _quat_yaw(yaw: float) -> np.ndarray:
@@ -193,11 +194,21 @@ class CubeTask(ArmTask):
         return yaw_of(self.world.data.xmat[self._cube_body].reshape(3, 3))
 
     def observation_spec(self):
-        return {"cube_pos": ArraySpec((3,)), "cube_quat": ArraySpec((4,))}
+        return {"cube_pos": ArraySpec((3,)), "cube_quat": ArraySpec((4,)), "ee_to_cube": ArraySpec((3,)),
+                "ee_to_cube_fine": ArraySpec((3,)), "yaw_to_cube": ArraySpec((1,))}
 
     def observe(self):
+        # Besides the cube's pose, the cube relative to the gripper, as robosuite's Lift reports it
+        # (gripper_to_cube_pos): a grasp needs the offset to a few millimetres, which a network
+        # would otherwise have to find as the difference of two absolute positions in metres.
+        # The fine copy saturates at a few centimetres, where the grasp is decided; the yaw error
+        # is folded every 90 degrees, as the cube's faces are.
         quat = self.world.data.qpos[self._cube_adr + 3 : self._cube_adr + 7]
-        return {"cube_pos": self.cube_pos.astype(np.float32), "cube_quat": quat.astype(np.float32)}
+        to_cube = self.cube_pos - self.arm.ee_pos()
+        return {"cube_pos": self.cube_pos.astype(np.float32), "cube_quat": quat.astype(np.float32),
+                "ee_to_cube": to_cube.astype(np.float32),
+                "ee_to_cube_fine": np.tanh(to_cube / CUBE_FINE_SCALE_M).astype(np.float32),
+                "yaw_to_cube": np.array([_square_yaw_error(yaw_of(self.arm.ee_rotation()), self.cube_yaw)], np.float32)}
 
     def place_objects(self, rng):
         self._set_free("cube", [rng.uniform(*TABLE_X), rng.uniform(*TABLE_Y), CUBE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))

@@ -27,6 +27,16 @@ class ReachExpert:
         return self.task.distance()
 
 
+class RandomTeleop(Teleop):
+    """Uniformly random actions in [-1, 1]: the low end of a mixed-quality dataset."""
+
+    def __init__(self, action_dim: int, seed: int | None = None):
+        self.action_dim, self.rng = action_dim, np.random.default_rng(seed)
+
+    def read(self) -> TeleopCommand:
+        return TeleopCommand(self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32), intervening=True)
+
+
 class ScriptedTeleop(Teleop):
     """Stands in for a human at the teleop device, driven by a scripted expert.
 

@@ -22,7 +22,7 @@ def test_expert_at_noise_zero_succeeds(task):
         assert info["success"] and terminated and reward == 1.0, f"{task} seed {seed}"
 
 
-@pytest.mark.parametrize("task, state_dim", [("peg_insert", 32), ("cube_lift", 27), ("cube_place", 30)])
+@pytest.mark.parametrize("task, state_dim", [("peg_insert", 32), ("cube_lift", 34), ("cube_place", 37)])
 def test_observations_actions_and_cameras(task, state_dim):
     env = make_arm_env(task, cameras=("front", "wrist"), image_size=32)
     obs, _ = env.reset(seed=0)
@@ -31,6 +31,27 @@ def test_observations_actions_and_cameras(task, state_dim):
     assert env.action_space.shape == (5,)
     # Physics at 500 Hz under a 20 Hz command.
     assert env.robot.world.model.opt.timestep == pytest.approx(0.002) and env.robot.substeps == 25
+    env.close()
+
+
+def test_cube_observations_are_relative_to_the_gripper():
+    env = make_arm_env("cube_lift", cameras=())
+    env.reset(seed=3)
+    obs = env.task.observe()
+    offset = env.task.cube_pos - env.robot.ee_pos()
+    np.testing.assert_allclose(obs["ee_to_cube"], offset, atol=1e-6)
+    np.testing.assert_allclose(obs["ee_to_cube_fine"], np.tanh(offset / 0.02), atol=1e-6)
+    # The yaw error is folded every 90 degrees: turning the cube by a quarter turn changes nothing.
+    yaw = obs["yaw_to_cube"][0]
+    assert -np.pi / 4 <= yaw < np.pi / 4
+    joint = env.robot.world.model.body("cube").jntadr[0]
+    adr = env.robot.world.model.jnt_qposadr[joint]
+    quat = env.robot.world.data.qpos[adr + 3 : adr + 7].copy()
+    quarter = np.array([np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)])
+    w1, v1, w2, v2 = quat[0], quat[1:], quarter[0], quarter[1:]
+    env.robot.world.data.qpos[adr + 3 : adr + 7] = [w1 * w2 - v1 @ v2, *(w1 * v2 + w2 * v1 + np.cross(v1, v2))]
+    env.robot.world.forward()
+    assert env.task.observe()["yaw_to_cube"][0] == pytest.approx(yaw, abs=1e-5)
     env.close()
 
 

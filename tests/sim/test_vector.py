@@ -29,10 +29,10 @@ def rollout(vec, actions, seed):
 def test_spaces_and_batching():
     vec = VectorEnv(make(), 4)
     obs, _ = vec.reset(seed=0)
-    assert obs.shape == (4, 27) and obs.dtype == np.float32
+    assert obs.shape == (4, 34) and obs.dtype == np.float32
     assert vec.action_space.shape == (4, 5) and vec.single_action_space.shape == (5,)
     obs, rewards, terminated, truncated, infos = vec.step(vec.action_space.sample())
-    assert obs.shape == (4, 27) and rewards.shape == terminated.shape == truncated.shape == (4,)
+    assert obs.shape == (4, 34) and rewards.shape == terminated.shape == truncated.shape == (4,)
     vec.close()
 
 
@@ -79,7 +79,7 @@ def test_gymnasium_vector_api():
     assert "episode" in infos and (infos["episode"]["l"] == 2).all()
     sync = gym.vector.SyncVectorEnv([make(), make()])  # single RobotEnvs also work in gymnasium's own
     obs, _ = sync.reset(seed=0)
-    assert obs["state"].shape == (2, 27)
+    assert obs["state"].shape == (2, 34)
 
 
 def test_from_config_drops_cameras():

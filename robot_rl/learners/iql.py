@@ -1,0 +1,359 @@
+"""Implicit Q-Learning (Kostrikov et al.) as CORL's `algorithms/offline/iql.py` has it, on an
+EpisodeStore: any of its reward keys, state and image observations.
+
+- V(s) by expectile regression (tau 0.7) toward min(Q1', Q2')(s, a) of the target twin Q; V has
+  no target network.
+- Q1, Q2 regressed to r + gamma * (1 - d) * V(s').
+- The actor by advantage-weighted regression: exp(beta * (min Q' - V)) clipped at 100, times the
+  negative log-likelihood of the data's action (Gaussian with a tanh mean and a state-independent
+  log-std) or its squared error (deterministic); the actor's learning rate is cosine-annealed.
+- States are standardized with the store's mean and std (the statistics travel with the
+  checkpoint); soft target updates (0.005).
+- Images (optional): a small CNN per camera, trained through the Q loss only; V and the actor read
+  its features detached, as an encoder shared by every head but owned by the critic.
+
+`beta = 0` makes every weight 1: plain behaviour cloning by the same actor, the baseline IQL is
+compared with.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from robot_rl.errors import ConfigError, DatasetError
+from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+EXP_ADV_MAX = 100.0
+
+
+@dataclass
+class IQLConfig:
+    state_dim: int = 0                # from the store
+    action_dim: int = 0
+    image_keys: tuple[str, ...] = ()  # obs keys, e.g. ("image/front",)
+    image_size: int = 84
+    hidden: tuple[int, ...] = (256, 256)
+    discount: float = 0.99
+    tau: float = 0.005                # soft target update
+    expectile: float = 0.7
+    beta: float = 3.0                 # inverse temperature of the advantage weights (0: BC)
+    lr: float = 3e-4                  # Q, V and the actor (its rate cosine-annealed over `steps`)
+    steps: int = 100_000              # for the actor's cosine schedule
+    deterministic: bool = False       # actor: tanh-Gaussian likelihood (False) or squared error
+
+    def __post_init__(self):
+        self.image_keys, self.hidden = tuple(self.image_keys), tuple(self.hidden)
+        if not 0.0 < self.expectile < 1.0:
+            raise ConfigError(f"expectile must be in (0, 1), got {self.expectile}")
+        if self.beta < 0:
+            raise ConfigError(f"beta must be at least 0, got {self.beta}")
+
+
+def relu_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+
+
+def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
+    """Asymmetric L2: weight `expectile` where diff = target - V is positive, 1 - expectile where negative."""
+    weight = torch.abs(expectile - (diff < 0).float())
+    return (weight * diff**2).mean()
+
+
+class ConvEncoder(nn.Module):
+    """RL-VLM-F's reward CNN trunk (channels 16/32/64/128, kernels 5/3/3/3, strides 3/2/2/2) per camera,
+    flattened and projected to 256 features with LayerNorm."""
+
+    def __init__(self, cameras: int, image_size: int, features: int = 256):
+        super().__init__()
+        self.convs = nn.ModuleList(conv_trunk() for _ in range(cameras))
+        with torch.no_grad():
+            flat = self.convs[0](torch.zeros(1, 3, image_size, image_size)).shape[-1]
+        self.proj = nn.Sequential(nn.Linear(flat * cameras, features), nn.LayerNorm(features))
+        self.out_dim = features
+
+    def forward(self, images: list[Tensor]) -> Tensor:
+        return self.proj(torch.cat([conv(x) for conv, x in zip(self.convs, images)], -1))
+
+
+def conv_trunk() -> nn.Sequential:
+    layers: list[nn.Module] = []
+    channels = 3
+    for out, kernel, stride in zip((16, 32, 64, 128), (5, 3, 3, 3), (3, 2, 2, 2)):
+        layers += [nn.Conv2d(channels, out, kernel, stride), nn.LeakyReLU()]
+        channels = out
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def images_to_float(batch: np.ndarray | Tensor) -> Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) floats in [0, 1]."""
+    return torch.as_tensor(np.asarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+class IQLAgent(nn.Module):
+    def __init__(self, cfg: IQLConfig, state_mean=None, state_std=None):
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("state_mean", torch.as_tensor(state_mean if state_mean is not None else np.zeros(cfg.state_dim), dtype=torch.float32))
+        self.register_buffer("state_std", torch.as_tensor(state_std if state_std is not None else np.ones(cfg.state_dim), dtype=torch.float32))
+        self.encoder = ConvEncoder(len(cfg.image_keys), cfg.image_size) if cfg.image_keys else None
+        feat = cfg.state_dim + (self.encoder.out_dim if self.encoder else 0)
+        a = cfg.action_dim
+        self.q1, self.q2 = relu_mlp(feat + a, cfg.hidden, 1), relu_mlp(feat + a, cfg.hidden, 1)
+        self.target_q1, self.target_q2 = copy.deepcopy(self.q1).requires_grad_(False), copy.deepcopy(self.q2).requires_grad_(False)
+        self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False) if self.encoder else None
+        self.v = relu_mlp(feat, cfg.hidden, 1)
+        self.actor = relu_mlp(feat, cfg.hidden, a)
+        self.log_std = nn.Parameter(torch.zeros(a))
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters(),
+                                       *(self.encoder.parameters() if self.encoder else [])], lr=cfg.lr)
+        self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
+        self.actor_opt = torch.optim.Adam([*self.actor.parameters(), self.log_std], lr=cfg.lr)
+        self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, max(cfg.steps, 1))
+        self.updates = 0
+
+    # --- features and heads ----------------------------------------------------------------
+    def features(self, obs: dict[str, Tensor], target: bool = False) -> Tensor:
+        state = (obs["state"] - self.state_mean) / self.state_std
+        encoder = self.target_encoder if target else self.encoder
+        if encoder is None:
+            return state
+        return torch.cat([state, encoder([obs[k] for k in self.cfg.image_keys])], -1)
+
+    def min_target_q(self, feat: Tensor, action: Tensor) -> Tensor:
+        x = torch.cat([feat, action], -1)
+        return torch.minimum(self.target_q1(x), self.target_q2(x)).squeeze(-1)
+
+    def mean_action(self, feat: Tensor) -> Tensor:
+        return torch.tanh(self.actor(feat))
+
+    def log_prob(self, feat: Tensor, action: Tensor) -> Tensor:
+        std = self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX).exp()
+        return torch.distributions.Normal(self.mean_action(feat), std).log_prob(action).sum(-1)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, Tensor]) -> Tensor:
+        """The deterministic action (the Gaussian's mean), in [-1, 1]."""
+        return self.mean_action(self.features(obs))
+
+    # --- the update ------------------------------------------------------------------------
+    def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The three losses on one batch (obs, next_obs, action, reward, mask), and the advantage."""
+        cfg = self.cfg
+        obs = {k[4:]: v for k, v in batch.items() if k.startswith("obs/")}
+        next_obs = {k[9:]: v for k, v in batch.items() if k.startswith("next_obs/")}
+        feat = self.features(obs)
+        detached = feat.detach()
+        with torch.no_grad():
+            target_q = self.min_target_q(self.features(obs, target=True), batch["action"])
+            next_v = self.v(self.features(next_obs, target=True)).squeeze(-1)
+            q_target = batch["reward"] + cfg.discount * batch["mask"] * next_v
+        v = self.v(detached).squeeze(-1)
+        adv = target_q - v
+        v_loss = expectile_loss(adv, cfg.expectile)
+        x = torch.cat([feat, batch["action"]], -1)
+        q_loss = (F.mse_loss(self.q1(x).squeeze(-1), q_target) + F.mse_loss(self.q2(x).squeeze(-1), q_target)) / 2
+        weights = torch.exp(cfg.beta * adv.detach()).clamp(max=EXP_ADV_MAX)
+        if cfg.deterministic:
+            bc = ((self.mean_action(detached) - batch["action"]) ** 2).sum(-1)
+        else:
+            bc = -self.log_prob(detached, batch["action"])
+        actor_loss = (weights * bc).mean()
+        return {"v_loss": v_loss, "q_loss": q_loss, "actor_loss": actor_loss, "adv": adv.detach(), "v": v.detach()}
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        loss = self.losses(batch)
+        self.v_opt.zero_grad(set_to_none=True)
+        self.q_opt.zero_grad(set_to_none=True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        # The three losses touch disjoint parameters (V and the actor read detached features), so
+        # one backward pass gives each its own gradient.
+        (loss["v_loss"] + loss["q_loss"] + loss["actor_loss"]).backward()
+        self.v_opt.step()
+        self.q_opt.step()
+        self.actor_opt.step()
+        self.actor_schedule.step()
+        self._soft_update()
+        self.updates += 1
+        return {"v_loss": loss["v_loss"].item(), "q_loss": loss["q_loss"].item(), "actor_loss": loss["actor_loss"].item(),
+                "adv_mean": loss["adv"].mean().item(), "v_mean": loss["v"].mean().item(),
+                "actor_lr": self.actor_schedule.get_last_lr()[0]}
+
+    @torch.no_grad()
+    def _soft_update(self) -> None:
+        pairs = [(self.target_q1, self.q1), (self.target_q2, self.q2)]
+        if self.encoder is not None:
+            pairs.append((self.target_encoder, self.encoder))
+        targets = [t for target, _ in pairs for t in target.parameters()]
+        online = [p for _, net in pairs for p in net.parameters()]
+        torch._foreach_lerp_(targets, online, self.cfg.tau)  # one call for every tensor
+
+    # --- persistence -----------------------------------------------------------------------
+    def save(self, directory) -> Path:
+        return save_checkpoint(directory, self, "iql_agent", asdict(self.cfg), updates=self.updates)
+
+    @classmethod
+    def load(cls, directory) -> IQLAgent:
+        meta, weights = load_checkpoint(directory, "iql_agent")
+        agent = cls(IQLConfig(**meta["config"]))
+        agent.load_state_dict(weights)
+        agent.updates = int(meta.get("updates", 0))
+        return agent.eval()
+
+
+# --- data ---------------------------------------------------------------------------------------
+class OfflineDataset:
+    """Every transition of an EpisodeStore, held once in memory: the next observation is an index
+    (t + 1), not a copy, so images are not stored twice.
+
+    The reward of step t is `reward_key` at t. With `done_key`, an episode whose last step is
+    flagged ends there (mask 0); otherwise (a time limit, or no done key: nothing says the task was
+    over) its last step has no next observation and is left out.
+    """
+
+    def __init__(self, path, reward_key: str = "reward", done_key: str | None = "terminated",
+                 image_keys: tuple[str, ...] = ()):
+        from robot_rl.datasets.store import EpisodeStore
+
+        with EpisodeStore.open(path) as store:
+            keys = ["obs/state", "action", reward_key, *(f"obs/{k}" for k in image_keys)] + ([done_key] if done_key else [])
+            absent = [k for k in keys if k not in store.keys]
+            if absent:
+                raise DatasetError(f"{path} has no {', '.join(absent)} (keys: {', '.join(store.keys)})")
+            self.data = {k: np.asarray(store.array(k)[: store.n_steps]) for k in keys}
+            ends = store.episode_ends
+            stats = store.stats("obs/state")
+        self.image_keys = tuple(image_keys)
+        self.reward_key, self.done_key = reward_key, done_key
+        starts = np.concatenate([[0], ends[:-1]])
+        index, mask = [], []
+        for start, end in zip(starts, ends):
+            done = bool(done_key and self.data[done_key][end - 1])
+            stop = end if done else end - 1
+            index.append(np.arange(start, stop))
+            mask.append(np.ones(stop - start, np.float32))
+            if done:
+                mask[-1][-1] = 0.0
+        self.index, self.mask = np.concatenate(index), np.concatenate(mask)
+        if len(self.index) == 0:
+            raise DatasetError(f"{path} holds no usable transitions")
+        self.next_index = np.where(self.mask > 0, self.index + 1, self.index)
+        self.state_mean = stats["mean"].astype(np.float32)
+        self.state_std = (stats["std"] + 1e-3).astype(np.float32)  # CORL's eps
+        self.state_dim, self.action_dim = self.data["obs/state"].shape[1], self.data["action"].shape[1]
+        rewards = self.data[reward_key].astype(np.float32)
+        if not np.all(np.isfinite(rewards)):
+            raise DatasetError(f"{path}: {reward_key} holds NaN or inf")
+        self.rewards = rewards
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
+        pick = rng.integers(0, len(self.index), n)
+        i, j = self.index[pick], self.next_index[pick]
+        batch = {"obs/state": torch.as_tensor(self.data["obs/state"][i]), "next_obs/state": torch.as_tensor(self.data["obs/state"][j]),
+                 "action": torch.as_tensor(self.data["action"][i], dtype=torch.float32),
+                 "reward": torch.as_tensor(self.rewards[i]), "mask": torch.as_tensor(self.mask[pick])}
+        for k in self.image_keys:
+            batch[f"obs/{k}"] = images_to_float(self.data[f"obs/{k}"][i])
+            batch[f"next_obs/{k}"] = images_to_float(self.data[f"obs/{k}"][j])
+        return batch
+
+
+# --- training -----------------------------------------------------------------------------------
+@dataclass
+class IQLTrainConfig:
+    steps: int = 100_000
+    batch_size: int = 256
+    reward_key: str = "reward"
+    done_key: str | None = "terminated"
+    eval_every: int = 0               # steps between interim evaluations (0: only at the end)
+    eval_episodes: int = 100
+    eval_num_envs: int = 25
+    log_every: int = 500
+    seed: int = 0
+    agent: dict = field(default_factory=dict)  # IQLConfig overrides (expectile, beta, image_keys, ...)
+
+
+def batch_policy(agent: IQLAgent):
+    """The agent's deterministic action for a vector env's state batch (evaluate.run_episodes)."""
+    return lambda obs, reset: agent.act({"state": torch.as_tensor(obs, dtype=torch.float32)}).numpy()
+
+
+def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: int = 10_000, progress: bool = False) -> dict:
+    """Success rate of the deterministic actor: on a vector env from state, one env at a time with cameras."""
+    from robot_rl.learners.evaluate import run_episodes
+
+    agent.eval()
+    if not agent.cfg.image_keys:
+        from robot_rl.sim.vector import make_vector_env
+
+        return run_episodes(lambda n: make_vector_env(env_cfg, n), batch_policy(agent), episodes, num_envs, seed, progress)
+    from robot_rl.sim.registry import make_sim_env
+
+    env, _ = make_sim_env(env_cfg, seed=seed)
+    start, outcomes, lengths = time.monotonic(), [], []
+    with env:
+        for e in tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress, leave=False):
+            obs, _ = env.reset(seed=seed + e)
+            for t in range(10_000):
+                batch = {"state": torch.as_tensor(obs["state"])[None],
+                         **{k: images_to_float(obs[k][None]) for k in agent.cfg.image_keys}}
+                obs, _, terminated, truncated, info = env.step(agent.act(batch)[0].numpy())
+                if terminated or truncated:
+                    break
+            outcomes.append(bool(info.get("success", False)))
+            lengths.append(t + 1)
+    return {"episodes": episodes, "success_rate": float(np.mean(outcomes)), "successes": int(np.sum(outcomes)),
+            "mean_length": float(np.mean(lengths)), "seconds": time.monotonic() - start}
+
+
+def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool = True) -> dict:
+    rng = seed_everything(cfg.seed)
+    agent_cfg = dict(cfg.agent)
+    image_keys = tuple(agent_cfg.get("image_keys", ()))
+    data = OfflineDataset(store_path, cfg.reward_key, cfg.done_key, image_keys)
+    try:
+        acfg = IQLConfig(**{**agent_cfg, "state_dim": data.state_dim, "action_dim": data.action_dim, "steps": cfg.steps})
+    except TypeError as exc:
+        raise ConfigError(f"bad iql agent settings: {exc}") from None
+    agent = IQLAgent(acfg, data.state_mean, data.state_std)
+    what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
+    log = RunLog(out_dir, f"{what} on {Path(store_path).name}, reward {cfg.reward_key}")
+    bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress, dynamic_ncols=True)
+    evaluations = []
+    agent.train()
+    start = time.monotonic()
+    for step in bar:
+        info = agent.update(data.sample(cfg.batch_size, rng))
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
+            bar.set_postfix_str(f"q {info['q_loss']:.4f} v {info['v_loss']:.4f} actor {info['actor_loss']:.3f}", refresh=False)
+        if env_cfg is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            result = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, seed=20_000 + step)
+            log.log(step + 1, eval_success_rate=result["success_rate"])
+            evaluations.append({"step": step + 1, **result})
+            tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
+            agent.train()
+    checkpoint = agent.save(Path(out_dir) / "checkpoint")
+    final = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, progress=progress) if env_cfg is not None and cfg.eval_episodes else None
+    if final:
+        log.log(cfg.steps, eval_success_rate=final["success_rate"])
+    return log.close({"learner": "iql", "store": str(store_path), "checkpoint": str(checkpoint), "config": asdict(cfg),
+                      "agent": asdict(acfg), "transitions": len(data), "evaluation": final, "interim_evaluations": evaluations},
+                     curves=("q_loss", "v_loss", "actor_loss", "adv_mean", "eval_success_rate"))

@@ -1,0 +1,132 @@
+"""IQL: each loss term against a hand computation on one batch, the properties that define it
+(expectile V without a target network, advantage weights clipped at 100, beta 0 is BC), the
+offline dataset's masks, and a learning check where advantage weighting must beat cloning."""
+
+import numpy as np
+import pytest
+import torch
+
+from robot_rl.datasets import EpisodeStore
+from robot_rl.errors import ConfigError
+from robot_rl.learners.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, OfflineDataset, expectile_loss
+
+
+def test_expectile_loss_by_hand():
+    diff = torch.tensor([2.0, -1.0, 0.5, -3.0])
+    # Positive differences weigh tau, negative ones 1 - tau.
+    expected = (0.7 * 4.0 + 0.3 * 1.0 + 0.7 * 0.25 + 0.3 * 9.0) / 4
+    assert expectile_loss(diff, 0.7).item() == pytest.approx(expected)
+    assert expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * (diff**2).mean().item())
+
+
+def batch(n=8, state_dim=3, action_dim=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {"obs/state": torch.randn(n, state_dim, generator=g), "next_obs/state": torch.randn(n, state_dim, generator=g),
+            "action": torch.rand(n, action_dim, generator=g) * 1.8 - 0.9, "reward": torch.rand(n, generator=g),
+            "mask": torch.tensor([1.0, 0.0] * (n // 2))}
+
+
+def test_losses_match_a_hand_computation():
+    torch.manual_seed(0)
+    cfg = IQLConfig(state_dim=3, action_dim=2, hidden=(16, 16), beta=3.0, expectile=0.7, discount=0.9)
+    mean, std = np.array([0.1, -0.2, 0.3]), np.array([2.0, 1.0, 0.5])
+    agent = IQLAgent(cfg, mean, std)
+    with torch.no_grad():  # targets away from the online nets, so a mix-up would show
+        for p in [*agent.target_q1.parameters(), *agent.target_q2.parameters()]:
+            p.add_(0.3 * torch.randn_like(p))
+    b = batch()
+    out = agent.losses(b)
+    with torch.no_grad():
+        s = (b["obs/state"] - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
+        s2 = (b["next_obs/state"] - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
+        sa = torch.cat([s, b["action"]], -1)
+        target_q = torch.minimum(agent.target_q1(sa), agent.target_q2(sa)).squeeze(-1)
+        v = agent.v(s).squeeze(-1)
+        adv = target_q - v
+        w = torch.where(adv < 0, 0.3, 0.7)
+        v_loss = (w * adv**2).mean()
+        y = b["reward"] + 0.9 * b["mask"] * agent.v(s2).squeeze(-1)  # V itself: no target network for V
+        q_loss = (((agent.q1(sa).squeeze(-1) - y) ** 2).mean() + ((agent.q2(sa).squeeze(-1) - y) ** 2).mean()) / 2
+        mu, sigma = torch.tanh(agent.actor(s)), agent.log_std.exp()
+        nll = -torch.distributions.Normal(mu, sigma).log_prob(b["action"]).sum(-1)
+        actor_loss = (torch.exp(3.0 * adv).clamp(max=100.0) * nll).mean()
+    assert out["v_loss"].item() == pytest.approx(v_loss.item(), rel=1e-5)
+    assert out["q_loss"].item() == pytest.approx(q_loss.item(), rel=1e-5)
+    assert out["actor_loss"].item() == pytest.approx(actor_loss.item(), rel=1e-5)
+    assert not hasattr(agent, "target_v")
+
+
+def test_weights_clip_at_100_and_beta_zero_is_cloning():
+    torch.manual_seed(0)
+    agent = IQLAgent(IQLConfig(state_dim=3, action_dim=2, hidden=(8,), beta=10.0, deterministic=True))
+    b = batch()
+    with torch.no_grad():
+        agent.target_q1[-1].bias.fill_(50.0)  # huge advantages everywhere
+        agent.target_q2[-1].bias.fill_(50.0)
+    s = b["obs/state"]
+    bc = ((torch.tanh(agent.actor(s)) - b["action"]) ** 2).sum(-1)
+    assert agent.losses(b)["actor_loss"].item() == pytest.approx(EXP_ADV_MAX * bc.mean().item(), rel=1e-5)
+    agent.cfg.beta = 0.0
+    assert agent.losses(b)["actor_loss"].item() == pytest.approx(bc.mean().item(), rel=1e-5)
+
+
+def test_soft_update_moves_targets_by_tau_and_only_q_has_targets():
+    torch.manual_seed(0)
+    agent = IQLAgent(IQLConfig(state_dim=3, action_dim=2, hidden=(8,), tau=0.1))
+    before = [p.clone() for p in agent.target_q1.parameters()]
+    agent.update(batch())
+    for old, target, online in zip(before, agent.target_q1.parameters(), agent.q1.parameters()):
+        torch.testing.assert_close(target, old + 0.1 * (online - old))
+
+
+def test_bad_settings_are_config_errors():
+    with pytest.raises(ConfigError, match="expectile"):
+        IQLConfig(state_dim=1, action_dim=1, expectile=1.0)
+
+
+def write_store(path, episodes, terminated_last):
+    store = EpisodeStore.create(path, {"obs/state": ((1,), "float32"), "action": ((1,), "float32"),
+                                       "reward": ((), "float32"), "terminated": ((), "bool")}, fps=10)
+    for states, actions, rewards, done in zip(*episodes, terminated_last):
+        n = len(states)
+        term = np.zeros(n, bool)
+        term[-1] = done
+        store.append_episode({"obs/state": np.asarray(states, np.float32)[:, None], "action": np.asarray(actions, np.float32)[:, None],
+                              "reward": np.asarray(rewards, np.float32), "terminated": term})
+    store.close()
+
+
+def test_dataset_masks_and_next_indices(tmp_path):
+    path = tmp_path / "d.zarr"
+    write_store(path, ([[0, 1, 2], [10, 11]], [[0.1, 0.2, 0.3], [0.4, 0.5]], [[0, 0, 1], [0, 0]]), [True, False])
+    data = OfflineDataset(path)
+    # Episode 1 terminated: all 3 steps, the last with mask 0. Episode 2 hit a time limit: its last
+    # step has no next observation and is left out.
+    assert data.index.tolist() == [0, 1, 2, 3]
+    assert data.mask.tolist() == [1, 1, 0, 1]
+    assert data.next_index.tolist() == [1, 2, 2, 4]
+    no_done = OfflineDataset(path, done_key=None)
+    assert no_done.index.tolist() == [0, 1, 3] and no_done.mask.tolist() == [1, 1, 1]
+
+
+def test_advantage_weighting_picks_the_rewarded_action_where_cloning_averages(tmp_path):
+    """One-step episodes, half with action +0.8 (reward 1), half with -0.8 (reward 0): BC's mean
+    sits between them, IQL's moves to the rewarded one."""
+    rng = np.random.default_rng(0)
+    n = 400
+    actions = np.where(rng.random(n) < 0.5, 0.8, -0.8)
+    states = rng.normal(size=n)
+    path = tmp_path / "bandit.zarr"
+    write_store(path, ([[s] for s in states], [[a] for a in actions], [[float(a > 0)] for a in actions]), [True] * n)
+    data = OfflineDataset(path)
+    torch.set_num_threads(1)  # as the learners run (learners.common.seed_everything)
+    means = {}
+    for beta in (0.0, 3.0):
+        torch.manual_seed(0)
+        agent = IQLAgent(IQLConfig(state_dim=1, action_dim=1, hidden=(32, 32), beta=beta, lr=1e-3, steps=400), data.state_mean, data.state_std)
+        g = np.random.default_rng(1)
+        for _ in range(400):
+            agent.update(data.sample(128, g))
+        means[beta] = agent.act({"state": torch.linspace(-1, 1, 9)[:, None]}).mean().item()
+    assert abs(means[0.0]) < 0.25
+    assert means[3.0] > 0.5
