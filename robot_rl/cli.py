@@ -89,6 +89,18 @@ def cmd_demo(args) -> None:
     print(path)
 
 
+def cmd_vlm_iql(args) -> None:
+    from robot_rl.vlm_iql import vlm_iql
+
+    path = vlm_iql(compose("vlm_iql", args.overrides))
+    summary = json.loads(path.read_text())
+    print(f"{'seed':<6}{'IQL true reward':>17}{'IQL VLM reward':>16}{'BC':>8}{'VLM / true':>12}")
+    for seed, r in summary["seeds"].items():
+        ratio = f"{r['vlm_over_true']:.2f}" if r["vlm_over_true"] is not None else "-"
+        print(f"{seed:<6}{r['iql_true_reward_success']:>17.1%}{r['iql_vlm_reward_success']:>16.1%}{r['bc_success']:>8.1%}{ratio:>12}")
+    print(path)
+
+
 def _print_seed_summary(path: Path) -> None:
     summary = json.loads(path.read_text())
     print(f"{'seed':<6}{'BC success':>12}{'residual':>12}{'episodes':>10}{'minutes':>9}")
@@ -175,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="what `make demo` runs: demos -> diffusion BC -> residual PPO on peg_insert")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("vlm-iql", help="offline RL from VLM feedback end to end: labels -> reward model -> IQL, per seed")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_vlm_iql)
 
     p = sub.add_parser("train", help="train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH")
     p.add_argument("overrides", nargs="*")

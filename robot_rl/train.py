@@ -80,7 +80,7 @@ def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True
 
 def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
                         ddim_steps: int | None = None, progress: bool = True) -> dict:
-    """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, or of a SAC agent."""
+    """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an IQL agent."""
     from robot_rl.learners.evaluate import evaluate, run_episodes
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
@@ -99,6 +99,11 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
             raise ConfigError("robot-rl eval runs state policies on vector envs; image agents are evaluated by their run")
         result = run_episodes(_vector_env(env_cfg), batch_policy(agent), episodes, num_envs, seed, progress)
         return {"checkpoint": str(path), "kind": kind, **result}
+    if kind == "iql_agent":
+        from robot_rl.learners.iql import IQLAgent, evaluate_iql
+
+        return {"checkpoint": str(path), "kind": kind,
+                **evaluate_iql(IQLAgent.load(path), env_cfg, episodes, num_envs, seed, progress)}
     residual = None
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)

@@ -5,11 +5,13 @@ writes its reward into an EpisodeStore as a new key.
 P(segment a preferred over b) = sigmoid(sum_t r(a_t) - sum_t r(b_t)); label 0 means the first is
 better. Input: the state vector (an MLP, 3 x 256) or a camera (RL-VLM-F's CNN: channels 16/32/64/128,
 kernels 5/3/3/3, strides 3/2/2/2). Each member has its own initialization and batch order; the
-reward is the ensemble mean.
+reward is the ensemble mean. The weights kept are those of the epoch with the best held-out
+accuracy (labels from a VLM are noisy, and the networks go on to memorize the noise).
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import json
 from dataclasses import asdict, dataclass
@@ -118,6 +120,8 @@ class RewardModelTrainConfig:
     batch_size: int = 64
     lr: float = 3e-4
     holdout: float = 0.1              # share of labels held out for accuracy
+    keep_best: bool = True            # keep the weights of the epoch with the best held-out accuracy:
+                                      # with noisy labels the network goes on to memorize the noise
     seed: int = 0
 
 
@@ -171,6 +175,7 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
 
     log = RunLog(out_dir, f"preference reward model on {Path(store_path).name}")
     member_rngs = [np.random.default_rng(cfg.seed * 1000 + m) for m in range(cfg.ensemble)]
+    best = (-1.0, -1, None)  # held-out accuracy, epoch, weights
     bar = tqdm(range(cfg.epochs), desc="reward model", unit="epoch", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
         model.train()
@@ -187,15 +192,20 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
             loss.backward()
             optimizer.step()
             loss = loss.item()
+        val_acc = _accuracy(model, segment_sums, val, y) if n_val else {}
+        if val_acc and val_acc["ensemble"] > best[0]:
+            best = (val_acc["ensemble"], epoch, copy.deepcopy(model.state_dict()))
         if epoch % 10 == 0 or epoch == cfg.epochs - 1:
             train_acc = _accuracy(model, segment_sums, train, y)
-            val_acc = _accuracy(model, segment_sums, val, y) if n_val else {}
             log.log(epoch, loss=loss / cfg.ensemble, train_accuracy=train_acc["ensemble"],
                     **({"heldout_accuracy": val_acc["ensemble"]} if val_acc else {}))
             bar.set_postfix_str(f"loss {loss / cfg.ensemble:.3f} held-out {val_acc.get('ensemble', float('nan')):.3f}", refresh=False)
+    if cfg.keep_best and best[2] is not None:
+        model.load_state_dict(best[2])
     checkpoint = model.save(Path(out_dir) / "checkpoint", labels=str(cfg.labels), label_count=int(len(y)),
                             vlm_model=labels.get("model"), prompt_id=labels.get("prompt_id"), store=str(store_path))
     return log.close({"learner": "reward_model", "checkpoint": str(checkpoint), "config": asdict(cfg), "labels": len(y),
+                      "kept_epoch": best[1] if cfg.keep_best and best[2] is not None else cfg.epochs - 1,
                       "train_accuracy": _accuracy(model, segment_sums, train, y), "heldout_accuracy": _accuracy(model, segment_sums, val, y) if n_val else None},
                      curves=("loss", "train_accuracy", "heldout_accuracy"))
 

@@ -130,3 +130,38 @@ def test_advantage_weighting_picks_the_rewarded_action_where_cloning_averages(tm
         means[beta] = agent.act({"state": torch.linspace(-1, 1, 9)[:, None]}).mean().item()
     assert abs(means[0.0]) < 0.25
     assert means[3.0] > 0.5
+
+
+@pytest.fixture(scope="module")
+def image_store(tmp_path_factory):
+    from robot_rl.cli import compose
+    from robot_rl.collect import collect
+
+    path = tmp_path_factory.mktemp("iql") / "peg.zarr"
+    collect(compose("collect", ["env=peg_insert", "env.cameras=[front]", "env.image_size=64", "env.max_steps=30",
+                                "loop.rate_hz=null", "episodes=2", f"out={path}"]))
+    return path
+
+
+def test_train_from_images_and_state_end_to_end(image_store, tmp_path):
+    from omegaconf import OmegaConf
+
+    from robot_rl.cli import compose
+    from robot_rl.learners.iql import IQLTrainConfig, train_iql
+
+    env_cfg = compose("train", ["env=peg_insert", "env.cameras=[front]", "env.image_size=64", "env.max_steps=10"]).env
+    cfg = IQLTrainConfig(steps=4, batch_size=8, eval_episodes=2, eval_num_envs=2, log_every=1,
+                         agent={"image_keys": ["image/front"], "image_size": 64, "hidden": [32]})
+    result = train_iql(image_store, env_cfg, tmp_path / "img", cfg, progress=False)
+    assert result["evaluation"]["episodes"] == 2 and (tmp_path / "img" / "curve.png").exists()
+    agent = IQLAgent.load(result["checkpoint"])
+    assert agent.encoder is not None and agent.updates == 4
+    # The encoder learns through Q only: V's and the actor's losses leave it without gradient.
+    data = OfflineDataset(image_store, image_keys=("image/front",))
+    loss = agent.losses(data.sample(4, np.random.default_rng(0)))
+    agent.zero_grad()
+    (loss["v_loss"] + loss["actor_loss"]).backward()
+    assert all(p.grad is None for p in agent.encoder.parameters())
+    state = train_iql(image_store, OmegaConf.merge(env_cfg, {"cameras": []}), tmp_path / "state",
+                      IQLTrainConfig(steps=3, batch_size=8, eval_episodes=2, eval_num_envs=2), progress=False)
+    assert 0.0 <= state["evaluation"]["success_rate"] <= 1.0

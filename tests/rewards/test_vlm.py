@@ -160,3 +160,11 @@ def test_sim_vlm_for_store_reads_the_store(peg_store):
     with sim_vlm_for_store(peg_store, "obs/image/front") as server:
         assert server.base_url.startswith("http://127.0.0.1:")
         assert len(server.index) > 100
+
+
+def test_transformers_backend_needs_a_local_model(tmp_path):
+    from robot_rl.errors import ConfigError
+    from robot_rl.rewards.vlm import TransformersBackend
+
+    with pytest.raises(ConfigError, match="no local model"):
+        TransformersBackend(str(tmp_path / "missing"))
