@@ -31,7 +31,7 @@ def label_vlm(cfg, progress: bool = True) -> dict:
 
                 server = stack.enter_context(sim_vlm_for_store(cfg.store, pairs.image_key, pairs.segment,
                                                                wrong=float(b.wrong), seed=int(cfg.seed)))
-                base_url, model = server.base_url, f"sim-vlm(wrong={float(b.wrong)}, seed={int(cfg.seed)})"
+                base_url, model = server.base_url, server.model
             backend = OpenAIChatBackend(base_url, model, api_key_env=b.api_key_env, timeout_s=float(b.timeout_s),
                                         retries=int(b.retries), backoff_s=float(b.backoff_s))
         else:

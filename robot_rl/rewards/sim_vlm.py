@@ -45,9 +45,18 @@ def task_progress(env: str, state: np.ndarray, names: list[str]) -> np.ndarray:
         reach = np.linalg.norm(_field(state, names, "ee_to_cube"), axis=-1)
         return -reach + 2.0 * np.clip(_field(state, names, "cube_pos")[..., 2] - 0.02, 0.0, 0.1)
     if env == "cube_place":
+        from robot_rl.sim.arm_tasks import BIN_HALF, BIN_HEIGHT, CUBE_HALF
+
         cube, bin_pos = _field(state, names, "cube_pos"), _field(state, names, "bin_pos")
         reach = np.linalg.norm(_field(state, names, "ee_to_cube"), axis=-1)
-        return -0.5 * reach - np.linalg.norm(cube[..., :2] - bin_pos[..., :2], axis=-1)
+        to_bin = cube[..., :2] - bin_pos[..., :2]
+        lifted = cube[..., 2] > CUBE_HALF + 0.02
+        # Staged as the task is judged: a cube resting in the bin beats any carrying, and let go
+        # beats still held (the hand backing off after the release is progress, not regress).
+        placed = np.all(np.abs(to_bin) < BIN_HALF - CUBE_HALF * 0.5, -1) & (cube[..., 2] < BIN_HEIGHT + CUBE_HALF)
+        released = _field(state, names, "gripper")[..., 0] > 2 * CUBE_HALF + 0.01
+        carrying = -0.5 * reach - np.linalg.norm(to_bin, axis=-1) + 0.5 * lifted
+        return np.where(placed, np.where(released, 3.0, 2.5), carrying)
     raise ConfigError(f"the simulated VLM knows no progress measure for env {env!r}")
 
 
@@ -71,7 +80,10 @@ class SimVLMServer:
         self.index: dict[str, int] = {}
         for i in range(len(frames) - segment + 1):  # every segment start, as the labeler may tile them
             self.index.setdefault(frame_hash(tile(frames[i : i + segment])), i + segment - 1)
-        self.wrong, self.seed, self.fail_first, self.delay_s, self.model = wrong, seed, fail_first, delay_s, model
+        self.wrong, self.seed, self.fail_first, self.delay_s = wrong, seed, fail_first, delay_s
+        # The judge is part of the model's name, so cached answers of another judge never come back.
+        judge = hashlib.sha256(self.progress.tobytes()).hexdigest()[:8]
+        self.model = f"{model}(judge={judge}, wrong={wrong}, seed={seed})"
         self.api_key = api_key
         self.requests = 0
         self.stats = {"analyses": 0, "verdicts": 0, "flipped": 0, "unknown_images": 0, "failed": 0}

@@ -168,3 +168,30 @@ def test_transformers_backend_needs_a_local_model(tmp_path):
 
     with pytest.raises(ConfigError, match="no local model"):
         TransformersBackend(str(tmp_path / "missing"))
+
+
+def test_cube_place_judge_is_staged_like_the_task():
+    from robot_rl.sim.arm_tasks import make_arm_env
+
+    env = make_arm_env("cube_place", cameras=())
+    obs, _ = env.reset(seed=0)
+    names = env.state_names()
+    layout = {n: i for i, n in enumerate(names)}
+    base = obs["state"].copy()
+
+    def state(cube, ee_to_cube, gripper):
+        s = base.copy()
+        for k, v in (("cube_pos", cube), ("ee_to_cube", ee_to_cube)):
+            s[[layout[f"{k}[{i}]"] for i in range(3)]] = v
+        s[layout["gripper"]] = gripper
+        return s
+
+    bin_pos = base[[layout[f"bin_pos[{i}]"] for i in range(3)]]
+    far = state(bin_pos + [0.2, 0.0, -bin_pos[2] + 0.02], [0.1, 0, 0], 0.08)          # cube on the table, hand away
+    reached = state(bin_pos + [0.2, 0.0, -bin_pos[2] + 0.02], [0, 0, 0], 0.04)        # hand on the cube
+    carried = state(bin_pos + [0.0, 0.0, 0.12], [0, 0, 0], 0.04)                       # held over the bin
+    placed_held = state(bin_pos + [0.0, 0.0, 0.03], [0, 0, 0], 0.04)                   # in the bin, still held
+    placed_released = state(bin_pos + [0.0, 0.0, 0.03], [0, 0, 0.1], 0.08)              # let go, hand backing off
+    p = task_progress("cube_place", np.stack([far, reached, carried, placed_held, placed_released]), names)
+    assert list(np.argsort(p)) == [0, 1, 2, 3, 4], p
+    env.close()
