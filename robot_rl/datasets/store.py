@@ -75,6 +75,12 @@ def array_codec(typesize: int) -> BloscCodec:
     return BloscCodec(**array_blosc(typesize))
 
 
+def _chunk_steps(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Steps per chunk of a non-image key: about CHUNK_TARGET_BYTES, within the bounds."""
+    step_bytes = max(1, int(np.prod(shape, dtype=int)) * np.dtype(dtype).itemsize)
+    return int(np.clip(CHUNK_TARGET_BYTES // step_bytes, MIN_CHUNK_STEPS, MAX_CHUNK_STEPS))
+
+
 def is_image_key(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return np.dtype(dtype) == np.uint8 and len(shape) == 3 and shape[-1] in (1, 3, 4)
 
@@ -125,9 +131,7 @@ class EpisodeStore:
             if is_image_key(shape, dtype):
                 chunk_steps, codec = IMAGE_CHUNK_STEPS, image_codec()
             else:
-                step_bytes = max(1, int(np.prod(shape)) * dtype.itemsize)
-                chunk_steps = int(np.clip(CHUNK_TARGET_BYTES // step_bytes, MIN_CHUNK_STEPS, MAX_CHUNK_STEPS))
-                codec = array_codec(dtype.itemsize)
+                chunk_steps, codec = _chunk_steps(shape, dtype), array_codec(dtype.itemsize)
             root.create_array(
                 f"data/{key}", shape=(0, *shape), chunks=(chunk_steps, *shape), dtype=dtype,
                 compressors=codec, fill_value=0,
@@ -353,10 +357,11 @@ class EpisodeStore:
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             raise SchemaMismatchError(f"{key} contains NaN or inf; refusing to store it")
         spec = {"shape": list(values.shape[1:]), "dtype": values.dtype.name}
-        step_bytes = max(1, int(np.prod(values.shape[1:], dtype=int)) * values.dtype.itemsize)
-        chunk_steps = int(np.clip(CHUNK_TARGET_BYTES // step_bytes, MIN_CHUNK_STEPS, MAX_CHUNK_STEPS))
-        array = self._root.create_array(f"data/{key}", shape=values.shape, chunks=(chunk_steps, *values.shape[1:]),
-                                        dtype=values.dtype, compressors=array_codec(values.dtype.itemsize), fill_value=0)
+        # overwrite: an array under this name that the schema does not list is what a killed
+        # add_key left behind.
+        array = self._root.create_array(f"data/{key}", shape=values.shape, dtype=values.dtype, fill_value=0,
+                                        chunks=(_chunk_steps(values.shape[1:], values.dtype), *values.shape[1:]),
+                                        compressors=array_codec(values.dtype.itemsize), overwrite=True)
         array[:] = values
         array.attrs.update(attrs or {})
         # The schema last: until it names the key, readers do not see the new array.

@@ -118,3 +118,18 @@ def test_read_only_and_single_writer(tmp_path):
         reader.append_episode(episode(3, 0))
     writer.close()
     EpisodeStore.open(tmp_path / "s.zarr", mode="a").close()
+
+
+def test_add_key_after_a_killed_add_key(tmp_path):
+    """An array that a killed add_key wrote before the schema named it is replaced, not an error."""
+    path = tmp_path / "s.zarr"
+    store = EpisodeStore.create(path, {"obs/state": ((2,), "float32")}, fps=10)
+    store.append_episode({"obs/state": np.zeros((5, 2), np.float32)})
+    store._root.create_array("data/reward_x", shape=(3,), dtype="float32")  # the leftover
+    store.add_key("reward_x", np.arange(5, dtype=np.float32), {"source": "test"})
+    store.close()
+    with EpisodeStore.open(path) as s:
+        assert s.keys == ["obs/state", "reward_x"] and s.array("reward_x")[:].tolist() == [0, 1, 2, 3, 4]
+        assert s.key_attrs("reward_x") == {"source": "test"}
+        with pytest.raises(DatasetError, match="read-only"):
+            s.add_key("reward_y", np.zeros(5))
