@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
-from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
+from robot_rl.policies.checkpoint import CheckpointedAgent
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 EXP_ADV_MAX = 100.0
@@ -104,7 +104,9 @@ def images_to_float(batch: np.ndarray | Tensor) -> Tensor:
     return torch.as_tensor(np.asarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-class IQLAgent(nn.Module):
+class IQLAgent(CheckpointedAgent, nn.Module):
+    kind, config_class = "iql_agent", IQLConfig  # checkpoints (CheckpointedAgent)
+
     def __init__(self, cfg: IQLConfig, state_mean=None, state_std=None):
         super().__init__()
         self.cfg = cfg
@@ -202,17 +204,6 @@ class IQLAgent(nn.Module):
         online = [p for _, net in pairs for p in net.parameters()]
         torch._foreach_lerp_(targets, online, self.cfg.tau)  # one call for every tensor
 
-    # --- persistence -----------------------------------------------------------------------
-    def save(self, directory) -> Path:
-        return save_checkpoint(directory, self, "iql_agent", asdict(self.cfg), updates=self.updates)
-
-    @classmethod
-    def load(cls, directory) -> IQLAgent:
-        meta, weights = load_checkpoint(directory, "iql_agent")
-        agent = cls(IQLConfig(**meta["config"]))
-        agent.load_state_dict(weights)
-        agent.updates = int(meta.get("updates", 0))
-        return agent.eval()
 
 
 # --- data ---------------------------------------------------------------------------------------

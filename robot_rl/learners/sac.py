@@ -19,8 +19,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robot_rl.learners.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
-from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
+from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings
 
 OPEN, STAY, CLOSE = 0, 1, 2
@@ -139,7 +138,9 @@ def gripper_command(grasp: Tensor, previous: Tensor) -> Tensor:
     return torch.where(grasp == CLOSE, 1.0, torch.where(grasp == OPEN, -1.0, previous))
 
 
-class SACAgent(nn.Module):
+class SACAgent(CheckpointedAgent, nn.Module):
+    kind, config_class = "sac_agent", SACConfig  # checkpoints (CheckpointedAgent)
+
     def __init__(self, cfg: SACConfig, seed: int = 0):
         super().__init__()
         self.cfg = cfg
@@ -301,17 +302,6 @@ class SACAgent(nn.Module):
             if module is not None and own:
                 module.load_state_dict(own)
 
-    # --- checkpoints -----------------------------------------------------------------------
-    def save(self, directory) -> Path:
-        return save_checkpoint(directory, self, "sac_agent", asdict(self.cfg), updates=self.updates)
-
-    @classmethod
-    def load(cls, directory) -> SACAgent:
-        meta, weights = load_checkpoint(directory, "sac_agent")
-        agent = cls(SACConfig(**meta["config"]))
-        agent.load_state_dict(weights)
-        agent.updates = int(meta.get("updates", 0))
-        return agent.eval()
 
 
 def torch_batch(batch: dict[str, np.ndarray], image_keys: tuple[str, ...]) -> dict:

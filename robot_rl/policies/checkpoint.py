@@ -38,3 +38,24 @@ def load_checkpoint(directory, kind: str, device: str = "cpu") -> tuple[dict, di
     if meta.get("kind") != kind:
         raise DatasetError(f"{directory} holds a {meta.get('kind')!r} checkpoint, not a {what}")
     return meta, weights
+
+
+class CheckpointedAgent:
+    """save/load for an agent module built from one config dataclass (`self.cfg`) that counts its
+    `updates`: subclasses name their checkpoint `kind` and `config_class`."""
+
+    kind: str
+    config_class: type
+
+    def save(self, directory) -> Path:
+        from dataclasses import asdict
+
+        return save_checkpoint(directory, self, self.kind, asdict(self.cfg), updates=self.updates)
+
+    @classmethod
+    def load(cls, directory):
+        meta, weights = load_checkpoint(directory, cls.kind)
+        agent = cls(cls.config_class(**meta["config"]))
+        agent.load_state_dict(weights)
+        agent.updates = int(meta.get("updates", 0))
+        return agent.eval()
