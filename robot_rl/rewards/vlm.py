@@ -271,6 +271,13 @@ class PreferenceLabeler:
         lock = threading.Lock()
 
         def one(i: int) -> None:
+            try:
+                ask_one(i)
+            finally:
+                if progress is not None:
+                    progress()
+
+        def ask_one(i: int) -> None:
             a, b = tile(frames_a[i]), tile(frames_b[i])
             ha, hb = frame_hash(a), frame_hash(b)
             if ha == hb:
@@ -296,8 +303,6 @@ class PreferenceLabeler:
                 if answer in (0, 1):
                     answers[i] = answer
                     report.labels += 1
-            if progress is not None:
-                progress()
 
         with ThreadPoolExecutor(self.max_concurrency) as pool:
             list(pool.map(one, range(len(frames_a))))
