@@ -247,7 +247,11 @@ class LabelReport:
 
 
 class PreferenceLabeler:
-    """Asks `backend` about pairs of frames with the two-stage prompt, through `cache`."""
+    """Asks `backend` about pairs of frames with the two-stage prompt, through `cache`. Pairs the
+    backend fails (after its retries) are counted and skipped; if it fails the first
+    GIVE_UP_AFTER pairs without answering any, labeling stops with a LabelerError."""
+
+    GIVE_UP_AFTER = 8
 
     def __init__(self, backend, cache: LabelCache, task: str, model: str, max_concurrency: int = 4):
         if max_concurrency < 1:
@@ -269,8 +273,11 @@ class PreferenceLabeler:
         start = time.monotonic()
         answers: list[int | None] = [None] * len(frames_a)
         lock = threading.Lock()
+        give_up, errors = threading.Event(), []
 
         def one(i: int) -> None:
+            if give_up.is_set():
+                return
             try:
                 ask_one(i)
             finally:
@@ -293,9 +300,14 @@ class PreferenceLabeler:
             else:
                 try:
                     answer, analysis, verdict = self.ask(a, b)
-                except LabelerError:
+                except LabelerError as exc:
                     with lock:
                         report.failed += 1
+                        # A backend that never answers (wrong URL, server down) fails every pair
+                        # after its retries: stop early rather than wait through all of them.
+                        if report.failed >= self.GIVE_UP_AFTER and sum(report.answers.values()) == 0:
+                            errors.append(str(exc))
+                            give_up.set()
                     return
                 self.cache.put(key, answer, analysis, verdict)
             with lock:
@@ -306,6 +318,8 @@ class PreferenceLabeler:
 
         with ThreadPoolExecutor(self.max_concurrency) as pool:
             list(pool.map(one, range(len(frames_a))))
+        if give_up.is_set():
+            raise LabelerError(f"the VLM failed the first {report.failed} pairs and answered none; last error: {errors[-1]}")
         report.requests = getattr(self.backend, "requests", 0)
         report.retried = getattr(self.backend, "retried", 0)
         report.seconds = time.monotonic() - start

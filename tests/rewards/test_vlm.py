@@ -195,3 +195,19 @@ def test_cube_place_judge_is_staged_like_the_task():
     p = task_progress("cube_place", np.stack([far, reached, carried, placed_held, placed_released]), names)
     assert list(np.argsort(p)) == [0, 1, 2, 3, 4], p
     env.close()
+
+
+def test_an_unreachable_server_fails_fast_with_one_error(peg_store, tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["label", "vlm", f"store={peg_store}", f"out={tmp_path / 'l.json'}", "pairs=50",
+            f"backend.base_url=http://127.0.0.1:{port}/v1", "backend.retries=1", "backend.backoff_s=0.01"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("robot-rl: error")]
+    assert len(errors) == 1 and "failed the first" in errors[0] and "answered none" in errors[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "l.json").exists()  # nothing half-written
