@@ -14,13 +14,19 @@ from robot_rl.errors import ConfigError
 
 
 def collect_mixed(cfg) -> None:
-    """Record the dataset's parts (expert, noisy, random) into cfg.dataset, in order."""
+    """Record the dataset's parts (expert, noisy, random) in order, into a temporary store that
+    becomes cfg.dataset only once every part is in (an interrupted run leaves no partial dataset
+    that a later run would take for the whole one)."""
     from robot_rl.cli import compose
     from robot_rl.collect import collect
 
+    final = Path(cfg.dataset)
+    partial = final.with_name(final.name + ".collecting")
+    shutil.rmtree(partial, ignore_errors=True)
     for part in cfg.collect:
-        base = compose("collect", [f"env={cfg.env.name}", f"out={cfg.dataset}", "loop.rate_hz=null"])
+        base = compose("collect", [f"env={cfg.env.name}", f"out={partial}", "loop.rate_hz=null"])
         collect(OmegaConf.merge(base, {"env": cfg.env}, {"env": {"cameras": list(cfg.cameras)}}, part))
+    partial.rename(final)
 
 
 def run_seed(cfg, seed: int, run: Path) -> dict:
