@@ -9,7 +9,7 @@ EpisodeStore: any of its reward keys, state and image observations.
   log-std) or its squared error (deterministic); the actor's learning rate is cosine-annealed.
 - States are standardized with the store's mean and std (the statistics travel with the
   checkpoint); soft target updates (0.005).
-- Images (optional): a small CNN per camera, trained through the Q loss only; V and the actor read
+- Images (optional): the project's small CNN per camera, trained through the Q loss only; V and the actor read
   its features detached, as an encoder shared by every head but owned by the critic.
 
 `beta = 0` makes every weight 1: plain behaviour cloning by the same actor, the baseline IQL is
@@ -32,6 +32,7 @@ from tqdm import tqdm
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
 from robot_rl.policies.checkpoint import CheckpointedAgent
+from robot_rl.policies.encoders import ConvEncoder, images_to_float
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 EXP_ADV_MAX = 100.0
@@ -74,34 +75,16 @@ def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
     return (weight * diff**2).mean()
 
 
-class ConvEncoder(nn.Module):
-    """RL-VLM-F's reward CNN trunk (channels 16/32/64/128, kernels 5/3/3/3, strides 3/2/2/2) per camera,
-    flattened and projected to 256 features with LayerNorm."""
+class CameraFeatures(nn.Module):
+    """The project's small CNN (policies.encoders.ConvEncoder) per camera, outputs concatenated."""
 
-    def __init__(self, cameras: int, image_size: int, features: int = 256):
+    def __init__(self, cameras: int, image_size: int, per_camera: int = 64):
         super().__init__()
-        self.convs = nn.ModuleList(conv_trunk() for _ in range(cameras))
-        with torch.no_grad():
-            flat = self.convs[0](torch.zeros(1, 3, image_size, image_size)).shape[-1]
-        self.proj = nn.Sequential(nn.Linear(flat * cameras, features), nn.LayerNorm(features))
-        self.out_dim = features
+        self.convs = nn.ModuleList(ConvEncoder(out_dim=per_camera, image_size=image_size) for _ in range(cameras))
+        self.out_dim = per_camera * cameras
 
     def forward(self, images: list[Tensor]) -> Tensor:
-        return self.proj(torch.cat([conv(x) for conv, x in zip(self.convs, images)], -1))
-
-
-def conv_trunk() -> nn.Sequential:
-    layers: list[nn.Module] = []
-    channels = 3
-    for out, kernel, stride in zip((16, 32, 64, 128), (5, 3, 3, 3), (3, 2, 2, 2)):
-        layers += [nn.Conv2d(channels, out, kernel, stride), nn.LeakyReLU()]
-        channels = out
-    return nn.Sequential(*layers, nn.Flatten())
-
-
-def images_to_float(batch: np.ndarray | Tensor) -> Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) floats in [0, 1]."""
-    return torch.as_tensor(np.asarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+        return torch.cat([conv(x) for conv, x in zip(self.convs, images)], -1)
 
 
 class IQLAgent(CheckpointedAgent, nn.Module):
@@ -112,7 +95,7 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         self.cfg = cfg
         self.register_buffer("state_mean", torch.as_tensor(state_mean if state_mean is not None else np.zeros(cfg.state_dim), dtype=torch.float32))
         self.register_buffer("state_std", torch.as_tensor(state_std if state_std is not None else np.ones(cfg.state_dim), dtype=torch.float32))
-        self.encoder = ConvEncoder(len(cfg.image_keys), cfg.image_size) if cfg.image_keys else None
+        self.encoder = CameraFeatures(len(cfg.image_keys), cfg.image_size) if cfg.image_keys else None
         feat = cfg.state_dim + (self.encoder.out_dim if self.encoder else 0)
         a = cfg.action_dim
         self.q1, self.q2 = relu_mlp(feat + a, cfg.hidden, 1), relu_mlp(feat + a, cfg.hidden, 1)
@@ -295,23 +278,26 @@ def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: i
         from robot_rl.sim.vector import make_vector_env
 
         return run_episodes(lambda n: make_vector_env(env_cfg, n), batch_policy(agent), episodes, num_envs, seed, progress)
+    from robot_rl.core import ControlLoop
     from robot_rl.sim.registry import make_sim_env
 
+    def act(obs: dict) -> np.ndarray:
+        batch = {"state": torch.as_tensor(obs["state"])[None],
+                 **{k: images_to_float(np.asarray(obs[k])[None]) for k in agent.cfg.image_keys}}
+        return agent.act(batch)[0].numpy()
+
     env, _ = make_sim_env(env_cfg, seed=seed)
-    start, outcomes, lengths = time.monotonic(), [], []
-    with env:
-        for e in tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress, leave=False):
-            obs, _ = env.reset(seed=seed + e)
-            for t in range(10_000):
-                batch = {"state": torch.as_tensor(obs["state"])[None],
-                         **{k: images_to_float(obs[k][None]) for k in agent.cfg.image_keys}}
-                obs, _, terminated, truncated, info = env.step(agent.act(batch)[0].numpy())
-                if terminated or truncated:
-                    break
-            outcomes.append(bool(info.get("success", False)))
-            lengths.append(t + 1)
-    return {"episodes": episodes, "success_rate": float(np.mean(outcomes)), "successes": int(np.sum(outcomes)),
-            "mean_length": float(np.mean(lengths)), "seconds": time.monotonic() - start}
+    start = time.monotonic()
+    loop = ControlLoop(env, act, rate_hz=None, execute_k=1)
+    try:
+        with env:
+            results = [loop.run_episode(seed=seed + e) for e in
+                       tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress, leave=False)]
+    finally:
+        loop.close()
+    return {"episodes": episodes, "success_rate": float(np.mean([r.success for r in results])),
+            "successes": int(sum(r.success for r in results)),
+            "mean_length": float(np.mean([r.steps for r in results])), "seconds": time.monotonic() - start}
 
 
 def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool = True) -> dict:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from robot_rl.learners.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
 from robot_rl.policies.checkpoint import CheckpointedAgent
-from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings
+from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, images_to_float
 
 OPEN, STAY, CLOSE = 0, 1, 2
 
@@ -123,7 +123,7 @@ def to_tensors(obs: dict[str, np.ndarray], image_keys: tuple[str, ...]) -> dict[
     """numpy obs (state float, images uint8 BHWC) -> float tensors (images BCHW in [0, 1])."""
     out = {"state": torch.as_tensor(np.asarray(obs["state"], np.float32))}
     for key in image_keys:
-        out[key] = torch.as_tensor(np.asarray(obs[key])).permute(0, 3, 1, 2).float().div_(255.0)
+        out[key] = images_to_float(np.asarray(obs[key]))
     return out
 
 

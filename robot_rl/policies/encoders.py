@@ -9,6 +9,11 @@ import torch
 from torch import Tensor, nn
 
 
+def images_to_float(images) -> Tensor:
+    """(B, H, W, 3) uint8 frames -> (B, 3, H, W) floats in [0, 1]."""
+    return torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 class SpatialSoftmax(nn.Module):
     """Per-channel soft-argmax: (B, K, H, W) feature maps -> (B, 2K) expected (x, y) in [-1, 1].
 

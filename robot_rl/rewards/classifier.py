@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings
+from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, images_to_float
 
 
 @dataclass
@@ -56,7 +56,7 @@ class RewardClassifier(nn.Module):
     def probability(self, obs: dict[str, np.ndarray]) -> float:
         """Success probability of one observation (uint8 HWC images under their obs keys)."""
         self.eval()
-        images = {k: _to_float(np.asarray(obs[k])[None]) for k in self.cfg.image_keys}
+        images = {k: images_to_float(np.asarray(obs[k])[None]) for k in self.cfg.image_keys}
         return float(torch.sigmoid(self.logits(images))[0])
 
     def save(self, directory, meta: dict | None = None) -> Path:
@@ -72,10 +72,6 @@ class RewardClassifier(nn.Module):
         model = cls(ClassifierConfig(**meta["config"]))
         model.load_state_dict(weights)
         return model.eval()
-
-
-def _to_float(images: np.ndarray) -> Tensor:
-    return torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def labelled_frames(store_path, image_keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -126,7 +122,7 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
     model.train()
     for step in tqdm(range(cfg.steps), desc="reward classifier", unit="step", disable=not progress, dynamic_ncols=True):
         index = np.concatenate([rng.choice(train_pos, half), rng.choice(train_neg, cfg.batch_size - half)])
-        images = {k: _to_float(frames[k][index]) for k in ccfg.image_keys}
+        images = {k: images_to_float(frames[k][index]) for k in ccfg.image_keys}
         target = torch.as_tensor(labels[index], dtype=torch.float32)
         loss = loss_fn(model.logits(images), target)
         optimizer.zero_grad(set_to_none=True)
@@ -147,7 +143,7 @@ def _accuracy(model: RewardClassifier, frames, labels, test, ccfg: ClassifierCon
     probs = []
     for start in range(0, len(index), 256):
         chunk = index[start:start + 256]
-        probs.append(torch.sigmoid(model.logits({k: _to_float(frames[k][chunk]) for k in ccfg.image_keys})).numpy())
+        probs.append(torch.sigmoid(model.logits({k: images_to_float(frames[k][chunk]) for k in ccfg.image_keys})).numpy())
     predicted = np.concatenate(probs) > ccfg.threshold
     truth = labels[index]
     return {"frames": int(len(index)), "accuracy": float(np.mean(predicted == truth)),

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
-from robot_rl.learners.iql import conv_trunk, images_to_float
+from robot_rl.policies.encoders import images_to_float
 from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -41,6 +41,16 @@ class RewardModelConfig:
     @property
     def is_image(self) -> bool:
         return len(self.input_shape) == 3
+
+
+def conv_trunk() -> nn.Sequential:
+    """RL-VLM-F's reward CNN: channels 16/32/64/128, kernels 5/3/3/3, strides 3/2/2/2, flattened."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for out, kernel, stride in zip((16, 32, 64, 128), (5, 3, 3, 3), (3, 2, 2, 2)):
+        layers += [nn.Conv2d(channels, out, kernel, stride), nn.LeakyReLU()]
+        channels = out
+    return nn.Sequential(*layers, nn.Flatten())
 
 
 class RewardMember(nn.Module):
