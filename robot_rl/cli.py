@@ -101,6 +101,19 @@ def cmd_vlm_iql(args) -> None:
     print(path)
 
 
+def cmd_idm_iql(args) -> None:
+    from robot_rl.idm_iql import idm_iql
+
+    path = idm_iql(compose("idm_iql", args.overrides))
+    summary = json.loads(path.read_text())
+    print(f"{'seed':<6}{'IQL all actions':>17}{'IQL IDM labels':>16}{'IQL labeled only':>18}{'IDM / all':>11}")
+    for seed, r in summary["seeds"].items():
+        ratio = f"{r['idm_over_full']:.2f}" if r["idm_over_full"] is not None else "-"
+        print(f"{seed:<6}{r['iql_full_labels_success']:>17.1%}{r['iql_idm_labels_success']:>16.1%}"
+              f"{r['iql_labeled_only_success']:>18.1%}{ratio:>11}")
+    print(path)
+
+
 def _print_seed_summary(path: Path) -> None:
     summary = json.loads(path.read_text())
     print(f"{'seed':<6}{'BC success':>12}{'residual':>12}{'episodes':>10}{'minutes':>9}")
@@ -163,6 +176,19 @@ def cmd_dataset_relabel(args) -> None:
     print(json.dumps(relabel_store(args.path, args.model, args.key), indent=2, default=str))
 
 
+def cmd_dataset_label_actions(args) -> None:
+    from robot_rl.learners.inverse_dynamics import label_actions
+
+    print(json.dumps(label_actions(args.path, args.model, args.key), indent=2))
+
+
+def cmd_dataset_split_actions(args) -> None:
+    from robot_rl.datasets.split import split_action_free
+
+    print(json.dumps(split_action_free(args.path, args.labeled, args.unlabeled, args.fraction, args.lowest,
+                                       args.reward_key, args.seed), indent=2))
+
+
 def cmd_bench(args) -> None:
     import importlib
 
@@ -192,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_vlm_iql)
 
+    p = sub.add_parser("idm-iql", help="action-free episodes: 10% keep actions, an IDM labels the rest, IQL on the union, per seed")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_idm_iql)
+
     p = sub.add_parser("train", help="train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_train)
@@ -200,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("dataset", help="inspect episode stores")
+    p = sub.add_parser("dataset", help="inspect, relabel and split episode stores")
     dsub = p.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
     q = dsub.add_parser("info", help="episodes, steps, keys, shapes, dtypes, fps, size on disk")
     q.add_argument("path")
@@ -217,6 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", required=True, help="a reward_model checkpoint folder")
     q.add_argument("--key", default="reward_vlm", help="the new reward key (default: reward_vlm)")
     q.set_defaults(func=cmd_dataset_relabel)
+
+    q = dsub.add_parser("label-actions", help="write an inverse-dynamics model's actions into an action-free store")
+    q.add_argument("path")
+    q.add_argument("--model", required=True, help="an idm checkpoint folder (robot-rl train learner=idm)")
+    q.add_argument("--key", default="action", help="the new action key (default: action)")
+    q.set_defaults(func=cmd_dataset_label_actions)
+    q = dsub.add_parser("split-actions", help="SS-ORL's split: a few low-return episodes keep actions, the rest lose them")
+    q.add_argument("path")
+    q.add_argument("--labeled", required=True, help="output store of the episodes that keep their actions")
+    q.add_argument("--unlabeled", required=True, help="output store of the others, without actions")
+    q.add_argument("--fraction", type=float, default=0.1, help="share of all episodes labeled (default 0.1)")
+    q.add_argument("--lowest", type=float, default=0.5, help="drawn from this lowest-return share (default 0.5)")
+    q.add_argument("--reward-key", default="reward")
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(func=cmd_dataset_split_actions)
 
     p = sub.add_parser("label", help="label data: vlm (preference pairs from a vision-language model)")
     lsub = p.add_subparsers(dest="label_command", required=True, parser_class=_Parser)

@@ -120,10 +120,12 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
 def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: bool = True) -> dict:
     from robot_rl.learners.iql import IQLTrainConfig, train_iql
 
-    if not Path(dataset).exists():
-        raise DatasetError(f"no episode store at {dataset}")
+    stores = [str(dataset)] if isinstance(dataset, (str, Path)) else [str(d) for d in dataset]  # a list: their union
+    for store in stores:
+        if not Path(store).exists():
+            raise DatasetError(f"no episode store at {store}")
     cfg = _dataclass_from(IQLTrainConfig, learner_cfg, seed=seed)
-    return train_iql(dataset, env_cfg, out, cfg, progress=progress)
+    return train_iql(stores[0] if len(stores) == 1 else stores, env_cfg, out, cfg, progress=progress)
 
 
 def train_preference_reward(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
@@ -133,6 +135,15 @@ def train_preference_reward(learner_cfg, dataset, out, seed: int, progress: bool
         raise DatasetError(f"no episode store at {dataset}")
     cfg = _dataclass_from(RewardModelTrainConfig, learner_cfg, seed=seed)
     return train_reward_model(dataset, out, cfg, progress=progress)
+
+
+def train_idm(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.inverse_dynamics import IDMTrainConfig, train_inverse_dynamics
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(IDMTrainConfig, learner_cfg, seed=seed)
+    return train_inverse_dynamics(dataset, out, cfg, progress=progress)
 
 
 def train(cfg) -> dict:
@@ -153,6 +164,8 @@ def train(cfg) -> dict:
         return train_iql_learner(cfg.learner, cfg.dataset, cfg.env, cfg.out, int(cfg.seed))
     if name == "reward_model":
         return train_preference_reward(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    if name == "idm":
+        return train_idm(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     raise ConfigError(f"unknown learner {name!r}")
 
 

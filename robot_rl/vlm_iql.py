@@ -25,7 +25,8 @@ def collect_mixed(cfg) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     for part in cfg.collect:
         base = compose("collect", [f"env={cfg.env.name}", f"out={partial}", "loop.rate_hz=null"])
-        collect(OmegaConf.merge(base, {"env": cfg.env}, {"env": {"cameras": list(cfg.cameras)}}, part))
+        env = OmegaConf.merge(cfg.env, cfg.get("collect_env") or {}, {"cameras": list(cfg.cameras)})
+        collect(OmegaConf.merge(base, {"env": env}, part))
     partial.rename(final)
 
 

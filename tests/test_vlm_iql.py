@@ -22,6 +22,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
         assert 0.0 <= report[key] <= 1.0
     with EpisodeStore.open(dataset) as original, EpisodeStore.open(run / "seed0" / "data.zarr") as copy:
         assert original.n_episodes == 4 and "reward_vlm" not in original.keys  # the original is left alone
+        assert (original.episode_lengths == 25).all()  # collect_env: success does not end an episode
         assert copy.keys == original.keys + ["reward_vlm"]
     checkpoint = run / "seed0" / "iql_vlm_reward" / "checkpoint"
     assert main(["eval", f"checkpoint={checkpoint}", "env=cube_place", "env.max_steps=10", "episodes=2", "num_envs=2"]) == 0

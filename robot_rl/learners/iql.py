@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
 from robot_rl.policies.checkpoint import CheckpointedAgent
@@ -191,8 +192,9 @@ class IQLAgent(CheckpointedAgent, nn.Module):
 
 # --- data ---------------------------------------------------------------------------------------
 class OfflineDataset:
-    """Every transition of an EpisodeStore, held once in memory: the next observation is an index
-    (t + 1), not a copy, so images are not stored twice.
+    """Every transition of one or more EpisodeStores (a list: their union, e.g. a labeled store
+    and one whose actions an inverse-dynamics model supplied), held once in memory: the next
+    observation is an index (t + 1), not a copy, so images are not stored twice.
 
     The reward of step t is `reward_key` at t. With `done_key`, an episode whose last step is
     flagged ends there (mask 0); otherwise (a time limit, or no done key: nothing says the task was
@@ -201,16 +203,27 @@ class OfflineDataset:
 
     def __init__(self, path, reward_key: str = "reward", done_key: str | None = "terminated",
                  image_keys: tuple[str, ...] = ()):
-        from robot_rl.datasets.store import EpisodeStore
-
-        with EpisodeStore.open(path) as store:
-            keys = ["obs/state", "action", reward_key, *(f"obs/{k}" for k in image_keys)] + ([done_key] if done_key else [])
-            absent = [k for k in keys if k not in store.keys]
-            if absent:
-                raise DatasetError(f"{path} has no {', '.join(absent)} (keys: {', '.join(store.keys)})")
-            self.data = {k: np.asarray(store.array(k)[: store.n_steps]) for k in keys}
-            ends = store.episode_ends
-            stats = store.stats("obs/state")
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        if not paths:
+            raise DatasetError("no episode store given")
+        keys = ["obs/state", "action", reward_key, *(f"obs/{k}" for k in image_keys)] + ([done_key] if done_key else [])
+        parts, ends, counts, means, variances = [], [], [], [], []
+        for p in paths:
+            data, store_ends, stats = read_steps(p, keys)
+            if parts and any(data[k].shape[1:] != parts[0][k].shape[1:] for k in keys):
+                raise DatasetError(f"{p} does not match {paths[0]}: " + ", ".join(f"{k} {data[k].shape[1:]} vs {parts[0][k].shape[1:]}" for k in keys if data[k].shape[1:] != parts[0][k].shape[1:]))
+            offset = sum(len(d["action"]) for d in parts)
+            parts.append(data)
+            ends.append(store_ends + offset)
+            counts.append(len(data["action"]))
+            means.append(stats["mean"])
+            variances.append(stats["std"] ** 2)
+        self.data = {k: np.concatenate([d[k] for d in parts]) if len(parts) > 1 else parts[0][k] for k in keys}
+        ends = np.concatenate(ends)
+        # The union's statistics from each store's (count, mean, variance).
+        w = np.asarray(counts, np.float64)[:, None] / sum(counts)
+        mean = (w * np.stack(means)).sum(0)
+        var = (w * (np.stack(variances) + np.stack(means) ** 2)).sum(0) - mean**2
         self.image_keys = tuple(image_keys)
         self.reward_key, self.done_key = reward_key, done_key
         starts = np.concatenate([[0], ends[:-1]])
@@ -224,14 +237,14 @@ class OfflineDataset:
                 mask[-1][-1] = 0.0
         self.index, self.mask = np.concatenate(index), np.concatenate(mask)
         if len(self.index) == 0:
-            raise DatasetError(f"{path} holds no usable transitions")
+            raise DatasetError(f"{', '.join(map(str, paths))} holds no usable transitions")
         self.next_index = np.where(self.mask > 0, self.index + 1, self.index)
-        self.state_mean = stats["mean"].astype(np.float32)
-        self.state_std = (stats["std"] + 1e-3).astype(np.float32)  # CORL's eps
+        self.state_mean = mean.astype(np.float32)
+        self.state_std = (np.sqrt(np.maximum(var, 0.0)) + 1e-3).astype(np.float32)  # CORL's eps
         self.state_dim, self.action_dim = self.data["obs/state"].shape[1], self.data["action"].shape[1]
         rewards = self.data[reward_key].astype(np.float32)
         if not np.all(np.isfinite(rewards)):
-            raise DatasetError(f"{path}: {reward_key} holds NaN or inf")
+            raise DatasetError(f"{', '.join(map(str, paths))}: {reward_key} holds NaN or inf")
         self.rewards = rewards
 
     def __len__(self) -> int:
@@ -304,14 +317,15 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     rng = seed_everything(cfg.seed)
     agent_cfg = dict(cfg.agent)
     image_keys = tuple(agent_cfg.get("image_keys", ()))
-    data = OfflineDataset(store_path, cfg.reward_key, cfg.done_key, image_keys)
+    stores = [str(store_path)] if isinstance(store_path, (str, Path)) else [str(p) for p in store_path]
+    data = OfflineDataset(stores, cfg.reward_key, cfg.done_key, image_keys)
     try:
         acfg = IQLConfig(**{**agent_cfg, "state_dim": data.state_dim, "action_dim": data.action_dim, "steps": cfg.steps})
     except TypeError as exc:
         raise ConfigError(f"bad iql agent settings: {exc}") from None
     agent = IQLAgent(acfg, data.state_mean, data.state_std)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
-    log = RunLog(out_dir, f"{what} on {Path(store_path).name}, reward {cfg.reward_key}")
+    log = RunLog(out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key}")
     bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress, dynamic_ncols=True)
     evaluations = []
     agent.train()
@@ -331,6 +345,5 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     final = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, progress=progress) if env_cfg is not None and cfg.eval_episodes else None
     if final:
         log.log(cfg.steps, eval_success_rate=final["success_rate"])
-    return log.close({"learner": "iql", "store": str(store_path), "checkpoint": str(checkpoint), "config": asdict(cfg),
-                      "agent": asdict(acfg), "transitions": len(data), "evaluation": final, "interim_evaluations": evaluations},
+    return log.close({"learner": "iql", "store": stores[0] if len(stores) == 1 else stores, "checkpoint": str(checkpoint), "config": asdict(cfg), "agent": asdict(acfg), "transitions": len(data), "evaluation": final, "interim_evaluations": evaluations},
                      curves=("q_loss", "v_loss", "actor_loss", "adv_mean", "eval_success_rate"))

@@ -50,9 +50,19 @@ class ArmTask(Task):
     """Shared reset and helpers; subclasses add their objects, success test and expert."""
 
     text = ""
+    # False: success does not end the episode, which runs to max_steps (fixed-length episodes,
+    # as a recording that carries no rewards has: an end at success would tell the success).
+    end_on_success = True
 
     def __init__(self, arm: MujocoArm, max_steps: int):
         self.arm, self.world, self.max_steps = arm, arm.world, max_steps
+
+    def succeeded(self) -> bool:
+        raise NotImplementedError
+
+    def evaluate(self, obs):
+        success = bool(self.succeeded())
+        return float(success), success, success and self.end_on_success
 
     def reset(self, rng: np.random.Generator) -> None:
         self.world.data.time = 0.0
@@ -149,12 +159,11 @@ class PegInsertTask(ArmTask):
         """The hole's mouth (top centre) minus the peg's tip."""
         return self.hole_pos + np.array([0.0, 0.0, HOLE_DEPTH]) - self.tip()
 
-    def evaluate(self, obs):
+    def succeeded(self) -> bool:
         tip = self.tip()
         depth = HOLE_DEPTH - tip[2]
         lateral = np.linalg.norm(tip[:2] - self.hole_pos[:2])
-        success = bool(depth >= INSERTED_DEPTH and lateral < PEG_HALF)
-        return float(success), success, success
+        return depth >= INSERTED_DEPTH and lateral < PEG_HALF
 
 
 # --- cube_lift / cube_place ---------------------------------------------------------------------
@@ -220,9 +229,8 @@ class CubeLiftTask(CubeTask):
     def __init__(self, arm: MujocoArm, max_steps: int = 100):
         super().__init__(arm, max_steps)
 
-    def evaluate(self, obs):
-        success = bool(self.cube_pos[2] > CUBE_HALF + self.LIFT_M)
-        return float(success), success, success
+    def succeeded(self) -> bool:
+        return self.cube_pos[2] > CUBE_HALF + self.LIFT_M
 
 
 class CubePlaceTask(CubeTask):
@@ -248,12 +256,11 @@ class CubePlaceTask(CubeTask):
         self._set_free("cube", [rng.uniform(*TABLE_X), side * rng.uniform(0.05, 0.18), CUBE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
         self._set_mocap("bin", [rng.uniform(*TABLE_X), -side * rng.uniform(0.1, 0.18), 0.0], 0.0)
 
-    def evaluate(self, obs):
+    def succeeded(self) -> bool:
         offset = np.abs(self.cube_pos[:2] - self.bin_pos[:2])
         inside = bool(np.all(offset < BIN_HALF - CUBE_HALF * 0.5) and self.cube_pos[2] < BIN_HEIGHT + CUBE_HALF)
         released = self.arm.gripper_width() > 2 * CUBE_HALF + 0.01
-        success = inside and released
-        return float(success), success, success
+        return inside and released
 
 
 # --- scripted experts ---------------------------------------------------------------------------
@@ -409,7 +416,8 @@ TASKS = {
 
 
 def make_arm_env(task: str, cameras=("front",), image_size: int = 84, max_steps: int | None = None,
-                 clearance: float = 0.002, randomization: dict | None = None) -> RobotEnv:
+                 clearance: float = 0.002, randomization: dict | None = None,
+                 end_on_success: bool = True) -> RobotEnv:
     if task not in TASKS:
         raise ConfigError(f"unknown arm task {task!r}; known: {', '.join(TASKS)}")
     if task == "peg_insert":
@@ -425,6 +433,7 @@ def make_arm_env(task: str, cameras=("front",), image_size: int = 84, max_steps:
     if task == "peg_insert":
         kwargs["clearance"] = clearance
     env_task = task_cls(arm, **kwargs)
+    env_task.end_on_success = end_on_success
     cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
     return RobotEnv(arm, env_task, cams, hooks=randomization_hooks(world.model, randomization))
 
@@ -439,5 +448,5 @@ def make_expert(env: RobotEnv, noise: float = 0.0, seed: int | None = None) -> A
 def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
     env = make_arm_env(cfg.task, cameras=tuple(cfg.cameras), image_size=int(cfg.image_size),
                        max_steps=int(cfg.max_steps), clearance=float(cfg.get("clearance_mm", 2.0)) / 1000,
-                       randomization=cfg.get("randomization"))
+                       randomization=cfg.get("randomization"), end_on_success=bool(cfg.get("end_on_success", True)))
     return env, make_expert(env, noise=expert_noise, seed=seed)

@@ -22,6 +22,24 @@ def test_expert_at_noise_zero_succeeds(task):
         assert info["success"] and terminated and reward == 1.0, f"{task} seed {seed}"
 
 
+def test_without_end_on_success_the_episode_runs_to_its_length():
+    # Fixed-length recordings (vlm-iql's dataset): success is reported on every step it holds,
+    # and only the time limit ends the episode.
+    env = make_arm_env("cube_place", cameras=(), end_on_success=False)
+    env.reset(seed=0)
+    expert = make_expert(env)
+    steps = []
+    for _ in range(env.task.max_steps):
+        _, reward, terminated, truncated, info = env.step(expert())
+        steps.append((reward, terminated, info["success"]))
+        if terminated or truncated:
+            break
+    rewards, terminals, successes = map(np.array, zip(*steps))
+    assert truncated and len(steps) == env.task.max_steps and not terminals.any()
+    first = int(np.argmax(successes))
+    assert 0 < first < len(steps) - 10 and successes[first:].all() and np.array_equal(rewards, successes.astype(float))
+
+
 @pytest.mark.parametrize("task, state_dim", [("peg_insert", 32), ("cube_lift", 34), ("cube_place", 37)])
 def test_observations_actions_and_cameras(task, state_dim):
     env = make_arm_env(task, cameras=("front", "wrist"), image_size=32)
