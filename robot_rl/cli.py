@@ -189,6 +189,14 @@ def cmd_dataset_split_actions(args) -> None:
                                        args.reward_key, args.seed), indent=2))
 
 
+def cmd_dataset_import_video(args) -> None:
+    from robot_rl.datasets.video import import_video
+
+    cut = None if args.no_cuts else args.cut_threshold
+    print(json.dumps(import_video(args.src, args.out, args.size, args.fps or None, args.camera, cut, args.frames_fps,
+                                  task=args.task), indent=2))
+
+
 def cmd_bench(args) -> None:
     import importlib
 
@@ -248,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--key", default="reward_vlm", help="the new reward key (default: reward_vlm)")
     q.set_defaults(func=cmd_dataset_relabel)
 
+    q = dsub.add_parser("import-video", help="video files or folders of frames -> an observation-only store")
+    q.add_argument("src", help="a video file, a folder of videos, or a folder of frames (or of such folders)")
+    q.add_argument("out", help="the new store (.zarr)")
+    q.add_argument("--size", type=int, default=84, help="square frame size in pixels (default 84)")
+    q.add_argument("--fps", type=float, default=10.0, help="subsample to this frame rate (default 10; 0: keep all)")
+    q.add_argument("--frames-fps", type=float, default=30.0, help="frame rate of folders of frames (default 30)")
+    q.add_argument("--camera", default="front", help="stored as obs/image/<camera> (default front)")
+    q.add_argument("--cut-threshold", type=float, default=0.5, help="histogram change that starts a new episode")
+    q.add_argument("--no-cuts", action="store_true", help="one episode per file, no cut detection")
+    q.add_argument("--task", help="task text stored with the data")
+    q.set_defaults(func=cmd_dataset_import_video)
     q = dsub.add_parser("label-actions", help="write an inverse-dynamics model's actions into an action-free store")
     q.add_argument("path")
     q.add_argument("--model", required=True, help="an idm checkpoint folder (robot-rl train learner=idm)")
