@@ -146,6 +146,16 @@ def train_idm(learner_cfg, dataset, out, seed: int, progress: bool = True) -> di
     return train_inverse_dynamics(dataset, out, cfg, progress=progress)
 
 
+def train_icvf_learner(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.icvf import ICVFTrainConfig, train_icvf
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(ICVFTrainConfig, learner_cfg, seed=seed)
+    agent = {k: v for k, v in (cfg.agent or {}).items() if v is not None}  # null: the learner's default
+    return train_icvf(dataset, out, dataclasses.replace(cfg, agent=agent), progress=progress)
+
+
 def train(cfg) -> dict:
     name = cfg.learner.name
     if name == "diffusion_bc":
@@ -166,6 +176,8 @@ def train(cfg) -> dict:
         return train_preference_reward(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     if name == "idm":
         return train_idm(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    if name == "icvf":
+        return train_icvf_learner(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     raise ConfigError(f"unknown learner {name!r}")
 
 

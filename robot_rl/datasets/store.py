@@ -458,9 +458,9 @@ class EpisodeStore:
         }
 
 
-def read_steps(path, keys: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
-    """Every committed step of `keys` in memory, the episode ends, and obs/state's statistics:
-    what an offline learner reads. A missing key or an empty store is a DatasetError."""
+def read_steps(path, keys: list[str], stats_key: str | None = "obs/state") -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """Every committed step of `keys` in memory, the episode ends, and `stats_key`'s statistics
+    ({} for None): what an offline learner reads. A missing key or an empty store is a DatasetError."""
     with EpisodeStore.open(path) as store:
         absent = [k for k in keys if k not in store.keys]
         if absent:
@@ -468,4 +468,4 @@ def read_steps(path, keys: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray
         if store.n_episodes == 0:
             raise DatasetError(f"{path} holds no episodes")
         data = {k: np.asarray(store.array(k)[: store.n_steps]) for k in keys}
-        return data, store.episode_ends.copy(), store.stats("obs/state")
+        return data, store.episode_ends.copy(), store.stats(stats_key) if stats_key else {}

@@ -179,6 +179,17 @@ class IQLAgent(CheckpointedAgent, nn.Module):
                 "adv_mean": loss["adv"].mean().item(), "v_mean": loss["v"].mean().item(),
                 "actor_lr": self.actor_schedule.get_last_lr()[0]}
 
+    def init_encoder(self, state: dict[str, Tensor], freeze: bool = False) -> None:
+        """Start the image encoder (and its target copy) from pretrained weights (V-PTR)."""
+        if self.encoder is None:
+            raise ConfigError("encoder_init needs image observations (agent.image_keys)")
+        try:
+            self.encoder.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(f"the pretrained encoder does not fit this agent's cameras: {str(exc).splitlines()[0]}") from None
+        self.target_encoder.load_state_dict(state)
+        self.encoder.requires_grad_(not freeze)
+
     @torch.no_grad()
     def _soft_update(self) -> None:
         pairs = [(self.target_q1, self.q1), (self.target_q2, self.q2)]
@@ -274,6 +285,8 @@ class IQLTrainConfig:
     eval_num_envs: int = 25
     log_every: int = 500
     seed: int = 0
+    encoder_init: str | None = None   # V-PTR: an ICVF checkpoint whose image encoder starts IQL's
+    encoder_freeze: bool = False      # keep that encoder fixed (else fine-tuned through Q)
     agent: dict = field(default_factory=dict)  # IQLConfig overrides (expectile, beta, image_keys, ...)
 
 
@@ -324,6 +337,15 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     except TypeError as exc:
         raise ConfigError(f"bad iql agent settings: {exc}") from None
     agent = IQLAgent(acfg, data.state_mean, data.state_std)
+    if cfg.encoder_init:
+        from robot_rl.learners.icvf import load_encoder_state
+
+        state, icvf_cfg = load_encoder_state(cfg.encoder_init)
+        # Cameras pair up in order (a video's camera need not share the robot camera's name).
+        if (len(icvf_cfg.image_keys), icvf_cfg.image_size) != (len(acfg.image_keys), acfg.image_size):
+            raise ConfigError(f"{cfg.encoder_init} was pretrained on {list(icvf_cfg.image_keys)} at {icvf_cfg.image_size} px; "
+                              f"this IQL sees {list(acfg.image_keys)} at {acfg.image_size} px")
+        agent.init_encoder(state, cfg.encoder_freeze)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
     log = RunLog(out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key}")
     bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress, dynamic_ncols=True)
