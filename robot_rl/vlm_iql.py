@@ -25,7 +25,9 @@ def collect_mixed(cfg) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     for part in cfg.collect:
         base = compose("collect", [f"env={cfg.env.name}", f"out={partial}", "loop.rate_hz=null"])
-        env = OmegaConf.merge(cfg.env, cfg.get("collect_env") or {}, {"cameras": list(cfg.cameras)})
+        OmegaConf.set_struct(base, False)  # collect_env may name keys an env config leaves to their defaults
+        env = OmegaConf.merge(OmegaConf.to_container(cfg.env, resolve=True), cfg.get("collect_env") or {},
+                              {"cameras": list(cfg.cameras)})
         collect(OmegaConf.merge(base, {"env": env}, part))
     partial.rename(final)
 
