@@ -92,3 +92,21 @@ def test_union_of_mismatched_stores_is_a_clear_error(tmp_path):
                               "action": np.zeros((3, ACTION), np.float32)})
     with pytest.raises(DatasetError, match="does not match"):
         OfflineDataset([tmp_path / "a.zarr", tmp_path / "b.zarr"], done_key=None)
+
+
+def test_split_and_label_from_the_command_line(tmp_path, capsys):
+    import json
+
+    from robot_rl.cli import main
+
+    src = linear_store(tmp_path / "all.zarr", episodes=20)
+    labeled, free = tmp_path / "l.zarr", tmp_path / "f.zarr"
+    assert main(["dataset", "split-actions", str(src), "--labeled", str(labeled), "--unlabeled", str(free)]) == 0
+    assert json.loads(capsys.readouterr().out)["labeled"] == 2
+    assert main(["train", "learner=idm", f"dataset={labeled}", f"out={tmp_path / 'idm'}", "learner.epochs=1",
+                 "learner.hidden=[16]"]) == 0
+    capsys.readouterr()
+    assert main(["dataset", "label-actions", str(free), "--model", str(tmp_path / "idm" / "checkpoint")]) == 0
+    assert json.loads(capsys.readouterr().out)["steps"] == 18 * 30
+    assert main(["dataset", "label-actions", str(free), "--model", str(tmp_path / "idm" / "checkpoint")]) == 2
+    assert "action-free" in capsys.readouterr().err
