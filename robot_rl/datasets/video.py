@@ -105,6 +105,18 @@ def read_frames(folder: Path, size: int, fps: float | None, source_fps: float) -
     return frames
 
 
+def _native_fps(source: Path, frames_fps: float) -> float:
+    import cv2
+
+    if source.is_dir():
+        return frames_fps
+    capture = cv2.VideoCapture(str(source))
+    try:
+        return float(capture.get(cv2.CAP_PROP_FPS) or frames_fps)
+    finally:
+        capture.release()
+
+
 def find_sources(src: Path) -> list[Path]:
     """Video files and folders of frames under `src` (itself one of them, or a folder of them)."""
     if not src.exists():
@@ -133,9 +145,10 @@ def import_video(src, out, size: int = 84, fps: float | None = 10.0, camera: str
     if not sources:
         raise DatasetError(f"{src} holds no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) or image frames")
     key = f"obs/image/{camera}"
+    rate = fps or _native_fps(sources[0], frames_fps)  # keeping every frame: the first source's rate
     attrs = {"source": f"robot-rl dataset import-video {src}", "task": task or "", "observation_only": True}
     skipped, lengths, start = [], [], time.monotonic()
-    with EpisodeStore.create(out, {key: ((size, size, 3), "uint8")}, fps=fps or frames_fps, attrs=attrs) as store:
+    with EpisodeStore.create(out, {key: ((size, size, 3), "uint8")}, fps=rate, attrs=attrs) as store:
         for source in tqdm(sources, desc="import video", unit="file", disable=not progress):
             try:
                 frames = read_frames(source, size, fps, frames_fps) if source.is_dir() else read_video(source, size, fps)[0]

@@ -58,6 +58,8 @@ def test_cuts_split_a_video_and_a_missing_source_is_one_line(tmp_path, capsys):
     write_video(tmp_path / "cut.mp4", clip)
     result = import_video(tmp_path / "cut.mp4", tmp_path / "cut.zarr", size=24, fps=None, progress=False)
     assert result["episodes"] == 2 and result["frames"] == 30
+    with EpisodeStore.open(tmp_path / "cut.zarr") as store:
+        assert store.fps == pytest.approx(30)  # every frame kept: the video's own rate
     whole = import_video(tmp_path / "cut.mp4", tmp_path / "whole.zarr", size=24, fps=None, cut_threshold=None, progress=False)
     assert whole["episodes"] == 1
     assert main(["dataset", "import-video", str(tmp_path / "nothing"), str(tmp_path / "x.zarr")]) == 2
