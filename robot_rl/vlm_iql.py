@@ -45,8 +45,7 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
     label_cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "label.yaml"), cfg.label,
                                 {"store": str(data), "out": str(run / "labels.json"), "seed": seed})
     labels = label_vlm(label_cfg)
-    reward_model = train_preference_reward(OmegaConf.merge(cfg.reward_model, {"labels": str(run / "labels.json"),
-                                                                              "input_key": "obs/state"}),
+    reward_model = train_preference_reward(OmegaConf.merge(cfg.reward_model, {"labels": str(run / "labels.json")}),
                                            data, run / "reward_model", seed)
     relabel = relabel_store(data, reward_model["checkpoint"], "reward_vlm")
     variants = {"iql_true_reward": {"reward_key": "reward", "done_key": "terminated"},
