@@ -9,8 +9,6 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from robot_rl.errors import ConfigError
-
 
 def run_seed(cfg, seed: int, run: Path) -> dict:
     from robot_rl.datasets.split import split_action_free
@@ -37,21 +35,8 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
 
 
 def idm_iql(cfg) -> Path:
-    from robot_rl.vlm_iql import collect_mixed
+    from robot_rl.vlm_iql import run_seeds
 
-    if not cfg.seeds:
-        raise ConfigError("idm-iql needs seeds=[...]")
-    if not Path(cfg.dataset).exists():
-        collect_mixed(cfg)
-    reports = {}
-    for seed in cfg.seeds:
-        run = Path(cfg.run_dir) / f"seed{seed}"
-        run.mkdir(parents=True, exist_ok=True)
-        reports[int(seed)] = run_seed(cfg, int(seed), run)
-    keys = ("iql_full_labels_success", "iql_idm_labels_success", "iql_labeled_only_success")
-    summary = {"env": cfg.env.name, "dataset": str(cfg.dataset), "fraction": cfg.fraction, "lowest": cfg.lowest,
-               "seeds": reports, "mean": {k: sum(r[k] for r in reports.values()) / len(reports) for k in keys},
-               "bar_met_every_seed": all(r["idm_over_full"] is not None and r["idm_over_full"] >= 0.8 for r in reports.values())}
-    path = Path(cfg.run_dir) / "summary.json"
-    path.write_text(json.dumps(summary, indent=2))
-    return path
+    return run_seeds(cfg, "idm-iql", run_seed, ("iql_full_labels_success", "iql_idm_labels_success", "iql_labeled_only_success"),
+                     lambda r: r["idm_over_full"] is not None and r["idm_over_full"] >= 0.8,
+                     fraction=cfg.fraction, lowest=cfg.lowest)

@@ -63,9 +63,12 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
     return report
 
 
-def vlm_iql(cfg) -> Path:
+def run_seeds(cfg, command: str, run_seed, keys: tuple[str, ...], bar_met, **extra) -> Path:
+    """The shared frame of vlm-iql and idm-iql: the mixed dataset (recorded if absent), `run_seed`
+    once per seed into <run_dir>/seed<N>, and <run_dir>/summary.json with each key's mean and
+    whether `bar_met(report)` holds for every seed."""
     if not cfg.seeds:
-        raise ConfigError("vlm-iql needs seeds=[...]")
+        raise ConfigError(f"{command} needs seeds=[...]")
     if not Path(cfg.dataset).exists():
         collect_mixed(cfg)
     reports = {}
@@ -73,11 +76,15 @@ def vlm_iql(cfg) -> Path:
         run = Path(cfg.run_dir) / f"seed{seed}"
         run.mkdir(parents=True, exist_ok=True)
         reports[int(seed)] = run_seed(cfg, int(seed), run)
-    keys = ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success")
-    summary = {"env": cfg.env.name, "dataset": str(cfg.dataset), "seeds": reports,
+    summary = {"env": cfg.env.name, "dataset": str(cfg.dataset), **extra, "seeds": reports,
                "mean": {k: sum(r[k] for r in reports.values()) / len(reports) for k in keys},
-               "bar_met_every_seed": all(r["vlm_over_true"] is not None and r["vlm_over_true"] >= 0.8
-                                         and r["iql_vlm_reward_success"] > r["bc_success"] for r in reports.values())}
+               "bar_met_every_seed": all(bar_met(r) for r in reports.values())}
     path = Path(cfg.run_dir) / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return path
+
+
+def vlm_iql(cfg) -> Path:
+    return run_seeds(cfg, "vlm-iql", run_seed, ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success"),
+                     lambda r: r["vlm_over_true"] is not None and r["vlm_over_true"] >= 0.8
+                     and r["iql_vlm_reward_success"] > r["bc_success"])
