@@ -17,6 +17,10 @@ class SchemaMismatchError(DatasetError):
     """An episode does not match the schema of the store it is appended to."""
 
 
+class DeviceError(RobotRLError):
+    """A device is not there, does not answer, or was lost while running."""
+
+
 class MissingExtraError(RobotRLError):
     """An optional dependency is not installed."""
 

@@ -69,6 +69,15 @@ def train_hil(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> di
                               weights_every=int(ray["weights_every"] or 100), progress=progress)
 
 
+def train_fastrlap_learner(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.fastrlap import FastRLAPConfig, train_fastrlap
+
+    cfg = _dataclass_from(FastRLAPConfig, learner_cfg, seed=seed)
+    if cfg.demo and not Path(cfg.demo).exists():
+        raise DatasetError(f"demo={cfg.demo}: no such path")
+    return train_fastrlap(env_cfg, out, cfg, progress=progress)
+
+
 def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
     from robot_rl.rewards.classifier import ClassifierTrainConfig, train_reward_classifier
 
@@ -168,6 +177,8 @@ def train(cfg) -> dict:
         return result
     if name == "hil_serl":
         return train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed))
+    if name == "fastrlap":
+        return train_fastrlap_learner(cfg.learner, cfg.env, cfg.out, int(cfg.seed))
     if name == "reward_classifier":
         return train_classifier(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     if name == "iql":

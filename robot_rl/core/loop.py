@@ -88,6 +88,9 @@ class ControlLoop:
       the observation that followed each step (`next_obs/<key>`), as RL replay buffers need.
     - `rate_hz=None` runs as fast as possible (sim data generation); timing is still reported.
     - `on_step` / `on_episode` are called after every tick / episode (progress display).
+    - A policy with an `executed(action)` method is told each tick what was sent (the teleop's
+      action while intervening, zeros while the safety layer held): a rate-limited policy acts
+      relative to it.
     `run()` closes the loop (watchdog thread) when it returns; `run_episode()` does not.
     """
 
@@ -207,6 +210,9 @@ class ControlLoop:
                 self.env.apply_action(safe)
         if self._watchdog:
             self._watchdog.feed()
+        executed = np.zeros(self.env.action_space.shape, np.float32) if safe is None else safe
+        if hasattr(self.policy, "executed"):  # policies that act relative to the last command (rate limits)
+            self.policy.executed(executed)
         t2 = time.perf_counter()
         self.clock.wait()
         t3 = time.perf_counter()
@@ -217,7 +223,6 @@ class ControlLoop:
             success, terminated = "success" in events, True
         t4 = time.perf_counter()
         if self.recorder is not None:
-            executed = np.zeros(self.env.action_space.shape, np.float32) if safe is None else safe
             transition = {
                 **{f"obs/{k}": v for k, v in obs.items()},
                 "action": executed,

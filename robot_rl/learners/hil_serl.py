@@ -89,33 +89,46 @@ class Learner:
 
 class AgentPolicy:
     """The agent as a ControlLoop policy: one action per tick, sampled (or the mode), the gripper
-    from the grasp critic when there is one."""
+    from the grasp critic when there is one. The loop tells it what was executed (`executed`):
+    the previous command the grasp critic and a rate-limited actor act from. `keep_prev` keeps
+    that command across episodes, for a robot that drives on between them (FastRLAP)."""
 
-    def __init__(self, agent: SACAgent, deterministic: bool = False):
-        self.agent, self.deterministic = agent, deterministic
-        self._gripper = -1.0
+    def __init__(self, agent: SACAgent, deterministic: bool = False, keep_prev: bool = False):
+        self.agent, self.deterministic, self.keep_prev = agent, deterministic, keep_prev
+        self._prev = np.zeros(agent.cfg.action_dim, np.float32)
+        self.reset(initial=True)
 
-    def reset(self) -> None:
-        self._gripper = -1.0
+    def reset(self, initial: bool = False) -> None:
+        if initial or not self.keep_prev:
+            self._prev = np.zeros(self.agent.cfg.action_dim, np.float32)
+            self._prev[-1] = -1.0 if self.agent.cfg.grasp_critic else self._prev[-1]  # gripper open
+
+    def executed(self, action: np.ndarray) -> None:
+        self._prev = np.asarray(action, np.float32).copy()
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         batch = to_tensors({k: np.asarray(v)[None] for k, v in obs.items()}, self.agent.cfg.image_keys)
-        action = self.agent.act(batch, torch.tensor([self._gripper]), self.deterministic)[0].numpy()
-        self._gripper = float(action[-1])
+        prev = torch.as_tensor(self._prev)[None]
+        action = self.agent.act(batch, prev[:, -1], self.deterministic, prev_action=prev)[0].numpy()
+        self._prev = action.copy()  # until the loop says what it executed instead
         return action
 
 
 def batch_policy(agent: SACAgent):
     """The agent's deterministic action for a vector env's state batch (evaluate.run_episodes)."""
-    gripper = None
+    prev = None
 
     def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
-        nonlocal gripper
-        if gripper is None:
-            gripper = torch.full((len(obs),), -1.0)
-        gripper[torch.as_tensor(reset, dtype=torch.long)] = -1.0
-        action = agent.act({"state": torch.as_tensor(obs, dtype=torch.float32)}, gripper, deterministic=True)
-        gripper = action[:, -1].clone()
+        nonlocal prev
+        if prev is None:
+            prev = torch.zeros(len(obs), agent.cfg.action_dim)
+        start = torch.as_tensor(reset, dtype=torch.long)
+        prev[start] = 0.0
+        if agent.cfg.grasp_critic:
+            prev[start, -1] = -1.0  # gripper open
+        action = agent.act({"state": torch.as_tensor(obs, dtype=torch.float32)}, prev[:, -1], deterministic=True,
+                           prev_action=prev)
+        prev = action.clone()
         return action.numpy()
 
     return act

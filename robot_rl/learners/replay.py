@@ -170,24 +170,29 @@ def transitions_from_store(path, schema: Schema) -> dict[str, np.ndarray]:
 class TransitionSink:
     """A ControlLoop recorder that turns each tick into a transition for `on_transition` at once
     (an off-policy learner may update between ticks). Steps the safety layer held are left out:
-    no policy action was executed."""
+    no policy action was executed. With `keep_prev` the previous action runs on across episodes
+    (from zeros at the first), as it does for a robot that drives on between them (FastRLAP):
+    the same previous action `AgentPolicy(keep_prev=True)` acted from."""
 
     wants_next_obs = True
 
-    def __init__(self, on_transition: Callable[[dict[str, np.ndarray]], None]):
-        self.on_transition = on_transition
+    def __init__(self, on_transition: Callable[[dict[str, np.ndarray]], None], keep_prev: bool = False):
+        self.on_transition, self.keep_prev = on_transition, keep_prev
         self._prev_action: np.ndarray | None = None
 
     def begin(self) -> None:
-        self._prev_action = None
+        if not self.keep_prev:
+            self._prev_action = None
 
     def add(self, step: dict) -> None:
         if step["safety_hold"]:
             return
         action = np.asarray(step["action"], np.float32)
+        if self._prev_action is None:
+            self._prev_action = np.zeros_like(action) if self.keep_prev else action
         # Copies: a device may hand out the same frame buffer again, and batches wait before they are sent.
         transition = {k: np.array(v) for k, v in step.items() if k.startswith(("obs/", "next_obs/"))}
-        transition.update({"action": action, "prev_action": action if self._prev_action is None else self._prev_action,
+        transition.update({"action": action, "prev_action": self._prev_action,
                            "reward": np.float32(step["reward"]), "mask": np.float32(not step["terminated"]),
                            "intervened": bool(step["intervened"])})
         self._prev_action = action

@@ -14,6 +14,10 @@
   (the actor's update reuses its batch's crops rather than paying for a third backbone pass).
 - Optional grasp critic: a DQN over {open, stay, close} with a double-Q target and a penalty for
   each toggle; the continuous actor then controls every action dimension but the last (gripper).
+- Optional action-rate limit (FastRLAP): the actor's tanh output u moves the action at most
+  `action_rate_limit` from the previous one, a = clip(a_prev + limit·u, -1, 1), in acting and in
+  every update (the target's a' is limited around the batch's action, the actor's around its
+  prev_action); actor and critics see a_prev beside the features, so the policy stays Markov.
 """
 
 from __future__ import annotations
@@ -55,9 +59,20 @@ class SACConfig:
     crop_pad: int = 4
     image_features: int = 8  # spatial embeddings per camera
     proprio_dim: int = 64
+    action_rate_limit: float | None = None  # e.g. 0.2 (FastRLAP): |a - a_prev| <= this, per dimension
+    state_scale: tuple[float, ...] | None = None  # divisors of the state entries (inputs of very different ranges)
 
     def __post_init__(self):
         self.hidden, self.image_keys = tuple(self.hidden), tuple(self.image_keys)
+        if self.state_scale is not None:
+            self.state_scale = tuple(float(x) for x in self.state_scale)
+            if len(self.state_scale) != self.state_dim or min(self.state_scale) <= 0:
+                raise ValueError(f"state_scale needs {self.state_dim} positive divisors, got {self.state_scale}")
+        if self.action_rate_limit is not None:
+            if not 0 < self.action_rate_limit <= 2:
+                raise ValueError(f"action_rate_limit must be in (0, 2], got {self.action_rate_limit}")
+            if self.grasp_critic:
+                raise ValueError("action_rate_limit and grasp_critic do not go together (the gripper toggles)")
         if self.critic_subsample is not None and not 1 <= self.critic_subsample <= self.critic_ensemble:
             raise ValueError(f"critic_subsample must be in 1..{self.critic_ensemble}, got {self.critic_subsample}")
         if self.cta_ratio < 1:
@@ -66,6 +81,11 @@ class SACConfig:
     @property
     def actor_dim(self) -> int:
         return self.action_dim - 1 if self.grasp_critic else self.action_dim
+
+    @property
+    def prev_action_dim(self) -> int:
+        """Inputs of actor and critics beside the features: the previous action when rate-limited."""
+        return self.action_dim if self.action_rate_limit is not None else 0
 
 
 class ObsEncoder(nn.Module):
@@ -76,6 +96,8 @@ class ObsEncoder(nn.Module):
     def __init__(self, cfg: SACConfig, backbone: PretrainedEfficientNet | None):
         super().__init__()
         self.image_keys = cfg.image_keys
+        scale = torch.tensor(cfg.state_scale if cfg.state_scale is not None else [1.0] * cfg.state_dim)
+        self.register_buffer("state_scale", scale, persistent=False)  # from the config, not the weights
         if not self.image_keys:
             self.out_dim = cfg.state_dim
             return
@@ -97,9 +119,10 @@ class ObsEncoder(nn.Module):
 
     def forward(self, maps: dict[str, Tensor]) -> Tensor:
         """Features from the output of `maps`."""
+        state = maps["state"] / self.state_scale
         if not self.image_keys:
-            return maps["state"]
-        parts = [self.proprio(maps["state"])]
+            return state
+        parts = [self.proprio(state)]
         for key, head in zip(self.image_keys, self.heads):
             parts.append(head(maps[key]))
         return torch.cat(parts, -1)
@@ -147,8 +170,9 @@ class SACAgent(CheckpointedAgent, nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         backbone = PretrainedEfficientNet() if cfg.image_keys else None
         self.encoder = ObsEncoder(cfg, backbone)
-        self.critic = CriticEnsemble(cfg.critic_ensemble, self.encoder.out_dim, cfg.actor_dim, cfg.hidden)
-        self.actor = TanhGaussianActor(self.encoder.out_dim, cfg.actor_dim, cfg.hidden)
+        in_dim = self.encoder.out_dim + cfg.prev_action_dim
+        self.critic = CriticEnsemble(cfg.critic_ensemble, in_dim, cfg.actor_dim, cfg.hidden)
+        self.actor = TanhGaussianActor(in_dim, cfg.actor_dim, cfg.hidden)
         self.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_temperature))))
         self.grasp = GraspCritic(self.encoder.out_dim, cfg.hidden) if cfg.grasp_critic else None
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
@@ -181,29 +205,47 @@ class SACAgent(CheckpointedAgent, nn.Module):
             out[part] = self.encoder.maps(obs)
         return out
 
-    def target_q(self, next_obs: dict[str, Tensor], reward: Tensor, mask: Tensor) -> Tensor:
+    def inputs(self, features: Tensor, prev_action: Tensor | None) -> Tensor:
+        """What actor and critics read: the features, and the previous action when rate-limited."""
+        if self.cfg.action_rate_limit is None:
+            return features
+        return torch.cat([features, prev_action], -1)
+
+    def limited(self, u: Tensor, prev_action: Tensor | None) -> Tensor:
+        """The action for the actor's output u in [-1, 1]: u itself, or within the rate limit of
+        the previous action."""
+        if self.cfg.action_rate_limit is None:
+            return u
+        return (prev_action + self.cfg.action_rate_limit * u).clamp(-1.0, 1.0)
+
+    def sample_action(self, features: Tensor, prev_action: Tensor | None) -> tuple[Tensor, Tensor]:
+        """A reparameterized action and the log-probability of the actor's output behind it."""
+        u, log_prob = self.actor.sample(self.inputs(features, prev_action))
+        return self.limited(u, prev_action), log_prob
+
+    def target_q(self, next_obs: dict[str, Tensor], reward: Tensor, mask: Tensor, action: Tensor | None = None) -> Tensor:
         """r + γ·mask·min over the (sub)ensemble of target Q(s', a'), a' ~ π(s'): no entropy term.
-        `next_obs` as `prepare` leaves it (for state inputs, the observation itself)."""
+        `next_obs` as `prepare` leaves it (for state inputs, the observation itself); `action`, the
+        batch's executed action, is the previous action at s' (needed when rate-limited)."""
         with torch.no_grad():
-            next_action, _ = self.actor.sample(self.encoder(next_obs))
-            q = self.target_critic(self.target_encoder(next_obs), next_action)  # (E, B)
-            k = self.cfg.critic_subsample
-            if k is not None and k < q.shape[0]:
-                members = torch.randperm(q.shape[0], generator=self.generator)[:k]
-                q = q[members]
+            next_action, _ = self.sample_action(self.encoder(next_obs), action)
+            k, members = self.cfg.critic_subsample, None
+            if k is not None and k < self.cfg.critic_ensemble:
+                members = torch.randperm(self.cfg.critic_ensemble, generator=self.generator)[:k]
+            q = self.target_critic(self.inputs(self.target_encoder(next_obs), action), next_action, members)  # (k, B)
             return reward + self.cfg.discount * mask * q.min(0).values
 
     def critic_loss(self, batch: dict) -> tuple[Tensor, dict]:
         batch = self.prepare(batch)
-        target = self.target_q(batch["next_obs"], batch["reward"], batch["mask"])
-        q = self.critic(self.encoder(batch["obs"]), self._arm(batch["action"]))
+        target = self.target_q(batch["next_obs"], batch["reward"], batch["mask"], batch["action"])
+        q = self.critic(self.inputs(self.encoder(batch["obs"]), batch["prev_action"]), self._arm(batch["action"]))
         loss = (q - target).pow(2).mean()
         return loss, {"critic_loss": loss.item(), "q": q.mean().item()}
 
     def actor_loss(self, batch: dict) -> tuple[Tensor, Tensor, dict]:
         features = self.encoder(self.prepare(batch)["obs"]).detach()  # the actor does not train the encoder
-        action, log_prob = self.actor.sample(features)
-        q = self.critic(features, action).mean(0)
+        action, log_prob = self.sample_action(features, batch["prev_action"])
+        q = self.critic(self.inputs(features, batch["prev_action"]), action).mean(0)
         actor = (self.alpha.detach() * log_prob - q).mean()
         entropy = -log_prob.detach().mean()
         temperature = self.alpha * (entropy - self.target_entropy)
@@ -278,10 +320,15 @@ class SACAgent(CheckpointedAgent, nn.Module):
 
     # --- acting ----------------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, obs: dict[str, Tensor], prev_gripper: Tensor | None = None, deterministic: bool = False) -> Tensor:
-        """Actions in [-1, 1] for a batch of observations (the gripper from the grasp critic if any)."""
+    def act(self, obs: dict[str, Tensor], prev_gripper: Tensor | None = None, deterministic: bool = False,
+            prev_action: Tensor | None = None) -> Tensor:
+        """Actions in [-1, 1] for a batch of observations (the gripper from the grasp critic if any;
+        within the rate limit of `prev_action`, zeros if not given, when rate-limited)."""
         features = self.encoder(self.encoder.maps(obs))
-        arm = self.actor.mode(features) if deterministic else self.actor.sample(features)[0]
+        if self.cfg.action_rate_limit is not None and prev_action is None:
+            prev_action = torch.zeros(len(features), self.cfg.action_dim)
+        x = self.inputs(features, prev_action)
+        arm = self.limited(self.actor.mode(x) if deterministic else self.actor.sample(x)[0], prev_action)
         if self.grasp is None:
             return arm
         grasp = self.grasp(features).argmax(-1)

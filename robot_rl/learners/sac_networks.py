@@ -32,10 +32,12 @@ class EnsembleLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        """`members`: only these members' outputs (indices into the ensemble)."""
+        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
         if x.ndim == 2:
-            return torch.einsum("bi,eio->ebo", x, self.weight) + self.bias
-        return torch.baddbmm(self.bias, x, self.weight)
+            return torch.matmul(x, weight) + bias  # broadcast over members; faster than einsum on CPU
+        return torch.baddbmm(bias, x, weight)
 
 
 class EnsembleLayerNorm(nn.Module):
@@ -44,8 +46,9 @@ class EnsembleLayerNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(members, 1, width))
         self.bias = nn.Parameter(torch.zeros(members, 1, width))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, x.shape[-1:]) * self.weight + self.bias
+    def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
+        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        return F.layer_norm(x, x.shape[-1:]) * weight + bias
 
 
 class CriticEnsemble(nn.Module):
@@ -62,8 +65,13 @@ class CriticEnsemble(nn.Module):
         layers.append(EnsembleLinear(members, width_in, 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, features: Tensor, action: Tensor) -> Tensor:
-        return self.net(torch.cat([features, action], -1)).squeeze(-1)
+    def forward(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
+        """(E, B), or (len(members), B) for a subset: REDQ's target evaluates only the members it
+        takes the min over."""
+        x = torch.cat([features, action], -1)
+        for layer in self.net:
+            x = layer(x, members) if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)) else layer(x)
+        return x.squeeze(-1)
 
 
 class LoopCriticEnsemble(nn.Module):

@@ -36,6 +36,7 @@ from robot_rl.core.env import RobotEnv
 from robot_rl.core.protocols import Robot, Task
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError
+from robot_rl.rewards.course import CheckpointTracker
 from robot_rl.sim.course import WALL_HALF_HEIGHT, WALL_HALF_THICKNESS, Course, generate_course
 from robot_rl.sim.world import MujocoCamera, MujocoWorld
 
@@ -409,13 +410,15 @@ class LapTask(Task):
         if max_steps < 1:
             raise ValueError(f"max_steps must be at least 1, got {max_steps}")
         self.car, self.world, self.course = car, car.world, car.world.course
-        self.max_steps, self.laps, self.radius, self.start_noise = max_steps, laps, checkpoint_radius, start_noise
-        self.checkpoints = self.course.checkpoints(n_checkpoints)
-        self.next_checkpoint = 0
-        self.laps_completed = 0
-        self.lap_times: list[float] = []
-        self.checkpoint_times: list[float] = []  # sim time at which each checkpoint was reached
-        self._lap_start = 0.0
+        self.max_steps, self.laps, self.start_noise = max_steps, laps, start_noise
+        self.tracker = CheckpointTracker(self.course.checkpoints(n_checkpoints), checkpoint_radius)
+
+    # The tracker's state, under the names the task has always shown.
+    checkpoints = property(lambda self: self.tracker.checkpoints)
+    next_checkpoint = property(lambda self: self.tracker.next_checkpoint)
+    laps_completed = property(lambda self: self.tracker.laps_completed)
+    lap_times = property(lambda self: self.tracker.lap_times)
+    checkpoint_times = property(lambda self: self.tracker.checkpoint_times)
 
     @property
     def collisions(self) -> int:
@@ -426,10 +429,8 @@ class LapTask(Task):
         return {"checkpoint_rel": ArraySpec((2,))}
 
     def observe(self) -> dict[str, np.ndarray]:
-        # observe() runs before evaluate() advances the checkpoint; look past the ones the car has
-        # just reached so the observation already shows the checkpoint it is rewarded for next.
-        upcoming = (self.next_checkpoint + self._reached()) % len(self.checkpoints)
-        return {"checkpoint_rel": self.to_car_frame(self.checkpoints[upcoming]).astype(np.float32)}
+        (upcoming,) = self.tracker.upcoming(self.car.pose()[:2])
+        return {"checkpoint_rel": self.to_car_frame(upcoming).astype(np.float32)}
 
     def to_car_frame(self, xy: np.ndarray) -> np.ndarray:
         x, y, yaw = self.car.pose()
@@ -446,36 +447,30 @@ class LapTask(Task):
             x, y = x - math.sin(yaw) * lateral, y + math.cos(yaw) * lateral
             yaw += rng.uniform(-0.15, 0.15)
         self.car.place(x, y, yaw)
-        self.next_checkpoint, self.laps_completed, self._lap_start = 0, 0, 0.0
-        self.lap_times, self.checkpoint_times = [], []
-
-    def _reached(self) -> int:
-        """How many checkpoints, in order from the next one, the car is within reach of now.
-
-        More than one when checkpoints are closer than the radius; stops at the start line, so a
-        step completes at most one lap.
-        """
-        position = self.car.pose()[:2]
-        count = 0
-        for i in range(self.next_checkpoint, len(self.checkpoints)):
-            if np.linalg.norm(self.checkpoints[i] - position) > self.radius:
-                break
-            count += 1
-        return count
+        self.tracker.reset()
 
     def evaluate(self, obs) -> tuple[float, bool, bool]:
-        reached = self._reached()
-        self.checkpoint_times += [self.world.time] * reached
-        self.next_checkpoint += reached
-        if self.next_checkpoint == len(self.checkpoints):
-            self.next_checkpoint = 0
-            self.laps_completed += 1
-            self.lap_times.append(self.world.time - self._lap_start)
-            self._lap_start = self.world.time
-        return float(reached), self.laps_completed >= 1, self.laps_completed >= self.laps
+        reached, _ = self.tracker.advance(self.car.pose()[:2], self.world.time)
+        laps = self.tracker.laps_completed
+        return float(reached), laps >= 1, laps >= self.laps
 
     def lateral_offset(self) -> float:
         return self.course.lateral_offset(self.car.pose()[:2])
+
+
+def practice_hooks(env: RobotEnv) -> dict:
+    """What autonomous practice (learners.practice.PracticeTask) needs from the sim beyond the car:
+    the start placement (the lap task's reset), righting a flipped car (back on its wheels on the
+    centerline nearest to where it lies, facing along the track: what a real run would need a
+    hand for) and the sim clock."""
+    task, car, course = env.task, env.robot, env.robot.world.course
+
+    def right_car() -> None:
+        i = course.nearest(car.pose()[:2])
+        x, y = course.centerline[i]
+        car.place(float(x), float(y), float(course.heading[i]))
+
+    return {"place_start": task.reset, "right_car": right_car, "clock": lambda: car.world.time}
 
 
 # --- the scripted driver -----------------------------------------------------------------------
