@@ -73,8 +73,9 @@ def train_fastrlap_learner(learner_cfg, env_cfg, out, seed: int, progress: bool 
     from robot_rl.learners.fastrlap import FastRLAPConfig, train_fastrlap
 
     cfg = _dataclass_from(FastRLAPConfig, learner_cfg, seed=seed)
-    if cfg.demo and not Path(cfg.demo).exists():
-        raise DatasetError(f"demo={cfg.demo}: no such path")
+    for key in ("demo", "encoder_init"):
+        if getattr(cfg, key) and not Path(getattr(cfg, key)).exists():
+            raise DatasetError(f"{key}={getattr(cfg, key)}: no such path")
     return train_fastrlap(env_cfg, out, cfg, progress=progress)
 
 

@@ -7,10 +7,12 @@ from one slow demo lap, practising on its own.
    `episode_steps` (time limits, bootstrapped through). The reward is the velocity toward the
    next checkpoint minus collision and stuck penalties (`learners.practice.PracticeTask`); when
    the car is stuck, `RecoveryTeleop` reverses it with random steering, and those steps are not
-   stored; nothing waits for a human.
+   stored; nothing waits for a human. The demo lap's own transitions (driven again on the
+   practice task) are RLPD prior data, half of each batch (`demo_prior`; our addition: without
+   it the car spent 10k steps stuck against the first bend's wall).
 3. The learner: SAC with 10 LayerNorm critics (target: min over a random 2, REDQ), 8 critic
    updates per env step (UTD 8) and one actor update, every action within +-0.2 of the previous
-   in acting and in the update; on images, a frozen encoder pretrained offline (`sac.encoder_init`).
+   in acting and in the update; on images, a frozen encoder pretrained offline (`encoder_init`).
 4. Evaluation: the deterministic policy from the start line for `eval_laps` laps (recovery still
    on), lap times against the demo's, and a PNG of the course with the checkpoints and the
    fastest lap's trajectory.
@@ -32,8 +34,8 @@ from robot_rl.learners.common import RunLog, seed_everything
 
 @dataclass
 class FastRLAPConfig:
-    env_steps: int = 12_000            # practice steps (10 Hz: 20 min of driving)
-    max_minutes: float = 20.0          # wall-clock cap on practice (the bar: laps within 20 minutes)
+    env_steps: int = 30_000            # practice steps at most (10 Hz) ...
+    max_minutes: float = 20.0          # ... and at most this much practice, wall clock
     control_hz: float = 10.0           # FastRLAP's rate (overrides the env's)
     demo: str | None = None            # an EpisodeStore whose first episode is the demo lap (else the scripted driver)
     demo_speed: float = 1.0            # m/s: the slow scripted demo lap's top speed
@@ -53,6 +55,8 @@ class FastRLAPConfig:
     eval_laps: int = 3
     eval_max_steps: int = 1500
     log_every: int = 500
+    encoder_init: str | None = None    # images: an IQL or ICVF checkpoint whose CNN, frozen, encodes them
+    demo_prior: bool = True            # the demo lap's transitions as RLPD prior data (half of each batch)
     seed: int = 0
     sac: dict = field(default_factory=dict)  # SACConfig overrides
 
@@ -137,11 +141,50 @@ def state_scale(env, checkpoints: np.ndarray, cfg: FastRLAPConfig) -> tuple[floa
     return tuple(float(x) for x in scale)
 
 
+def yaw_index(env) -> tuple[int, ...]:
+    """Where the pose's yaw sits in the state (it wraps at +-pi: the agent reads cos and sin)."""
+    names = env.state_names()
+    return (names.index("pose[2]"),) if "pose[2]" in names else ()
+
+
+def demo_prior_transitions(env, speed: float, max_steps: int = 5000) -> list[dict]:
+    """The scripted demo lap driven again on the practice env (its observations and rewards,
+    which need the checkpoints the first drive gave): transitions for the prior buffer."""
+    from types import SimpleNamespace
+
+    from robot_rl.core import ControlLoop
+    from robot_rl.learners.replay import TransitionSink
+    from robot_rl.sim.rc_car import RCCarExpert
+
+    expert = RCCarExpert(SimpleNamespace(car=env.robot, course=env.robot.world.course), max_speed=speed)
+    transitions: list[dict] = []
+    env.task.max_steps = max_steps
+
+    def lap_done(loop, result):
+        if env.task.lap_log:
+            result.stop_requested = True
+
+    loop = ControlLoop(env, lambda obs: expert(), rate_hz=None, execute_k=1, on_step=lap_done,
+                       recorder=TransitionSink(transitions.append, keep_prev=True))
+    try:
+        with env:
+            loop.run_episode(seed=0)
+    finally:
+        loop.close()
+    return transitions
+
+
 def sac_config(env, cfg: FastRLAPConfig, checkpoints: np.ndarray):
     from robot_rl.learners.sac import SACConfig
 
-    defaults = {"critic_ensemble": 10, "critic_subsample": 2, "cta_ratio": 8, "discount": 0.99,
-                "init_temperature": 0.5, "action_rate_limit": 0.2, "state_scale": state_scale(env, checkpoints, cfg)}
+    # FastRLAP's learner; 64x64 MLPs rather than its 256x256 so that UTD 8 over 10 critics fits 2 CPU
+    # cores (conf/learner/fastrlap.yaml has the measurement).
+    defaults = {"hidden": (64, 64), "critic_ensemble": 10, "critic_subsample": 2, "cta_ratio": 8, "discount": 0.99,
+                "init_temperature": 0.5, "action_rate_limit": 0.2, "state_scale": state_scale(env, checkpoints, cfg),
+                "frozen_cnn": bool(cfg.encoder_init), "angle_indices": yaw_index(env)}
+    cameras = [k for k in (cfg.sac.get("image_keys") or []) if k in env.observation_space.spaces]
+    if cameras:
+        defaults["image_size"] = int(env.observation_space[cameras[0]].shape[0])
     try:
         sac = SACConfig(state_dim=env.observation_space["state"].shape[0], action_dim=env.action_space.shape[0],
                         **{**defaults, **cfg.sac})
@@ -222,8 +265,19 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
     task = env.task
     sac = sac_config(env, cfg, checkpoints)
     agent = SACAgent(sac, seed=cfg.seed)
+    if cfg.encoder_init:
+        from robot_rl.learners.icvf import load_encoder_state
+
+        state, keys, size = load_encoder_state(cfg.encoder_init)
+        if (len(keys), size) != (len(sac.image_keys), sac.image_size):
+            raise ConfigError(f"{cfg.encoder_init} was pretrained on {list(keys)} at {size} px; "
+                              f"this agent sees {list(sac.image_keys)} at {sac.image_size} px")
+        agent.init_camera_encoder(state)
     obs_keys = {"state": env.observation_space["state"], **{k: env.observation_space[k] for k in sac.image_keys}}
     learner = Learner(agent, transition_schema(obs_keys, sac.action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
+    if cfg.demo_prior and not cfg.demo:
+        prior = demo_prior_transitions(practice_env(env_cfg, cfg, checkpoints, cfg.episode_steps), cfg.demo_speed)
+        learner.prior.add_batch({k: np.stack([t[k] for t in prior]) for k in prior[0]})
     recovery = {"steps": cfg.recovery_steps, "speed": cfg.recovery_speed}
     log = RunLog(out, f"FastRLAP on {env_cfg.name} (course {env_cfg.get('course_seed', 0)}), demo lap {demo['lap_time']:.1f} s")
     counts = {"env_steps": 0}
@@ -282,7 +336,7 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
         "learner": "fastrlap", "env": env_cfg.name, "course_seed": int(env_cfg.get("course_seed", 0)),
         "checkpoint": str(checkpoint), "config": asdict(cfg), "sac": asdict(sac),
         "demo": {k: v for k, v in demo.items() if k != "path"}, "checkpoints": len(checkpoints),
-        **counts, "stored": store.stored, "recovery_steps": store.skipped, "practice_minutes": practice_s / 60, "learner_steps": learner.steps,
+        **counts, "prior_transitions": len(learner.prior), "stored": store.stored, "recovery_steps": store.skipped, "practice_minutes": practice_s / 60, "learner_steps": learner.steps,
         "practice": {"laps": practice_laps, "best_lap": min((x["lap_time"] for x in practice_laps), default=None), **task.counts},
         "evaluation": {**evaluation, "best_lap": best, "best_over_demo": best / demo["lap_time"] if best else None},
         "course_plot": str(plot),

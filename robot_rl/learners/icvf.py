@@ -28,7 +28,7 @@ from tqdm import tqdm
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
-from robot_rl.learners.iql import CameraFeatures, relu_mlp
+from robot_rl.learners.iql import CameraFeatures, IQLAgent, relu_mlp
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import images_to_float
 
@@ -247,7 +247,21 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
                      curves=("loss", "v_mean", "adv_mean"))
 
 
-def load_encoder_state(path) -> tuple[dict[str, Tensor], ICVFConfig]:
-    """The image encoder of an ICVF checkpoint and the ICVF's config (cameras, image size)."""
+def load_encoder_state(path) -> tuple[dict[str, Tensor], tuple[str, ...], int]:
+    """The image encoder (`CameraFeatures` weights) of an ICVF or an IQL checkpoint, with the
+    cameras and image size it was trained on: what V-PTR and FastRLAP start a learner from."""
+    import json
+
+    try:
+        kind = json.loads((Path(path) / "config.json").read_text()).get("kind")
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        raise DatasetError(f"no checkpoint at {path}") from None
+    if kind == IQLAgent.kind:
+        agent = IQLAgent.load(path)
+        if agent.encoder is None:
+            raise ConfigError(f"the IQL at {path} has no image encoder to hand on (it learned from state)")
+        return agent.encoder.state_dict(), tuple(agent.cfg.image_keys), agent.cfg.image_size
+    if kind != ICVFAgent.kind:
+        raise DatasetError(f"{path} holds a {kind!r} checkpoint, not an ICVF or IQL one")
     agent = ICVFAgent.load(path)
-    return agent.encoder_state(), agent.cfg
+    return agent.encoder_state(), tuple(agent.cfg.image_keys), agent.cfg.image_size

@@ -285,7 +285,7 @@ class IQLTrainConfig:
     eval_num_envs: int = 25
     log_every: int = 500
     seed: int = 0
-    encoder_init: str | None = None   # V-PTR: an ICVF checkpoint whose image encoder starts IQL's
+    encoder_init: str | None = None   # V-PTR: an ICVF (or IQL) checkpoint whose image encoder starts this one
     encoder_freeze: bool = False      # keep that encoder fixed (else fine-tuned through Q)
     agent: dict = field(default_factory=dict)  # IQLConfig overrides (expectile, beta, image_keys, ...)
 
@@ -340,10 +340,10 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     if cfg.encoder_init:
         from robot_rl.learners.icvf import load_encoder_state
 
-        state, icvf_cfg = load_encoder_state(cfg.encoder_init)
+        state, keys, size = load_encoder_state(cfg.encoder_init)
         # Cameras pair up in order (a video's camera need not share the robot camera's name).
-        if (len(icvf_cfg.image_keys), icvf_cfg.image_size) != (len(acfg.image_keys), acfg.image_size):
-            raise ConfigError(f"{cfg.encoder_init} was pretrained on {list(icvf_cfg.image_keys)} at {icvf_cfg.image_size} px; "
+        if (len(keys), size) != (len(acfg.image_keys), acfg.image_size):
+            raise ConfigError(f"{cfg.encoder_init} was pretrained on {list(keys)} at {size} px; "
                               f"this IQL sees {list(acfg.image_keys)} at {acfg.image_size} px")
         agent.init_encoder(state, cfg.encoder_freeze)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"

@@ -8,7 +8,9 @@
 - Critic-to-actor ratio: each learner step updates the critic `cta_ratio` times, each on its own
   batch, and the actor and temperature once (on the last batch), as HIL-SERL's learner loop does.
 - Images: a frozen pretrained backbone, a trainable spatial-embedding head per camera (Dense 256,
-  LayerNorm, tanh) and the state through Dense 64 (LayerNorm, tanh); random-crop augmentation
+  LayerNorm, tanh) and the state through Dense 64 (LayerNorm, tanh); or (`frozen_cnn`, FastRLAP)
+  the project's small CNN pretrained offline by IQL or ICVF and frozen, its features used as they
+  are (`init_camera_encoder` loads its weights; they are saved with the agent); random-crop augmentation
   (pad 4) on obs and next obs; the head is trained by the critic only (the actor sees it detached).
   The backbone runs once per batch on obs and once on next obs; every network reads those maps
   (the actor's update reuses its batch's crops rather than paying for a third backbone pass).
@@ -30,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robot_rl.errors import ConfigError
 from robot_rl.learners.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, images_to_float
@@ -61,9 +64,14 @@ class SACConfig:
     proprio_dim: int = 64
     action_rate_limit: float | None = None  # e.g. 0.2 (FastRLAP): |a - a_prev| <= this, per dimension
     state_scale: tuple[float, ...] | None = None  # divisors of the state entries (inputs of very different ranges)
+    frozen_cnn: bool = False  # images through a CNN pretrained offline (IQL/ICVF), frozen, instead of EfficientNet
+    angle_indices: tuple[int, ...] = ()  # state entries that are angles: read as (cos, sin), no jump at +-pi
 
     def __post_init__(self):
         self.hidden, self.image_keys = tuple(self.hidden), tuple(self.image_keys)
+        self.angle_indices = tuple(int(i) for i in self.angle_indices)
+        if any(not 0 <= i < self.state_dim for i in self.angle_indices):
+            raise ValueError(f"angle_indices {self.angle_indices} must index the {self.state_dim} state entries")
         if self.state_scale is not None:
             self.state_scale = tuple(float(x) for x in self.state_scale)
             if len(self.state_scale) != self.state_dim or min(self.state_scale) <= 0:
@@ -89,40 +97,69 @@ class SACConfig:
 
 
 class ObsEncoder(nn.Module):
-    """Observation dict -> feature vector. State only: the state itself. With cameras: per camera
-    the frozen backbone, spatial embeddings, Dense 256, LayerNorm, tanh; the state through Dense 64,
-    LayerNorm, tanh; all concatenated."""
+    """Observation dict -> feature vector. State only: the state itself (divided by state_scale).
+    With cameras: per camera the frozen backbone, spatial embeddings, Dense 256, LayerNorm, tanh
+    (or, with frozen_cnn, the pretrained CNN's features); the state through Dense 64, LayerNorm,
+    tanh; all concatenated."""
 
     def __init__(self, cfg: SACConfig, backbone: PretrainedEfficientNet | None):
         super().__init__()
         self.image_keys = cfg.image_keys
         scale = torch.tensor(cfg.state_scale if cfg.state_scale is not None else [1.0] * cfg.state_dim)
         self.register_buffer("state_scale", scale, persistent=False)  # from the config, not the weights
+        self.angles = list(cfg.angle_indices)
+        self.others = [i for i in range(cfg.state_dim) if i not in self.angles]
+        state_dim = cfg.state_dim + len(self.angles)  # each angle as its cosine and sine
         if not self.image_keys:
-            self.out_dim = cfg.state_dim
+            self.out_dim = state_dim
             return
+        if cfg.frozen_cnn:
+            from robot_rl.learners.iql import CameraFeatures
+
+            self.cnn = CameraFeatures(len(self.image_keys), cfg.image_size).requires_grad_(False)
+            self.proprio = self._proprio(state_dim, cfg.proprio_dim)
+            self.out_dim = self.cnn.out_dim + cfg.proprio_dim
+            return
+        self.cnn = None
         self.backbone = [backbone]  # in a list: frozen and shared, so not a submodule (not saved, not copied)
         side = backbone.feature_size(cfg.image_size)
         self.heads = nn.ModuleList(
             nn.Sequential(SpatialLearnedEmbeddings(backbone.out_channels, side, side, cfg.image_features),
                           nn.Linear(backbone.out_channels * cfg.image_features, 256), nn.LayerNorm(256), nn.Tanh())
             for _ in self.image_keys)
-        self.proprio = nn.Sequential(nn.Linear(cfg.state_dim, cfg.proprio_dim), nn.LayerNorm(cfg.proprio_dim), nn.Tanh())
+        self.proprio = self._proprio(state_dim, cfg.proprio_dim)
         self.out_dim = 256 * len(self.image_keys) + cfg.proprio_dim
+
+    @staticmethod
+    def _proprio(state_dim: int, width: int) -> nn.Module:
+        return nn.Sequential(nn.Linear(state_dim, width), nn.LayerNorm(width), nn.Tanh())
+
+    def state(self, state: Tensor) -> Tensor:
+        """The state as the networks read it: scaled, angles as (cos, sin)."""
+        if not self.angles:
+            return state / self.state_scale
+        others = state[:, self.others] / self.state_scale[self.others]
+        angles = state[:, self.angles]
+        return torch.cat([others, torch.cos(angles), torch.sin(angles)], -1)
 
     def maps(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
         """The frozen backbone's feature maps in place of the images (computed once per batch and
         shared by every network that reads the batch)."""
         if not self.image_keys:
             return obs
+        if self.cnn is not None:
+            with torch.no_grad():
+                return {"state": obs["state"], "cnn": self.cnn([obs[k] for k in self.image_keys])}
         return {**obs, **{k: self.backbone[0](obs[k]) for k in self.image_keys}}
 
     def forward(self, maps: dict[str, Tensor]) -> Tensor:
         """Features from the output of `maps`."""
-        state = maps["state"] / self.state_scale
+        state = self.state(maps["state"])
         if not self.image_keys:
             return state
         parts = [self.proprio(state)]
+        if self.cnn is not None:
+            return torch.cat(parts + [maps["cnn"]], -1)
         for key, head in zip(self.image_keys, self.heads):
             parts.append(head(maps[key]))
         return torch.cat(parts, -1)
@@ -168,7 +205,7 @@ class SACAgent(CheckpointedAgent, nn.Module):
         super().__init__()
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(seed)
-        backbone = PretrainedEfficientNet() if cfg.image_keys else None
+        backbone = PretrainedEfficientNet() if cfg.image_keys and not cfg.frozen_cnn else None
         self.encoder = ObsEncoder(cfg, backbone)
         in_dim = self.encoder.out_dim + cfg.prev_action_dim
         self.critic = CriticEnsemble(cfg.critic_ensemble, in_dim, cfg.actor_dim, cfg.hidden)
@@ -178,7 +215,7 @@ class SACAgent(CheckpointedAgent, nn.Module):
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.target_grasp = copy.deepcopy(self.grasp).requires_grad_(False) if self.grasp is not None else None
-        if cfg.image_keys:
+        if cfg.image_keys and not cfg.frozen_cnn:
             self.target_encoder.backbone = self.encoder.backbone
         self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -cfg.actor_dim / 2
         critic_params = list(self.critic.parameters()) + list(self.encoder.parameters())
@@ -187,6 +224,16 @@ class SACAgent(CheckpointedAgent, nn.Module):
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr)
         self.grasp_opt = torch.optim.Adam(self.grasp.parameters(), lr=cfg.critic_lr) if self.grasp is not None else None
         self.updates = 0
+
+    def init_camera_encoder(self, state: dict[str, Tensor]) -> None:
+        """Load the frozen CNN (`frozen_cnn`) from an IQL or ICVF encoder's weights."""
+        if not self.cfg.frozen_cnn or not self.cfg.image_keys:
+            raise ConfigError("a pretrained camera encoder needs image_keys and frozen_cnn")
+        try:
+            self.encoder.cnn.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(f"the pretrained encoder does not fit this agent's cameras: {str(exc).splitlines()[0]}") from None
+        self.target_encoder.cnn.load_state_dict(state)
 
     @property
     def alpha(self) -> Tensor:

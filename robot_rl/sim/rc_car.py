@@ -560,4 +560,4 @@ def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad rc_car config: {exc}") from exc
-    return env, RCCarExpert(env.task, noise=expert_noise, seed=seed)
+    return env, RCCarExpert(env.task, noise=expert_noise, seed=seed, max_speed=float(cfg.get("expert_speed", 2.5)))

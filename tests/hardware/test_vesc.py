@@ -119,3 +119,24 @@ def test_missing_or_silent_device_is_a_clear_error(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_practice_drives_the_vesc_car_through_the_control_loop(sim):
+    """FastRLAP's practice task is the same on the real car: odometry in, progress reward out."""
+    from robot_rl.core import ControlLoop, RobotEnv
+    from robot_rl.learners.practice import PracticeTask, RecoveryTeleop
+
+    car = VescCar(VescCarConfig(port=sim.port))
+    square = np.array([[2.0, 0.0], [2.0, 2.0], [0.0, 2.0], [0.0, 0.0]])
+    task = PracticeTask(car, square, radius=0.5, max_steps=25)
+    env = RobotEnv(car, task)
+    rewards = []
+    loop = ControlLoop(env, lambda obs: np.array([0.0, 0.3], np.float32), RecoveryTeleop(task), rate_hz=50, execute_k=1,
+                       on_step=lambda loop, result: rewards.append(result.reward))
+    with env:
+        result = loop.run_episode(seed=0)
+    loop.close()
+    assert result.steps == 25 and not result.intervened_steps
+    assert sim.commands(vp.COMM_SET_RPM)[-1] == pytest.approx(0.3 * 3.0 * 4614, abs=1)  # 0.9 m/s
+    assert rewards[-1] > rewards[5] > 0  # driving toward the first checkpoint: positive, growing
+    assert 0 < car.pose()[0] < 2.0 and sim.braking  # the loop braked the car at the episode's end

@@ -156,3 +156,30 @@ def _circle():
 def _settle(car):
     car.command(np.zeros(2))
     return car.observe()["accel"]
+
+
+def test_a_frozen_pretrained_cnn_encodes_images_and_stays_frozen(tmp_path):
+    """FastRLAP's image variant: the CNN of an offline IQL, loaded into SAC, frozen through updates."""
+    from robot_rl.learners.iql import IQLAgent, IQLConfig
+
+    torch.manual_seed(0)
+    iql = IQLAgent(IQLConfig(state_dim=3, action_dim=2, image_keys=("image/fpv",), image_size=32))
+    agent = SACAgent(SACConfig(state_dim=3, action_dim=2, image_keys=("image/fpv",), image_size=32, frozen_cnn=True,
+                               action_rate_limit=0.2, critic_ensemble=4, critic_subsample=2, cta_ratio=2))
+    agent.init_camera_encoder(iql.encoder.state_dict())
+    pretrained = {k: v.clone() for k, v in iql.encoder.state_dict().items()}
+
+    def obs(n):
+        return {"state": torch.randn(n, 3), "image/fpv": torch.rand(n, 3, 32, 32)}
+
+    batch = {"obs": obs(16), "next_obs": obs(16), "action": torch.rand(16, 2) * 2 - 1, "prev_action": torch.rand(16, 2) * 2 - 1,
+             "reward": torch.randn(16), "mask": torch.ones(16)}
+    for _ in range(3):
+        agent.update([batch, batch])
+    for k, v in agent.encoder.cnn.state_dict().items():
+        torch.testing.assert_close(v, pretrained[k])  # the critic's gradients never reach it
+    agent.save(tmp_path / "sac")
+    loaded = SACAgent.load(tmp_path / "sac")  # the CNN travels with the agent: no IQL needed to deploy
+    torch.testing.assert_close(loaded.encoder.cnn.state_dict()["convs.0.head.weight"], pretrained["convs.0.head.weight"])
+    x = obs(4)
+    torch.testing.assert_close(loaded.act(x, deterministic=True), agent.act(x, deterministic=True))
