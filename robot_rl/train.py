@@ -55,7 +55,7 @@ def train_hil(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> di
 
     values = OmegaConf.to_container(learner_cfg, resolve=True)
     ray = {k: values.pop(k, None) for k in RAY_KEYS}
-    for key in ("demos", "resume", "reward_classifier"):
+    for key in ("demos", "resume", "reward_classifier", "encoder_init"):
         if values.get(key) and not Path(values[key]).exists():
             raise DatasetError(f"{key}={values[key]}: no such path")
     cfg = _dataclass_from(HILSERLConfig, values, seed=seed)

@@ -253,7 +253,9 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
         raise ConfigError(f"learner=fastrlap drives the rc_car env, not {env_cfg.get('name')!r}")
     seed_everything(cfg.seed)
     out = Path(out_dir)
-    env_cfg = OmegaConf.merge(env_cfg, {"control_hz": cfg.control_hz, "laps": 1, "start_noise": False})
+    # Only the cameras the agent reads are rendered (none from state).
+    cameras = [k.split("/", 1)[1] for k in cfg.sac.get("image_keys") or []]
+    env_cfg = OmegaConf.merge(env_cfg, {"control_hz": cfg.control_hz, "laps": 1, "start_noise": False, "cameras": cameras})
     if cfg.demo:
         demo = demo_lap_from_store(cfg.demo)
     else:
@@ -266,13 +268,9 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
     sac = sac_config(env, cfg, checkpoints)
     agent = SACAgent(sac, seed=cfg.seed)
     if cfg.encoder_init:
-        from robot_rl.learners.icvf import load_encoder_state
+        from robot_rl.learners.icvf import pretrained_encoder
 
-        state, keys, size = load_encoder_state(cfg.encoder_init)
-        if (len(keys), size) != (len(sac.image_keys), sac.image_size):
-            raise ConfigError(f"{cfg.encoder_init} was pretrained on {list(keys)} at {size} px; "
-                              f"this agent sees {list(sac.image_keys)} at {sac.image_size} px")
-        agent.init_camera_encoder(state)
+        agent.init_camera_encoder(pretrained_encoder(cfg.encoder_init, sac.image_keys, sac.image_size))
     obs_keys = {"state": env.observation_space["state"], **{k: env.observation_space[k] for k in sac.image_keys}}
     learner = Learner(agent, transition_schema(obs_keys, sac.action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
     if cfg.demo_prior and not cfg.demo:

@@ -45,6 +45,7 @@ class HILSERLConfig:
     log_every: int = 500              # env steps between logged learner statistics
     reward_classifier: str | None = None  # a classifier checkpoint: its verdict is the reward
     resume: str | None = None         # a previous run folder: its weights and buffers are loaded
+    encoder_init: str | None = None   # an ICVF or IQL checkpoint: its CNN, frozen, encodes the cameras (V-PTR)
     seed: int = 0
     sac: dict = field(default_factory=dict)  # SACConfig overrides (critic_ensemble, discount, ...)
 
@@ -138,13 +139,19 @@ def make_agent(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> SACAgen
     """The agent for these observation spaces (name -> gym Box, as `env.observation_space`) and
     action size: nothing here touches the robot, so a learner can build it anywhere."""
     try:
-        sac = SACConfig(state_dim=obs_spaces["state"].shape[0], action_dim=action_dim, **cfg.sac)
+        sac = SACConfig(state_dim=obs_spaces["state"].shape[0], action_dim=action_dim,
+                        **{"frozen_cnn": bool(cfg.encoder_init), **cfg.sac})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad sac settings: {exc}") from None
     missing = [k for k in sac.image_keys if k not in obs_spaces]
     if missing:
         raise ConfigError(f"sac.image_keys {missing} are not observations of this env (it has {', '.join(obs_spaces)})")
-    return SACAgent(sac, seed=cfg.seed)
+    agent = SACAgent(sac, seed=cfg.seed)
+    if cfg.encoder_init:
+        from robot_rl.learners.icvf import pretrained_encoder
+
+        agent.init_camera_encoder(pretrained_encoder(cfg.encoder_init, sac.image_keys, sac.image_size))
+    return agent
 
 
 def make_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> Learner:

@@ -247,6 +247,17 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
                      curves=("loss", "v_mean", "adv_mean"))
 
 
+def pretrained_encoder(path, image_keys: tuple[str, ...], image_size: int) -> dict[str, Tensor]:
+    """The encoder weights of an ICVF or IQL checkpoint for a learner that sees `image_keys` at
+    `image_size`: cameras pair up in order (a video's camera need not share the robot camera's
+    name) and the image size must match."""
+    state, keys, size = load_encoder_state(path)
+    if (len(keys), size) != (len(image_keys), image_size):
+        raise ConfigError(f"{path} was pretrained on {list(keys)} at {size} px; this learner sees "
+                          f"{list(image_keys)} at {image_size} px")
+    return state
+
+
 def load_encoder_state(path) -> tuple[dict[str, Tensor], tuple[str, ...], int]:
     """The image encoder (`CameraFeatures` weights) of an ICVF or an IQL checkpoint, with the
     cameras and image size it was trained on: what V-PTR and FastRLAP start a learner from."""

@@ -338,14 +338,9 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
         raise ConfigError(f"bad iql agent settings: {exc}") from None
     agent = IQLAgent(acfg, data.state_mean, data.state_std)
     if cfg.encoder_init:
-        from robot_rl.learners.icvf import load_encoder_state
+        from robot_rl.learners.icvf import pretrained_encoder
 
-        state, keys, size = load_encoder_state(cfg.encoder_init)
-        # Cameras pair up in order (a video's camera need not share the robot camera's name).
-        if (len(keys), size) != (len(acfg.image_keys), acfg.image_size):
-            raise ConfigError(f"{cfg.encoder_init} was pretrained on {list(keys)} at {size} px; "
-                              f"this IQL sees {list(acfg.image_keys)} at {acfg.image_size} px")
-        agent.init_encoder(state, cfg.encoder_freeze)
+        agent.init_encoder(pretrained_encoder(cfg.encoder_init, acfg.image_keys, acfg.image_size), cfg.encoder_freeze)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
     log = RunLog(out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key}")
     bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress, dynamic_ncols=True)

@@ -160,14 +160,27 @@ def _settle(car):
 
 def test_a_frozen_pretrained_cnn_encodes_images_and_stays_frozen(tmp_path):
     """FastRLAP's image variant: the CNN of an offline IQL, loaded into SAC, frozen through updates."""
+    import gymnasium as gym
+
+    from robot_rl.errors import ConfigError
+    from robot_rl.learners.hil_serl import HILSERLConfig, make_agent
+    from robot_rl.learners.icvf import pretrained_encoder
     from robot_rl.learners.iql import IQLAgent, IQLConfig
 
     torch.manual_seed(0)
     iql = IQLAgent(IQLConfig(state_dim=3, action_dim=2, image_keys=("image/fpv",), image_size=32))
     agent = SACAgent(SACConfig(state_dim=3, action_dim=2, image_keys=("image/fpv",), image_size=32, frozen_cnn=True,
                                action_rate_limit=0.2, critic_ensemble=4, critic_subsample=2, cta_ratio=2))
-    agent.init_camera_encoder(iql.encoder.state_dict())
+    iql.save(tmp_path / "iql")
+    agent.init_camera_encoder(pretrained_encoder(tmp_path / "iql", agent.cfg.image_keys, 32))
     pretrained = {k: v.clone() for k, v in iql.encoder.state_dict().items()}
+    with pytest.raises(ConfigError, match="at 32 px"):
+        pretrained_encoder(tmp_path / "iql", ("image/fpv",), 48)
+    # HIL-SERL's SAC takes the same hand-over (V-PTR): encoder_init sets the frozen CNN.
+    spaces = {"state": gym.spaces.Box(-1, 1, (3,)), "image/fpv": gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)}
+    hil = make_agent(spaces, 2, HILSERLConfig(encoder_init=str(tmp_path / "iql"), sac={"image_keys": ["image/fpv"], "image_size": 32}))
+    assert hil.cfg.frozen_cnn
+    torch.testing.assert_close(hil.encoder.cnn.state_dict()["convs.0.head.weight"], pretrained["convs.0.head.weight"])
 
     def obs(n):
         return {"state": torch.randn(n, 3), "image/fpv": torch.rand(n, 3, 32, 32)}
