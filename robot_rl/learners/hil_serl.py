@@ -96,13 +96,13 @@ class AgentPolicy:
 
     def __init__(self, agent: SACAgent, deterministic: bool = False, keep_prev: bool = False):
         self.agent, self.deterministic, self.keep_prev = agent, deterministic, keep_prev
-        self._prev = np.zeros(agent.cfg.action_dim, np.float32)
         self.reset(initial=True)
 
     def reset(self, initial: bool = False) -> None:
         if initial or not self.keep_prev:
             self._prev = np.zeros(self.agent.cfg.action_dim, np.float32)
-            self._prev[-1] = -1.0 if self.agent.cfg.grasp_critic else self._prev[-1]  # gripper open
+            if self.agent.cfg.grasp_critic:
+                self._prev[-1] = -1.0  # gripper open
 
     def executed(self, action: np.ndarray) -> None:
         self._prev = np.asarray(action, np.float32).copy()
