@@ -9,7 +9,7 @@ from one slow demo lap, practising on its own.
    the car is stuck, `RecoveryTeleop` reverses it with random steering, and those steps are not
    stored; nothing waits for a human. The demo lap's own transitions (driven again on the
    practice task) are RLPD prior data, half of each batch (`demo_prior`; our addition: without
-   it the car spent 10k steps stuck against the first bend's wall).
+   it a cheaper learner had not lapped after 5k steps, stuck against the first bend's wall).
 3. The learner: SAC with 10 LayerNorm critics (target: min over a random 2, REDQ), 8 critic
    updates per env step (UTD 8) and one actor update, every action within +-0.2 of the previous
    in acting and in the update; on images, a frozen encoder pretrained offline (`encoder_init`).
@@ -152,25 +152,13 @@ def demo_prior_transitions(env, speed: float, max_steps: int = 5000) -> list[dic
     which need the checkpoints the first drive gave): transitions for the prior buffer."""
     from types import SimpleNamespace
 
-    from robot_rl.core import ControlLoop
     from robot_rl.learners.replay import TransitionSink
     from robot_rl.sim.rc_car import RCCarExpert
 
     expert = RCCarExpert(SimpleNamespace(car=env.robot, course=env.robot.world.course), max_speed=speed)
     transitions: list[dict] = []
-    env.task.max_steps = max_steps
-
-    def lap_done(loop, result):
-        if env.task.lap_log:
-            result.stop_requested = True
-
-    loop = ControlLoop(env, lambda obs: expert(), rate_hz=None, execute_k=1, on_step=lap_done,
-                       recorder=TransitionSink(transitions.append, keep_prev=True))
-    try:
-        with env:
-            loop.run_episode(seed=0)
-    finally:
-        loop.close()
+    drive(env, lambda obs: expert(), laps=1, max_steps=max_steps, seed=0,
+          recorder=TransitionSink(transitions.append, keep_prev=True))
     return transitions
 
 
@@ -196,15 +184,16 @@ def sac_config(env, cfg: FastRLAPConfig, checkpoints: np.ndarray):
     return sac
 
 
-def drive(env, policy, laps: int, max_steps: int, seed: int, recovery: dict) -> dict:
+def drive(env, policy, laps: int, max_steps: int, seed: int, recovery: dict | None = None, recorder=None) -> dict:
     """The policy drives from the start (the env's first reset) until `laps` laps or `max_steps`
-    steps, recovery on: lap times, the trajectory (x, y, speed) and the task's counts."""
+    steps (recovery on when given its settings; each step to `recorder` when given): lap times,
+    the trajectory (x, y, speed, time) and the task's counts."""
     from robot_rl.core import ControlLoop
     from robot_rl.learners.practice import RecoveryTeleop
 
     task = env.task
     task.max_steps = max_steps
-    teleop = RecoveryTeleop(task, seed=seed, **recovery)
+    teleop = RecoveryTeleop(task, seed=seed, **recovery) if recovery is not None else None
     trajectory = []
 
     def on_step(loop, result):
@@ -212,14 +201,14 @@ def drive(env, policy, laps: int, max_steps: int, seed: int, recovery: dict) -> 
         if len(task.lap_log) >= laps:
             result.stop_requested = True
 
-    loop = ControlLoop(env, policy, teleop, rate_hz=None, execute_k=1, on_step=on_step)
+    loop = ControlLoop(env, policy, teleop, rate_hz=None, execute_k=1, on_step=on_step, recorder=recorder)
     try:
         with env:
             result = loop.run_episode(seed=seed)
     finally:
         loop.close()
     return {"lap_times": [lap["lap_time"] for lap in task.lap_log], "laps": task.lap_log, "steps": result.steps,
-            "recoveries": teleop.manoeuvres, **task.counts, "trajectory": np.array(trajectory)}
+            "recoveries": teleop.manoeuvres if teleop else 0, **task.counts, "trajectory": np.array(trajectory)}
 
 
 class PracticeStore:
