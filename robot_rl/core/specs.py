@@ -27,10 +27,12 @@ class ArraySpec:
 
 @dataclass
 class Frame:
-    """One camera image (uint8 HWC, RGB) and the host-monotonic time it was captured."""
+    """One camera image (uint8 HWC, RGB), the host-monotonic time it was captured and, from
+    depth cameras, depth aligned to the image (uint16 millimetres, HW)."""
 
     image: np.ndarray
     timestamp: float
+    depth: np.ndarray | None = None
 
 
 @dataclass

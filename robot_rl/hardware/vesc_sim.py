@@ -10,18 +10,19 @@ car whose link dropped). `unplug()` makes it vanish as a pulled USB cable does.
 
 from __future__ import annotations
 
-import os
-import select
 import struct
 import threading
 import time
 
 from robot_rl.hardware import vesc_protocol as vp
+from robot_rl.hardware.pty_device import PtyDevice
 
 MOTOR_COMMANDS = {vp.COMM_SET_DUTY, vp.COMM_SET_CURRENT, vp.COMM_SET_CURRENT_BRAKE, vp.COMM_SET_RPM, vp.COMM_ALIVE}
 
 
-class VescSimulator:
+class VescSimulator(PtyDevice):
+    name = "vesc-sim"
+
     def __init__(self, timeout_s: float = 0.5, timeout_brake_current: float = 10.0, tau_s: float = 0.1,
                  erpm_per_amp: float = 300.0, v_in: float = 12.0):
         self.timeout_s, self.timeout_brake_current, self.tau_s = timeout_s, timeout_brake_current, tau_s
@@ -32,34 +33,9 @@ class VescSimulator:
         self.timeouts = 0  # times the firmware timeout braked
         self.reader = vp.PacketReader()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._plugged = True
         self._last_command = time.monotonic()
         self._timed_out = False
-        self._master, self._slave = os.openpty()
-        self.port = os.ttyname(self._slave)
-        self._thread = threading.Thread(target=self._serve, name="vesc-sim", daemon=True)
-
-    # --- lifecycle ---------------------------------------------------------------------------
-    def __enter__(self) -> VescSimulator:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        for fd in (self._master, self._slave):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def unplug(self) -> None:
-        """Stop answering and reading, as a device whose cable was pulled."""
-        self._plugged = False
+        super().__init__()
 
     # --- what tests look at ------------------------------------------------------------------
     def commands(self, command_id: int) -> list[float]:
@@ -71,23 +47,9 @@ class VescSimulator:
         return self.mode == "brake" and self.target > 0
 
     # --- the firmware --------------------------------------------------------------------------
-    def _serve(self) -> None:
-        last = time.monotonic()
-        while not self._stop.is_set():
-            ready, _, _ = select.select([self._master], [], [], 0.005)
-            now = time.monotonic()
-            self._integrate(now - last, now)
-            last = now
-            if not ready or not self._plugged:
-                continue
-            try:
-                data = os.read(self._master, 4096)
-            except OSError:
-                return
-            for payload in self.reader.feed(data):
-                reply = self._handle(payload, now)
-                if reply is not None:
-                    os.write(self._master, vp.encode(reply))
+    def on_bytes(self, data: bytes, now: float) -> bytes:
+        replies = (self._handle(payload, now) for payload in self.reader.feed(data))
+        return b"".join(vp.encode(r) for r in replies if r is not None)
 
     def _handle(self, payload: bytes, now: float) -> bytes | None:
         command, body = payload[0], payload[1:]
@@ -126,7 +88,7 @@ class VescSimulator:
     def _current(self) -> float:
         return self.target if self.mode == "current" else 0.0
 
-    def _integrate(self, dt: float, now: float) -> None:
+    def tick(self, dt: float, now: float) -> None:
         with self._lock:
             if not self._timed_out and now - self._last_command > self.timeout_s:
                 self.mode, self.target, self._timed_out = "brake", self.timeout_brake_current, True

@@ -1,0 +1,34 @@
+"""Real robots from their `robot` config (robot_rl/conf/robot/<name>.yaml): `kind` picks the driver."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from robot_rl.core.protocols import Robot
+from robot_rl.errors import ConfigError
+
+# Keys of a robot config that belong to the loop around the driver, not to the driver.
+LOOP_KEYS = ("name", "kind", "workspace_low", "workspace_high", "cameras")
+
+
+def driver_settings(cfg) -> dict:
+    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return {k: v for k, v in values.items() if k not in LOOP_KEYS}
+
+
+def make_robot(cfg, **overrides) -> Robot:
+    kind = cfg.get("kind")
+    settings = {**driver_settings(cfg), **overrides}
+    try:
+        if kind == "dynamixel_arm":
+            from robot_rl.hardware.dynamixel_arm import DynamixelArm, DynamixelArmConfig
+
+            return DynamixelArm(DynamixelArmConfig(**settings))
+        if kind == "vesc_car":
+            from robot_rl.hardware.vesc_car import VescCar, VescCarConfig
+
+            settings.pop("dry_run", None)
+            return VescCar(VescCarConfig(**settings))
+    except TypeError as exc:
+        raise ConfigError(f"robot {cfg.get('name')}: {exc}") from None
+    raise ConfigError(f"unknown robot kind {kind!r} (dynamixel_arm, vesc_car)")
