@@ -28,6 +28,10 @@ def safety_from_config(cfg) -> SafetyConfig:
 
 def collect(cfg: DictConfig, replace: bool = False) -> dict:
     """Record `cfg.episodes` episodes into `cfg.out`; returns the loop's report and the store path."""
+    if cfg.get("robot"):  # a real robot and a human at a device
+        from robot_rl.collect_robot import collect_robot
+
+        return collect_robot(cfg)
     if cfg.teleop not in ("scripted", "random"):
         raise ConfigError(f"unknown teleop {cfg.teleop!r}; in simulation use teleop=scripted (or random)")
     if cfg.episodes < 1:

@@ -21,6 +21,10 @@ class DeviceError(RobotRLError):
     """A device is not there, does not answer, or was lost while running."""
 
 
+class StaleFrameError(DeviceError):
+    """A camera's newest frame is older than the loop allows."""
+
+
 class MissingExtraError(RobotRLError):
     """An optional dependency is not installed."""
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
 
 from robot_rl.core.protocols import Camera, Robot, Task
+from robot_rl.errors import StaleFrameError
 
 
 class EnvHook:
@@ -34,8 +36,12 @@ class RobotEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, robot: Robot, task: Task, cameras: Sequence[Camera] = (), hooks: Sequence[EnvHook] = ()):
+    def __init__(self, robot: Robot, task: Task, cameras: Sequence[Camera] = (), hooks: Sequence[EnvHook] = (),
+                 max_frame_age_s: float | None = None):
+        # max_frame_age_s: a camera frame older than this (host monotonic clock) when observed is
+        # a StaleFrameError, not a silently repeated image (real cameras; sim frames are fresh).
         self.robot, self.task, self.cameras, self.hooks = robot, task, list(cameras), list(hooks)
+        self.max_frame_age_s = max_frame_age_s
         self.robot_state_keys = [k for k in robot.observation_spec if k != "timestamp"]
         task_spec = task.observation_spec()
         specs = {**{k: robot.observation_spec[k] for k in self.robot_state_keys}, **task_spec}
@@ -44,6 +50,8 @@ class RobotEnv(gym.Env):
         spaces = {"state": gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)}
         for cam in self.cameras:
             spaces[f"image/{cam.name}"] = gym.spaces.Box(0, 255, tuple(cam.shape), np.uint8)
+            if getattr(cam, "depth", False):  # aligned depth, uint16 millimetres
+                spaces[f"depth/{cam.name}"] = gym.spaces.Box(0, 65535, tuple(cam.shape[:2]), np.uint16)
         self.observation_space = gym.spaces.Dict(spaces)
         self.action_space = gym.spaces.Box(-1.0, 1.0, tuple(robot.action_spec.shape), np.float32)
         self._low, self._high = robot.action_spec.bounds()
@@ -128,9 +136,15 @@ class RobotEnv(gym.Env):
         self.raw_obs = raw
         parts = [np.asarray(raw[k], np.float32).ravel() for k in self.state_layout]
         obs = {"state": np.concatenate(parts) if parts else np.zeros(0, np.float32)}
+        now = time.monotonic()
         for cam in self.cameras:
             frame = cam.read()
+            if self.max_frame_age_s is not None and now - frame.timestamp > self.max_frame_age_s:
+                raise StaleFrameError(f"camera {cam.name}: its newest frame is {1000 * (now - frame.timestamp):.0f} ms old "
+                                      f"(limit {1000 * self.max_frame_age_s:.0f} ms): the camera stalled or dropped")
             obs[f"image/{cam.name}"] = frame.image
+            if getattr(cam, "depth", False):
+                obs[f"depth/{cam.name}"] = frame.depth
             raw[f"timestamp/{cam.name}"] = np.float64(frame.timestamp)
         for hook in self.hooks:
             obs = hook.on_observation(obs)

@@ -221,6 +221,8 @@ class ControlLoop:
         success = info["success"]
         if "success" in events or "failure" in events:
             success, terminated = "success" in events, True
+            if success:  # the operator's success mark: a positive step (the reward classifier's label)
+                reward = max(float(reward), 1.0)
         t4 = time.perf_counter()
         if self.recorder is not None:
             transition = {

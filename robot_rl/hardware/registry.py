@@ -8,7 +8,8 @@ from robot_rl.core.protocols import Robot
 from robot_rl.errors import ConfigError
 
 # Keys of a robot config that belong to the loop around the driver, not to the driver.
-LOOP_KEYS = ("name", "kind", "workspace_low", "workspace_high", "cameras")
+LOOP_KEYS = ("name", "kind", "workspace_low", "workspace_high", "cameras", "control_hz", "max_steps",
+             "max_frame_age_s", "loop_watchdog_s")
 
 
 def driver_settings(cfg) -> dict:

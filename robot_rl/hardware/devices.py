@@ -1,0 +1,68 @@
+"""Cameras and teleop devices from config (the `cameras` of a robot config; `collect`'s teleop)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from robot_rl.core.protocols import Teleop
+from robot_rl.errors import ConfigError
+
+HUMAN_TELEOPS = ("keyboard", "gamepad", "spacemouse", "leader")
+
+
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def make_camera(cfg):
+    values = _plain(cfg)
+    kind = values.pop("kind", None)
+    try:
+        if kind == "opencv":
+            from robot_rl.hardware.opencv_camera import OpenCVCamera, OpenCVCameraConfig
+
+            return OpenCVCamera(OpenCVCameraConfig(**values))
+        if kind == "realsense":
+            from robot_rl.hardware.realsense_camera import RealSenseCamera, RealSenseCameraConfig
+
+            return RealSenseCamera(RealSenseCameraConfig(**values))
+    except TypeError as exc:
+        raise ConfigError(f"camera {values.get('name')}: {exc}") from None
+    raise ConfigError(f"unknown camera kind {kind!r} (opencv, realsense)")
+
+
+def make_teleop(kind: str, options, robot) -> Teleop:
+    """A human teleop device for `robot` (its action decides arm or car mapping)."""
+    from robot_rl.hardware.teleop_input import TeleopMapper
+
+    opts = _plain(options)
+    target = "car" if robot.action_spec.shape == (2,) else "arm"
+    mapper = TeleopMapper(target, scale=float(opts.get("scale", 1.0)), deadzone=float(opts.get("deadzone", 0.05)))
+    if kind == "keyboard":
+        from robot_rl.hardware.keyboard_teleop import KeyboardTeleop
+
+        return KeyboardTeleop(mapper)
+    if kind == "gamepad":
+        from robot_rl.hardware.gamepad_teleop import GamepadTeleop
+
+        return GamepadTeleop(mapper, opts.get("gamepad") or "/dev/input/event0")
+    if kind == "spacemouse":
+        from robot_rl.hardware.spacemouse_teleop import SpaceMouseTeleop
+
+        path = opts.get("spacemouse")
+        return SpaceMouseTeleop(mapper, path.encode() if isinstance(path, str) else path)
+    if kind == "leader":
+        from robot_rl.cli import compose
+        from robot_rl.hardware.keyboard_teleop import KeyboardTeleop
+        from robot_rl.hardware.leader_arm import LeaderArmTeleop
+        from robot_rl.hardware.registry import make_robot
+
+        leader_cfg = opts.get("leader")
+        if not leader_cfg:
+            raise ConfigError("teleop=leader needs teleop_options.leader: the leader arm's robot config (a dict, or a name in conf/robot)")
+        if isinstance(leader_cfg, str):
+            leader_cfg = compose("collect", [f"robot={leader_cfg}"]).robot
+        leader = make_robot(leader_cfg, dry_run=True, control="joint", **({"port": opts["leader_port"]} if opts.get("leader_port") else {}))
+        events = KeyboardTeleop(mapper) if opts.get("events", "keyboard") == "keyboard" else None
+        return LeaderArmTeleop(leader, robot.action_spec, events)
+    raise ConfigError(f"unknown teleop {kind!r} for a real robot ({', '.join(HUMAN_TELEOPS)})")
