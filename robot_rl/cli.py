@@ -210,6 +210,55 @@ def cmd_bench(args) -> None:
         print(f"wrote {args.json}", file=sys.stderr)
 
 
+def cmd_find_cameras(args) -> None:
+    """RealSense devices (serials and modes, through librealsense) and V4L2 video devices."""
+    import glob
+
+    from robot_rl.hardware.realsense_camera import find_realsense
+
+    found = find_realsense()
+    for path in sorted(glob.glob("/dev/video*")):
+        name = Path(f"/sys/class/video4linux/{Path(path).name}/name")
+        found.append({"kind": "opencv", "source": path, "name": name.read_text().strip() if name.exists() else ""})
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return
+    if not found:
+        print("no cameras found (RealSense: is libusb installed and the udev rule in place? V4L2: no /dev/video*)")
+    for cam in found:
+        if cam["kind"] == "realsense":
+            print(f"realsense  serial {cam['serial']}  {cam['name']}  firmware {cam['firmware']}  usb {cam['usb']}")
+            for mode in cam["modes"]:
+                print(f"    {mode}")
+        else:
+            print(f"opencv     {cam['source']}  {cam['name']}")
+
+
+def cmd_read_robot(args) -> None:
+    """Connect read-only (torque stays off), print the robot's state once: for calibration."""
+    import numpy as np
+
+    from robot_rl.hardware.registry import make_robot
+
+    cfg = compose("collect", args.overrides)
+    if not cfg.get("robot"):
+        raise ConfigError("read-robot needs robot=<name> (a config in robot_rl/conf/robot/)")
+    robot = make_robot(cfg.robot, dry_run=True) if cfg.robot.kind == "dynamixel_arm" else make_robot(cfg.robot)
+    with robot:
+        obs = robot.observe()
+        for key, value in obs.items():
+            print(f"{key:<10} {np.array2string(np.asarray(value), precision=4)}")
+        if hasattr(robot, "servo_angles"):
+            print("servo angles (rad), for the offsets: " + ", ".join(f"id {i}: {a:.4f}" for i, a in robot.servo_angles().items()))
+
+
+def overrides_command(sub, name: str, help: str, func) -> None:
+    """A subcommand whose arguments are config overrides (key=value)."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=func)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robot-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -218,25 +267,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. episodes=20 env=reach out=datasets/x.zarr")
     p.set_defaults(func=lambda a: cmd_collect(a) and None)
 
-    p = sub.add_parser("demo", help="what `make demo` runs: demos -> diffusion BC -> residual PPO on peg_insert")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_demo)
+    overrides_command(sub, "demo", "what `make demo` runs: demos -> diffusion BC -> residual PPO on peg_insert", cmd_demo)
 
-    p = sub.add_parser("vlm-iql", help="offline RL from VLM feedback end to end: labels -> reward model -> IQL, per seed")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_vlm_iql)
+    overrides_command(sub, "vlm-iql", "offline RL from VLM feedback end to end: labels -> reward model -> IQL, per seed", cmd_vlm_iql)
 
-    p = sub.add_parser("idm-iql", help="action-free episodes: 10% keep actions, an IDM labels the rest, IQL on the union, per seed")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_idm_iql)
+    overrides_command(sub, "idm-iql", "action-free episodes: 10%% keep actions, an IDM labels the rest, IQL on the union, per seed", cmd_idm_iql)
 
-    p = sub.add_parser("train", help="train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_train)
+    overrides_command(sub, "train", "train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH", cmd_train)
 
-    p = sub.add_parser("eval", help="success rate of a checkpoint: checkpoint=PATH env=<task> episodes=100")
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=cmd_eval)
+    overrides_command(sub, "eval", "success rate of a checkpoint: checkpoint=PATH env=<task> episodes=100", cmd_eval)
 
     p = sub.add_parser("dataset", help="inspect, relabel and split episode stores")
     dsub = p.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
@@ -287,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     q = lsub.add_parser("vlm", help="preference labels for frame pairs: store=PATH backend.base_url=URL backend.model=NAME")
     q.add_argument("overrides", nargs="*")
     q.set_defaults(func=cmd_label_vlm)
+
+    p = sub.add_parser("find-cameras", help="list RealSense devices (serials, modes) and V4L2 cameras")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_find_cameras)
+
+    overrides_command(sub, "read-robot", "print a real robot's state once, read only (calibration): robot=<name>", cmd_read_robot)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
     p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql"))

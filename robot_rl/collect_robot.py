@@ -82,6 +82,16 @@ def collect_robot(cfg) -> dict:
                           workspace_high=tuple(robot_cfg.workspace_high) if robot_cfg.get("workspace_high") else None,
                           watchdog_s=float(robot_cfg.get("loop_watchdog_s", 0.5)))
     status = StatusLine()
+    on_step = status
+    if cfg.get("viewer"):
+        from robot_rl.hardware.live_view import LiveView
+
+        view = LiveView(web_port=int(cfg.get("viewer_port", 9090)))
+        sys.stderr.write(f"live view: {view.url}\n")
+
+        def on_step(loop, result):
+            status(loop, result)
+            view(loop, result)
     ended = {"success": 0, "failure": 0}
 
     def between_episodes(loop: ControlLoop, result) -> None:
@@ -99,7 +109,7 @@ def collect_robot(cfg) -> dict:
             time.sleep(1.0)
 
     loop = ControlLoop(env, teleop=teleop, rate_hz=rate, execute_k=1, safety=safety, recorder=recorder,
-                       on_step=status, on_episode=between_episodes)
+                       on_step=on_step, on_episode=between_episodes)
     sys.stderr.write(f"collecting into {out} with {cfg.teleop}" + (" (dry run: nothing is sent to the motors)" if cfg.dry_run else "") + "\n")
     teleop.connect()
     try:

@@ -192,3 +192,15 @@ def test_missing_extra_is_one_line_and_exit_2(tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "install robot_rl[sim]" in lines[0], run.stderr
     assert not (tmp_path / "x.zarr").exists()
+
+
+def test_help_lists_every_command(capsys):
+    import pytest
+
+    from robot_rl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("collect", "find-cameras", "read-robot", "idm-iql", "bench"))

@@ -103,3 +103,32 @@ def test_a_killed_collection_keeps_every_finished_episode(tmp_path):
         lengths = np.diff(np.concatenate([[0], store.episode_ends]))
         actions = store.array("action")[: store.n_steps]
         assert np.all(lengths > 0) and actions.shape == (store.n_steps, 5) and np.all(np.isfinite(actions))
+
+
+def test_live_view_serves_the_cameras_on_localhost(tmp_path):
+    """Needs the `viewer` extra (rerun), which `make test` does not install: skipped without it."""
+    import socket
+    import urllib.request
+
+    import pytest
+
+    pytest.importorskip("rerun", reason="rerun (the viewer extra) is not installed")
+    from robot_rl.core import ControlLoop
+    from robot_rl.hardware.live_view import LiveView
+    from robot_rl.sim.reach import make_reach_env
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    view = LiveView(web_port=free_port(), grpc_port=free_port(), hz=100)
+    env = make_reach_env()
+    loop = ControlLoop(env, policy=lambda obs: np.zeros(env.action_space.shape, np.float32), rate_hz=None,
+                       execute_k=1, on_step=view)
+    with env:
+        loop.run_episode(seed=0)
+    loop.close()
+    assert view._step > 0
+    with urllib.request.urlopen(view.url, timeout=10) as reply:
+        assert reply.status == 200 and b"rerun" in reply.read().lower()
