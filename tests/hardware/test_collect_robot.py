@@ -57,13 +57,22 @@ def test_collect_on_the_simulated_arm_then_dataset_info(tmp_path, capsys):
         finally:
             stop.set()
         assert not any(bus.torque(i) for i in IDS)
+        # The same command again resumes into the store.
+        stop.clear()
+        feeder = threading.Thread(target=operator, args=(fifo, 1, stop), daemon=True)
+        feeder.start()
+        try:
+            assert main(collect_args(bus, fifo, out, 1)) == 0
+        finally:
+            stop.set()
     assert main(["dataset", "info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["episodes"] == 2 and info["task"] == "push the cube forward" and info["robot"] == "widowx250"
+    assert info["episodes"] == 3 and info["task"] == "push the cube forward" and info["robot"] == "widowx250"
     with EpisodeStore.open(out) as store:
         rewards = store.array("reward")[:]
         ends = store.episode_ends
-        assert rewards[ends[0] - 1] == 1.0 and rewards.sum() == 1.0  # the success mark labels its step
+        # Episodes: success, failure, (resumed) success; each success mark labels its own step.
+        assert np.flatnonzero(rewards).tolist() == [ends[0] - 1, ends[2] - 1]
         state = store.array("obs/state")[:]
         names = store.attrs["state_names"]
         x = state[: ends[0], names.index("ee_pos[0]")]
