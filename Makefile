@@ -10,7 +10,7 @@ export MUJOCO_GL ?= egl
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,sim,dist,vision,hardware]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,sim,dist,vision,hardware,ros]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -197,6 +197,21 @@ def cmd_dataset_import_video(args) -> None:
                                   task=args.task), indent=2))
 
 
+def cmd_dataset_import_rosbag(args) -> None:
+    from omegaconf import OmegaConf
+
+    from robot_rl.datasets.rosbag_import import RosbagImportConfig, import_rosbag
+
+    if not Path(args.config).exists():
+        raise ConfigError(f"no import config at {args.config}")
+    values = OmegaConf.to_container(OmegaConf.load(args.config), resolve=True)
+    try:
+        cfg = RosbagImportConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(f"bad import config {args.config}: {exc}") from None
+    print(json.dumps(import_rosbag(args.bag, args.out, cfg), indent=2))
+
+
 def cmd_bench(args) -> None:
     import importlib
 
@@ -306,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--no-cuts", action="store_true", help="one episode per file, no cut detection")
     q.add_argument("--task", help="task text stored with the data")
     q.set_defaults(func=cmd_dataset_import_video)
+    q = dsub.add_parser("import-rosbag", help="a rosbag2 recording (mcap or sqlite3) -> a store, topics aligned at a fixed fps")
+    q.add_argument("bag", help="the bag folder (or .mcap file)")
+    q.add_argument("out", help="the new store (.zarr)")
+    q.add_argument("--config", required=True, help="YAML: fps, clock, align, tolerance_s, episodes, streams (see README)")
+    q.set_defaults(func=cmd_dataset_import_rosbag)
     q = dsub.add_parser("label-actions", help="write an inverse-dynamics model's actions into an action-free store")
     q.add_argument("path")
     q.add_argument("--model", required=True, help="an idm checkpoint folder (robot-rl train learner=idm)")
