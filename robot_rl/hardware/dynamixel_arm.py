@@ -281,11 +281,12 @@ class DynamixelArm(Robot):
             self._target_yaw = self._yaw_of(self.kinematics.pose(self._goal)[1])
 
     def stop(self) -> None:
-        """Hold where the arm is: goals = the last measured joints."""
+        """Hold where the arm is now: goals = the joints as measured this moment."""
         if self._port is None:
             return
-        self._goal = np.clip(self._q, self._low, self._high)
         try:
+            self._read_state()
+            self._goal = np.clip(self._q, self._low, self._high)
             self._send_goals()
         except DeviceError:
             pass  # a lost bus cannot be told anything; the firmware holds its last goal

