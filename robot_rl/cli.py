@@ -231,7 +231,11 @@ def cmd_find_cameras(args) -> None:
 
     from robot_rl.hardware.realsense_camera import find_realsense
 
-    found = find_realsense()
+    try:
+        found = find_realsense()
+    except ConfigError as exc:  # pyrealsense2 unusable: still list the V4L2 cameras
+        print(f"RealSense: {exc}", file=sys.stderr)
+        found = []
     for path in sorted(glob.glob("/dev/video*")):
         name = Path(f"/sys/class/video4linux/{Path(path).name}/name")
         found.append({"kind": "opencv", "source": path, "name": name.read_text().strip() if name.exists() else ""})

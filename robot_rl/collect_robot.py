@@ -65,9 +65,10 @@ def collect_robot(cfg) -> dict:
     robot_cfg = cfg.robot
     if cfg.episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
-    if not cfg.task or cfg.task == "${env.task_text}":
+    if not cfg.task or cfg.task == cfg.env.get("task_text"):  # unset: collect.yaml's default is the sim env's text
         raise ConfigError('a real robot needs the task text: task="put the red cube in the bin"')
-    robot = make_robot(robot_cfg, dry_run=bool(cfg.dry_run))
+    dry_run = bool(cfg.dry_run or robot_cfg.get("dry_run", False))
+    robot = make_robot(robot_cfg, dry_run=dry_run)
     cameras = [make_camera(c) for c in robot_cfg.get("cameras") or []]
     task = OperatorTask(str(cfg.task), int(robot_cfg.get("max_steps", 300)))
     env = RobotEnv(robot, task, cameras, max_frame_age_s=robot_cfg.get("max_frame_age_s", 0.2))
@@ -77,9 +78,11 @@ def collect_robot(cfg) -> dict:
     rate = float(robot_cfg.get("control_hz", 10))
     recorder = EpisodeRecorder(out, fps=rate, schema=transition_schema(env),
                                attrs={"robot": robot_cfg.name, "task": str(cfg.task), "source": "robot-rl collect",
-                                      "teleop": str(cfg.teleop), "state_names": env.state_names(), "dry_run": bool(cfg.dry_run)})
-    safety = SafetyConfig(workspace_low=tuple(robot_cfg.workspace_low) if robot_cfg.get("workspace_low") else None,
-                          workspace_high=tuple(robot_cfg.workspace_high) if robot_cfg.get("workspace_high") else None,
+                                      "teleop": str(cfg.teleop), "state_names": env.state_names(), "dry_run": dry_run})
+    # The workspace box reads action dims 0-2 as end-effector steps: only for end-effector control.
+    box = robot_cfg.get("workspace_low") is not None and robot_cfg.get("control", "ee") == "ee"
+    safety = SafetyConfig(workspace_low=tuple(robot_cfg.workspace_low) if box else None,
+                          workspace_high=tuple(robot_cfg.workspace_high) if box else None,
                           watchdog_s=float(robot_cfg.get("loop_watchdog_s", 0.5)))
     status = StatusLine()
     on_step = status
@@ -99,7 +102,7 @@ def collect_robot(cfg) -> dict:
         if not result.discarded:
             ended["success" if result.success else "failure"] += 1
         sys.stderr.write(f"\nepisode {loop.episode}: {result.steps} steps, {label}\n")
-        if result.stop_requested or loop.episode >= int(cfg.episodes) and not result.discarded:
+        if result.stop_requested or ended["success"] + ended["failure"] >= int(cfg.episodes):
             return
         if hasattr(robot, "go_home"):
             robot.go_home()
@@ -110,13 +113,22 @@ def collect_robot(cfg) -> dict:
 
     loop = ControlLoop(env, teleop=teleop, rate_hz=rate, execute_k=1, safety=safety, recorder=recorder,
                        on_step=on_step, on_episode=between_episodes)
-    sys.stderr.write(f"collecting into {out} with {cfg.teleop}" + (" (dry run: nothing is sent to the motors)" if cfg.dry_run else "") + "\n")
-    teleop.connect()
+    sys.stderr.write(f"collecting into {out} with {cfg.teleop}" + (" (dry run: nothing is sent to the motors)" if dry_run else "") + "\n")
     try:
+        teleop.connect()
         with env:
-            results = loop.run(int(cfg.episodes), seed=int(cfg.seed))
+            try:
+                results = loop.run(int(cfg.episodes), seed=int(cfg.seed))
+            finally:
+                if hasattr(robot, "go_home"):  # rest before the torque goes off (a limp arm drops)
+                    try:
+                        robot.go_home()
+                    except Exception:
+                        pass  # the bus is gone: nothing can be sent
     finally:
-        teleop.disconnect()
-        recorder.close()
+        try:
+            teleop.disconnect()
+        finally:
+            recorder.close()
     return {"store": str(out), "episodes": sum(not r.discarded for r in results),
             "successes": ended["success"], "report": loop.report()}

@@ -64,13 +64,15 @@ class RosbagImportConfig:
 
 
 def read_bag(path, cfg: RosbagImportConfig, progress: bool = True) -> tuple[dict[str, tuple[np.ndarray, list]], dict, list[float]]:
-    """{topic: (times, arrays)}, the bag's topic -> message count, and the marker times."""
+    """[(times, arrays)] per stream (in config order), the bag's topic -> message count, the marker times."""
     from rosbags.rosbag2 import Reader
 
     from robot_rl.ros.messages import read_field, ros2_typestore
 
     store = ros2_typestore()
-    wanted = {s.topic: s for s in cfg.streams}
+    wanted: dict[str, list[int]] = {}
+    for i, s in enumerate(cfg.streams):  # several streams may read one topic (positions and velocities)
+        wanted.setdefault(s.topic, []).append(i)
     marker = (cfg.episodes or {}).get("marker_topic")
     try:
         reader = Reader(Path(path))
@@ -83,7 +85,7 @@ def read_bag(path, cfg: RosbagImportConfig, progress: bool = True) -> tuple[dict
         if missing:
             raise DatasetError(f"{path} has no topic {', '.join(missing)} (it has {', '.join(sorted(available))})")
         connections = [c for c in reader.connections if c.topic in wanted or c.topic == marker]
-        data = {t: ([], []) for t in wanted}
+        data = [([], []) for _ in cfg.streams]
         markers = []
         counts = {t: 0 for t in available}
         total = sum(c.msgcount for c in connections)
@@ -97,22 +99,22 @@ def read_bag(path, cfg: RosbagImportConfig, progress: bool = True) -> tuple[dict
             if connection.topic == marker:
                 markers.append(stamp)
                 continue
-            stream = wanted[connection.topic]
-            times, values = data[connection.topic]
-            times.append(stamp)
-            values.append(read_field(msg, connection.msgtype, stream.field, stream.names))
+            for i in wanted[connection.topic]:
+                stream = cfg.streams[i]
+                data[i][0].append(stamp)
+                data[i][1].append(read_field(msg, connection.msgtype, stream.field, stream.names))
     finally:
         reader.close()
-    out = {}
-    for topic, (times, values) in data.items():
+    out = []
+    for times, values in data:
         order = np.argsort(times, kind="stable")
-        out[topic] = (np.asarray(times)[order], [values[i] for i in order])
+        out.append((np.asarray(times)[order], [values[i] for i in order]))
     return out, counts, sorted(markers)
 
 
 def episode_spans(data, cfg: RosbagImportConfig, markers: list[float]) -> list[tuple[float, float]]:
     """(start, end) of each episode: split at silences longer than gap_s on every stream, or at markers."""
-    stamps = np.sort(np.concatenate([t for t, _ in data.values()]))
+    stamps = np.sort(np.concatenate([t for t, _ in data]))
     if len(stamps) == 0:
         return []
     cuts = list(markers)
@@ -125,7 +127,7 @@ def episode_spans(data, cfg: RosbagImportConfig, markers: list[float]) -> list[t
     for lo, hi in zip(edges[:-1], edges[1:]):
         # Within the span, from when every stream has spoken to when the first goes quiet for good.
         firsts, lasts = [], []
-        for times, _ in data.values():
+        for times, _ in data:
             inside = times[(times >= lo) & (times <= hi)]
             if len(inside) == 0:
                 break
@@ -164,27 +166,27 @@ def import_rosbag(bag, out, cfg: RosbagImportConfig, progress: bool = True) -> d
     if out.exists():
         raise DatasetError(f"{out} exists; import into a new store")
     data, counts, markers = read_bag(bag, cfg, progress)
-    empty = [s.topic for s in cfg.streams if len(data[s.topic][0]) == 0]
+    empty = [s.topic for s, (times, _) in zip(cfg.streams, data) if len(times) == 0]
     if empty:
         raise DatasetError(f"{bag}: no messages on {', '.join(empty)}")
     spans = episode_spans(data, cfg, markers)
     keys = list(dict.fromkeys(s.key for s in cfg.streams))
-    dropped = {s.topic: 0 for s in cfg.streams}
+    dropped = {f"{s.key}:{s.topic}": 0 for s in cfg.streams}
     episodes = []
     for start, end in spans:
         ticks = start + np.arange(int(np.floor((end - start) * cfg.fps)) + 1) / cfg.fps
         sampled, keep = {}, np.ones(len(ticks), bool)
-        for s in cfg.streams:
-            values, ok = sample(*data[s.topic], ticks, cfg)
-            sampled[s.topic] = values
-            dropped[s.topic] += int((~ok).sum())
+        for i, s in enumerate(cfg.streams):
+            values, ok = sample(*data[i], ticks, cfg)
+            sampled[i] = values
+            dropped[f"{s.key}:{s.topic}"] += int((~ok).sum())
             keep &= ok
         index = np.flatnonzero(keep)
         if len(index) == 0:
             continue
         episode = {}
         for key in keys:
-            parts = [np.stack([np.asarray(sampled[s.topic][i]) for i in index]) for s in cfg.streams if s.key == key]
+            parts = [np.stack([np.asarray(sampled[j][i]) for i in index]) for j, s in enumerate(cfg.streams) if s.key == key]
             episode[key] = parts[0] if len(parts) == 1 else np.concatenate([p.reshape(len(index), -1) for p in parts], axis=1)
             if episode[key].dtype == np.float64:
                 episode[key] = episode[key].astype(np.float32)

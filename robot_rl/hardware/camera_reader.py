@@ -19,7 +19,7 @@ import numpy as np
 
 from robot_rl.core.protocols import Camera
 from robot_rl.core.specs import Frame
-from robot_rl.errors import ConfigError, DeviceError
+from robot_rl.errors import DeviceError
 
 
 class DeviceClock:
@@ -67,7 +67,10 @@ class ThreadedCamera(Camera):
     def connect(self) -> None:
         if self._thread is not None:
             return
-        self._open()
+        try:
+            self._open()
+        except (OSError, RuntimeError) as exc:  # the vendor library's own errors: a device problem
+            raise DeviceError(f"camera {self.name}: {exc}") from None
         self._open_now = True
         self._stop.clear()
         self._first.clear()
@@ -104,8 +107,8 @@ class ThreadedCamera(Camera):
                     self._open()
                     self._open_now = True
                     self.reconnects += 1
-                except (DeviceError, ConfigError, RuntimeError, OSError) as exc:
-                    self.last_error = str(exc)
+                except Exception as exc:  # keep trying: the device may come back
+                    self.last_error = f"{type(exc).__name__}: {exc}"
                 continue
             try:
                 got = self._grab()

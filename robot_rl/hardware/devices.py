@@ -37,6 +37,8 @@ def make_teleop(kind: str, options, robot) -> Teleop:
 
     opts = _plain(options)
     target = "car" if robot.action_spec.shape == (2,) else "arm"
+    if kind != "leader" and target == "arm" and robot.action_spec.names[:3] != ("dx", "dy", "dz"):
+        raise ConfigError(f"teleop={kind} moves the end effector: use the arm's `control: ee` (or teleop=leader for joint control)")
     mapper = TeleopMapper(target, scale=float(opts.get("scale", 1.0)), deadzone=float(opts.get("deadzone", 0.05)))
     if kind == "keyboard":
         from robot_rl.hardware.keyboard_teleop import KeyboardTeleop
@@ -62,7 +64,10 @@ def make_teleop(kind: str, options, robot) -> Teleop:
             raise ConfigError("teleop=leader needs teleop_options.leader: the leader arm's robot config (a dict, or a name in conf/robot)")
         if isinstance(leader_cfg, str):
             leader_cfg = compose("collect", [f"robot={leader_cfg}"]).robot
-        leader = make_robot(leader_cfg, dry_run=True, control="joint", **({"port": opts["leader_port"]} if opts.get("leader_port") else {}))
+        port = opts.get("leader_port") or leader_cfg.get("port")
+        if port == getattr(getattr(robot, "cfg", None), "port", None):
+            raise ConfigError(f"the leader arm needs its own bus: teleop_options.leader_port (both are on {port})")
+        leader = make_robot(leader_cfg, dry_run=True, control="joint", port=port)
         events = KeyboardTeleop(mapper) if opts.get("events", "keyboard") == "keyboard" else None
         return LeaderArmTeleop(leader, robot.action_spec, events)
     raise ConfigError(f"unknown teleop {kind!r} for a real robot ({', '.join(HUMAN_TELEOPS)})")

@@ -201,12 +201,21 @@ class DynamixelArm(Robot):
             raise
 
     def _configure_servos(self) -> None:
-        for joint in self.joints:  # the firmware's own limits, in servo angle (EEPROM: torque off)
-            self._write(joint.id, x.TORQUE_ENABLE, 0)
+        """Position mode and the config's limits in every servo's EEPROM. EEPROM is writable only
+        with torque off, so a servo already configured is left alone (and a held arm held)."""
+        wanted = {}
+        for joint in self.joints:  # the firmware's own limits, in servo angle
             servo = sorted([joint.sign * joint.low + joint.offset, joint.sign * joint.high + joint.offset])
-            self._write(joint.id, x.OPERATING_MODE, x.POSITION_MODE)
-            self._write(joint.id, x.MIN_POSITION_LIMIT, int(np.floor(x.rad_to_ticks(servo[0]))))
-            self._write(joint.id, x.MAX_POSITION_LIMIT, int(np.ceil(x.rad_to_ticks(servo[1]))))
+            wanted[joint.id] = {x.OPERATING_MODE: x.POSITION_MODE,
+                                x.MIN_POSITION_LIMIT: int(np.floor(x.rad_to_ticks(servo[0]))),
+                                x.MAX_POSITION_LIMIT: int(np.ceil(x.rad_to_ticks(servo[1])))}
+        if self.cfg.gripper is not None:  # Interbotix ships the gripper in PWM mode; goals need position mode
+            wanted[self.cfg.gripper.id] = {x.OPERATING_MODE: x.POSITION_MODE}
+        for i, fields in wanted.items():
+            if any(self._read(i, f) != v for f, v in fields.items()):
+                self._write(i, x.TORQUE_ENABLE, 0)
+                for f, v in fields.items():
+                    self._write(i, f, v)
         for i in self._ids:
             self._write(i, x.PROFILE_VELOCITY, self.cfg.profile_velocity)
 
@@ -340,6 +349,20 @@ class DynamixelArm(Robot):
                 position = x.signed32(group.getData(i, *x.PRESENT_POSITION))
                 self._raw[i] = (float(x.ticks_to_rad(position)), float(x.velocity_to_rad_s(velocity)))
         self._q = np.array([j.sign * (self._raw[j.id][0] - j.offset) for j in self.joints])
+
+    def _read(self, dxl_id: int, field: tuple[int, int]) -> int:
+        address, size = field
+        reader = {1: self._packets.read1ByteTxRx, 2: self._packets.read2ByteTxRx, 4: self._packets.read4ByteTxRx}[size]
+        out = {}
+
+        def call():
+            value, code, error = reader(self._port, dxl_id, address)
+            out["value"] = value
+            return code, error
+
+        with self._io:
+            self._transact(call, f"read servo {dxl_id}")
+        return out["value"]
 
     def _write(self, dxl_id: int, field: tuple[int, int], value: int) -> None:
         address, size = field

@@ -85,8 +85,10 @@ class GamepadTeleop(DeviceTeleop):
                 data = os.read(self._fd, EVENT.size * 64)
             except BlockingIOError:
                 continue
-            except OSError:
-                return  # unplugged: the axes stay as they were; the loop's watchdog still runs
+            except OSError as exc:
+                self.device_lost(f"gamepad {self.device}: {exc.strerror}")
+                return
             if not data:
+                self.device_lost(f"gamepad {self.device} closed")
                 return
             self.feed(data)

@@ -12,6 +12,7 @@ holding a key down repeats it (the terminal's auto-repeat) and so keeps moving.
 from __future__ import annotations
 
 import os
+import re
 import select
 import sys
 import termios
@@ -66,8 +67,11 @@ class KeyboardTeleop(DeviceTeleop):
             if ready:
                 try:
                     data = os.read(self.fd, 64)
-                except OSError:
+                except OSError as exc:
+                    self.device_lost(f"terminal: {exc.strerror}")
                     return
-                for key in data.decode(errors="ignore"):
+                # Arrow and function keys arrive as escape sequences: drop them (a lone Esc stops).
+                text = re.sub(r"\x1b(\[[0-9;]*[A-Za-z~]|O[A-Za-z])", "", data.decode(errors="ignore"))
+                for key in text:
                     self.handle(key, now)
             self.set_axes(np.where(self._until > now, self._sign, 0.0))

@@ -123,10 +123,15 @@ class RealSenseCamera(ThreadedCamera):
             key = id(sensor)
             by_sensor.setdefault(key, (sensor, []))[1].append(profile)
         self._sensors = []
-        for sensor, profiles in by_sensor.values():
-            sensor.open(profiles if len(profiles) > 1 else profiles[0])
-            sensor.start(self._syncer)
-            self._sensors.append(sensor)
+        try:
+            for sensor, profiles in by_sensor.values():
+                sensor.open(profiles if len(profiles) > 1 else profiles[0])
+                self._sensors.append(sensor)  # closed by _close, even if start fails
+                sensor.start(self._syncer)
+        except RuntimeError:
+            self._close()
+            raise
+        self._clock = DeviceClock()  # a reopened device may have restarted its clock
         self._align = rs.align(rs.stream.color) if cfg.depth else None
         self._last_frame = time.monotonic()
 

@@ -83,7 +83,8 @@ class SpaceMouseTeleop(DeviceTeleop):
         while not self._stop.is_set():
             try:
                 report = self._device.read(64, 10)  # 10 ms timeout
-            except OSError:
+            except OSError as exc:
+                self.device_lost(f"SpaceMouse: {exc}")
                 return
             if report:
                 self.feed(bytes(report))

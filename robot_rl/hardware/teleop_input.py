@@ -22,7 +22,7 @@ import numpy as np
 
 from robot_rl.core.protocols import Teleop
 from robot_rl.core.specs import TeleopCommand
-from robot_rl.errors import ConfigError
+from robot_rl.errors import ConfigError, DeviceError
 
 EVENTS = ("success", "failure", "rerecord", "stop")
 BUTTONS = ("gripper", "intervene", *EVENTS)
@@ -76,6 +76,7 @@ class DeviceTeleop(Teleop):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.lost: str | None = None  # set when the device went away: read() then raises
 
     def connect(self) -> None:
         if self._thread is None:
@@ -93,8 +94,12 @@ class DeviceTeleop(Teleop):
 
     def reset(self) -> None:
         self.mapper.reset()
+        with self._lock:  # keys pressed during the reset period do not end the next episode
+            self._state.pressed = []
 
     def read(self) -> TeleopCommand:
+        if self.lost:
+            raise DeviceError(self.lost)
         with self._lock:
             state = TeleopState(self._state.axes.copy(), self._state.pressed)
             self._state.pressed = []
@@ -103,6 +108,12 @@ class DeviceTeleop(Teleop):
     def press(self, button: str) -> None:
         with self._lock:
             self._state.pressed.append(button)
+
+    def device_lost(self, what: str) -> None:
+        """The read thread lost its device: no motion from here on, and the next read() raises."""
+        with self._lock:
+            self._state.axes = np.zeros(6)
+        self.lost = f"teleop device lost: {what}"
 
     def set_axes(self, axes) -> None:
         with self._lock:

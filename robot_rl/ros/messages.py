@@ -57,8 +57,8 @@ def stamp_to_s(stamp) -> float:
 
 
 def header(types: Types, t: float, frame_id: str = ""):
-    sec = math.floor(t)
-    stamp = types("builtin_interfaces/msg/Time")(sec=int(sec), nanosec=int(round((t - sec) * 1e9)) % 1_000_000_000)
+    sec, nanosec = divmod(int(round(t * 1e9)), 1_000_000_000)  # rounding up to a whole second carries
+    stamp = types("builtin_interfaces/msg/Time")(sec=int(sec), nanosec=int(nanosec))
     return types("std_msgs/msg/Header")(stamp=stamp, frame_id=frame_id)
 
 
@@ -162,8 +162,8 @@ def make_pose_stamped(types: Types, t: float, frame_id: str, xyz_quat):
 
 
 def make_joint_trajectory(types: Types, t: float, names, positions, time_from_start_s: float):
-    duration = types("builtin_interfaces/msg/Duration")(sec=int(time_from_start_s),
-                                                        nanosec=int(round((time_from_start_s % 1) * 1e9)))
+    sec, nanosec = divmod(int(round(time_from_start_s * 1e9)), 1_000_000_000)
+    duration = types("builtin_interfaces/msg/Duration")(sec=int(sec), nanosec=int(nanosec))
     point = types("trajectory_msgs/msg/JointTrajectoryPoint")(
         positions=np.asarray(positions, np.float64), velocities=np.zeros(0), accelerations=np.zeros(0),
         effort=np.zeros(0), time_from_start=duration)
@@ -224,12 +224,13 @@ def make_imu(types: Types, t: float, gyro, accel):
 def read_field(msg, msgtype: str, field: str | None, names: Sequence[str] | None = None) -> np.ndarray:
     """One array out of a message: `field` picks among a message kind's parts (None: its default)."""
     kind = msgtype.split("/")[-1]
-    if kind == "JointState":
-        return joint_state(msg, names)[field or "position"]
-    if kind in ("Odometry",):
-        return odometry(msg)[field or "pose"]
-    if kind == "Imu":
-        return imu(msg)[field or "gyro"]
+    parts = {"JointState": lambda: joint_state(msg, names), "Odometry": lambda: odometry(msg), "Imu": lambda: imu(msg)}
+    if kind in parts:
+        values = parts[kind]()
+        default = next(iter(values))
+        if (field or default) not in values:
+            raise ConfigError(f"{msgtype} has no field {field!r} (one of {', '.join(values)})")
+        return values[field or default]
     if kind in ("PoseStamped", "Pose"):
         return pose(msg)
     if kind == "AckermannDriveStamped":

@@ -100,3 +100,28 @@ def test_mapper_rejects_bad_settings():
         TeleopMapper("boat")
     with pytest.raises(ConfigError):
         TeleopMapper("arm", deadzone=1.5)
+
+
+def test_a_lost_gamepad_stops_motion_and_raises(tmp_path):
+    from robot_rl.errors import DeviceError
+
+    fifo = tmp_path / "event0"
+    os.mkfifo(fifo)
+    pad = GamepadTeleop(TeleopMapper("arm", deadzone=0.0), device=str(fifo))
+    writer = os.open(fifo, os.O_RDWR)
+    pad.connect()
+    try:
+        os.write(writer, event(EV_ABS, ABS_Y, -32768) + event(EV_KEY, BTN_START, 1))
+        time.sleep(0.1)
+        pad.reset()  # a press during the reset period does not end the next episode
+        assert pad.read().action[0] == 1.0 and pad.read().events == frozenset()
+        os.close(writer)  # unplugged
+        writer = None
+        time.sleep(0.1)
+        with pytest.raises(DeviceError, match="gamepad"):
+            pad.read()
+        assert np.all(pad._state.axes == 0)  # no motion left behind
+    finally:
+        pad.disconnect()
+        if writer is not None:
+            os.close(writer)

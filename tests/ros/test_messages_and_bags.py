@@ -121,6 +121,12 @@ def test_interpolated_alignment_and_the_cli(tmp_path, capsys):
     with EpisodeStore.open(tmp_path / "i.zarr") as store:
         stamps = store.array("timestamp")[: store.n_steps]
         np.testing.assert_allclose(store.array("obs/state")[: store.n_steps, 1], stamps, atol=1e-4)  # exact, not nearest
+    both = dict(CONFIG, streams=[{"key": "obs/state", "topic": "/joint_states", "names": ["j1"]},
+                                 {"key": "obs/state", "topic": "/joint_states", "names": ["j2"]}])
+    import_rosbag(bag, tmp_path / "two.zarr", RosbagImportConfig(**both), progress=False)  # two streams, one topic
+    with EpisodeStore.open(tmp_path / "two.zarr") as store:
+        state = store.array("obs/state")[: store.n_steps]
+        np.testing.assert_allclose(state[:, 0], -state[:, 1])
     assert main(["dataset", "import-rosbag", str(tmp_path / "nobag"), str(tmp_path / "x.zarr"), "--config",
                  str(tmp_path / "import.yaml")]) == 2
     assert "cannot read the bag" in capsys.readouterr().err
