@@ -57,8 +57,7 @@ def collect(cfg: DictConfig, replace: bool = False) -> dict:
     bar = tqdm(total=int(cfg.episodes), unit="ep", desc=f"collect {out.name}", dynamic_ncols=True)
 
     def progress(loop: ControlLoop, result) -> None:
-        periods = list(loop.clock.periods)[-20:]
-        rate = len(periods) / sum(periods) if periods and sum(periods) > 0 else 0.0
+        rate = loop.clock.recent_hz()
         bar.set_postfix_str(
             f"episode {loop.episode + 1} step {result.steps} rate {rate:5.1f} Hz overruns {loop.clock.overruns}",
             refresh=False,

@@ -50,8 +50,7 @@ class StatusLine:
         if now - self._last < self.period:
             return
         self._last = now
-        periods = list(loop.clock.periods)[-20:]
-        rate = len(periods) / sum(periods) if periods and sum(periods) > 0 else 0.0
+        rate = loop.clock.recent_hz()
         ages = " ".join(f"{k[10:]} {1000 * (now - float(v)):.0f}ms" for k, v in loop.env.raw_obs.items() if k.startswith("timestamp/"))
         who = "HUMAN" if getattr(loop.teleop, "mapper", None) is None or loop.teleop.mapper.intervening or loop.policy is None else "policy"
         self.stream.write(f"\repisode {loop.episode + 1} step {result.steps:4d} | {rate:5.1f} Hz | {ages or 'no cameras'} | {who} ")

@@ -9,6 +9,7 @@ for a margin that it learns from the sleep overshoots it actually sees.
 from __future__ import annotations
 
 import ctypes
+import itertools
 import sys
 import time
 from collections import deque
@@ -86,6 +87,12 @@ class RateClock:
         self.periods.append(tick - self._last_tick)
         self._last_tick = tick
         self.ticks += 1
+
+    def recent_hz(self, n: int = 20) -> float:
+        """The rate over the last n periods (0 before any), without copying the whole history."""
+        recent = list(itertools.islice(reversed(self.periods), n))
+        total = sum(recent)
+        return len(recent) / total if total > 0 else 0.0
 
     def report(self) -> dict:
         periods = np.asarray(self.periods)

@@ -27,6 +27,7 @@ from robot_rl.core.protocols import Robot
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError, DeviceError
 from robot_rl.hardware import dynamixel_xseries as x
+from robot_rl.sim.arm import down_rotation, yaw_of  # the sim arm's tool frame and yaw
 
 ASSETS = Path(__file__).parent / "assets"
 
@@ -128,10 +129,7 @@ class ArmKinematics:
 
 class DynamixelArm(Robot):
     def __init__(self, cfg: DynamixelArmConfig):
-        from robot_rl.sim.arm import yaw_of
-
         self.cfg = cfg
-        self._yaw_of = yaw_of
         self.joints = cfg.joints
         n = len(self.joints)
         self.kinematics = ArmKinematics(cfg.model, [j.name for j in self.joints], cfg.tcp_site, cfg.ik_damping)
@@ -191,7 +189,7 @@ class DynamixelArm(Robot):
                                   f"(offset, sign) in the robot config, or move the arm by hand into range")
             self._goal = np.clip(self._q, self._low, self._high)
             self._gripper_goal = self._gripper_opening()
-            self._target_yaw = self._yaw_of(self.kinematics.pose(self._q)[1])
+            self._target_yaw = yaw_of(self.kinematics.pose(self._q)[1])
             if not self.cfg.dry_run:
                 self._send_goals()
                 for i in self._ids:
@@ -242,7 +240,7 @@ class DynamixelArm(Robot):
     def observe(self) -> dict[str, np.ndarray]:
         self._read_state()
         position, rotation = self.kinematics.pose(self._q)
-        yaw = self._yaw_of(rotation)
+        yaw = yaw_of(rotation)
         velocity = np.array([self._raw[j.id][1] for j in self.joints]) * self._sign
         return {
             "joint_pos": self._q.astype(np.float32),
@@ -254,8 +252,6 @@ class DynamixelArm(Robot):
         }
 
     def command(self, action: np.ndarray) -> None:
-        from robot_rl.sim.arm import down_rotation
-
         a = np.asarray(action, np.float64)
         if a.shape != self.action_spec.shape or not np.all(np.isfinite(a)):
             raise ValueError(f"a Dynamixel arm takes a finite action of shape {self.action_spec.shape}, got {a}")
@@ -276,7 +272,6 @@ class DynamixelArm(Robot):
         if self.cfg.home is None:
             return
         home = np.clip(np.asarray(self.cfg.home, np.float64), self._low, self._high)
-        joint_cfg = self.cfg.control == "joint"
         for _ in range(max(1, int(seconds * rate_hz))):
             self._read_state()
             if np.max(np.abs(self._goal - home)) < 1e-3:
@@ -286,8 +281,7 @@ class DynamixelArm(Robot):
             self._gripper_goal = 1.0
             self._send_goals()
             time.sleep(1.0 / rate_hz)
-        if not joint_cfg:
-            self._target_yaw = self._yaw_of(self.kinematics.pose(self._goal)[1])
+        self._target_yaw = yaw_of(self.kinematics.pose(self._goal)[1])
 
     def stop(self) -> None:
         """Hold where the arm is now: goals = the joints as measured this moment."""

@@ -219,3 +219,12 @@ def test_timing_report_covers_every_stage():
         assert entry["n"] == 10
         assert 0 <= entry["p50_ms"] <= entry["p99_ms"] <= entry["max_ms"]
     assert {"achieved_hz", "overruns", "period_error_us_p50", "period_error_us_p99"} <= set(report["clock"])
+
+
+def test_recent_hz_reads_the_last_periods_only():
+    from robot_rl.core.clock import RateClock
+
+    clock = RateClock(None)
+    assert clock.recent_hz() == 0.0
+    clock.periods.extend([1.0] * 50 + [0.1] * 20)  # slow once, 10 Hz lately
+    assert abs(clock.recent_hz(20) - 10.0) < 1e-9

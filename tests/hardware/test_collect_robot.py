@@ -45,26 +45,23 @@ def collect_args(bus, fifo, out, episodes):
             "task=push the cube forward", f"out={out}", f"episodes={episodes}", "reset_s=0"]
 
 
+def collect_with_operator(bus, fifo, out, episodes) -> int:
+    """`robot-rl collect` in this process while the operator thread works the gamepad."""
+    stop = threading.Event()
+    threading.Thread(target=operator, args=(fifo, episodes, stop), daemon=True).start()
+    try:
+        return main(collect_args(bus, fifo, out, episodes))
+    finally:
+        stop.set()
+
+
 def test_collect_on_the_simulated_arm_then_dataset_info(tmp_path, capsys):
     fifo, out = tmp_path / "pad", tmp_path / "demos.zarr"
     os.mkfifo(fifo)
-    stop = threading.Event()
     with DynamixelSimulator(IDS, positions_rad=HOME) as bus:
-        feeder = threading.Thread(target=operator, args=(fifo, 2, stop), daemon=True)
-        feeder.start()
-        try:
-            assert main(collect_args(bus, fifo, out, 2)) == 0
-        finally:
-            stop.set()
+        assert collect_with_operator(bus, fifo, out, 2) == 0
         assert not any(bus.torque(i) for i in IDS)
-        # The same command again resumes into the store.
-        stop.clear()
-        feeder = threading.Thread(target=operator, args=(fifo, 1, stop), daemon=True)
-        feeder.start()
-        try:
-            assert main(collect_args(bus, fifo, out, 1)) == 0
-        finally:
-            stop.set()
+        assert collect_with_operator(bus, fifo, out, 1) == 0  # the same command again resumes into the store
     assert main(["dataset", "info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["episodes"] == 3 and info["task"] == "push the cube forward" and info["robot"] == "widowx250"
