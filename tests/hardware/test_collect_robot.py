@@ -25,10 +25,14 @@ def event(kind, code, value):
     return struct.pack("llHHi", 0, 0, kind, code, value)
 
 
-def operator(fifo, episodes, stop, steps_s=0.6):
-    """Push the stick forward for a while, then end the episode: success, failure, success..."""
+def operator(fifo, episodes, stop, bus, steps_s=0.6):
+    """Push the stick forward for a while, then end the episode: success, failure, success...
+    Starts once the arm is live (torque on), as an operator waits for the robot."""
     fd = os.open(fifo, os.O_WRONLY)
     try:
+        while not bus.torque(IDS[0]):
+            if stop.wait(0.01):
+                return
         for e in range(episodes):
             os.write(fd, event(EV_ABS, ABS_Y, -20000))
             if stop.wait(steps_s):
@@ -48,7 +52,7 @@ def collect_args(bus, fifo, out, episodes):
 def collect_with_operator(bus, fifo, out, episodes) -> int:
     """`robot-rl collect` in this process while the operator thread works the gamepad."""
     stop = threading.Event()
-    threading.Thread(target=operator, args=(fifo, episodes, stop), daemon=True).start()
+    threading.Thread(target=operator, args=(fifo, episodes, stop, bus), daemon=True).start()
     try:
         return main(collect_args(bus, fifo, out, episodes))
     finally:
@@ -86,7 +90,7 @@ def test_a_killed_collection_keeps_every_finished_episode(tmp_path):
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
         proc = subprocess.Popen([sys.executable, "-m", "robot_rl.cli", *collect_args(bus, fifo, out, 10)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        feeder = threading.Thread(target=operator, args=(fifo, 10, stop), daemon=True)
+        feeder = threading.Thread(target=operator, args=(fifo, 10, stop, bus), daemon=True)
         feeder.start()
         try:
             deadline = time.monotonic() + 60
