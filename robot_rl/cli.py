@@ -271,6 +271,12 @@ def cmd_read_robot(args) -> None:
             print("servo angles (rad), for the offsets: " + ", ".join(f"id {i}: {a:.4f}" for i, a in robot.servo_angles().items()))
 
 
+def cmd_ros(args) -> None:
+    from robot_rl.ros.nodes import main as run_ros_node
+
+    print(json.dumps(run_ros_node(args.node, args.ros_args), indent=2, default=str))
+
+
 def overrides_command(sub, name: str, help: str, func) -> None:
     """A subcommand whose arguments are config overrides (key=value)."""
     p = sub.add_parser(name, help=help)
@@ -356,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_find_cameras)
 
     overrides_command(sub, "read-robot", "print a real robot's state once, read only (calibration): robot=<name>", cmd_read_robot)
+
+    p = sub.add_parser("ros", help="a ROS 2 node (needs rclpy): policy | collect | actor [--ros-args ...]; see launch/")
+    p.add_argument("node", choices=("policy", "collect", "actor"))
+    p.add_argument("ros_args", nargs=argparse.REMAINDER, help="ROS arguments, e.g. --ros-args -p checkpoint:=PATH")
+    p.set_defaults(func=cmd_ros)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
     p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql"))

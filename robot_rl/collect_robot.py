@@ -57,9 +57,29 @@ class StatusLine:
         self.stream.flush()
 
 
-def collect_robot(cfg) -> dict:
-    from robot_rl.hardware.devices import make_camera, make_teleop
+def robot_env(robot_cfg, task_text: str, dry_run: bool, io=None) -> RobotEnv:
+    """A real robot's env from its config: the driver, its cameras, an operator-ended task. `io`:
+    the ROS connection, for ROS robots and cameras (robot_rl.ros)."""
+    from robot_rl.hardware.devices import make_camera
     from robot_rl.hardware.registry import make_robot
+
+    robot = make_robot(robot_cfg, io=io, dry_run=dry_run)
+    cameras = [make_camera(c, io=io) for c in robot_cfg.get("cameras") or []]
+    task = OperatorTask(str(task_text), int(robot_cfg.get("max_steps", 300)))
+    return RobotEnv(robot, task, cameras, max_frame_age_s=robot_cfg.get("max_frame_age_s", 0.2))
+
+
+def robot_safety(robot_cfg) -> SafetyConfig:
+    """The loop's safety settings for a real robot: its watchdog, and the workspace box, which
+    reads action dims 0-2 as end-effector steps, so only for end-effector control."""
+    box = robot_cfg.get("workspace_low") is not None and robot_cfg.get("control", robot_cfg.get("command", "ee")) in ("ee", "pose")
+    return SafetyConfig(workspace_low=tuple(robot_cfg.workspace_low) if box else None,
+                        workspace_high=tuple(robot_cfg.workspace_high) if box else None,
+                        watchdog_s=float(robot_cfg.get("loop_watchdog_s", 0.5)))
+
+
+def collect_robot(cfg, io=None) -> dict:
+    from robot_rl.hardware.devices import make_teleop
 
     robot_cfg = cfg.robot
     if cfg.episodes < 1:
@@ -67,10 +87,8 @@ def collect_robot(cfg) -> dict:
     if not cfg.task or cfg.task == cfg.env.get("task_text"):  # unset: collect.yaml's default is the sim env's text
         raise ConfigError('a real robot needs the task text: task="put the red cube in the bin"')
     dry_run = bool(cfg.dry_run or robot_cfg.get("dry_run", False))
-    robot = make_robot(robot_cfg, dry_run=dry_run)
-    cameras = [make_camera(c) for c in robot_cfg.get("cameras") or []]
-    task = OperatorTask(str(cfg.task), int(robot_cfg.get("max_steps", 300)))
-    env = RobotEnv(robot, task, cameras, max_frame_age_s=robot_cfg.get("max_frame_age_s", 0.2))
+    env = robot_env(robot_cfg, cfg.task, dry_run, io)
+    robot = env.robot
     teleop = make_teleop(str(cfg.teleop), cfg.teleop_options, robot)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -78,11 +96,7 @@ def collect_robot(cfg) -> dict:
     recorder = EpisodeRecorder(out, fps=rate, schema=transition_schema(env),
                                attrs={"robot": robot_cfg.name, "task": str(cfg.task), "source": "robot-rl collect",
                                       "teleop": str(cfg.teleop), "state_names": env.state_names(), "dry_run": dry_run})
-    # The workspace box reads action dims 0-2 as end-effector steps: only for end-effector control.
-    box = robot_cfg.get("workspace_low") is not None and robot_cfg.get("control", "ee") == "ee"
-    safety = SafetyConfig(workspace_low=tuple(robot_cfg.workspace_low) if box else None,
-                          workspace_high=tuple(robot_cfg.workspace_high) if box else None,
-                          watchdog_s=float(robot_cfg.get("loop_watchdog_s", 0.5)))
+    safety = robot_safety(robot_cfg)
     status = StatusLine()
     on_step = status
     if cfg.get("viewer"):

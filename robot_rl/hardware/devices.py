@@ -14,10 +14,17 @@ def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
-def make_camera(cfg):
+def make_camera(cfg, io=None):
+    """A camera from its config; `io` is the ROS connection that `kind: ros` cameras read through."""
     values = _plain(cfg)
     kind = values.pop("kind", None)
     try:
+        if kind == "ros":
+            from robot_rl.ros.backends import RosCamera, RosCameraConfig
+
+            if io is None:
+                raise ConfigError(f"camera {values.get('name')} is a ROS 2 topic: run it through a ROS node")
+            return RosCamera(RosCameraConfig(**values), io)
         if kind == "opencv":
             from robot_rl.hardware.opencv_camera import OpenCVCamera, OpenCVCameraConfig
 
@@ -28,7 +35,7 @@ def make_camera(cfg):
             return RealSenseCamera(RealSenseCameraConfig(**values))
     except TypeError as exc:
         raise ConfigError(f"camera {values.get('name')}: {exc}") from None
-    raise ConfigError(f"unknown camera kind {kind!r} (opencv, realsense)")
+    raise ConfigError(f"unknown camera kind {kind!r} (opencv, realsense, ros)")
 
 
 def make_teleop(kind: str, options, robot) -> Teleop:

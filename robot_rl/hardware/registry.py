@@ -17,10 +17,18 @@ def driver_settings(cfg) -> dict:
     return {k: v for k, v in values.items() if k not in LOOP_KEYS}
 
 
-def make_robot(cfg, **overrides) -> Robot:
+def make_robot(cfg, io=None, **overrides) -> Robot:
+    """The driver a robot config names; `io` is the ROS connection (robot_rl.ros.streams.RosIO)
+    that ROS robots (kind ros_arm, ros_car) talk through."""
     kind = cfg.get("kind")
     settings = {**driver_settings(cfg), **overrides}
     try:
+        if kind in ("ros_arm", "ros_car"):
+            from robot_rl.ros.backends import RosArm, RosArmConfig, RosCar, RosCarConfig
+
+            if io is None:
+                raise ConfigError(f"robot {cfg.get('name')} is a ROS 2 robot: run it through a ROS node (robot-rl ros ..., or the launch files)")
+            return RosArm(RosArmConfig(**settings), io) if kind == "ros_arm" else RosCar(RosCarConfig(**settings), io)
         if kind == "dynamixel_arm":
             from robot_rl.hardware.dynamixel_arm import DynamixelArm, DynamixelArmConfig
 
@@ -32,4 +40,4 @@ def make_robot(cfg, **overrides) -> Robot:
             return VescCar(VescCarConfig(**settings))
     except TypeError as exc:
         raise ConfigError(f"robot {cfg.get('name')}: {exc}") from None
-    raise ConfigError(f"unknown robot kind {kind!r} (dynamixel_arm, vesc_car)")
+    raise ConfigError(f"unknown robot kind {kind!r} (dynamixel_arm, vesc_car, ros_arm, ros_car)")

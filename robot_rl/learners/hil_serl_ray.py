@@ -50,6 +50,8 @@ class LearnerServer:
         return self.received
 
     def start(self) -> None:
+        if self._thread is not None:  # a second actor joining a named learner
+            return
         self._thread = threading.Thread(target=self._train, daemon=True, name="learner")
         self._thread.start()
 
@@ -86,7 +88,11 @@ class LearnerServer:
 
 
 class ActorServer:
-    def __init__(self, env_cfg: dict, cfg: dict, send_every: int = 50):
+    """The acting side. In sim (`env` None) it builds the env from `env_cfg` and the scripted
+    expert stands in for the human; on a robot (the ROS actor node) it is given the robot's env,
+    the operator's teleop device and the safety settings."""
+
+    def __init__(self, env_cfg: dict | None, cfg: dict, send_every: int = 50, env=None, teleop=None, safety=None):
         import torch
         from omegaconf import OmegaConf
 
@@ -98,23 +104,25 @@ class ActorServer:
 
         torch.set_num_threads(1)
         self.cfg = HILSERLConfig(**cfg)
-        env_cfg = OmegaConf.create(env_cfg)
-        self.env, expert = make_env(env_cfg, self.cfg)
+        self.counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
+        if env is None:
+            env_cfg = OmegaConf.create(env_cfg)
+            env, expert = make_env(env_cfg, self.cfg)
+            safety = safety_from_config(env_cfg.safety)
+            if self.cfg.human != "none":
+                teleop = ScriptedTeleop(expert, mode=self.cfg.human, takeover_steps=self.cfg.human_takeover,
+                                        attention=human_attention(self.cfg, lambda: self.counts["env_steps"]),
+                                        seed=self.cfg.seed + 1)
+        self.env = env
         self.agent = make_agent(self.env.observation_space.spaces, self.env.action_space.shape[0], self.cfg)
         self.learner, self.send_every = None, send_every
-        self.counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
         self.recent: list[bool] = []
-        teleop = None
-        if self.cfg.human != "none":
-            teleop = ScriptedTeleop(expert, mode=self.cfg.human, takeover_steps=self.cfg.human_takeover,
-                                    attention=human_attention(self.cfg, lambda: self.counts["env_steps"]),
-                                    seed=self.cfg.seed + 1)
         self.pending: list[dict] = []
         self._in_flight = None
         self.version, self._new_weights = 0, None
         self._stop = threading.Event()
         self.loop = ControlLoop(self.env, self._act_with_latest(AgentPolicy(self.agent)), teleop,
-                                rate_hz=self.cfg.rate_hz, execute_k=1, safety=safety_from_config(env_cfg.safety),
+                                rate_hz=self.cfg.rate_hz, execute_k=1, safety=safety,
                                 recorder=TransitionSink(self.pending.append), on_step=self._on_step)
 
     def connect_learner(self, learner) -> None:
@@ -183,6 +191,21 @@ class ActorServer:
         clock = self.loop.clock.report()
         return {**self.counts, "success_rate_20": float(np.mean(self.recent)) if self.recent else 0.0,
                 "actor_hz": clock.get("achieved_hz", 0.0), "weights_version": self.version}
+
+
+def named_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig, name: str, weights_every: int = 100):
+    """The cluster's learner called `name`, made here (detached, so it outlives this process)
+    when no such learner runs yet, and started: how an actor on a robot (the ROS actor node)
+    connects to its learner. Ray must be initialized."""
+    import ray
+
+    if weights_every < 1:
+        raise ConfigError(f"weights_every must be at least 1, got {weights_every}")
+    cls = ray.remote(num_cpus=1, max_concurrency=8)(LearnerServer)
+    learner = cls.options(name=name, namespace="robot_rl", get_if_exists=True, lifetime="detached").remote(
+        obs_spaces, action_dim, asdict(cfg), weights_every)
+    ray.get(learner.start.remote())
+    return learner
 
 
 def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None = None,

@@ -295,6 +295,18 @@ def batch_policy(agent: IQLAgent):
     return lambda obs, reset: agent.act({"state": torch.as_tensor(obs, dtype=torch.float32)}).numpy()
 
 
+def loop_policy(agent: IQLAgent):
+    """The agent's deterministic action for one env's dict observation (a ControlLoop policy)."""
+    agent.eval()
+
+    def act(obs: dict) -> np.ndarray:
+        batch = {"state": torch.as_tensor(np.asarray(obs["state"], np.float32))[None],
+                 **{k: images_to_float(np.asarray(obs[k])[None]) for k in agent.cfg.image_keys}}
+        return agent.act(batch)[0].numpy()
+
+    return act
+
+
 def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: int = 10_000, progress: bool = False) -> dict:
     """Success rate of the deterministic actor: on a vector env from state, one env at a time with cameras."""
     from robot_rl.learners.evaluate import run_episodes
@@ -307,14 +319,9 @@ def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: i
     from robot_rl.core import ControlLoop
     from robot_rl.sim.registry import make_sim_env
 
-    def act(obs: dict) -> np.ndarray:
-        batch = {"state": torch.as_tensor(obs["state"])[None],
-                 **{k: images_to_float(np.asarray(obs[k])[None]) for k in agent.cfg.image_keys}}
-        return agent.act(batch)[0].numpy()
-
     env, _ = make_sim_env(env_cfg, seed=seed)
     start = time.monotonic()
-    loop = ControlLoop(env, act, rate_hz=None, execute_k=1)
+    loop = ControlLoop(env, loop_policy(agent), rate_hz=None, execute_k=1)
     try:
         with env:
             results = [loop.run_episode(seed=seed + e) for e in

@@ -1,0 +1,121 @@
+"""The plumbing between ROS 2 topics and robot_rl's backends, without rclpy.
+
+A backend talks to ROS only through a `RosIO` (below): subscribe with a callback, get a publish
+function, read the ROS clock, look up a transform, send a gripper goal. On a robot that is
+`robot_rl.ros.rclpy_io.RclpyIO` (one rclpy node, spun in a background thread); in tests, an
+in-process bus that carries the rosbags type store's messages through CDR serialization.
+
+QoS is chosen per stream: sensor streams subscribe best-effort (a best-effort subscription
+receives from reliable and best-effort publishers alike, and never queues stale samples),
+commands are published reliable (received by reliable and best-effort subscriptions alike).
+A stream config may name another profile.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from robot_rl.errors import ConfigError, DeviceError
+
+# name -> (reliability, history depth); durability is volatile for all (no latched samples).
+QOS_PROFILES = {"sensor": ("best_effort", 5), "reliable": ("reliable", 10), "command": ("reliable", 10)}
+
+
+def check_qos(name: str) -> str:
+    if name not in QOS_PROFILES:
+        raise ConfigError(f"unknown QoS profile {name!r} (one of {', '.join(QOS_PROFILES)})")
+    return name
+
+
+class StaleMessageError(DeviceError):
+    """A stream the robot needs has no message, or none recent enough: its publisher stalled or died."""
+
+
+class RosIO(abc.ABC):
+    """What a ROS backend needs from ROS 2."""
+
+    types: Callable[[str], type]  # message type name -> class (messages.rclpy_types / bag_types)
+
+    @abc.abstractmethod
+    def subscribe(self, topic: str, msgtype: str, callback: Callable, qos: str = "sensor") -> None: ...
+
+    @abc.abstractmethod
+    def publisher(self, topic: str, msgtype: str, qos: str = "command") -> Callable: ...
+
+    @abc.abstractmethod
+    def now(self) -> float:
+        """The node's ROS time in seconds (simulation time when `use_sim_time` is set)."""
+
+    def lookup_transform(self, target_frame: str, source_frame: str):
+        """[x, y, z, qx, qy, qz, qw] of source_frame in target_frame (TF), or None if unknown."""
+        raise ConfigError("this ROS connection has no TF listener: give the arm an ee_pose_topic")
+
+    def send_gripper_goal(self, action_name: str, position: float, max_effort: float) -> None:
+        raise ConfigError("this ROS connection cannot send action goals: use a gripper topic")
+
+
+@dataclass
+class Sample:
+    value: object
+    stamp: float     # the message's header stamp (ROS time), or its arrival when it has no header
+    received: float  # ROS time of arrival
+    monotonic: float  # host monotonic time of arrival
+
+
+class LatestMessage:
+    """The newest message of one topic, converted by `convert`, with its stamps. Thread-safe:
+    the ROS executor thread writes, the control loop reads."""
+
+    def __init__(self, io: RosIO, topic: str, msgtype: str, convert: Callable, qos: str = "sensor"):
+        self.io, self.topic, self.convert = io, topic, convert
+        self._lock = threading.Lock()
+        self._sample: Sample | None = None
+        self._error: str | None = None  # a message that could not be converted (raised to the reader)
+        self.count = 0
+        io.subscribe(topic, msgtype, self._on_message, check_qos(qos))
+
+    def _on_message(self, msg) -> None:
+        try:  # in the executor's thread: an exception here would stop every subscription
+            value = self.convert(msg)
+        except Exception as exc:
+            self._error = f"{self.topic}: {exc}"
+            return
+        now = self.io.now()
+        stamp = getattr(getattr(msg, "header", None), "stamp", None)
+        stamp_s = stamp.sec + stamp.nanosec * 1e-9 if stamp is not None and (stamp.sec or stamp.nanosec) else now
+        with self._lock:
+            self._sample = Sample(value, stamp_s, now, time.monotonic())
+            self.count += 1
+
+    def get(self, max_age_s: float | None) -> Sample:
+        """The newest sample; StaleMessageError when there is none or it arrived more than
+        `max_age_s` ago on the ROS clock (None: any age)."""
+        with self._lock:
+            sample = self._sample
+        if self._error is not None:
+            raise ConfigError(self._error)
+        if sample is None:
+            raise StaleMessageError(f"no message on {self.topic} yet (is its publisher running, with a compatible QoS?)")
+        age = self.io.now() - sample.received
+        if max_age_s is not None and age > max_age_s:
+            raise StaleMessageError(f"{self.topic}: the newest message is {1000 * age:.0f} ms old "
+                                    f"(limit {1000 * max_age_s:.0f} ms): its publisher stalled or died")
+        return sample
+
+    def wait(self, timeout_s: float) -> Sample:
+        """Block (host time) until a first message is in; StaleMessageError after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self._lock:
+                if self._sample is not None:
+                    return self._sample
+            if self._error is not None:
+                raise ConfigError(self._error)
+            if time.monotonic() > deadline:
+                raise StaleMessageError(f"no message on {self.topic} within {timeout_s:.1f} s "
+                                        "(is its publisher running, with a compatible QoS?)")
+            time.sleep(0.005)
