@@ -78,7 +78,9 @@ def robot_safety(robot_cfg) -> SafetyConfig:
                         watchdog_s=float(robot_cfg.get("loop_watchdog_s", 0.5)))
 
 
-def collect_robot(cfg, io=None) -> dict:
+def collect_robot(cfg, io=None, policy=None, execute_k: int = 1) -> dict:
+    """`policy` (optional) drives while the operator watches and takes over with the device
+    (interventions are flagged in the data); without one the operator drives."""
     from robot_rl.hardware.devices import make_teleop
 
     robot_cfg = cfg.robot
@@ -95,7 +97,8 @@ def collect_robot(cfg, io=None) -> dict:
     rate = float(robot_cfg.get("control_hz", 10))
     recorder = EpisodeRecorder(out, fps=rate, schema=transition_schema(env),
                                attrs={"robot": robot_cfg.name, "task": str(cfg.task), "source": "robot-rl collect",
-                                      "teleop": str(cfg.teleop), "state_names": env.state_names(), "dry_run": dry_run})
+                                      "teleop": str(cfg.teleop), "state_names": env.state_names(), "dry_run": dry_run,
+                                      **({"policy": str(cfg.get("checkpoint"))} if policy is not None else {})})
     safety = robot_safety(robot_cfg)
     status = StatusLine()
     on_step = status
@@ -124,7 +127,7 @@ def collect_robot(cfg, io=None) -> dict:
             sys.stderr.flush()
             time.sleep(1.0)
 
-    loop = ControlLoop(env, teleop=teleop, rate_hz=rate, execute_k=1, safety=safety, recorder=recorder,
+    loop = ControlLoop(env, policy, teleop, rate_hz=rate, execute_k=execute_k, safety=safety, recorder=recorder,
                        on_step=on_step, on_episode=between_episodes)
     sys.stderr.write(f"collecting into {out} with {cfg.teleop}" + (" (dry run: nothing is sent to the motors)" if dry_run else "") + "\n")
     try:

@@ -42,11 +42,13 @@ COMMON = (
 NODES: dict[str, tuple[Param, ...]] = {
     "policy": (*COMMON,
                Param("checkpoint", str, "", "a checkpoint folder: SAC (HIL-SERL, FastRLAP), IQL or diffusion BC"),
+               Param("dataset", str, "", "an EpisodeStore to record the rollouts into ('': not recorded)"),
                Param("episodes", int, 1, "episodes to run; each ends at the robot config's max_steps or an operator key"),
                Param("teleop", str, "none", "none, or the operator's device to end episodes and take over: keyboard, gamepad, spacemouse"),
                Param("ddim_steps", int, 0, "diffusion BC: denoising steps per chunk (0: the checkpoint's)")),
     "collect": (*COMMON,
                 Param("dataset", str, "datasets/ros_demos.zarr", "the EpisodeStore to record into (appended to if it exists)"),
+                Param("checkpoint", str, "", "a policy that drives while the operator takes over at will ('': the operator drives)"),
                 Param("teleop", str, "keyboard", "the operator's device: keyboard, gamepad, spacemouse"),
                 Param("episodes", int, 10, "episodes to record"),
                 Param("reset_s", float, 5.0, "seconds to reset the scene between episodes")),
@@ -54,6 +56,7 @@ NODES: dict[str, tuple[Param, ...]] = {
               Param("ray_address", str, "", "the Ray cluster the learner runs on ('': a Ray started here)"),
               Param("learner_name", str, "robot_rl_hil_serl", "the learner's name on the cluster (made here when none runs)"),
               Param("learner_config", str, "", "a YAML of HIL-SERL settings over conf/learner/hil_serl.yaml"),
+              Param("checkpoint", str, "", "a previous HIL-SERL run folder to continue: its weights and buffers ('': fresh)"),
               Param("demos", str, "", "an EpisodeStore of demonstrations for the learner's prior buffer"),
               Param("reward_classifier", str, "", "a reward classifier checkpoint ('': the operator's success key is the reward)"),
               Param("env_steps", int, 20000, "robot steps to run before the learner saves and the node ends"),
@@ -103,16 +106,23 @@ def _teleop(params: dict, robot):
 def run_policy(params: dict, io) -> dict:
     from robot_rl.collect_robot import StatusLine, robot_safety
     from robot_rl.core import ControlLoop
-    from robot_rl.train import loop_policy_from_checkpoint
+    from robot_rl.core.loop import transition_schema
+    from robot_rl.datasets import EpisodeRecorder
 
     if not params["checkpoint"]:
         raise ConfigError("the policy node needs a checkpoint (checkpoint:=PATH)")
-    policy, kind = loop_policy_from_checkpoint(params["checkpoint"], params["ddim_steps"] or None)
+    policy, execute_k = _policy(params)
     cfg, env = _env(params, io)
-    execute_k = policy.policy.config.action_horizon if kind == "diffusion_policy" else 1
     teleop = _teleop(params, env.robot)
-    loop = ControlLoop(env, policy, teleop, rate_hz=float(cfg.get("control_hz", 10)), execute_k=execute_k,
-                       safety=robot_safety(cfg), on_step=StatusLine())
+    rate = float(cfg.get("control_hz", 10))
+    recorder = None
+    if params["dataset"]:
+        Path(params["dataset"]).parent.mkdir(parents=True, exist_ok=True)
+        recorder = EpisodeRecorder(params["dataset"], fps=rate, schema=transition_schema(env),
+                                   attrs={"robot": cfg.name, "task": params["task"], "source": "robot-rl ros policy",
+                                          "policy": params["checkpoint"], "state_names": env.state_names()})
+    loop = ControlLoop(env, policy, teleop, rate_hz=rate, execute_k=execute_k, safety=robot_safety(cfg),
+                       recorder=recorder, on_step=StatusLine())
     if teleop is not None:
         teleop.connect()
     try:
@@ -121,9 +131,19 @@ def run_policy(params: dict, io) -> dict:
     finally:
         if teleop is not None:
             teleop.disconnect()
+        if recorder is not None:
+            recorder.close()
     sys.stderr.write("\n")
     return {"episodes": len(results), "successes": sum(r.success for r in results),
             "steps": [r.steps for r in results], "report": loop.report()}
+
+
+def _policy(params: dict):
+    """(the checkpoint's ControlLoop policy, how many actions of a chunk to execute)."""
+    from robot_rl.train import loop_policy_from_checkpoint
+
+    policy, kind = loop_policy_from_checkpoint(params["checkpoint"], params.get("ddim_steps") or None)
+    return policy, policy.policy.config.action_horizon if kind == "diffusion_policy" else 1
 
 
 def run_collect(params: dict, io) -> dict:
@@ -135,8 +155,9 @@ def run_collect(params: dict, io) -> dict:
     cfg.robot = robot_config(params["robot_config"])
     cfg.merge_with({"out": params["dataset"], "teleop": params["teleop"], "episodes": int(params["episodes"]),
                     "task": params["task"], "reset_s": float(params["reset_s"]), "dry_run": bool(params["dry_run"]),
-                    "teleop_options": _teleop_options(params)})
-    return collect_robot(cfg, io=io)
+                    "teleop_options": _teleop_options(params), "checkpoint": params["checkpoint"] or None})
+    policy, execute_k = _policy(params) if params["checkpoint"] else (None, 1)
+    return collect_robot(cfg, io=io, policy=policy, execute_k=execute_k)
 
 
 def run_actor(params: dict, io) -> dict:
@@ -156,7 +177,7 @@ def run_actor(params: dict, io) -> dict:
     for key in RAY_KEYS:  # this node is the actor: where it and the learner run is its own business
         values.pop(key, None)
     cfg, env = _env(params, io)
-    values.update(env_steps=int(params["env_steps"]), human="none", demos=params["demos"] or values.get("demos"),
+    values.update(env_steps=int(params["env_steps"]), human="none", resume=params["checkpoint"] or values.get("resume"), demos=params["demos"] or values.get("demos"),
                   reward_classifier=params["reward_classifier"] or values.get("reward_classifier"),
                   rate_hz=float(cfg.get("control_hz", 10)))  # the operator is real: no scripted human
     hil = _dataclass_from(HILSERLConfig, values)

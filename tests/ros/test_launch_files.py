@@ -38,8 +38,9 @@ def test_launch_file(path):
     args = {a.get("name"): a for a in root.findall("arg")}
     for name, a in args.items():
         assert a.get("default") is not None and a.get("description"), f"{name}: declare a default and a description"
-    for needed in ("robot_config", "namespace", "use_sim_time", "driver_launch", "camera_launch"):
+    for needed in ("robot_config", "checkpoint", "namespace", "use_sim_time", "driver_launch", "camera_launch"):
         assert needed in args
+    assert "dataset" in args or "demos" in args
     used = {v for el in root.iter() for value in el.attrib.values() for v in VAR.findall(value)}
     assert used <= set(args), f"undeclared arguments {used - set(args)}"
     includes = root.findall("include")
@@ -55,7 +56,7 @@ def test_launch_file(path):
     declared = {p.name: p for p in nodes.NODES[kind]}
     params = {p.get("name"): p.get("value") for p in node.findall("param")}
     assert set(params) <= set(declared) | BUILTIN_PARAMS, f"unknown parameters {set(params) - set(declared)}"
-    assert {"robot_config", "checkpoint" if kind == "policy" else "teleop"} <= set(params)
+    assert {"robot_config", "checkpoint", "teleop"} <= set(params) and set(params) & {"dataset", "demos"}
     for name, value in params.items():
         default = args[VAR.fullmatch(value).group(1)].get("default") if VAR.fullmatch(value) else value
         typed = yaml_typed(default)

@@ -46,8 +46,10 @@ def test_policy_node_drives_the_car_from_a_checkpoint(tmp_path):
     graph = LoopbackGraph()
     with CarSim(graph) as sim:
         result = nodes.run_policy(params("policy", robot_config=write(tmp_path, "car", CAR), checkpoint=str(checkpoint),
-                                         episodes=2), LoopbackIO(graph))
+                                         episodes=2, dataset=str(tmp_path / "rollouts.zarr")), LoopbackIO(graph))
     assert result["episodes"] == 2 and result["steps"] == [20, 20]
+    with EpisodeStore.open(tmp_path / "rollouts.zarr") as store:  # the rollouts, recorded
+        assert store.n_episodes == 2 and store.n_steps == 40 and store.attrs["policy"] == str(checkpoint)
     sent = np.array(sim.commands)
     assert len(sent) >= 40 and np.all(np.isfinite(sent))
     assert np.all(np.abs(sent[:, 0]) <= 0.35) and np.all(np.abs(sent[:, 1]) <= 3.0)
