@@ -78,9 +78,10 @@ def robot_safety(robot_cfg) -> SafetyConfig:
                         watchdog_s=float(robot_cfg.get("loop_watchdog_s", 0.5)))
 
 
-def collect_robot(cfg, io=None, policy=None, execute_k: int = 1) -> dict:
-    """`policy` (optional) drives while the operator watches and takes over with the device
-    (interventions are flagged in the data); without one the operator drives."""
+def collect_robot(cfg, io=None, policy=None) -> dict:
+    """`policy` (optional): a function of the env giving (a policy, its execute_k), which drives
+    while the operator watches and takes over with the device (interventions are flagged in the
+    data); without one the operator drives."""
     from robot_rl.hardware.devices import make_teleop
 
     robot_cfg = cfg.robot
@@ -91,6 +92,7 @@ def collect_robot(cfg, io=None, policy=None, execute_k: int = 1) -> dict:
     dry_run = bool(cfg.dry_run or robot_cfg.get("dry_run", False))
     env = robot_env(robot_cfg, cfg.task, dry_run, io)
     robot = env.robot
+    policy, execute_k = policy(env) if policy is not None else (None, 1)
     teleop = make_teleop(str(cfg.teleop), cfg.teleop_options, robot)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -129,26 +129,30 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
 
 def loop_policy_from_checkpoint(checkpoint, ddim_steps: int | None = None):
     """A ControlLoop policy (obs dict -> normalized action, or a chunk) from a checkpoint of any
-    learner that acts alone: SAC (HIL-SERL, FastRLAP), IQL, diffusion BC. Returns (policy, kind)."""
+    learner that acts alone: SAC (HIL-SERL, FastRLAP), IQL, diffusion BC. Returns (policy, kind,
+    what it needs: state_dim, action_dim, image_keys as observation keys)."""
     path = Path(checkpoint)
     config = path / "config.json"
     if not config.exists():
         raise DatasetError(f"no checkpoint at {checkpoint} (expected {config})")
     kind = json.loads(config.read_text()).get("kind")
-    if kind == "sac_agent":
+    if kind in ("sac_agent", "iql_agent"):
         from robot_rl.learners.hil_serl import AgentPolicy
+        from robot_rl.learners.iql import IQLAgent, loop_policy
         from robot_rl.learners.sac import SACAgent
 
-        return AgentPolicy(SACAgent.load(path).eval(), deterministic=True), kind
-    if kind == "iql_agent":
-        from robot_rl.learners.iql import IQLAgent, loop_policy
-
-        return loop_policy(IQLAgent.load(path)), kind
+        agent = (SACAgent if kind == "sac_agent" else IQLAgent).load(path).eval()
+        policy = AgentPolicy(agent, deterministic=True) if kind == "sac_agent" else loop_policy(agent)
+        return policy, kind, {"state_dim": agent.cfg.state_dim, "action_dim": agent.cfg.action_dim,
+                              "image_keys": tuple(agent.cfg.image_keys)}
     if kind == "residual_policy":
         raise ConfigError("a residual checkpoint runs over its diffusion base in simulation only (robot-rl eval)")
     from robot_rl.policies.diffusion import DiffusionActor, DiffusionPolicy
 
-    return DiffusionActor(DiffusionPolicy.load(path), ddim_steps), kind
+    base = DiffusionPolicy.load(path)
+    c = base.config
+    return DiffusionActor(base, ddim_steps), "diffusion_policy", {
+        "state_dim": c.state_dim, "action_dim": c.action_dim, "image_keys": tuple(k.removeprefix("obs/") for k in c.image_keys)}
 
 
 def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: bool = True) -> dict:

@@ -28,7 +28,10 @@ def make_robot(cfg, io=None, **overrides) -> Robot:
 
             if io is None:
                 raise ConfigError(f"robot {cfg.get('name')} is a ROS 2 robot: run it through a ROS node (robot-rl ros ..., or the launch files)")
-            return RosArm(RosArmConfig(**settings), io) if kind == "ros_arm" else RosCar(RosCarConfig(**settings), io)
+            if kind == "ros_car":
+                return RosCar(RosCarConfig(**settings), io)
+            # The arm keeps its pose targets in the robot's workspace box, as the loop's safety layer does.
+            return RosArm(RosArmConfig(**settings, workspace_low=cfg.get("workspace_low"), workspace_high=cfg.get("workspace_high")), io)
         if kind == "dynamixel_arm":
             from robot_rl.hardware.dynamixel_arm import DynamixelArm, DynamixelArmConfig
 

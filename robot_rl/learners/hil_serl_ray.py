@@ -194,18 +194,22 @@ class ActorServer:
 
 
 def named_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig, name: str, weights_every: int = 100):
-    """The cluster's learner called `name`, made here (detached, so it outlives this process)
-    when no such learner runs yet, and started: how an actor on a robot (the ROS actor node)
-    connects to its learner. Ray must be initialized."""
+    """(the cluster's learner called `name`, whether it was made here): made (detached, so other
+    actors can join it) when no such learner runs yet, and started. How an actor on a robot (the
+    ROS actor node) connects to its learner. Ray must be initialized."""
     import ray
 
     if weights_every < 1:
         raise ConfigError(f"weights_every must be at least 1, got {weights_every}")
-    cls = ray.remote(num_cpus=1, max_concurrency=8)(LearnerServer)
-    learner = cls.options(name=name, namespace="robot_rl", get_if_exists=True, lifetime="detached").remote(
-        obs_spaces, action_dim, asdict(cfg), weights_every)
+    try:
+        learner, made = ray.get_actor(name, namespace="robot_rl"), False
+    except ValueError:  # none runs yet
+        cls = ray.remote(num_cpus=1, max_concurrency=8)(LearnerServer)
+        learner = cls.options(name=name, namespace="robot_rl", get_if_exists=True, lifetime="detached").remote(
+            obs_spaces, action_dim, asdict(cfg), weights_every)
+        made = True
     ray.get(learner.start.remote())
-    return learner
+    return learner, made
 
 
 def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None = None,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,9 +23,9 @@ import numpy as np
 from robot_rl.core.protocols import Camera, Robot
 from robot_rl.core.safety import Watchdog
 from robot_rl.core.specs import ArraySpec, Frame
-from robot_rl.errors import ConfigError
+from robot_rl.errors import ConfigError, DeviceError
 from robot_rl.ros import messages as m
-from robot_rl.ros.streams import LatestMessage, RosIO, check_qos
+from robot_rl.ros.streams import LatestMessage, RosIO, StaleMessageError, check_qos
 
 ARM_COMMANDS = ("pose", "joint_trajectory", "joint_forward")
 CAR_COMMANDS = ("ackermann", "twist")
@@ -70,6 +71,30 @@ class _CommandWatchdog:
             self._dog = None
 
 
+def _hand_pose(msg) -> np.ndarray:
+    """A PoseStamped as [x, y, z, qx, qy, qz, qw], the quaternion normalized; a non-finite or
+    zero-quaternion pose is unreadable (it must never become a target)."""
+    pose = m.pose(msg)
+    norm = float(np.linalg.norm(pose[3:]))
+    if not np.all(np.isfinite(pose)) or norm < 1e-6:
+        raise ValueError(f"the pose {pose} is not finite or has no rotation")
+    pose[3:] /= norm
+    return pose
+
+
+def _joint_state(names):
+    """JointState in `names` order; non-finite positions make it unreadable, a non-finite velocity
+    (drivers that do not know it) reads as 0."""
+    def convert(msg):
+        values = m.joint_state(msg, names)
+        if not np.all(np.isfinite(values["position"])):
+            raise ValueError(f"non-finite joint positions {values['position']}")
+        values["velocity"] = np.nan_to_num(values["velocity"], nan=0.0, posinf=0.0, neginf=0.0)
+        return values
+
+    return convert
+
+
 def _finite(action, shape, what: str) -> np.ndarray:
     a = np.asarray(action, np.float64)
     if a.shape != shape or not np.all(np.isfinite(a)):
@@ -106,6 +131,9 @@ class RosArmConfig:
     max_step_m: float = 0.01                # pose: end-effector step per command
     max_yaw_step: float = 0.05              # pose: rad per command
     max_lead_m: float = 0.05                # pose: the target never leads the measured pose by more
+    max_lead_yaw: float = 0.3               # pose: nor its yaw the measured yaw by more (rad)
+    workspace_low: list[float] | None = None   # pose: targets stay in this box (m; the robot config's)
+    workspace_high: list[float] | None = None
     max_joint_step: float = 0.05            # joint commands: rad per command
     trajectory_time_s: float = 0.1          # joint_trajectory: time_from_start of the single point
     gripper: dict | None = None             # GripperConfig fields
@@ -161,6 +189,7 @@ class RosArm(Robot):
         self._goal: np.ndarray | None = None        # joint goal, or the pose target [x, y, z, qx, qy, qz, qw]
         self._yaw0, self._quat0, self._target_yaw = 0.0, np.array([0.0, 0.0, 0.0, 1.0]), 0.0
         self._gripper_goal: float | None = None
+        self._gripper_sent: float | None = None
 
     # --- Robot ------------------------------------------------------------------------------------
     def connect(self) -> None:
@@ -169,9 +198,9 @@ class RosArm(Robot):
         cfg, io = self.cfg, self.io
         joint_names = list(cfg.joint_names) + ([cfg.gripper_cfg.joint] if cfg.gripper_cfg and cfg.gripper_cfg.joint else [])
         self._joints = LatestMessage(io, cfg.joint_states_topic, "sensor_msgs/msg/JointState",
-                                     lambda msg: m.joint_state(msg, joint_names), cfg.state_qos)
+                                     _joint_state(joint_names), cfg.state_qos)
         if cfg.ee_pose_topic:
-            self._ee = LatestMessage(io, cfg.ee_pose_topic, "geometry_msgs/msg/PoseStamped", m.pose, cfg.state_qos)
+            self._ee = LatestMessage(io, cfg.ee_pose_topic, "geometry_msgs/msg/PoseStamped", _hand_pose, cfg.state_qos)
         if not cfg.dry_run:
             msgtype = {"pose": "geometry_msgs/msg/PoseStamped", "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
                        "joint_forward": "std_msgs/msg/Float64MultiArray"}[cfg.command]
@@ -183,12 +212,17 @@ class RosArm(Robot):
             self._joints.wait(cfg.connect_timeout_s)
             if self._ee is not None:
                 self._ee.wait(cfg.connect_timeout_s)
-            self._hold_here()
+            elif cfg.ee_frame:
+                self._wait_for_tf()
+            g = cfg.gripper_cfg
+            if g is not None and g.kind == "action" and not cfg.dry_run:
+                io.connect_gripper(g.name, cfg.connect_timeout_s)
             self._quat0 = self._ee_pose()[3:].copy()
+            self._yaw0 = m.yaw_of_quaternion(*self._quat0)
+            self._hold_here()
         except BaseException:
             self._joints = self._ee = None  # not connected: a later connect() starts over
             raise
-        self._yaw0 = self._target_yaw = m.yaw_of_quaternion(*self._quat0)
         self._watchdog.start()
 
     def disconnect(self) -> None:
@@ -198,7 +232,7 @@ class RosArm(Robot):
     def observe(self) -> dict[str, np.ndarray]:
         sample = self._joints.get(self.cfg.max_age_s)
         n = len(self.cfg.joint_names)
-        pose = self._ee_pose()
+        pose = self._ee_pose(max_age=True)
         yaw = m.yaw_of_quaternion(*pose[3:])
         return {"joint_pos": sample.value["position"][:n].astype(np.float32),
                 "joint_vel": sample.value["velocity"][:n].astype(np.float32),
@@ -210,12 +244,17 @@ class RosArm(Robot):
         cfg = self.cfg
         a = _finite(action, self.action_spec.shape, "arm")
         if cfg.command == "pose":
-            measured = self._ee_pose(max_age=True)[:3]
+            hand = self._ee_pose(max_age=True)
+            measured, yaw = hand[:3], m.yaw_of_quaternion(*hand[3:])
             delta = np.clip(a[:3], -cfg.max_step_m, cfg.max_step_m)
             # Impedance controllers pull with a force that grows with the target's distance: the
-            # target stays within max_lead_m of where the hand is.
+            # target stays within max_lead_m (and max_lead_yaw) of where the hand is, and in the box.
             position = np.clip(self._goal[:3] + delta, measured - cfg.max_lead_m, measured + cfg.max_lead_m)
-            self._target_yaw += float(np.clip(a[3], -cfg.max_yaw_step, cfg.max_yaw_step))
+            if cfg.workspace_low is not None and cfg.workspace_high is not None:
+                position = np.clip(position, cfg.workspace_low, cfg.workspace_high)
+            target_yaw = self._target_yaw + float(np.clip(a[3], -cfg.max_yaw_step, cfg.max_yaw_step))
+            lead = math.remainder(target_yaw - yaw, 2 * math.pi)
+            self._target_yaw = yaw + float(np.clip(lead, -cfg.max_lead_yaw, cfg.max_lead_yaw))
             self._goal = np.concatenate([position, quat_multiply(quat_about_z(self._target_yaw - self._yaw0), self._quat0)])
         else:
             step = np.clip(a[:-1] - self._goal, -cfg.max_joint_step, cfg.max_joint_step)
@@ -234,30 +273,50 @@ class RosArm(Robot):
             return
         try:
             self._hold_here()
+            self._send(gripper=False)
         except Exception:
-            pass  # no state at all: the controller keeps its last goal
-        self._send(gripper=False)
+            pass  # no usable state: nothing is sent, the controller keeps its last goal
 
     # --- internals ----------------------------------------------------------------------------------
     def _hold_here(self) -> None:
         if self.cfg.command == "pose":
             self._goal = self._ee_pose().copy()
+            self._target_yaw = self._yaw0 + math.remainder(m.yaw_of_quaternion(*self._goal[3:]) - self._yaw0, 2 * math.pi)
         else:
             n = len(self.cfg.joint_names)
             self._goal = np.clip(self._joints.get(None).value["position"][:n], self._low, self._high)
 
     def _ee_pose(self, max_age: bool = False) -> np.ndarray:
-        limit = self.cfg.max_age_s if max_age else None
+        cfg = self.cfg
+        limit = cfg.max_age_s if max_age else None
         if self._ee is not None:
-            return self._ee.get(limit if max_age else None).value
-        pose = self.io.lookup_transform(self.cfg.base_frame, self.cfg.ee_frame) if self.cfg.ee_frame else None
-        if pose is None:
-            if self.cfg.command != "pose":
-                return np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # joint control needs no hand pose
-            from robot_rl.ros.streams import StaleMessageError
+            return self._ee.get(limit).value
+        if not cfg.ee_frame:
+            return np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # joint control without a hand frame
+        found = self.io.lookup_transform(cfg.base_frame, cfg.ee_frame)
+        if found is None:
+            raise StaleMessageError(f"no transform from {cfg.base_frame} to {cfg.ee_frame} (is TF published?)")
+        pose, stamp = np.asarray(found[0], np.float64), found[1]
+        age = self.io.now() - stamp
+        if limit is not None and age > limit:
+            raise StaleMessageError(f"TF {cfg.base_frame} -> {cfg.ee_frame} is {1000 * age:.0f} ms old "
+                                    f"(limit {1000 * limit:.0f} ms): robot_state_publisher or the driver stalled")
+        norm = float(np.linalg.norm(pose[3:]))
+        if not np.all(np.isfinite(pose)) or norm < 1e-6:
+            raise StaleMessageError(f"TF {cfg.base_frame} -> {cfg.ee_frame} is not a valid pose: {pose}")
+        pose[3:] /= norm
+        return pose
 
-            raise StaleMessageError(f"no transform from {self.cfg.base_frame} to {self.cfg.ee_frame} (is TF published?)")
-        return np.asarray(pose, np.float64)
+    def _wait_for_tf(self) -> None:
+        deadline = time.monotonic() + self.cfg.connect_timeout_s
+        while True:
+            try:
+                self._ee_pose()
+                return
+            except StaleMessageError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def _gripper_opening(self, positions: np.ndarray) -> float:
         g = self.cfg.gripper_cfg
@@ -274,6 +333,8 @@ class RosArm(Robot):
     def _send(self, gripper: bool = True) -> None:
         if self._publish is None or self._goal is None:  # dry run, or nothing known yet
             return
+        if not np.all(np.isfinite(self._goal)):  # cannot happen from checked inputs; never sent if it does
+            raise DeviceError(f"refusing to send the non-finite goal {self._goal}")
         cfg, t = self.cfg, self.io.now()
         if cfg.command == "pose":
             self._publish(m.make_pose_stamped(self.io.types, t, cfg.base_frame, self._goal))
@@ -285,8 +346,9 @@ class RosArm(Robot):
         if gripper and g is not None and self._gripper_goal is not None:
             if g.kind == "topic":
                 self._publish_gripper(m.make_float64_array(self.io.types, [self._gripper_goal]))
-            else:
+            elif self._gripper_goal != self._gripper_sent:  # an action goal preempts the last: only on change
                 self.io.send_gripper_goal(g.name, self._gripper_goal, g.max_effort)
+                self._gripper_sent = self._gripper_goal
 
 
 # --- the car -----------------------------------------------------------------------------------------------

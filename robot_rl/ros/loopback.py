@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
-from robot_rl.errors import ConfigError
+from robot_rl.errors import ConfigError, DeviceError
 from robot_rl.ros.messages import bag_types, ros2_typestore
 from robot_rl.ros.streams import QOS_PROFILES, RosIO
 
@@ -58,7 +58,8 @@ class LoopbackIO(RosIO):
     def __init__(self, graph: LoopbackGraph, use_sim_time: bool = False):
         self.graph, self.use_sim_time = graph, use_sim_time
         self.types = graph.types
-        self.transforms: dict[tuple[str, str], list[float]] = {}
+        self.transforms: dict[tuple[str, str], tuple[list[float], float]] = {}  # (pose, stamp), as TF keeps them
+        self.gripper_servers: set[str] = set()  # action servers that answer
         self.gripper_goals: list[tuple[str, float, float]] = []
 
     def subscribe(self, topic, msgtype, callback, qos="sensor") -> None:
@@ -74,6 +75,13 @@ class LoopbackIO(RosIO):
 
     def lookup_transform(self, target_frame, source_frame):
         return self.transforms.get((target_frame, source_frame))
+
+    def connect_gripper(self, action_name, timeout_s) -> None:
+        deadline = time.monotonic() + timeout_s
+        while action_name not in self.gripper_servers:
+            if time.monotonic() > deadline:
+                raise DeviceError(f"the gripper action server {action_name} is not available")
+            time.sleep(0.01)
 
     def send_gripper_goal(self, action_name, position, max_effort) -> None:
         self.gripper_goals.append((action_name, position, max_effort))

@@ -111,8 +111,8 @@ def run_policy(params: dict, io) -> dict:
 
     if not params["checkpoint"]:
         raise ConfigError("the policy node needs a checkpoint (checkpoint:=PATH)")
-    policy, execute_k = _policy(params)
     cfg, env = _env(params, io)
+    policy, execute_k = _policy(params, env)
     teleop = _teleop(params, env.robot)
     rate = float(cfg.get("control_hz", 10))
     recorder = None
@@ -138,11 +138,18 @@ def run_policy(params: dict, io) -> dict:
             "steps": [r.steps for r in results], "report": loop.report()}
 
 
-def _policy(params: dict):
-    """(the checkpoint's ControlLoop policy, how many actions of a chunk to execute)."""
+def _policy(params: dict, env):
+    """(the checkpoint's ControlLoop policy, how many actions of a chunk to execute), once the
+    checkpoint is known to fit this robot's observations and actions."""
     from robot_rl.train import loop_policy_from_checkpoint
 
-    policy, kind = loop_policy_from_checkpoint(params["checkpoint"], params.get("ddim_steps") or None)
+    policy, kind, needs = loop_policy_from_checkpoint(params["checkpoint"], params.get("ddim_steps") or None)
+    have = {"state_dim": env.observation_space["state"].shape[0], "action_dim": env.action_space.shape[0]}
+    wrong = [f"{k} {needs[k]} (the robot gives {have[k]})" for k in have if needs[k] != have[k]]
+    missing = [k for k in needs["image_keys"] if k not in env.observation_space.spaces]
+    if wrong or missing:
+        raise ConfigError(f"{params['checkpoint']} does not fit robot {params['robot_config']}: "
+                          + "; ".join(wrong + ([f"cameras {', '.join(missing)} are not in its config"] if missing else [])))
     return policy, policy.policy.config.action_horizon if kind == "diffusion_policy" else 1
 
 
@@ -156,8 +163,7 @@ def run_collect(params: dict, io) -> dict:
     cfg.merge_with({"out": params["dataset"], "teleop": params["teleop"], "episodes": int(params["episodes"]),
                     "task": params["task"], "reset_s": float(params["reset_s"]), "dry_run": bool(params["dry_run"]),
                     "teleop_options": _teleop_options(params), "checkpoint": params["checkpoint"] or None})
-    policy, execute_k = _policy(params) if params["checkpoint"] else (None, 1)
-    return collect_robot(cfg, io=io, policy=policy, execute_k=execute_k)
+    return collect_robot(cfg, io=io, policy=(lambda env: _policy(params, env)) if params["checkpoint"] else None)
 
 
 def run_actor(params: dict, io) -> dict:
@@ -177,10 +183,12 @@ def run_actor(params: dict, io) -> dict:
     for key in RAY_KEYS:  # this node is the actor: where it and the learner run is its own business
         values.pop(key, None)
     cfg, env = _env(params, io)
-    values.update(env_steps=int(params["env_steps"]), human="none", resume=params["checkpoint"] or values.get("resume"), demos=params["demos"] or values.get("demos"),
-                  reward_classifier=params["reward_classifier"] or values.get("reward_classifier"),
-                  rate_hz=float(cfg.get("control_hz", 10)))  # the operator is real: no scripted human
-    hil = _dataclass_from(HILSERLConfig, values)
+    # Paths go to the learner, which may run on another machine: absolute, as seen from here.
+    values.update(env_steps=int(params["env_steps"]), human="none", rate_hz=float(cfg.get("control_hz", 10)),
+                  resume=_absolute(params["checkpoint"] or values.get("resume")),
+                  demos=_absolute(params["demos"] or values.get("demos")),
+                  reward_classifier=params["reward_classifier"] or values.get("reward_classifier"))
+    hil = _dataclass_from(HILSERLConfig, values)  # human none: the operator is real, no scripted stand-in
     if hil.reward_classifier:
         from robot_rl.rewards.classifier import ClassifierRewardEnv, RewardClassifier
 
@@ -190,9 +198,10 @@ def run_actor(params: dict, io) -> dict:
     if started_here:
         ray.init(address=params["ray_address"] or None, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, **({} if params["ray_address"] else {"num_cpus": 2}))
+    learner, made_here, acted, learned = None, False, None, None
     try:
-        learner = named_learner(env.observation_space.spaces, int(env.action_space.shape[0]), hil,
-                                params["learner_name"], weights_every)
+        learner, made_here = named_learner(env.observation_space.spaces, int(env.action_space.shape[0]), hil,
+                                           params["learner_name"], weights_every)
         actor = ActorServer(None, asdict(hil), env=env, teleop=teleop, safety=robot_safety(cfg))
         actor.connect_learner(learner)
         if teleop is not None:
@@ -202,12 +211,20 @@ def run_actor(params: dict, io) -> dict:
         finally:
             if teleop is not None:
                 teleop.disconnect()
-        learned = ray.get(learner.finish.remote(str(params["out"])))
-        ray.kill(learner)  # its work is saved; a detached actor would otherwise outlive the cluster's jobs
     finally:
+        # The node that made the learner saves it and ends it, whatever ended the run (the steps,
+        # Ctrl-C, a lost device): its weights and buffers are never lost with the Ray session.
+        # A node that joined a running learner leaves it to its maker.
+        if made_here:
+            learned = ray.get(learner.finish.remote(_absolute(params["out"])))
+            ray.kill(learner)
         if started_here:
             ray.shutdown()
     return {"actor": acted, "learner": learned}
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
 
 
 RUNNERS = {"policy": run_policy, "collect": run_collect, "actor": run_actor}

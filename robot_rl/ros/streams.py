@@ -51,8 +51,13 @@ class RosIO(abc.ABC):
         """The node's ROS time in seconds (simulation time when `use_sim_time` is set)."""
 
     def lookup_transform(self, target_frame: str, source_frame: str):
-        """[x, y, z, qx, qy, qz, qw] of source_frame in target_frame (TF), or None if unknown."""
+        """(the newest [x, y, z, qx, qy, qz, qw] of source_frame in target_frame, its stamp in
+        ROS seconds) from TF, or None while TF does not know it."""
         raise ConfigError("this ROS connection has no TF listener: give the arm an ee_pose_topic")
+
+    def connect_gripper(self, action_name: str, timeout_s: float) -> None:
+        """Wait for a control_msgs/GripperCommand action server; DeviceError if none comes."""
+        raise ConfigError("this ROS connection cannot send action goals: use a gripper topic")
 
     def send_gripper_goal(self, action_name: str, position: float, max_effort: float) -> None:
         raise ConfigError("this ROS connection cannot send action goals: use a gripper topic")
@@ -81,12 +86,12 @@ class LatestMessage:
     def _on_message(self, msg) -> None:
         try:  # in the executor's thread: an exception here would stop every subscription
             value = self.convert(msg)
-        except Exception as exc:
-            self._error = f"{self.topic}: {exc}"
+            now = self.io.now()
+            stamp = getattr(getattr(msg, "header", None), "stamp", None)
+            stamp_s = stamp.sec + stamp.nanosec * 1e-9 if stamp is not None and (stamp.sec or stamp.nanosec) else now
+        except Exception as exc:  # an unreadable message counts as no message; its error is reported
+            self._error = f"the last message on {self.topic} could not be read: {exc}"
             return
-        now = self.io.now()
-        stamp = getattr(getattr(msg, "header", None), "stamp", None)
-        stamp_s = stamp.sec + stamp.nanosec * 1e-9 if stamp is not None and (stamp.sec or stamp.nanosec) else now
         with self._lock:
             self._sample = Sample(value, stamp_s, now, time.monotonic())
             self.count += 1
@@ -96,14 +101,13 @@ class LatestMessage:
         `max_age_s` ago on the ROS clock (None: any age)."""
         with self._lock:
             sample = self._sample
-        if self._error is not None:
-            raise ConfigError(self._error)
+        why = f"; {self._error}" if self._error else ""
         if sample is None:
-            raise StaleMessageError(f"no message on {self.topic} yet (is its publisher running, with a compatible QoS?)")
+            raise StaleMessageError(f"no message on {self.topic} yet (is its publisher running, with a compatible QoS?){why}")
         age = self.io.now() - sample.received
         if max_age_s is not None and age > max_age_s:
             raise StaleMessageError(f"{self.topic}: the newest message is {1000 * age:.0f} ms old "
-                                    f"(limit {1000 * max_age_s:.0f} ms): its publisher stalled or died")
+                                    f"(limit {1000 * max_age_s:.0f} ms): its publisher stalled or died{why}")
         return sample
 
     def wait(self, timeout_s: float) -> Sample:
@@ -113,9 +117,8 @@ class LatestMessage:
             with self._lock:
                 if self._sample is not None:
                     return self._sample
-            if self._error is not None:
-                raise ConfigError(self._error)
             if time.monotonic() > deadline:
+                why = f"; {self._error}" if self._error else ""
                 raise StaleMessageError(f"no message on {self.topic} within {timeout_s:.1f} s "
-                                        "(is its publisher running, with a compatible QoS?)")
+                                        f"(is its publisher running, with a compatible QoS?){why}")
             time.sleep(0.005)

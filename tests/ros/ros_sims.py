@@ -61,7 +61,7 @@ class ArmSim(_Publisher):
         if self.target is not None and not self.frozen:
             gap = self.target[:3] - self.pose[:3]
             self.pose[:3] += gap * min(1.0, 0.5 * dt / max(np.linalg.norm(gap), 1e-9))
-            self.pose[3:] = self.target[3:]
+            self.pose[3:] = self.target[3:]  # the wrist turns at once
 
     def publish(self):
         t = self.io.now()

@@ -16,7 +16,7 @@ from ros_sims import JOINTS, ArmSim, CarSim  # noqa: E402
 
 from robot_rl.core import ControlLoop, SafetyConfig  # noqa: E402
 from robot_rl.core.env import RobotEnv  # noqa: E402
-from robot_rl.errors import ConfigError, StaleFrameError  # noqa: E402
+from robot_rl.errors import ConfigError, DeviceError, StaleFrameError  # noqa: E402
 from robot_rl.ros import messages as m  # noqa: E402
 from robot_rl.ros.backends import (RosArm, RosArmConfig, RosCamera, RosCameraConfig, RosCar,  # noqa: E402
                                    RosCarConfig)
@@ -59,11 +59,19 @@ def test_arm_pose_commands_are_clipped_steps_with_a_leash():
             with pytest.raises(ValueError, match="finite"):
                 arm.command(np.array([np.nan, 0, 0, 0, 0]))
             assert m.pose(graph.published["/target_pose"][-1])[0] == pytest.approx(0.51)  # nothing new sent
-            sim.frozen = True  # the hand is blocked: the target may not run away from it
-            hand = arm.observe()["ee_pos"].copy()
+            sim.frozen = True  # the hand is blocked: the target may not run away from it, nor turn away
+            hand = arm.observe()
             for _ in range(20):
-                arm.command(np.array([0.01, 0.0, 0.0, 0.0, 1.0]))
-            assert m.pose(graph.published["/target_pose"][-1])[0] <= hand[0] + 0.05 + 1e-6
+                arm.command(np.array([0.01, 0.0, 0.0, 0.05, 1.0]))
+            target = m.pose(graph.published["/target_pose"][-1])
+            assert target[0] == pytest.approx(hand["ee_pos"][0] + 0.05)
+            yaw = math.atan2(hand["ee_yaw"][1], hand["ee_yaw"][0])
+            assert m.yaw_of_quaternion(*target[3:]) == pytest.approx(yaw + 0.3)
+    graph = LoopbackGraph()
+    with ArmSim(graph):  # the workspace box holds for targets too
+        with RosArm(arm_config(workspace_low=[0.0, -0.5, 0.29], workspace_high=[1.0, 0.5, 1.0]), LoopbackIO(graph)) as arm:
+            arm.command(np.array([0.0, 0.0, -0.01, 0.0, 1.0]))
+            assert m.pose(graph.published["/target_pose"][-1])[2] == pytest.approx(0.29)
 
 
 def test_arm_joint_commands_trajectory_forward_and_gripper_action():
@@ -71,14 +79,21 @@ def test_arm_joint_commands_trajectory_forward_and_gripper_action():
     with ArmSim(graph) as sim:
         io = LoopbackIO(graph)
         arm = RosArm(arm_config(command="joint_trajectory", command_topic="/trajectory", trajectory_time_s=0.2,
-                                gripper={"kind": "action", "name": "/gripper_action", "open": 0.08, "closed": 0.0}), io)
+                                gripper={"kind": "action", "name": "/gripper_action", "open": 0.08, "closed": 0.0},
+                                connect_timeout_s=0.2), io)
+        with pytest.raises(DeviceError, match="gripper action server /gripper_action"):
+            arm.connect()  # no server answers
+        io.gripper_servers.add("/gripper_action")
         with arm:
             assert arm.action_spec.names == (*JOINTS, "gripper")
             arm.command(np.array([1.0, -0.2, 5.0, -1.0]))  # j1 and j3 far: per-step limit 0.05, then the joint limits
             traj = graph.published["/trajectory"][-1]
             assert list(traj.joint_names) == JOINTS and traj.points[0].time_from_start.nanosec == 200_000_000
             np.testing.assert_allclose(traj.points[0].positions, [0.15, -0.2, 0.35])
-            assert io.gripper_goals[-1] == ("/gripper_action", 0.08, 20.0)  # -1: open
+            assert io.gripper_goals == [("/gripper_action", 0.08, 20.0)]  # -1: open
+            arm.command(np.array([0.1, -0.2, 0.3, -1.0]))
+            arm.command(np.array([0.1, -0.2, 0.3, 1.0]))
+            assert io.gripper_goals[1:] == [("/gripper_action", 0.0, 20.0)]  # a goal only when it changes
         graph2 = LoopbackGraph()
         with ArmSim(graph2) as sim2:
             arm = RosArm(arm_config(command="joint_forward", command_topic="/joint_commands", joint_high=[1.0, 1.0, 0.32]),
@@ -94,11 +109,16 @@ def test_arm_pose_from_tf_and_config_errors():
     graph = LoopbackGraph()
     with ArmSim(graph):
         io = LoopbackIO(graph)
-        io.transforms[("base", "tcp")] = [0.4, 0.1, 0.2, 1.0, 0.0, 0.0, 0.0]
-        with RosArm(arm_config(ee_pose_topic=None, base_frame="base", ee_frame="tcp"), io) as arm:
+        threading.Timer(0.2, lambda: io.transforms.update({("base", "tcp"): ([0.4, 0.1, 0.2, 1.0, 0.0, 0.0, 0.0], io.now())})).start()
+        with RosArm(arm_config(ee_pose_topic=None, base_frame="base", ee_frame="tcp"), io) as arm:  # waits for TF
             np.testing.assert_allclose(arm.observe()["ee_pos"], [0.4, 0.1, 0.2])
             arm.command(np.array([0.0, 0.01, 0.0, 0.0, -1.0]))
             np.testing.assert_allclose(m.pose(graph.published["/target_pose"][-1])[:3], [0.4, 0.11, 0.2])
+            time.sleep(0.3)  # robot_state_publisher stalls: the transform ages
+            with pytest.raises(StaleMessageError, match="TF base -> tcp is .* ms old"):
+                arm.observe()
+        with pytest.raises(StaleMessageError, match="no transform from base to nowhere"):
+            RosArm(arm_config(ee_pose_topic=None, base_frame="base", ee_frame="nowhere", connect_timeout_s=0.1), io).connect()
     with pytest.raises(ConfigError, match="ee_pose_topic or ee_frame"):
         arm_config(ee_pose_topic=None)
     with pytest.raises(ConfigError, match="joint_low"):
@@ -123,9 +143,27 @@ def test_arm_stale_state_stops_the_reading_and_a_reliable_subscription_gets_noth
             arm.connect()
 
 
-def test_arm_watchdog_holds_where_the_hand_is_and_dry_run_publishes_nothing():
+def test_a_non_finite_state_is_never_turned_into_a_target():
     graph = LoopbackGraph()
     with ArmSim(graph) as sim:
+        with RosArm(arm_config(max_age_s=0.1), LoopbackIO(graph)) as arm:
+            arm.command(np.array([0.01, 0.0, 0.0, 0.0, 1.0]))
+            sent = len(graph.published["/target_pose"])
+            sim.pose[0] = np.nan  # a driver publishes a broken pose
+            time.sleep(0.2)
+            with pytest.raises(StaleMessageError, match="could not be read.*not finite"):
+                arm.observe()
+            with pytest.raises(StaleMessageError):
+                arm.command(np.array([0.01, 0.0, 0.0, 0.0, 1.0]))
+            assert len(graph.published["/target_pose"]) == sent
+            arm.stop()  # holds at the last pose that could be read
+            np.testing.assert_allclose(m.pose(graph.published["/target_pose"][-1])[:3], [0.5, 0.0, 0.3], atol=0.011)
+            assert all(np.all(np.isfinite(m.pose(p))) for p in graph.published["/target_pose"])
+
+
+def test_arm_watchdog_holds_where_the_hand_is_and_dry_run_publishes_nothing():
+    graph = LoopbackGraph()
+    with ArmSim(graph, frozen=True) as sim:  # a blocked hand: the old target is far from it
         with RosArm(arm_config(watchdog_s=0.1), LoopbackIO(graph)) as arm:
             for _ in range(5):
                 arm.command(np.array([0.01, 0.0, 0.0, 0.0, -1.0]))
@@ -133,7 +171,8 @@ def test_arm_watchdog_holds_where_the_hand_is_and_dry_run_publishes_nothing():
             time.sleep(0.4)  # the commands stop
             assert arm._watchdog.trips == 1
             hold = m.pose(graph.published["/target_pose"][sent])
-            np.testing.assert_allclose(hold[:3], sim.pose[:3], atol=0.01)  # where the hand was, not the old target
+            assert m.pose(graph.published["/target_pose"][sent - 1])[0] == pytest.approx(0.55)
+            np.testing.assert_allclose(hold[:3], sim.pose[:3], atol=1e-9)  # where the hand is, not the old target
     graph = LoopbackGraph()
     with ArmSim(graph):
         with RosArm(arm_config(dry_run=True), LoopbackIO(graph)) as arm:

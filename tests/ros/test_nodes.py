@@ -20,6 +20,7 @@ from robot_rl.datasets import EpisodeStore  # noqa: E402
 from robot_rl.errors import ConfigError  # noqa: E402
 from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_START, EV_ABS, EV_KEY  # noqa: E402
 from robot_rl.learners.iql import IQLAgent, IQLConfig  # noqa: E402
+from robot_rl.learners.sac import SACAgent, SACConfig  # noqa: E402
 from robot_rl.ros import nodes  # noqa: E402
 from robot_rl.ros.loopback import LoopbackGraph, LoopbackIO  # noqa: E402
 
@@ -56,6 +57,14 @@ def test_policy_node_drives_the_car_from_a_checkpoint(tmp_path):
     assert sent[-1][1] == 0.0  # stopped at the end
     with pytest.raises(ConfigError, match="checkpoint"):
         nodes.run_policy(params("policy", robot_config=write(tmp_path, "car", CAR)), LoopbackIO(graph))
+    arm_policy = IQLAgent(IQLConfig(state_dim=12, action_dim=5, hidden=(16,))).save(tmp_path / "arm_iql")
+    with CarSim(graph), pytest.raises(ConfigError, match="does not fit.*state_dim 12 .the robot gives 14.*action_dim 5"):
+        nodes.run_policy(params("policy", robot_config=write(tmp_path, "car", CAR), checkpoint=str(arm_policy)), LoopbackIO(graph))
+    sac = SACAgent(SACConfig(state_dim=14, action_dim=2, hidden=(16, 16)), seed=0).save(tmp_path / "sac")
+    graph = LoopbackGraph()
+    with CarSim(graph) as sim:  # a FastRLAP / HIL-SERL checkpoint drives the same way
+        result = nodes.run_policy(params("policy", robot_config=write(tmp_path, "car", CAR), checkpoint=str(sac)), LoopbackIO(graph))
+    assert result["steps"] == [20] and np.all(np.isfinite(sim.commands))
 
 
 def test_collect_node_records_a_gamepad_episode_on_the_arm(tmp_path):
