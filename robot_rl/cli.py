@@ -136,7 +136,7 @@ def cmd_eval(args) -> None:
 
     cfg = compose("eval", args.overrides)
     result = evaluate_checkpoint(cfg.checkpoint, cfg.env, int(cfg.episodes), int(cfg.num_envs), int(cfg.seed),
-                                 cfg.ddim_steps)
+                                 cfg.ddim_steps, dist={k: cfg.get(k) for k in ("dist", "workers", "ray_address")})
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(result, indent=2))
@@ -271,6 +271,20 @@ def cmd_read_robot(args) -> None:
             print("servo angles (rad), for the offsets: " + ", ".join(f"id {i}: {a:.4f}" for i, a in robot.servo_angles().items()))
 
 
+def cmd_sweep(args) -> None:
+    from robot_rl.sweep import sweep
+
+    # Arguments naming a sweep setting (grid, seeds, metric...) configure the sweep; all others are
+    # every trial's `robot-rl train` overrides.
+    from omegaconf import OmegaConf
+
+    keys = set(OmegaConf.load(CONF_DIR / "sweep.yaml"))
+    mine = [a for a in args.overrides if a.split("=")[0].lstrip("+~").split(".")[0] in keys]
+    out = sweep(compose("sweep", mine), [a for a in args.overrides if a not in mine])
+    print((out / "table.md").read_text(), end="")
+    print(f"results: {out / 'results.json'}, plot: {out / 'sweep.png'}", file=sys.stderr)
+
+
 def cmd_ros(args) -> None:
     from robot_rl.ros.nodes import main as run_ros_node
 
@@ -299,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     overrides_command(sub, "idm-iql", "action-free episodes: 10%% keep actions, an IDM labels the rest, IQL on the union, per seed", cmd_idm_iql)
 
     overrides_command(sub, "train", "train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH", cmd_train)
+
+    overrides_command(sub, "sweep", "grid or random search over train overrides and seeds on Ray: table (mean ± std) and plot", cmd_sweep)
 
     overrides_command(sub, "eval", "success rate of a checkpoint: checkpoint=PATH env=<task> episodes=100", cmd_eval)
 
@@ -369,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ros)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
-    p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql"))
+    p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql", "scale"))
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     p.set_defaults(func=cmd_bench)

@@ -22,10 +22,24 @@ def _dataclass_from(cls, cfg, **extra):
     return cls(**values, **extra)
 
 
-def _vector_env(env_cfg):
-    from robot_rl.sim.vector import make_vector_env
+DIST_KEYS = ("dist", "workers", "ray_address")  # where rollouts run (robot_rl.dist)
 
-    return lambda n: make_vector_env(env_cfg, n)
+
+def _vector_env(env_cfg, dist: dict | None = None):
+    from robot_rl.sim.ray_vector import vector_env_factory
+
+    dist = dist or {}
+    return vector_env_factory(env_cfg, dist.get("dist") or "none", int(dist.get("workers") or 2))
+
+
+def _ray_if(dist: dict | None):
+    """A Ray session when `dist` asks for one, else nothing."""
+    import contextlib
+
+    from robot_rl.dist import check_dist, ray_session
+
+    mode = check_dist((dist or {}).get("dist"))
+    return contextlib.nullcontext() if mode == "none" else ray_session(mode, (dist or {}).get("ray_address"))
 
 
 def train_bc(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
@@ -42,8 +56,11 @@ def train_residual(learner_cfg, env_cfg, base, out, seed: int, progress: bool = 
 
     if base is None:
         raise ConfigError("residual_ppo needs base=PATH (a diffusion_bc checkpoint folder)")
-    cfg = _dataclass_from(ResidualPPOConfig, learner_cfg, seed=seed)
-    return train_residual_ppo(_vector_env(env_cfg), base, out, cfg, progress=progress)
+    values = OmegaConf.to_container(learner_cfg, resolve=True)
+    dist = {k: values.pop(k, None) for k in DIST_KEYS}
+    cfg = _dataclass_from(ResidualPPOConfig, values, seed=seed)
+    with _ray_if(dist):
+        return train_residual_ppo(_vector_env(env_cfg, dist), base, out, cfg, progress=progress)
 
 
 RAY_KEYS = ("dist", "ray_address", "robot_resource", "weights_every")
@@ -89,8 +106,15 @@ def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True
 
 
 def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
-                        ddim_steps: int | None = None, progress: bool = True) -> dict:
-    """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an IQL agent."""
+                        ddim_steps: int | None = None, progress: bool = True, dist: dict | None = None) -> dict:
+    """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an IQL agent.
+    `dist` ({dist, workers, ray_address}) spreads the envs over Ray rollout workers: the same
+    episodes, so the same results, however many workers."""
+    with _ray_if(dist):
+        return _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_steps, progress, _vector_env(env_cfg, dist))
+
+
+def _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_steps, progress, make_vec_env) -> dict:
     from robot_rl.learners.evaluate import evaluate, run_episodes
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
@@ -107,13 +131,13 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
         agent = SACAgent.load(path)
         if agent.cfg.image_keys:
             raise ConfigError("robot-rl eval runs state policies on vector envs; image agents are evaluated by their run")
-        result = run_episodes(_vector_env(env_cfg), batch_policy(agent), episodes, num_envs, seed, progress)
+        result = run_episodes(make_vec_env, batch_policy(agent), episodes, num_envs, seed, progress)
         return {"checkpoint": str(path), "kind": kind, **result}
     if kind == "iql_agent":
         from robot_rl.learners.iql import IQLAgent, evaluate_iql
 
         return {"checkpoint": str(path), "kind": kind,
-                **evaluate_iql(IQLAgent.load(path), env_cfg, episodes, num_envs, seed, progress)}
+                **evaluate_iql(IQLAgent.load(path), env_cfg, episodes, num_envs, seed, progress, make_vec_env)}
     residual = None
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)
@@ -122,7 +146,7 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
     else:
         base = DiffusionPolicy.load(path)
         steps = ddim_steps
-    result = evaluate(_vector_env(env_cfg), base, residual, episodes=episodes, num_envs=num_envs, seed=seed,
+    result = evaluate(make_vec_env, base, residual, episodes=episodes, num_envs=num_envs, seed=seed,
                       ddim_steps=steps, progress=progress)
     return {"checkpoint": str(path), "kind": kind, **result}
 

@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
+from robot_rl.learners.device import Prefetcher, autocast, maybe_compile, resolve_device
 from robot_rl.learners.common import EMA, RunLog, seed_everything
 from robot_rl.policies.diffusion import DiffusionPolicy
 
@@ -29,13 +30,17 @@ class DiffusionBCConfig:
     ema_max_decay: float = 0.9999
     seed: int = 0
     log_every: int = 50
+    device: str = "auto"      # auto: CUDA when present (robot_rl.learners.device)
+    amp: bool = True          # bfloat16 autocast of the denoiser on CUDA (the loss is an MSE on noise)
+    compile: bool = False     # torch.compile the loss
     policy: dict = field(default_factory=dict)  # DiffusionConfig overrides (horizons, down_dims, image_keys...)
 
 
 def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bool = True) -> dict:
     rng = seed_everything(cfg.seed)
     store = EpisodeStore.open(store_path)
-    policy = DiffusionPolicy.from_store(store, **dict(cfg.policy))
+    device = resolve_device(cfg.device)
+    policy = DiffusionPolicy.from_store(store, **dict(cfg.policy)).to(device)
     c = policy.config
     keys = [k for k in store.keys if k == "obs/state" or k in c.image_keys]
     sampler = WindowSampler(store, horizon=c.pred_horizon, n_obs=c.obs_horizon, n_action=c.action_horizon,
@@ -44,13 +49,16 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay)
-    log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name}")
+    log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
+    loss_of = maybe_compile(policy.loss, cfg.compile)
+    batches = Prefetcher(lambda: {k: torch.as_tensor(v) for k, v in sampler.sample(cfg.batch_size, rng).items() if k != "is_pad"},
+                         device)
     bar = tqdm(range(cfg.steps), desc="diffusion BC", unit="step", disable=not progress, dynamic_ncols=True)
     running = None
     policy.train()
     for step in bar:
-        batch = {k: torch.as_tensor(v) for k, v in sampler.sample(cfg.batch_size, rng).items() if k != "is_pad"}
-        loss = policy.loss(batch)
+        with autocast(device, cfg.amp):
+            loss = loss_of(next(batches))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,7 +68,8 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             log.log(step, loss=running, lr=schedule.get_last_lr()[0])
             bar.set_postfix(loss=f"{running:.4f}")
-    checkpoint = ema.model.save(Path(out_dir) / "checkpoint")
+    batches.close()
+    checkpoint = ema.model.save(Path(out_dir) / "checkpoint")  # CPU copies: it loads anywhere
     params = sum(p.numel() for p in policy.parameters())
     return log.close({"learner": "diffusion_bc", "checkpoint": str(checkpoint), "final_loss": running,
                       "steps": cfg.steps, "parameters": params, "episodes": store.n_episodes}, curves=("loss", "lr"))

@@ -29,6 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
+from robot_rl.learners.device import resolve_device
 from robot_rl.learners.common import RunLog, seed_everything
 
 
@@ -57,6 +58,7 @@ class FastRLAPConfig:
     log_every: int = 500
     encoder_init: str | None = None    # images: an IQL or ICVF checkpoint whose CNN, frozen, encodes them
     demo_prior: bool = True            # the demo lap's transitions as RLPD prior data (half of each batch)
+    device: str = "auto"               # the learner's device (acting runs there too; actions come back to the CPU)
     seed: int = 0
     sac: dict = field(default_factory=dict)  # SACConfig overrides
 
@@ -260,6 +262,7 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
         from robot_rl.learners.icvf import pretrained_encoder
 
         agent.init_camera_encoder(pretrained_encoder(cfg.encoder_init, sac.image_keys, sac.image_size))
+    agent.to(resolve_device(cfg.device))
     obs_keys = {"state": env.observation_space["state"], **{k: env.observation_space[k] for k in sac.image_keys}}
     learner = Learner(agent, transition_schema(obs_keys, sac.action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
     if cfg.demo_prior and not cfg.demo:

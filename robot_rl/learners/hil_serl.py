@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from robot_rl.core.env import RobotEnv
 from robot_rl.errors import ConfigError
+from robot_rl.learners.device import resolve_device
 from robot_rl.learners.common import RunLog, seed_everything
 from robot_rl.learners.replay import ReplayBuffer, TransitionSink, sample_mixed, transition_schema, transitions_from_store
 from robot_rl.learners.sac import SACAgent, SACConfig, to_tensors, torch_batch
@@ -46,6 +47,7 @@ class HILSERLConfig:
     reward_classifier: str | None = None  # a classifier checkpoint: its verdict is the reward
     resume: str | None = None         # a previous run folder: its weights and buffers are loaded
     encoder_init: str | None = None   # an ICVF or IQL checkpoint: its CNN, frozen, encodes the cameras (V-PTR)
+    device: str = "auto"              # the learner's device (robot_rl.learners.device); the Ray actor acts on the CPU
     seed: int = 0
     sac: dict = field(default_factory=dict)  # SACConfig overrides (critic_ensemble, discount, ...)
 
@@ -151,6 +153,7 @@ def make_agent(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> SACAgen
         from robot_rl.learners.icvf import pretrained_encoder
 
         agent.init_camera_encoder(pretrained_encoder(cfg.encoder_init, sac.image_keys, sac.image_size))
+    agent.to(resolve_device(cfg.device))
     return agent
 
 
@@ -199,9 +202,9 @@ def evaluate_agent(agent: SACAgent, env_cfg, env: RobotEnv, episodes: int, num_e
 
     agent.eval()
     if not agent.cfg.image_keys:
-        from robot_rl.sim.vector import make_vector_env
+        from robot_rl.sim.ray_vector import vector_env_factory
 
-        return run_episodes(lambda n: make_vector_env(env_cfg, n), batch_policy(agent), episodes, num_envs, seed, progress)
+        return run_episodes(vector_env_factory(env_cfg), batch_policy(agent), episodes, num_envs, seed, progress)
     from robot_rl.core import ControlLoop
 
     start = time.monotonic()

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import asdict
@@ -114,7 +115,9 @@ class ActorServer:
                                         attention=human_attention(self.cfg, lambda: self.counts["env_steps"]),
                                         seed=self.cfg.seed + 1)
         self.env = env
-        self.agent = make_agent(self.env.observation_space.spaces, self.env.action_space.shape[0], self.cfg)
+        # The acting copy stays on the CPU, beside the robot; the learner's device is the learner's.
+        self.agent = make_agent(self.env.observation_space.spaces, self.env.action_space.shape[0],
+                                dataclasses.replace(self.cfg, device="cpu"))
         self.learner, self.send_every = None, send_every
         self.recent: list[bool] = []
         self.pending: list[dict] = []

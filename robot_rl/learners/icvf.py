@@ -28,6 +28,7 @@ from tqdm import tqdm
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.learners.device import Prefetcher, resolve_device
 from robot_rl.learners.iql import CameraFeatures, IQLAgent, relu_mlp
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import images_to_float
@@ -130,7 +131,7 @@ class ICVFAgent(CheckpointedAgent, nn.Module):
         return {"loss": loss, "v": v_gz.detach(), "adv": adv}
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        out = self.losses(batch)
+        out = self.losses(self.on_device(batch))
         self.opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         self.opt.step()
@@ -194,6 +195,7 @@ class ICVFTrainConfig:
     log_every: int = 500
     seed: int = 0
     use_state: bool | None = None     # None: the store's obs/state if it has one (video has none)
+    device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
     agent: dict | None = None         # ICVFConfig overrides (image_keys, hidden, lr, expectile, ...)
 
 
@@ -219,6 +221,8 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     except TypeError as exc:
         raise ConfigError(f"bad icvf agent settings: {exc}") from None
     agent = ICVFAgent(acfg, stats["mean"] if use_state else None, stats["std"] + 1e-3 if use_state else None)
+    device = resolve_device(cfg.device)
+    agent.to(device)
     sampler = GoalSampler(ends)
 
     def gather(index: np.ndarray) -> dict[str, Tensor]:
@@ -232,16 +236,21 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     log = RunLog(out_dir, f"ICVF on {Path(store_path).name}")
     bar = tqdm(range(cfg.steps), desc="ICVF", unit="step", disable=not progress, dynamic_ncols=True)
     start = time.monotonic()
-    for step in bar:
+    def sample() -> dict[str, Tensor]:
         s = sampler.sample(cfg.batch_size, rng)
         batch = {f"{prefix}/{k}": v for prefix, key in (("obs", "idx"), ("next_obs", "next"), ("goal", "goal"), ("intent", "intent"))
                  for k, v in gather(s[key]).items()}
         batch.update({k: torch.as_tensor(s[k]) for k in ("reward", "mask", "intent_reward", "intent_mask")})
-        info = agent.update(batch)
+        return batch
+
+    batches = Prefetcher(sample, device)
+    for step in bar:
+        info = agent.update(next(batches))
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
             bar.set_postfix_str(f"loss {info['loss']:.4f} v {info['v_mean']:.2f}", refresh=False)
-    checkpoint = agent.save(Path(out_dir) / "checkpoint")
+    batches.close()
+    checkpoint = agent.save(Path(out_dir) / "checkpoint")  # CPU copies
     return log.close({"learner": "icvf", "store": str(store_path), "checkpoint": str(checkpoint), "config": asdict(cfg),
                       "agent": asdict(acfg), "transitions": len(sampler.index)},
                      curves=("loss", "v_mean", "adv_mean"))

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.learners.device import resolve_device
 from robot_rl.policies.checkpoint import CheckpointedAgent
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -92,6 +93,7 @@ class IDMTrainConfig:
     holdout: float = 0.1          # share of episodes held out for checkpoint selection
     hidden: tuple[int, ...] = (1024, 1024)
     dropout: float = 0.1
+    device: str = "auto"          # auto: CUDA when present (robot_rl.learners.device)
     seed: int = 0
 
 
@@ -114,8 +116,10 @@ def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: b
     train_idx, val_idx = np.flatnonzero(~is_held), np.flatnonzero(is_held)
     model = InverseDynamics(IDMConfig(windows.shape[2], actions.shape[1], cfg.hidden, cfg.dropout),
                             stats["mean"], stats["std"] + 1e-3)
+    device = resolve_device(cfg.device)
+    model.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    w, a = torch.as_tensor(windows), torch.as_tensor(actions)
+    w, a = torch.as_tensor(windows, device=device), torch.as_tensor(actions, device=device)  # small: all on the device
     log = RunLog(out_dir, f"inverse dynamics on {Path(store_path).name}")
     best, best_state, best_epoch = np.inf, None, -1
     bar = tqdm(range(cfg.epochs), desc="inverse dynamics", unit="epoch", disable=not progress, dynamic_ncols=True)
@@ -135,7 +139,7 @@ def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: b
         bar.set_postfix_str(f"held-out nll {val_nll:.3f} mse {val_mse:.4f} (best epoch {best_epoch})", refresh=False)
     model.load_state_dict(best_state)
     val_nll, val_mse = evaluate_inverse_dynamics(model, w[val_idx], a[val_idx])
-    checkpoint = model.save(Path(out_dir) / "checkpoint")
+    checkpoint = model.save(Path(out_dir) / "checkpoint")  # CPU copies
     return log.close({"learner": "inverse_dynamics", "store": str(store_path), "checkpoint": str(checkpoint),
                       "config": asdict(cfg), "episodes": episodes, "heldout_episodes": len(held),
                       "best_epoch": best_epoch, "heldout_nll": val_nll, "heldout_mse": val_mse,

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.learners.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import ConvEncoder, images_to_float
 
@@ -133,13 +134,14 @@ class IQLAgent(CheckpointedAgent, nn.Module):
 
     @torch.no_grad()
     def act(self, obs: dict[str, Tensor]) -> Tensor:
-        """The deterministic action (the Gaussian's mean), in [-1, 1]."""
-        return self.mean_action(self.features(obs))
+        """The deterministic action (the Gaussian's mean), in [-1, 1], on the CPU."""
+        return self.mean_action(self.features(self.on_device(obs))).cpu()
 
     # --- the update ------------------------------------------------------------------------
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """The three losses on one batch (obs, next_obs, action, reward, mask), and the advantage."""
         cfg = self.cfg
+        batch = self.on_device(batch)
         obs = {k[4:]: v for k, v in batch.items() if k.startswith("obs/")}
         next_obs = {k[9:]: v for k, v in batch.items() if k.startswith("next_obs/")}
         feat = self.features(obs)
@@ -287,6 +289,8 @@ class IQLTrainConfig:
     seed: int = 0
     encoder_init: str | None = None   # V-PTR: an ICVF (or IQL) checkpoint whose image encoder starts this one
     encoder_freeze: bool = False      # keep that encoder fixed (else fine-tuned through Q)
+    device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
+    compile: bool = False             # torch.compile the losses
     agent: dict = field(default_factory=dict)  # IQLConfig overrides (expectile, beta, image_keys, ...)
 
 
@@ -307,15 +311,17 @@ def loop_policy(agent: IQLAgent):
     return act
 
 
-def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: int = 10_000, progress: bool = False) -> dict:
-    """Success rate of the deterministic actor: on a vector env from state, one env at a time with cameras."""
+def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: int = 10_000, progress: bool = False,
+                 make_vec_env=None) -> dict:
+    """Success rate of the deterministic actor: on a vector env from state (`make_vec_env`, a
+    local one by default), one env at a time with cameras."""
     from robot_rl.learners.evaluate import run_episodes
 
     agent.eval()
     if not agent.cfg.image_keys:
-        from robot_rl.sim.vector import make_vector_env
+        from robot_rl.sim.ray_vector import vector_env_factory
 
-        return run_episodes(lambda n: make_vector_env(env_cfg, n), batch_policy(agent), episodes, num_envs, seed, progress)
+        return run_episodes(make_vec_env or vector_env_factory(env_cfg), batch_policy(agent), episodes, num_envs, seed, progress)
     from robot_rl.core import ControlLoop
     from robot_rl.sim.registry import make_sim_env
 
@@ -348,14 +354,18 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
         from robot_rl.learners.icvf import pretrained_encoder
 
         agent.init_encoder(pretrained_encoder(cfg.encoder_init, acfg.image_keys, acfg.image_size), cfg.encoder_freeze)
+    device = resolve_device(cfg.device)
+    agent.to(device)
+    agent.losses = maybe_compile(agent.losses, cfg.compile)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
-    log = RunLog(out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key}")
+    log = RunLog(out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key} ({device})")
     bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress, dynamic_ncols=True)
     evaluations = []
     agent.train()
     start = time.monotonic()
+    batches = Prefetcher(lambda: data.sample(cfg.batch_size, rng), device)
     for step in bar:
-        info = agent.update(data.sample(cfg.batch_size, rng))
+        info = agent.update(next(batches))
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
             bar.set_postfix_str(f"q {info['q_loss']:.4f} v {info['v_loss']:.4f} actor {info['actor_loss']:.3f}", refresh=False)
@@ -365,6 +375,8 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
             evaluations.append({"step": step + 1, **result})
             tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
             agent.train()
+    batches.close()
+    agent.cpu()  # evaluated (and deployed) on the CPU
     checkpoint = agent.save(Path(out_dir) / "checkpoint")
     final = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, progress=progress) if env_cfg is not None and cfg.eval_episodes else None
     if final:

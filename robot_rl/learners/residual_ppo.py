@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from robot_rl.learners.device import resolve_device
 from robot_rl.learners.common import RunLog, seed_everything
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
@@ -47,6 +48,7 @@ class ResidualPPOConfig:
     hidden: int = 256
     base_ddim_steps: int = 4
     reward_clip: float = 5.0
+    device: str = "auto"  # the base, the residual and the rollout buffers (the envs step on the CPU)
     seed: int = 0
 
 
@@ -103,10 +105,11 @@ def cosine_schedules(optimizers, cfg: ResidualPPOConfig) -> list:
 
 def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True) -> dict:
     seed_everything(cfg.seed)
-    base = DiffusionPolicy.load(base_checkpoint).requires_grad_(False)
+    device = resolve_device(cfg.device)
+    base = DiffusionPolicy.load(base_checkpoint, device=str(device)).requires_grad_(False)
     vec = make_vec_env(cfg.num_envs)
     obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
-    policy = ResidualPolicy(ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale))
+    policy = ResidualPolicy(ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale)).to(device)
     actor_opt = torch.optim.AdamW(policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay)
     critic_opt = torch.optim.AdamW(policy.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay)
     schedules = cosine_schedules((actor_opt, critic_opt), cfg)
@@ -114,11 +117,11 @@ def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOC
     reward_scale = ReturnStd(cfg.num_envs, cfg.gamma)
     log = RunLog(out_dir, "residual PPO")
     T, N = cfg.rollout_steps, cfg.num_envs
-    buf_x = torch.zeros(T, N, obs_dim + action_dim)
-    buf_a, buf_logp = torch.zeros(T, N, action_dim), torch.zeros(T, N)
-    buf_r, buf_v, buf_d = torch.zeros(T, N), torch.zeros(T, N), torch.zeros(T, N)
+    buf_x = torch.zeros(T, N, obs_dim + action_dim, device=device)
+    buf_a, buf_logp = torch.zeros(T, N, action_dim, device=device), torch.zeros(T, N, device=device)
+    buf_r, buf_v, buf_d = (torch.zeros(T, N, device=device) for _ in range(3))
     obs, _ = vec.reset(seed=cfg.seed)
-    state = torch.as_tensor(obs)
+    state = torch.as_tensor(obs, device=device)
     episodes, successes, env_steps = 0, 0, 0
     bar = tqdm(range(cfg.iterations), desc="residual PPO", unit="it", disable=not progress, dynamic_ncols=True)
     for it in bar:
@@ -131,14 +134,14 @@ def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOC
                 residual = dist.sample()
                 buf_x[t], buf_a[t], buf_logp[t], buf_v[t] = x, residual, dist.log_prob(residual).sum(-1), policy.value(x)
                 action = combine(base, base_action, residual, cfg.residual_scale)
-                obs, reward, terminated, truncated, info = vec.step(action.numpy())
+                obs, reward, terminated, truncated, info = vec.step(action.cpu().numpy())
                 done = terminated | truncated  # ResiP: truncation ends the return too
                 buf_r[t] = torch.as_tensor(np.clip(reward_scale.scale(reward, done), -cfg.reward_clip, cfg.reward_clip))
-                buf_d[t] = torch.as_tensor(done, dtype=torch.float32)
+                buf_d[t] = torch.as_tensor(done, dtype=torch.float32, device=device)
                 chunks.reset(np.flatnonzero(done))
                 it_episodes += int(done.sum())
                 it_successes += int(info["success"][done].sum())
-                state = torch.as_tensor(obs)
+                state = torch.as_tensor(obs, device=device)
             # Bootstrap with the base action each env will take next; where its queue has run out
             # (a new plan is due) the last queued action stands in, rather than sampling a plan
             # that the next rollout would not use.

@@ -171,11 +171,12 @@ def random_crop(images: Tensor, pad: int, generator: torch.Generator | None = No
         return images
     b, c, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad), mode="replicate")
-    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    # Offsets from the (CPU) generator, then on the images' device.
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
     cropped = padded.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(b, c, h, w)
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :].expand(b, c, h, w)
     return cropped.gather(3, cols)
 
 
@@ -348,7 +349,7 @@ class SACAgent(CheckpointedAgent, nn.Module):
         if len(batches) != self.cfg.cta_ratio:
             raise ValueError(f"a learner step takes cta_ratio={self.cfg.cta_ratio} batches, got {len(batches)}")
         self.train()
-        batches = [self.prepare(b) for b in batches]  # the actor reuses the last batch's crops and maps
+        batches = [self.prepare(self.on_device(b)) for b in batches]  # the actor reuses the last batch's crops and maps
         for batch in batches:
             info = self.update_critic(batch)
         info.update(self.update_actor(batches[-1]))
@@ -370,24 +371,27 @@ class SACAgent(CheckpointedAgent, nn.Module):
     def act(self, obs: dict[str, Tensor], prev_gripper: Tensor | None = None, deterministic: bool = False,
             prev_action: Tensor | None = None) -> Tensor:
         """Actions in [-1, 1] for a batch of observations (the gripper from the grasp critic if any;
-        within the rate limit of `prev_action`, zeros if not given, when rate-limited)."""
+        within the rate limit of `prev_action`, zeros if not given, when rate-limited). Inputs may be
+        on the CPU; the actions come back on the CPU."""
+        moved = self.on_device({"obs": obs, "prev_gripper": prev_gripper, "prev_action": prev_action})
+        obs, prev_gripper, prev_action = moved["obs"], moved["prev_gripper"], moved["prev_action"]
         features = self.encoder(self.encoder.maps(obs))
         if self.cfg.action_rate_limit is not None and prev_action is None:
-            prev_action = torch.zeros(len(features), self.cfg.action_dim)
+            prev_action = torch.zeros(len(features), self.cfg.action_dim, device=features.device)
         x = self.inputs(features, prev_action)
         arm = self.limited(self.actor.mode(x) if deterministic else self.actor.sample(x)[0], prev_action)
         if self.grasp is None:
-            return arm
+            return arm.cpu()
         grasp = self.grasp(features).argmax(-1)
-        previous = prev_gripper if prev_gripper is not None else torch.full((len(arm),), -1.0)
-        return torch.cat([arm, gripper_command(grasp, previous)[:, None]], -1)
+        previous = prev_gripper if prev_gripper is not None else torch.full((len(arm),), -1.0, device=arm.device)
+        return torch.cat([arm, gripper_command(grasp, previous)[:, None]], -1).cpu()
 
     def acting_state(self) -> dict[str, Tensor]:
         """The weights the acting side needs (encoder head, actor, grasp critic), detached copies."""
         parts = {"encoder": self.encoder, "actor": self.actor}
         if self.grasp is not None:
             parts["grasp"] = self.grasp
-        return {f"{name}.{k}": v.detach().clone() for name, m in parts.items() for k, v in m.state_dict().items()}
+        return {f"{name}.{k}": v.detach().to("cpu", copy=True) for name, m in parts.items() for k, v in m.state_dict().items()}
 
     def load_acting_state(self, state: dict[str, Tensor]) -> None:
         for name in ("encoder", "actor", "grasp"):

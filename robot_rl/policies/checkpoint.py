@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from robot_rl.errors import DatasetError
@@ -19,7 +20,8 @@ def save_checkpoint(directory, module: nn.Module, kind: str, config: dict, **met
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, directory / "model.safetensors")
+    # CPU copies: a checkpoint trained on a GPU loads anywhere (load_checkpoint reads onto the CPU).
+    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, directory / "model.safetensors")
     (directory / "config.json").write_text(json.dumps({"kind": kind, "config": config, **meta}, indent=2))
     return directory
 
@@ -51,6 +53,16 @@ class CheckpointedAgent:
         from dataclasses import asdict
 
         return save_checkpoint(directory, self, self.kind, asdict(self.cfg), updates=self.updates)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def on_device(self, batch: dict) -> dict:
+        """The batch's tensors on this agent's device (callers hand CPU tensors)."""
+        from robot_rl.learners.device import to_device
+
+        return to_device(batch, self.device)
 
     @classmethod
     def load(cls, directory):

@@ -76,7 +76,7 @@ class BaseChunks:
         self.base, self.steps = base.eval(), ddim_steps
         self.generator = torch.Generator().manual_seed(seed)
         k, a = base.config.action_horizon, base.config.action_dim
-        self.queue = torch.zeros(num_envs, k, a)
+        self.queue = torch.zeros(num_envs, k, a, device=next(base.parameters()).device)
         self.index = np.full(num_envs, k)
 
     def reset(self, envs=None) -> None:

@@ -47,9 +47,14 @@ class RewardClassifier(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(c * cfg.image_features * len(cfg.image_keys), 256), nn.Dropout(cfg.dropout),
                                  nn.LayerNorm(256), nn.ReLU(), nn.Linear(256, 1))
 
+    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the frozen backbone too (it is not a submodule)
+        self.backbone[0]._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
     def logits(self, images: dict[str, Tensor]) -> Tensor:
-        """images: obs key -> (B, 3, H, W) floats in [0, 1]."""
-        features = [head(self.backbone[0](images[k])) for k, head in zip(self.cfg.image_keys, self.heads)]
+        """images: obs key -> (B, 3, H, W) floats in [0, 1] (on any device)."""
+        device = self.mlp[0].weight.device
+        features = [head(self.backbone[0](images[k].to(device))) for k, head in zip(self.cfg.image_keys, self.heads)]
         return self.mlp(torch.cat(features, -1)).squeeze(-1)
 
     @torch.no_grad()
@@ -57,7 +62,7 @@ class RewardClassifier(nn.Module):
         """Success probability of one observation (uint8 HWC images under their obs keys)."""
         self.eval()
         images = {k: images_to_float(np.asarray(obs[k])[None]) for k in self.cfg.image_keys}
-        return float(torch.sigmoid(self.logits(images))[0])
+        return float(torch.sigmoid(self.logits(images))[0].cpu())
 
     def save(self, directory, meta: dict | None = None) -> Path:
         from robot_rl.policies.checkpoint import save_checkpoint
@@ -95,6 +100,7 @@ class ClassifierTrainConfig:
     batch_size: int = 64
     lr: float = 1e-4
     holdout: float = 0.2              # fraction of episodes held out for the accuracy figure
+    device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
     seed: int = 0
     classifier: dict | None = None    # ClassifierConfig overrides
 
@@ -114,7 +120,10 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
     if len(train_pos) == 0 or len(train_neg) == 0:
         raise DatasetError(f"{store_path} needs both success and failure frames to train a classifier "
                            f"(has {int(labels.sum())} successes, {int((~labels).sum())} failures)")
-    model = RewardClassifier(ccfg)
+    from robot_rl.learners.device import resolve_device
+
+    device = resolve_device(cfg.device)
+    model = RewardClassifier(ccfg).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     log = RunLog(out_dir, f"reward classifier on {Path(store_path).name}")
     loss_fn = nn.BCEWithLogitsLoss()
@@ -123,7 +132,7 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
     for step in tqdm(range(cfg.steps), desc="reward classifier", unit="step", disable=not progress, dynamic_ncols=True):
         index = np.concatenate([rng.choice(train_pos, half), rng.choice(train_neg, cfg.batch_size - half)])
         images = {k: images_to_float(frames[k][index]) for k in ccfg.image_keys}
-        target = torch.as_tensor(labels[index], dtype=torch.float32)
+        target = torch.as_tensor(labels[index], dtype=torch.float32, device=device)
         loss = loss_fn(model.logits(images), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,7 +152,7 @@ def _accuracy(model: RewardClassifier, frames, labels, test, ccfg: ClassifierCon
     probs = []
     for start in range(0, len(index), 256):
         chunk = index[start:start + 256]
-        probs.append(torch.sigmoid(model.logits({k: images_to_float(frames[k][chunk]) for k in ccfg.image_keys})).numpy())
+        probs.append(torch.sigmoid(model.logits({k: images_to_float(frames[k][chunk]) for k in ccfg.image_keys})).cpu().numpy())
     predicted = np.concatenate(probs) > ccfg.threshold
     truth = labels[index]
     return {"frames": int(len(index)), "accuracy": float(np.mean(predicted == truth)),

@@ -83,8 +83,8 @@ class PreferenceRewardModel(nn.Module):
     def prepare(self, raw: np.ndarray) -> Tensor:
         """Stored values (a batch of states, or uint8 HWC frames) as network input."""
         if self.cfg.is_image:
-            return images_to_float(raw)
-        return (torch.as_tensor(np.asarray(raw), dtype=torch.float32) - self.mean) / self.std
+            return images_to_float(raw).to(self.mean.device)
+        return (torch.as_tensor(np.asarray(raw), dtype=torch.float32, device=self.mean.device) - self.mean) / self.std
 
     def member_rewards(self, x: Tensor) -> Tensor:
         """(members, B) rewards in (-1, 1)."""
@@ -95,7 +95,7 @@ class PreferenceRewardModel(nn.Module):
         """The ensemble-mean reward of each stored value."""
         self.eval()
         out = [self.member_rewards(self.prepare(raw[i : i + batch])).mean(0) for i in range(0, len(raw), batch)]
-        return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+        return torch.cat(out).cpu().numpy() if out else np.zeros(0, np.float32)
 
     def save(self, directory, **meta) -> Path:
         return save_checkpoint(directory, self, "preference_reward", asdict(self.cfg), **meta)
@@ -132,6 +132,7 @@ class RewardModelTrainConfig:
     holdout: float = 0.1              # share of labels held out for accuracy
     keep_best: bool = True            # keep the weights of the epoch with the best held-out accuracy:
                                       # with noisy labels the network goes on to memorize the noise
+    device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
     seed: int = 0
 
 
@@ -151,6 +152,7 @@ def load_labels(path) -> dict:
 
 def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progress: bool = True) -> dict:
     """Bradley-Terry on the labels of one store; held-out accuracy per member and of the ensemble."""
+    from robot_rl.learners.device import resolve_device
     from robot_rl.datasets.store import EpisodeStore
 
     if not cfg.labels:
@@ -169,6 +171,9 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
         input_key=cfg.input_key, input_shape=tuple(values.shape[1:]), ensemble=cfg.ensemble, hidden=cfg.hidden,
         state_mean=tuple(stats["mean"].ravel().tolist()) if stats else (),
         state_std=tuple((stats["std"].ravel() + 1e-3).tolist()) if stats else ()))
+    device = resolve_device(cfg.device)
+    model.to(device)
+    y = y.to(device)
     order = rng.permutation(len(y))
     n_val = int(round(cfg.holdout * len(y)))
     val, train = order[:n_val], order[n_val:]
