@@ -219,7 +219,10 @@ def train_icvf_learner(learner_cfg, dataset, out, seed: int, progress: bool = Tr
 
 
 def train(cfg) -> dict:
+    from robot_rl.learners.device import resolve_device
+
     name = cfg.learner.name
+    resolve_device(cfg.learner.get("device"))  # a device this machine lacks is a one-line error before any work
     if name == "diffusion_bc":
         return train_bc(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     if name == "residual_ppo":
