@@ -22,6 +22,17 @@ def check_dist(dist: str | None) -> str:
     return dist
 
 
+def gpus_for(device: str | None) -> float:
+    """GPUs a Ray actor or task must ask for to see one (Ray hides the GPUs from the others):
+    one for device=cuda, one for device=auto where the cluster has any, none for the CPU."""
+    import ray
+
+    device = (device or "auto").lower()
+    if device == "cpu":
+        return 0.0
+    return 1.0 if device.startswith("cuda") or ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
 @contextlib.contextmanager
 def ray_session(dist: str, address: str | None = None, num_cpus: int | None = None):
     """Ray, started (and shut down after) unless one is already running in this process."""
@@ -29,8 +40,8 @@ def ray_session(dist: str, address: str | None = None, num_cpus: int | None = No
     if ray.is_initialized():
         yield ray
         return
-    if dist == "local":
-        kwargs = {"num_cpus": num_cpus or os.cpu_count()}
+    if dist == "local":  # a new Ray here, even where RAY_ADDRESS names a cluster
+        kwargs = {"address": "local", "num_cpus": num_cpus or os.cpu_count()}
     else:
         kwargs = {"address": address} if address else {}
     try:

@@ -52,17 +52,39 @@ def _dig(result: dict, path: str):
     return float(value)
 
 
-def run_trial(overrides: list[str], metric: str) -> dict:
-    """One `robot-rl train` with these overrides (in a Ray worker): its metric, or its error."""
+def hydra_value(value) -> str:
+    """A Python value as a Hydra override value: null, true, quoted strings, nested lists and dicts."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def run_trial(overrides: list[str], metric: str, cwd: str) -> dict:
+    """One `robot-rl train` with these overrides (in a Ray worker, in the driver's folder, so
+    relative paths mean what they mean there): its metric, or its error."""
+    import os
+
     import torch
 
     from robot_rl.cli import compose
     from robot_rl.train import train
 
     torch.set_num_threads(1)
+    os.chdir(cwd)
     start = time.monotonic()
     try:
-        result = train(compose("train", overrides))
+        cfg = compose("train", overrides)
+        if cfg.learner.get("dist") not in (None, "none", "sync"):
+            raise ConfigError("a sweep's trials run in one process each: leave learner.dist at its default")
+        result = train(cfg)
         return {"value": _dig(result, metric), "seconds": time.monotonic() - start, "run": str(Path(result["results"]).parent)}
     except Exception as exc:  # reported per trial; the sweep goes on
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
@@ -88,12 +110,15 @@ def sweep(cfg, overrides: list[str]) -> Path:
     points = sweep_points(cfg)
     base = list(overrides)
     trials = [(p, int(s)) for p in points for s in cfg.seeds]
+    cwd = str(Path.cwd())
     with ray_session(cfg.dist, cfg.ray_address) as ray:
-        task = ray.remote(num_cpus=float(cfg.cpus_per_trial))(run_trial)
+        # Ray hides GPUs from tasks that do not ask for them: gpus_per_trial > 0 lets trials use one.
+        task = ray.remote(num_cpus=float(cfg.cpus_per_trial), num_gpus=float(cfg.gpus_per_trial))(run_trial)
         futures = {}
         for i, (point, seed) in enumerate(trials):
-            overrides = base + [f"{k}={v}" for k, v in point.items()] + [f"seed={seed}", f"out={out / f'trial{i:03d}'}"]
-            futures[task.remote(overrides, str(cfg.metric))] = i
+            overrides = (base + [f"{k}={hydra_value(v)}" for k, v in point.items()]
+                         + [f"seed={seed}", f"out={out.resolve() / f'trial{i:03d}'}"])
+            futures[task.remote(overrides, str(cfg.metric), cwd)] = i
         results: list[dict | None] = [None] * len(trials)
         pending = list(futures)
         with tqdm(total=len(trials), desc="sweep", unit="trial", dynamic_ncols=True) as bar:

@@ -29,7 +29,8 @@ def _vector_env(env_cfg, dist: dict | None = None):
     from robot_rl.sim.ray_vector import vector_env_factory
 
     dist = dist or {}
-    return vector_env_factory(env_cfg, dist.get("dist") or "none", int(dist.get("workers") or 2))
+    workers = dist.get("workers")
+    return vector_env_factory(env_cfg, dist.get("dist") or "none", 2 if workers is None else int(workers))
 
 
 def _ray_if(dist: dict | None):
@@ -222,13 +223,15 @@ def train(cfg) -> dict:
     from robot_rl.learners.device import resolve_device
 
     name = cfg.learner.name
-    resolve_device(cfg.learner.get("device"))  # a device this machine lacks is a one-line error before any work
+    if cfg.learner.get("dist") != "ray":  # on Ray the learner runs where the cluster puts it
+        resolve_device(cfg.learner.get("device"))  # a device this machine lacks: one line, before any work
     if name == "diffusion_bc":
         return train_bc(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     if name == "residual_ppo":
         result = train_residual(cfg.learner, cfg.env, cfg.base, cfg.out, int(cfg.seed))
         if cfg.eval_episodes:
-            result["evaluation"] = evaluate_checkpoint(result["checkpoint"], cfg.env, int(cfg.eval_episodes))
+            result["evaluation"] = evaluate_checkpoint(result["checkpoint"], cfg.env, int(cfg.eval_episodes),
+                                                       dist={k: cfg.learner.get(k) for k in DIST_KEYS})
             Path(result["results"]).write_text(json.dumps(result, indent=2))
         return result
     if name == "hil_serl":

@@ -46,6 +46,14 @@ class RunLog:
         import matplotlib.pyplot as plt
 
         shown = [c for c in curves if c in self.history]
+        if not shown:  # a run too short to log anything still gets its (empty) figure
+            fig, ax = plt.subplots(figsize=(7, 2.4))
+            ax.text(0.5, 0.5, "no values logged", ha="center", va="center")
+            ax.set_axis_off()
+            fig.suptitle(self.title)
+            fig.savefig(self.dir / "curve.png", dpi=100)
+            plt.close(fig)
+            return
         fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.4 * max(len(shown), 1)), squeeze=False, sharex=True)
         for ax, key in zip(axes[:, 0], shown):
             steps, values = zip(*self.history[key])

@@ -86,14 +86,23 @@ class Prefetcher:
         return self
 
     def __next__(self) -> dict:
-        item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    raise RuntimeError("the prefetch thread has stopped") from None
         if isinstance(item, BaseException):
             raise item
         return item
 
     def close(self) -> None:
+        """Stop the thread and drop the batches it holds (device memory)."""
         self._stop.set()
         self._thread.join(timeout=5)
+        while not self._queue.empty():
+            self._queue.get_nowait()
 
     def __enter__(self):
         return self

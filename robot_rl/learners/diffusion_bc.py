@@ -56,19 +56,21 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     bar = tqdm(range(cfg.steps), desc="diffusion BC", unit="step", disable=not progress, dynamic_ncols=True)
     running = None
     policy.train()
-    for step in bar:
-        with autocast(device, cfg.amp):
-            loss = loss_of(next(batches))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        ema.update(policy)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            log.log(step, loss=running, lr=schedule.get_last_lr()[0])
-            bar.set_postfix(loss=f"{running:.4f}")
-    batches.close()
+    try:
+        for step in bar:
+            with autocast(device, cfg.amp):
+                loss = loss_of(next(batches))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            ema.update(policy)
+            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                log.log(step, loss=running, lr=schedule.get_last_lr()[0])
+                bar.set_postfix(loss=f"{running:.4f}")
+    finally:
+        batches.close()  # whatever ended the loop
     checkpoint = ema.model.save(Path(out_dir) / "checkpoint")  # CPU copies: it loads anywhere
     params = sum(p.numel() for p in policy.parameters())
     return log.close({"learner": "diffusion_bc", "checkpoint": str(checkpoint), "final_loss": running,

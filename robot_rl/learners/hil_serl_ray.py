@@ -207,7 +207,9 @@ def named_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig, name: s
     try:
         learner, made = ray.get_actor(name, namespace="robot_rl"), False
     except ValueError:  # none runs yet
-        cls = ray.remote(num_cpus=1, max_concurrency=8)(LearnerServer)
+        from robot_rl.dist import gpus_for
+
+        cls = ray.remote(num_cpus=1, num_gpus=gpus_for(cfg.device), max_concurrency=8)(LearnerServer)
         learner = cls.options(name=name, namespace="robot_rl", get_if_exists=True, lifetime="detached").remote(
             obs_spaces, action_dim, asdict(cfg), weights_every)
         made = True
@@ -234,7 +236,9 @@ def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None
                  **({} if address else {"num_cpus": 2}))
     try:
         placement = {"resources": {robot_resource: 0.01}} if robot_resource else {}
-        learner_cls = ray.remote(num_cpus=1, max_concurrency=8)(LearnerServer)
+        from robot_rl.dist import gpus_for
+
+        learner_cls = ray.remote(num_cpus=1, num_gpus=gpus_for(cfg.device), max_concurrency=8)(LearnerServer)
         actor_cls = ray.remote(num_cpus=1, max_concurrency=4, **placement)(ActorServer)
         # The actor (on the robot's node) is made first; the learner gets its spaces from it.
         actor = actor_cls.remote(env_dict, cfg_dict)

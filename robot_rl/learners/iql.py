@@ -356,7 +356,8 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
         agent.init_encoder(pretrained_encoder(cfg.encoder_init, acfg.image_keys, acfg.image_size), cfg.encoder_freeze)
     device = resolve_device(cfg.device)
     agent.to(device)
-    agent.losses = maybe_compile(agent.losses, cfg.compile)
+    if cfg.compile:
+        agent.losses = maybe_compile(agent.losses, True)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
     log = RunLog(out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key} ({device})")
     bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress, dynamic_ncols=True)
@@ -364,18 +365,20 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     agent.train()
     start = time.monotonic()
     batches = Prefetcher(lambda: data.sample(cfg.batch_size, rng), device)
-    for step in bar:
-        info = agent.update(next(batches))
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
-            log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
-            bar.set_postfix_str(f"q {info['q_loss']:.4f} v {info['v_loss']:.4f} actor {info['actor_loss']:.3f}", refresh=False)
-        if env_cfg is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            result = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, seed=20_000 + step)
-            log.log(step + 1, eval_success_rate=result["success_rate"])
-            evaluations.append({"step": step + 1, **result})
-            tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
-            agent.train()
-    batches.close()
+    try:
+        for step in bar:
+            info = agent.update(next(batches))
+            if step % cfg.log_every == 0 or step == cfg.steps - 1:
+                log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
+                bar.set_postfix_str(f"q {info['q_loss']:.4f} v {info['v_loss']:.4f} actor {info['actor_loss']:.3f}", refresh=False)
+            if env_cfg is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                result = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, seed=20_000 + step)
+                log.log(step + 1, eval_success_rate=result["success_rate"])
+                evaluations.append({"step": step + 1, **result})
+                tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
+                agent.train()
+    finally:
+        batches.close()  # whatever ended the loop: the thread and the batches it holds go
     agent.cpu()  # evaluated (and deployed) on the CPU
     checkpoint = agent.save(Path(out_dir) / "checkpoint")
     final = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, progress=progress) if env_cfg is not None and cfg.eval_episodes else None

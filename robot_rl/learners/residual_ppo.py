@@ -108,6 +108,13 @@ def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOC
     device = resolve_device(cfg.device)
     base = DiffusionPolicy.load(base_checkpoint, device=str(device)).requires_grad_(False)
     vec = make_vec_env(cfg.num_envs)
+    try:
+        return _train(vec, base, base_checkpoint, device, out_dir, cfg, progress)
+    finally:
+        vec.close()  # also on an error: Ray rollout workers must not outlive the run
+
+
+def _train(vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: ResidualPPOConfig, progress: bool) -> dict:
     obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
     policy = ResidualPolicy(ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale)).to(device)
     actor_opt = torch.optim.AdamW(policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay)
@@ -158,7 +165,6 @@ def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOC
         rate = it_successes / max(it_episodes, 1)
         log.log(env_steps, success_rate=rate, episodes=it_episodes, **stats)
         bar.set_postfix_str(f"success {rate:.2f} ({it_episodes} ep) kl {stats['approx_kl']:.3f} epochs {stats['epochs']}")
-    vec.close()
     checkpoint = policy.save(Path(out_dir) / "checkpoint", base_checkpoint)
     return log.close({"learner": "residual_ppo", "checkpoint": str(checkpoint), "base_checkpoint": str(base_checkpoint),
                       "env_steps": env_steps, "training_episodes": episodes,

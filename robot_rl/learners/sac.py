@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from robot_rl.errors import ConfigError
 from robot_rl.learners.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
 from robot_rl.policies.checkpoint import CheckpointedAgent
-from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, images_to_float
+from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, WithFrozenBackbone, images_to_float
 
 OPEN, STAY, CLOSE = 0, 1, 2
 
@@ -96,7 +96,7 @@ class SACConfig:
         return self.action_dim if self.action_rate_limit is not None else 0
 
 
-class ObsEncoder(nn.Module):
+class ObsEncoder(WithFrozenBackbone):
     """Observation dict -> feature vector. State only: the state itself (divided by state_scale).
     With cameras: per camera the frozen backbone, spatial embeddings, Dense 256, LayerNorm, tanh
     (or, with frozen_cnn, the pretrained CNN's features); the state through Dense 64, LayerNorm,

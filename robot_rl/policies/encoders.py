@@ -64,6 +64,17 @@ class ConvEncoder(nn.Module):
         return self.head(self.pool(self.keypoints(self.trunk(images))))
 
 
+class WithFrozenBackbone(nn.Module):
+    """A module that keeps a frozen, shared backbone as `self.backbone = [net]`: in a list so it
+    is neither saved nor copied, which also hides it from `.to()`; this moves it along."""
+
+    def _apply(self, fn, *args, **kwargs):
+        for net in getattr(self, "backbone", None) or []:
+            if net is not None:
+                net._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, images_to_float
+from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, WithFrozenBackbone, images_to_float
 
 
 @dataclass
@@ -36,7 +36,7 @@ class ClassifierConfig:
             raise ConfigError("a reward classifier needs at least one camera (image_keys)")
 
 
-class RewardClassifier(nn.Module):
+class RewardClassifier(WithFrozenBackbone):
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
         self.cfg = cfg
@@ -46,10 +46,6 @@ class RewardClassifier(nn.Module):
         self.heads = nn.ModuleList(SpatialLearnedEmbeddings(c, side, side, cfg.image_features) for _ in cfg.image_keys)
         self.mlp = nn.Sequential(nn.Linear(c * cfg.image_features * len(cfg.image_keys), 256), nn.Dropout(cfg.dropout),
                                  nn.LayerNorm(256), nn.ReLU(), nn.Linear(256, 1))
-
-    def _apply(self, fn, *args, **kwargs):  # .to(device) moves the frozen backbone too (it is not a submodule)
-        self.backbone[0]._apply(fn, *args, **kwargs)
-        return super()._apply(fn, *args, **kwargs)
 
     def logits(self, images: dict[str, Tensor]) -> Tensor:
         """images: obs key -> (B, 3, H, W) floats in [0, 1] (on any device)."""

@@ -82,9 +82,10 @@ class PreferenceRewardModel(nn.Module):
 
     def prepare(self, raw: np.ndarray) -> Tensor:
         """Stored values (a batch of states, or uint8 HWC frames) as network input."""
+        device = next(self.parameters()).device
         if self.cfg.is_image:
-            return images_to_float(raw).to(self.mean.device)
-        return (torch.as_tensor(np.asarray(raw), dtype=torch.float32, device=self.mean.device) - self.mean) / self.std
+            return images_to_float(raw).to(device)
+        return (torch.as_tensor(np.asarray(raw), dtype=torch.float32, device=device) - self.mean) / self.std
 
     def member_rewards(self, x: Tensor) -> Tensor:
         """(members, B) rewards in (-1, 1)."""

@@ -59,7 +59,12 @@ class RayVectorEnv(gym.vector.VectorEnv):
         self.workers = [remote.remote(cfg, n) for n in sizes]
         self._ray = ray
         self.num_envs = num_envs
-        self.single_observation_space, self.single_action_space = ray.get(self.workers[0].spaces.remote())
+        try:
+            self.single_observation_space, self.single_action_space = ray.get(self.workers[0].spaces.remote())
+        except BaseException:
+            for w in self.workers:  # the env could not be built: no actor is left behind
+                ray.kill(w)
+            raise
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.render_mode = None
@@ -95,4 +100,6 @@ def vector_env_factory(env_cfg, dist: str = "none", workers: int = 1):
 
     if check_dist(dist) == "none":
         return lambda n: make_vector_env(env_cfg, n)
+    if int(workers) < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     return lambda n: RayVectorEnv(env_cfg, n, min(int(workers), n))

@@ -12,7 +12,7 @@ import torch
 from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
 from robot_rl.errors import DatasetError
-from robot_rl.rewards.preference import (PreferenceRewardModel, RewardModelTrainConfig, bradley_terry_loss,
+from robot_rl.rewards.preference import (PreferenceRewardModel, RewardModelConfig, RewardModelTrainConfig, bradley_terry_loss,
                                          relabel_store, train_reward_model)
 from robot_rl.rewards.vlm import PairConfig, sample_pairs
 
@@ -118,3 +118,11 @@ def test_labels_of_another_store_are_refused(store, tmp_path):
     labels.write_text(json.dumps({"pairs": [[0, 10**6]], "labels": [0], "pair_config": {"segment": 1}}))
     with pytest.raises(DatasetError, match="beyond"):
         train_reward_model(store, tmp_path / "rm", RewardModelTrainConfig(labels=str(labels), epochs=1), progress=False)
+
+
+def test_the_camera_reward_model_scores_frames():
+    """RL-VLM-F's CNN variant: frames in, one ensemble-mean reward per frame, in (-1, 1)."""
+    model = PreferenceRewardModel(RewardModelConfig(input_key="obs/image/front", input_shape=(64, 64, 3)))
+    frames = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
+    rewards = model.reward(frames)
+    assert rewards.shape == (5,) and np.all(np.abs(rewards) < 1) and len(np.unique(rewards)) > 1
