@@ -59,6 +59,7 @@ class FastRLAPConfig:
     encoder_init: str | None = None    # images: an IQL or ICVF checkpoint whose CNN, frozen, encodes them
     demo_prior: bool = True            # the demo lap's transitions as RLPD prior data (half of each batch)
     device: str = "auto"               # the learner's device (acting runs there too; actions come back to the CPU)
+    compile: bool = False              # torch.compile the critic loss
     seed: int = 0
     sac: dict = field(default_factory=dict)  # SACConfig overrides
 
@@ -263,6 +264,8 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
 
         agent.init_camera_encoder(pretrained_encoder(cfg.encoder_init, sac.image_keys, sac.image_size))
     agent.to(resolve_device(cfg.device))
+    if cfg.compile:
+        agent.compile_losses()
     obs_keys = {"state": env.observation_space["state"], **{k: env.observation_space[k] for k in sac.image_keys}}
     learner = Learner(agent, transition_schema(obs_keys, sac.action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
     if cfg.demo_prior and not cfg.demo:

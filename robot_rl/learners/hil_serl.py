@@ -48,6 +48,7 @@ class HILSERLConfig:
     resume: str | None = None         # a previous run folder: its weights and buffers are loaded
     encoder_init: str | None = None   # an ICVF or IQL checkpoint: its CNN, frozen, encodes the cameras (V-PTR)
     device: str = "auto"              # the learner's device (robot_rl.learners.device); the Ray actor acts on the CPU
+    compile: bool = False             # torch.compile the critic loss
     seed: int = 0
     sac: dict = field(default_factory=dict)  # SACConfig overrides (critic_ensemble, discount, ...)
 
@@ -154,6 +155,8 @@ def make_agent(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> SACAgen
 
         agent.init_camera_encoder(pretrained_encoder(cfg.encoder_init, sac.image_keys, sac.image_size))
     agent.to(resolve_device(cfg.device))
+    if cfg.compile:
+        agent.compile_losses()
     return agent
 
 

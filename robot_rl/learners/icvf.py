@@ -28,7 +28,7 @@ from tqdm import tqdm
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
-from robot_rl.learners.device import Prefetcher, resolve_device
+from robot_rl.learners.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.learners.iql import CameraFeatures, IQLAgent, relu_mlp
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import images_to_float
@@ -196,6 +196,7 @@ class ICVFTrainConfig:
     seed: int = 0
     use_state: bool | None = None     # None: the store's obs/state if it has one (video has none)
     device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
+    compile: bool = False             # torch.compile the losses
     agent: dict | None = None         # ICVFConfig overrides (image_keys, hidden, lr, expectile, ...)
 
 
@@ -223,6 +224,8 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     agent = ICVFAgent(acfg, stats["mean"] if use_state else None, stats["std"] + 1e-3 if use_state else None)
     device = resolve_device(cfg.device)
     agent.to(device)
+    if cfg.compile:
+        agent.losses = maybe_compile(agent.losses, True)
     sampler = GoalSampler(ends)
 
     def gather(index: np.ndarray) -> dict[str, Tensor]:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
-from robot_rl.learners.device import resolve_device
+from robot_rl.learners.device import maybe_compile, resolve_device
 from robot_rl.policies.checkpoint import CheckpointedAgent
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -94,6 +94,7 @@ class IDMTrainConfig:
     hidden: tuple[int, ...] = (1024, 1024)
     dropout: float = 0.1
     device: str = "auto"          # auto: CUDA when present (robot_rl.learners.device)
+    compile: bool = False         # torch.compile the NLL
     seed: int = 0
 
 
@@ -118,6 +119,7 @@ def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: b
                             stats["mean"], stats["std"] + 1e-3)
     device = resolve_device(cfg.device)
     model.to(device)
+    nll = maybe_compile(model.nll, cfg.compile)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     w, a = torch.as_tensor(windows, device=device), torch.as_tensor(actions, device=device)  # small: all on the device
     log = RunLog(out_dir, f"inverse dynamics on {Path(store_path).name}")
@@ -126,7 +128,7 @@ def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: b
     for epoch in bar:
         model.train()
         for batch in np.array_split(rng.permutation(train_idx), max(1, len(train_idx) // cfg.batch_size)):
-            loss = model.nll(w[batch], a[batch])
+            loss = nll(w[batch], a[batch])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from robot_rl.learners.device import resolve_device
+from robot_rl.learners.device import maybe_compile, resolve_device
 from robot_rl.learners.common import RunLog, seed_everything
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
@@ -49,6 +49,7 @@ class ResidualPPOConfig:
     base_ddim_steps: int = 4
     reward_clip: float = 5.0
     device: str = "auto"  # the base, the residual and the rollout buffers (the envs step on the CPU)
+    compile: bool = False  # torch.compile the PPO losses
     seed: int = 0
 
 
@@ -173,6 +174,7 @@ def _train(vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: Re
 
 
 def _update(policy, actor_opt, critic_opt, cfg: ResidualPPOConfig, x, actions, old_logp, advantages, returns) -> dict:
+    losses = maybe_compile(ppo_losses, cfg.compile)
     n = len(x)
     size = n // cfg.num_minibatches
     epochs_done, kl = 0, torch.tensor(0.0)
@@ -180,7 +182,7 @@ def _update(policy, actor_opt, critic_opt, cfg: ResidualPPOConfig, x, actions, o
         order = torch.randperm(n)
         for start in range(0, n - size + 1, size):
             idx = order[start : start + size]
-            pg, value, kl = ppo_losses(policy, x[idx], actions[idx], old_logp[idx], advantages[idx], returns[idx], cfg.clip)
+            pg, value, kl = losses(policy, x[idx], actions[idx], old_logp[idx], advantages[idx], returns[idx], cfg.clip)
             actor_opt.zero_grad(set_to_none=True)
             critic_opt.zero_grad(set_to_none=True)
             (pg + cfg.vf_coef * value).backward()

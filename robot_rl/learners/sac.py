@@ -314,6 +314,14 @@ class SACAgent(CheckpointedAgent, nn.Module):
         loss = (q - target).pow(2).mean()
         return loss, {"grasp_loss": loss.item()}
 
+    def compile_losses(self) -> None:
+        """torch.compile the critic loss, the update's bulk (cta_ratio critic updates per step over
+        the whole ensemble). The actor loss stays eager: its actor and temperature terms are
+        backpropagated one after the other, which one compiled backward graph does not allow."""
+        from robot_rl.learners.device import maybe_compile
+
+        self.critic_loss = maybe_compile(self.critic_loss, True)
+
     def _arm(self, action: Tensor) -> Tensor:
         return action[:, :-1] if self.grasp is not None else action
 

@@ -97,6 +97,7 @@ class ClassifierTrainConfig:
     lr: float = 1e-4
     holdout: float = 0.2              # fraction of episodes held out for the accuracy figure
     device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
+    compile: bool = False             # torch.compile the logits
     seed: int = 0
     classifier: dict | None = None    # ClassifierConfig overrides
 
@@ -116,10 +117,11 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
     if len(train_pos) == 0 or len(train_neg) == 0:
         raise DatasetError(f"{store_path} needs both success and failure frames to train a classifier "
                            f"(has {int(labels.sum())} successes, {int((~labels).sum())} failures)")
-    from robot_rl.learners.device import resolve_device
+    from robot_rl.learners.device import maybe_compile, resolve_device
 
     device = resolve_device(cfg.device)
     model = RewardClassifier(ccfg).to(device)
+    logits = maybe_compile(model.logits, cfg.compile)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     log = RunLog(out_dir, f"reward classifier on {Path(store_path).name}")
     loss_fn = nn.BCEWithLogitsLoss()
@@ -129,7 +131,7 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
         index = np.concatenate([rng.choice(train_pos, half), rng.choice(train_neg, cfg.batch_size - half)])
         images = {k: images_to_float(frames[k][index]) for k in ccfg.image_keys}
         target = torch.as_tensor(labels[index], dtype=torch.float32, device=device)
-        loss = loss_fn(model.logits(images), target)
+        loss = loss_fn(logits(images), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

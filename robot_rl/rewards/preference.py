@@ -134,6 +134,7 @@ class RewardModelTrainConfig:
     keep_best: bool = True            # keep the weights of the epoch with the best held-out accuracy:
                                       # with noisy labels the network goes on to memorize the noise
     device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
+    compile: bool = False             # torch.compile the members' forward
     seed: int = 0
 
 
@@ -153,7 +154,7 @@ def load_labels(path) -> dict:
 
 def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progress: bool = True) -> dict:
     """Bradley-Terry on the labels of one store; held-out accuracy per member and of the ensemble."""
-    from robot_rl.learners.device import resolve_device
+    from robot_rl.learners.device import maybe_compile, resolve_device
     from robot_rl.datasets.store import EpisodeStore
 
     if not cfg.labels:
@@ -174,6 +175,9 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
         state_std=tuple((stats["std"].ravel() + 1e-3).tolist()) if stats else ()))
     device = resolve_device(cfg.device)
     model.to(device)
+    if cfg.compile:
+        for member in model.members:
+            member.forward = maybe_compile(member.forward, True)
     y = y.to(device)
     order = rng.permutation(len(y))
     n_val = int(round(cfg.holdout * len(y)))

@@ -63,3 +63,24 @@ def test_agents_take_cpu_inputs_and_save_cpu_checkpoints(tmp_path):
     path = agent.save(tmp_path / "iql")
     assert all(t.device.type == "cpu" for t in load_file(path / "model.safetensors").values())
     assert to_device({"a": {"b": torch.zeros(1)}, "c": None}, torch.device("cpu"))["c"] is None
+
+
+def test_compiled_iql_update_matches_the_eager_one():
+    import shutil
+
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("torch.compile's CPU backend needs a C++ compiler, and this machine has none")
+    from robot_rl.learners.device import maybe_compile
+
+    torch.manual_seed(0)
+    eager = IQLAgent(IQLConfig(state_dim=3, action_dim=2, hidden=(8,)))
+    compiled = IQLAgent(IQLConfig(state_dim=3, action_dim=2, hidden=(8,)))
+    compiled.load_state_dict(eager.state_dict())
+    compiled.losses = maybe_compile(compiled.losses, True)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        batch = {"obs/state": torch.randn(16, 3, generator=g), "next_obs/state": torch.randn(16, 3, generator=g),
+                 "action": torch.rand(16, 2, generator=g) - 0.5, "reward": torch.rand(16, generator=g), "mask": torch.ones(16)}
+        a, b = eager.update(batch), compiled.update(batch)
+        for key in ("q_loss", "v_loss", "actor_loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6)
