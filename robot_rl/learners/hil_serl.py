@@ -82,13 +82,19 @@ class Learner:
     def sample(self) -> dict:
         return torch_batch(sample_mixed(self.online, self.prior, self.batch_size, self.rng), self.agent.cfg.image_keys)
 
-    def step(self, lock=contextlib.nullcontext()) -> dict:
-        """One learner step; `lock` guards the sampling when transitions arrive from another thread."""
-        with lock:
-            batches = [self.sample() for _ in range(self.agent.cfg.cta_ratio)]
+    def step(self, lock=contextlib.nullcontext(), batches: list[dict] | None = None) -> dict:
+        """One learner step; `lock` guards the sampling when transitions arrive from another
+        thread. `batches`: a step's batches sampled beforehand (the Ray learner's prefetcher)."""
+        if batches is None:
+            batches = self.sample_step(lock)
         info = self.agent.update(batches)
         self.steps += 1
         return info
+
+    def sample_step(self, lock=contextlib.nullcontext()) -> list[dict]:
+        """The `cta_ratio` batches of one learner step."""
+        with lock:
+            return [self.sample() for _ in range(self.agent.cfg.cta_ratio)]
 
 
 class AgentPolicy:

@@ -57,14 +57,21 @@ class LearnerServer:
         self._thread.start()
 
     def _train(self) -> None:
+        from robot_rl.learners.device import Prefetcher
+
         learner = self.learner
-        while not self._stop.is_set():
-            if len(learner.online) < self.cfg.training_starts:
-                time.sleep(0.01)
-                continue
-            self.info = learner.step(self.lock)
-            if learner.steps % self.weights_every == 0:
-                self.weights, self.version = learner.agent.acting_state(), self.version + 1
+        while len(learner.online) < self.cfg.training_starts:
+            if self._stop.wait(0.01):
+                return
+        # The next steps' batches are sampled (under the insert lock) while this one updates.
+        batches = Prefetcher(lambda: {"batches": learner.sample_step(self.lock)}, learner.agent.device)
+        try:
+            while not self._stop.is_set():
+                self.info = learner.step(batches=next(batches)["batches"])
+                if learner.steps % self.weights_every == 0:
+                    self.weights, self.version = learner.agent.acting_state(), self.version + 1
+        finally:
+            batches.close()
 
     def get_weights(self, have_version: int):
         """(version, weights) when newer than `have_version`, else None."""
