@@ -3,7 +3,9 @@
 A Gaussian over a_t given the window (s_{t-1}, s_t, s_{t+1}): an MLP of two 1024-unit ReLU layers
 with dropout 0.1, a mean and a log-std bounded to [-5, 2], trained by negative log-likelihood
 (Adam 1e-4) on the episodes that have actions, 10 % of them held out; the weights of the epoch
-with the best held-out likelihood are kept. Windows are edge-padded at an episode's ends (the
+with the lowest held-out error of the mean are kept (`select_by: nll` for the best likelihood: on
+a few held-out episodes the likelihood can worsen from the first epoch, through overconfident
+variances, while the mean that labels the data keeps improving). Windows are edge-padded at an episode's ends (the
 store does not keep the observation after an episode's last action, so that step's window
 repeats s_t). Labels are the Gaussian's mean clipped to the action range [-1, 1].
 
@@ -91,6 +93,7 @@ class IDMTrainConfig:
     batch_size: int = 256
     lr: float = 1e-4
     holdout: float = 0.1          # share of episodes held out for checkpoint selection
+    select_by: str = "mse"        # the held-out epoch kept: lowest mse of the mean (the labels) or nll
     hidden: tuple[int, ...] = (1024, 1024)
     dropout: float = 0.1
     device: str = "auto"          # auto: CUDA when present (robot_rl.learners.device)
@@ -123,6 +126,8 @@ def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: b
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     w, a = torch.as_tensor(windows, device=device), torch.as_tensor(actions, device=device)  # small: all on the device
     log = RunLog(out_dir, f"inverse dynamics on {Path(store_path).name}")
+    if cfg.select_by not in ("mse", "nll"):
+        raise ConfigError(f"select_by must be mse or nll, got {cfg.select_by!r}")
     best, best_state, best_epoch = np.inf, None, -1
     bar = tqdm(range(cfg.epochs), desc="inverse dynamics", unit="epoch", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
@@ -135,8 +140,9 @@ def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: b
             model.updates += 1
         val_nll, val_mse = evaluate_inverse_dynamics(model, w[val_idx], a[val_idx])
         log.log(epoch, train_nll=loss.item(), heldout_nll=val_nll, heldout_mse=val_mse)
-        if val_nll < best:
-            best, best_epoch = val_nll, epoch
+        score = val_mse if cfg.select_by == "mse" else val_nll
+        if score < best:
+            best, best_epoch = score, epoch
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
         bar.set_postfix_str(f"held-out nll {val_nll:.3f} mse {val_mse:.4f} (best epoch {best_epoch})", refresh=False)
     model.load_state_dict(best_state)
