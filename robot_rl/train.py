@@ -106,6 +106,14 @@ def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True
     return train_reward_classifier(dataset, out, cfg, progress=progress)
 
 
+def checkpoint_kind(checkpoint) -> str | None:
+    """The `kind` a checkpoint folder's config.json names (which learner made it)."""
+    config = Path(checkpoint) / "config.json"
+    if not config.exists():
+        raise DatasetError(f"no checkpoint at {checkpoint} (expected {config})")
+    return json.loads(config.read_text()).get("kind")
+
+
 def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
                         ddim_steps: int | None = None, progress: bool = True, dist: dict | None = None) -> dict:
     """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an IQL agent.
@@ -120,11 +128,7 @@ def _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_ste
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
 
-    path = Path(checkpoint)
-    config = path / "config.json"
-    if not config.exists():
-        raise DatasetError(f"no checkpoint at {checkpoint} (expected {config})")
-    kind = json.loads(config.read_text()).get("kind")
+    path, kind = Path(checkpoint), checkpoint_kind(checkpoint)
     if kind == "sac_agent":
         from robot_rl.learners.hil_serl import batch_policy
         from robot_rl.learners.sac import SACAgent
@@ -156,11 +160,7 @@ def loop_policy_from_checkpoint(checkpoint, ddim_steps: int | None = None):
     """A ControlLoop policy (obs dict -> normalized action, or a chunk) from a checkpoint of any
     learner that acts alone: SAC (HIL-SERL, FastRLAP), IQL, diffusion BC. Returns (policy, kind,
     what it needs: state_dim, action_dim, image_keys as observation keys)."""
-    path = Path(checkpoint)
-    config = path / "config.json"
-    if not config.exists():
-        raise DatasetError(f"no checkpoint at {checkpoint} (expected {config})")
-    kind = json.loads(config.read_text()).get("kind")
+    path, kind = Path(checkpoint), checkpoint_kind(checkpoint)
     if kind in ("sac_agent", "iql_agent"):
         from robot_rl.learners.hil_serl import AgentPolicy
         from robot_rl.learners.iql import IQLAgent, loop_policy

@@ -51,12 +51,14 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay)
     log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
     loss_of = maybe_compile(policy.loss, cfg.compile)
-    batches = Prefetcher(lambda: {k: torch.as_tensor(v) for k, v in sampler.sample(cfg.batch_size, rng).items() if k != "is_pad"},
-                         device)
+
+    def sample() -> dict:
+        return {k: torch.as_tensor(v) for k, v in sampler.sample(cfg.batch_size, rng).items() if k != "is_pad"}
+
     bar = tqdm(range(cfg.steps), desc="diffusion BC", unit="step", disable=not progress, dynamic_ncols=True)
     running = None
     policy.train()
-    try:
+    with Prefetcher(sample, device) as batches:  # closed whatever ends the loop
         for step in bar:
             with autocast(device, cfg.amp):
                 loss = loss_of(next(batches))
@@ -69,8 +71,6 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 log.log(step, loss=running, lr=schedule.get_last_lr()[0])
                 bar.set_postfix(loss=f"{running:.4f}")
-    finally:
-        batches.close()  # whatever ended the loop
     checkpoint = ema.model.save(Path(out_dir) / "checkpoint")  # CPU copies: it loads anywhere
     params = sum(p.numel() for p in policy.parameters())
     return log.close({"learner": "diffusion_bc", "checkpoint": str(checkpoint), "final_loss": running,

@@ -64,14 +64,11 @@ class LearnerServer:
             if self._stop.wait(0.01):
                 return
         # The next steps' batches are sampled (under the insert lock) while this one updates.
-        batches = Prefetcher(lambda: {"batches": learner.sample_step(self.lock)}, learner.agent.device)
-        try:
+        with Prefetcher(lambda: {"batches": learner.sample_step(self.lock)}, learner.agent.device) as batches:
             while not self._stop.is_set():
                 self.info = learner.step(batches=next(batches)["batches"])
                 if learner.steps % self.weights_every == 0:
                     self.weights, self.version = learner.agent.acting_state(), self.version + 1
-        finally:
-            batches.close()
 
     def get_weights(self, have_version: int):
         """(version, weights) when newer than `have_version`, else None."""

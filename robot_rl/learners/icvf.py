@@ -246,15 +246,12 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
         batch.update({k: torch.as_tensor(s[k]) for k in ("reward", "mask", "intent_reward", "intent_mask")})
         return batch
 
-    batches = Prefetcher(sample, device)
-    try:
+    with Prefetcher(sample, device) as batches:  # closed whatever ends the loop
         for step in bar:
             info = agent.update(next(batches))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
                 bar.set_postfix_str(f"loss {info['loss']:.4f} v {info['v_mean']:.2f}", refresh=False)
-    finally:
-        batches.close()  # whatever ended the loop
     checkpoint = agent.save(Path(out_dir) / "checkpoint")  # CPU copies
     return log.close({"learner": "icvf", "store": str(store_path), "checkpoint": str(checkpoint), "config": asdict(cfg),
                       "agent": asdict(acfg), "transitions": len(sampler.index)},

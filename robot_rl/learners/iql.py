@@ -364,8 +364,7 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     evaluations = []
     agent.train()
     start = time.monotonic()
-    batches = Prefetcher(lambda: data.sample(cfg.batch_size, rng), device)
-    try:
+    with Prefetcher(lambda: data.sample(cfg.batch_size, rng), device) as batches:  # closed whatever ends the loop
         for step in bar:
             info = agent.update(next(batches))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
@@ -377,8 +376,6 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
                 evaluations.append({"step": step + 1, **result})
                 tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
                 agent.train()
-    finally:
-        batches.close()  # whatever ended the loop: the thread and the batches it holds go
     agent.cpu()  # evaluated (and deployed) on the CPU
     checkpoint = agent.save(Path(out_dir) / "checkpoint")
     final = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, progress=progress) if env_cfg is not None and cfg.eval_episodes else None

@@ -24,12 +24,12 @@ from robot_rl.core.protocols import Camera, Robot
 from robot_rl.core.safety import Watchdog
 from robot_rl.core.specs import ArraySpec, Frame
 from robot_rl.errors import ConfigError, DeviceError
+from robot_rl.hardware.vesc_car import GRAVITY  # the same collision threshold as the VESC car
 from robot_rl.ros import messages as m
 from robot_rl.ros.streams import LatestMessage, RosIO, StaleMessageError, check_qos
 
 ARM_COMMANDS = ("pose", "joint_trajectory", "joint_forward")
 CAR_COMMANDS = ("ackermann", "twist")
-GRAVITY = 9.81
 
 
 # --- quaternions ([x, y, z, w]) ---------------------------------------------------------------------
