@@ -139,7 +139,8 @@ class IQLAgent(CheckpointedAgent, nn.Module):
 
     # --- the update ------------------------------------------------------------------------
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The three losses on one batch (obs, next_obs, action, reward, mask), and the advantage."""
+        """The three losses on one batch (obs, next_obs, action, reward, mask), the advantage and the
+        share of advantage weights at their clip."""
         cfg = self.cfg
         batch = self.on_device(batch)
         obs = {k[4:]: v for k, v in batch.items() if k.startswith("obs/")}
@@ -161,7 +162,8 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         else:
             bc = -self.log_prob(detached, batch["action"])
         actor_loss = (weights * bc).mean()
-        return {"v_loss": v_loss, "q_loss": q_loss, "actor_loss": actor_loss, "adv": adv.detach(), "v": v.detach()}
+        return {"v_loss": v_loss, "q_loss": q_loss, "actor_loss": actor_loss, "adv": adv.detach(), "v": v.detach(),
+                "clipped": (weights >= EXP_ADV_MAX).float().mean()}
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         loss = self.losses(batch)
@@ -179,6 +181,9 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         self.updates += 1
         return {"v_loss": loss["v_loss"].item(), "q_loss": loss["q_loss"].item(), "actor_loss": loss["actor_loss"].item(),
                 "adv_mean": loss["adv"].mean().item(), "v_mean": loss["v"].mean().item(),
+                # beta * adv_std sets how sharp the policy extraction is; a share of weights at the
+                # clip of more than a few percent means beta is too high for this reward's scale
+                "adv_std": loss["adv"].std().item(), "weights_clipped": loss["clipped"].item(),
                 "actor_lr": self.actor_schedule.get_last_lr()[0]}
 
     def init_encoder(self, state: dict[str, Tensor], freeze: bool = False) -> None:
@@ -382,4 +387,4 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     if final:
         log.log(cfg.steps, eval_success_rate=final["success_rate"])
     return log.close({"learner": "iql", "store": stores[0] if len(stores) == 1 else stores, "checkpoint": str(checkpoint), "config": asdict(cfg), "agent": asdict(acfg), "transitions": len(data), "evaluation": final, "interim_evaluations": evaluations},
-                     curves=("q_loss", "v_loss", "actor_loss", "adv_mean", "eval_success_rate"))
+                     curves=("q_loss", "v_loss", "actor_loss", "adv_mean", "adv_std", "weights_clipped", "eval_success_rate"))
