@@ -65,9 +65,15 @@ def test_weights_clip_at_100_and_beta_zero_is_cloning():
         agent.target_q2[-1].bias.fill_(50.0)
     s = b["obs/state"]
     bc = ((torch.tanh(agent.actor(s)) - b["action"]) ** 2).sum(-1)
-    assert agent.losses(b)["actor_loss"].item() == pytest.approx(EXP_ADV_MAX * bc.mean().item(), rel=1e-5)
+    out = agent.losses(b)
+    assert out["actor_loss"].item() == pytest.approx(EXP_ADV_MAX * bc.mean().item(), rel=1e-5)
+    assert out["clipped"].item() == 1.0  # every weight at the clip, and the update reports it
     agent.cfg.beta = 0.0
-    assert agent.losses(b)["actor_loss"].item() == pytest.approx(bc.mean().item(), rel=1e-5)
+    out = agent.losses(b)
+    assert out["actor_loss"].item() == pytest.approx(bc.mean().item(), rel=1e-5)
+    assert out["clipped"].item() == 0.0
+    logged = agent.update(b)
+    assert logged["weights_clipped"] == 0.0 and logged["adv_std"] == pytest.approx(out["adv"].std().item(), rel=1e-5)
 
 
 def test_soft_update_moves_targets_by_tau_and_only_q_has_targets():
