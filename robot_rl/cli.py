@@ -114,6 +114,18 @@ def cmd_idm_iql(args) -> None:
     print(path)
 
 
+def cmd_vptr(args) -> None:
+    from robot_rl.vptr import vptr
+
+    path = vptr(compose("vptr", args.overrides))
+    summary = json.loads(path.read_text())
+    print(f"{'seed':<6}{'IQL scratch':>13}{'IQL ICVF':>10}{'IQL ICVF frozen':>17}{'ICVF - scratch':>16}")
+    for seed, r in summary["seeds"].items():
+        print(f"{seed:<6}{r['iql_scratch_success']:>13.1%}{r['iql_icvf_success']:>10.1%}"
+              f"{r['iql_icvf_frozen_success']:>17.1%}{r['icvf_minus_scratch']:>+16.1%}")
+    print(path)
+
+
 def _print_seed_summary(path: Path) -> None:
     summary = json.loads(path.read_text())
     print(f"{'seed':<6}{'BC success':>12}{'residual':>12}{'episodes':>10}{'minutes':>9}")
@@ -310,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     overrides_command(sub, "vlm-iql", "offline RL from VLM feedback end to end: labels -> reward model -> IQL, per seed", cmd_vlm_iql)
 
+    overrides_command(sub, "vptr", "V-PTR: ICVF on action-free video -> IQL with that image encoder vs from scratch, per seed", cmd_vptr)
     overrides_command(sub, "idm-iql", "action-free episodes: 10%% keep actions, an IDM labels the rest, IQL on the union, per seed", cmd_idm_iql)
 
     overrides_command(sub, "train", "train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH", cmd_train)

@@ -13,23 +13,28 @@ from omegaconf import OmegaConf
 from robot_rl.errors import ConfigError
 
 
-def collect_mixed(cfg) -> None:
-    """Record the dataset's parts (expert, noisy, random) in order, into a temporary store that
-    becomes cfg.dataset only once every part is in (an interrupted run leaves no partial dataset
-    that a later run would take for the whole one)."""
+def collect_parts(env_cfg, parts, out) -> None:
+    """Record `parts` (collect settings each: teleop, expert_noise, episodes, seed) in order with
+    `env_cfg`, into a temporary store that becomes `out` only once every part is in (an
+    interrupted run leaves no partial dataset that a later run would take for the whole one)."""
     from robot_rl.cli import compose
     from robot_rl.collect import collect
 
-    final = Path(cfg.dataset)
+    final = Path(out)
     partial = final.with_name(final.name + ".collecting")
     shutil.rmtree(partial, ignore_errors=True)
-    for part in cfg.collect:
-        base = compose("collect", [f"env={cfg.env.name}", f"out={partial}", "loop.rate_hz=null"])
+    for part in parts:
+        base = compose("collect", [f"env={env_cfg.name}", f"out={partial}", "loop.rate_hz=null"])
         OmegaConf.set_struct(base, False)  # collect_env may name keys an env config leaves to their defaults
-        env = OmegaConf.merge(OmegaConf.to_container(cfg.env, resolve=True), cfg.get("collect_env") or {},
-                              {"cameras": list(cfg.cameras)})
-        collect(OmegaConf.merge(base, {"env": env}, part))
+        collect(OmegaConf.merge(base, {"env": env_cfg}, part))
     partial.rename(final)
+
+
+def collect_mixed(cfg) -> None:
+    """cfg.dataset from cfg.collect's parts, with cfg.collect_env over the env and cfg.cameras."""
+    env = OmegaConf.merge(OmegaConf.to_container(cfg.env, resolve=True), cfg.get("collect_env") or {},
+                          {"cameras": list(cfg.cameras)})
+    collect_parts(env, cfg.collect, cfg.dataset)
 
 
 def run_seed(cfg, seed: int, run: Path) -> dict:

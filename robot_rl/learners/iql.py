@@ -260,6 +260,7 @@ class OfflineDataset:
         self.state_mean = mean.astype(np.float32)
         self.state_std = (np.sqrt(np.maximum(var, 0.0)) + 1e-3).astype(np.float32)  # CORL's eps
         self.state_dim, self.action_dim = self.data["obs/state"].shape[1], self.data["action"].shape[1]
+        self.image_size = self.data[f"obs/{image_keys[0]}"].shape[1] if image_keys else None
         rewards = self.data[reward_key].astype(np.float32)
         if not np.all(np.isfinite(rewards)):
             raise DatasetError(f"{', '.join(map(str, paths))}: {reward_key} holds NaN or inf")
@@ -351,6 +352,9 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     stores = [str(store_path)] if isinstance(store_path, (str, Path)) else [str(p) for p in store_path]
     data = OfflineDataset(stores, cfg.reward_key, cfg.done_key, image_keys)
     try:
+        if data.image_size:  # the cameras' size as recorded
+            if agent_cfg.setdefault("image_size", data.image_size) != data.image_size:
+                raise ConfigError(f"the store's images are {data.image_size} px, agent.image_size says {agent_cfg['image_size']}")
         acfg = IQLConfig(**{**agent_cfg, "state_dim": data.state_dim, "action_dim": data.action_dim, "steps": cfg.steps})
     except TypeError as exc:
         raise ConfigError(f"bad iql agent settings: {exc}") from None

@@ -13,6 +13,7 @@ import numpy as np
 from robot_rl.core.env import RobotEnv
 from robot_rl.core.protocols import Robot, Task
 from robot_rl.core.specs import ArraySpec
+from robot_rl.errors import ConfigError
 from robot_rl.sim.world import ASSETS, MujocoCamera, MujocoWorld
 
 CONTROL_HZ = 20.0
@@ -97,10 +98,21 @@ class MujocoReachArm(Robot):
 
 
 class ReachTask(Task):
+    """observe_target=False leaves the target out of the state: only a camera shows it (the
+    visual variant, `reach_visual`, where image pretraining has something to find). target_height
+    puts every target on one horizontal plane, so that a single camera determines it."""
+
     text = "move the arm's end effector to the red target"
 
-    def __init__(self, arm: MujocoReachArm, max_steps: int = 80, tolerance: float = 0.02):
+    def __init__(self, arm: MujocoReachArm, max_steps: int = 80, tolerance: float = 0.02, observe_target: bool = True,
+                 target_height: float | None = None):
         self.arm, self.world, self.max_steps, self.tolerance = arm, arm.world, max_steps, tolerance
+        self.observe_target = observe_target
+        self._low, self._high = TARGET_LOW.copy(), TARGET_HIGH.copy()
+        if target_height is not None:
+            if not TARGET_LOW[2] <= target_height <= TARGET_HIGH[2]:
+                raise ConfigError(f"target_height must be in [{TARGET_LOW[2]}, {TARGET_HIGH[2]}] m, got {target_height}")
+            self._low[2] = self._high[2] = target_height
         self._mocap = self.world.model.body("target").mocapid[0]
 
     @property
@@ -108,18 +120,18 @@ class ReachTask(Task):
         return self.world.data.mocap_pos[self._mocap].copy()
 
     def observation_spec(self) -> dict[str, ArraySpec]:
-        return {"target_pos": ArraySpec((3,))}
+        return {"target_pos": ArraySpec((3,))} if self.observe_target else {}
 
     def observe(self) -> dict[str, np.ndarray]:
-        return {"target_pos": self.target.astype(np.float32)}
+        return {"target_pos": self.target.astype(np.float32)} if self.observe_target else {}
 
     def reset(self, rng: np.random.Generator) -> None:
         self.world.data.time = 0.0
         self.arm.reset_joints(HOME_QPOS + rng.uniform(-0.15, 0.15, size=3))
         # A target at least 8 cm away, so every episode is a real reach.
-        target = rng.uniform(TARGET_LOW, TARGET_HIGH)
+        target = rng.uniform(self._low, self._high)
         while np.linalg.norm(target - self.arm.ee_pos()) < 0.08:
-            target = rng.uniform(TARGET_LOW, TARGET_HIGH)
+            target = rng.uniform(self._low, self._high)
         self.world.data.mocap_pos[self._mocap] = target
         self.world.forward()
 
@@ -131,10 +143,11 @@ class ReachTask(Task):
         return float(success), success, success
 
 
-def make_reach_env(cameras: tuple[str, ...] = ("front",), image_size: int = 84, max_steps: int = 80) -> RobotEnv:
+def make_reach_env(cameras: tuple[str, ...] = ("front",), image_size: int = 84, max_steps: int = 80,
+                   observe_target: bool = True, target_height: float | None = None) -> RobotEnv:
     world = MujocoWorld(ASSETS / "reach_arm.xml")
     arm = MujocoReachArm(world)
-    task = ReachTask(arm, max_steps=max_steps)
+    task = ReachTask(arm, max_steps=max_steps, observe_target=observe_target, target_height=target_height)
     cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
     return RobotEnv(arm, task, cams)
 
@@ -142,5 +155,8 @@ def make_reach_env(cameras: tuple[str, ...] = ("front",), image_size: int = 84, 
 def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
     from robot_rl.sim.experts import ReachExpert
 
-    env = make_reach_env(cameras=tuple(cfg.cameras), image_size=int(cfg.image_size), max_steps=int(cfg.max_steps))
+    height = cfg.get("target_height")
+    env = make_reach_env(cameras=tuple(cfg.cameras), image_size=int(cfg.image_size), max_steps=int(cfg.max_steps),
+                         observe_target=bool(cfg.get("observe_target", True)),
+                         target_height=None if height is None else float(height))
     return env, ReachExpert(env.task, noise=expert_noise, seed=seed)

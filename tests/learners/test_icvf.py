@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robot_rl.datasets import EpisodeStore
-from robot_rl.learners.icvf import ICVFAgent, ICVFConfig, ICVFTrainConfig, GoalSampler, train_icvf
+from robot_rl.learners.icvf import ICVFAgent, ICVFConfig, ICVFTrainConfig, GoalSampler, pretrained_encoder, train_icvf
 
 
 def test_goal_sampler_mixture():
@@ -111,7 +111,10 @@ def test_vptr_encoder_init_hands_the_icvf_cnn_to_iql(tmp_path):
     frozen, tuned = run("frozen", True), run("tuned", False)
     assert all(torch.equal(frozen[k], pretrained[k]) for k in pretrained)
     assert not all(torch.equal(tuned[k], pretrained[k]) for k in pretrained)
-    cfg = IQLTrainConfig(steps=1, batch_size=4, eval_episodes=0, encoder_init=icvf["checkpoint"],
-                         agent={**agent_cfg, "image_size": 84})
     with pytest.raises(ConfigError, match="pretrained on"):
+        pretrained_encoder(icvf["checkpoint"], ("image/front",), 84)
+    cfg = IQLTrainConfig(steps=1, batch_size=4, eval_episodes=0, agent={**agent_cfg, "image_size": 84})
+    with pytest.raises(ConfigError, match="store's images are 32 px"):
         train_iql(store, None, tmp_path / "bad", cfg, progress=False)
+    cfg = IQLTrainConfig(steps=1, batch_size=4, eval_episodes=0, agent={"image_keys": ["image/front"], "hidden": [16]})
+    assert train_iql(store, None, tmp_path / "sized", cfg, progress=False)["agent"]["image_size"] == 32  # from the store

@@ -79,3 +79,25 @@ def test_drift_teleop_takes_over_from_a_bad_policy(env):
     # ends up much farther than the drift margin (plus one step) from the best it had reached.
     assert 0 < result.intervened_steps < result.steps
     assert max(distances) <= distances[0] + 0.04 + 0.021
+
+
+def test_visual_variant_shows_the_target_only_in_the_camera():
+    from robot_rl.cli import compose
+    from robot_rl.errors import ConfigError
+    from robot_rl.sim.registry import make_sim_env
+
+    env, expert = make_sim_env(compose("train", ["env=reach_visual"]).env, seed=0)
+    with env:
+        heights, pictures = set(), []
+        for seed in range(3):
+            obs, _ = env.reset(seed=seed)
+            assert obs["state"].shape == (9,) and "target_pos" not in env.state_layout  # the arm's own state
+            heights.add(round(float(env.task.target[2]), 6))
+            pictures.append(obs["image/front"])
+        assert heights == {0.15} and obs["image/front"].shape == (32, 32, 3)
+        red = [(p[..., 0] > 150) & (p[..., 1] < 80) for p in pictures]  # the target's pixels
+        assert all(r.any() for r in red) and not np.array_equal(red[0], red[1])  # it moves with the seed
+        while not env.step(expert())[2]:
+            pass  # the scripted expert (which may read the target) still reaches it
+    with pytest.raises(ConfigError, match="target_height"):
+        make_reach_env(target_height=1.0)

@@ -1,0 +1,67 @@
+"""`robot-rl vptr`: V-PTR in simulation, once per seed. An ICVF is pretrained on action-free
+videos of the task family (rendered, written as mp4 files, imported like any lab's video), then
+IQL on a small robot dataset starts its image encoder from the ICVF's, beside the same IQL from
+scratch. See conf/vptr.yaml."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def render_videos(cfg) -> None:
+    """cfg.videos (one mp4 per episode of cfg.video_collect, camera at cfg.video_size px), then
+    cfg.video: those files imported at the robot camera's size, as observation-only episodes."""
+    from robot_rl.datasets.show import write_video
+    from robot_rl.datasets.store import EpisodeStore
+    from robot_rl.datasets.video import import_video
+    from robot_rl.vlm_iql import collect_parts
+
+    camera = cfg.env.cameras[0]
+    videos = Path(cfg.videos)
+    if not videos.exists():
+        partial = videos.with_name(videos.name + ".writing")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        env = OmegaConf.merge(OmegaConf.to_container(cfg.env, resolve=True), {"image_size": cfg.video_size})
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "episodes.zarr"
+            collect_parts(env, cfg.video_collect, source)
+            with EpisodeStore.open(source) as store:
+                for i in range(store.n_episodes):  # the actions stay behind: video has none
+                    write_video(store.episode(i)[f"obs/image/{camera}"], partial / f"episode_{i:04d}.mp4", store.fps)
+        partial.rename(videos)
+    import_video(videos, cfg.video, size=int(cfg.env.image_size), fps=None, camera=camera, cut_threshold=None,
+                 task=cfg.env.task_text)
+
+
+def run_seed(cfg, seed: int, run: Path) -> dict:
+    from robot_rl.train import train_icvf_learner, train_iql_learner
+
+    start = time.monotonic()
+    icvf = train_icvf_learner(cfg.icvf, cfg.video, run / "icvf", seed)
+    iql = OmegaConf.merge(cfg.iql, {"agent": {"image_keys": [f"image/{c}" for c in cfg.env.cameras]}})
+    variants = {"iql_scratch": {},
+                "iql_icvf": {"encoder_init": icvf["checkpoint"]},
+                "iql_icvf_frozen": {"encoder_init": icvf["checkpoint"], "encoder_freeze": True}}
+    success = {name: train_iql_learner(OmegaConf.merge(iql, override), cfg.dataset, cfg.env, run / name, seed)
+               ["evaluation"]["success_rate"] for name, override in variants.items()}
+    report = {"seed": seed, **{f"{k}_success": v for k, v in success.items()},
+              "icvf_minus_scratch": success["iql_icvf"] - success["iql_scratch"],
+              "icvf_seconds": icvf["seconds"], "seconds": time.monotonic() - start}
+    (run / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def vptr(cfg) -> Path:
+    from robot_rl.vlm_iql import run_seeds
+
+    if not Path(cfg.video).exists():
+        render_videos(cfg)
+    return run_seeds(cfg, "vptr", run_seed, ("iql_scratch_success", "iql_icvf_success", "iql_icvf_frozen_success"),
+                     lambda r: r["icvf_minus_scratch"] > 0, video=str(cfg.video))
