@@ -100,14 +100,16 @@ class MujocoReachArm(Robot):
 class ReachTask(Task):
     """observe_target=False leaves the target out of the state: only a camera shows it (the
     visual variant, `reach_visual`, where image pretraining has something to find). target_height
-    puts every target on one horizontal plane, so that a single camera determines it."""
+    puts every target on one horizontal plane, so that a single camera determines it.
+    end_on_success=False runs every episode to its length (rewarded at each step on the target),
+    as recorded datasets are (conf/vlm_iql.yaml's collect_env)."""
 
     text = "move the arm's end effector to the red target"
 
     def __init__(self, arm: MujocoReachArm, max_steps: int = 80, tolerance: float = 0.02, observe_target: bool = True,
-                 target_height: float | None = None):
+                 target_height: float | None = None, end_on_success: bool = True):
         self.arm, self.world, self.max_steps, self.tolerance = arm, arm.world, max_steps, tolerance
-        self.observe_target = observe_target
+        self.observe_target, self.end_on_success = observe_target, end_on_success
         self._low, self._high = TARGET_LOW.copy(), TARGET_HIGH.copy()
         if target_height is not None:
             if not TARGET_LOW[2] <= target_height <= TARGET_HIGH[2]:
@@ -140,14 +142,15 @@ class ReachTask(Task):
 
     def evaluate(self, obs) -> tuple[float, bool, bool]:
         success = self.distance() < self.tolerance
-        return float(success), success, success
+        return float(success), success, success and self.end_on_success
 
 
 def make_reach_env(cameras: tuple[str, ...] = ("front",), image_size: int = 84, max_steps: int = 80,
-                   observe_target: bool = True, target_height: float | None = None) -> RobotEnv:
+                   observe_target: bool = True, target_height: float | None = None, end_on_success: bool = True) -> RobotEnv:
     world = MujocoWorld(ASSETS / "reach_arm.xml")
     arm = MujocoReachArm(world)
-    task = ReachTask(arm, max_steps=max_steps, observe_target=observe_target, target_height=target_height)
+    task = ReachTask(arm, max_steps=max_steps, observe_target=observe_target, target_height=target_height,
+                     end_on_success=end_on_success)
     cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
     return RobotEnv(arm, task, cams)
 
@@ -158,5 +161,6 @@ def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
     height = cfg.get("target_height")
     env = make_reach_env(cameras=tuple(cfg.cameras), image_size=int(cfg.image_size), max_steps=int(cfg.max_steps),
                          observe_target=bool(cfg.get("observe_target", True)),
-                         target_height=None if height is None else float(height))
+                         target_height=None if height is None else float(height),
+                         end_on_success=bool(cfg.get("end_on_success", True)))
     return env, ReachExpert(env.task, noise=expert_noise, seed=seed)

@@ -101,3 +101,14 @@ def test_visual_variant_shows_the_target_only_in_the_camera():
             pass  # the scripted expert (which may read the target) still reaches it
     with pytest.raises(ConfigError, match="target_height"):
         make_reach_env(target_height=1.0)
+
+
+def test_without_end_on_success_the_episode_runs_on_and_rewards_each_step_on_target():
+    env = make_reach_env(cameras=(), max_steps=40, end_on_success=False)
+    expert = ReachExpert(env.task)
+    with env:
+        env.reset(seed=0)
+        steps = [env.step(expert()) for _ in range(40)]
+    rewards = [s[1] for s in steps]
+    assert not any(s[2] for s in steps) and steps[-1][3]  # never terminated; truncated at the time limit
+    assert rewards[0] == 0.0 and sum(rewards) > 20 and all(s[4]["success"] == bool(s[1]) for s in steps)
