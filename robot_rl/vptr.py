@@ -40,6 +40,41 @@ def render_videos(cfg) -> None:
                  task=cfg.env.task_text)
 
 
+def target_probe(checkpoint, env_cfg, episodes: int = 300, seed: int = 50_000) -> float:
+    """How much of the hidden target's position (x, y) a linear read-out of an encoder's features
+    recovers: held-out R² on frames of noisy-expert episodes (the first 70 % fit, the rest scored).
+    `checkpoint` None probes a randomly initialized encoder, the floor."""
+    import numpy as np
+    import torch
+
+    from robot_rl.learners.icvf import load_encoder_state
+    from robot_rl.learners.iql import CameraFeatures
+    from robot_rl.policies.encoders import images_to_float
+    from robot_rl.sim.registry import make_sim_env
+
+    env, expert = make_sim_env(env_cfg, expert_noise=1.0, seed=seed)
+    key = f"image/{env_cfg.cameras[0]}"
+    frames, targets = [], []
+    with env:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            for _ in range(3):
+                frames.append(obs[key])
+                targets.append(env.task.target[:2].copy())
+                obs = env.step(expert())[0]
+    torch.manual_seed(seed)
+    encoder = CameraFeatures(1, int(env_cfg.image_size))
+    if checkpoint is not None:
+        encoder.load_state_dict(load_encoder_state(checkpoint)[0])
+    with torch.no_grad():
+        x = encoder([images_to_float(np.stack(frames))]).numpy()
+    x, y = np.c_[x, np.ones(len(x))], np.stack(targets)
+    fit = np.arange(len(x)) < int(0.7 * len(x))
+    w = np.linalg.lstsq(x[fit], y[fit], rcond=None)[0]
+    error = ((x[~fit] @ w - y[~fit]) ** 2).sum()
+    return float(1.0 - error / ((y[~fit] - y[~fit].mean(0)) ** 2).sum())
+
+
 def run_seed(cfg, seed: int, run: Path) -> dict:
     from robot_rl.train import train_icvf_learner, train_iql_learner
 
@@ -53,6 +88,7 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
                ["evaluation"]["success_rate"] for name, override in variants.items()}
     report = {"seed": seed, **{f"{k}_success": v for k, v in success.items()},
               "icvf_minus_scratch": success["iql_icvf"] - success["iql_scratch"],
+              "target_probe_r2": {"icvf": target_probe(icvf["checkpoint"], cfg.env), "random_init": target_probe(None, cfg.env)},
               "icvf_seconds": icvf["seconds"], "seconds": time.monotonic() - start}
     (run / "report.json").write_text(json.dumps(report, indent=2))
     return report

@@ -28,6 +28,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
         assert robot.n_episodes == 2 and robot.episode(0)["obs/state"].shape[1] == 9  # the target is not in the state
     report = json.loads((run / "summary.json").read_text())["seeds"]["0"]
     assert report["icvf_minus_scratch"] == report["iql_icvf_success"] - report["iql_scratch_success"]
+    assert set(report["target_probe_r2"]) == {"icvf", "random_init"} and all(r <= 1.0 for r in report["target_probe_r2"].values())
     icvf = ICVFAgent.load(run / "seed0" / "icvf" / "checkpoint").encoder_state()
     frozen = IQLAgent.load(run / "seed0" / "iql_icvf_frozen" / "checkpoint").encoder.state_dict()
     scratch = IQLAgent.load(run / "seed0" / "iql_scratch" / "checkpoint").encoder.state_dict()
