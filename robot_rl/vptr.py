@@ -36,8 +36,12 @@ def render_videos(cfg) -> None:
                 for i in range(store.n_episodes):  # the actions stay behind: video has none
                     write_video(store.episode(i)[f"obs/image/{camera}"], partial / f"episode_{i:04d}.mp4", store.fps)
         partial.rename(videos)
-    import_video(videos, cfg.video, size=int(cfg.env.image_size), fps=None, camera=camera, cut_threshold=None,
+    store = Path(cfg.video)
+    importing = store.with_name(store.name + ".importing")  # renamed once whole, as the recordings are
+    shutil.rmtree(importing, ignore_errors=True)
+    import_video(videos, importing, size=int(cfg.env.image_size), fps=None, camera=camera, cut_threshold=None,
                  task=cfg.env.task_text)
+    importing.rename(store)
 
 
 def target_probe(checkpoint, env_cfg, episodes: int = 300, seed: int = 50_000) -> float:
