@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -409,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return 0
     except RobotRLError as exc:
         print(f"robot-rl: error: {exc}", file=sys.stderr)
@@ -416,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robot-rl: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`robot-rl dataset info X | head`): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        return 141
 
 
 if __name__ == "__main__":

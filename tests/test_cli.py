@@ -46,6 +46,15 @@ def test_collect_records_what_it_reports(collected):
     assert "episodes   3" in text and "obs/image/front" in text
 
 
+def test_a_reader_that_goes_away_is_no_traceback(collected):
+    read, write = os.pipe()
+    os.close(read)  # like `robot-rl dataset info X | head -1` once head has exited
+    run = subprocess.run([ROBOT_RL, "dataset", "info", str(collected[0])], stdout=write, stderr=subprocess.PIPE, text=True,
+                         timeout=120)
+    os.close(write)
+    assert run.returncode == 141 and run.stderr == ""
+
+
 def test_collect_appends_to_an_existing_store(collected, tmp_path):
     out, _ = collected
     copy = tmp_path / "copy.zarr"
