@@ -323,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     overrides_command(sub, "vlm-iql", "offline RL from VLM feedback end to end: labels -> reward model -> IQL, per seed", cmd_vlm_iql)
 
-    overrides_command(sub, "vptr", "V-PTR: ICVF on action-free video -> IQL with that image encoder vs from scratch, per seed", cmd_vptr)
     overrides_command(sub, "idm-iql", "action-free episodes: 10%% keep actions, an IDM labels the rest, IQL on the union, per seed", cmd_idm_iql)
+    overrides_command(sub, "vptr", "V-PTR: ICVF on action-free video -> IQL with that image encoder vs from scratch, per seed", cmd_vptr)
 
     overrides_command(sub, "train", "train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH", cmd_train)
 
@@ -418,9 +418,24 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robot-rl: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`robot-rl dataset info X | head`): nothing left to say
+    except BrokenPipeError:
+        if not _stdout_closed():  # a robot's, ROS's or Ray's connection: an error like any other
+            raise
+        # The reader went away (`robot-rl dataset info X | head`): nothing left to say.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         return 141
+
+
+def _stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

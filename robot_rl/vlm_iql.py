@@ -25,7 +25,7 @@ def collect_parts(env_cfg, parts, out) -> None:
     shutil.rmtree(partial, ignore_errors=True)
     for part in parts:
         base = compose("collect", [f"env={env_cfg.name}", f"out={partial}", "loop.rate_hz=null"])
-        OmegaConf.set_struct(base, False)  # collect_env may name keys an env config leaves to their defaults
+        OmegaConf.set_struct(base, False)  # env_cfg may name keys an env config leaves to their defaults
         collect(OmegaConf.merge(base, {"env": env_cfg}, part))
     partial.rename(final)
 
@@ -69,7 +69,7 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
 
 
 def run_seeds(cfg, command: str, run_seed, keys: tuple[str, ...], bar_met, **extra) -> Path:
-    """The shared frame of vlm-iql and idm-iql: the mixed dataset (recorded if absent), `run_seed`
+    """The shared frame of vlm-iql, idm-iql and vptr: the mixed dataset (recorded if absent), `run_seed`
     once per seed into <run_dir>/seed<N>, and <run_dir>/summary.json with each key's mean and
     whether `bar_met(report)` holds for every seed."""
     if not cfg.seeds:

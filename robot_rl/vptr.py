@@ -13,6 +13,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from robot_rl.errors import DatasetError
+
 
 def render_videos(cfg) -> None:
     """cfg.videos (one mp4 per episode of cfg.video_collect, camera at cfg.video_size px), then
@@ -39,8 +41,11 @@ def render_videos(cfg) -> None:
     store = Path(cfg.video)
     importing = store.with_name(store.name + ".importing")  # renamed once whole, as the recordings are
     shutil.rmtree(importing, ignore_errors=True)
-    import_video(videos, importing, size=int(cfg.env.image_size), fps=None, camera=camera, cut_threshold=None,
-                 task=cfg.env.task_text)
+    report = import_video(videos, importing, size=int(cfg.env.image_size), fps=None, camera=camera,
+                          cut_threshold=None, task=cfg.env.task_text)
+    if report["skipped"]:  # these files were written here: one that cannot be read is a broken setup, not bad luck
+        raise DatasetError(f"{len(report['skipped'])} of the rendered videos could not be read back, e.g. "
+                           f"{report['skipped'][0]['source']}: {report['skipped'][0]['reason']}")
     importing.rename(store)
 
 

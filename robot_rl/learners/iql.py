@@ -352,9 +352,13 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     stores = [str(store_path)] if isinstance(store_path, (str, Path)) else [str(p) for p in store_path]
     data = OfflineDataset(stores, cfg.reward_key, cfg.done_key, image_keys)
     try:
-        if data.image_size:  # the cameras' size as recorded
-            if agent_cfg.setdefault("image_size", data.image_size) != data.image_size:
-                raise ConfigError(f"the store's images are {data.image_size} px, agent.image_size says {agent_cfg['image_size']}")
+        if data.image_size:  # the cameras' size as recorded; the env evaluated on must render the same
+            if agent_cfg.get("image_size") is None:
+                agent_cfg["image_size"] = data.image_size
+            for what, size in (("agent.image_size", agent_cfg["image_size"]),
+                               ("the env's image_size", env_cfg.get("image_size") if env_cfg is not None else None)):
+                if size is not None and int(size) != data.image_size:
+                    raise ConfigError(f"the store's images are {data.image_size} px, {what} says {size}")
         acfg = IQLConfig(**{**agent_cfg, "state_dim": data.state_dim, "action_dim": data.action_dim, "steps": cfg.steps})
     except TypeError as exc:
         raise ConfigError(f"bad iql agent settings: {exc}") from None

@@ -116,5 +116,7 @@ def test_vptr_encoder_init_hands_the_icvf_cnn_to_iql(tmp_path):
     cfg = IQLTrainConfig(steps=1, batch_size=4, eval_episodes=0, agent={**agent_cfg, "image_size": 84})
     with pytest.raises(ConfigError, match="store's images are 32 px"):
         train_iql(store, None, tmp_path / "bad", cfg, progress=False)
+    with pytest.raises(ConfigError, match="the env's image_size says 84"):  # before training, not at evaluation
+        train_iql(store, {"name": "reach", "image_size": 84}, tmp_path / "bad_env", IQLTrainConfig(steps=1, agent=agent_cfg), progress=False)
     cfg = IQLTrainConfig(steps=1, batch_size=4, eval_episodes=0, agent={"image_keys": ["image/front"], "hidden": [16]})
     assert train_iql(store, None, tmp_path / "sized", cfg, progress=False)["agent"]["image_size"] == 32  # from the store
