@@ -49,10 +49,10 @@ def render_videos(cfg) -> None:
     importing.rename(store)
 
 
-def target_probe(checkpoint, env_cfg, episodes: int = 300, seed: int = 50_000) -> float:
-    """How much of the hidden target's position (x, y) a linear read-out of an encoder's features
-    recovers: held-out R² on frames of noisy-expert episodes (the first 70 % fit, the rest scored).
-    `checkpoint` None probes a randomly initialized encoder, the floor."""
+def target_probe(checkpoints: dict, env_cfg, episodes: int = 300, seed: int = 50_000) -> dict[str, float]:
+    """How much of the hidden target's position (x, y) a linear read-out of each encoder's features
+    recovers: held-out R² on frames of noisy-expert episodes (the first 70 % fit, the rest scored),
+    the frames rendered once for all. A checkpoint None probes a randomly initialized encoder, the floor."""
     import numpy as np
     import torch
 
@@ -71,17 +71,20 @@ def target_probe(checkpoint, env_cfg, episodes: int = 300, seed: int = 50_000) -
                 frames.append(obs[key])
                 targets.append(env.task.target[:2].copy())
                 obs = env.step(expert())[0]
-    torch.manual_seed(seed)
-    encoder = CameraFeatures(1, int(env_cfg.image_size))
-    if checkpoint is not None:
-        encoder.load_state_dict(load_encoder_state(checkpoint)[0])
-    with torch.no_grad():
-        x = encoder([images_to_float(np.stack(frames))]).numpy()
-    x, y = np.c_[x, np.ones(len(x))], np.stack(targets)
-    fit = np.arange(len(x)) < int(0.7 * len(x))
-    w = np.linalg.lstsq(x[fit], y[fit], rcond=None)[0]
-    error = ((x[~fit] @ w - y[~fit]) ** 2).sum()
-    return float(1.0 - error / ((y[~fit] - y[~fit].mean(0)) ** 2).sum())
+    images, y = images_to_float(np.stack(frames)), np.stack(targets)
+    fit = np.arange(len(y)) < int(0.7 * len(y))
+    scores = {}
+    for name, checkpoint in checkpoints.items():
+        torch.manual_seed(seed)
+        encoder = CameraFeatures(1, int(env_cfg.image_size))
+        if checkpoint is not None:
+            encoder.load_state_dict(load_encoder_state(checkpoint)[0])
+        with torch.no_grad():
+            x = np.c_[encoder([images]).numpy(), np.ones(len(y))]
+        w = np.linalg.lstsq(x[fit], y[fit], rcond=None)[0]
+        error = ((x[~fit] @ w - y[~fit]) ** 2).sum()
+        scores[name] = float(1.0 - error / ((y[~fit] - y[~fit].mean(0)) ** 2).sum())
+    return scores
 
 
 def run_seed(cfg, seed: int, run: Path) -> dict:
@@ -97,7 +100,7 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
                ["evaluation"]["success_rate"] for name, override in variants.items()}
     report = {"seed": seed, **{f"{k}_success": v for k, v in success.items()},
               "icvf_minus_scratch": success["iql_icvf"] - success["iql_scratch"],
-              "target_probe_r2": {"icvf": target_probe(icvf["checkpoint"], cfg.env), "random_init": target_probe(None, cfg.env)},
+              "target_probe_r2": target_probe({"icvf": icvf["checkpoint"], "random_init": None}, cfg.env),
               "icvf_seconds": icvf["seconds"], "seconds": time.monotonic() - start}
     (run / "report.json").write_text(json.dumps(report, indent=2))
     return report
