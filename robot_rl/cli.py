@@ -120,10 +120,10 @@ def cmd_vptr(args) -> None:
 
     path = vptr(compose("vptr", args.overrides))
     summary = json.loads(path.read_text())
-    print(f"{'seed':<6}{'IQL scratch':>13}{'IQL ICVF':>10}{'IQL ICVF frozen':>17}{'ICVF - scratch':>16}")
+    print(f"{'seed':<6}{'IQL scratch':>13}{'IQL ICVF frozen':>17}{'frozen - scratch':>18}{'IQL ICVF fine-tuned':>21}")
     for seed, r in summary["seeds"].items():
-        print(f"{seed:<6}{r['iql_scratch_success']:>13.1%}{r['iql_icvf_success']:>10.1%}"
-              f"{r['iql_icvf_frozen_success']:>17.1%}{r['icvf_minus_scratch']:>+16.1%}")
+        print(f"{seed:<6}{r['iql_scratch_success']:>13.1%}{r['iql_icvf_frozen_success']:>17.1%}"
+              f"{r['icvf_frozen_minus_scratch']:>+18.1%}{r['iql_icvf_success']:>21.1%}")
     print(path)
 
 
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ros)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
-    p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql", "scale"))
+    p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql", "icvf", "scale"))
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     p.set_defaults(func=cmd_bench)

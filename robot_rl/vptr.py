@@ -99,7 +99,7 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
     success = {name: train_iql_learner(OmegaConf.merge(iql, override), cfg.dataset, cfg.env, run / name, seed)
                ["evaluation"]["success_rate"] for name, override in variants.items()}
     report = {"seed": seed, **{f"{k}_success": v for k, v in success.items()},
-              "icvf_minus_scratch": success["iql_icvf"] - success["iql_scratch"],
+              "icvf_frozen_minus_scratch": success["iql_icvf_frozen"] - success["iql_scratch"],
               "target_probe_r2": target_probe({"icvf": icvf["checkpoint"], "random_init": None}, cfg.env),
               "icvf_seconds": icvf["seconds"], "seconds": time.monotonic() - start}
     (run / "report.json").write_text(json.dumps(report, indent=2))
@@ -112,4 +112,4 @@ def vptr(cfg) -> Path:
     if not Path(cfg.video).exists():
         render_videos(cfg)
     return run_seeds(cfg, "vptr", run_seed, ("iql_scratch_success", "iql_icvf_success", "iql_icvf_frozen_success"),
-                     lambda r: r["icvf_minus_scratch"] > 0, video=str(cfg.video))
+                     lambda r: r["icvf_frozen_minus_scratch"] > 0, video=str(cfg.video))

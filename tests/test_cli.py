@@ -165,7 +165,7 @@ def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path):
     assert json.loads(resumed.stdout)["learner_steps"] >= 20  # training starts at once: the buffers came along
 
 
-@pytest.mark.parametrize("which", ["loop", "store"])
+@pytest.mark.parametrize("which", ["loop", "store", "icvf"])
 def test_bench_prints_a_table_and_writes_json(which, tmp_path):
     run = cli("bench", which, "--quick", "--json", str(tmp_path / "b.json"))
     assert run.returncode == 0, run.stderr
@@ -173,6 +173,9 @@ def test_bench_prints_a_table_and_writes_json(which, tmp_path):
     if which == "loop":
         assert "naive_sleep" in run.stdout and set(figures["rates"]) == {"100", "500"}
         assert figures["rates"]["500"]["control_loop"]["achieved_hz"] > 0
+    elif which == "icvf":  # goals and intents repeat frames: encoding each once is fewer frames
+        assert "median ratio" in run.stdout and figures["frames_per_batch"]["per_role"] == 4 * 64
+        assert figures["frames_per_batch"]["once"] < 0.85 * 4 * 64 and figures["rounds"][0]["ratio"] > 0
     else:
         assert "plain zarr" in run.stdout
         assert figures["sample"]["images"]["ours_warm_per_s"] > 0 and figures["write"]["ours_steps_per_s"] > 0

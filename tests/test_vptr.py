@@ -28,7 +28,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
         assert video.episode(0)["obs/image/front"].shape[1:] == (32, 32, 3) == robot.episode(0)["obs/image/front"].shape[1:]
         assert robot.n_episodes == 2 and robot.episode(0)["obs/state"].shape[1] == 9  # the target is not in the state
     report = json.loads((run / "summary.json").read_text())["seeds"]["0"]
-    assert report["icvf_minus_scratch"] == report["iql_icvf_success"] - report["iql_scratch_success"]
+    assert report["icvf_frozen_minus_scratch"] == report["iql_icvf_frozen_success"] - report["iql_scratch_success"]
     assert set(report["target_probe_r2"]) == {"icvf", "random_init"}
     assert all(math.isfinite(r) and r <= 1.0 for r in report["target_probe_r2"].values())
     icvf = ICVFAgent.load(run / "seed0" / "icvf" / "checkpoint").encoder_state()

@@ -112,20 +112,27 @@ class ICVFAgent(CheckpointedAgent, nn.Module):
         self.updates = 0
 
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """batch: obs/, next_obs/, goal/, intent/ inputs; reward, mask (outcome), intent_reward, intent_mask."""
+        """batch: each frame once (`FrameBatch`): online/ inputs (the observations, goals and intents),
+        next/ inputs (next observations not among them), the rows of each role (obs_at, goal_at,
+        intent_at into online/; next_at into online/ then next/); reward, mask (outcome),
+        intent_reward, intent_mask. Encoding a frame once per network is the same loss as encoding
+        it once per role (the encoder has no batch statistics), for about a quarter less work."""
         cfg = self.cfg
 
         def inputs(prefix: str) -> dict[str, Tensor]:
             return {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}
 
-        obs, nxt, goal, intent = inputs("obs/"), inputs("next_obs/"), inputs("goal/"), inputs("intent/")
+        online, extra = inputs("online/"), inputs("next/")
+        obs_at, next_at, goal_at, intent_at = (batch[f"{role}_at"] for role in ("obs", "next", "goal", "intent"))
         with torch.no_grad():
-            t_s, t_next, t_goal, t_intent = (self.target.encode(x) for x in (obs, nxt, goal, intent))
+            t = self.target.encode({k: torch.cat([v, extra[k]]) for k, v in online.items()})
+            t_s, t_next, t_goal, t_intent = t[obs_at], t[next_at], t[goal_at], t[intent_at]
             q_gz = batch["reward"] + cfg.discount * batch["mask"] * self.target(t_next, t_goal, t_intent)
             next_v_zz = self.target(t_next, t_intent, t_intent).min(0).values
             q_zz = batch["intent_reward"] + cfg.discount * batch["intent_mask"] * next_v_zz
             adv = q_zz - self.target(t_s, t_intent, t_intent).mean(0)
-        v_gz = self.value(self.value.encode(obs), self.value.encode(goal), self.value.encode(intent))
+        o = self.value.encode(online)
+        v_gz = self.value(o[obs_at], o[goal_at], o[intent_at])
         weight = torch.where(adv >= 0, cfg.expectile, 1.0 - cfg.expectile)
         loss = (weight * (q_gz - v_gz) ** 2).mean(-1).sum()  # each member's mean, summed
         return {"loss": loss, "v": v_gz.detach(), "adv": adv}
@@ -188,6 +195,18 @@ class GoalSampler:
                 "intent_reward": intent_hit - 1.0, "intent_mask": 1.0 - intent_hit}
 
 
+def frame_rows(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A sample's frames, each once: `online` (the observations, goals and intents the trained
+    network encodes), `next` (next observations only the target network sees), and the row of
+    every role among online then next (`ICVFAgent.losses`)."""
+    online = np.unique(np.concatenate([s["idx"], s["goal"], s["intent"]]))
+    extra = np.setdiff1d(s["next"], online)
+    in_online = np.isin(s["next"], online)
+    next_at = np.where(in_online, np.searchsorted(online, s["next"]), len(online) + np.searchsorted(extra, s["next"]))
+    return {"online": online, "next": extra, "obs_at": np.searchsorted(online, s["idx"]), "next_at": next_at,
+            "goal_at": np.searchsorted(online, s["goal"]), "intent_at": np.searchsorted(online, s["intent"])}
+
+
 @dataclass
 class ICVFTrainConfig:
     steps: int = 50_000
@@ -241,8 +260,9 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     start = time.monotonic()
     def sample() -> dict[str, Tensor]:
         s = sampler.sample(cfg.batch_size, rng)
-        batch = {f"{prefix}/{k}": v for prefix, key in (("obs", "idx"), ("next_obs", "next"), ("goal", "goal"), ("intent", "intent"))
-                 for k, v in gather(s[key]).items()}
+        rows = frame_rows(s)
+        batch = {f"{part}/{k}": v for part in ("online", "next") for k, v in gather(rows[part]).items()}
+        batch.update({k: torch.as_tensor(rows[k]) for k in ("obs_at", "next_at", "goal_at", "intent_at")})
         batch.update({k: torch.as_tensor(s[k]) for k in ("reward", "mask", "intent_reward", "intent_mask")})
         return batch
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from robot_rl.datasets import EpisodeStore
-from robot_rl.learners.icvf import ICVFAgent, ICVFConfig, ICVFTrainConfig, GoalSampler, pretrained_encoder, train_icvf
+from robot_rl.learners.icvf import (ICVFAgent, ICVFConfig, ICVFTrainConfig, GoalSampler, frame_rows,
+                                     pretrained_encoder, train_icvf)
 
 
 def test_goal_sampler_mixture():
@@ -26,6 +27,45 @@ def test_goal_sampler_mixture():
     np.testing.assert_array_equal(s["intent_mask"], 1.0 - (s["idx"] == s["intent"]))
 
 
+def role_batch(x: dict) -> dict:
+    """A batch that encodes each role's inputs separately (no frame shared): online/ holds obs, goal
+    and intent one after another, next/ the next observations."""
+    n = len(x["obs"])
+    rows = torch.arange(n)
+    return {"online/state": torch.cat([x["obs"], x["goal"], x["intent"]]), "next/state": x["next_obs"],
+            "obs_at": rows, "goal_at": rows + n, "intent_at": rows + 2 * n, "next_at": rows + 3 * n}
+
+
+def test_each_frame_encoded_once_gives_the_same_loss_and_gradients():
+    """frame_rows dedups the frames of a sample; the loss and its gradients equal those of encoding
+    every role's frames separately, and every role's rows point at its own frames."""
+    torch.manual_seed(0)
+    ends = np.array([30, 50, 90])
+    frames = torch.randn(90, 3)
+    s = GoalSampler(ends).sample(64, np.random.default_rng(1))
+    rows = frame_rows(s)
+    online, extra = frames[rows["online"]], frames[rows["next"]]
+    both = torch.cat([online, extra])
+    for role, key in (("obs", "idx"), ("next", "next"), ("goal", "goal"), ("intent", "intent")):
+        torch.testing.assert_close(both[rows[f"{role}_at"]], frames[s[key]])
+    assert len(rows["online"]) + len(rows["next"]) < 4 * 64 * 0.85  # goals and intents repeat frames
+    deduped = {"online/state": online, "next/state": extra, **{k: torch.as_tensor(rows[k]) for k in
+                                                               ("obs_at", "next_at", "goal_at", "intent_at")}}
+    separate = role_batch({r: frames[s[k]] for r, k in (("obs", "idx"), ("next_obs", "next"), ("goal", "goal"),
+                                                          ("intent", "intent"))})
+    grads = []
+    for batch in (deduped, separate):
+        torch.manual_seed(0)
+        agent = ICVFAgent(ICVFConfig(state_dim=3, hidden=(16, 16)))
+        batch.update({k: torch.as_tensor(s[k]) for k in ("reward", "mask", "intent_reward", "intent_mask")})
+        loss = agent.losses(batch)["loss"]
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in agent.value.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_loss_is_weighted_by_the_sign_of_the_intent_advantage():
     torch.manual_seed(0)
     agent = ICVFAgent(ICVFConfig(state_dim=2, hidden=(8, 8), expectile=0.9, discount=0.9))
@@ -34,7 +74,7 @@ def test_loss_is_weighted_by_the_sign_of_the_intent_advantage():
             p.add_(0.2 * torch.randn_like(p))
     n = 16
     x = {name: torch.randn(n, 2) for name in ("obs", "next_obs", "goal", "intent")}
-    batch = {f"{k}/state": v for k, v in x.items()}
+    batch = role_batch(x)
     batch.update(reward=-torch.ones(n), mask=torch.ones(n), intent_reward=-torch.ones(n), intent_mask=torch.ones(n))
     batch["reward"][:3], batch["mask"][:3] = 0.0, 0.0
     batch["intent_reward"][8:], batch["intent_mask"][8:] = 0.0, 0.0  # intent reached: A = -V(s, z, z)
