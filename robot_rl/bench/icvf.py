@@ -14,11 +14,10 @@ import time
 import numpy as np
 import torch
 
-from robot_rl.learners.icvf import ICVFAgent, ICVFConfig, GoalSampler, frame_rows
+from robot_rl.learners.icvf import ICVFAgent, ICVFConfig, GoalSampler, frame_batch
 from robot_rl.policies.encoders import images_to_float
 
 SIZE, BATCH, EPISODES, LENGTH = 32, 64, 200, 28  # the vptr video store: 200 episodes of about 28 frames
-ROLES = (("obs", "idx"), ("next", "next"), ("goal", "goal"), ("intent", "intent"))
 
 
 def _batches(n: int, once: bool) -> list[dict]:
@@ -28,16 +27,12 @@ def _batches(n: int, once: bool) -> list[dict]:
     batches = []
     for _ in range(n):
         s = sampler.sample(BATCH, rng)
-        if once:
-            rows = frame_rows(s)
-            batch = {f"{part}/image/front": images_to_float(frames[rows[part]]) for part in ("online", "next")}
-            batch.update({f"{role}_at": torch.as_tensor(rows[f"{role}_at"]) for role, _ in ROLES})
-        else:  # online/ holds obs, goal, intent one after another; next/ the next observations
-            batch = {"online/image/front": images_to_float(frames[np.concatenate([s["idx"], s["goal"], s["intent"]])]),
-                     "next/image/front": images_to_float(frames[s["next"]])}
+        batch = frame_batch(s, lambda index: {"image/front": images_to_float(frames[index])})
+        if not once:  # online/ holds obs, goal, intent one after another; next/ the next observations
+            batch["online/image/front"] = images_to_float(frames[np.concatenate([s["idx"], s["goal"], s["intent"]])])
+            batch["next/image/front"] = images_to_float(frames[s["next"]])
             rows = torch.arange(BATCH)
             batch.update(obs_at=rows, goal_at=rows + BATCH, intent_at=rows + 2 * BATCH, next_at=rows + 3 * BATCH)
-        batch.update({k: torch.as_tensor(s[k]) for k in ("reward", "mask", "intent_reward", "intent_mask")})
         batches.append(batch)
     return batches
 

@@ -115,7 +115,7 @@ class ICVFAgent(CheckpointedAgent, nn.Module):
         self.updates = 0
 
     def losses(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """batch: each frame once (`FrameBatch`): online/ inputs (the observations, goals and intents),
+        """batch: each frame once (`frame_batch`): online/ inputs (the observations, goals and intents),
         next/ inputs (next observations not among them), the rows of each role (obs_at, goal_at,
         intent_at into online/; next_at into online/ then next/); reward, mask (outcome),
         intent_reward, intent_mask. Encoding a frame once per network is the same loss as encoding
@@ -210,6 +210,16 @@ def frame_rows(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             "goal_at": np.searchsorted(online, s["goal"]), "intent_at": np.searchsorted(online, s["intent"])}
 
 
+def frame_batch(s: dict[str, np.ndarray], gather) -> dict[str, Tensor]:
+    """The batch `ICVFAgent.losses` takes for a `GoalSampler` sample, each frame once;
+    `gather(frame_indices)` gives those frames' inputs ({"state": ..., "image/front": ...})."""
+    rows = frame_rows(s)
+    batch = {f"{part}/{k}": v for part in ("online", "next") for k, v in gather(rows[part]).items()}
+    batch.update({k: torch.as_tensor(rows[k]) for k in ("obs_at", "next_at", "goal_at", "intent_at")})
+    batch.update({k: torch.as_tensor(s[k]) for k in ("reward", "mask", "intent_reward", "intent_mask")})
+    return batch
+
+
 @dataclass
 class ICVFTrainConfig:
     steps: int = 50_000
@@ -262,12 +272,7 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     bar = tqdm(range(cfg.steps), desc="ICVF", unit="step", disable=not progress, dynamic_ncols=True)
     start = time.monotonic()
     def sample() -> dict[str, Tensor]:
-        s = sampler.sample(cfg.batch_size, rng)
-        rows = frame_rows(s)
-        batch = {f"{part}/{k}": v for part in ("online", "next") for k, v in gather(rows[part]).items()}
-        batch.update({k: torch.as_tensor(rows[k]) for k in ("obs_at", "next_at", "goal_at", "intent_at")})
-        batch.update({k: torch.as_tensor(s[k]) for k in ("reward", "mask", "intent_reward", "intent_mask")})
-        return batch
+        return frame_batch(sampler.sample(cfg.batch_size, rng), gather)
 
     with Prefetcher(sample, device) as batches:  # closed whatever ends the loop
         for step in bar:

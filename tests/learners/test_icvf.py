@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robot_rl.datasets import EpisodeStore
-from robot_rl.learners.icvf import (ICVFAgent, ICVFConfig, ICVFTrainConfig, GoalSampler, frame_rows,
+from robot_rl.learners.icvf import (ICVFAgent, ICVFConfig, ICVFTrainConfig, GoalSampler, frame_batch, frame_rows,
                                      pretrained_encoder, train_icvf)
 
 
@@ -49,8 +49,7 @@ def test_each_frame_encoded_once_gives_the_same_loss_and_gradients():
     for role, key in (("obs", "idx"), ("next", "next"), ("goal", "goal"), ("intent", "intent")):
         torch.testing.assert_close(both[rows[f"{role}_at"]], frames[s[key]])
     assert len(rows["online"]) + len(rows["next"]) < 4 * 64 * 0.85  # goals and intents repeat frames
-    deduped = {"online/state": online, "next/state": extra, **{k: torch.as_tensor(rows[k]) for k in
-                                                               ("obs_at", "next_at", "goal_at", "intent_at")}}
+    deduped = frame_batch(s, lambda index: {"state": frames[index]})
     separate = role_batch({r: frames[s[k]] for r, k in (("obs", "idx"), ("next_obs", "next"), ("goal", "goal"),
                                                           ("intent", "intent"))})
     grads = []
