@@ -46,7 +46,8 @@ class HILSERLConfig:
     log_every: int = 500              # env steps between logged learner statistics
     reward_classifier: str | None = None  # a classifier checkpoint: its verdict is the reward
     resume: str | None = None         # a previous run folder: its weights and buffers are loaded
-    encoder_init: str | None = None   # an ICVF or IQL checkpoint: its CNN, frozen, encodes the cameras (V-PTR)
+    encoder_init: str | None = None   # an ICVF or IQL checkpoint: its CNN encodes the cameras (V-PTR)
+    encoder_freeze: bool = True       # that CNN frozen (HIL-SERL keeps its pretrained encoder fixed); false: fine-tuned
     device: str = "auto"              # the learner's device (robot_rl.learners.device); the Ray actor acts on the CPU
     compile: bool = False             # torch.compile the critic loss
     seed: int = 0
@@ -149,7 +150,8 @@ def make_agent(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> SACAgen
     action size: nothing here touches the robot, so a learner can build it anywhere."""
     try:
         sac = SACConfig(state_dim=obs_spaces["state"].shape[0], action_dim=action_dim,
-                        **{"frozen_cnn": bool(cfg.encoder_init), **cfg.sac})
+                        **{"frozen_cnn": bool(cfg.encoder_init), "finetune_cnn": bool(cfg.encoder_init) and not cfg.encoder_freeze,
+                           **cfg.sac})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad sac settings: {exc}") from None
     missing = [k for k in sac.image_keys if k not in obs_spaces]

@@ -10,7 +10,8 @@
 - Images: a frozen pretrained backbone, a trainable spatial-embedding head per camera (Dense 256,
   LayerNorm, tanh) and the state through Dense 64 (LayerNorm, tanh); or (`frozen_cnn`, FastRLAP)
   the project's small CNN pretrained offline by IQL or ICVF and frozen, its features used as they
-  are (`init_camera_encoder` loads its weights; they are saved with the agent); random-crop augmentation
+  are (`init_camera_encoder` loads its weights; they are saved with the agent), or (`finetune_cnn`,
+  V-PTR) trained on through the critic with a soft-updated target copy; random-crop augmentation
   (pad 4) on obs and next obs; the head is trained by the critic only (the actor sees it detached).
   The backbone runs once per batch on obs and once on next obs; every network reads those maps
   (the actor's update reuses its batch's crops rather than paying for a third backbone pass).
@@ -65,6 +66,7 @@ class SACConfig:
     action_rate_limit: float | None = None  # e.g. 0.2 (FastRLAP): |a - a_prev| <= this, per dimension
     state_scale: tuple[float, ...] | None = None  # divisors of the state entries (inputs of very different ranges)
     frozen_cnn: bool = False  # images through a CNN pretrained offline (IQL/ICVF), frozen, instead of EfficientNet
+    finetune_cnn: bool = False  # that CNN trained on through the critic (V-PTR's fine-tuning) instead of frozen
     angle_indices: tuple[int, ...] = ()  # state entries that are angles: read as (cos, sin), no jump at +-pi
 
     def __post_init__(self):
@@ -104,7 +106,7 @@ class ObsEncoder(WithFrozenBackbone):
 
     def __init__(self, cfg: SACConfig, backbone: PretrainedEfficientNet | None):
         super().__init__()
-        self.image_keys = cfg.image_keys
+        self.image_keys, self.finetune_cnn = cfg.image_keys, cfg.frozen_cnn and cfg.finetune_cnn
         scale = torch.tensor(cfg.state_scale if cfg.state_scale is not None else [1.0] * cfg.state_dim)
         self.register_buffer("state_scale", scale, persistent=False)  # from the config, not the weights
         self.angles = list(cfg.angle_indices)
@@ -116,7 +118,7 @@ class ObsEncoder(WithFrozenBackbone):
         if cfg.frozen_cnn:
             from robot_rl.learners.iql import CameraFeatures
 
-            self.cnn = CameraFeatures(len(self.image_keys), cfg.image_size).requires_grad_(False)
+            self.cnn = CameraFeatures(len(self.image_keys), cfg.image_size).requires_grad_(cfg.finetune_cnn)
             self.proprio = self._proprio(state_dim, cfg.proprio_dim)
             self.out_dim = self.cnn.out_dim + cfg.proprio_dim
             return
@@ -144,8 +146,8 @@ class ObsEncoder(WithFrozenBackbone):
 
     def maps(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
         """The frozen backbone's feature maps in place of the images (computed once per batch and
-        shared by every network that reads the batch)."""
-        if not self.image_keys:
+        shared by every network that reads the batch); a CNN being fine-tuned runs in `forward`."""
+        if not self.image_keys or self.finetune_cnn:
             return obs
         if self.cnn is not None:
             with torch.no_grad():
@@ -159,7 +161,8 @@ class ObsEncoder(WithFrozenBackbone):
             return state
         parts = [self.proprio(state)]
         if self.cnn is not None:
-            return torch.cat(parts + [maps["cnn"]], -1)
+            cnn = maps["cnn"] if "cnn" in maps else self.cnn([maps[k] for k in self.image_keys])
+            return torch.cat(parts + [cnn], -1)
         for key, head in zip(self.image_keys, self.heads):
             parts.append(head(maps[key]))
         return torch.cat(parts, -1)

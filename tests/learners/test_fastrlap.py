@@ -196,3 +196,13 @@ def test_a_frozen_pretrained_cnn_encodes_images_and_stays_frozen(tmp_path):
     torch.testing.assert_close(loaded.encoder.cnn.state_dict()["convs.0.head.weight"], pretrained["convs.0.head.weight"])
     x = obs(4)
     torch.testing.assert_close(loaded.act(x, deterministic=True), agent.act(x, deterministic=True))
+    # V-PTR's other arm (encoder_freeze=false): the same CNN trained on through the critic, its target copy following.
+    tuned = make_agent(spaces, 2, HILSERLConfig(encoder_init=str(tmp_path / "iql"), encoder_freeze=False,
+                                                sac={"image_keys": ["image/fpv"], "image_size": 32}))
+    assert tuned.cfg.finetune_cnn and not hil.cfg.finetune_cnn
+    key = "convs.0.head.weight"
+    for _ in range(3):
+        tuned.update([batch] * tuned.cfg.cta_ratio)
+    moved, target = tuned.encoder.cnn.state_dict()[key], tuned.target_encoder.cnn.state_dict()[key]
+    assert not torch.allclose(moved, pretrained[key]) and not torch.allclose(target, pretrained[key])
+    assert (target - pretrained[key]).abs().sum() < (moved - pretrained[key]).abs().sum()  # soft: it lags
