@@ -107,11 +107,11 @@ def cmd_idm_iql(args) -> None:
 
     path = idm_iql(compose("idm_iql", args.overrides))
     summary = json.loads(path.read_text())
-    print(f"{'seed':<6}{'IQL all actions':>17}{'IQL IDM labels':>16}{'IQL labeled only':>18}{'IDM / all':>11}")
+    print(f"{'seed':<6}{'IQL all actions':>17}{'IQL IDM labels':>16}{'IQL labeled only':>18}{'IDM / all (return)':>20}")
     for seed, r in summary["seeds"].items():
         ratio = f"{r['idm_over_full']:.2f}" if r["idm_over_full"] is not None else "-"
         print(f"{seed:<6}{r['iql_full_labels_success']:>17.1%}{r['iql_idm_labels_success']:>16.1%}"
-              f"{r['iql_labeled_only_success']:>18.1%}{ratio:>11}")
+              f"{r['iql_labeled_only_success']:>18.1%}{ratio:>20}")
     print(path)
 
 

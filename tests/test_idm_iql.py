@@ -19,6 +19,8 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     assert (report["split"]["labeled"], report["split"]["unlabeled"]) == (2, 2)
     for key in ("iql_full_labels_success", "iql_idm_labels_success", "iql_labeled_only_success"):
         assert 0.0 <= report[key] <= 1.0
+    full, idm = report["iql_full_labels_return"], report["iql_idm_labels_return"]
+    assert report["idm_over_full"] == (idm / full if full > 0 else None)  # the bar: a ratio of returns
     with EpisodeStore.open(dataset) as original, EpisodeStore.open(run / "seed0" / "action_free.zarr") as free:
         assert (original.episode_lengths == 12).all()  # recorded without ending on success
         assert free.key_attrs("action")["source"] == "robot-rl dataset label-actions"

@@ -19,7 +19,7 @@ BatchPolicy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def run_episodes(make_vec_env, act: BatchPolicy, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
                  progress: bool = True) -> dict:
-    """Success rate over `episodes` episodes of `act`, deterministic for a seed.
+    """Success rate (and mean return) over `episodes` episodes of `act`, deterministic for a seed.
 
     Each env runs a fixed share of the episodes (its first ones): counting the first episodes to
     finish would favour the short ones, and successes end early. Env i starts from seed + i and
@@ -30,27 +30,36 @@ def run_episodes(make_vec_env, act: BatchPolicy, episodes: int = 100, num_envs: 
     vec = make_vec_env(num_envs)
     obs, _ = vec.reset(seed=seed)
     quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
-    outcomes, lengths, length = [], [], np.zeros(num_envs, int)
+    outcomes, lengths, returns, length, ret = [], [], [], np.zeros(num_envs, int), np.zeros(num_envs)
     done = np.zeros(0, int)
     start = time.monotonic()
     bar = tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress, dynamic_ncols=True, leave=False)
     try:
         while len(outcomes) < episodes:
-            obs, _, terminated, truncated, info = vec.step(act(obs, done))
+            obs, reward, terminated, truncated, info = vec.step(act(obs, done))
             length += 1
+            ret += reward
             done = np.flatnonzero(terminated | truncated)
             for i in done:
                 if quota[i] > 0:
                     quota[i] -= 1
                     outcomes.append(bool(info["success"][i]))
                     lengths.append(int(length[i]))
+                    returns.append(float(ret[i]))
                     bar.update(1)
-            length[done] = 0
+            length[done], ret[done] = 0, 0.0
     finally:
         bar.close()
         vec.close()
     return {"episodes": episodes, "success_rate": float(np.mean(outcomes)), "successes": int(np.sum(outcomes)),
-            "mean_length": float(np.mean(lengths)), "seconds": time.monotonic() - start}
+            "mean_length": float(np.mean(lengths)), "mean_return": float(np.mean(returns)), "seconds": time.monotonic() - start}
+
+
+def loop_summary(results: list, seconds: float) -> dict:
+    """run_episodes' figures for episodes run through the ControlLoop (`EpisodeResult`s)."""
+    return {"episodes": len(results), "success_rate": float(np.mean([r.success for r in results])),
+            "successes": int(sum(r.success for r in results)), "mean_length": float(np.mean([r.steps for r in results])),
+            "mean_return": float(np.mean([r.reward for r in results])), "seconds": seconds}
 
 
 @torch.no_grad()

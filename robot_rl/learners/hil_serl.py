@@ -209,7 +209,7 @@ def evaluate_agent(agent: SACAgent, env_cfg, env: RobotEnv, episodes: int, num_e
                    progress: bool = False) -> dict:
     """Deterministic success rate with no human: on a vector env for state policies, through the
     ControlLoop on `env` for image policies (vector envs are state-only)."""
-    from robot_rl.learners.evaluate import run_episodes
+    from robot_rl.learners.evaluate import loop_summary, run_episodes
 
     agent.eval()
     if not agent.cfg.image_keys:
@@ -224,9 +224,7 @@ def evaluate_agent(agent: SACAgent, env_cfg, env: RobotEnv, episodes: int, num_e
         results = [loop.run_episode(seed=seed + i) for i in range(episodes)]
     finally:
         loop.close()
-    return {"episodes": episodes, "success_rate": float(np.mean([r.success for r in results])),
-            "successes": int(sum(r.success for r in results)),
-            "mean_length": float(np.mean([r.steps for r in results])), "seconds": time.monotonic() - start}
+    return loop_summary(results, time.monotonic() - start)
 
 
 def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) -> dict:

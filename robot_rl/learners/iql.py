@@ -321,7 +321,7 @@ def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: i
                  make_vec_env=None) -> dict:
     """Success rate of the deterministic actor: on a vector env from state (`make_vec_env`, a
     local one by default), one env at a time with cameras."""
-    from robot_rl.learners.evaluate import run_episodes
+    from robot_rl.learners.evaluate import loop_summary, run_episodes
 
     agent.eval()
     if not agent.cfg.image_keys:
@@ -340,9 +340,7 @@ def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: i
                        tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress, leave=False)]
     finally:
         loop.close()
-    return {"episodes": episodes, "success_rate": float(np.mean([r.success for r in results])),
-            "successes": int(sum(r.success for r in results)),
-            "mean_length": float(np.mean([r.steps for r in results])), "seconds": time.monotonic() - start}
+    return loop_summary(results, time.monotonic() - start)
 
 
 def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool = True) -> dict:

@@ -6,7 +6,7 @@ from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
 class TimedOutcomeEnvs:
     """A stand-in vector env (the property under test is counting, not physics): env i's episodes
-    succeed after 2 steps when i is even and fail after 10 steps when i is odd."""
+    succeed after 2 steps when i is even and fail after 10 steps when i is odd; reward 1 per step."""
 
     def __init__(self, n: int):
         self.n, self.t = n, np.zeros(n, int)
@@ -20,7 +20,7 @@ class TimedOutcomeEnvs:
         succeed = np.arange(self.n) % 2 == 0
         done = np.where(succeed, self.t >= 2, self.t >= 10)
         self.t[done] = 0
-        return np.zeros((self.n, 4), np.float32), done.astype(float), done & succeed, done & ~succeed, {"success": done & succeed}
+        return np.zeros((self.n, 4), np.float32), np.ones(self.n), done & succeed, done & ~succeed, {"success": done & succeed}
 
     def close(self):
         pass
@@ -33,3 +33,4 @@ def test_short_successful_episodes_are_not_over_counted():
     result = evaluate(TimedOutcomeEnvs, base, episodes=40, num_envs=4, ddim_steps=2, progress=False)
     # Counting the first 40 episodes to finish would give 5 successes per failure (rate 0.83).
     assert result["episodes"] == 40 and result["successes"] == 20 and result["success_rate"] == 0.5
+    assert result["mean_return"] == result["mean_length"] == 6.0  # returns summed per episode, reset between
