@@ -149,9 +149,9 @@ def make_agent(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> SACAgen
     """The agent for these observation spaces (name -> gym Box, as `env.observation_space`) and
     action size: nothing here touches the robot, so a learner can build it anywhere."""
     try:
+        pretrained = bool(cfg.encoder_init)
         sac = SACConfig(state_dim=obs_spaces["state"].shape[0], action_dim=action_dim,
-                        **{"frozen_cnn": bool(cfg.encoder_init), "finetune_cnn": bool(cfg.encoder_init) and not cfg.encoder_freeze,
-                           **cfg.sac})
+                        **{"frozen_cnn": pretrained, "finetune_cnn": pretrained and not cfg.encoder_freeze, **cfg.sac})
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad sac settings: {exc}") from None
     missing = [k for k in sac.image_keys if k not in obs_spaces]

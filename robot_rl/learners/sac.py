@@ -72,6 +72,8 @@ class SACConfig:
     def __post_init__(self):
         self.hidden, self.image_keys = tuple(self.hidden), tuple(self.image_keys)
         self.angle_indices = tuple(int(i) for i in self.angle_indices)
+        if self.finetune_cnn and not self.frozen_cnn:
+            raise ValueError("finetune_cnn fine-tunes the pretrained CNN of frozen_cnn: set both (or encoder_init)")
         if any(not 0 <= i < self.state_dim for i in self.angle_indices):
             raise ValueError(f"angle_indices {self.angle_indices} must index the {self.state_dim} state entries")
         if self.state_scale is not None:
@@ -106,7 +108,7 @@ class ObsEncoder(WithFrozenBackbone):
 
     def __init__(self, cfg: SACConfig, backbone: PretrainedEfficientNet | None):
         super().__init__()
-        self.image_keys, self.finetune_cnn = cfg.image_keys, cfg.frozen_cnn and cfg.finetune_cnn
+        self.image_keys, self.finetune_cnn = cfg.image_keys, cfg.finetune_cnn
         scale = torch.tensor(cfg.state_scale if cfg.state_scale is not None else [1.0] * cfg.state_dim)
         self.register_buffer("state_scale", scale, persistent=False)  # from the config, not the weights
         self.angles = list(cfg.angle_indices)

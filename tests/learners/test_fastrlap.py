@@ -200,6 +200,8 @@ def test_a_frozen_pretrained_cnn_encodes_images_and_stays_frozen(tmp_path):
     tuned = make_agent(spaces, 2, HILSERLConfig(encoder_init=str(tmp_path / "iql"), encoder_freeze=False,
                                                 sac={"image_keys": ["image/fpv"], "image_size": 32}))
     assert tuned.cfg.finetune_cnn and not hil.cfg.finetune_cnn
+    with pytest.raises(ValueError, match="finetune_cnn"):
+        SACConfig(state_dim=3, action_dim=2, finetune_cnn=True)  # nothing pretrained to fine-tune
     key = "convs.0.head.weight"
     for _ in range(3):
         tuned.update([batch] * tuned.cfg.cta_ratio)
