@@ -168,6 +168,25 @@ def cmd_dataset_info(args) -> None:
         _print_summary(info)
 
 
+def cmd_dataset_verify(args) -> int:
+    from robot_rl.datasets.integrity import verify_store
+
+    problems = verify_store(args.path)
+    for line in problems:
+        print(f"damaged: {line}")
+    print(f"{args.path}: {len(problems)} damaged parts; robot-rl dataset repair copies the intact episodes"
+          if problems else f"{args.path}: whole (every chunk of every key read and checked)")
+    return 1 if problems else 0
+
+
+def cmd_dataset_repair(args) -> None:
+    from robot_rl.datasets.integrity import repair_store
+
+    result = repair_store(args.src, args.out)
+    dropped = ", ".join(map(str, result["dropped"])) or "none"
+    print(f"kept {result['kept']} of {result['episodes']} episodes in {result['store']} (dropped: {dropped})")
+
+
 def cmd_dataset_show(args) -> None:
     from robot_rl.datasets.show import show_episode
 
@@ -344,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=".", help="output folder (default: current folder)")
     q.add_argument("--format", default="mp4", choices=("mp4", "gif"))
     q.set_defaults(func=cmd_dataset_show)
+    q = dsub.add_parser("verify", help="read every chunk: list what is damaged (exit 1), or say the store is whole")
+    q.add_argument("path")
+    q.set_defaults(func=cmd_dataset_verify)
+    q = dsub.add_parser("repair", help="copy the intact episodes of a damaged store into a new store")
+    q.add_argument("src")
+    q.add_argument("out", help="the new store (.zarr); the damaged one is never changed")
+    q.set_defaults(func=cmd_dataset_repair)
     q = dsub.add_parser("relabel", help="write a preference reward model's reward into the store as a new key")
     q.add_argument("path")
     q.add_argument("--model", required=True, help="a reward_model checkpoint folder")
@@ -409,9 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        args.func(args)
+        code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
-        return 0
+        return code if isinstance(code, int) else 0
     except RobotRLError as exc:
         print(f"robot-rl: error: {exc}", file=sys.stderr)
         return 2

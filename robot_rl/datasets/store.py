@@ -9,7 +9,14 @@ Crash safety: an episode's data is written first and `meta/episode_ends` is exte
 process killed mid-episode leaves every earlier episode intact and the partial one invisible;
 the next append overwrites the leftovers. zarr's LocalStore writes each file atomically (temp
 file, then rename), and the new `episode_ends` entry is written before the metadata that makes it
-visible, so no intermediate state on disk is ever half-valid.
+visible, so no intermediate state on disk is ever half-valid. A new store is built in a hidden
+folder beside its path and renamed into place, so a kill during creation leaves nothing at the path.
+
+Integrity: every chunk ends in a CRC-32C checksum (zarr's `crc32c` codec). Opening a store checks
+its metadata (schema and arrays agree; episode ends strictly increasing and within every key's
+length) and that every chunk of the committed steps is on disk; a read that meets a corrupt chunk
+raises DatasetError naming the store, key and steps. `verify()` (robot-rl dataset verify) reads
+every chunk.
 """
 
 from __future__ import annotations
@@ -18,12 +25,15 @@ import dataclasses
 import datetime as _dt
 import fcntl
 import os
+import shutil
+import struct
 import threading
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.array import Array, AsyncArray
 
 from robot_rl.errors import DatasetError, SchemaMismatchError
@@ -101,31 +111,43 @@ def _normalize_schema(schema: dict) -> dict[str, dict]:
 class EpisodeStore:
     """Create with `EpisodeStore.create(path, schema, fps=...)`, open with `EpisodeStore.open(path)`."""
 
-    def __init__(self, path: Path, root: zarr.Group, mode: str):
+    def __init__(self, path: Path, root: zarr.Group, mode: str, check_chunks: bool = True):
         self.path, self._root, self.mode = path, root, mode
         meta = root["meta"]
         self._meta_group = meta
         self.attrs: dict = dict(meta.attrs)
         if self.attrs.get("format") != FORMAT:
             raise DatasetError(f"{path} is a zarr store but not a robot_rl episode store")
-        self.schema: dict[str, dict] = self.attrs["schema"]
-        self._arrays = {k: root[f"data/{k}"] for k in self.schema}
+        self.schema: dict[str, dict] = self._read_schema()
+        self._arrays = {k: self._data_array(k) for k in self.schema}
         self._ends_array = meta["episode_ends"]
-        self._ends = self._valid_ends(np.asarray(self._ends_array[:], dtype=np.int64))
+        self._ends = self._read_ends()
+        if check_chunks:
+            for key, (first, last) in self.missing_chunks().items():
+                raise DatasetError(f"{path}: {key} steps {first}-{last} are missing on disk "
+                                   f"(robot-rl dataset verify {path} lists the damage)")
         self._lock_fd: int | None = None
         self._tails: dict[str, tuple[int, np.ndarray]] = {}  # last partial chunk of each key
 
     # --- opening ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path, schema: dict, *, fps: float, attrs: dict | None = None, overwrite: bool = False) -> EpisodeStore:
-        """Create an empty store. `schema` maps key -> (per-step shape, dtype) or an ArraySpec."""
+    def create(cls, path, schema: dict, *, fps: float, attrs: dict | None = None, overwrite: bool = False,
+               checksums: bool = True) -> EpisodeStore:
+        """Create an empty store. `schema` maps key -> (per-step shape, dtype) or an ArraySpec.
+
+        The store is built in a hidden folder beside `path` and renamed into place: a process
+        killed meanwhile leaves nothing at `path` (the next create removes its leftover)."""
         path = Path(path)
         if path.exists() and not overwrite:
             raise DatasetError(f"{path} already exists (pass overwrite=True to replace it)")
         schema = _normalize_schema(schema)
         if not schema:
             raise DatasetError("a store needs at least one data key")
-        root = zarr.open_group(str(path), mode="w")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_dead_leftovers(path)
+        building = path.with_name(f".{path.name}.creating-{os.getpid()}")
+        shutil.rmtree(building, ignore_errors=True)
+        root = zarr.open_group(str(building), mode="w")
         for key, spec in schema.items():
             shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
             if is_image_key(shape, dtype):
@@ -134,10 +156,11 @@ class EpisodeStore:
                 chunk_steps, codec = _chunk_steps(shape, dtype), array_codec(dtype.itemsize)
             root.create_array(
                 f"data/{key}", shape=(0, *shape), chunks=(chunk_steps, *shape), dtype=dtype,
-                compressors=codec, fill_value=0,
+                compressors=(codec, Crc32cCodec()) if checksums else codec, fill_value=0,
             )
         meta = root.require_group("meta")
-        meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=0)
+        meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=0,
+                          compressors=(array_codec(8), Crc32cCodec()) if checksums else array_codec(8))
         meta.attrs.update({
             "format": FORMAT,
             "schema": schema,
@@ -145,11 +168,19 @@ class EpisodeStore:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **(attrs or {}),
         })
+        if path.exists():  # overwrite: the old store goes aside, then away
+            old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
+            os.rename(path, old)
+            os.rename(building, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(building, path)
         return cls.open(path, mode="a")
 
     @classmethod
-    def open(cls, path, mode: str = "r") -> EpisodeStore:
-        """Open an existing store, read-only ("r") or for appending ("a")."""
+    def open(cls, path, mode: str = "r", *, check_chunks: bool = True) -> EpisodeStore:
+        """Open an existing store, read-only ("r") or for appending ("a"). The metadata is checked
+        and, unless `check_chunks` is false, that every chunk of the committed steps exists."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
         path = Path(path)
@@ -160,11 +191,13 @@ class EpisodeStore:
         lock_fd = cls._lock(path) if mode == "a" else None
         try:
             root = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
-            store = cls(path, root, mode)
-        except DatasetError:
-            raise
+            store = cls(path, root, mode, check_chunks)
         except Exception as exc:  # zarr raises many kinds for a damaged store
-            raise DatasetError(f"cannot read episode store {path}: {exc}") from exc
+            if lock_fd is not None:
+                os.close(lock_fd)
+            if isinstance(exc, DatasetError):
+                raise
+            raise DatasetError(f"cannot read episode store {path}: {_first_line(exc)}") from exc
         store._lock_fd = lock_fd
         if mode == "a":
             for leftover in path.rglob("*.partial"):  # temp files of a write that was killed
@@ -182,7 +215,10 @@ class EpisodeStore:
 
     @staticmethod
     def _lock(path: Path) -> int:
-        fd = os.open(path / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path / ".writer.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DatasetError(f"cannot open {path} for writing: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -201,15 +237,90 @@ class EpisodeStore:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _valid_ends(self, ends: np.ndarray) -> np.ndarray:
-        """Committed episode ends: strictly increasing and backed by data in every array."""
-        have = min((a.shape[0] for a in self._arrays.values()), default=0)
-        ok = len(ends)
-        for i, e in enumerate(ends):
-            if e > have or (i > 0 and e <= ends[i - 1]) or e <= 0:
-                ok = i
-                break
-        return ends[:ok]
+    # --- integrity -------------------------------------------------------------------------
+    def _read_schema(self) -> dict[str, dict]:
+        schema = self.attrs.get("schema")
+        ok = isinstance(schema, dict) and schema and all(
+            isinstance(s, dict) and isinstance(s.get("shape"), list) and isinstance(s.get("dtype"), str)
+            for s in schema.values())
+        if not ok:
+            raise DatasetError(f"{self.path}: the schema in meta is missing or malformed")
+        return schema
+
+    def _data_array(self, key: str) -> zarr.Array:
+        try:
+            array = self._root[f"data/{key}"]
+        except KeyError:
+            raise DatasetError(f"{self.path}: the schema lists {key} but data/{key} is missing") from None
+        spec = self.schema[key]
+        if not isinstance(array, zarr.Array) or list(array.shape[1:]) != spec["shape"] or array.dtype.name != spec["dtype"]:
+            raise DatasetError(f"{self.path}: data/{key} does not match its schema entry "
+                               f"({tuple(spec['shape'])} {spec['dtype']})")
+        return array
+
+    def _read_ends(self) -> np.ndarray:
+        """The committed episode ends, checked: strictly increasing, positive, backed by data in
+        every key, and read from chunks that are all on disk (a missing one reads as zeros)."""
+        ends_array = self._ends_array
+        where = f"{self.path}: meta/episode_ends"
+        if ends_array.ndim != 1 or ends_array.dtype != np.int64:
+            raise DatasetError(f"{where} is not a 1-D int64 array")
+        if self._absent_chunks(ends_array, ends_array.shape[0]):
+            raise DatasetError(f"{where} is missing on disk; the episodes cannot be located "
+                               "(nothing is written to a store in this state)")
+        ends = np.asarray(_read(self.path, "meta/episode_ends", ends_array, slice(None)), dtype=np.int64)
+        if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
+            bad = int(np.argmax(np.diff(ends, prepend=0) <= 0))
+            raise DatasetError(f"{where} is not strictly increasing (entry {bad}: {ends[bad]})")
+        have = min(a.shape[0] for a in self._arrays.values())
+        if len(ends) and ends[-1] > have:
+            short = min(self._arrays, key=lambda k: self._arrays[k].shape[0])
+            raise DatasetError(f"{where} reaches step {ends[-1]} but {short} holds {have} steps")
+        return ends
+
+    @staticmethod
+    def _absent_chunks(array: zarr.Array, stop: int) -> list[int]:
+        """Time indices of the chunks covering [0, stop) whose file is not on disk."""
+        return [t for t in range(-(-stop // array.chunks[0])) if not _chunk_file(array, t).exists()]
+
+    def missing_chunks(self) -> dict[str, tuple[int, int]]:
+        """key -> (first, last) step of its first chunk that is missing within the committed steps."""
+        out = {}
+        for key, array in self._arrays.items():
+            absent = self._absent_chunks(array, self.n_steps)
+            if absent:
+                size = array.chunks[0]
+                out[key] = (absent[0] * size, min((absent[0] + 1) * size, self.n_steps) - 1)
+        return out
+
+    def verify(self, progress: bool = False) -> list[dict]:
+        """Read every chunk of the committed steps: a list of damaged ones, each {key, first, last,
+        episodes, problem} (steps inclusive, episode indices it touches); [] when the store is whole."""
+        from tqdm import tqdm
+
+        damage = []
+        todo = [(key, array, t) for key, array in self._arrays.items()
+                for t in range(-(-self.n_steps // array.chunks[0]))]
+        for key, array, t in tqdm(todo, desc="verify", unit="chunk", disable=not progress):
+            size = array.chunks[0]
+            first, last = t * size, min((t + 1) * size, self.n_steps) - 1
+            if not _chunk_file(array, t).exists():
+                problem = "missing"
+            else:
+                try:
+                    array[first : last + 1]
+                    continue
+                except Exception as exc:  # a decode failure of any kind is damage to report
+                    problem = f"corrupt ({_first_line(exc)})"
+            damage.append({"key": key, "first": first, "last": last, "problem": problem,
+                           "episodes": self.episodes_between(first, last)})
+        return damage
+
+    def episodes_between(self, first: int, last: int) -> list[int]:
+        """Indices of the episodes that hold any step in [first, last]."""
+        lo = int(np.searchsorted(self._ends, first, side="right"))
+        hi = int(np.searchsorted(self._ends, last, side="right"))
+        return list(range(lo, min(hi, self.n_episodes - 1) + 1)) if lo < self.n_episodes else []
 
     # --- shape of the data -----------------------------------------------------------------
     @property
@@ -239,9 +350,10 @@ class EpisodeStore:
     def image_keys(self) -> list[str]:
         return [k for k, s in self.schema.items() if is_image_key(tuple(s["shape"]), s["dtype"])]
 
-    def array(self, key: str) -> zarr.Array:
+    def array(self, key: str) -> CheckedArray:
+        """One key's array, read like a zarr array; a corrupt chunk raises DatasetError."""
         try:
-            return self._arrays[key]
+            return CheckedArray(self.path, f"data/{key}", self._arrays[key])
         except KeyError:
             raise DatasetError(f"{self.path} has no key {key!r} (keys: {', '.join(self.keys)})") from None
 
@@ -311,12 +423,13 @@ class EpisodeStore:
         head = start // size * size
         tail = self._tails.get(key)
         if tail is None or tail[0] != head or len(tail[1]) != start - head:
-            tail = (head, array[head:start])
+            tail = (head, _read(self.path, f"data/{key}", array, slice(head, start)))
         data = np.concatenate([tail[1], values]) if len(tail[1]) else values
         n_chunks = -(-len(data) // size)
         padded = np.zeros((n_chunks * size, *data.shape[1:]), data.dtype.newbyteorder("<"))
         padded[: len(data)] = data
         encoder = _encoder(self.schema[key])
+        checksum = any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
         folder = self.path / "data" / key / "c"
         inner = "/".join("0" for _ in data.shape[1:])  # chunk key: c/<time index>/0/0...
 
@@ -324,7 +437,10 @@ class EpisodeStore:
             target = folder / str(head // size + i) / inner if inner else folder / str(head // size + i)
             target.parent.mkdir(parents=True, exist_ok=True)
             temp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.partial")
-            temp.write_bytes(encoder.encode(padded[i * size : (i + 1) * size]))
+            payload = encoder.encode(padded[i * size : (i + 1) * size])
+            if checksum:  # what zarr's crc32c codec appends: CRC-32C of the compressed bytes, little-endian
+                payload = bytes(payload) + struct.pack("<I", google_crc32c.value(bytes(payload)))
+            temp.write_bytes(payload)
             os.replace(temp, target)
 
         list(_pool().map(write, range(n_chunks)))
@@ -359,9 +475,13 @@ class EpisodeStore:
         spec = {"shape": list(values.shape[1:]), "dtype": values.dtype.name}
         # overwrite: an array under this name that the schema does not list is what a killed
         # add_key left behind.
+        checksums = any(isinstance(c, Crc32cCodec) for c in self._ends_array.metadata.codecs)
+        codec = array_codec(values.dtype.itemsize)
+        # write_empty_chunks: every chunk on disk, all-zero ones too, so a missing one is damage.
         array = self._root.create_array(f"data/{key}", shape=values.shape, dtype=values.dtype, fill_value=0,
                                         chunks=(_chunk_steps(values.shape[1:], values.dtype), *values.shape[1:]),
-                                        compressors=array_codec(values.dtype.itemsize), overwrite=True)
+                                        compressors=(codec, Crc32cCodec()) if checksums else codec, overwrite=True,
+                                        config={"write_empty_chunks": True})
         array[:] = values
         array.attrs.update(attrs or {})
         # The schema last: until it names the key, readers do not see the new array.
@@ -409,7 +529,7 @@ class EpisodeStore:
 
     def _accumulate(self, stats: dict, keys: list[str], start: int, stop: int) -> dict:
         for key in keys:
-            values = self._arrays[key][start:stop]
+            values = self.array(key)[start:stop]
             stats[key] = self._merge(None, values) if len(values) else None
         stats["_n_steps"] = stop
         return stats
@@ -456,6 +576,72 @@ class EpisodeStore:
             "size_bytes": self.size_bytes(),
             **provenance,
         }
+
+
+class CheckedArray:
+    """A zarr array of a store, read by slicing; a chunk that fails to decode (checksum mismatch,
+    truncated, not Blosc) raises DatasetError naming the store, the key and the steps."""
+
+    def __init__(self, store_path: Path, name: str, array: zarr.Array):
+        self._store_path, self._name, self._array = store_path, name, array
+
+    def __getitem__(self, index):
+        return _read(self._store_path, self._name, self._array, index)
+
+    def __getattr__(self, name):  # shape, chunks, dtype, ndim, attrs... as zarr has them
+        if name.startswith("_"):  # not yet set (unpickling): no recursion through _array
+            raise AttributeError(name)
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return self._array.shape[0]
+
+
+def _read(store_path: Path, name: str, array: zarr.Array, index):
+    try:
+        return array[index]
+    except Exception as exc:  # zarr and its codecs raise ValueError, RuntimeError, TypeError...
+        size, length = array.chunks[0], array.shape[0]
+        steps = index[0] if isinstance(index, tuple) else index
+        first, stop = steps.indices(length)[:2] if isinstance(steps, slice) else (0, length)
+        for t in range(first // size, -(-stop // size)):  # name the chunk that fails
+            lo, hi = t * size, min((t + 1) * size, length)
+            try:
+                array[lo:hi]
+            except Exception:
+                first, stop = lo, hi
+                break
+        raise DatasetError(f"{store_path}: {name} steps {first}-{stop - 1} are corrupt ({_first_line(exc)}); "
+                           f"robot-rl dataset verify {store_path} lists the damage") from exc
+
+
+def _chunk_file(array: zarr.Array, t: int) -> Path:
+    """The file of the chunk that holds steps [t * chunk, (t + 1) * chunk) of a local array."""
+    root = Path(str(array.store_path.store.root)) / array.store_path.path
+    return root / array.metadata.encode_chunk_key((t, *(0,) * (array.ndim - 1)))
+
+
+def _remove_dead_leftovers(path: Path) -> None:
+    """Folders that a create killed before its rename left beside `path` (their process is gone)."""
+    for leftover in path.parent.glob(f".{path.name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if kind.endswith((".creating", ".replaced")) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, as another user
+        pass
+    return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def read_steps(path, keys: list[str], stats_key: str | None = "obs/state") -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
