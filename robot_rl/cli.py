@@ -12,33 +12,13 @@ import os
 import sys
 from pathlib import Path
 
+from robot_rl.config import CONF_DIR, compose
 from robot_rl.errors import ConfigError, RobotRLError
-
-CONF_DIR = Path(__file__).parent / "conf"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, not usage + message
         raise ConfigError(f"{self.prog}: {message}")
-
-
-def compose(config_name: str, overrides: list[str]):
-    """Compose a hydra config from robot_rl/conf with command-line overrides (key=value)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-            cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-        from omegaconf import OmegaConf
-
-        OmegaConf.resolve(cfg)
-        return cfg
-    except (HydraException, OmegaConfBaseException, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"bad config ({' '.join(overrides) or 'defaults'}): {first}") from exc
 
 
 def _print_summary(info: dict) -> None:

@@ -33,9 +33,12 @@ def label_vlm(cfg, progress: bool = True) -> dict:
                                                                wrong=float(b.wrong), seed=int(cfg.seed)))
                 base_url, model = server.base_url, server.model
             backend = OpenAIChatBackend(base_url, model, api_key_env=b.api_key_env, timeout_s=float(b.timeout_s),
-                                        retries=int(b.retries), backoff_s=float(b.backoff_s))
+                                        retries=int(b.retries), backoff_s=float(b.backoff_s),
+                                        max_retry_after_s=float(b.max_retry_after_s), seed=int(cfg.seed))
         else:
             raise ConfigError(f"backend.kind must be http, transformers or sim, got {b.kind!r}")
         result = label_store(cfg.store, out, backend, pairs, model, cache_path=cfg.cache,
-                              max_concurrency=int(cfg.max_concurrency), progress=progress)
+                              max_concurrency=int(cfg.max_concurrency), progress=progress,
+                              max_consecutive_failures=int(cfg.max_consecutive_failures),
+                              max_failed_share=float(cfg.max_failed_share))
     return {**result, "out": str(out)}

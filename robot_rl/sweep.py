@@ -74,7 +74,7 @@ def run_trial(overrides: list[str], metric: str, cwd: str) -> dict:
 
     import torch
 
-    from robot_rl.cli import compose
+    from robot_rl.config import compose
     from robot_rl.train import train
 
     torch.set_num_threads(1)
@@ -105,10 +105,14 @@ def sweep(cfg, overrides: list[str]) -> Path:
         raise ConfigError("a sweep needs seeds=[...]")
     if check_dist(cfg.dist) == "none":
         raise ConfigError("a sweep runs its trials on Ray: dist=local or dist=ray")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from robot_rl.config import compose
+
     points = sweep_points(cfg)
     base = list(overrides)
+    for point in points:  # every trial's config checked before anything is written or launched
+        compose("train", base + [f"{k}={hydra_value(v)}" for k, v in point.items()])
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     trials = [(p, int(s)) for p in points for s in cfg.seeds]
     cwd = str(Path.cwd())
     with ray_session(cfg.dist, cfg.ray_address) as ray:

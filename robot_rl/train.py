@@ -108,10 +108,9 @@ def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True
 
 def checkpoint_kind(checkpoint) -> str | None:
     """The `kind` a checkpoint folder's config.json names (which learner made it)."""
-    config = Path(checkpoint) / "config.json"
-    if not config.exists():
-        raise DatasetError(f"no checkpoint at {checkpoint} (expected {config})")
-    return json.loads(config.read_text()).get("kind")
+    from robot_rl.policies.checkpoint import read_meta
+
+    return read_meta(checkpoint).get("kind")
 
 
 def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,

@@ -17,7 +17,7 @@ def collect_parts(env_cfg, parts, out) -> None:
     """Record `parts` (collect settings each: teleop, expert_noise, episodes, seed) in order with
     `env_cfg`, into a temporary store that becomes `out` only once every part is in (an
     interrupted run leaves no partial dataset that a later run would take for the whole one)."""
-    from robot_rl.cli import compose
+    from robot_rl.config import compose
     from robot_rl.collect import collect
 
     final = Path(out)
@@ -38,7 +38,7 @@ def collect_mixed(cfg) -> None:
 
 
 def run_seed(cfg, seed: int, run: Path) -> dict:
-    from robot_rl.cli import CONF_DIR
+    from robot_rl.config import CONF_DIR
     from robot_rl.label import label_vlm
     from robot_rl.rewards.preference import relabel_store
     from robot_rl.train import train_iql_learner, train_preference_reward

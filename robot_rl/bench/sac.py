@@ -60,7 +60,7 @@ def actor_rate(seconds: float, learner: str) -> dict:
     process (a Ray actor) or thread (same process)."""
     from omegaconf import OmegaConf
 
-    from robot_rl.cli import CONF_DIR
+    from robot_rl.config import CONF_DIR
     from robot_rl.core import ControlLoop
     from robot_rl.learners.hil_serl import AgentPolicy
     from robot_rl.sim.registry import make_sim_env

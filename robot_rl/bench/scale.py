@@ -96,7 +96,7 @@ def gpu_updates(seconds: float) -> dict:
 def run(quick: bool = False) -> dict:
     import ray
 
-    from robot_rl.cli import compose
+    from robot_rl.config import compose
     from robot_rl.learners.common import seed_everything
 
     seed_everything(0)

@@ -15,7 +15,7 @@ import mujoco
 import numpy as np
 from omegaconf import OmegaConf
 
-from robot_rl.cli import CONF_DIR
+from robot_rl.config import CONF_DIR
 from robot_rl.sim.registry import make_sim_env
 from robot_rl.sim.vector import VectorEnv
 

@@ -5,7 +5,9 @@ action 7 float32. Images are real MuJoCo renders of the reach arm (a pool of fra
 reaches, cut into episodes), so compression behaves as on simulated camera data. Windows of 16 steps
 (pad 1 before, 7 after) at random indices, single process, store on disk. Baselines in the same run:
 writing with plain zarr (default codec, automatic chunks) and reading the same windows through plain
-zarr slicing of the same store.
+zarr slicing of the same store. The cost of integrity: the same store without CRC-32C checksums,
+written and sampled (first pass) in the same run, best of three alternating repeats, and the time
+`EpisodeStore.open` takes to check the metadata and that every chunk is on disk.
 """
 
 from __future__ import annotations
@@ -58,10 +60,10 @@ def make_episodes(pool: dict[str, np.ndarray], n_episodes: int, length: int, see
         }
 
 
-def write_ours(path: Path, episodes: list[dict]) -> float:
+def write_ours(path: Path, episodes: list[dict], checksums: bool = True) -> float:
     schema = {k: (v.shape[1:], v.dtype) for k, v in episodes[0].items()}
     start = time.perf_counter()
-    with EpisodeStore.create(path, schema, fps=10) as store:
+    with EpisodeStore.create(path, schema, fps=10, overwrite=True, checksums=checksums) as store:
         for ep in episodes:
             store.append_episode(ep)
     return time.perf_counter() - start
@@ -146,9 +148,35 @@ def run(quick: bool = False) -> dict:
                 "windows": n, "ours_first_pass_per_s": cold, "ours_warm_per_s": warm, "plain_zarr_per_s": plain,
                 "ratio_first_pass": cold / plain, "ratio_warm": warm / plain,
             }
+        results["checksums"] = checksum_cost(tmp, episodes, n_image_windows)
         return results
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checksum_cost(tmp: Path, episodes: list[dict], n_windows: int) -> dict:
+    """Write and first-pass image sampling with and without checksums: best of 3, alternating."""
+    write = {True: [], False: []}
+    sample = {True: [], False: []}
+    keys = ["obs/state", "obs/image/front", "obs/image/top"]
+    for _ in range(3):
+        for checksums in (True, False):
+            path = tmp / f"crc_{checksums}.zarr"
+            write[checksums].append(write_ours(path, episodes, checksums))
+            with EpisodeStore.open(path) as store:
+                sampler = WindowSampler(store, HORIZON, N_OBS, N_ACTION, obs_keys=keys)
+                order = np.random.default_rng(1).integers(0, len(sampler), size=n_windows)
+                sample[checksums].append(windows_per_second(lambda i: sampler[order[i]], n_windows))
+    start = time.perf_counter()
+    for _ in range(10):
+        EpisodeStore.open(tmp / "crc_True.zarr").close()
+    return {
+        "write_s": min(write[True]), "write_s_without": min(write[False]),
+        "write_cost": min(write[True]) / min(write[False]) - 1,
+        "first_pass_per_s": max(sample[True]), "first_pass_per_s_without": max(sample[False]),
+        "first_pass_cost": max(sample[False]) / max(sample[True]) - 1,
+        "open_ms": (time.perf_counter() - start) / 10 * 1e3,
+    }
 
 
 def format_table(r: dict) -> str:
@@ -169,4 +197,12 @@ def format_table(r: dict) -> str:
             f"{'  ' + name:<22}{s['ours_first_pass_per_s']:>12.0f}{s['ours_warm_per_s']:>10.0f}{s['plain_zarr_per_s']:>12.0f}"
             f"{s['ratio_first_pass']:>7.1f}x /{s['ratio_warm']:>5.1f}x"
         )
+    c = r["checksums"]
+    lines += [
+        "",
+        "integrity (CRC-32C per chunk, checks on open), best of 3",
+        f"  write              {c['write_s']:.2f} s vs {c['write_s_without']:.2f} s without checksums: {c['write_cost']:+.1%}",
+        f"  image first pass   {c['first_pass_per_s']:.0f} vs {c['first_pass_per_s_without']:.0f} windows/s: {c['first_pass_cost']:+.1%}",
+        f"  open (metadata and chunk presence)  {c['open_ms']:.1f} ms",
+    ]
     return "\n".join(lines)

@@ -62,7 +62,10 @@ class SafetyFilter:
         self._previous = None if previous is None else np.asarray(previous, np.float64)
 
     def __call__(self, action, robot_obs: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
-        a = np.asarray(action, dtype=np.float64)
+        raw = np.asarray(action)
+        if raw.dtype.kind not in "iuf":  # complex would lose its imaginary part, strings and objects mean a bug
+            raise ValueError(f"action has dtype {raw.dtype}, the robot takes real numbers")
+        a = raw.astype(np.float64)
         if a.shape != self.shape:
             raise ValueError(f"action has shape {a.shape}, the robot expects {self.shape}")
         if not np.all(np.isfinite(a)):

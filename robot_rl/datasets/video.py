@@ -9,6 +9,8 @@ read is reported and skipped; the import goes on with the others.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -148,17 +150,27 @@ def import_video(src, out, size: int = 84, fps: float | None = 10.0, camera: str
     rate = fps or _native_fps(sources[0], frames_fps)  # keeping every frame: the first source's rate
     attrs = {"source": f"robot-rl dataset import-video {src}", "task": task or "", "observation_only": True}
     skipped, lengths, start = [], [], time.monotonic()
-    with EpisodeStore.create(out, {key: ((size, size, 3), "uint8")}, fps=rate, attrs=attrs) as store:
-        for source in tqdm(sources, desc="import video", unit="file", disable=not progress):
-            try:
-                frames = read_frames(source, size, fps, frames_fps) if source.is_dir() else read_video(source, size, fps)[0]
-            except DatasetError as exc:
-                skipped.append({"source": str(source), "reason": str(exc)})
-                tqdm.write(f"skipped {source}: {exc}", file=sys.stderr)
-                continue
-            for part in split_at_cuts(frames, cut_threshold):
-                if len(part) >= min_frames:
-                    store.append_episode({key: np.stack(part)})
-                    lengths.append(len(part))
+    # Built beside `out` and renamed at the end: a failed or killed import leaves nothing at `out`.
+    building = out.with_name(f".{out.name}.importing-{os.getpid()}")
+    try:
+        with EpisodeStore.create(building, {key: ((size, size, 3), "uint8")}, fps=rate, attrs=attrs,
+                                 overwrite=True) as store:
+            for source in tqdm(sources, desc="import video", unit="file", disable=not progress):
+                try:
+                    frames = read_frames(source, size, fps, frames_fps) if source.is_dir() else read_video(source, size, fps)[0]
+                except DatasetError as exc:
+                    skipped.append({"source": str(source), "reason": str(exc)})
+                    tqdm.write(f"skipped {source}: {exc}", file=sys.stderr)
+                    continue
+                for part in split_at_cuts(frames, cut_threshold):
+                    if len(part) >= min_frames:
+                        store.append_episode({key: np.stack(part)})
+                        lengths.append(len(part))
+        if not lengths:
+            reasons = "; ".join(f"{Path(s['source']).name}: {s['reason']}" for s in skipped[:3]) or f"no source had {min_frames} frames"
+            raise DatasetError(f"nothing imported from {src} ({len(skipped)} of {len(sources)} files skipped: {reasons})")
+        os.rename(building, out)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
     return {"store": str(out), "sources": len(sources), "episodes": len(lengths), "frames": int(sum(lengths)),
             "skipped": skipped, "seconds": time.monotonic() - start}

@@ -61,7 +61,7 @@ def make_teleop(kind: str, options, robot) -> Teleop:
         path = opts.get("spacemouse")
         return SpaceMouseTeleop(mapper, path.encode() if isinstance(path, str) else path)
     if kind == "leader":
-        from robot_rl.cli import compose
+        from robot_rl.config import compose
         from robot_rl.hardware.keyboard_teleop import KeyboardTeleop
         from robot_rl.hardware.leader_arm import LeaderArmTeleop
         from robot_rl.hardware.registry import make_robot

@@ -300,12 +300,9 @@ def pretrained_encoder(path, image_keys: tuple[str, ...], image_size: int) -> di
 def load_encoder_state(path) -> tuple[dict[str, Tensor], tuple[str, ...], int]:
     """The image encoder (`CameraFeatures` weights) of an ICVF or an IQL checkpoint, with the
     cameras and image size it was trained on: what V-PTR and FastRLAP start a learner from."""
-    import json
+    from robot_rl.policies.checkpoint import read_meta
 
-    try:
-        kind = json.loads((Path(path) / "config.json").read_text()).get("kind")
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        raise DatasetError(f"no checkpoint at {path}") from None
+    kind = read_meta(path).get("kind")
     if kind == IQLAgent.kind:
         agent = IQLAgent.load(path)
         if agent.encoder is None:

@@ -7,6 +7,7 @@ loading checks the kind so a wrong path is a clear error rather than a confusing
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,20 +27,52 @@ def save_checkpoint(directory, module: nn.Module, kind: str, config: dict, **met
     return directory
 
 
+def read_meta(directory, what: str = "") -> dict:
+    """A checkpoint folder's config.json; a missing, unreadable or malformed one is a DatasetError."""
+    config = Path(directory) / "config.json"
+    try:
+        meta = json.loads(config.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        raise DatasetError(f"no {what + ' ' if what else ''}checkpoint at {directory} (config.json missing)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{config} is not readable JSON ({exc}); the checkpoint is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
+        raise DatasetError(f"{config} is not a robot_rl checkpoint description")
+    return meta
+
+
 def load_checkpoint(directory, kind: str, device: str = "cpu") -> tuple[dict, dict]:
     """(the JSON metadata, the weights) of a checkpoint of this kind."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
     what = kind.replace("_", " ")
-    try:
-        meta = json.loads((directory / "config.json").read_text())
-        weights = load_file(directory / "model.safetensors", device=device)
-    except FileNotFoundError as exc:
-        raise DatasetError(f"no {what} checkpoint at {directory} ({Path(exc.filename).name} missing)") from None
+    meta = read_meta(directory, what)
     if meta.get("kind") != kind:
         raise DatasetError(f"{directory} holds a {meta.get('kind')!r} checkpoint, not a {what}")
+    try:
+        weights = load_file(directory / "model.safetensors", device=device)
+    except FileNotFoundError:
+        raise DatasetError(f"no {what} checkpoint at {directory} (model.safetensors missing)") from None
+    except Exception as exc:  # safetensors' own error for a truncated or garbled file, OSError, ...
+        raise DatasetError(f"{directory / 'model.safetensors'} is damaged: {_first_line(exc)}") from None
     return meta, weights
+
+
+@contextmanager
+def rebuilding(directory, kind: str):
+    """Building a module from a checkpoint: a config.json whose fields do not fit the config class,
+    or weights that do not fit the module, are one DatasetError, not a traceback."""
+    try:
+        yield
+    except (TypeError, KeyError, ValueError, RuntimeError) as exc:
+        raise DatasetError(f"the {kind.replace('_', ' ')} checkpoint at {directory} does not fit this "
+                           f"version of robot_rl or is damaged: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class CheckpointedAgent:
@@ -67,7 +100,8 @@ class CheckpointedAgent:
     @classmethod
     def load(cls, directory):
         meta, weights = load_checkpoint(directory, cls.kind)
-        agent = cls(cls.config_class(**meta["config"]))
-        agent.load_state_dict(weights)
-        agent.updates = int(meta.get("updates", 0))
+        with rebuilding(directory, cls.kind):
+            agent = cls(cls.config_class(**meta["config"]))
+            agent.load_state_dict(weights)
+            agent.updates = int(meta.get("updates", 0))
         return agent.eval()

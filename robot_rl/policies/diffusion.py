@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from robot_rl.errors import DatasetError
-from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
+from robot_rl.policies.checkpoint import load_checkpoint, rebuilding, save_checkpoint
 from robot_rl.policies.normalizer import MinMaxNormalizer
 from robot_rl.policies.scheduler import DDPMScheduler
 from robot_rl.policies.unet import ConditionalUnet1D
@@ -136,10 +136,11 @@ class DiffusionPolicy(nn.Module):
     @classmethod
     def load(cls, directory, device: str = "cpu") -> DiffusionPolicy:
         meta, weights = load_checkpoint(directory, "diffusion_policy", device)
-        config = DiffusionConfig(**meta["config"])
-        policy = cls(config, weights["state_norm.low"], weights["state_norm.high"],
-                     weights["action_norm.low"], weights["action_norm.high"])
-        policy.load_state_dict(weights)
+        with rebuilding(directory, "diffusion_policy"):
+            config = DiffusionConfig(**meta["config"])
+            policy = cls(config, weights["state_norm.low"], weights["state_norm.high"],
+                         weights["action_norm.low"], weights["action_norm.high"])
+            policy.load_state_dict(weights)
         return policy.to(device).eval()
 
 

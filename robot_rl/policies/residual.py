@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
+from robot_rl.policies.checkpoint import load_checkpoint, rebuilding, save_checkpoint
 from robot_rl.policies.diffusion import STATE_KEY, DiffusionPolicy
 
 OBS_CLAMP = 3.0
@@ -59,9 +59,10 @@ class ResidualPolicy(nn.Module):
     def load(cls, directory) -> tuple[ResidualPolicy, str]:
         """The residual and the path of the base checkpoint it was trained on."""
         meta, weights = load_checkpoint(directory, "residual_policy")
-        policy = cls(ResidualConfig(**meta["config"]))
-        policy.load_state_dict(weights)
-        return policy.eval(), meta["base_checkpoint"]
+        with rebuilding(directory, "residual_policy"):
+            policy = cls(ResidualConfig(**meta["config"]))
+            policy.load_state_dict(weights)
+            return policy.eval(), str(meta["base_checkpoint"])
 
 
 class BaseChunks:

@@ -67,11 +67,12 @@ class RewardClassifier(WithFrozenBackbone):
 
     @classmethod
     def load(cls, directory) -> RewardClassifier:
-        from robot_rl.policies.checkpoint import load_checkpoint
+        from robot_rl.policies.checkpoint import load_checkpoint, rebuilding
 
         meta, weights = load_checkpoint(directory, "reward_classifier")
-        model = cls(ClassifierConfig(**meta["config"]))
-        model.load_state_dict(weights)
+        with rebuilding(directory, "reward_classifier"):
+            model = cls(ClassifierConfig(**meta["config"]))
+            model.load_state_dict(weights)
         return model.eval()
 
 

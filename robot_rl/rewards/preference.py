@@ -26,7 +26,7 @@ from tqdm import tqdm
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
 from robot_rl.policies.encoders import images_to_float
-from robot_rl.policies.checkpoint import load_checkpoint, save_checkpoint
+from robot_rl.policies.checkpoint import load_checkpoint, rebuilding, save_checkpoint
 
 
 @dataclass
@@ -105,9 +105,10 @@ class PreferenceRewardModel(nn.Module):
     def load(cls, directory) -> tuple[PreferenceRewardModel, dict]:
         meta, weights = load_checkpoint(directory, "preference_reward")
         cfg = meta["config"]
-        model = cls(RewardModelConfig(**{**cfg, "input_shape": tuple(cfg["input_shape"]),
-                                         "state_mean": tuple(cfg["state_mean"]), "state_std": tuple(cfg["state_std"])}))
-        model.load_state_dict(weights)
+        with rebuilding(directory, "preference_reward"):
+            model = cls(RewardModelConfig(**{**cfg, "input_shape": tuple(cfg["input_shape"]),
+                                             "state_mean": tuple(cfg["state_mean"]), "state_std": tuple(cfg["state_std"])}))
+            model.load_state_dict(weights)
         return model.eval(), meta
 
 

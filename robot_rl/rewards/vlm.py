@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
+import random
 import re
+import socket
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -86,19 +88,31 @@ def decode_png(text: str) -> np.ndarray:
 # --- backends -----------------------------------------------------------------------------------
 class OpenAIChatBackend:
     """POST {base_url}/chat/completions with `model` and the messages; the API key (if any) from the
-    environment variable `api_key_env`. Timeouts, connection errors, 429 and 5xx are retried with
-    exponential backoff; other HTTP errors (a bad key, an unknown model) fail at once."""
+    environment variable `api_key_env`.
+
+    Every transport failure (connection refused or reset, a connection closed mid-reply, a garbage
+    status line, TLS errors, a request that outlives `timeout_s`), 429 and 5xx are retried with
+    exponential backoff and jitter, or after the server's Retry-After (capped at
+    `max_retry_after_s`); other HTTP errors (a bad key, an unknown model) fail at once.
+    `timeout_s` bounds the whole request, not each socket read: a server that trickles bytes is
+    cut off when it runs out."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0,
-                 retries: int = 4, backoff_s: float = 1.0, max_tokens: int = 512, temperature: float = 0.0):
-        if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"base_url must start with http:// or https://, got {base_url!r}")
+                 retries: int = 4, backoff_s: float = 1.0, max_tokens: int = 512, temperature: float = 0.0,
+                 max_retry_after_s: float = 60.0, seed: int | None = None):
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"base_url must be http(s)://host[:port]/path, got {base_url!r}")
+        if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_retry_after_s < 0:
+            raise ConfigError("timeout_s must be positive; retries, backoff_s and max_retry_after_s at least 0")
         self.url = base_url.rstrip("/") + "/chat/completions"
+        self._parts = urllib.parse.urlsplit(self.url)
         self.model, self.timeout_s, self.retries, self.backoff_s = model, timeout_s, retries, backoff_s
-        self.max_tokens, self.temperature = max_tokens, temperature
+        self.max_tokens, self.temperature, self.max_retry_after_s = max_tokens, temperature, max_retry_after_s
         self.api_key = os.environ.get(api_key_env) if api_key_env else None
         self.requests = self.retried = 0
         self._lock = threading.Lock()
+        self._rng = random.Random(seed)
 
     def chat(self, text: str, images: list[np.ndarray] = ()) -> str:
         content = [{"type": "text", "text": text}] + [
@@ -111,25 +125,76 @@ class OpenAIChatBackend:
         for attempt in range(self.retries + 1):
             with self._lock:
                 self.requests += 1
+            wait = None
             try:
-                request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                    reply = json.loads(response.read())
-                return reply["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as exc:
-                if exc.code != 429 and exc.code < 500:
-                    detail = exc.read()[:200].decode(errors="replace")
-                    raise LabelerError(f"{self.url} answered HTTP {exc.code}: {detail}") from None
-                error = f"HTTP {exc.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
-                error = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-            except (KeyError, IndexError, ValueError) as exc:
+                status, reply_headers, data = self._post(body, headers)
+                if status == 200:
+                    reply = json.loads(data)
+                    return reply["choices"][0]["message"]["content"] or ""
+                if status != 429 and status < 500:
+                    raise LabelerError(f"{self.url} answered HTTP {status}: {data[:200].decode(errors='replace')}")
+                error, wait = f"HTTP {status}", retry_after(reply_headers.get("Retry-After"))
+            except (http.client.HTTPException, OSError) as exc:  # OSError: sockets, TLS, timeouts
+                error = f"{type(exc).__name__}: {exc}"
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
                 raise LabelerError(f"{self.url} sent a reply that is not a chat completion ({exc})") from None
             if attempt < self.retries:
                 with self._lock:
                     self.retried += 1
-                time.sleep(self.backoff_s * 2**attempt)
-        raise LabelerError(f"{self.url} failed {self.retries + 1} times; last: {error}")
+                    jitter = self._rng.uniform(0.5, 1.5)
+                backoff = self.backoff_s * 2**attempt * jitter
+                time.sleep(min(wait, self.max_retry_after_s) if wait is not None else backoff)
+        tries = self.retries + 1
+        raise LabelerError(f"{self.url} failed {tries} time{'s' if tries > 1 else ''}; last: {error}")
+
+    def _post(self, body: bytes, headers: dict) -> tuple[int, dict, bytes]:
+        """(status, headers, body) of one POST, all of it within `timeout_s`: a timer shuts the
+        socket down when the time is up, which ends a read that is still waiting for bytes."""
+        parts = self._parts
+        kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = kind(parts.hostname, parts.port, timeout=self.timeout_s)
+        expired = threading.Event()
+
+        def cut_off() -> None:
+            expired.set()
+            try:
+                if conn.sock is not None:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        timer = threading.Timer(self.timeout_s, cut_off)
+        timer.daemon = True
+        timer.start()
+        try:
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.request("POST", path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            return response.status, dict(response.getheaders()), data
+        except (http.client.HTTPException, OSError):
+            if expired.is_set():
+                raise TimeoutError(f"no complete reply within timeout_s={self.timeout_s:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+            conn.close()
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date); None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 class TransformersBackend:
@@ -247,17 +312,19 @@ class LabelReport:
 
 
 class PreferenceLabeler:
-    """Asks `backend` about pairs of frames with the two-stage prompt, through `cache`. Pairs the
-    backend fails (after its retries) are counted and skipped; if it fails the first
-    GIVE_UP_AFTER pairs without answering any, labeling stops with a LabelerError."""
+    """Asks `backend` about pairs of frames with the two-stage prompt, through `cache`. A pair the
+    backend fails (after its retries) is counted and skipped. Labeling stops with a LabelerError
+    after `max_consecutive_failures` failed pairs in a row (a server that died), and ends with one
+    when more than `max_failed_share` of the pairs failed; every answer is cached either way, so
+    a rerun asks only what is missing."""
 
-    GIVE_UP_AFTER = 8
-
-    def __init__(self, backend, cache: LabelCache, task: str, model: str, max_concurrency: int = 4):
-        if max_concurrency < 1:
-            raise ConfigError("max_concurrency must be at least 1")
+    def __init__(self, backend, cache: LabelCache, task: str, model: str, max_concurrency: int = 4,
+                 max_consecutive_failures: int = 8, max_failed_share: float = 0.0):
+        if max_concurrency < 1 or max_consecutive_failures < 1 or not 0.0 <= max_failed_share <= 1.0:
+            raise ConfigError("max_concurrency and max_consecutive_failures must be at least 1, max_failed_share in [0, 1]")
         self.backend, self.cache, self.task, self.model = backend, cache, task, model
-        self.max_concurrency = max_concurrency
+        self.max_concurrency, self.max_consecutive_failures = max_concurrency, max_consecutive_failures
+        self.max_failed_share = max_failed_share
         self.analysis_prompt = ANALYSIS_PROMPT.format(task=task)
         self.prompt_id = hashlib.sha256((ANALYSIS_PROMPT + VERDICT_PROMPT + task).encode()).hexdigest()[:16]
 
@@ -273,7 +340,7 @@ class PreferenceLabeler:
         start = time.monotonic()
         answers: list[int | None] = [None] * len(frames_a)
         lock = threading.Lock()
-        give_up, errors = threading.Event(), []
+        give_up, errors, in_a_row = threading.Event(), [], [0]
 
         def one(i: int) -> None:
             if give_up.is_set():
@@ -303,14 +370,16 @@ class PreferenceLabeler:
                 except LabelerError as exc:
                     with lock:
                         report.failed += 1
-                        # A backend that never answers (wrong URL, server down) fails every pair
-                        # after its retries: stop early rather than wait through all of them.
-                        if report.failed >= self.GIVE_UP_AFTER and sum(report.answers.values()) == 0:
-                            errors.append(str(exc))
+                        errors.append(str(exc))
+                        in_a_row[0] += 1
+                        # A backend that stopped answering (wrong URL, server down) fails every pair
+                        # after its retries: stop rather than wait through all of them.
+                        if in_a_row[0] >= self.max_consecutive_failures:
                             give_up.set()
                     return
                 self.cache.put(key, answer, analysis, verdict)
             with lock:
+                in_a_row[0] = 0
                 report.answers["unparsable" if answer is None else str(answer)] += 1
                 if answer in (0, 1):
                     answers[i] = answer
@@ -318,8 +387,15 @@ class PreferenceLabeler:
 
         with ThreadPoolExecutor(self.max_concurrency) as pool:
             list(pool.map(one, range(len(frames_a))))
+        answered = sum(report.answers.values())
+        resume = f"; the {answered} answers are cached, so a rerun resumes from them" if answered else ""
         if give_up.is_set():
-            raise LabelerError(f"the VLM failed the first {report.failed} pairs and answered none; last error: {errors[-1]}")
+            what = (f"failed the first {report.failed} pairs and answered none" if not answered else
+                    f"failed {in_a_row[0]} pairs in a row ({report.failed} of {report.pairs} in all)")
+            raise LabelerError(f"the VLM {what}; last error: {errors[-1]}{resume}")
+        if report.failed > self.max_failed_share * report.pairs:
+            raise LabelerError(f"the VLM failed {report.failed} of {report.pairs} pairs (more than max_failed_share="
+                               f"{self.max_failed_share:g}); last error: {errors[-1]}{resume}")
         report.requests = getattr(self.backend, "requests", 0)
         report.retried = getattr(self.backend, "retried", 0)
         report.seconds = time.monotonic() - start
@@ -327,7 +403,7 @@ class PreferenceLabeler:
 
 
 def label_store(store_path, out, backend, cfg: PairConfig, model: str, cache_path=None, max_concurrency: int = 4,
-                progress: bool = True) -> dict:
+                progress: bool = True, max_consecutive_failures: int = 8, max_failed_share: float = 0.0) -> dict:
     """Sample pairs from the store, label them, and write `out` (JSON: the kept pairs with their
     labels, the pair settings, model, prompt and report). Resumable through the cache."""
     from tqdm import tqdm
@@ -345,7 +421,7 @@ def label_store(store_path, out, backend, cfg: PairConfig, model: str, cache_pat
         frames = [[np.asarray(images[s : s + cfg.segment]) for s in pair] for pair in starts]
     out = Path(out)
     cache = LabelCache(cache_path or out.with_suffix(".cache.sqlite"))
-    labeler = PreferenceLabeler(backend, cache, task, model, max_concurrency)
+    labeler = PreferenceLabeler(backend, cache, task, model, max_concurrency, max_consecutive_failures, max_failed_share)
     bar = tqdm(total=len(frames), desc="label vlm", unit="pair", disable=not progress, dynamic_ncols=True)
     try:
         answers, report = labeler.label([f[0] for f in frames], [f[1] for f in frames], progress=lambda: bar.update(1))

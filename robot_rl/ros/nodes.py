@@ -71,7 +71,7 @@ def defaults(kind: str) -> dict:
 
 def robot_config(name_or_path: str):
     """A robot config by name (robot_rl/conf/robot/<name>.yaml) or path."""
-    from robot_rl.cli import CONF_DIR
+    from robot_rl.config import CONF_DIR
 
     path = Path(name_or_path)
     if not name_or_path.endswith((".yaml", ".yml")):
@@ -154,8 +154,8 @@ def _policy(params: dict, env):
 
 
 def run_collect(params: dict, io) -> dict:
-    from robot_rl.cli import compose
     from robot_rl.collect_robot import collect_robot
+    from robot_rl.config import compose
 
     cfg = compose("collect", [])
     OmegaConf.set_struct(cfg, False)
@@ -167,7 +167,7 @@ def run_collect(params: dict, io) -> dict:
 
 
 def run_actor(params: dict, io) -> dict:
-    from robot_rl.cli import CONF_DIR
+    from robot_rl.config import CONF_DIR
     from robot_rl.collect_robot import robot_safety
     from robot_rl.errors import require
     from robot_rl.learners.hil_serl import HILSERLConfig

@@ -73,3 +73,15 @@ def test_wrong_shape_is_an_error():
 def test_config_is_validated(kwargs):
     with pytest.raises(ValueError):
         SafetyConfig(**kwargs)
+
+
+@pytest.mark.parametrize("dtype", [complex, str, object, bool])
+def test_non_real_actions_are_refused_like_wrong_shapes(dtype):
+    """A complex action used to pass with only NumPy's warning, its imaginary part dropped."""
+    safety = SafetyFilter(SPEC)
+    action = np.zeros(SPEC.shape).astype(dtype)
+    if dtype is complex:
+        action += 0.5j
+    with pytest.raises(ValueError, match="real numbers"):
+        safety(action)
+    assert safety(np.zeros(SPEC.shape)) is not None

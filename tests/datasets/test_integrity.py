@@ -15,7 +15,6 @@ import pytest
 
 from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
-from robot_rl.datasets.store import IMAGE_CHUNK_STEPS
 from robot_rl.errors import DatasetError
 
 SCHEMA = {"obs/state": ((4,), "float32"), "obs/image/cam": ((8, 8, 3), "uint8"), "action": ((2,), "float32")}

@@ -66,3 +66,22 @@ def test_cuts_split_a_video_and_a_missing_source_is_one_line(tmp_path, capsys):
     assert "no video or folder" in capsys.readouterr().err
     with pytest.raises(Exception, match="already exists"):
         import_video(tmp_path / "cut.mp4", tmp_path / "cut.zarr", progress=False)
+
+
+@pytest.mark.parametrize("content", [b"just text, named like a video\n", "truncated"])
+def test_nothing_importable_is_exit_2_and_leaves_nothing(tmp_path, capsys, content):
+    """A text file named .mp4 or a truncated mp4 used to exit 0 with an empty store left behind,
+    which then blocked a re-import."""
+    if content == "truncated":
+        write_video(tmp_path / "clip.mp4", moving_square(30), fps=30)
+        data = (tmp_path / "clip.mp4").read_bytes()
+        (tmp_path / "clip.mp4").write_bytes(data[: len(data) // 5])
+    else:
+        (tmp_path / "clip.mp4").write_bytes(content)
+    out = tmp_path / "video.zarr"
+    assert main(["dataset", "import-video", str(tmp_path / "clip.mp4"), str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "nothing imported" in err[-1] and "clip.mp4" in err[-1]
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".video.zarr")]
+    write_video(tmp_path / "clip.mp4", moving_square(30), fps=30)  # the fixed file imports where the failed one did not
+    assert main(["dataset", "import-video", str(tmp_path / "clip.mp4"), str(out)]) == 0
