@@ -281,7 +281,7 @@ class EpisodeStore:
     @staticmethod
     def _absent_chunks(array: zarr.Array, stop: int) -> list[int]:
         """Time indices of the chunks covering [0, stop) whose file is not on disk."""
-        return [t for t in range(-(-stop // array.chunks[0])) if not _chunk_file(array, t).exists()]
+        return [t for t in range(-(-stop // array.chunks[0])) if not chunk_file(array, t).exists()]
 
     def missing_chunks(self) -> dict[str, tuple[int, int]]:
         """key -> (first, last) step of its first chunk that is missing within the committed steps."""
@@ -304,7 +304,7 @@ class EpisodeStore:
         for key, array, t in tqdm(todo, desc="verify", unit="chunk", disable=not progress):
             size = array.chunks[0]
             first, last = t * size, min((t + 1) * size, self.n_steps) - 1
-            if not _chunk_file(array, t).exists():
+            if not chunk_file(array, t).exists():
                 problem = "missing"
             else:
                 try:
@@ -615,7 +615,7 @@ def _read(store_path: Path, name: str, array: zarr.Array, index):
                            f"robot-rl dataset verify {store_path} lists the damage") from exc
 
 
-def _chunk_file(array: zarr.Array, t: int) -> Path:
+def chunk_file(array: zarr.Array, t: int) -> Path:
     """The file of the chunk that holds steps [t * chunk, (t + 1) * chunk) of a local array."""
     root = Path(str(array.store_path.store.root)) / array.store_path.path
     return root / array.metadata.encode_chunk_key((t, *(0,) * (array.ndim - 1)))

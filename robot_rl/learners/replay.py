@@ -76,8 +76,11 @@ class ReplayBuffer:
 
     # --- persistence -----------------------------------------------------------------------
     def save(self, path) -> Path:
-        """Write the buffer as a zarr store, atomically: a temporary folder renamed over `path`."""
+        """Write the buffer as a zarr store, atomically: a temporary folder renamed over `path`
+        (the previous copy kept as `<path>.old` until the new one is in place). Every chunk is
+        written, all-zero ones too, with a CRC-32C checksum, so `load` can tell damage from data."""
         import zarr
+        from zarr.codecs import Crc32cCodec
 
         from robot_rl.datasets.store import array_codec
 
@@ -88,7 +91,8 @@ class ReplayBuffer:
         for key, values in self.contents().items():
             shape, dtype = self.schema[key]
             root.create_array(key, data=values, chunks=(max(1, min(len(values), 4096)), *shape),
-                              compressors=[array_codec(np.dtype(dtype).itemsize)])
+                              compressors=[array_codec(np.dtype(dtype).itemsize), Crc32cCodec()],
+                              config={"write_empty_chunks": True})
         root.attrs.update({"format": "robot_rl.replay", "capacity": self.capacity, "total": self.total,
                            "schema": {k: [list(s), d] for k, (s, d) in self.schema.items()}})
         old = path.with_name(path.name + ".old")
@@ -102,18 +106,33 @@ class ReplayBuffer:
     def load(cls, path, capacity: int | None = None) -> ReplayBuffer:
         import zarr
 
+        from robot_rl.datasets.store import chunk_file
+
         path = Path(path)
+        old = path.with_name(path.name + ".old")
+        if not path.exists() and old.exists():  # killed between save's two renames
+            path = old
         try:
             root = zarr.open_group(str(path), mode="r")
             attrs = dict(root.attrs)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError):
             raise DatasetError(f"no replay buffer at {path}") from None
+        except Exception as exc:  # unreadable metadata
+            raise DatasetError(f"the replay buffer at {path} is damaged: {exc}") from None
         if attrs.get("format") != "robot_rl.replay":
             raise DatasetError(f"{path} is not a saved replay buffer")
-        schema = {k: (tuple(s), d) for k, (s, d) in attrs["schema"].items()}
-        buffer = cls(capacity or int(attrs["capacity"]), schema)
-        buffer.add_batch({k: root[k][:] for k in schema})
-        buffer.total = int(attrs["total"])
+        try:
+            schema = {k: (tuple(s), d) for k, (s, d) in attrs["schema"].items()}
+            buffer = cls(capacity or int(attrs["capacity"]), schema)
+            arrays = {k: root[k] for k in schema}
+            for key, array in arrays.items():
+                if array.shape[0] and any(not chunk_file(array, t).exists()
+                                          for t in range(-(-array.shape[0] // array.chunks[0]))):
+                    raise ValueError(f"a chunk of {key} is missing")
+            buffer.add_batch({k: a[:] for k, a in arrays.items()})
+            buffer.total = int(attrs["total"])
+        except Exception as exc:  # a missing or corrupt chunk, metadata that does not agree
+            raise DatasetError(f"the replay buffer at {path} is damaged: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
         return buffer
 
 

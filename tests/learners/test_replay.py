@@ -41,6 +41,26 @@ def test_ring_buffer_keeps_the_newest_and_round_trips_through_zarr(tmp_path):
         ReplayBuffer.load(tmp_path / "missing.zarr")
 
 
+@pytest.mark.parametrize("how", ["all-zero chunk deleted", "chunk truncated", "metadata garbled"])
+def test_a_damaged_saved_buffer_is_one_error_and_a_kill_between_renames_keeps_the_old_copy(tmp_path, how):
+    buffer = ReplayBuffer(5, small_schema())
+    buffer.add_batch(steps(0, 4))
+    path = buffer.save(tmp_path / "buffer.zarr")
+    if how == "all-zero chunk deleted":  # `intervened` is all False: zarr would read a missing chunk as that
+        (path / "intervened/c/0").unlink()
+    elif how == "chunk truncated":
+        chunk = path / "reward/c/0"
+        chunk.write_bytes(chunk.read_bytes()[:-3])
+    else:
+        (path / "zarr.json").write_text("{garbled")
+    with pytest.raises(DatasetError, match="damaged"):
+        ReplayBuffer.load(path)
+    # save renames the old copy aside, then the new one into place: killed in between, load finds the old one
+    buffer.save(tmp_path / "b2.zarr")
+    (tmp_path / "b2.zarr").rename(tmp_path / "b2.zarr.old")
+    assert ReplayBuffer.load(tmp_path / "b2.zarr").total == 4
+
+
 def test_demonstrations_from_a_store(tmp_path):
     schema = {"obs/state": ((2,), "float32"), "action": ((1,), "float32"), "reward": ((), "float32"),
               "terminated": ((), "bool"), "truncated": ((), "bool")}
