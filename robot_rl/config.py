@@ -28,7 +28,8 @@ NULL_DEFAULT = {
     "use_state": "bool", "grid": "dict", "random": "dict", "gripper": "dict", "collect_env": "dict",
 }
 # Keys with an integer default that take any number.
-FLOAT_KEYS = {"control_hz", "rate_hz", "gpus_per_trial", "reset_s", "timeout_s", "max_minutes", "fps", "max_retry_after_s"}
+FLOAT_KEYS = {"control_hz", "rate_hz", "gpus_per_trial", "reset_s", "timeout_s", "max_minutes", "fps", "max_retry_after_s",
+              "cpus_per_trial"}
 # Keys with a non-null default that may be set to null (each documented in its YAML).
 NULLABLE = {"rate_hz", "done_key", "imu_topic", "lr_horizon", "collect_env", "seeds"} | set(NULL_DEFAULT)
 

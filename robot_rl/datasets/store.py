@@ -119,9 +119,12 @@ class EpisodeStore:
         if self.attrs.get("format") != FORMAT:
             raise DatasetError(f"{path} is a zarr store but not a robot_rl episode store")
         self.schema: dict[str, dict] = self._read_schema()
-        self._arrays = {k: self._data_array(k) for k in self.schema}
+        # episode_ends before the arrays' shapes: a writer grows the arrays before it commits an
+        # end, so ends read first never reach beyond shapes read after, whatever it is doing.
         self._ends_array = meta["episode_ends"]
-        self._ends = self._read_ends()
+        ends = self._read_ends_values()
+        self._arrays = {k: self._data_array(k) for k in self.schema}
+        self._ends = self._check_ends(ends)
         if check_chunks:
             for key, (first, last) in self.missing_chunks().items():
                 raise DatasetError(f"{path}: {key} steps {first}-{last} are missing on disk "
@@ -144,7 +147,7 @@ class EpisodeStore:
         if not schema:
             raise DatasetError("a store needs at least one data key")
         path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_dead_leftovers(path)
+        remove_dead_leftovers(path)
         building = path.with_name(f".{path.name}.creating-{os.getpid()}")
         shutil.rmtree(building, ignore_errors=True)
         root = zarr.open_group(str(building), mode="w")
@@ -168,13 +171,20 @@ class EpisodeStore:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **(attrs or {}),
         })
-        if path.exists():  # overwrite: the old store goes aside, then away
+        if overwrite and path.exists():  # the old store goes aside, then away, under its writer lock
+            lock_fd = cls._lock(path) if (path / "meta").exists() else None
             old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
             os.rename(path, old)
             os.rename(building, path)
+            if lock_fd is not None:
+                os.close(lock_fd)
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.rename(building, path)
+            try:  # fails if another process created `path` meanwhile (a non-empty folder)
+                os.rename(building, path)
+            except OSError:
+                shutil.rmtree(building, ignore_errors=True)
+                raise DatasetError(f"{path} already exists (created by another process meanwhile)") from None
         return cls.open(path, mode="a")
 
     @classmethod
@@ -200,8 +210,12 @@ class EpisodeStore:
             raise DatasetError(f"cannot read episode store {path}: {_first_line(exc)}") from exc
         store._lock_fd = lock_fd
         if mode == "a":
-            for leftover in path.rglob("*.partial"):  # temp files of a write that was killed
-                leftover.unlink(missing_ok=True)
+            try:
+                for leftover in path.rglob("*.partial"):  # temp files of a write that was killed
+                    leftover.unlink(missing_ok=True)
+            except OSError as exc:
+                store.close()
+                raise DatasetError(f"cannot clean up {path} for writing: {exc}") from None
         return store
 
     @classmethod
@@ -209,7 +223,11 @@ class EpisodeStore:
         """Open `path` for appending if it exists (its schema must match), else create it."""
         if Path(path).exists():
             store = cls.open(path, mode="a")
-            store.check_schema(_normalize_schema(schema), what="the new data")
+            try:
+                store.check_schema(_normalize_schema(schema), what="the new data")
+            except Exception:
+                store.close()
+                raise
             return store
         return cls.create(path, schema, fps=fps, attrs=attrs)
 
@@ -258,17 +276,20 @@ class EpisodeStore:
                                f"({tuple(spec['shape'])} {spec['dtype']})")
         return array
 
-    def _read_ends(self) -> np.ndarray:
-        """The committed episode ends, checked: strictly increasing, positive, backed by data in
-        every key, and read from chunks that are all on disk (a missing one reads as zeros)."""
+    def _read_ends_values(self) -> np.ndarray:
+        """The committed episode ends, read from chunks that are all on disk (a missing one would
+        read as zeros)."""
         ends_array = self._ends_array
-        where = f"{self.path}: meta/episode_ends"
         if ends_array.ndim != 1 or ends_array.dtype != np.int64:
-            raise DatasetError(f"{where} is not a 1-D int64 array")
-        if self._absent_chunks(ends_array, ends_array.shape[0]):
-            raise DatasetError(f"{where} is missing on disk; the episodes cannot be located "
-                               "(nothing is written to a store in this state)")
-        ends = np.asarray(_read(self.path, "meta/episode_ends", ends_array, slice(None)), dtype=np.int64)
+            raise DatasetError(f"{self.path}: meta/episode_ends is not a 1-D int64 array")
+        if any(not chunk_file(ends_array, t).exists() for t in range(-(-ends_array.shape[0] // ends_array.chunks[0]))):
+            raise DatasetError(f"{self.path}: meta/episode_ends is missing on disk; the episodes cannot be "
+                               "located (nothing is written to a store in this state)")
+        return np.asarray(_read(self.path, "meta/episode_ends", ends_array, slice(None)), dtype=np.int64)
+
+    def _check_ends(self, ends: np.ndarray) -> np.ndarray:
+        """Episode ends strictly increasing, positive and backed by data in every key."""
+        where = f"{self.path}: meta/episode_ends"
         if len(ends) and (ends[0] <= 0 or np.any(np.diff(ends) <= 0)):
             bad = int(np.argmax(np.diff(ends, prepend=0) <= 0))
             raise DatasetError(f"{where} is not strictly increasing (entry {bad}: {ends[bad]})")
@@ -283,10 +304,19 @@ class EpisodeStore:
         """Time indices of the chunks covering [0, stop) whose file is not on disk."""
         return [t for t in range(-(-stop // array.chunks[0])) if not chunk_file(array, t).exists()]
 
+    @property
+    def checksums(self) -> bool:
+        """Whether every array's chunks carry a CRC-32C (stores created before checksums do not)."""
+        return all(has_checksums(a) for a in self._arrays.values())
+
     def missing_chunks(self) -> dict[str, tuple[int, int]]:
-        """key -> (first, last) step of its first chunk that is missing within the committed steps."""
+        """key -> (first, last) step of its first chunk that is missing within the committed steps.
+        Only arrays with checksums are checked: they are written whole, all-zero chunks included,
+        while older stores' zarr writes skipped all-zero chunks, which then read as zeros rightly."""
         out = {}
         for key, array in self._arrays.items():
+            if not has_checksums(array):
+                continue
             absent = self._absent_chunks(array, self.n_steps)
             if absent:
                 size = array.chunks[0]
@@ -304,7 +334,7 @@ class EpisodeStore:
         for key, array, t in tqdm(todo, desc="verify", unit="chunk", disable=not progress):
             size = array.chunks[0]
             first, last = t * size, min((t + 1) * size, self.n_steps) - 1
-            if not chunk_file(array, t).exists():
+            if has_checksums(array) and not chunk_file(array, t).exists():
                 problem = "missing"
             else:
                 try:
@@ -429,7 +459,7 @@ class EpisodeStore:
         padded = np.zeros((n_chunks * size, *data.shape[1:]), data.dtype.newbyteorder("<"))
         padded[: len(data)] = data
         encoder = _encoder(self.schema[key])
-        checksum = any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
+        checksum = has_checksums(array)
         folder = self.path / "data" / key / "c"
         inner = "/".join("0" for _ in data.shape[1:])  # chunk key: c/<time index>/0/0...
 
@@ -475,7 +505,7 @@ class EpisodeStore:
         spec = {"shape": list(values.shape[1:]), "dtype": values.dtype.name}
         # overwrite: an array under this name that the schema does not list is what a killed
         # add_key left behind.
-        checksums = any(isinstance(c, Crc32cCodec) for c in self._ends_array.metadata.codecs)
+        checksums = has_checksums(self._ends_array)
         codec = array_codec(values.dtype.itemsize)
         # write_empty_chunks: every chunk on disk, all-zero ones too, so a missing one is damage.
         array = self._root.create_array(f"data/{key}", shape=values.shape, dtype=values.dtype, fill_value=0,
@@ -603,7 +633,13 @@ def _read(store_path: Path, name: str, array: zarr.Array, index):
     except Exception as exc:  # zarr and its codecs raise ValueError, RuntimeError, TypeError...
         size, length = array.chunks[0], array.shape[0]
         steps = index[0] if isinstance(index, tuple) else index
-        first, stop = steps.indices(length)[:2] if isinstance(steps, slice) else (0, length)
+        if isinstance(steps, slice):
+            first, stop = steps.indices(length)[:2]
+        elif isinstance(steps, (int, np.integer)):
+            first = int(steps) % length if length else 0
+            stop = first + 1
+        else:
+            first, stop = 0, length
         for t in range(first // size, -(-stop // size)):  # name the chunk that fails
             lo, hi = t * size, min((t + 1) * size, length)
             try:
@@ -615,17 +651,22 @@ def _read(store_path: Path, name: str, array: zarr.Array, index):
                            f"robot-rl dataset verify {store_path} lists the damage") from exc
 
 
+def has_checksums(array: zarr.Array) -> bool:
+    return any(isinstance(c, Crc32cCodec) for c in array.metadata.codecs)
+
+
 def chunk_file(array: zarr.Array, t: int) -> Path:
     """The file of the chunk that holds steps [t * chunk, (t + 1) * chunk) of a local array."""
     root = Path(str(array.store_path.store.root)) / array.store_path.path
     return root / array.metadata.encode_chunk_key((t, *(0,) * (array.ndim - 1)))
 
 
-def _remove_dead_leftovers(path: Path) -> None:
-    """Folders that a create killed before its rename left beside `path` (their process is gone)."""
+def remove_dead_leftovers(path: Path) -> None:
+    """Folders that a create, import or repair killed before its rename left beside `path`
+    (`.<name>.<what>-<pid>`, their process gone)."""
     for leftover in path.parent.glob(f".{path.name}.*-*"):
         kind, _, pid = leftover.name.rpartition("-")
-        if kind.endswith((".creating", ".replaced")) and pid.isdigit() and not _alive(int(pid)):
+        if kind.endswith((".creating", ".replaced", ".importing", ".repairing")) and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(leftover, ignore_errors=True)
 
 

@@ -138,7 +138,7 @@ def import_video(src, out, size: int = 84, fps: float | None = 10.0, camera: str
                  cut_threshold: float | None = 0.5, frames_fps: float = 30.0, min_frames: int = 2,
                  task: str | None = None, progress: bool = True) -> dict:
     """Import every video and frame folder under `src` into a new store at `out`."""
-    from robot_rl.datasets.store import EpisodeStore
+    from robot_rl.datasets.store import EpisodeStore, remove_dead_leftovers
 
     src, out = Path(src), Path(out)
     if out.exists():
@@ -151,6 +151,7 @@ def import_video(src, out, size: int = 84, fps: float | None = 10.0, camera: str
     attrs = {"source": f"robot-rl dataset import-video {src}", "task": task or "", "observation_only": True}
     skipped, lengths, start = [], [], time.monotonic()
     # Built beside `out` and renamed at the end: a failed or killed import leaves nothing at `out`.
+    remove_dead_leftovers(out)
     building = out.with_name(f".{out.name}.importing-{os.getpid()}")
     try:
         with EpisodeStore.create(building, {key: ((size, size, 3), "uint8")}, fps=rate, attrs=attrs,

@@ -97,6 +97,7 @@ class ReplayBuffer:
                            "schema": {k: [list(s), d] for k, (s, d) in self.schema.items()}})
         old = path.with_name(path.name + ".old")
         if path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # a copy a killed save had not removed yet
             path.rename(old)
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
@@ -106,7 +107,7 @@ class ReplayBuffer:
     def load(cls, path, capacity: int | None = None) -> ReplayBuffer:
         import zarr
 
-        from robot_rl.datasets.store import chunk_file
+        from robot_rl.datasets.store import chunk_file, has_checksums
 
         path = Path(path)
         old = path.with_name(path.name + ".old")
@@ -126,7 +127,8 @@ class ReplayBuffer:
             buffer = cls(capacity or int(attrs["capacity"]), schema)
             arrays = {k: root[k] for k in schema}
             for key, array in arrays.items():
-                if array.shape[0] and any(not chunk_file(array, t).exists()
+                # Buffers saved before checksums skipped all-zero chunks: only newer ones are whole on disk.
+                if has_checksums(array) and any(not chunk_file(array, t).exists()
                                           for t in range(-(-array.shape[0] // array.chunks[0]))):
                     raise ValueError(f"a chunk of {key} is missing")
             buffer.add_batch({k: a[:] for k, a in arrays.items()})

@@ -129,7 +129,10 @@ class OpenAIChatBackend:
             try:
                 status, reply_headers, data = self._post(body, headers)
                 if status == 200:
-                    reply = json.loads(data)
+                    try:
+                        reply = json.loads(data)
+                    except ValueError:  # a body cut short (no Content-Length to tell): transient
+                        raise http.client.IncompleteRead(data) from None
                     return reply["choices"][0]["message"]["content"] or ""
                 if status != 429 and status < 500:
                     raise LabelerError(f"{self.url} answered HTTP {status}: {data[:200].decode(errors='replace')}")
@@ -142,8 +145,12 @@ class OpenAIChatBackend:
                 with self._lock:
                     self.retried += 1
                     jitter = self._rng.uniform(0.5, 1.5)
-                backoff = self.backoff_s * 2**attempt * jitter
-                time.sleep(min(wait, self.max_retry_after_s) if wait is not None else backoff)
+                # Jitter spreads concurrent requests: backoff x [0.5, 1.5]; the server's Retry-After
+                # (capped) x [1, 1.2], never sooner than it asked.
+                if wait is None:
+                    time.sleep(self.backoff_s * 2**attempt * jitter)
+                else:
+                    time.sleep(min(wait, self.max_retry_after_s) * (1 + (jitter - 0.5) / 5))
         tries = self.retries + 1
         raise LabelerError(f"{self.url} failed {tries} time{'s' if tries > 1 else ''}; last: {error}")
 
@@ -157,10 +164,11 @@ class OpenAIChatBackend:
 
         def cut_off() -> None:
             expired.set()
+            sock = conn.sock  # one read: close() in the caller may set it to None meanwhile
             try:
-                if conn.sock is not None:
-                    conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except (OSError, AttributeError):
                 pass
 
         timer = threading.Timer(self.timeout_s, cut_off)
@@ -168,9 +176,14 @@ class OpenAIChatBackend:
         timer.start()
         try:
             path = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.connect()
+            if expired.is_set():  # the time ran out before there was a socket to shut down
+                raise TimeoutError("connecting took the whole timeout")
             conn.request("POST", path, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
+            if expired.is_set():  # a body without Content-Length ends quietly when the socket is shut
+                raise TimeoutError("cut off")
             return response.status, dict(response.getheaders()), data
         except (http.client.HTTPException, OSError):
             if expired.is_set():
@@ -340,7 +353,7 @@ class PreferenceLabeler:
         start = time.monotonic()
         answers: list[int | None] = [None] * len(frames_a)
         lock = threading.Lock()
-        give_up, errors, in_a_row = threading.Event(), [], [0]
+        give_up, errors, in_a_row, gave_up_at = threading.Event(), [], [0], [0]
 
         def one(i: int) -> None:
             if give_up.is_set():
@@ -374,7 +387,8 @@ class PreferenceLabeler:
                         in_a_row[0] += 1
                         # A backend that stopped answering (wrong URL, server down) fails every pair
                         # after its retries: stop rather than wait through all of them.
-                        if in_a_row[0] >= self.max_consecutive_failures:
+                        if in_a_row[0] >= self.max_consecutive_failures and not give_up.is_set():
+                            gave_up_at[0] = in_a_row[0]
                             give_up.set()
                     return
                 self.cache.put(key, answer, analysis, verdict)
@@ -391,7 +405,7 @@ class PreferenceLabeler:
         resume = f"; the {answered} answers are cached, so a rerun resumes from them" if answered else ""
         if give_up.is_set():
             what = (f"failed the first {report.failed} pairs and answered none" if not answered else
-                    f"failed {in_a_row[0]} pairs in a row ({report.failed} of {report.pairs} in all)")
+                    f"failed {gave_up_at[0]} pairs in a row ({report.failed} of {report.pairs} in all)")
             raise LabelerError(f"the VLM {what}; last error: {errors[-1]}{resume}")
         if report.failed > self.max_failed_share * report.pairs:
             raise LabelerError(f"the VLM failed {report.failed} of {report.pairs} pairs (more than max_failed_share="

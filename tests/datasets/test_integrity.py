@@ -211,3 +211,39 @@ def test_cli_readers_stop_at_damage_with_one_line(store_path, tmp_path, capsys, 
     os.remove(image_chunk(store_path, 0))
     assert main([*command, str(store_path)]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def test_stores_without_checksums_still_open_and_read(tmp_path, capsys):
+    """Stores written before checksums: zarr skipped all-zero chunks there, which read as zeros
+    rightly, so a chunk that is not on disk is not damage in them; verify says what it cannot see."""
+    path = tmp_path / "old.zarr"
+    with EpisodeStore.create(path, {**SCHEMA, "reward": ((), "float32")}, fps=10, checksums=False) as store:
+        store.append_episode({**episode(40, 0), "reward": np.zeros(40, np.float32)})
+    (path / "data/reward/c/0").unlink()  # what zarr's write_empty_chunks=False left out
+    with EpisodeStore.open(path) as store:
+        assert not store.checksums and store.array("reward")[:].tolist() == [0.0] * 40
+        np.testing.assert_array_equal(store.episode(0)["action"], episode(40, 0)["action"])
+    assert main(["dataset", "verify", str(path)]) == 0
+    assert "predates checksums" in capsys.readouterr().out
+
+
+def test_a_create_racing_another_never_replaces_its_store(tmp_path, monkeypatch):
+    """Two processes creating the same new store: the second rename fails instead of replacing the
+    first one's store (whose writer would then write, by path, into the other's)."""
+    import robot_rl.datasets.store as store_module
+
+    path = tmp_path / "race.zarr"
+    real = store_module.remove_dead_leftovers
+
+    def the_other_process_wins(p):  # runs after create's "already exists?" check
+        monkeypatch.setattr(store_module, "remove_dead_leftovers", real)
+        with EpisodeStore.create(path, SCHEMA, fps=10) as other:
+            other.append_episode(episode(5, 0))
+        real(p)
+
+    monkeypatch.setattr(store_module, "remove_dead_leftovers", the_other_process_wins)
+    with pytest.raises(DatasetError, match="created by another process meanwhile"):
+        EpisodeStore.create(path, {"obs/x": ((1,), "float32")}, fps=10)
+    with EpisodeStore.open(path) as store:
+        assert store.keys == list(SCHEMA) and store.n_episodes == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".race.zarr.")]

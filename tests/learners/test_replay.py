@@ -59,6 +59,11 @@ def test_a_damaged_saved_buffer_is_one_error_and_a_kill_between_renames_keeps_th
     buffer.save(tmp_path / "b2.zarr")
     (tmp_path / "b2.zarr").rename(tmp_path / "b2.zarr.old")
     assert ReplayBuffer.load(tmp_path / "b2.zarr").total == 4
+    # and a save over a leftover `.old` (a save killed before it removed it) works
+    buffer.save(tmp_path / "b2.zarr")
+    (tmp_path / "b2.zarr.old").mkdir()
+    (tmp_path / "b2.zarr.old" / "x").write_text("leftover")
+    assert ReplayBuffer.load(buffer.save(tmp_path / "b2.zarr")).total == 4
 
 
 def test_demonstrations_from_a_store(tmp_path):

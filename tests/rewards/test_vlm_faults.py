@@ -27,6 +27,10 @@ def drop_mid_body(sock):
     sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(REPLY), REPLY[:10]))
 
 
+def cut_without_length(sock):  # no Content-Length: the cut shows only as a body that is not JSON
+    sock.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + REPLY[:10])
+
+
 def garbage_status(sock):
     sock.sendall(b"\x16\x03\x01 certainly not HTTP\r\n\r\n")
 
@@ -89,7 +93,7 @@ class Server:
         self.server.server_close()
 
 
-@pytest.mark.parametrize("fault", [drop_mid_body, garbage_status, close_at_once])
+@pytest.mark.parametrize("fault", [drop_mid_body, cut_without_length, garbage_status, close_at_once])
 def test_every_transport_fault_is_retried(fault):
     with Server(fault, fault, ok) as server:
         backend = OpenAIChatBackend(server.url, "m", retries=3, backoff_s=0.01, timeout_s=5)
