@@ -282,7 +282,7 @@ class EpisodeStore:
         ends_array = self._ends_array
         if ends_array.ndim != 1 or ends_array.dtype != np.int64:
             raise DatasetError(f"{self.path}: meta/episode_ends is not a 1-D int64 array")
-        if any(not chunk_file(ends_array, t).exists() for t in range(-(-ends_array.shape[0] // ends_array.chunks[0]))):
+        if self._absent_chunks(ends_array, ends_array.shape[0]):
             raise DatasetError(f"{self.path}: meta/episode_ends is missing on disk; the episodes cannot be "
                                "located (nothing is written to a store in this state)")
         return np.asarray(_read(self.path, "meta/episode_ends", ends_array, slice(None)), dtype=np.int64)
