@@ -1,27 +1,41 @@
-# `make demo` and `make test` create .venv when it is missing, install robot_rl into it, and run.
+# `make demo` and `make test` create the virtual environment when it is missing, install robot_rl
+# into it with the exact versions in constraints.txt, and run. The demo needs only the core
+# (MuJoCo included); the tests install every extra they exercise.
+#   make test PYTHON=python3.12 VENV=.venv-3.12    another Python, in its own environment
 PYTHON ?= python3
-VENV   := .venv
+VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/python -m pip install --quiet -c constraints.txt
 export MUJOCO_GL ?= egl
 
 .PHONY: demo test bench install clean
 
-$(STAMP): pyproject.toml
+# The environment, made by $(PYTHON); one made by another Python is an error, not a silent mix.
+$(VENV)/.created:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@want=$$($(PYTHON) -c 'import sys; print(*sys.version_info[:2], sep=".")'); \
+	 have=$$($(BIN)/python -c 'import sys; print(*sys.version_info[:2], sep=".")'); \
+	 test "$$want" = "$$have" || { echo "make: $(VENV) holds Python $$have, not $$want: make clean, or give VENV=.venv-$$want" >&2; exit 2; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,sim,dist,vision,hardware,ros]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+$(VENV)/.installed-core: $(VENV)/.created pyproject.toml constraints.txt
+	$(PIP) -e .
+	touch $@
 
-demo: $(STAMP)
+$(VENV)/.installed-all: $(VENV)/.installed-core
+	$(PIP) -e '.[dev,sim,dist,vision,hardware,ros]'
+	touch $@
+
+install: $(VENV)/.installed-all
+
+demo: $(VENV)/.installed-core
 	$(BIN)/robot-rl demo
 
-test: $(STAMP)
+test: $(VENV)/.installed-all
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(VENV)/.installed-all
 	$(BIN)/robot-rl bench loop --json benchmarks/results/loop.json
 	$(BIN)/robot-rl bench store --json benchmarks/results/store.json
 	$(BIN)/robot-rl bench sim --json benchmarks/results/sim.json

@@ -303,6 +303,11 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_ros(args) -> None:
+    if args.node == "launch-dir":  # `ros2 launch $(robot-rl ros launch-dir)/arm_collect.launch.xml ...`
+        from robot_rl.ros import LAUNCH_DIR
+
+        print(LAUNCH_DIR)
+        return
     from robot_rl.ros.nodes import main as run_ros_node
 
     print(json.dumps(run_ros_node(args.node, args.ros_args), indent=2, default=str))
@@ -404,8 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     overrides_command(sub, "read-robot", "print a real robot's state once, read only (calibration): robot=<name>", cmd_read_robot)
 
-    p = sub.add_parser("ros", help="a ROS 2 node (needs rclpy): policy | collect | actor [--ros-args ...]; see launch/")
-    p.add_argument("node", choices=("policy", "collect", "actor"))
+    p = sub.add_parser("ros", help="a ROS 2 node (needs rclpy): policy | collect | actor [--ros-args ...]; "
+                                   "launch-dir prints where the launch files are")
+    p.add_argument("node", choices=("policy", "collect", "actor", "launch-dir"))
     p.add_argument("ros_args", nargs=argparse.REMAINDER, help="ROS arguments, e.g. --ros-args -p checkpoint:=PATH")
     p.set_defaults(func=cmd_ros)
 

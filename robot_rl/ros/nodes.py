@@ -1,5 +1,5 @@
 """The ROS 2 nodes: `robot-rl ros policy | collect | actor [--ros-args ...]`, started by the
-launch files in launch/.
+launch files in robot_rl/ros/launch/ (`robot-rl ros launch-dir` prints the folder).
 
 - policy: loads a checkpoint (SAC, IQL, diffusion BC) and runs the ControlLoop on the robot;
   an optional teleop device lets the operator end episodes and take over.

@@ -16,7 +16,7 @@ from robot_rl.errors import ConfigError
 from robot_rl.ros import nodes
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH = sorted((ROOT / "launch").glob("*.launch.xml"))
+LAUNCH = sorted((ROOT / "robot_rl" / "ros" / "launch").glob("*.launch.xml"))
 VAR = re.compile(r"\$\(var ([A-Za-z0-9_]+)\)")
 BUILTIN_PARAMS = {"use_sim_time"}  # every rclpy node has it
 
