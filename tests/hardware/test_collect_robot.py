@@ -11,6 +11,9 @@ import threading
 import time
 
 import numpy as np
+import pytest
+
+pytest.importorskip("dynamixel_sdk", reason="dynamixel-sdk is the [hardware] extra")
 
 from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
@@ -121,8 +124,6 @@ def test_live_view_serves_the_cameras_on_localhost(tmp_path):
     """Needs the `viewer` extra (rerun), which `make test` does not install: skipped without it."""
     import socket
     import urllib.request
-
-    import pytest
 
     pytest.importorskip("rerun", reason="rerun (the viewer extra) is not installed")
     from robot_rl.core import ControlLoop

