@@ -24,7 +24,7 @@ $(VENV)/.installed-core: $(VENV)/.created pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-all: $(VENV)/.installed-core
-	$(PIP) -e '.[dev,sim,dist,vision,hardware,ros]'
+	$(PIP) -e '.[dev,sim,dist,vision,hardware,ros,viewer]'
 	touch $@
 
 install: $(VENV)/.installed-all

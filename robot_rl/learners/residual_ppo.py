@@ -54,10 +54,11 @@ class ResidualPPOConfig:
 
 
 class ReturnStd:
-    """Running std of the discounted return, to scale rewards without shifting them."""
+    """Rewards divided by the running std of the discounted return (not shifted: a sparse success
+    stays positive), then clipped to ±clip, as ResiP's reward normalization does."""
 
-    def __init__(self, num_envs: int, gamma: float):
-        self.ret, self.gamma = np.zeros(num_envs), gamma
+    def __init__(self, num_envs: int, gamma: float, clip: float):
+        self.ret, self.gamma, self.clip = np.zeros(num_envs), gamma, clip
         self.count, self.mean, self.m2 = 1e-4, 0.0, 0.0
 
     def scale(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
@@ -68,7 +69,7 @@ class ReturnStd:
             self.mean += delta / self.count
             self.m2 += delta * (x - self.mean)
         self.ret[dones] = 0.0
-        return rewards / np.sqrt(self.m2 / self.count + 1e-8)
+        return np.clip(rewards / np.sqrt(self.m2 / self.count + 1e-8), -self.clip, self.clip)
 
 
 def gae(rewards, values, dones, last_value, gamma: float, lam: float):
@@ -122,7 +123,7 @@ def _train(vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: Re
     critic_opt = torch.optim.AdamW(policy.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay)
     schedules = cosine_schedules((actor_opt, critic_opt), cfg)
     chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
-    reward_scale = ReturnStd(cfg.num_envs, cfg.gamma)
+    reward_scale = ReturnStd(cfg.num_envs, cfg.gamma, cfg.reward_clip)
     log = RunLog(out_dir, "residual PPO")
     T, N = cfg.rollout_steps, cfg.num_envs
     buf_x = torch.zeros(T, N, obs_dim + action_dim, device=device)
@@ -144,7 +145,7 @@ def _train(vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: Re
                 action = combine(base, base_action, residual, cfg.residual_scale)
                 obs, reward, terminated, truncated, info = vec.step(action.cpu().numpy())
                 done = terminated | truncated  # ResiP: truncation ends the return too
-                buf_r[t] = torch.as_tensor(np.clip(reward_scale.scale(reward, done), -cfg.reward_clip, cfg.reward_clip))
+                buf_r[t] = torch.as_tensor(reward_scale.scale(reward, done))
                 buf_d[t] = torch.as_tensor(done, dtype=torch.float32, device=device)
                 chunks.reset(np.flatnonzero(done))
                 it_episodes += int(done.sum())

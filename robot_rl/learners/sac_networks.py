@@ -83,9 +83,10 @@ class LoopCriticEnsemble(nn.Module):
         self.members = members
         self.nets = nn.ModuleList(mlp(in_dim + action_dim, hidden, 1) for _ in range(members))
 
-    def forward(self, features: Tensor, action: Tensor) -> Tensor:
+    def forward(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
         x = torch.cat([features, action], -1)
-        return torch.stack([net(x).squeeze(-1) for net in self.nets])
+        chosen = self.nets if members is None else [self.nets[int(i)] for i in members]
+        return torch.stack([net(x).squeeze(-1) for net in chosen])
 
 
 class TanhGaussianActor(nn.Module):

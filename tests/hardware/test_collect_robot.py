@@ -17,7 +17,7 @@ pytest.importorskip("dynamixel_sdk", reason="dynamixel-sdk is the [hardware] ext
 
 from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
-from robot_rl.hardware.dynamixel_sim import DynamixelSimulator
+from robot_rl.hardware.dynamixel_sim import BULK_WRITE, DynamixelSimulator
 from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_SELECT, BTN_START, EV_ABS, EV_KEY
 
 IDS = [1, 2, 4, 6, 7, 8]
@@ -28,9 +28,10 @@ def event(kind, code, value):
     return struct.pack("llHHi", 0, 0, kind, code, value)
 
 
-def operator(fifo, episodes, stop, bus, steps_s=0.6):
+def operator(fifo, episodes, stop, bus, steps_s=0.6, pushing=None):
     """Push the stick forward for a while, then end the episode: success, failure, success...
-    Starts once the arm is live (torque on), as an operator waits for the robot."""
+    Starts once the arm is live (torque on), as an operator waits for the robot. `pushing[e]`,
+    when given, is set as the push of episode e begins."""
     fd = os.open(fifo, os.O_WRONLY)
     try:
         while not bus.torque(IDS[0]):
@@ -38,6 +39,8 @@ def operator(fifo, episodes, stop, bus, steps_s=0.6):
                 return
         for e in range(episodes):
             os.write(fd, event(EV_ABS, ABS_Y, -20000))
+            if pushing:
+                pushing[e].set()
             if stop.wait(steps_s):
                 return
             os.write(fd, event(EV_ABS, ABS_Y, 0) + event(EV_KEY, BTN_START if e % 2 == 0 else BTN_SELECT, 1))
@@ -89,39 +92,35 @@ def test_a_killed_collection_keeps_every_finished_episode(tmp_path):
     fifo, out = tmp_path / "pad", tmp_path / "demos.zarr"
     os.mkfifo(fifo)
     stop = threading.Event()
+    pushing = [threading.Event() for _ in range(10)]
     with DynamixelSimulator(IDS, positions_rad=HOME) as bus:
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
         proc = subprocess.Popen([sys.executable, "-m", "robot_rl.cli", *collect_args(bus, fifo, out, 10)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        feeder = threading.Thread(target=operator, args=(fifo, 10, stop, bus), daemon=True)
+        feeder = threading.Thread(target=operator, args=(fifo, 10, stop, bus), kwargs={"pushing": pushing}, daemon=True)
         feeder.start()
         try:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                if out.exists():
-                    try:
-                        with EpisodeStore.open(out) as store:
-                            if store.n_episodes >= 2:
-                                break
-                    except Exception:
-                        pass
-                time.sleep(0.2)
-            time.sleep(0.3)  # mid-episode 3
+            assert pushing[2].wait(60), "the operator never reached episode 3"
+            time.sleep(0.25)  # into episode 3's 0.6 s push
+            writes = bus.count(BULK_WRITE)
+            time.sleep(0.1)
+            commanding = bus.count(BULK_WRITE) > writes  # the loop was driving the arm when it died
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=10)
         finally:
             stop.set()
             if proc.poll() is None:
                 proc.kill()
+    assert commanding, "the kill did not land while an episode ran"
     with EpisodeStore.open(out) as store:
-        assert store.n_episodes >= 2
+        assert store.n_episodes == 2  # episode 3 was underway: not committed, and nothing of it shows
         lengths = np.diff(np.concatenate([[0], store.episode_ends]))
         actions = store.array("action")[: store.n_steps]
         assert np.all(lengths > 0) and actions.shape == (store.n_steps, 5) and np.all(np.isfinite(actions))
 
 
 def test_live_view_serves_the_cameras_on_localhost(tmp_path):
-    """Needs the `viewer` extra (rerun), which `make test` does not install: skipped without it."""
+    """Needs the `viewer` extra (rerun; `make test` installs it): skipped without it."""
     import socket
     import urllib.request
 

@@ -42,8 +42,25 @@ def test_ppo_loss_by_hand():
     assert abs(kl.item() - expected_kl) < 1e-5
 
 
+def test_rewards_are_divided_by_the_return_std_then_clipped():
+    gamma, clip = 0.5, 5.0
+    scaler = ReturnStd(num_envs=2, gamma=gamma, clip=clip)
+    steps = [(np.array([1.0, 0.0]), np.array([False, False])),
+             (np.array([2.0, 4.0]), np.array([False, True]))]  # env 1's return ends here
+    steps += [(np.array([0.5, 1.0]), np.array([False, False]))] * 20 + [(np.array([1.0, 100.0]), np.array([False, False]))]
+    returns, ret = [], np.zeros(2)
+    for (rewards, dones), got in zip(steps, [scaler.scale(r, d) for r, d in steps]):
+        ret = ret * gamma + rewards  # by hand: the discounted returns so far, every env's in one pool
+        returns.extend(ret)
+        std = np.std(returns)  # the running std (population), no mean removed from the rewards
+        ret[dones] = 0.0
+        np.testing.assert_allclose(got, np.clip(rewards / std, -clip, clip), rtol=1e-4)
+    # The last step: env 1's 100 is past 5 stds and clipped to +5; env 0's 1.0 is only divided.
+    assert got[1] == clip and 0 < got[0] < clip
+
+
 def test_rewards_are_scaled_not_centered():
-    scaler = ReturnStd(num_envs=2, gamma=0.99)
+    scaler = ReturnStd(num_envs=2, gamma=0.99, clip=5.0)
     rng = np.random.default_rng(0)
     out = [scaler.scale(rng.exponential(1.0, 2), np.zeros(2, bool)) for _ in range(500)]
     assert np.all(np.concatenate(out) >= 0)  # positive rewards stay positive: no mean subtracted

@@ -95,6 +95,15 @@ def test_batched_ensemble_equals_a_loop_over_members():
                 theirs.bias.copy_(mine.bias[e, 0])
     s, a = torch.randn(5, STATE), torch.randn(5, ACTION)
     torch.testing.assert_close(batched(s, a), loop(s, a))
+    members = torch.tensor([2, 0])  # as SACAgent's REDQ target calls it: a subset of members
+    torch.testing.assert_close(batched(s, a, members), loop(s, a, members))
+    torch.testing.assert_close(loop(s, a, members), loop(s, a)[members])
+
+
+def test_the_loop_ensemble_trains_in_the_agent_as_the_benchmark_runs_it():
+    from robot_rl.bench.sac import learner_steps_per_s
+
+    assert learner_steps_per_s(10, LoopCriticEnsemble, seconds=0.01) > 0  # REDQ: 10 members, target on 2
 
 
 def test_tanh_gaussian_log_prob_matches_the_transformed_distribution():

@@ -90,6 +90,7 @@ def test_arm_joint_commands_trajectory_forward_and_gripper_action():
             traj = graph.published["/trajectory"][-1]
             assert list(traj.joint_names) == JOINTS and traj.points[0].time_from_start.nanosec == 200_000_000
             np.testing.assert_allclose(traj.points[0].positions, [0.15, -0.2, 0.35])
+            wait_until(lambda: np.allclose(sim.q, [0.15, -0.2, 0.35]))  # the robot got it and went there
             assert io.gripper_goals == [("/gripper_action", 0.08, 20.0)]  # -1: open
             arm.command(np.array([0.1, -0.2, 0.3, -1.0]))
             arm.command(np.array([0.1, -0.2, 0.3, 1.0]))
@@ -102,7 +103,6 @@ def test_arm_joint_commands_trajectory_forward_and_gripper_action():
                 arm.command(np.array([0.1, -0.2, 0.9, 0.0]))
                 np.testing.assert_allclose(graph2.published["/joint_commands"][-1].data, [0.1, -0.2, 0.32])  # joint limit
                 wait_until(lambda: abs(sim2.q[2] - 0.32) < 1e-9)
-    assert sim.q is not None
 
 
 def test_arm_pose_from_tf_and_config_errors():

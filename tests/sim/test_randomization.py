@@ -79,14 +79,22 @@ def test_action_noise_demos_record_the_commanded_action(tmp_path):
     from robot_rl.collect import collect
     from robot_rl.datasets import EpisodeStore
 
-    cfg = compose("collect", ["env=peg_insert", "env.cameras=[]", "episodes=2", "expert_noise=0", f"out={tmp_path}/d.zarr",
-                              "loop.rate_hz=null", "env.randomization.action_noise=0.03"])
-    collect(cfg)
-    store = EpisodeStore.open(tmp_path / "d.zarr")
-    actions = store.episode(0)["action"]
+    def record(name: str, *extra: str) -> dict:
+        collect(compose("collect", ["env=peg_insert", "env.cameras=[]", "episodes=1", "expert_noise=0", "seed=0",
+                                    f"out={tmp_path}/{name}.zarr", "loop.rate_hz=null", *extra]))
+        with EpisodeStore.open(tmp_path / f"{name}.zarr") as store:
+            return store.episode(0)
+
+    noisy, clean = record("noisy", "env.randomization.action_noise=0.03"), record("clean")
+    actions = noisy["action"]
     assert np.all(np.abs(actions) <= 1.0)
-    # The recorded gripper command is the expert's constant 1.0; the executed one was noisy.
+    # The recorded gripper command is the expert's constant 1.0 (the executed one was noisy) ...
     np.testing.assert_array_equal(actions[:, 4], 1.0)
+    np.testing.assert_array_equal(actions[0], clean["action"][0])  # same seed, same first state: same command
+    # ... and the noise was executed: from the same start, the arm went elsewhere than without it.
+    np.testing.assert_array_equal(noisy["obs/state"][0], clean["obs/state"][0])
+    n = min(len(noisy["obs/state"]), len(clean["obs/state"]))
+    assert np.abs(noisy["obs/state"][1:n] - clean["obs/state"][1:n]).max() > 1e-3
 
 
 @pytest.mark.parametrize("bad", [{"friction": [1.2, 0.8]}, {"mass": [0, 1]}, {"action_latency": -1}, {"nonsense": 1}])
