@@ -26,6 +26,7 @@ NULL_DEFAULT = {
     "friction": "list:float", "mass": "list:float", "actuator_gain": "list:float", "light": "list:float",
     "workspace_low": "list:float", "workspace_high": "list:float", "seeds": "list:int", "image_keys": "list:str",
     "use_state": "bool", "grid": "dict", "random": "dict", "gripper": "dict", "collect_env": "dict",
+    "max_memory_gb": "float",
 }
 # Keys with an integer default that take any number.
 FLOAT_KEYS = {"control_hz", "rate_hz", "gpus_per_trial", "reset_s", "timeout_s", "max_minutes", "fps", "max_retry_after_s",

@@ -19,6 +19,7 @@ compared with.
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from robot_rl.datasets.store import read_steps
+from robot_rl.datasets.store import EpisodeStore, read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.common import RunLog, seed_everything
 from robot_rl.learners.device import Prefetcher, maybe_compile, resolve_device
@@ -209,6 +210,33 @@ class IQLAgent(CheckpointedAgent, nn.Module):
 
 
 # --- data ---------------------------------------------------------------------------------------
+MEMORY_FRACTION = 0.75  # of the available memory, the default limit of an OfflineDataset
+
+
+def available_memory_bytes() -> int:
+    """Memory this process can still take: Linux's MemAvailable (free plus reclaimable cache; the
+    free pages where it is missing), and no more than a cgroup v2 limit (a container's) leaves."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        available = int(Path("/proc/meminfo").read_text().split("MemAvailable:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            available = min(available, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(available, 0)
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
 class OfflineDataset:
     """Every transition of one or more EpisodeStores (a list: their union, e.g. a labeled store
     and one whose actions an inverse-dynamics model supplied), held once in memory: the next
@@ -217,14 +245,25 @@ class OfflineDataset:
     The reward of step t is `reward_key` at t. With `done_key`, an episode whose last step is
     flagged ends there (mask 0); otherwise (a time limit, or no done key: nothing says the task was
     over) its last step has no next observation and is left out.
+
+    Before reading a step, the bytes this needs are worked out from the stores' schemas (`nbytes`);
+    over `max_bytes` (default: MEMORY_FRACTION of the available memory) it refuses with a
+    DatasetError rather than let the machine swap or the kernel kill the run halfway through loading.
     """
 
     def __init__(self, path, reward_key: str = "reward", done_key: str | None = "terminated",
-                 image_keys: tuple[str, ...] = ()):
+                 image_keys: tuple[str, ...] = (), max_bytes: int | None = None):
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         if not paths:
             raise DatasetError("no episode store given")
         keys = ["obs/state", "action", reward_key, *(f"obs/{k}" for k in image_keys)] + ([done_key] if done_key else [])
+        self.nbytes = self.bytes_needed(paths, keys)
+        limit = max_bytes if max_bytes is not None else int(MEMORY_FRACTION * available_memory_bytes())
+        if self.nbytes > limit:
+            whose = "the configured limit" if max_bytes is not None else f"{MEMORY_FRACTION:.0%} of the available memory"
+            raise DatasetError(f"{', '.join(map(str, paths))} needs {_size(self.nbytes)} in memory, over {_size(limit)} "
+                               f"({whose}): train on fewer episodes or smaller images, or where there is more memory "
+                               "(learner.max_memory_gb sets the limit)")
         parts, ends, counts, means, variances = [], [], [], [], []
         for p in paths:
             data, store_ends, stats = read_steps(p, keys)
@@ -236,7 +275,8 @@ class OfflineDataset:
             counts.append(len(data["action"]))
             means.append(stats["mean"])
             variances.append(stats["std"] ** 2)
-        self.data = {k: np.concatenate([d[k] for d in parts]) if len(parts) > 1 else parts[0][k] for k in keys}
+        # Key by key, each store's copy let go as soon as it is joined: the union needs one key twice at most.
+        self.data = {k: np.concatenate([d.pop(k) for d in parts]) if len(parts) > 1 else parts[0][k] for k in keys}
         ends = np.concatenate(ends)
         # The union's statistics from each store's (count, mean, variance).
         w = np.asarray(counts, np.float64)[:, None] / sum(counts)
@@ -265,6 +305,22 @@ class OfflineDataset:
         if not np.all(np.isfinite(rewards)):
             raise DatasetError(f"{', '.join(map(str, paths))}: {reward_key} holds NaN or inf")
         self.rewards = rewards
+
+    @staticmethod
+    def bytes_needed(paths: list, keys: list[str]) -> int:
+        """What the dataset will hold, from the stores' schemas: every step of `keys`, per step an
+        index, next index, mask and float32 reward, and with several stores the largest key once
+        more while they are joined. A key a store lacks counts 0 (reading it names it)."""
+        per_key, steps = dict.fromkeys(keys, 0), 0
+        for p in paths:
+            with EpisodeStore.open(p, check_chunks=False) as store:  # metadata only: no chunk is listed or read
+                for k in keys:
+                    if k in store.schema:
+                        spec = store.schema[k]
+                        per_key[k] += store.n_steps * int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+                steps += store.n_steps
+        joining = max(per_key.values()) if len(paths) > 1 else 0
+        return sum(per_key.values()) + joining + steps * (8 + 8 + 4 + 4)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -297,6 +353,7 @@ class IQLTrainConfig:
     encoder_freeze: bool = False      # keep that encoder fixed (else fine-tuned through Q)
     device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
     compile: bool = False             # torch.compile the losses
+    max_memory_gb: float | None = None  # refuse a dataset that needs more (None: 3/4 of the available memory)
     agent: dict = field(default_factory=dict)  # IQLConfig overrides (expectile, beta, image_keys, ...)
 
 
@@ -348,7 +405,8 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
     agent_cfg = dict(cfg.agent)
     image_keys = tuple(agent_cfg.get("image_keys", ()))
     stores = [str(store_path)] if isinstance(store_path, (str, Path)) else [str(p) for p in store_path]
-    data = OfflineDataset(stores, cfg.reward_key, cfg.done_key, image_keys)
+    data = OfflineDataset(stores, cfg.reward_key, cfg.done_key, image_keys,
+                          max_bytes=None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30))
     try:
         if data.image_size:  # the cameras' size as recorded; the env evaluated on must render the same
             if agent_cfg.get("image_size") is None:

@@ -32,4 +32,5 @@ class MinMaxNormalizer(nn.Module):
         return torch.where(self.high - self.low > 1e-6, out, torch.zeros_like(out))
 
     def unnormalize(self, y: torch.Tensor) -> torch.Tensor:
-        return (y + 1.0) * 0.5 * self._span + self.low
+        # A dimension the data never varied comes back as its constant, whatever the model returned.
+        return torch.where(self.high - self.low > 1e-6, (y + 1.0) * 0.5 * self._span + self.low, self.low)

@@ -2,13 +2,16 @@
 (expectile V without a target network, advantage weights clipped at 100, beta 0 is BC), the
 offline dataset's masks, and a learning check where advantage weighting must beat cloning."""
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import torch
 
 from robot_rl.datasets import EpisodeStore
-from robot_rl.errors import ConfigError
-from robot_rl.learners.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, OfflineDataset, expectile_loss
+from robot_rl.errors import ConfigError, DatasetError
+from robot_rl.learners.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, OfflineDataset, available_memory_bytes, expectile_loss
 
 
 def test_expectile_loss_by_hand():
@@ -113,6 +116,48 @@ def test_dataset_masks_and_next_indices(tmp_path):
     assert data.next_index.tolist() == [1, 2, 2, 4]
     no_done = OfflineDataset(path, done_key=None)
     assert no_done.index.tolist() == [0, 1, 3] and no_done.mask.tolist() == [1, 1, 1]
+
+
+def write_camera_store(path, lengths):
+    """Terminated episodes with an 8 x 8 camera: 8 + 8 + 4 + 1 + 192 = 213 bytes a step."""
+    with EpisodeStore.create(path, {"obs/state": ((2,), "float32"), "action": ((2,), "float32"), "reward": ((), "float32"),
+                                    "terminated": ((), "bool"), "obs/image/front": ((8, 8, 3), "uint8")}, fps=10) as store:
+        for n in lengths:
+            store.append_episode({"obs/state": np.zeros((n, 2), np.float32), "action": np.zeros((n, 2), np.float32),
+                                  "reward": np.zeros(n, np.float32), "terminated": np.arange(n) == n - 1,
+                                  "obs/image/front": np.full((n, 8, 8, 3), 7, np.uint8)})
+
+
+def test_dataset_knows_its_size_before_loading_and_refuses_past_the_limit(tmp_path):
+    path = tmp_path / "cam.zarr"
+    write_camera_store(path, [3, 2])
+    data = OfflineDataset(path, image_keys=("image/front",))  # the default limit: a share of the free memory
+    # 5 steps x (213 stored + 24 for index, next index, mask and float32 reward), by hand; and what it holds.
+    held = sum(a.nbytes for a in [*data.data.values(), data.index, data.next_index, data.mask, data.rewards])
+    assert data.nbytes == 5 * 237 == held
+    at_limit = OfflineDataset(path, image_keys=("image/front",), max_bytes=5 * 237)
+    assert at_limit.index.tolist() == data.index.tolist() and at_limit.mask.tolist() == data.mask.tolist()
+    with pytest.raises(DatasetError):
+        OfflineDataset(path, image_keys=("image/front",), max_bytes=5 * 237 - 1)  # one byte short
+    with pytest.raises(DatasetError, match=r"needs 1\.2 KiB in memory, over 1000 B \(the configured limit\)") as info:
+        OfflineDataset(path, image_keys=("image/front",), max_bytes=1000)
+    assert "\n" not in str(info.value) and "max_memory_gb" in str(info.value)  # one line, saying what to change
+    # A union is joined key by key: its largest key (the camera, 192 bytes a step) is held twice for a moment.
+    write_camera_store(tmp_path / "more.zarr", [4])
+    union = OfflineDataset([path, tmp_path / "more.zarr"], image_keys=("image/front",))
+    assert union.nbytes == 9 * 237 + 9 * 192 and len(union) == 9
+    assert 0 < available_memory_bytes() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_training_refuses_a_store_over_max_memory_gb_before_it_starts(tmp_path):
+    from robot_rl.learners.iql import IQLTrainConfig, train_iql
+
+    write_camera_store(tmp_path / "cam.zarr", [3])
+    shutil.rmtree(tmp_path / "cam.zarr" / "data" / "obs" / "image" / "front" / "c")  # reading a frame would fail
+    cfg = IQLTrainConfig(steps=1, max_memory_gb=1e-9, agent={"image_keys": ["image/front"]})
+    with pytest.raises(DatasetError, match="the configured limit"):  # the size is known without reading a step
+        train_iql(tmp_path / "cam.zarr", None, tmp_path / "run", cfg, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_advantage_weighting_picks_the_rewarded_action_where_cloning_averages(tmp_path):
