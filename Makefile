@@ -36,7 +36,7 @@ test: $(VENV)/.installed-all
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-all
-	$(BIN)/robot-rl bench loop --json benchmarks/results/loop.json
+	$(BIN)/robot-rl bench loop --load 2 --json benchmarks/results/loop.json
 	$(BIN)/robot-rl bench store --json benchmarks/results/store.json
 	$(BIN)/robot-rl bench sim --json benchmarks/results/sim.json
 	$(BIN)/robot-rl bench policy --json benchmarks/results/policy.json

@@ -234,7 +234,11 @@ def cmd_bench(args) -> None:
 
     bench = importlib.import_module(f"robot_rl.bench.{args.which}")
     format_table, run = bench.format_table, bench.run
-    results = run(quick=args.quick)
+    if args.load and args.which != "loop":
+        raise ConfigError("--load applies to `robot-rl bench loop` only")
+    if args.load < 0:
+        raise ConfigError(f"--load must be 0 or more processes, got {args.load}")
+    results = run(quick=args.quick, load=args.load) if args.which == "loop" else run(quick=args.quick)
     print(format_table(results))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -419,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql", "icvf", "scale"))
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
+    p.add_argument("--load", type=int, default=0, metavar="N",
+                   help="loop only: also measure beside N busy processes (CPU load), after the idle runs")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -15,7 +15,8 @@ At batch 1 a UNet this size is limited by reading its weights from memory every 
 (~264 MB in float32 for the ResiP size), so bfloat16 and the machine's memory bandwidth matter
 more than FLOPs. Run on an otherwise idle machine: the load average is reported because OpenMP
 threads competing with other processes for a core can slow small ops down many times over (on a
-busy machine, OMP_NUM_THREADS=1 gives steadier figures). Threads are left as the caller set them.
+busy machine, OMP_NUM_THREADS=1 gives steadier figures). Threads are left as the caller set them,
+except in --quick, a smoke test of the small size on one thread.
 """
 
 from __future__ import annotations
@@ -181,6 +182,11 @@ def training(size: str, obs: str, steps: int) -> dict:
 def run(quick: bool = False) -> dict:
     repeats, ddpm_repeats, train_steps = (1, 1, 1) if quick else (5, 3, 5)
     dtypes = (torch.float32,) if quick else (torch.float32, torch.bfloat16)
+    # --quick is a smoke test (every code path, meaningless figures): the small size only, on one
+    # thread (two OpenMP threads on a shared 2-core machine made one training step take seconds).
+    sizes = ("small",) if quick else tuple(SIZES)
+    if quick:
+        torch.set_num_threads(1)
     results = {
         "device": "cpu",
         "torch": torch.__version__,
@@ -191,14 +197,13 @@ def run(quick: bool = False) -> dict:
         "repeats": repeats, "ddpm_repeats": ddpm_repeats, "quick": quick,
         "latency": [], "conv_baseline": [], "training": [],
     }
-    for size in SIZES:
-        # --quick keeps one ResiP-size row: its DDPM 100 alone is most of the quick budget.
-        for obs in ("state",) if quick and size == "resip" else ("state", "image"):
+    for size in sizes:
+        for obs in ("state", "image"):
             for dtype in dtypes:
                 results["latency"].append(latency(size, obs, dtype, repeats, ddpm_repeats))
-    for size in SIZES:
+    for size in sizes:
         results["conv_baseline"].append(conv_baseline(size, 3 if quick else 20))
-    for size in SIZES:
+    for size in sizes:
         for obs in ("state",) if quick else ("state", "image"):
             results["training"].append(training(size, obs, train_steps))
     results["load_average_1min_at_end"] = os.getloadavg()[0]

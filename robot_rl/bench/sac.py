@@ -65,7 +65,9 @@ def actor_rate(seconds: float, learner: str) -> dict:
     from robot_rl.learners.hil_serl import AgentPolicy
     from robot_rl.sim.registry import make_sim_env
 
-    env_cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "env" / "cube_lift.yaml"), {"cameras": []})
+    env_cfg = OmegaConf.load(CONF_DIR / "env" / "cube_lift.yaml")
+    # Episodes no longer than the run (--quick's 1.5 s run would otherwise wait out a 5 s episode).
+    env_cfg = OmegaConf.merge(env_cfg, {"cameras": [], "max_steps": min(env_cfg.max_steps, max(1, int(20 * seconds)))})
     env, _ = make_sim_env(env_cfg)
     agent = SACAgent(SACConfig(STATE_DIM, ACTION_DIM))
     stop = threading.Event()
@@ -129,7 +131,7 @@ class _BusyLearner:
 
 def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
-    seconds = 1.0 if quick else 8.0
+    seconds = 0.5 if quick else 8.0
     results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                "batch": BATCH, "load_average_1min_at_start": os.getloadavg()[0], "learner": []}
     for members in (2, 10):
@@ -137,7 +139,7 @@ def run(quick: bool = False) -> dict:
         looped = learner_steps_per_s(members, LoopCriticEnsemble, seconds)
         results["learner"].append({"critics": members, "batched_steps_per_s": batched, "loop_steps_per_s": looped,
                                    "batched_over_loop": batched / looped})
-    actor_seconds = 3.0 if quick else 20.0
+    actor_seconds = 1.5 if quick else 20.0
     modes = ["none", "thread"]
     try:
         import ray

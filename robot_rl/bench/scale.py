@@ -5,6 +5,7 @@ learner updates/s of diffusion BC, SAC and IQL on it against the same code on th
 PPO runs its real loop (rollouts, GAE, epochs of minibatch updates) on peg_insert with an
 untrained diffusion base: throughput does not depend on what the base learned. The Ray session
 is started once (with this machine's cores) before any timing, so worker start-up is not timed.
+--quick (a smoke test, Ray included): 4 envs x 16 steps x 1 iteration, 1 and 2 workers.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ def _base(directory: Path, env_cfg) -> str:
     return str(policy.save(directory / "base"))
 
 
-def ppo_steps_per_s(env_cfg, base: str, out: Path, workers: int | None, num_envs: int, iterations: int) -> float:
+def ppo_steps_per_s(env_cfg, base: str, out: Path, workers: int | None, num_envs: int, iterations: int,
+                    rollout_steps: int = 50) -> float:
     from robot_rl.learners.residual_ppo import ResidualPPOConfig, train_residual_ppo
     from robot_rl.sim.ray_vector import vector_env_factory
 
     make = vector_env_factory(env_cfg, "none" if workers is None else "local", workers or 1)
-    cfg = ResidualPPOConfig(num_envs=num_envs, rollout_steps=50, iterations=iterations, update_epochs=4, device="cpu")
+    cfg = ResidualPPOConfig(num_envs=num_envs, rollout_steps=rollout_steps, iterations=iterations, update_epochs=4,
+                            device="cpu")
     start = time.perf_counter()
     result = train_residual_ppo(make, base, out, cfg, progress=False)
     return result["env_steps"] / (time.perf_counter() - start)
@@ -101,18 +104,20 @@ def run(quick: bool = False) -> dict:
 
     seed_everything(0)
     env_cfg = compose("train", [f"env={ENV}"]).env
-    num_envs, iterations = (8, 1) if quick else (32, 3)
-    results = {"env": ENV, "num_envs": num_envs, "rollout_steps": 50, "iterations": iterations,
+    # --quick is a smoke test of the same code paths (Ray included), kept short.
+    num_envs, iterations, rollout_steps, worker_counts = (4, 1, 16, (1, 2)) if quick else (32, 3, 50, (1, 2, 4))
+    results = {"env": ENV, "num_envs": num_envs, "rollout_steps": rollout_steps, "iterations": iterations,
                "cpus": os.cpu_count(), "ppo": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = _base(tmp, env_cfg)
-        results["ppo"]["single process"] = ppo_steps_per_s(env_cfg, base, tmp / "single", None, num_envs, iterations)
+        results["ppo"]["single process"] = ppo_steps_per_s(env_cfg, base, tmp / "single", None, num_envs, iterations,
+                                                           rollout_steps)
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
         try:
-            for workers in (1, 2, 4):
+            for workers in worker_counts:
                 results["ppo"][f"{workers} Ray workers"] = ppo_steps_per_s(env_cfg, base, tmp / f"w{workers}", workers,
-                                                                          num_envs, iterations)
+                                                                          num_envs, iterations, rollout_steps)
         finally:
             ray.shutdown()
     single = results["ppo"]["single process"]
