@@ -43,7 +43,9 @@ from robot_rl.core.noop import NoopRobot, NullTask
 LOOPS = ("control_loop", "deadline_sleep", "naive_sleep")
 RATES = (100, 500)
 MISSED_FRACTION = 0.1  # a tick that starts later than this fraction of a period after its deadline
-_HOG = "import sys\nprint('ready', flush=True)\nwhile True:\n    pass\n"
+# A busy process that ends with its parent, so a benchmark killed with -9 leaves no spinning orphan.
+_HOG = ("import os\nparent = os.getppid()\nprint('ready', flush=True)\n"
+        "while os.getppid() == parent:\n    for _ in range(100_000):\n        pass\n")
 
 
 @contextmanager
