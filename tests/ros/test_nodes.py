@@ -128,7 +128,7 @@ def test_cli_ros_without_rclpy_is_one_line(capsys):
 def test_rclpy_io_on_a_real_node():
     """Only where ROS 2 (rclpy for this Python) is installed: the car's odometry and commands
     through a real rclpy node and DDS."""
-    pytest.importorskip("rclpy", reason="rclpy is not installable here (no ROS 2 for Python 3.11 on Debian 12 or PyPI)")
+    pytest.importorskip("rclpy", reason="rclpy is not installed (a sourced ROS 2, or the ros-jazzy-rclpy wheels)")
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
