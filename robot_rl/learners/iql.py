@@ -211,6 +211,7 @@ class IQLAgent(CheckpointedAgent, nn.Module):
 
 # --- data ---------------------------------------------------------------------------------------
 MEMORY_FRACTION = 0.75  # of the available memory, the default limit of an OfflineDataset
+CGROUP = Path("/sys/fs/cgroup")  # a container's memory limit, where cgroup v2 sets one
 
 
 def available_memory_bytes() -> int:
@@ -222,9 +223,14 @@ def available_memory_bytes() -> int:
     except (OSError, IndexError, ValueError):
         pass
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        cgroup = CGROUP
+        limit = (cgroup / "memory.max").read_text().strip()
         if limit != "max":
-            available = min(available, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+            # memory.current counts page cache the kernel reclaims under the limit (a container that
+            # has read big stores is "full" of it): its working set leaves out the inactive file pages.
+            stat = dict(line.split() for line in (cgroup / "memory.stat").read_text().splitlines())
+            used = int((cgroup / "memory.current").read_text()) - int(stat.get("inactive_file", 0))
+            available = min(available, int(limit) - used)
     except (OSError, ValueError):
         pass
     return max(available, 0)

@@ -28,10 +28,10 @@ def event(kind, code, value):
     return struct.pack("llHHi", 0, 0, kind, code, value)
 
 
-def operator(fifo, episodes, stop, bus, steps_s=0.6, pushing=None):
+def operator(fifo, episodes, stop, bus, steps_s=0.6, pushing=None, hold=None):
     """Push the stick forward for a while, then end the episode: success, failure, success...
     Starts once the arm is live (torque on), as an operator waits for the robot. `pushing[e]`,
-    when given, is set as the push of episode e begins."""
+    when given, is set as the push of episode e begins; episode `hold` is pushed until `stop`."""
     fd = os.open(fifo, os.O_WRONLY)
     try:
         while not bus.torque(IDS[0]):
@@ -41,13 +41,21 @@ def operator(fifo, episodes, stop, bus, steps_s=0.6, pushing=None):
             os.write(fd, event(EV_ABS, ABS_Y, -20000))
             if pushing:
                 pushing[e].set()
-            if stop.wait(steps_s):
+            if stop.wait(None if e == hold else steps_s):
                 return
             os.write(fd, event(EV_ABS, ABS_Y, 0) + event(EV_KEY, BTN_START if e % 2 == 0 else BTN_SELECT, 1))
             if stop.wait(0.8):
                 return
     finally:
         os.close(fd)
+
+
+def committed(out, episodes: int) -> bool:
+    try:
+        with EpisodeStore.open(out) as store:
+            return store.n_episodes >= episodes
+    except Exception:  # not created yet
+        return False
 
 
 def collect_args(bus, fifo, out, episodes):
@@ -97,11 +105,17 @@ def test_a_killed_collection_keeps_every_finished_episode(tmp_path):
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
         proc = subprocess.Popen([sys.executable, "-m", "robot_rl.cli", *collect_args(bus, fifo, out, 10)], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        feeder = threading.Thread(target=operator, args=(fifo, 10, stop, bus), kwargs={"pushing": pushing}, daemon=True)
+        # Episode 3 is pushed until the kill: however slow this machine, it cannot end first.
+        feeder = threading.Thread(target=operator, args=(fifo, 10, stop, bus), kwargs={"pushing": pushing, "hold": 2},
+                                  daemon=True)
         feeder.start()
         try:
             assert pushing[2].wait(60), "the operator never reached episode 3"
-            time.sleep(0.25)  # into episode 3's 0.6 s push
+            deadline = time.monotonic() + 60
+            while not committed(out, 2):  # the collector has recorded episode 2 and moved on
+                assert time.monotonic() < deadline, "episode 2 was never committed"
+                time.sleep(0.05)
+            time.sleep(0.5)  # into episode 3 (reset_s=0: the arm's way home is short)
             writes = bus.count(BULK_WRITE)
             time.sleep(0.1)
             commanding = bus.count(BULK_WRITE) > writes  # the loop was driving the arm when it died

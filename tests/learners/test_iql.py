@@ -149,6 +149,21 @@ def test_dataset_knows_its_size_before_loading_and_refuses_past_the_limit(tmp_pa
     assert 0 < available_memory_bytes() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+def test_a_containers_reclaimable_cache_is_available(tmp_path, monkeypatch):
+    """Under a cgroup v2 limit, memory.current includes page cache the kernel reclaims: a container
+    that has read big stores looks full. Only its working set (less inactive file pages) counts."""
+    from robot_rl.learners import iql
+
+    mib = 2**20
+    (tmp_path / "memory.max").write_text(f"{1000 * mib}\n")
+    (tmp_path / "memory.current").write_text(f"{990 * mib}\n")
+    (tmp_path / "memory.stat").write_text(f"anon {100 * mib}\ninactive_file {800 * mib}\nactive_file {90 * mib}\n")
+    monkeypatch.setattr(iql, "CGROUP", tmp_path)
+    host = available_memory_bytes()
+    monkeypatch.setattr(iql, "CGROUP", tmp_path / "none")  # no cgroup limit: the host's figure
+    assert host == min(available_memory_bytes(), 810 * mib)
+
+
 def test_training_refuses_a_store_over_max_memory_gb_before_it_starts(tmp_path):
     from robot_rl.learners.iql import IQLTrainConfig, train_iql
 
