@@ -183,7 +183,7 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         return {"v_loss": loss["v_loss"].item(), "q_loss": loss["q_loss"].item(), "actor_loss": loss["actor_loss"].item(),
                 "adv_mean": loss["adv"].mean().item(), "v_mean": loss["v"].mean().item(),
                 # beta * adv_std sets how sharp the policy extraction is; many weights at the clip
-                # (4-10 % in issue 6's failing runs, 1-2 % in its good ones) say beta is too sharp
+                # (4-10 % in VLM-IQL runs that missed, 1-2 % in those that met the target) say beta is too sharp
                 "adv_std": loss["adv"].std().item(), "weights_clipped": loss["clipped"].item(),
                 "actor_lr": self.actor_schedule.get_last_lr()[0]}
 
