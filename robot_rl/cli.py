@@ -36,7 +36,7 @@ def _print_summary(info: dict) -> None:
 
 
 def cmd_collect(args, config_name: str = "collect", replace: bool = False) -> dict:
-    from robot_rl.collect import collect
+    from robot_rl.commands.collect import collect
     from robot_rl.datasets import EpisodeStore
 
     cfg = compose(config_name, args.overrides)
@@ -52,7 +52,7 @@ def cmd_collect(args, config_name: str = "collect", replace: bool = False) -> di
 
 
 def cmd_demo(args) -> None:
-    from robot_rl.train import resip_demo, resip_seeds
+    from robot_rl.commands.train import resip_demo, resip_seeds
 
     cfg = compose("demo", args.overrides)
     if cfg.seeds:
@@ -71,7 +71,7 @@ def cmd_demo(args) -> None:
 
 
 def cmd_vlm_iql(args) -> None:
-    from robot_rl.vlm_iql import vlm_iql
+    from robot_rl.experiments.vlm_iql import vlm_iql
 
     path = vlm_iql(compose("vlm_iql", args.overrides))
     summary = json.loads(path.read_text())
@@ -83,7 +83,7 @@ def cmd_vlm_iql(args) -> None:
 
 
 def cmd_idm_iql(args) -> None:
-    from robot_rl.idm_iql import idm_iql
+    from robot_rl.experiments.idm_iql import idm_iql
 
     path = idm_iql(compose("idm_iql", args.overrides))
     summary = json.loads(path.read_text())
@@ -96,7 +96,7 @@ def cmd_idm_iql(args) -> None:
 
 
 def cmd_vptr(args) -> None:
-    from robot_rl.vptr import vptr
+    from robot_rl.experiments.vptr import vptr
 
     path = vptr(compose("vptr", args.overrides))
     summary = json.loads(path.read_text())
@@ -117,7 +117,7 @@ def _print_seed_summary(path: Path) -> None:
 
 
 def cmd_train(args) -> None:
-    from robot_rl.train import train
+    from robot_rl.commands.train import train
 
     cfg = compose("train", args.overrides)
     result = train(cfg)
@@ -125,7 +125,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from robot_rl.train import evaluate_checkpoint
+    from robot_rl.commands.train import evaluate_checkpoint
 
     cfg = compose("eval", args.overrides)
     result = evaluate_checkpoint(cfg.checkpoint, cfg.env, int(cfg.episodes), int(cfg.num_envs), int(cfg.seed),
@@ -180,7 +180,7 @@ def cmd_dataset_show(args) -> None:
 
 
 def cmd_label_vlm(args) -> None:
-    from robot_rl.label import label_vlm
+    from robot_rl.commands.label import label_vlm
 
     result = label_vlm(compose("label", args.overrides))
     report = result["report"]
@@ -188,7 +188,7 @@ def cmd_label_vlm(args) -> None:
 
 
 def cmd_dataset_relabel(args) -> None:
-    from robot_rl.rewards.preference import relabel_store
+    from robot_rl.learners.reward_model import relabel_store
 
     print(json.dumps(relabel_store(args.path, args.model, args.key), indent=2, default=str))
 
@@ -217,7 +217,7 @@ def cmd_dataset_import_video(args) -> None:
 def cmd_dataset_import_rosbag(args) -> None:
     from omegaconf import OmegaConf
 
-    from robot_rl.datasets.rosbag_import import RosbagImportConfig, import_rosbag
+    from robot_rl.ros.bag_import import RosbagImportConfig, import_rosbag
 
     if not Path(args.config).exists():
         raise ConfigError(f"no import config at {args.config}")
@@ -232,7 +232,7 @@ def cmd_dataset_import_rosbag(args) -> None:
 def cmd_bench(args) -> None:
     import importlib
 
-    bench = importlib.import_module(f"robot_rl.bench.{args.which}")
+    bench = importlib.import_module(f"robot_rl.commands.bench.{args.which}")
     format_table, run = bench.format_table, bench.run
     if args.load and args.which != "loop":
         raise ConfigError("--load applies to `robot-rl bench loop` only")
@@ -278,7 +278,7 @@ def cmd_read_robot(args) -> None:
     """Connect read-only (torque stays off), print the robot's state once: for calibration."""
     import numpy as np
 
-    from robot_rl.hardware.registry import make_robot
+    from robot_rl.factory import make_robot
 
     cfg = compose("collect", args.overrides)
     if not cfg.get("robot"):
@@ -293,7 +293,7 @@ def cmd_read_robot(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from robot_rl.sweep import sweep
+    from robot_rl.commands.sweep import sweep
 
     # Arguments naming a sweep setting (grid, seeds, metric...) configure the sweep; all others are
     # every trial's `robot-rl train` overrides.
@@ -312,7 +312,7 @@ def cmd_ros(args) -> None:
 
         print(LAUNCH_DIR)
         return
-    from robot_rl.ros.nodes import main as run_ros_node
+    from robot_rl.commands.ros_nodes import main as run_ros_node
 
     print(json.dumps(run_ros_node(args.node, args.ros_args), indent=2, default=str))
 

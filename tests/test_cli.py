@@ -176,7 +176,7 @@ def assert_resumes_what_was_saved(run: Path) -> None:
 
     from robot_rl.config import compose
     from robot_rl.learners.hil_serl import HILSERLConfig, make_learner
-    from robot_rl.sim.registry import make_sim_env
+    from robot_rl.factory import make_sim_env
 
     env, _ = make_sim_env(compose("train", ["learner=hil_serl", "env=cube_lift", "env.cameras=[]"]).env, seed=0)
     learner = make_learner(env.observation_space.spaces, env.action_space.shape[0],

@@ -64,7 +64,7 @@ def test_ray_vector_env_steps_the_same_episodes(local_ray, reach_base):
 
 
 def test_ppo_with_two_rollout_workers_equals_one_process(local_ray, reach_base, tmp_path):
-    from robot_rl.train import train_residual
+    from robot_rl.commands.train import train_residual
 
     env, base = reach_base
     learner = OmegaConf.merge(compose("train", ["learner=residual_ppo"]).learner,
@@ -107,7 +107,7 @@ def test_sweep_runs_a_grid_over_seeds_on_ray(local_ray, tmp_path, capsys):
     assert len(results["trials"]) == 4 and all("value" in t for t in results["trials"])
     assert (out / "sweep.png").stat().st_size > 0
     # A trial is the plain `robot-rl train` with its point and seed: the same loss run here.
-    from robot_rl.train import train
+    from robot_rl.commands.train import train
 
     first = next(t for t in results["trials"] if t["seed"] == 0 and t["point"] == {"learner.lr": 0.001})
     again = train(compose("train", trial + ["learner.lr=0.001", "seed=0", f"out={tmp_path / 'again'}"]))

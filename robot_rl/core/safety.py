@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from robot_rl.core.specs import ArraySpec
+from robot_rl.errors import ConfigError
 
 
 @dataclass
@@ -37,6 +38,18 @@ class SafetyConfig:
             raise ValueError(f"max_delta must be positive, got {self.max_delta}")
         if self.watchdog_s is not None and not self.watchdog_s > 0:
             raise ValueError(f"watchdog_s must be positive, got {self.watchdog_s}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> SafetyConfig:
+        """From a config mapping (lists become tuples); a bad value is a ConfigError."""
+        values = dict(values)
+        try:
+            for key in ("workspace_low", "workspace_high", "position_dims"):
+                if values.get(key) is not None:
+                    values[key] = tuple(values[key])
+            return cls(**values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad safety config: {exc}") from exc
 
 
 class SafetyFilter:

@@ -27,7 +27,7 @@ from robot_rl.core.protocols import Robot
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError, DeviceError
 from robot_rl.hardware import dynamixel_xseries as x
-from robot_rl.sim.arm import down_rotation, yaw_of  # the sim arm's tool frame and yaw
+from robot_rl.tasks.arm import down_rotation, yaw_of  # the same tool frame and yaw as the sim arm
 
 ASSETS = Path(__file__).parent / "assets"
 

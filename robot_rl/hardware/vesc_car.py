@@ -24,9 +24,9 @@ import numpy as np
 from robot_rl.core.protocols import Robot
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError, DeviceError, require
+from robot_rl.utils.geometry import GRAVITY
 from robot_rl.hardware import vesc_protocol as vp
 
-GRAVITY = 9.81
 
 
 @dataclass

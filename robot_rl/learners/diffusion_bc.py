@@ -14,8 +14,8 @@ import torch
 from tqdm import tqdm
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
-from robot_rl.learners.device import Prefetcher, autocast, maybe_compile, resolve_device
-from robot_rl.learners.common import EMA, RunLog, seed_everything
+from robot_rl.utils.device import Prefetcher, autocast, maybe_compile, resolve_device
+from robot_rl.utils.training import EMA, RunLog, seed_everything
 from robot_rl.policies.diffusion import DiffusionPolicy
 
 
@@ -30,7 +30,7 @@ class DiffusionBCConfig:
     ema_max_decay: float = 0.9999
     seed: int = 0
     log_every: int = 50
-    device: str = "auto"      # auto: CUDA when present (robot_rl.learners.device)
+    device: str = "auto"      # auto: CUDA when present (robot_rl.utils.device)
     amp: bool = True          # bfloat16 autocast of the denoiser on CUDA (the loss is an MSE on noise)
     compile: bool = False     # torch.compile the loss
     policy: dict = field(default_factory=dict)  # DiffusionConfig overrides (horizons, down_dims, image_keys...)

@@ -29,8 +29,8 @@ import numpy as np
 from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.learners.device import resolve_device
-from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.utils.device import resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
 
 
 @dataclass
@@ -116,7 +116,7 @@ def demo_lap_from_store(path) -> dict:
 def practice_env(env_cfg, cfg: FastRLAPConfig, checkpoints: np.ndarray, episode_steps: int):
     """The sim car on its course with the practice task in place of the lap task."""
     from robot_rl.core.env import RobotEnv
-    from robot_rl.learners.practice import FlipDetector, PracticeTask, StuckDetector
+    from robot_rl.tasks.practice import FlipDetector, PracticeTask, StuckDetector
     from robot_rl.sim.rc_car import from_config, practice_hooks
 
     env, _ = from_config(env_cfg)
@@ -192,7 +192,7 @@ def drive(env, policy, laps: int, max_steps: int, seed: int, recovery: dict | No
     steps (recovery on when given its settings; each step to `recorder` when given): lap times,
     the trajectory (x, y, speed, time) and the task's counts."""
     from robot_rl.core import ControlLoop
-    from robot_rl.learners.practice import RecoveryTeleop
+    from robot_rl.tasks.practice import RecoveryTeleop
 
     task = env.task
     task.max_steps = max_steps
@@ -232,13 +232,13 @@ class PracticeStore:
 def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True) -> dict:
     from omegaconf import OmegaConf
 
-    from robot_rl.collect import safety_from_config
+    from robot_rl.commands.collect import safety_from_config
     from robot_rl.core import ControlLoop
     from robot_rl.learners.hil_serl import AgentPolicy, Learner
-    from robot_rl.learners.practice import RecoveryTeleop
+    from robot_rl.tasks.practice import RecoveryTeleop
     from robot_rl.learners.replay import TransitionSink, transition_schema
     from robot_rl.learners.sac import SACAgent
-    from robot_rl.rewards.course import extract_checkpoints
+    from robot_rl.tasks.course import extract_checkpoints
     from robot_rl.sim.rc_car import from_config
 
     if env_cfg.get("kind") != "rc_car":

@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 from robot_rl.core.env import RobotEnv
 from robot_rl.errors import ConfigError
-from robot_rl.learners.device import resolve_device
-from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.utils.device import resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
 from robot_rl.learners.replay import ReplayBuffer, TransitionSink, sample_mixed, transition_schema, transitions_from_store
 from robot_rl.learners.sac import SACAgent, SACConfig, to_tensors, torch_batch
 
@@ -48,7 +48,7 @@ class HILSERLConfig:
     resume: str | None = None         # a previous run folder: its weights and buffers are loaded
     encoder_init: str | None = None   # an ICVF or IQL checkpoint: its CNN encodes the cameras (V-PTR)
     encoder_freeze: bool = True       # that CNN frozen (HIL-SERL keeps its pretrained encoder fixed); false: fine-tuned
-    device: str = "auto"              # the learner's device (robot_rl.learners.device); the Ray actor acts on the CPU
+    device: str = "auto"              # the learner's device (robot_rl.utils.device); the Ray actor acts on the CPU
     compile: bool = False             # torch.compile the critic loss
     seed: int = 0
     sac: dict = field(default_factory=dict)  # SACConfig overrides (critic_ensemble, discount, ...)
@@ -188,13 +188,13 @@ def make_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> Learn
 
 def make_env(env_cfg, cfg: HILSERLConfig):
     """The training env and its scripted expert; with a reward classifier, its reward."""
-    from robot_rl.sim.registry import make_sim_env
+    from robot_rl.factory import make_sim_env
 
     env, expert = make_sim_env(env_cfg, seed=cfg.seed)
     if cfg.human != "none" and expert is None:
         raise ConfigError(f"env {env_cfg.name} has no scripted expert to stand in for the human; use human=none")
     if cfg.reward_classifier:
-        from robot_rl.rewards.classifier import ClassifierRewardEnv, RewardClassifier
+        from robot_rl.learners.reward_classifier import ClassifierRewardEnv, RewardClassifier
 
         env = ClassifierRewardEnv(env, RewardClassifier.load(cfg.reward_classifier))
     return env, expert
@@ -230,9 +230,9 @@ def evaluate_agent(agent: SACAgent, env_cfg, env: RobotEnv, episodes: int, num_e
 def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) -> dict:
     """Actor and learner in one process, in turn: each tick the ControlLoop acts (the human may
     take over), the transition is routed into the buffers, and the learner takes `utd_ratio` steps."""
-    from robot_rl.collect import safety_from_config
+    from robot_rl.commands.collect import safety_from_config
     from robot_rl.core import ControlLoop
-    from robot_rl.sim.experts import ScriptedTeleop
+    from robot_rl.tasks.teleops import ScriptedTeleop
 
     seed_everything(cfg.seed)
     env, expert = make_env(env_cfg, cfg)

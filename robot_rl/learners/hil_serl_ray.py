@@ -57,7 +57,7 @@ class LearnerServer:
         self._thread.start()
 
     def _train(self) -> None:
-        from robot_rl.learners.device import Prefetcher
+        from robot_rl.utils.device import Prefetcher
 
         learner = self.learner
         while len(learner.online) < self.cfg.training_starts:
@@ -101,11 +101,11 @@ class ActorServer:
         import torch
         from omegaconf import OmegaConf
 
-        from robot_rl.collect import safety_from_config
+        from robot_rl.commands.collect import safety_from_config
         from robot_rl.core import ControlLoop
         from robot_rl.learners.hil_serl import AgentPolicy, human_attention, make_agent, make_env
         from robot_rl.learners.replay import TransitionSink
-        from robot_rl.sim.experts import ScriptedTeleop
+        from robot_rl.tasks.teleops import ScriptedTeleop
 
         torch.set_num_threads(1)
         self.cfg = HILSERLConfig(**cfg)
@@ -211,7 +211,7 @@ def named_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig, name: s
     try:
         learner, made = ray.get_actor(name, namespace="robot_rl"), False
     except ValueError:  # none runs yet
-        from robot_rl.dist import gpus_for
+        from robot_rl.utils.dist import gpus_for
 
         cls = ray.remote(num_cpus=1, num_gpus=gpus_for(cfg.device), max_concurrency=8)(LearnerServer)
         learner = cls.options(name=name, namespace="robot_rl", get_if_exists=True, lifetime="detached").remote(
@@ -227,7 +227,7 @@ def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None
     from omegaconf import OmegaConf
     from tqdm import tqdm
 
-    from robot_rl.learners.common import RunLog
+    from robot_rl.utils.training import RunLog
 
     ray = require("ray", "dist", "the actor/learner split")
     if weights_every < 1:
@@ -240,7 +240,7 @@ def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None
                  **({} if address else {"num_cpus": 2}))
     try:
         placement = {"resources": {robot_resource: 0.01}} if robot_resource else {}
-        from robot_rl.dist import gpus_for
+        from robot_rl.utils.dist import gpus_for
 
         learner_cls = ray.remote(num_cpus=1, num_gpus=gpus_for(cfg.device), max_concurrency=8)(LearnerServer)
         actor_cls = ray.remote(num_cpus=1, max_concurrency=4, **placement)(ActorServer)

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.learners.common import RunLog, seed_everything
-from robot_rl.learners.device import Prefetcher, maybe_compile, resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
+from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.learners.iql import CameraFeatures, IQLAgent, relu_mlp
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import images_to_float
@@ -227,7 +227,7 @@ class ICVFTrainConfig:
     log_every: int = 500
     seed: int = 0
     use_state: bool | None = None     # None: the store's obs/state if it has one (video has none)
-    device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
+    device: str = "auto"              # auto: CUDA when present (robot_rl.utils.device)
     compile: bool = False             # torch.compile the losses
     agent: dict | None = None         # ICVFConfig overrides (image_keys, hidden, lr, expectile, ...)
 

@@ -28,8 +28,8 @@ from tqdm import tqdm
 
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.learners.common import RunLog, seed_everything
-from robot_rl.learners.device import maybe_compile, resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
+from robot_rl.utils.device import maybe_compile, resolve_device
 from robot_rl.policies.checkpoint import CheckpointedAgent
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
@@ -96,7 +96,7 @@ class IDMTrainConfig:
     select_by: str = "mse"        # the held-out epoch kept: lowest mse of the mean (the labels) or nll
     hidden: tuple[int, ...] = (1024, 1024)
     dropout: float = 0.1
-    device: str = "auto"          # auto: CUDA when present (robot_rl.learners.device)
+    device: str = "auto"          # auto: CUDA when present (robot_rl.utils.device)
     compile: bool = False         # torch.compile the NLL
     seed: int = 0
 

@@ -32,8 +32,8 @@ from tqdm import tqdm
 
 from robot_rl.datasets.store import EpisodeStore, read_steps
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.learners.common import RunLog, seed_everything
-from robot_rl.learners.device import Prefetcher, maybe_compile, resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
+from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import ConvEncoder, images_to_float
 
@@ -357,7 +357,7 @@ class IQLTrainConfig:
     seed: int = 0
     encoder_init: str | None = None   # V-PTR: an ICVF (or IQL) checkpoint whose image encoder starts this one
     encoder_freeze: bool = False      # keep that encoder fixed (else fine-tuned through Q)
-    device: str = "auto"              # auto: CUDA when present (robot_rl.learners.device)
+    device: str = "auto"              # auto: CUDA when present (robot_rl.utils.device)
     compile: bool = False             # torch.compile the losses
     max_memory_gb: float | None = None  # refuse a dataset that needs more (None: 3/4 of the available memory)
     agent: dict = field(default_factory=dict)  # IQLConfig overrides (expectile, beta, image_keys, ...)
@@ -392,7 +392,7 @@ def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: i
 
         return run_episodes(make_vec_env or vector_env_factory(env_cfg), batch_policy(agent), episodes, num_envs, seed, progress)
     from robot_rl.core import ControlLoop
-    from robot_rl.sim.registry import make_sim_env
+    from robot_rl.factory import make_sim_env
 
     env, _ = make_sim_env(env_cfg, seed=seed)
     start = time.monotonic()

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from robot_rl.learners.device import maybe_compile, resolve_device
-from robot_rl.learners.common import RunLog, seed_everything
+from robot_rl.utils.device import maybe_compile, resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
 

@@ -323,7 +323,7 @@ class SACAgent(CheckpointedAgent, nn.Module):
         """torch.compile the critic loss, the update's bulk (cta_ratio critic updates per step over
         the whole ensemble). The actor loss stays eager: its actor and temperature terms are
         backpropagated one after the other, which one compiled backward graph does not allow."""
-        from robot_rl.learners.device import maybe_compile
+        from robot_rl.utils.device import maybe_compile
 
         self.critic_loss = maybe_compile(self.critic_loss, True)
 

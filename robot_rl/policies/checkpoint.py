@@ -93,7 +93,7 @@ class CheckpointedAgent:
 
     def on_device(self, batch: dict) -> dict:
         """The batch's tensors on this agent's device (callers hand CPU tensors)."""
-        from robot_rl.learners.device import to_device
+        from robot_rl.utils.device import to_device
 
         return to_device(batch, self.device)
 

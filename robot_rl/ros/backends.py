@@ -24,7 +24,7 @@ from robot_rl.core.protocols import Camera, Robot
 from robot_rl.core.safety import Watchdog
 from robot_rl.core.specs import ArraySpec, Frame
 from robot_rl.errors import ConfigError, DeviceError
-from robot_rl.hardware.vesc_car import GRAVITY  # the same collision threshold as the VESC car
+from robot_rl.utils.geometry import GRAVITY
 from robot_rl.ros import messages as m
 from robot_rl.ros.streams import LatestMessage, RosIO, StaleMessageError, check_qos
 

@@ -1,6 +1,6 @@
 """The only module that imports rclpy: `RclpyIO` (a RosIO on one rclpy node, spun by a
 multi-threaded executor in a background thread) and `run_node`, which starts a node, declares
-its parameters (types and descriptions from robot_rl.ros.nodes) and runs it.
+its parameters (types and descriptions from robot_rl.commands.ros_nodes) and runs it.
 
 Ctrl-C and SIGTERM: rclpy's own signal handler is not installed; the first signal reaches the
 control loop in the main thread as KeyboardInterrupt, which stops the robot — the stop is
@@ -103,8 +103,9 @@ def _interrupt_once():
         signal.signal(sig, handler)
 
 
-def run_node(kind: str, argv: list[str]) -> dict:
-    """Start the rclpy node for `kind` (robot_rl.ros.nodes.NODES), read its parameters, run it."""
+def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
+    """Start the rclpy node `robot_rl_<kind>`, declare and read `params_spec` (robot_rl.commands.ros_nodes.NODES[kind]),
+    and run `runner(params, io)`."""
     try:
         import rclpy
     except ImportError:
@@ -112,8 +113,6 @@ def run_node(kind: str, argv: list[str]) -> dict:
                           "and install robot_rl into that Python (pip install -e '.[ros]')") from None
     from rcl_interfaces.msg import ParameterDescriptor
     from rclpy.executors import MultiThreadedExecutor
-
-    from robot_rl.ros import nodes
 
     try:
         from rclpy.signals import SignalHandlerOptions
@@ -128,7 +127,7 @@ def run_node(kind: str, argv: list[str]) -> dict:
     spinner = threading.Thread(target=executor.spin, name="rclpy-executor", daemon=True)
     try:
         params = {}
-        for p in nodes.NODES[kind]:
+        for p in params_spec:
             try:  # the default's type is the parameter's type; a launch file's value must match it
                 node.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
             except Exception as exc:  # rclpy's InvalidParameterTypeException and kin
@@ -136,7 +135,7 @@ def run_node(kind: str, argv: list[str]) -> dict:
             params[p.name] = node.get_parameter(p.name).value
         spinner.start()
         print(f"{node.get_fully_qualified_name()}: " + ", ".join(f"{k}={v!r}" for k, v in params.items()), file=sys.stderr)
-        return nodes.RUNNERS[kind](params, RclpyIO(node))
+        return runner(params, RclpyIO(node))
     finally:
         executor.shutdown()
         node.destroy_node()

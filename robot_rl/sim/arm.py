@@ -17,6 +17,7 @@ import numpy as np
 
 from robot_rl.core.protocols import Robot
 from robot_rl.core.specs import ArraySpec
+from robot_rl.tasks.arm import down_rotation, yaw_of
 from robot_rl.sim.world import MujocoWorld
 
 CONTROL_HZ = 20.0
@@ -140,18 +141,6 @@ def scene_xml(worldbody: str, hand_extra: str = "", extra: str = "", timestep: f
   {extra}
 </mujoco>
 """
-
-
-def yaw_of(rotation: np.ndarray) -> float:
-    """Yaw of a gripper that points down: the angle of its x axis in the table plane."""
-    return float(np.arctan2(rotation[1, 0], rotation[0, 0]))
-
-
-def down_rotation(yaw: float) -> np.ndarray:
-    """Rotation of a downward-pointing gripper turned by `yaw` about the world z axis."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    rz = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    return rz @ np.diag([1.0, -1.0, -1.0])
 
 
 class MujocoArm(Robot):

@@ -21,7 +21,8 @@ from robot_rl.core.protocols import Task
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError
 from robot_rl.sim.randomization import randomization_hooks
-from robot_rl.sim.arm import HOME_QPOS, MAX_STEP_M, MAX_YAW_STEP, MujocoArm, scene_xml, yaw_of
+from robot_rl.sim.arm import HOME_QPOS, MAX_STEP_M, MAX_YAW_STEP, MujocoArm, scene_xml
+from robot_rl.tasks.arm import yaw_of
 from robot_rl.sim.world import MujocoCamera, MujocoWorld
 
 TABLE_X = (0.45, 0.62)

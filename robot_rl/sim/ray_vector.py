@@ -94,8 +94,8 @@ class RayVectorEnv(gym.vector.VectorEnv):
 
 def vector_env_factory(env_cfg, dist: str = "none", workers: int = 1):
     """make_vec_env(n) for a learner or an evaluation: a local VectorEnv, or (dist local / ray)
-    a RayVectorEnv over `workers` rollout workers (Ray must be running: robot_rl.dist.ray_session)."""
-    from robot_rl.dist import check_dist
+    a RayVectorEnv over `workers` rollout workers (Ray must be running: robot_rl.utils.dist.ray_session)."""
+    from robot_rl.utils.dist import check_dist
     from robot_rl.sim.vector import make_vector_env
 
     if check_dist(dist) == "none":

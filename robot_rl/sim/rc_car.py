@@ -36,7 +36,7 @@ from robot_rl.core.env import RobotEnv
 from robot_rl.core.protocols import Robot, Task
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError
-from robot_rl.rewards.course import CheckpointTracker
+from robot_rl.tasks.course import CheckpointTracker
 from robot_rl.sim.course import WALL_HALF_HEIGHT, WALL_HALF_THICKNESS, Course, generate_course
 from robot_rl.sim.world import MujocoCamera, MujocoWorld
 

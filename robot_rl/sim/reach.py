@@ -155,9 +155,25 @@ def make_reach_env(cameras: tuple[str, ...] = ("front",), image_size: int = 84, 
     return RobotEnv(arm, task, cams)
 
 
-def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
-    from robot_rl.sim.experts import ReachExpert
+class ReachExpert:
+    """Steps straight toward the target; `noise` adds Gaussian noise (normalized action units)."""
 
+    def __init__(self, task: ReachTask, noise: float = 0.0, seed: int | None = None):
+        self.task, self.noise = task, noise
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, obs=None) -> np.ndarray:
+        step = (self.task.target - self.task.arm.ee_pos()) / MAX_STEP_M
+        action = np.clip(step, -1.0, 1.0)
+        if self.noise:
+            action = action + self.noise * self.rng.standard_normal(action.shape)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+    def distance(self) -> float:
+        return self.task.distance()
+
+
+def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
     height = cfg.get("target_height")
     env = make_reach_env(cameras=tuple(cfg.cameras), image_size=int(cfg.image_size), max_steps=int(cfg.max_steps),
                          observe_target=bool(cfg.get("observe_target", True)),

@@ -74,7 +74,7 @@ def test_the_probe_sees_more_busy_processes_than_cpus():
     import os
     import sys
 
-    from robot_rl.bench.loop import cpu_load
+    from robot_rl.commands.bench.loop import cpu_load
     from robot_rl.core.clock import ContentionProbe
 
     if not sys.platform.startswith("linux"):

@@ -69,7 +69,7 @@ def skip_without_pyrealsense2():
 @pytest.fixture
 def realsense():
     skip_without_pyrealsense2()
-    from robot_rl.hardware.realsense_software import SoftwareRealSense
+    from robot_rl.hardware.fakes.realsense_software import SoftwareRealSense
 
     with SoftwareRealSense(serial="sim0001", width=64, height=48, fps=30) as device:
         yield device

@@ -17,7 +17,7 @@ pytest.importorskip("dynamixel_sdk", reason="dynamixel-sdk is the [hardware] ext
 
 from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
-from robot_rl.hardware.dynamixel_sim import BULK_WRITE, DynamixelSimulator
+from robot_rl.hardware.fakes.dynamixel_sim import BULK_WRITE, DynamixelSimulator
 from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_SELECT, BTN_START, EV_ABS, EV_KEY
 
 IDS = [1, 2, 4, 6, 7, 8]

@@ -8,9 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from robot_rl.errors import ConfigError, DeviceError
-from robot_rl.hardware import dynamixel_sim as sim
-from robot_rl.hardware.dynamixel_sim import DynamixelSimulator, PacketParser, crc16, packet, stuff, unstuff
-from robot_rl.hardware.registry import make_robot
+from robot_rl.hardware.fakes import dynamixel_sim as sim
+from robot_rl.hardware.fakes.dynamixel_sim import DynamixelSimulator, PacketParser, crc16, packet, stuff, unstuff
+from robot_rl.factory import make_robot
 
 pytest.importorskip("dynamixel_sdk")
 CONF = "robot_rl/conf/robot/widowx250.yaml"

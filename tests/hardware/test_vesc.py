@@ -12,7 +12,7 @@ pytest.importorskip("serial", reason="pyserial (robot_rl[hardware]) is not insta
 from robot_rl.errors import DeviceError  # noqa: E402
 from robot_rl.hardware import vesc_protocol as vp  # noqa: E402
 from robot_rl.hardware.vesc_car import VescCar, VescCarConfig  # noqa: E402
-from robot_rl.hardware.vesc_sim import VescSimulator  # noqa: E402
+from robot_rl.hardware.fakes.vesc_sim import VescSimulator  # noqa: E402
 
 
 def wait_for(condition, timeout=2.0):
@@ -124,7 +124,7 @@ def test_missing_or_silent_device_is_a_clear_error(tmp_path):
 def test_practice_drives_the_vesc_car_through_the_control_loop(sim):
     """FastRLAP's practice task is the same on the real car: odometry in, progress reward out."""
     from robot_rl.core import ControlLoop, RobotEnv
-    from robot_rl.learners.practice import PracticeTask, RecoveryTeleop
+    from robot_rl.tasks.practice import PracticeTask, RecoveryTeleop
 
     car = VescCar(VescCarConfig(port=sim.port))
     square = np.array([[2.0, 0.0], [2.0, 2.0], [0.0, 2.0], [0.0, 0.0]])

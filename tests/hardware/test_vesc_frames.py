@@ -131,7 +131,7 @@ def test_the_car_writes_exactly_these_frames():
     and the brake on disconnect is one of the frames above, in order."""
     pytest.importorskip("serial", reason="pyserial (robot_rl[hardware]) is not installed")
     from robot_rl.hardware.vesc_car import VescCar, VescCarConfig
-    from robot_rl.hardware.vesc_sim import VescSimulator
+    from robot_rl.hardware.fakes.vesc_sim import VescSimulator
 
     class Tapped(VescSimulator):  # the simulator, keeping the raw bytes it was sent
         wire = b""

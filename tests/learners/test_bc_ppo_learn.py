@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from robot_rl.collect import collect
+from robot_rl.commands.collect import collect
 from robot_rl.config import compose
 from robot_rl.datasets import EpisodeStore
 from robot_rl.learners import residual_ppo
@@ -21,7 +21,7 @@ from robot_rl.policies.diffusion import STATE_KEY, DiffusionPolicy
 from robot_rl.policies.residual import ResidualPolicy
 from robot_rl.sim.reach import MAX_STEP_M
 from robot_rl.sim.vector import make_vector_env
-from robot_rl.train import train_bc
+from robot_rl.commands.train import train_bc
 
 pytestmark = pytest.mark.learning
 

@@ -8,7 +8,7 @@ import torch
 
 from robot_rl.cli import main
 from robot_rl.errors import ConfigError
-from robot_rl.learners.device import Prefetcher, resolve_device, to_device
+from robot_rl.utils.device import Prefetcher, resolve_device, to_device
 from robot_rl.learners.iql import IQLAgent, IQLConfig
 
 
@@ -70,7 +70,7 @@ def test_compiled_iql_update_matches_the_eager_one():
 
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("torch.compile's CPU backend needs a C++ compiler, and this machine has none")
-    from robot_rl.learners.device import maybe_compile
+    from robot_rl.utils.device import maybe_compile
 
     torch.manual_seed(0)
     eager = IQLAgent(IQLConfig(state_dim=3, action_dim=2, hidden=(8,)))

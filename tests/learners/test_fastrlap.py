@@ -14,10 +14,10 @@ from robot_rl.core import ControlLoop
 from robot_rl.errors import DatasetError
 from robot_rl.learners.fastrlap import FastRLAPConfig, PracticeStore, practice_env, train_fastrlap
 from robot_rl.learners.hil_serl import AgentPolicy
-from robot_rl.learners.practice import FlipDetector, RecoveryTeleop, StuckDetector
+from robot_rl.tasks.practice import FlipDetector, RecoveryTeleop, StuckDetector
 from robot_rl.learners.replay import TransitionSink
 from robot_rl.learners.sac import SACAgent, SACConfig
-from robot_rl.rewards.course import CheckpointTracker, extract_checkpoints, progress_reward, world_velocity
+from robot_rl.tasks.course import CheckpointTracker, extract_checkpoints, progress_reward, world_velocity
 
 ENV = OmegaConf.merge(OmegaConf.load("robot_rl/conf/env/rc_car.yaml"), {"cameras": [], "control_hz": 10})
 

@@ -201,7 +201,7 @@ def test_advantage_weighting_picks_the_rewarded_action_where_cloning_averages(tm
 @pytest.fixture(scope="module")
 def image_store(tmp_path_factory):
     from robot_rl.cli import compose
-    from robot_rl.collect import collect
+    from robot_rl.commands.collect import collect
 
     path = tmp_path_factory.mktemp("iql") / "peg.zarr"
     collect(compose("collect", ["env=peg_insert", "env.cameras=[front]", "env.image_size=64", "env.max_steps=30",

@@ -9,7 +9,7 @@ from robot_rl.datasets import EpisodeStore
 from robot_rl.errors import DatasetError
 from robot_rl.learners.replay import ReplayBuffer, TransitionSink, transition_schema, transitions_from_store
 from robot_rl.sim.arm_tasks import make_arm_env, make_expert
-from robot_rl.sim.experts import ScriptedTeleop
+from robot_rl.tasks.teleops import ScriptedTeleop
 
 
 def small_schema():

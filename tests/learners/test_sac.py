@@ -101,7 +101,7 @@ def test_batched_ensemble_equals_a_loop_over_members():
 
 
 def test_the_loop_ensemble_trains_in_the_agent_as_the_benchmark_runs_it():
-    from robot_rl.bench.sac import learner_steps_per_s
+    from robot_rl.commands.bench.sac import learner_steps_per_s
 
     assert learner_steps_per_s(10, LoopCriticEnsemble, seconds=0.01) > 0  # REDQ: 10 members, target on 2
 

@@ -11,14 +11,14 @@ seconds on 2 CPU cores; the algorithms are the real ones.
 import pytest
 from omegaconf import OmegaConf
 
-from robot_rl.collect import collect
+from robot_rl.commands.collect import collect
 from robot_rl.config import compose
-from robot_rl.learners.common import seed_everything
+from robot_rl.utils.training import seed_everything
 from robot_rl.learners.fastrlap import FastRLAPConfig, drive, practice_env, scripted_demo_lap, train_fastrlap
 from robot_rl.learners.hil_serl import AgentPolicy, HILSERLConfig, evaluate_agent, train_hil_serl
 from robot_rl.learners.replay import TransitionSink
 from robot_rl.learners.sac import SACAgent
-from robot_rl.rewards.course import extract_checkpoints
+from robot_rl.tasks.course import extract_checkpoints
 from robot_rl.sim.rc_car import from_config as rc_car_env
 
 pytestmark = pytest.mark.learning

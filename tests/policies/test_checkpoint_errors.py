@@ -10,7 +10,7 @@ import torch
 from robot_rl.cli import main
 from robot_rl.errors import DatasetError
 from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
-from robot_rl.train import loop_policy_from_checkpoint
+from robot_rl.commands.train import loop_policy_from_checkpoint
 
 
 @pytest.fixture

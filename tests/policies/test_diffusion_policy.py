@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from robot_rl.datasets import EpisodeStore
-from robot_rl.learners.common import EMA
+from robot_rl.utils.training import EMA
 from robot_rl.policies.diffusion import DiffusionActor, DiffusionConfig, DiffusionPolicy
 from robot_rl.policies.encoders import SpatialSoftmax, images_to_float
 from robot_rl.policies.normalizer import MinMaxNormalizer

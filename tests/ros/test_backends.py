@@ -22,7 +22,7 @@ from robot_rl.ros.backends import (RosArm, RosArmConfig, RosCamera, RosCameraCon
                                    RosCarConfig)
 from robot_rl.ros.loopback import LoopbackGraph, LoopbackIO  # noqa: E402
 from robot_rl.ros.streams import StaleMessageError  # noqa: E402
-from robot_rl.collect_robot import OperatorTask  # noqa: E402
+from robot_rl.tasks.operator import OperatorTask  # noqa: E402
 
 
 def arm_config(**kw):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from robot_rl.errors import ConfigError
-from robot_rl.ros import nodes
+from robot_rl.commands import ros_nodes as nodes
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = sorted((ROOT / "robot_rl" / "ros" / "launch").glob("*.launch.xml"))

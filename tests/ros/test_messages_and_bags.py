@@ -10,7 +10,7 @@ pytest.importorskip("rosbags")
 
 from robot_rl.cli import main  # noqa: E402
 from robot_rl.datasets import EpisodeStore  # noqa: E402
-from robot_rl.datasets.rosbag_import import RosbagImportConfig, import_rosbag  # noqa: E402
+from robot_rl.ros.bag_import import RosbagImportConfig, import_rosbag  # noqa: E402
 from robot_rl.errors import ConfigError, DatasetError  # noqa: E402
 from robot_rl.ros import messages as m  # noqa: E402
 

@@ -21,7 +21,7 @@ from robot_rl.errors import ConfigError  # noqa: E402
 from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_START, EV_ABS, EV_KEY  # noqa: E402
 from robot_rl.learners.iql import IQLAgent, IQLConfig  # noqa: E402
 from robot_rl.learners.sac import SACAgent, SACConfig  # noqa: E402
-from robot_rl.ros import nodes  # noqa: E402
+from robot_rl.commands import ros_nodes as nodes  # noqa: E402
 from robot_rl.ros.loopback import LoopbackGraph, LoopbackIO  # noqa: E402
 
 CAR = {"name": "test_car", "kind": "ros_car", "imu_topic": "/imu", "control_hz": 50, "max_steps": 20,

@@ -6,7 +6,7 @@ import pytest
 from robot_rl.core import ControlLoop
 from robot_rl.sim.arm import MAX_STEP_M
 from robot_rl.sim.arm_tasks import HOLE_DEPTH, make_arm_env, make_expert
-from robot_rl.sim.experts import ScriptedTeleop
+from robot_rl.tasks.teleops import ScriptedTeleop
 
 
 @pytest.mark.parametrize("task", ["peg_insert", "cube_lift", "cube_place"])

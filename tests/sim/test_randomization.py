@@ -76,7 +76,7 @@ def test_action_noise_perturbs_what_is_executed_within_limits():
 def test_action_noise_demos_record_the_commanded_action(tmp_path):
     """DART: the recorder stores the expert's command while the arm executes it noisily."""
     from robot_rl.cli import compose
-    from robot_rl.collect import collect
+    from robot_rl.commands.collect import collect
     from robot_rl.datasets import EpisodeStore
 
     def record(name: str, *extra: str) -> dict:

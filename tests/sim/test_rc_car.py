@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from robot_rl.collect import safety_from_config
+from robot_rl.factory import safety_from_config
 from robot_rl.core import ControlLoop
 from robot_rl.errors import ConfigError
 from robot_rl.sim.course import generate_course
-from robot_rl.sim.experts import ScriptedTeleop
+from robot_rl.tasks.teleops import ScriptedTeleop
 from robot_rl.sim.rc_car import MAX_SPEED, TRACK, WHEELBASE, RCCarExpert, ackermann, from_config, make_rc_car_env
-from robot_rl.sim.registry import make_sim_env
+from robot_rl.factory import make_sim_env
 
 CONFIG = Path(__file__).parents[2] / "robot_rl" / "conf" / "env" / "rc_car.yaml"
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from robot_rl.core import ControlLoop
-from robot_rl.sim.experts import ReachExpert, ScriptedTeleop
+from robot_rl.sim.reach import ReachExpert
+from robot_rl.tasks.teleops import ScriptedTeleop
 from robot_rl.sim.reach import make_reach_env
 
 
@@ -84,7 +85,7 @@ def test_drift_teleop_takes_over_from_a_bad_policy(env):
 def test_visual_variant_shows_the_target_only_in_the_camera():
     from robot_rl.cli import compose
     from robot_rl.errors import ConfigError
-    from robot_rl.sim.registry import make_sim_env
+    from robot_rl.factory import make_sim_env
 
     env, expert = make_sim_env(compose("train", ["env=reach_visual"]).env, seed=0)
     with env:

@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("robosuite", reason="robosuite is the [sim] extra: pip install robot_rl[sim]")
 
 from robot_rl.cli import compose  # noqa: E402
-from robot_rl.collect import safety_from_config  # noqa: E402
+from robot_rl.factory import safety_from_config  # noqa: E402
 from robot_rl.core import ControlLoop  # noqa: E402
-from robot_rl.sim.experts import ScriptedTeleop  # noqa: E402
-from robot_rl.sim.registry import make_sim_env  # noqa: E402
+from robot_rl.tasks.teleops import ScriptedTeleop  # noqa: E402
+from robot_rl.factory import make_sim_env  # noqa: E402
 from robot_rl.sim.robosuite_adapter import LiftExpert, SquareExpert, make_robosuite_env  # noqa: E402
 
 OBJECT_STATE_DIM = {"Lift": 10, "NutAssemblySquare": 14, "PickPlaceCan": 14}

@@ -1,0 +1,139 @@
+"""`robot-rl bench scale`: residual PPO env-steps/s with its envs in 1, 2 and 4 Ray rollout
+workers, against the single-process vector env, in the same run; and, where a GPU is present,
+learner updates/s of diffusion BC, SAC and IQL on it against the same code on the CPU.
+
+PPO runs its real loop (rollouts, GAE, epochs of minibatch updates) on peg_insert with an
+untrained diffusion base: throughput does not depend on what the base learned. The Ray session
+is started once (with this machine's cores) before any timing, so worker start-up is not timed.
+--quick (a smoke test, Ray included): 4 envs x 16 steps x 1 iteration, 1 and 2 workers.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENV = "peg_insert"
+
+
+def _base(directory: Path, env_cfg) -> str:
+    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
+    from robot_rl.sim.vector import make_vector_env
+
+    vec = make_vector_env(env_cfg, 1)
+    s, a = vec.single_observation_space.shape[0], vec.single_action_space.shape[0]
+    vec.close()
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(DiffusionConfig(s, a, obs_horizon=1, down_dims=(32, 64, 128), diffusion_step_embed_dim=64),
+                             -np.ones(s), np.ones(s), -np.ones(a), np.ones(a))
+    return str(policy.save(directory / "base"))
+
+
+def ppo_steps_per_s(env_cfg, base: str, out: Path, workers: int | None, num_envs: int, iterations: int,
+                    rollout_steps: int = 50) -> float:
+    from robot_rl.learners.residual_ppo import ResidualPPOConfig, train_residual_ppo
+    from robot_rl.sim.ray_vector import vector_env_factory
+
+    make = vector_env_factory(env_cfg, "none" if workers is None else "local", workers or 1)
+    cfg = ResidualPPOConfig(num_envs=num_envs, rollout_steps=rollout_steps, iterations=iterations, update_epochs=4,
+                            device="cpu")
+    start = time.perf_counter()
+    result = train_residual_ppo(make, base, out, cfg, progress=False)
+    return result["env_steps"] / (time.perf_counter() - start)
+
+
+def gpu_updates(seconds: float) -> dict:
+    """Updates/s of diffusion BC, SAC and IQL on CUDA against the CPU (same code, same batch)."""
+    from robot_rl.commands.bench import iql as iql_bench
+    from robot_rl.commands.bench import sac as sac_bench
+    from robot_rl.learners.iql import IQLAgent, IQLConfig
+    from robot_rl.learners.sac_networks import CriticEnsemble
+    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
+
+    def rate(step, device) -> float:
+        step(device)  # warm-up (kernels, allocator)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            step(device)
+            n += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return n / (time.perf_counter() - start)
+
+    learners = {}
+    agents: dict = {}
+
+    def iql_step(device):
+        agent = agents.setdefault(("iql", device), IQLAgent(IQLConfig(state_dim=iql_bench.STATE_DIM, action_dim=iql_bench.ACTION_DIM)).to(device))
+        agent.update(iql_bench._batch())
+
+    def sac_step(device):
+        agent = agents.setdefault(("sac", device), sac_bench._agent(2, CriticEnsemble).to(device))
+        agent.update(sac_bench._batches(agent.cfg.cta_ratio))
+
+    def bc_step(device):
+        if ("bc", device) not in agents:
+            c = DiffusionConfig(20, 7, obs_horizon=1, down_dims=(256, 512, 1024))
+            policy = DiffusionPolicy(c, -np.ones(20), np.ones(20), -np.ones(7), np.ones(7)).to(device)
+            agents["bc", device] = (policy, torch.optim.AdamW(policy.parameters(), lr=1e-4))
+        policy, opt = agents["bc", device]
+        batch = {"obs/state": torch.randn(256, 1, 20, device=device), "action": torch.randn(256, 16, 7, device=device)}
+        loss = policy.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for name, step in (("diffusion_bc", bc_step), ("sac", sac_step), ("iql", iql_step)):
+        cpu, cuda = rate(step, "cpu"), rate(step, "cuda")
+        learners[name] = {"cpu_updates_per_s": cpu, "cuda_updates_per_s": cuda, "speedup": cuda / cpu}
+    return learners
+
+
+def run(quick: bool = False) -> dict:
+    import ray
+
+    from robot_rl.config import compose
+    from robot_rl.utils.training import seed_everything
+
+    seed_everything(0)
+    env_cfg = compose("train", [f"env={ENV}"]).env
+    # --quick is a smoke test of the same code paths (Ray included), kept short.
+    num_envs, iterations, rollout_steps, worker_counts = (4, 1, 16, (1, 2)) if quick else (32, 3, 50, (1, 2, 4))
+    results = {"env": ENV, "num_envs": num_envs, "rollout_steps": rollout_steps, "iterations": iterations,
+               "cpus": os.cpu_count(), "ppo": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        base = _base(tmp, env_cfg)
+        results["ppo"]["single process"] = ppo_steps_per_s(env_cfg, base, tmp / "single", None, num_envs, iterations,
+                                                           rollout_steps)
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            for workers in worker_counts:
+                results["ppo"][f"{workers} Ray workers"] = ppo_steps_per_s(env_cfg, base, tmp / f"w{workers}", workers,
+                                                                          num_envs, iterations, rollout_steps)
+        finally:
+            ray.shutdown()
+    single = results["ppo"]["single process"]
+    results["ppo_ratio"] = {k: v / single for k, v in results["ppo"].items()}
+    results["gpu"] = gpu_updates(1.0 if quick else 5.0) if torch.cuda.is_available() else None
+    return results
+
+
+def format_table(r: dict) -> str:
+    lines = [f"residual PPO on {r['env']}, {r['num_envs']} envs x {r['rollout_steps']} steps x {r['iterations']} "
+             f"iterations, {r['cpus']} cores", "| rollouts | env steps/s | vs single process |", "|---|---|---|"]
+    lines += [f"| {k} | {v:,.0f} | {r['ppo_ratio'][k]:.2f}x |" for k, v in r["ppo"].items()]
+    if r["gpu"] is None:
+        lines.append("GPU learners: no CUDA device here (skipped)")
+    else:
+        lines += ["", "| learner | CPU updates/s | CUDA updates/s | speed-up |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['cpu_updates_per_s']:.1f} | {v['cuda_updates_per_s']:.1f} | {v['speedup']:.1f}x |"
+                  for k, v in r["gpu"].items()]
+    return "\n".join(lines)

@@ -1,0 +1,310 @@
+"""`robot-rl train`, `robot-rl eval` and the ResiP demo pipeline: thin functions over the learners."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from robot_rl.errors import ConfigError, DatasetError
+
+
+def _dataclass_from(cls, cfg, **extra):
+    values = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    values.pop("name", None)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} settings: {', '.join(unknown)}")
+    return cls(**values, **extra)
+
+
+DIST_KEYS = ("dist", "workers", "ray_address")  # where rollouts run (robot_rl.utils.dist)
+
+
+def _vector_env(env_cfg, dist: dict | None = None):
+    from robot_rl.sim.ray_vector import vector_env_factory
+
+    dist = dist or {}
+    workers = dist.get("workers")
+    return vector_env_factory(env_cfg, dist.get("dist") or "none", 2 if workers is None else int(workers))
+
+
+def _ray_if(dist: dict | None):
+    """A Ray session when `dist` asks for one, else nothing."""
+    import contextlib
+
+    from robot_rl.utils.dist import check_dist, ray_session
+
+    mode = check_dist((dist or {}).get("dist"))
+    return contextlib.nullcontext() if mode == "none" else ray_session(mode, (dist or {}).get("ray_address"))
+
+
+def train_bc(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.diffusion_bc import DiffusionBCConfig, train_diffusion_bc
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(DiffusionBCConfig, learner_cfg, seed=seed)
+    return train_diffusion_bc(dataset, out, cfg, progress=progress)
+
+
+def train_residual(learner_cfg, env_cfg, base, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.residual_ppo import ResidualPPOConfig, train_residual_ppo
+
+    if base is None:
+        raise ConfigError("residual_ppo needs base=PATH (a diffusion_bc checkpoint folder)")
+    values = OmegaConf.to_container(learner_cfg, resolve=True)
+    dist = {k: values.pop(k, None) for k in DIST_KEYS}
+    cfg = _dataclass_from(ResidualPPOConfig, values, seed=seed)
+    with _ray_if(dist):
+        return train_residual_ppo(_vector_env(env_cfg, dist), base, out, cfg, progress=progress)
+
+
+RAY_KEYS = ("dist", "ray_address", "robot_resource", "weights_every")
+
+
+def train_hil(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> dict:
+    """HIL-SERL: actor and learner in one process (dist=sync) or as Ray actors (dist=ray)."""
+    from robot_rl.learners.hil_serl import HILSERLConfig, train_hil_serl
+
+    values = OmegaConf.to_container(learner_cfg, resolve=True)
+    ray = {k: values.pop(k, None) for k in RAY_KEYS}
+    for key in ("demos", "resume", "reward_classifier", "encoder_init"):
+        if values.get(key) and not Path(values[key]).exists():
+            raise DatasetError(f"{key}={values[key]}: no such path")
+    cfg = _dataclass_from(HILSERLConfig, values, seed=seed)
+    if ray["dist"] in (None, "sync"):
+        return train_hil_serl(env_cfg, out, cfg, progress=progress)
+    if ray["dist"] != "ray":
+        raise ConfigError(f"dist must be sync or ray, got {ray['dist']!r}")
+    from robot_rl.learners.hil_serl_ray import train_hil_serl_ray
+
+    return train_hil_serl_ray(env_cfg, out, cfg, address=ray["ray_address"], robot_resource=ray["robot_resource"],
+                              weights_every=int(ray["weights_every"] or 100), progress=progress)
+
+
+def train_fastrlap_learner(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.fastrlap import FastRLAPConfig, train_fastrlap
+
+    cfg = _dataclass_from(FastRLAPConfig, learner_cfg, seed=seed)
+    for key in ("demo", "encoder_init"):
+        if getattr(cfg, key) and not Path(getattr(cfg, key)).exists():
+            raise DatasetError(f"{key}={getattr(cfg, key)}: no such path")
+    return train_fastrlap(env_cfg, out, cfg, progress=progress)
+
+
+def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.reward_classifier import ClassifierTrainConfig, train_reward_classifier
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(ClassifierTrainConfig, learner_cfg, seed=seed)
+    return train_reward_classifier(dataset, out, cfg, progress=progress)
+
+
+def checkpoint_kind(checkpoint) -> str | None:
+    """The `kind` a checkpoint folder's config.json names (which learner made it)."""
+    from robot_rl.policies.checkpoint import read_meta
+
+    return read_meta(checkpoint).get("kind")
+
+
+def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
+                        ddim_steps: int | None = None, progress: bool = True, dist: dict | None = None) -> dict:
+    """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an IQL agent.
+    `dist` ({dist, workers, ray_address}) spreads the envs over Ray rollout workers: the same
+    episodes, so the same results, however many workers."""
+    with _ray_if(dist):
+        return _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_steps, progress, _vector_env(env_cfg, dist))
+
+
+def _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_steps, progress, make_vec_env) -> dict:
+    from robot_rl.learners.evaluate import evaluate, run_episodes
+    from robot_rl.policies.diffusion import DiffusionPolicy
+    from robot_rl.policies.residual import ResidualPolicy
+
+    path, kind = Path(checkpoint), checkpoint_kind(checkpoint)
+    if kind == "sac_agent":
+        from robot_rl.learners.hil_serl import batch_policy
+        from robot_rl.learners.sac import SACAgent
+
+        agent = SACAgent.load(path)
+        if agent.cfg.image_keys:
+            raise ConfigError("robot-rl eval runs state policies on vector envs; image agents are evaluated by their run")
+        result = run_episodes(make_vec_env, batch_policy(agent), episodes, num_envs, seed, progress)
+        return {"checkpoint": str(path), "kind": kind, **result}
+    if kind == "iql_agent":
+        from robot_rl.learners.iql import IQLAgent, evaluate_iql
+
+        return {"checkpoint": str(path), "kind": kind,
+                **evaluate_iql(IQLAgent.load(path), env_cfg, episodes, num_envs, seed, progress, make_vec_env)}
+    residual = None
+    if kind == "residual_policy":
+        residual, base_path = ResidualPolicy.load(path)
+        base = DiffusionPolicy.load(base_path)
+        steps = ddim_steps or 4
+    else:
+        base = DiffusionPolicy.load(path)
+        steps = ddim_steps
+    result = evaluate(make_vec_env, base, residual, episodes=episodes, num_envs=num_envs, seed=seed,
+                      ddim_steps=steps, progress=progress)
+    return {"checkpoint": str(path), "kind": kind, **result}
+
+
+def loop_policy_from_checkpoint(checkpoint, ddim_steps: int | None = None):
+    """A ControlLoop policy (obs dict -> normalized action, or a chunk) from a checkpoint of any
+    learner that acts alone: SAC (HIL-SERL, FastRLAP), IQL, diffusion BC. Returns (policy, kind,
+    what it needs: state_dim, action_dim, image_keys as observation keys)."""
+    path, kind = Path(checkpoint), checkpoint_kind(checkpoint)
+    if kind in ("sac_agent", "iql_agent"):
+        from robot_rl.learners.hil_serl import AgentPolicy
+        from robot_rl.learners.iql import IQLAgent, loop_policy
+        from robot_rl.learners.sac import SACAgent
+
+        agent = (SACAgent if kind == "sac_agent" else IQLAgent).load(path).eval()
+        policy = AgentPolicy(agent, deterministic=True) if kind == "sac_agent" else loop_policy(agent)
+        return policy, kind, {"state_dim": agent.cfg.state_dim, "action_dim": agent.cfg.action_dim,
+                              "image_keys": tuple(agent.cfg.image_keys)}
+    if kind == "residual_policy":
+        raise ConfigError("a residual checkpoint runs over its diffusion base in simulation only (robot-rl eval)")
+    from robot_rl.policies.diffusion import DiffusionActor, DiffusionPolicy
+
+    base = DiffusionPolicy.load(path)
+    c = base.config
+    return DiffusionActor(base, ddim_steps), "diffusion_policy", {
+        "state_dim": c.state_dim, "action_dim": c.action_dim, "image_keys": tuple(k.removeprefix("obs/") for k in c.image_keys)}
+
+
+def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.iql import IQLTrainConfig, train_iql
+
+    stores = [str(dataset)] if isinstance(dataset, (str, Path)) else [str(d) for d in dataset]  # a list: their union
+    for store in stores:
+        if not Path(store).exists():
+            raise DatasetError(f"no episode store at {store}")
+    cfg = _dataclass_from(IQLTrainConfig, learner_cfg, seed=seed)
+    return train_iql(stores[0] if len(stores) == 1 else stores, env_cfg, out, cfg, progress=progress)
+
+
+def train_preference_reward(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.reward_model import RewardModelTrainConfig, train_reward_model
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(RewardModelTrainConfig, learner_cfg, seed=seed)
+    return train_reward_model(dataset, out, cfg, progress=progress)
+
+
+def train_idm(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.inverse_dynamics import IDMTrainConfig, train_inverse_dynamics
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(IDMTrainConfig, learner_cfg, seed=seed)
+    return train_inverse_dynamics(dataset, out, cfg, progress=progress)
+
+
+def train_icvf_learner(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
+    from robot_rl.learners.icvf import ICVFTrainConfig, train_icvf
+
+    if not Path(dataset).exists():
+        raise DatasetError(f"no episode store at {dataset}")
+    cfg = _dataclass_from(ICVFTrainConfig, learner_cfg, seed=seed)
+    agent = {k: v for k, v in (cfg.agent or {}).items() if v is not None}  # null: the learner's default
+    return train_icvf(dataset, out, dataclasses.replace(cfg, agent=agent), progress=progress)
+
+
+def train(cfg) -> dict:
+    from robot_rl.utils.device import resolve_device
+
+    name = cfg.learner.name
+    if cfg.learner.get("dist") != "ray":  # on Ray the learner runs where the cluster puts it
+        resolve_device(cfg.learner.get("device"))  # a device this machine lacks: one line, before any work
+    if name == "diffusion_bc":
+        return train_bc(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    if name == "residual_ppo":
+        result = train_residual(cfg.learner, cfg.env, cfg.base, cfg.out, int(cfg.seed))
+        if cfg.eval_episodes:
+            result["evaluation"] = evaluate_checkpoint(result["checkpoint"], cfg.env, int(cfg.eval_episodes),
+                                                       dist={k: cfg.learner.get(k) for k in DIST_KEYS})
+            Path(result["results"]).write_text(json.dumps(result, indent=2))
+        return result
+    if name == "hil_serl":
+        return train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed))
+    if name == "fastrlap":
+        return train_fastrlap_learner(cfg.learner, cfg.env, cfg.out, int(cfg.seed))
+    if name == "reward_classifier":
+        return train_classifier(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    if name == "iql":
+        return train_iql_learner(cfg.learner, cfg.dataset, cfg.env, cfg.out, int(cfg.seed))
+    if name == "reward_model":
+        return train_preference_reward(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    if name == "idm":
+        return train_idm(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    if name == "icvf":
+        return train_icvf_learner(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
+    raise ConfigError(f"unknown learner {name!r}")
+
+
+def resip_demo(cfg) -> Path:
+    """Demos -> diffusion BC -> eval -> residual PPO -> eval; writes and returns report.json."""
+    from robot_rl.commands.collect import collect
+
+    start = time.monotonic()
+    run_dir = Path(cfg.run_dir)
+    # Demos are recorded with `collect_env` merged into the env (actuation noise for recovery
+    # data); BC and the residual are then trained and evaluated on the env as configured.
+    collected = collect(OmegaConf.merge(cfg, {"env": cfg.get("collect_env") or {}}), replace=True)
+    bc = train_bc(cfg.bc, collected["store"], run_dir / "bc", int(cfg.seed))
+    bc_eval = evaluate_checkpoint(bc["checkpoint"], cfg.env, int(cfg.eval_episodes))
+    residual = train_residual(cfg.residual, cfg.env, bc["checkpoint"], run_dir / "residual", int(cfg.seed))
+    residual_eval = evaluate_checkpoint(residual["checkpoint"], cfg.env, int(cfg.eval_episodes))
+    report = {
+        "bc_success": bc_eval["success_rate"],
+        "residual_success": residual_eval["success_rate"],
+        "episodes": int(cfg.eval_episodes),
+        "seconds": time.monotonic() - start,
+        "env": cfg.env.name,
+        "demos": collected["episodes"],
+        "bc_checkpoint": bc["checkpoint"], "residual_checkpoint": residual["checkpoint"],
+        "bc_plot": bc["plot"], "residual_plot": residual["plot"],
+        "bc_eval": bc_eval, "residual_eval": residual_eval,
+        "residual_env_steps": residual["env_steps"],
+    }
+    path = run_dir / "report.json"
+    path.write_text(json.dumps(report, indent=2))
+    return path
+
+
+def resip_seeds(cfg) -> Path:
+    """The demo pipeline once per seed in `cfg.seeds` (each in <run_dir>/seed<N>, demos in
+    <out>_seed<N>.zarr); writes and returns <run_dir>/seeds.json with every seed's figures."""
+    out = Path(cfg.out)
+    reports = {}
+    for seed in cfg.seeds:
+        run = OmegaConf.merge(cfg, {"seed": int(seed), "seeds": None, "run_dir": f"{cfg.run_dir}/seed{seed}",
+                                    "out": str(out.with_name(f"{out.stem}_seed{seed}{out.suffix}"))})
+        reports[int(seed)] = json.loads(resip_demo(run).read_text())
+    return write_seed_summary(reports, Path(cfg.run_dir) / "seeds.json")
+
+
+def write_seed_summary(reports: dict, path: Path) -> Path:
+    """Per-seed BC and residual success, their mean and std, and the seconds each seed took."""
+    import numpy as np
+
+    bc = np.array([r["bc_success"] for r in reports.values()])
+    residual = np.array([r["residual_success"] for r in reports.values()])
+    summary = {
+        "env": next(iter(reports.values()))["env"],
+        "seeds": {str(s): {k: r[k] for k in ("bc_success", "residual_success", "episodes", "seconds")}
+                  for s, r in reports.items()},
+        "bc_mean": float(bc.mean()), "bc_std": float(bc.std()),
+        "residual_mean": float(residual.mean()), "residual_std": float(residual.std()),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    return path

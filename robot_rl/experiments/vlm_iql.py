@@ -1,0 +1,95 @@
+"""`robot-rl vlm-iql`: offline RL from VLM feedback (RL-VLM-F's labels, IQL), measured against
+IQL on the true reward and BC on the same data, once per seed. See conf/vlm_iql.yaml."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from robot_rl.errors import ConfigError
+
+
+def collect_parts(env_cfg, parts, out) -> None:
+    """Record `parts` (collect settings each: teleop, expert_noise, episodes, seed) in order with
+    `env_cfg`, into a temporary store that becomes `out` only once every part is in (an
+    interrupted run leaves no partial dataset that a later run would take for the whole one)."""
+    from robot_rl.config import compose
+    from robot_rl.commands.collect import collect
+
+    final = Path(out)
+    partial = final.with_name(final.name + ".collecting")
+    shutil.rmtree(partial, ignore_errors=True)
+    for part in parts:
+        base = compose("collect", [f"env={env_cfg.name}", f"out={partial}", "loop.rate_hz=null"])
+        OmegaConf.set_struct(base, False)  # env_cfg may name keys an env config leaves to their defaults
+        collect(OmegaConf.merge(base, {"env": env_cfg}, part))
+    partial.rename(final)
+
+
+def collect_mixed(cfg) -> None:
+    """cfg.dataset from cfg.collect's parts, with cfg.collect_env over the env and cfg.cameras."""
+    env = OmegaConf.merge(OmegaConf.to_container(cfg.env, resolve=True), cfg.get("collect_env") or {},
+                          {"cameras": list(cfg.cameras)})
+    collect_parts(env, cfg.collect, cfg.dataset)
+
+
+def run_seed(cfg, seed: int, run: Path) -> dict:
+    from robot_rl.config import CONF_DIR
+    from robot_rl.commands.label import label_vlm
+    from robot_rl.learners.reward_model import relabel_store
+    from robot_rl.commands.train import train_iql_learner, train_preference_reward
+
+    start = time.monotonic()
+    data = run / "data.zarr"  # a copy per seed: the relabeled key is this seed's alone
+    shutil.rmtree(data, ignore_errors=True)
+    shutil.copytree(cfg.dataset, data, ignore=shutil.ignore_patterns(".writer.lock"))
+    label_cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "label.yaml"), cfg.label,
+                                {"store": str(data), "out": str(run / "labels.json"), "seed": seed})
+    labels = label_vlm(label_cfg)
+    reward_model = train_preference_reward(OmegaConf.merge(cfg.reward_model, {"labels": str(run / "labels.json")}),
+                                           data, run / "reward_model", seed)
+    relabel = relabel_store(data, reward_model["checkpoint"], "reward_vlm")
+    variants = {"iql_true_reward": {"reward_key": "reward", "done_key": "terminated"},
+                "iql_vlm_reward": {"reward_key": "reward_vlm", "done_key": None},
+                "bc": {"agent": {"beta": 0.0}}}
+    results = {}
+    for name, override in variants.items():
+        results[name] = train_iql_learner(OmegaConf.merge(cfg.iql, override), data, cfg.env, run / name, seed)
+    success = {k: r["evaluation"]["success_rate"] for k, r in results.items()}
+    report = {"seed": seed, **{f"{k}_success": v for k, v in success.items()},
+              "vlm_over_true": success["iql_vlm_reward"] / success["iql_true_reward"] if success["iql_true_reward"] else None,
+              "labels": labels["report"], "reward_model_heldout_accuracy": reward_model["heldout_accuracy"],
+              "relabel": {k: relabel[k] for k in ("mean", "min", "max")}, "seconds": time.monotonic() - start}
+    (run / "report.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def run_seeds(cfg, command: str, run_seed, keys: tuple[str, ...], bar_met, **extra) -> Path:
+    """The shared frame of vlm-iql, idm-iql and vptr: the mixed dataset (recorded if absent), `run_seed`
+    once per seed into <run_dir>/seed<N>, and <run_dir>/summary.json with each key's mean and
+    whether `bar_met(report)` holds for every seed."""
+    if not cfg.seeds:
+        raise ConfigError(f"{command} needs seeds=[...]")
+    if not Path(cfg.dataset).exists():
+        collect_mixed(cfg)
+    reports = {}
+    for seed in cfg.seeds:
+        run = Path(cfg.run_dir) / f"seed{seed}"
+        run.mkdir(parents=True, exist_ok=True)
+        reports[int(seed)] = run_seed(cfg, int(seed), run)
+    summary = {"env": cfg.env.name, "dataset": str(cfg.dataset), **extra, "seeds": reports,
+               "mean": {k: sum(r[k] for r in reports.values()) / len(reports) for k in keys},
+               "bar_met_every_seed": all(bar_met(r) for r in reports.values())}
+    path = Path(cfg.run_dir) / "summary.json"
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
+def vlm_iql(cfg) -> Path:
+    return run_seeds(cfg, "vlm-iql", run_seed, ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success"),
+                     lambda r: r["vlm_over_true"] is not None and r["vlm_over_true"] >= 0.8
+                     and r["iql_vlm_reward_success"] > r["bc_success"])

@@ -1,0 +1,208 @@
+"""Learned success reward (HIL-SERL): a binary classifier on camera frames, and the env wrapper
+that turns its probability into reward 1 and the end of the episode.
+
+The classifier is the frozen pretrained backbone, a trainable spatial-embedding head per camera,
+Dense 256, dropout, LayerNorm, ReLU and one logit, trained with binary cross-entropy (Adam 1e-4)
+on frames labelled during collection: a frame is a success where its step's reward is positive
+(in sim the task's success; on a robot, the step the operator marked with the success key), a
+failure otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from robot_rl.errors import ConfigError, DatasetError
+from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, WithFrozenBackbone, images_to_float
+
+
+@dataclass
+class ClassifierConfig:
+    image_keys: tuple[str, ...] = ("image/front",)  # obs keys (without "obs/")
+    image_size: int = 84
+    image_features: int = 8
+    dropout: float = 0.1
+    threshold: float = 0.85           # probability above which the frame counts as success
+
+    def __post_init__(self):
+        self.image_keys = tuple(self.image_keys)
+        if not self.image_keys:
+            raise ConfigError("a reward classifier needs at least one camera (image_keys)")
+
+
+class RewardClassifier(WithFrozenBackbone):
+    def __init__(self, cfg: ClassifierConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = [PretrainedEfficientNet()]  # frozen; not a submodule, so never saved or trained
+        side = self.backbone[0].feature_size(cfg.image_size)
+        c = PretrainedEfficientNet.out_channels
+        self.heads = nn.ModuleList(SpatialLearnedEmbeddings(c, side, side, cfg.image_features) for _ in cfg.image_keys)
+        self.mlp = nn.Sequential(nn.Linear(c * cfg.image_features * len(cfg.image_keys), 256), nn.Dropout(cfg.dropout),
+                                 nn.LayerNorm(256), nn.ReLU(), nn.Linear(256, 1))
+
+    def logits(self, images: dict[str, Tensor]) -> Tensor:
+        """images: obs key -> (B, 3, H, W) floats in [0, 1] (on any device)."""
+        device = self.mlp[0].weight.device
+        features = [head(self.backbone[0](images[k].to(device))) for k, head in zip(self.cfg.image_keys, self.heads)]
+        return self.mlp(torch.cat(features, -1)).squeeze(-1)
+
+    @torch.no_grad()
+    def probability(self, obs: dict[str, np.ndarray]) -> float:
+        """Success probability of one observation (uint8 HWC images under their obs keys)."""
+        self.eval()
+        images = {k: images_to_float(np.asarray(obs[k])[None]) for k in self.cfg.image_keys}
+        return float(torch.sigmoid(self.logits(images))[0].cpu())
+
+    def save(self, directory, meta: dict | None = None) -> Path:
+        from robot_rl.policies.checkpoint import save_checkpoint
+
+        return save_checkpoint(directory, self, "reward_classifier", asdict(self.cfg), **(meta or {}))
+
+    @classmethod
+    def load(cls, directory) -> RewardClassifier:
+        from robot_rl.policies.checkpoint import load_checkpoint, rebuilding
+
+        meta, weights = load_checkpoint(directory, "reward_classifier")
+        with rebuilding(directory, "reward_classifier"):
+            model = cls(ClassifierConfig(**meta["config"]))
+            model.load_state_dict(weights)
+        return model.eval()
+
+
+def labelled_frames(store_path, image_keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(frames per key, labels, episode index of each frame) from an EpisodeStore."""
+    from robot_rl.datasets import EpisodeStore
+
+    with EpisodeStore.open(store_path) as store:
+        keys = [f"obs/{k}" for k in image_keys]
+        absent = [k for k in keys + ["reward"] if k not in store.keys]
+        if absent:
+            raise DatasetError(f"{store_path} lacks {', '.join(absent)} (record it with those cameras)")
+        frames = {k: store.array(f"obs/{k}")[:] for k in image_keys}
+        labels = store.array("reward")[:] > 0
+        episode = np.repeat(np.arange(store.n_episodes), store.episode_lengths)
+    return frames, labels, episode
+
+
+@dataclass
+class ClassifierTrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    holdout: float = 0.2              # fraction of episodes held out for the accuracy figure
+    device: str = "auto"              # auto: CUDA when present (robot_rl.utils.device)
+    compile: bool = False             # torch.compile the logits
+    seed: int = 0
+    classifier: dict | None = None    # ClassifierConfig overrides
+
+
+def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, progress: bool = True) -> dict:
+    """BCE on balanced batches (half successes, half failures: successes are the rarer frames),
+    episodes split into train and held-out; writes the checkpoint, results.json and curve.png."""
+    from robot_rl.utils.training import RunLog, seed_everything
+
+    rng = seed_everything(cfg.seed)
+    ccfg = ClassifierConfig(**(cfg.classifier or {}))
+    frames, labels, episode = labelled_frames(store_path, ccfg.image_keys)
+    episodes = rng.permutation(episode.max() + 1)
+    held = set(episodes[: max(1, int(round(cfg.holdout * len(episodes))))].tolist()) if len(episodes) > 1 else set()
+    test = np.isin(episode, list(held))
+    train_pos, train_neg = np.flatnonzero(labels & ~test), np.flatnonzero(~labels & ~test)
+    if len(train_pos) == 0 or len(train_neg) == 0:
+        raise DatasetError(f"{store_path} needs both success and failure frames to train a classifier "
+                           f"(has {int(labels.sum())} successes, {int((~labels).sum())} failures)")
+    from robot_rl.utils.device import maybe_compile, resolve_device
+
+    device = resolve_device(cfg.device)
+    model = RewardClassifier(ccfg).to(device)
+    logits = maybe_compile(model.logits, cfg.compile)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    log = RunLog(out_dir, f"reward classifier on {Path(store_path).name}")
+    loss_fn = nn.BCEWithLogitsLoss()
+    half = cfg.batch_size // 2
+    model.train()
+    for step in tqdm(range(cfg.steps), desc="reward classifier", unit="step", disable=not progress, dynamic_ncols=True):
+        index = np.concatenate([rng.choice(train_pos, half), rng.choice(train_neg, cfg.batch_size - half)])
+        images = {k: images_to_float(frames[k][index]) for k in ccfg.image_keys}
+        target = torch.as_tensor(labels[index], dtype=torch.float32, device=device)
+        loss = loss_fn(logits(images), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 50 == 0 or step == cfg.steps - 1:
+            log.log(step, loss=loss.item())
+    accuracy = _accuracy(model, frames, labels, test, ccfg) if test.any() else None
+    checkpoint = model.save(Path(out_dir) / "checkpoint", {"dataset": str(store_path), "heldout": accuracy})
+    return log.close({"learner": "reward_classifier", "checkpoint": str(checkpoint), "frames": int(len(labels)),
+                      "successes": int(labels.sum()), "heldout": accuracy}, curves=("loss",))
+
+
+@torch.no_grad()
+def _accuracy(model: RewardClassifier, frames, labels, test, ccfg: ClassifierConfig) -> dict:
+    model.eval()
+    index = np.flatnonzero(test)
+    probs = []
+    for start in range(0, len(index), 256):
+        chunk = index[start:start + 256]
+        probs.append(torch.sigmoid(model.logits({k: images_to_float(frames[k][chunk]) for k in ccfg.image_keys})).cpu().numpy())
+    predicted = np.concatenate(probs) > ccfg.threshold
+    truth = labels[index]
+    return {"frames": int(len(index)), "accuracy": float(np.mean(predicted == truth)),
+            "true_positive_rate": float(predicted[truth].mean()) if truth.any() else None,
+            "false_positive_rate": float(predicted[~truth].mean()) if (~truth).any() else None}
+
+
+class ClassifierRewardEnv:
+    """A RobotEnv whose reward and success come from a reward classifier: reward 1 and the end of
+    the episode when the success probability of the current frame exceeds the threshold; 0 and
+    the time limit otherwise. Everything else is the wrapped env's (it works in the ControlLoop,
+    which calls `apply_action`, `observe` and `evaluate` one by one, and as a gymnasium env)."""
+
+    def __init__(self, env, classifier: RewardClassifier, threshold: float | None = None):
+        missing = [k for k in classifier.cfg.image_keys if k not in env.observation_space.spaces]
+        if missing:
+            raise ConfigError(f"the reward classifier needs cameras {missing}, which this env does not have")
+        self.env, self.classifier = env, classifier
+        self.threshold = classifier.cfg.threshold if threshold is None else threshold
+        self.last_probability = 0.0
+        self._obs: dict | None = None
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._obs = obs
+        return obs, info
+
+    def observe(self):
+        self._obs = self.env.observe()
+        return self._obs
+
+    def evaluate(self):
+        _, _, _, info = self.env.evaluate()  # the task's own verdict is kept in info, not used
+        self.last_probability = self.classifier.probability(self._obs)
+        success = self.last_probability > self.threshold
+        truncated = not success and self.env.steps >= self.env.task.max_steps
+        info = {**info, "task_success": info.get("success"), "success": success, "reward_probability": self.last_probability}
+        return float(success), success, truncated, info
+
+    def step(self, action):
+        self.apply_action(action)
+        obs = self.observe()
+        reward, terminated, truncated, info = self.evaluate()
+        return obs, reward, terminated, truncated, info
+
+    def __enter__(self):
+        self.env.connect()
+        return self
+
+    def __exit__(self, *exc):
+        self.env.close()
