@@ -7,4 +7,4 @@ import os
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -52,68 +52,36 @@ def cmd_collect(args, config_name: str = "collect", replace: bool = False) -> di
 
 
 def cmd_demo(args) -> None:
-    from robot_rl.commands.train import resip_demo, resip_seeds
+    from robot_rl.experiments.resip_demo import resip_seeds
 
-    cfg = compose("demo", args.overrides)
-    if cfg.seeds:
-        return _print_seed_summary(resip_seeds(cfg))
-    path = resip_demo(cfg)
-    report = json.loads(path.read_text())
-    print(f"{'env':<28}{report['env']}")
-    print(f"{'demonstrations':<28}{report['demos']}")
-    print(f"{'diffusion BC success':<28}{report['bc_success']:.1%}")
-    print(f"{'residual (ResiP) success':<28}{report['residual_success']:.1%}")
-    print(f"{'episodes evaluated (each)':<28}{report['episodes']}")
-    print(f"{'wall time':<28}{report['seconds'] / 60:.1f} min")
-    for key in ("bc_plot", "residual_plot", "bc_checkpoint", "residual_checkpoint"):
-        print(f"{key.replace('_', ' '):<28}{report[key]}")
-    print(path)
+    _print_experiment(resip_seeds(compose("demo", args.overrides)))
 
 
 def cmd_vlm_iql(args) -> None:
     from robot_rl.experiments.vlm_iql import vlm_iql
 
-    path = vlm_iql(compose("vlm_iql", args.overrides))
-    summary = json.loads(path.read_text())
-    print(f"{'seed':<6}{'IQL true reward':>17}{'IQL VLM reward':>16}{'BC':>8}{'VLM / true':>12}")
-    for seed, r in summary["seeds"].items():
-        ratio = f"{r['vlm_over_true']:.2f}" if r["vlm_over_true"] is not None else "-"
-        print(f"{seed:<6}{r['iql_true_reward_success']:>17.1%}{r['iql_vlm_reward_success']:>16.1%}{r['bc_success']:>8.1%}{ratio:>12}")
-    print(path)
+    _print_experiment(vlm_iql(compose("vlm_iql", args.overrides)))
 
 
 def cmd_idm_iql(args) -> None:
     from robot_rl.experiments.idm_iql import idm_iql
 
-    path = idm_iql(compose("idm_iql", args.overrides))
-    summary = json.loads(path.read_text())
-    print(f"{'seed':<6}{'IQL all actions':>17}{'IQL IDM labels':>16}{'IQL labeled only':>18}{'IDM / all (return)':>20}")
-    for seed, r in summary["seeds"].items():
-        ratio = f"{r['idm_over_full']:.2f}" if r["idm_over_full"] is not None else "-"
-        print(f"{seed:<6}{r['iql_full_labels_success']:>17.1%}{r['iql_idm_labels_success']:>16.1%}"
-              f"{r['iql_labeled_only_success']:>18.1%}{ratio:>20}")
-    print(path)
+    _print_experiment(idm_iql(compose("idm_iql", args.overrides)))
 
 
 def cmd_vptr(args) -> None:
     from robot_rl.experiments.vptr import vptr
 
-    path = vptr(compose("vptr", args.overrides))
-    summary = json.loads(path.read_text())
-    print(f"{'seed':<6}{'IQL scratch':>13}{'IQL ICVF frozen':>17}{'frozen - scratch':>18}{'IQL ICVF fine-tuned':>21}")
-    for seed, r in summary["seeds"].items():
-        print(f"{seed:<6}{r['iql_scratch_success']:>13.1%}{r['iql_icvf_frozen_success']:>17.1%}"
-              f"{r['icvf_frozen_minus_scratch']:>+18.1%}{r['iql_icvf_success']:>21.1%}")
-    print(path)
+    _print_experiment(vptr(compose("vptr", args.overrides)))
 
 
-def _print_seed_summary(path: Path) -> None:
-    summary = json.loads(path.read_text())
-    print(f"{'seed':<6}{'BC success':>12}{'residual':>12}{'episodes':>10}{'minutes':>9}")
-    for seed, r in summary["seeds"].items():
-        print(f"{seed:<6}{r['bc_success']:>12.1%}{r['residual_success']:>12.1%}{r['episodes']:>10}{r['seconds'] / 60:>9.1f}")
-    print(f"{'mean':<6}{summary['bc_mean']:>12.1%}{summary['residual_mean']:>12.1%}")
-    print(path)
+def _print_experiment(result) -> None:
+    """An experiment's table.md (one row per seed, then mean ± std), then its files, one path a
+    line: results.json, table.md, and last the experiment's own report (report.json for `demo`)."""
+    print(result.table.read_text(), end="")
+    print()
+    for path in result.files.values():
+        print(path)
 
 
 def cmd_train(args) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from robot_rl.core import SafetyConfig
-from robot_rl.core.env import RobotEnv
+from robot_rl.core.env import EnvSource, RobotEnv
 from robot_rl.core.protocols import Robot, Teleop
 from robot_rl.errors import ConfigError
 from robot_rl.sim.registry import make_sim_env
 from robot_rl.tasks.operator import OperatorTask
 
-__all__ = ["make_sim_env", "make_vec_env", "make_robot", "make_camera", "make_teleop", "robot_env", "robot_safety",
+__all__ = ["env_source", "make_sim_env", "make_vec_env", "make_robot", "make_camera", "make_teleop", "robot_env", "robot_safety",
            "safety_from_config"]
 
 
@@ -33,6 +33,35 @@ def make_vec_env(env_cfg, dist: str = "none", workers: int = 1):
     from robot_rl.sim.ray_vector import vector_env_factory
 
     return vector_env_factory(env_cfg, dist, workers)
+
+
+def env_source(env_cfg, dist: str = "none", workers: int = 1) -> EnvSource:
+    """What a learner acts on, from an `env` config entry: single envs with their scripted expert,
+    vector envs (local or on Ray), the safety settings, and the sim car's helpers for FastRLAP."""
+    env_cfg = OmegaConf.create(_plain(env_cfg))
+
+    def make(seed: int | None = None, expert_noise: float = 0.0, **overrides):
+        cfg = OmegaConf.merge(env_cfg, overrides) if overrides else env_cfg
+        return make_sim_env(cfg, expert_noise=expert_noise, seed=seed)
+
+    extras = {}
+    if env_cfg.get("kind") == "rc_car":
+        from types import SimpleNamespace
+
+        from robot_rl.sim.course import generate_course
+        from robot_rl.sim.rc_car import RCCarExpert, practice_hooks
+
+        def driver(env, speed: float):
+            """The scripted driver capped at `speed` m/s, on any task over the sim car's course."""
+            lap_task = hasattr(env.task, "lateral_offset")  # else a practice task over the same car and course
+            task = env.task if lap_task else SimpleNamespace(car=env.robot, course=env.robot.world.course)
+            return RCCarExpert(task, max_speed=speed)
+
+        walls = lambda: generate_course(int(env_cfg.get("course_seed", 0)),  # noqa: E731
+                                        width=float(env_cfg.get("track_width", 1.2))).walls()
+        extras = {"driver": driver, "practice_hooks": practice_hooks, "walls": walls}
+    return EnvSource(str(env_cfg.get("name")), make, make_vec_env(env_cfg, dist, workers),
+                     safety_from_config(env_cfg.get("safety") or {}), _plain(env_cfg), extras)
 
 
 def safety_from_config(cfg) -> SafetyConfig:

@@ -129,7 +129,11 @@ def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
         # Demos are recorded under actuation noise (DART); the env the policies face has none.
         assert store.info()["config"]["env"]["randomization"]["action_noise"] == 0.03
     assert report["bc_eval"]["episodes"] == 4
-    assert "diffusion BC success" in run.stdout
+    assert "| seed | diffusion BC success | ResiP success | minutes |" in run.stdout
+    # one seed (`seed`, 0), in runs/demo itself: the table and results.json beside report.json
+    results = json.loads((tmp_path / "runs/demo/results.json").read_text())
+    assert results["per_seed"]["0"]["bc_success"] == report["bc_success"] == results["mean"]["bc_success"]
+    assert (tmp_path / "runs/demo/table.md").read_text() in run.stdout
 
 
 def test_demo_over_seeds_writes_one_summary(tmp_path):
@@ -139,6 +143,10 @@ def test_demo_over_seeds_writes_one_summary(tmp_path):
     summary = json.loads((tmp_path / run.stdout.strip().splitlines()[-1]).read_text())
     assert set(summary["seeds"]) == {"0", "1"} and 0.0 <= summary["residual_mean"] <= 1.0
     assert (tmp_path / "datasets/s_seed1.zarr").exists() and (tmp_path / "runs/s/seed1/report.json").exists()
+    results = json.loads((tmp_path / "runs/s/results.json").read_text())
+    assert results["mean"]["residual_success"] == summary["residual_mean"] and results["std"]["bc_success"] == summary["bc_std"]
+    assert [line.split(" |")[0] for line in (tmp_path / "runs/s/table.md").read_text().splitlines()[4:]] == \
+        ["| 0", "| 1", "| mean ± std"]
 
 
 def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path):

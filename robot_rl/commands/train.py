@@ -25,12 +25,13 @@ def _dataclass_from(cls, cfg, **extra):
 DIST_KEYS = ("dist", "workers", "ray_address")  # where rollouts run (robot_rl.utils.dist)
 
 
-def _vector_env(env_cfg, dist: dict | None = None):
-    from robot_rl.sim.ray_vector import vector_env_factory
+def _envs(env_cfg, dist: dict | None = None):
+    """The learner's env source; `dist` ({dist, workers, ray_address}) puts vector envs on Ray workers."""
+    from robot_rl.factory import env_source
 
     dist = dist or {}
     workers = dist.get("workers")
-    return vector_env_factory(env_cfg, dist.get("dist") or "none", 2 if workers is None else int(workers))
+    return env_source(env_cfg, dist.get("dist") or "none", 2 if workers is None else int(workers))
 
 
 def _ray_if(dist: dict | None):
@@ -61,7 +62,7 @@ def train_residual(learner_cfg, env_cfg, base, out, seed: int, progress: bool = 
     dist = {k: values.pop(k, None) for k in DIST_KEYS}
     cfg = _dataclass_from(ResidualPPOConfig, values, seed=seed)
     with _ray_if(dist):
-        return train_residual_ppo(_vector_env(env_cfg, dist), base, out, cfg, progress=progress)
+        return train_residual_ppo(_envs(env_cfg, dist).make_vec, base, out, cfg, progress=progress)
 
 
 RAY_KEYS = ("dist", "ray_address", "robot_resource", "weights_every")
@@ -78,12 +79,12 @@ def train_hil(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> di
             raise DatasetError(f"{key}={values[key]}: no such path")
     cfg = _dataclass_from(HILSERLConfig, values, seed=seed)
     if ray["dist"] in (None, "sync"):
-        return train_hil_serl(env_cfg, out, cfg, progress=progress)
+        return train_hil_serl(_envs(env_cfg), out, cfg, progress=progress)
     if ray["dist"] != "ray":
         raise ConfigError(f"dist must be sync or ray, got {ray['dist']!r}")
     from robot_rl.learners.hil_serl_ray import train_hil_serl_ray
 
-    return train_hil_serl_ray(env_cfg, out, cfg, address=ray["ray_address"], robot_resource=ray["robot_resource"],
+    return train_hil_serl_ray(_envs(env_cfg), out, cfg, address=ray["ray_address"], robot_resource=ray["robot_resource"],
                               weights_every=int(ray["weights_every"] or 100), progress=progress)
 
 
@@ -94,7 +95,7 @@ def train_fastrlap_learner(learner_cfg, env_cfg, out, seed: int, progress: bool 
     for key in ("demo", "encoder_init"):
         if getattr(cfg, key) and not Path(getattr(cfg, key)).exists():
             raise DatasetError(f"{key}={getattr(cfg, key)}: no such path")
-    return train_fastrlap(env_cfg, out, cfg, progress=progress)
+    return train_fastrlap(_envs(env_cfg), out, cfg, progress=progress)
 
 
 def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
@@ -119,10 +120,10 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
     `dist` ({dist, workers, ray_address}) spreads the envs over Ray rollout workers: the same
     episodes, so the same results, however many workers."""
     with _ray_if(dist):
-        return _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_steps, progress, _vector_env(env_cfg, dist))
+        return _evaluate_checkpoint(checkpoint, _envs(env_cfg, dist), episodes, num_envs, seed, ddim_steps, progress)
 
 
-def _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_steps, progress, make_vec_env) -> dict:
+def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps, progress) -> dict:
     from robot_rl.learners.evaluate import evaluate, run_episodes
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
@@ -135,13 +136,13 @@ def _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_ste
         agent = SACAgent.load(path)
         if agent.cfg.image_keys:
             raise ConfigError("robot-rl eval runs state policies on vector envs; image agents are evaluated by their run")
-        result = run_episodes(make_vec_env, batch_policy(agent), episodes, num_envs, seed, progress)
+        result = run_episodes(envs.make_vec, batch_policy(agent), episodes, num_envs, seed, progress)
         return {"checkpoint": str(path), "kind": kind, **result}
     if kind == "iql_agent":
         from robot_rl.learners.iql import IQLAgent, evaluate_iql
 
         return {"checkpoint": str(path), "kind": kind,
-                **evaluate_iql(IQLAgent.load(path), env_cfg, episodes, num_envs, seed, progress, make_vec_env)}
+                **evaluate_iql(IQLAgent.load(path), envs, episodes, num_envs, seed, progress)}
     residual = None
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)
@@ -150,7 +151,7 @@ def _evaluate_checkpoint(checkpoint, env_cfg, episodes, num_envs, seed, ddim_ste
     else:
         base = DiffusionPolicy.load(path)
         steps = ddim_steps
-    result = evaluate(make_vec_env, base, residual, episodes=episodes, num_envs=num_envs, seed=seed,
+    result = evaluate(envs.make_vec, base, residual, episodes=episodes, num_envs=num_envs, seed=seed,
                       ddim_steps=steps, progress=progress)
     return {"checkpoint": str(path), "kind": kind, **result}
 
@@ -187,7 +188,8 @@ def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: b
         if not Path(store).exists():
             raise DatasetError(f"no episode store at {store}")
     cfg = _dataclass_from(IQLTrainConfig, learner_cfg, seed=seed)
-    return train_iql(stores[0] if len(stores) == 1 else stores, env_cfg, out, cfg, progress=progress)
+    return train_iql(stores[0] if len(stores) == 1 else stores, None if env_cfg is None else _envs(env_cfg), out, cfg,
+                     progress=progress)
 
 
 def train_preference_reward(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
@@ -248,63 +250,3 @@ def train(cfg) -> dict:
     if name == "icvf":
         return train_icvf_learner(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
     raise ConfigError(f"unknown learner {name!r}")
-
-
-def resip_demo(cfg) -> Path:
-    """Demos -> diffusion BC -> eval -> residual PPO -> eval; writes and returns report.json."""
-    from robot_rl.commands.collect import collect
-
-    start = time.monotonic()
-    run_dir = Path(cfg.run_dir)
-    # Demos are recorded with `collect_env` merged into the env (actuation noise for recovery
-    # data); BC and the residual are then trained and evaluated on the env as configured.
-    collected = collect(OmegaConf.merge(cfg, {"env": cfg.get("collect_env") or {}}), replace=True)
-    bc = train_bc(cfg.bc, collected["store"], run_dir / "bc", int(cfg.seed))
-    bc_eval = evaluate_checkpoint(bc["checkpoint"], cfg.env, int(cfg.eval_episodes))
-    residual = train_residual(cfg.residual, cfg.env, bc["checkpoint"], run_dir / "residual", int(cfg.seed))
-    residual_eval = evaluate_checkpoint(residual["checkpoint"], cfg.env, int(cfg.eval_episodes))
-    report = {
-        "bc_success": bc_eval["success_rate"],
-        "residual_success": residual_eval["success_rate"],
-        "episodes": int(cfg.eval_episodes),
-        "seconds": time.monotonic() - start,
-        "env": cfg.env.name,
-        "demos": collected["episodes"],
-        "bc_checkpoint": bc["checkpoint"], "residual_checkpoint": residual["checkpoint"],
-        "bc_plot": bc["plot"], "residual_plot": residual["plot"],
-        "bc_eval": bc_eval, "residual_eval": residual_eval,
-        "residual_env_steps": residual["env_steps"],
-    }
-    path = run_dir / "report.json"
-    path.write_text(json.dumps(report, indent=2))
-    return path
-
-
-def resip_seeds(cfg) -> Path:
-    """The demo pipeline once per seed in `cfg.seeds` (each in <run_dir>/seed<N>, demos in
-    <out>_seed<N>.zarr); writes and returns <run_dir>/seeds.json with every seed's figures."""
-    out = Path(cfg.out)
-    reports = {}
-    for seed in cfg.seeds:
-        run = OmegaConf.merge(cfg, {"seed": int(seed), "seeds": None, "run_dir": f"{cfg.run_dir}/seed{seed}",
-                                    "out": str(out.with_name(f"{out.stem}_seed{seed}{out.suffix}"))})
-        reports[int(seed)] = json.loads(resip_demo(run).read_text())
-    return write_seed_summary(reports, Path(cfg.run_dir) / "seeds.json")
-
-
-def write_seed_summary(reports: dict, path: Path) -> Path:
-    """Per-seed BC and residual success, their mean and std, and the seconds each seed took."""
-    import numpy as np
-
-    bc = np.array([r["bc_success"] for r in reports.values()])
-    residual = np.array([r["residual_success"] for r in reports.values()])
-    summary = {
-        "env": next(iter(reports.values()))["env"],
-        "seeds": {str(s): {k: r[k] for k in ("bc_success", "residual_success", "episodes", "seconds")}
-                  for s, r in reports.items()},
-        "bc_mean": float(bc.mean()), "bc_std": float(bc.std()),
-        "residual_mean": float(residual.mean()), "residual_std": float(residual.std()),
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2))
-    return path

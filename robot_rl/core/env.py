@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import gymnasium as gym
 import numpy as np
 
 from robot_rl.core.protocols import Camera, Robot, Task
+from robot_rl.core.safety import SafetyConfig
 from robot_rl.errors import StaleFrameError
 
 
@@ -154,3 +156,24 @@ class RobotEnv(gym.Env):
         reward, success, terminated = self.task.evaluate(self.raw_obs)
         truncated = (not terminated) and self.steps >= self.task.max_steps
         return float(reward), bool(terminated), bool(truncated), {"success": bool(success)}
+
+
+@dataclass
+class EnvSource:
+    """The environments a learner acts on, built from a config by robot_rl.factory: learners are
+    given them and never build an env themselves.
+
+    `make(seed=None, **overrides)` gives one env and its scripted expert (None where the env has
+    none); overrides change the env's settings (e.g. control_hz, cameras). `make_vec(n)` gives n
+    state-only envs that step together (None where the env offers no vector form). `safety` is the
+    loop's safety settings for this env; `settings` the env config's plain values (name, kind,
+    image_size, ...) for checks and reports; `extras` what a learner may use where the env offers
+    it (the sim car: `driver(env, speed)`, `practice_hooks(env)`, `walls()`).
+    """
+
+    name: str
+    make: Callable[..., tuple[RobotEnv, object]]
+    make_vec: Callable[[int], object] | None
+    safety: SafetyConfig
+    settings: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)

@@ -9,11 +9,13 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from robot_rl.experiments.seeds import Figure, SeedResults
+
 
 def run_seed(cfg, seed: int, run: Path) -> dict:
+    from robot_rl.commands.train import train_idm, train_iql_learner
     from robot_rl.datasets.split import split_action_free
     from robot_rl.learners.inverse_dynamics import label_actions
-    from robot_rl.commands.train import train_idm, train_iql_learner
 
     start = time.monotonic()
     labeled, action_free = run / "labeled.zarr", run / "action_free.zarr"
@@ -35,9 +37,14 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
     return report
 
 
-def idm_iql(cfg) -> Path:
-    from robot_rl.experiments.vlm_iql import run_seeds
+FIGURES = (Figure("iql_full_labels_success", "IQL all actions"), Figure("iql_idm_labels_success", "IQL IDM labels"),
+           Figure("iql_labeled_only_success", "IQL labeled only"), Figure("idm_over_full", "IDM / all (return)", ".2f"))
 
-    return run_seeds(cfg, "idm-iql", run_seed, ("iql_full_labels_success", "iql_idm_labels_success", "iql_labeled_only_success"),
-                     lambda r: r["idm_over_full"] is not None and r["idm_over_full"] >= 0.8,
-                     fraction=cfg.fraction, lowest=cfg.lowest)
+
+def idm_iql(cfg) -> SeedResults:
+    from robot_rl.experiments.vlm_iql import mixed_data_seeds
+
+    return mixed_data_seeds(cfg, "idm-iql", run_seed, FIGURES,
+                            ("iql_full_labels_success", "iql_idm_labels_success", "iql_labeled_only_success"),
+                            lambda r: r["idm_over_full"] is not None and r["idm_over_full"] >= 0.8,
+                            fraction=cfg.fraction, lowest=cfg.lowest)

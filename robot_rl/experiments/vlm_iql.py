@@ -11,14 +11,15 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from robot_rl.errors import ConfigError
+from robot_rl.experiments.seeds import Figure, SeedResults, run_seeds
 
 
 def collect_parts(env_cfg, parts, out) -> None:
     """Record `parts` (collect settings each: teleop, expert_noise, episodes, seed) in order with
     `env_cfg`, into a temporary store that becomes `out` only once every part is in (an
     interrupted run leaves no partial dataset that a later run would take for the whole one)."""
-    from robot_rl.config import compose
     from robot_rl.commands.collect import collect
+    from robot_rl.config import compose
 
     final = Path(out)
     partial = final.with_name(final.name + ".collecting")
@@ -38,10 +39,10 @@ def collect_mixed(cfg) -> None:
 
 
 def run_seed(cfg, seed: int, run: Path) -> dict:
-    from robot_rl.config import CONF_DIR
     from robot_rl.commands.label import label_vlm
-    from robot_rl.learners.reward_model import relabel_store
     from robot_rl.commands.train import train_iql_learner, train_preference_reward
+    from robot_rl.config import CONF_DIR
+    from robot_rl.learners.reward_model import relabel_store
 
     start = time.monotonic()
     data = run / "data.zarr"  # a copy per seed: the relabeled key is this seed's alone
@@ -68,28 +69,36 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
     return report
 
 
-def run_seeds(cfg, command: str, run_seed, keys: tuple[str, ...], bar_met, **extra) -> Path:
-    """The shared frame of vlm-iql, idm-iql and vptr: the mixed dataset (recorded if absent), `run_seed`
-    once per seed into <run_dir>/seed<N>, and <run_dir>/summary.json with each key's mean and
-    whether `bar_met(report)` holds for every seed."""
+def mixed_data_seeds(cfg, command: str, run_seed, figures, keys: tuple[str, ...], bar_met, **extra) -> SeedResults:
+    """The shared frame of vlm-iql, idm-iql and vptr: the mixed dataset (recorded if absent), then
+    `run_seed(cfg, seed, folder)` once per seed into <run_dir>/seed<N> through the shared seed runner
+    (results.json and table.md, columns `figures`), and <run_dir>/summary.json with each of `keys`'
+    mean and whether `bar_met(report)` holds for every seed."""
     if not cfg.seeds:
         raise ConfigError(f"{command} needs seeds=[...]")
     if not Path(cfg.dataset).exists():
         collect_mixed(cfg)
-    reports = {}
-    for seed in cfg.seeds:
-        run = Path(cfg.run_dir) / f"seed{seed}"
-        run.mkdir(parents=True, exist_ok=True)
-        reports[int(seed)] = run_seed(cfg, int(seed), run)
-    summary = {"env": cfg.env.name, "dataset": str(cfg.dataset), **extra, "seeds": reports,
+    head = {"env": cfg.env.name, "dataset": str(cfg.dataset), **extra}
+    result = run_seeds(f"robot-rl {command}", lambda seed, run: run_seed(cfg, seed, run), figures,
+                       seeds=cfg.seeds, run_dir=cfg.run_dir, config=cfg,
+                       caption=f"`robot-rl {command}` on {cfg.env.name}: success rates over {cfg.iql.eval_episodes} "
+                               "evaluation episodes, per arm and seed.",
+                       extra=lambda reports: {**head, "bar_met_every_seed": all(bar_met(r) for r in reports.values())})
+    reports = result.reports
+    summary = {**head, "seeds": reports,
                "mean": {k: sum(r[k] for r in reports.values()) / len(reports) for k in keys},
                "bar_met_every_seed": all(bar_met(r) for r in reports.values())}
     path = Path(cfg.run_dir) / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
-    return path
+    return result.with_file("summary", path)
 
 
-def vlm_iql(cfg) -> Path:
-    return run_seeds(cfg, "vlm-iql", run_seed, ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success"),
-                     lambda r: r["vlm_over_true"] is not None and r["vlm_over_true"] >= 0.8
-                     and r["iql_vlm_reward_success"] > r["bc_success"])
+FIGURES = (Figure("iql_true_reward_success", "IQL true reward"), Figure("iql_vlm_reward_success", "IQL VLM reward"),
+           Figure("bc_success", "BC"), Figure("vlm_over_true", "VLM / true", ".2f"))
+
+
+def vlm_iql(cfg) -> SeedResults:
+    return mixed_data_seeds(cfg, "vlm-iql", run_seed, FIGURES,
+                            ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success"),
+                            lambda r: r["vlm_over_true"] is not None and r["vlm_over_true"] >= 0.8
+                            and r["iql_vlm_reward_success"] > r["bc_success"])

@@ -14,6 +14,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from robot_rl.errors import DatasetError
+from robot_rl.experiments.seeds import Figure, SeedResults
 
 
 def render_videos(cfg) -> None:
@@ -57,7 +58,7 @@ def target_probe(checkpoints: dict, env_cfg, episodes: int = 300, seed: int = 50
     import torch
 
     from robot_rl.learners.icvf import load_encoder_state
-    from robot_rl.learners.iql import CameraFeatures
+    from robot_rl.policies.encoders import CameraFeatures
     from robot_rl.policies.encoders import images_to_float
     from robot_rl.factory import make_sim_env
 
@@ -106,10 +107,16 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
     return report
 
 
-def vptr(cfg) -> Path:
-    from robot_rl.experiments.vlm_iql import run_seeds
+FIGURES = (Figure("iql_scratch_success", "IQL scratch"), Figure("iql_icvf_frozen_success", "IQL ICVF frozen"),
+           Figure("icvf_frozen_minus_scratch", "frozen - scratch", "+.1%"),
+           Figure("iql_icvf_success", "IQL ICVF fine-tuned"))
+
+
+def vptr(cfg) -> SeedResults:
+    from robot_rl.experiments.vlm_iql import mixed_data_seeds
 
     if not Path(cfg.video).exists():
         render_videos(cfg)
-    return run_seeds(cfg, "vptr", run_seed, ("iql_scratch_success", "iql_icvf_success", "iql_icvf_frozen_success"),
-                     lambda r: r["icvf_frozen_minus_scratch"] > 0, video=str(cfg.video))
+    return mixed_data_seeds(cfg, "vptr", run_seed, FIGURES,
+                            ("iql_scratch_success", "iql_icvf_success", "iql_icvf_frozen_success"),
+                            lambda r: r["icvf_frozen_minus_scratch"] > 0, video=str(cfg.video))

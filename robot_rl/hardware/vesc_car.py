@@ -1,12 +1,16 @@
 """A real RC car on a VESC motor controller over USB serial, behind the same `Robot` protocol as
-the simulated car: [steer rad, speed m/s] in; odometry, IMU and a timestamp out.
+the simulated car: [steer rad, speed m/s] in; odometry, IMU and a timestamp out, in the car kind's
+spec (robot_rl/tasks/car.py) that the sim and ROS cars report too.
 
 - Speed: COMM_SET_RPM with erpm = speed_to_erpm_gain * speed + offset (a standing command brakes
   with COMM_SET_CURRENT_BRAKE instead of holding zero rpm); steering: the VESC's servo output,
   servo = steer_to_servo_gain * steer + offset, within [servo_min, servo_max]. The defaults are
   F1TENTH's (vesc.yaml); calibrate them for your car in robot_rl/conf/robot/vesc_car.yaml.
 - Odometry as F1TENTH's vesc_to_odom: speed from the motor's erpm, yaw rate from the IMU's gyro
-  (or the bicycle model on the commanded steering without one), integrated between readings.
+  (or the bicycle model on the commanded steering without one), integrated between readings. The
+  wheel speed is the same erpm through the gearing: speed / wheel_radius.
+- The action bounds are the car kind's (+-0.35 rad, +-3 m/s): max_steer / max_speed only clip
+  below them, so a normalized action means what it meant in the sim.
 - A watchdog thread brakes when no command has come for `watchdog_s` (a stalled policy or a
   dead loop); `stop()` brakes too and is safe from any thread. The VESC's own timeout (its app
   setting) brakes if the USB link itself drops. A lost link raises DeviceError.
@@ -22,11 +26,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from robot_rl.core.protocols import Robot
-from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError, DeviceError, require
 from robot_rl.utils.geometry import GRAVITY
 from robot_rl.hardware import vesc_protocol as vp
-
+from robot_rl.tasks import car as car_spec
 
 
 @dataclass
@@ -39,8 +42,9 @@ class VescCarConfig:
     steer_to_servo_offset: float = 0.5304
     servo_min: float = 0.15
     servo_max: float = 0.85
-    max_speed: float = 3.0               # m/s, forward and reverse
-    max_steer: float = 0.35              # rad
+    max_speed: float = 3.0               # m/s, forward and reverse; a clip within the spec's 3 m/s
+    max_steer: float = 0.35              # rad; a clip within the spec's 0.35 rad
+    wheel_radius: float = 0.05           # m: turns the motor's speed into the driven wheels' rad/s
     brake_current: float = 20.0          # A, when stopping
     wheelbase: float = 0.33              # m, for the bicycle model without an IMU
     use_imu: bool = True                 # COMM_GET_IMU_DATA for gyro and acceleration
@@ -53,24 +57,18 @@ class VescCarConfig:
             raise ConfigError("speed_to_erpm_gain and steer_to_servo_gain must not be zero")
         if not 0 <= self.servo_min < self.servo_max <= 1:
             raise ConfigError(f"servo limits must satisfy 0 <= min < max <= 1, got {self.servo_min}, {self.servo_max}")
-        if not (self.max_speed > 0 and self.max_steer > 0 and self.watchdog_s > 0 and self.read_timeout_s > 0):
-            raise ConfigError("max_speed, max_steer, watchdog_s and read_timeout_s must be positive")
+        if not (self.wheel_radius > 0 and self.watchdog_s > 0 and self.read_timeout_s > 0):
+            raise ConfigError("wheel_radius, watchdog_s and read_timeout_s must be positive")
+        problem = car_spec.check_limits(self.max_steer, self.max_speed)
+        if problem:
+            raise ConfigError(problem)
 
 
 class VescCar(Robot):
     def __init__(self, cfg: VescCarConfig):
         self.cfg = cfg
-        self.observation_spec = {
-            "pose": ArraySpec((3,), names=("x", "y", "yaw")),
-            "velocity": ArraySpec((3,)),
-            "gyro": ArraySpec((3,)),
-            "accel": ArraySpec((3,)),
-            "steer": ArraySpec((1,)),
-            "collision": ArraySpec((1,)),
-            "timestamp": ArraySpec((), "float64"),
-        }
-        self.action_spec = ArraySpec((2,), low=[-cfg.max_steer, -cfg.max_speed], high=[cfg.max_steer, cfg.max_speed],
-                                     names=("steer", "speed"))
+        self.observation_spec = car_spec.observation_spec()
+        self.action_spec = car_spec.action_spec()
         self._serial = None
         self._reader = vp.PacketReader()
         self._io = threading.Lock()  # one request/reply at a time; stop() may come from the watchdog thread
@@ -134,6 +132,7 @@ class VescCar(Robot):
         jolt = math.hypot(accel[0], accel[1]) / GRAVITY > self.cfg.collision_accel_g
         return {"pose": self._pose.astype(np.float32), "velocity": np.array([speed, 0.0, 0.0], np.float32),
                 "gyro": gyro.astype(np.float32), "accel": accel.astype(np.float32),
+                "wheel_speed": np.array([speed / self.cfg.wheel_radius], np.float32),
                 "steer": np.array([self._steer], np.float32), "collision": np.array([float(jolt)], np.float32),
                 "timestamp": np.float64(now)}
 

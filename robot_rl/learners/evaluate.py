@@ -1,4 +1,5 @@
-"""Evaluate a policy on a vector env: success rate over N episodes, deterministic for a seed."""
+"""Evaluating a policy: success rate over N episodes, deterministic for a seed, on vector envs
+(state policies) or through the ControlLoop (image policies)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from robot_rl.core.env import EnvSource
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualPolicy, combine, residual_input
 
@@ -53,6 +55,31 @@ def run_episodes(make_vec_env, act: BatchPolicy, episodes: int = 100, num_envs: 
         vec.close()
     return {"episodes": episodes, "success_rate": float(np.mean(outcomes)), "successes": int(np.sum(outcomes)),
             "mean_length": float(np.mean(lengths)), "mean_return": float(np.mean(returns)), "seconds": time.monotonic() - start}
+
+
+def evaluate_policy(envs: EnvSource, batch_act: BatchPolicy | None, loop_act, episodes: int, num_envs: int,
+                    seed: int = 10_000, progress: bool = False, env=None) -> dict:
+    """Success rate (and mean return) of a policy over `episodes` episodes, deterministic for a
+    seed: on the source's vector envs with `batch_act` where both exist (state policies), else
+    through the ControlLoop with `loop_act` (obs dict -> action), episode i from seed + i, on `env`
+    or on a new env from `envs` (image policies: vector envs are state-only)."""
+    if batch_act is not None and envs.make_vec is not None:
+        return run_episodes(envs.make_vec, batch_act, episodes, num_envs, seed, progress)
+    from robot_rl.core import ControlLoop
+
+    own = env is None
+    if own:
+        env, _ = envs.make(seed=seed)
+    start = time.monotonic()
+    loop = ControlLoop(env, loop_act, rate_hz=None, execute_k=1)
+    try:
+        results = [loop.run_episode(seed=seed + i) for i in
+                   tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress, leave=False)]
+    finally:
+        loop.close()
+        if own:
+            env.close()
+    return loop_summary(results, time.monotonic() - start)
 
 
 def loop_summary(results: list, seconds: float) -> dict:

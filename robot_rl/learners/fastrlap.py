@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from robot_rl.core.env import EnvSource
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.utils.device import resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
@@ -71,13 +72,12 @@ class FastRLAPConfig:
 
 
 # --- the demo lap and the course ---------------------------------------------------------------
-def scripted_demo_lap(env, speed: float, max_steps: int = 5000) -> dict:
-    """Drive one lap of the sim course with the scripted driver capped at `speed` m/s, through
-    the ControlLoop: the path (T, 2) and the lap time (s)."""
+def scripted_demo_lap(env, driver, speed: float, max_steps: int = 5000) -> dict:
+    """Drive one lap of the sim course with the scripted driver (`driver(env, speed)`, the env
+    source's) capped at `speed` m/s, through the ControlLoop: the path (T, 2) and the lap time (s)."""
     from robot_rl.core import ControlLoop
-    from robot_rl.sim.rc_car import RCCarExpert
 
-    expert = RCCarExpert(env.task, max_speed=speed)
+    expert = driver(env, speed)
     path = []
     env.task.max_steps = max_steps
     loop = ControlLoop(env, lambda obs: expert(), rate_hz=None, execute_k=1,
@@ -113,17 +113,16 @@ def demo_lap_from_store(path) -> dict:
 
 
 # --- practice ----------------------------------------------------------------------------------
-def practice_env(env_cfg, cfg: FastRLAPConfig, checkpoints: np.ndarray, episode_steps: int):
-    """The sim car on its course with the practice task in place of the lap task."""
+def practice_env(envs: EnvSource, overrides: dict, cfg: FastRLAPConfig, checkpoints: np.ndarray, episode_steps: int):
+    """The car on its course with the practice task in place of the lap task."""
     from robot_rl.core.env import RobotEnv
     from robot_rl.tasks.practice import FlipDetector, PracticeTask, StuckDetector
-    from robot_rl.sim.rc_car import from_config, practice_hooks
 
-    env, _ = from_config(env_cfg)
+    env, _ = envs.make(**overrides)
     task = PracticeTask(env.robot, checkpoints, cfg.checkpoint_radius, max_steps=episode_steps, lookahead=cfg.lookahead,
                         collision_penalty=cfg.collision_penalty, stuck_penalty=cfg.stuck_penalty,
                         stuck=StuckDetector(cfg.stuck_window, cfg.stuck_radius), flip=FlipDetector(),
-                        **practice_hooks(env))
+                        **envs.extras["practice_hooks"](env))
     return RobotEnv(env.robot, task, env.cameras)
 
 
@@ -150,15 +149,12 @@ def yaw_index(env) -> tuple[int, ...]:
     return (names.index("pose[2]"),) if "pose[2]" in names else ()
 
 
-def demo_prior_transitions(env, speed: float, max_steps: int = 5000) -> list[dict]:
+def demo_prior_transitions(env, driver, speed: float, max_steps: int = 5000) -> list[dict]:
     """The scripted demo lap driven again on the practice env (its observations and rewards,
     which need the checkpoints the first drive gave): transitions for the prior buffer."""
-    from types import SimpleNamespace
-
     from robot_rl.learners.replay import TransitionSink
-    from robot_rl.sim.rc_car import RCCarExpert
 
-    expert = RCCarExpert(SimpleNamespace(car=env.robot, course=env.robot.world.course), max_speed=speed)
+    expert = driver(env, speed)
     transitions: list[dict] = []
     drive(env, lambda obs: expert(), laps=1, max_steps=max_steps, seed=0,
           recorder=TransitionSink(transitions.append, keep_prev=True))
@@ -229,33 +225,31 @@ class PracticeStore:
         self.insert(transition)
 
 
-def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True) -> dict:
-    from omegaconf import OmegaConf
-
-    from robot_rl.commands.collect import safety_from_config
+def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool = True) -> dict:
     from robot_rl.core import ControlLoop
     from robot_rl.learners.hil_serl import AgentPolicy, Learner
     from robot_rl.tasks.practice import RecoveryTeleop
     from robot_rl.learners.replay import TransitionSink, transition_schema
     from robot_rl.learners.sac import SACAgent
     from robot_rl.tasks.course import extract_checkpoints
-    from robot_rl.sim.rc_car import from_config
 
-    if env_cfg.get("kind") != "rc_car":
-        raise ConfigError(f"learner=fastrlap drives the rc_car env, not {env_cfg.get('name')!r}")
+    if "practice_hooks" not in envs.extras:
+        raise ConfigError(f"learner=fastrlap drives the rc_car env, not {envs.name!r}")
+    settings = envs.settings
     seed_everything(cfg.seed)
     out = Path(out_dir)
     # Only the cameras the agent reads are rendered (none from state).
     cameras = [k.split("/", 1)[1] for k in cfg.sac.get("image_keys") or []]
-    env_cfg = OmegaConf.merge(env_cfg, {"control_hz": cfg.control_hz, "laps": 1, "start_noise": False, "cameras": cameras})
+    overrides = {"control_hz": cfg.control_hz, "laps": 1, "start_noise": False, "cameras": cameras}
+    driver = envs.extras["driver"]
     if cfg.demo:
         demo = demo_lap_from_store(cfg.demo)
     else:
-        demo_env, _ = from_config(OmegaConf.merge(env_cfg, {"cameras": []}))
+        demo_env, _ = envs.make(**{**overrides, "cameras": []})
         with demo_env:
-            demo = scripted_demo_lap(demo_env, cfg.demo_speed)
+            demo = scripted_demo_lap(demo_env, driver, cfg.demo_speed)
     checkpoints = extract_checkpoints(demo["path"], cfg.checkpoint_spacing)
-    env = practice_env(env_cfg, cfg, checkpoints, cfg.episode_steps)
+    env = practice_env(envs, overrides, cfg, checkpoints, cfg.episode_steps)
     task = env.task
     sac = sac_config(env, cfg, checkpoints)
     agent = SACAgent(sac, seed=cfg.seed)
@@ -269,10 +263,10 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
     obs_keys = {"state": env.observation_space["state"], **{k: env.observation_space[k] for k in sac.image_keys}}
     learner = Learner(agent, transition_schema(obs_keys, sac.action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
     if cfg.demo_prior and not cfg.demo:
-        prior = demo_prior_transitions(practice_env(env_cfg, cfg, checkpoints, cfg.episode_steps), cfg.demo_speed)
+        prior = demo_prior_transitions(practice_env(envs, overrides, cfg, checkpoints, cfg.episode_steps), driver, cfg.demo_speed)
         learner.prior.add_batch({k: np.stack([t[k] for t in prior]) for k in prior[0]})
     recovery = {"steps": cfg.recovery_steps, "speed": cfg.recovery_speed}
-    log = RunLog(out, f"FastRLAP on {env_cfg.name} (course {env_cfg.get('course_seed', 0)}), demo lap {demo['lap_time']:.1f} s")
+    log = RunLog(out, f"FastRLAP on {envs.name} (course {settings.get('course_seed', 0)}), demo lap {demo['lap_time']:.1f} s")
     counts = {"env_steps": 0}
     store = PracticeStore(learner.insert)
     info: dict = {}
@@ -303,7 +297,7 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
             result.stop_requested = True
 
     loop = ControlLoop(env, AgentPolicy(agent, keep_prev=True), RecoveryTeleop(task, seed=cfg.seed + 1, **recovery),
-                       rate_hz=None, execute_k=1, safety=safety_from_config(env_cfg.safety),
+                       rate_hz=None, execute_k=1, safety=envs.safety,
                        recorder=TransitionSink(store, keep_prev=True), on_step=on_step)
     try:
         with env:
@@ -320,13 +314,13 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
     if task.flipped:
         tqdm.write("the car is on its roof: practice stopped (put it back on its wheels and resume)")
     checkpoint = agent.save(out / "checkpoint")
-    evaluation = drive(practice_env(env_cfg, cfg, checkpoints, cfg.eval_max_steps), AgentPolicy(agent, deterministic=True),
+    evaluation = drive(practice_env(envs, overrides, cfg, checkpoints, cfg.eval_max_steps), AgentPolicy(agent, deterministic=True),
                        cfg.eval_laps, cfg.eval_max_steps, seed=10_000, recovery=recovery)
     trajectory = evaluation.pop("trajectory")
     best = min(evaluation["lap_times"]) if evaluation["lap_times"] else None
-    plot = plot_course(out / "course.png", env_cfg, checkpoints, cfg.checkpoint_radius, demo, evaluation, trajectory)
+    plot = plot_course(out / "course.png", envs, checkpoints, cfg.checkpoint_radius, demo, evaluation, trajectory)
     results = {
-        "learner": "fastrlap", "env": env_cfg.name, "course_seed": int(env_cfg.get("course_seed", 0)),
+        "learner": "fastrlap", "env": envs.name, "course_seed": int(settings.get("course_seed", 0)),
         "checkpoint": str(checkpoint), "config": asdict(cfg), "sac": asdict(sac),
         "demo": {k: v for k, v in demo.items() if k != "path"}, "checkpoints": len(checkpoints),
         **counts, "prior_transitions": len(learner.prior), "stored": store.stored, "recovery_steps": store.skipped, "practice_minutes": practice_s / 60, "learner_steps": learner.steps,
@@ -339,7 +333,7 @@ def train_fastrlap(env_cfg, out_dir, cfg: FastRLAPConfig, progress: bool = True)
 
 
 # --- the picture -------------------------------------------------------------------------------
-def plot_course(path, env_cfg, checkpoints: np.ndarray, radius: float, demo: dict, evaluation: dict,
+def plot_course(path, envs: EnvSource, checkpoints: np.ndarray, radius: float, demo: dict, evaluation: dict,
                 trajectory: np.ndarray) -> Path:
     """The course (walls of the sim course), the checkpoints with their reach, the demo lap, and
     the evaluation's fastest lap coloured by speed."""
@@ -349,15 +343,8 @@ def plot_course(path, env_cfg, checkpoints: np.ndarray, radius: float, demo: dic
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 7))
-    if env_cfg.get("kind") == "rc_car":
-        from robot_rl.sim.course import generate_course
-
-        course = generate_course(int(env_cfg.get("course_seed", 0)), width=float(env_cfg.get("track_width", 1.2)))
-        normal = np.stack([-np.sin(course.heading), np.cos(course.heading)], axis=1)
-        for side in (1, -1):
-            wall = course.centerline + side * course.width / 2 * normal
-            wall = np.vstack([wall, wall[:1]])
-            ax.plot(wall[:, 0], wall[:, 1], color="0.2", lw=2)
+    for wall in envs.extras["walls"]() if "walls" in envs.extras else ():
+        ax.plot(wall[:, 0], wall[:, 1], color="0.2", lw=2)
     ax.plot(demo["path"][:, 0], demo["path"][:, 1], "--", color="0.6", lw=1, label=f"demo lap {demo['lap_time']:.1f} s")
     for i, (x, y) in enumerate(checkpoints):
         ax.add_patch(plt.Circle((x, y), radius, color="tab:orange", alpha=0.12))
@@ -375,7 +362,7 @@ def plot_course(path, env_cfg, checkpoints: np.ndarray, radius: float, demo: dic
         ax.plot(trajectory[:, 0], trajectory[:, 1], color="tab:red", lw=1, label="evaluation drive (no full lap)")
     ax.set_aspect("equal")
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(f"{env_cfg.get('name')} course {env_cfg.get('course_seed', 0)}: checkpoints and the fastest lap")
+    ax.set_title(f"{envs.name} course {envs.settings.get('course_seed', 0)}: checkpoints and the fastest lap")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

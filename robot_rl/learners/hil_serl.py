@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from robot_rl.core.env import RobotEnv
+from robot_rl.core.env import EnvSource, RobotEnv
 from robot_rl.errors import ConfigError
 from robot_rl.utils.device import resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
@@ -186,13 +186,11 @@ def make_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> Learn
     return learner
 
 
-def make_env(env_cfg, cfg: HILSERLConfig):
+def make_env(envs: EnvSource, cfg: HILSERLConfig):
     """The training env and its scripted expert; with a reward classifier, its reward."""
-    from robot_rl.factory import make_sim_env
-
-    env, expert = make_sim_env(env_cfg, seed=cfg.seed)
+    env, expert = envs.make(seed=cfg.seed)
     if cfg.human != "none" and expert is None:
-        raise ConfigError(f"env {env_cfg.name} has no scripted expert to stand in for the human; use human=none")
+        raise ConfigError(f"env {envs.name} has no scripted expert to stand in for the human; use human=none")
     if cfg.reward_classifier:
         from robot_rl.learners.reward_classifier import ClassifierRewardEnv, RewardClassifier
 
@@ -205,39 +203,27 @@ def human_attention(cfg: HILSERLConfig, env_steps: callable):
     return lambda: max(0.0, 1.0 - env_steps() / cfg.human_until) if cfg.human_until > 0 else 0.0
 
 
-def evaluate_agent(agent: SACAgent, env_cfg, env: RobotEnv, episodes: int, num_envs: int, seed: int,
+def evaluate_agent(agent: SACAgent, envs: EnvSource, env: RobotEnv, episodes: int, num_envs: int, seed: int,
                    progress: bool = False) -> dict:
-    """Deterministic success rate with no human: on a vector env for state policies, through the
+    """Deterministic success rate with no human: on vector envs for state policies, through the
     ControlLoop on `env` for image policies (vector envs are state-only)."""
-    from robot_rl.learners.evaluate import loop_summary, run_episodes
+    from robot_rl.learners.evaluate import evaluate_policy
 
     agent.eval()
-    if not agent.cfg.image_keys:
-        from robot_rl.sim.ray_vector import vector_env_factory
-
-        return run_episodes(vector_env_factory(env_cfg), batch_policy(agent), episodes, num_envs, seed, progress)
-    from robot_rl.core import ControlLoop
-
-    start = time.monotonic()
-    loop = ControlLoop(env, AgentPolicy(agent, deterministic=True), rate_hz=None, execute_k=1)
-    try:
-        results = [loop.run_episode(seed=seed + i) for i in range(episodes)]
-    finally:
-        loop.close()
-    return loop_summary(results, time.monotonic() - start)
+    return evaluate_policy(envs, None if agent.cfg.image_keys else batch_policy(agent), AgentPolicy(agent, deterministic=True),
+                           episodes, num_envs, seed, progress, env=env)
 
 
-def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) -> dict:
+def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool = True) -> dict:
     """Actor and learner in one process, in turn: each tick the ControlLoop acts (the human may
     take over), the transition is routed into the buffers, and the learner takes `utd_ratio` steps."""
-    from robot_rl.commands.collect import safety_from_config
     from robot_rl.core import ControlLoop
     from robot_rl.tasks.teleops import ScriptedTeleop
 
     seed_everything(cfg.seed)
-    env, expert = make_env(env_cfg, cfg)
+    env, expert = make_env(envs, cfg)
     learner = make_learner(env.observation_space.spaces, env.action_space.shape[0], cfg)
-    log = RunLog(out_dir, f"HIL-SERL on {env_cfg.name}")
+    log = RunLog(out_dir, f"HIL-SERL on {envs.name}")
     counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
     teleop = None
     if cfg.human != "none":
@@ -276,7 +262,7 @@ def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) 
                             f"interventions {counts['intervened_episodes']} updates {learner.steps}", refresh=False)
 
     loop = ControlLoop(env, policy, teleop, rate_hz=cfg.rate_hz, execute_k=1,
-                       safety=safety_from_config(env_cfg.safety), recorder=TransitionSink(learner.insert),
+                       safety=envs.safety, recorder=TransitionSink(learner.insert),
                        on_step=on_step)
     next_eval = cfg.eval_every or None
     try:
@@ -285,10 +271,10 @@ def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) 
                 result = loop.run_episode(seed=cfg.seed * 1_000_003 + counts["episodes"])
                 on_episode(loop, result)
                 if next_eval and counts["env_steps"] >= next_eval and counts["env_steps"] < cfg.env_steps:
-                    evaluations.append(_interim_eval(learner.agent, env_cfg, env, cfg, counts["env_steps"], log))
+                    evaluations.append(_interim_eval(learner.agent, envs, env, cfg, counts["env_steps"], log))
                     next_eval += cfg.eval_every
             report = loop.report()
-            final = evaluate_agent(learner.agent, env_cfg, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000,
+            final = evaluate_agent(learner.agent, envs, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000,
                                    progress=progress) if cfg.eval_episodes else None
     finally:
         loop.close()
@@ -299,15 +285,15 @@ def train_hil_serl(env_cfg, out_dir, cfg: HILSERLConfig, progress: bool = True) 
     checkpoint = learner.agent.save(out / "checkpoint")
     learner.online.save(out / "buffers" / "online.zarr")
     learner.prior.save(out / "buffers" / "prior.zarr")
-    return log.close({"learner": "hil_serl", "env": env_cfg.name, "checkpoint": str(checkpoint),
+    return log.close({"learner": "hil_serl", "env": envs.name, "checkpoint": str(checkpoint),
                       "config": asdict(cfg), **counts, "training_success_rate": counts["successes"] / max(counts["episodes"], 1),
                       "learner_steps": learner.steps, "evaluation": final, "interim_evaluations": evaluations,
                       "loop": {"achieved_hz": report["clock"].get("achieved_hz"), "overruns": report["clock"].get("overruns")}},
                      curves=("success_rate_20", "policy_success_20", "eval_success_rate", "intervened_steps", "critic_loss", "q", "alpha"))
 
 
-def _interim_eval(agent, env_cfg, env, cfg: HILSERLConfig, steps: int, log: RunLog) -> dict:
-    result = evaluate_agent(agent, env_cfg, env, cfg.eval_interim_episodes, min(cfg.eval_num_envs, cfg.eval_interim_episodes),
+def _interim_eval(agent, envs: EnvSource, env, cfg: HILSERLConfig, steps: int, log: RunLog) -> dict:
+    result = evaluate_agent(agent, envs, env, cfg.eval_interim_episodes, min(cfg.eval_num_envs, cfg.eval_interim_episodes),
                             20_000 + steps)
     log.log(steps, eval_success_rate=result["success_rate"])
     tqdm.write(f"env step {steps}: evaluation success {result['success_rate']:.2f} ({cfg.eval_interim_episodes} episodes)")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from robot_rl.core.env import EnvSource
 from robot_rl.errors import ConfigError, require
 from robot_rl.learners.hil_serl import HILSERLConfig
 
@@ -93,15 +94,12 @@ class LearnerServer:
 
 
 class ActorServer:
-    """The acting side. In sim (`env` None) it builds the env from `env_cfg` and the scripted
-    expert stands in for the human; on a robot (the ROS actor node) it is given the robot's env,
-    the operator's teleop device and the safety settings."""
+    """The acting side. In sim (`env` None) it makes its env from `envs` and the scripted expert
+    stands in for the human; on a robot (the ROS actor node) it is given the robot's env, the
+    operator's teleop device and the safety settings."""
 
-    def __init__(self, env_cfg: dict | None, cfg: dict, send_every: int = 50, env=None, teleop=None, safety=None):
+    def __init__(self, envs: EnvSource | None, cfg: dict, send_every: int = 50, env=None, teleop=None, safety=None):
         import torch
-        from omegaconf import OmegaConf
-
-        from robot_rl.commands.collect import safety_from_config
         from robot_rl.core import ControlLoop
         from robot_rl.learners.hil_serl import AgentPolicy, human_attention, make_agent, make_env
         from robot_rl.learners.replay import TransitionSink
@@ -111,9 +109,8 @@ class ActorServer:
         self.cfg = HILSERLConfig(**cfg)
         self.counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
         if env is None:
-            env_cfg = OmegaConf.create(env_cfg)
-            env, expert = make_env(env_cfg, self.cfg)
-            safety = safety_from_config(env_cfg.safety)
+            env, expert = make_env(envs, self.cfg)
+            safety = envs.safety
             if self.cfg.human != "none":
                 teleop = ScriptedTeleop(expert, mode=self.cfg.human, takeover_steps=self.cfg.human_takeover,
                                         attention=human_attention(self.cfg, lambda: self.counts["env_steps"]),
@@ -221,10 +218,9 @@ def named_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig, name: s
     return learner, made
 
 
-def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None = None,
+def train_hil_serl_ray(envs: EnvSource, out_dir, cfg: HILSERLConfig, address: str | None = None,
                        robot_resource: str | None = None, weights_every: int = 100, progress: bool = True) -> dict:
     """Run the actor and the learner as Ray actors until `cfg.env_steps`; live status in a bar."""
-    from omegaconf import OmegaConf
     from tqdm import tqdm
 
     from robot_rl.utils.training import RunLog
@@ -232,7 +228,6 @@ def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None
     ray = require("ray", "dist", "the actor/learner split")
     if weights_every < 1:
         raise ConfigError(f"weights_every must be at least 1, got {weights_every}")
-    env_dict = OmegaConf.to_container(env_cfg, resolve=True)
     cfg_dict = asdict(cfg)
     started_here = not ray.is_initialized()
     if started_here:
@@ -245,11 +240,11 @@ def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None
         learner_cls = ray.remote(num_cpus=1, num_gpus=gpus_for(cfg.device), max_concurrency=8)(LearnerServer)
         actor_cls = ray.remote(num_cpus=1, max_concurrency=4, **placement)(ActorServer)
         # The actor (on the robot's node) is made first; the learner gets its spaces from it.
-        actor = actor_cls.remote(env_dict, cfg_dict)
+        actor = actor_cls.remote(envs, cfg_dict)
         obs_spaces, action_dim = ray.get(actor.spaces.remote())
         learner = learner_cls.remote(obs_spaces, action_dim, cfg_dict, weights_every)
         ray.get([learner.start.remote(), actor.connect_learner.remote(learner)])
-        log = RunLog(out_dir, f"HIL-SERL (Ray actor/learner) on {env_cfg.name}")
+        log = RunLog(out_dir, f"HIL-SERL (Ray actor/learner) on {envs.name}")
         done = actor.run.remote(cfg.env_steps)
         bar = tqdm(total=cfg.env_steps, desc="HIL-SERL (ray)", unit="step", disable=not progress, dynamic_ncols=True)
         while not ray.wait([done], timeout=1.0)[0]:
@@ -266,21 +261,21 @@ def train_hil_serl_ray(env_cfg, out_dir, cfg: HILSERLConfig, address: str | None
     finally:
         if started_here:
             ray.shutdown()
-    evaluation = _evaluate(learned["checkpoint"], env_cfg, cfg) if cfg.eval_episodes else None
-    return log.close({"learner": "hil_serl", "dist": "ray", "env": env_cfg.name, "config": cfg_dict,
+    evaluation = _evaluate(learned["checkpoint"], envs, cfg) if cfg.eval_episodes else None
+    return log.close({"learner": "hil_serl", "dist": "ray", "env": envs.name, "config": cfg_dict,
                       "actor": acted, "learner_stats": learned, "checkpoint": learned["checkpoint"],
                       "evaluation": evaluation},
                      curves=("success_rate_20", "actor_hz", "updates_per_s", "intervened_episodes"))
 
 
-def _evaluate(checkpoint: str, env_cfg, cfg: HILSERLConfig) -> dict:
+def _evaluate(checkpoint: str, envs: EnvSource, cfg: HILSERLConfig) -> dict:
     """The saved agent in simulation, deterministic and without the human (here, in the driver)."""
     from robot_rl.learners.hil_serl import evaluate_agent, make_env
     from robot_rl.learners.sac import SACAgent
 
-    env, _ = make_env(env_cfg, cfg)
+    env, _ = make_env(envs, cfg)
     try:
         with env:
-            return evaluate_agent(SACAgent.load(checkpoint), env_cfg, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000)
+            return evaluate_agent(SACAgent.load(checkpoint), envs, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000)
     finally:
         env.close()

@@ -32,9 +32,8 @@ from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.utils.training import RunLog, seed_everything
 from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
-from robot_rl.learners.iql import CameraFeatures, IQLAgent, relu_mlp
 from robot_rl.policies.checkpoint import CheckpointedAgent
-from robot_rl.policies.encoders import images_to_float
+from robot_rl.policies.encoders import CameraFeatures, images_to_float, relu_mlp
 
 
 @dataclass
@@ -300,14 +299,16 @@ def pretrained_encoder(path, image_keys: tuple[str, ...], image_size: int) -> di
 def load_encoder_state(path) -> tuple[dict[str, Tensor], tuple[str, ...], int]:
     """The image encoder (`CameraFeatures` weights) of an ICVF or an IQL checkpoint, with the
     cameras and image size it was trained on: what V-PTR and FastRLAP start a learner from."""
-    from robot_rl.policies.checkpoint import read_meta
+    from robot_rl.policies.checkpoint import load_checkpoint, read_meta
 
     kind = read_meta(path).get("kind")
-    if kind == IQLAgent.kind:
-        agent = IQLAgent.load(path)
-        if agent.encoder is None:
+    if kind == "iql_agent":  # read from the file: the IQL agent's module is not needed to hand its encoder on
+        meta, weights = load_checkpoint(path, kind)
+        state = {k.removeprefix("encoder."): v for k, v in weights.items() if k.startswith("encoder.")}
+        if not state:
             raise ConfigError(f"the IQL at {path} has no image encoder to hand on (it learned from state)")
-        return agent.encoder.state_dict(), tuple(agent.cfg.image_keys), agent.cfg.image_size
+        config = meta.get("config") or {}
+        return state, tuple(config.get("image_keys") or ()), int(config.get("image_size") or 0)
     if kind != ICVFAgent.kind:
         raise DatasetError(f"{path} holds a {kind!r} checkpoint, not an ICVF or IQL one")
     agent = ICVFAgent.load(path)

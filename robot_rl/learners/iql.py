@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from robot_rl.core.env import EnvSource
 from robot_rl.datasets.store import EpisodeStore, read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.utils.training import RunLog, seed_everything
 from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.policies.checkpoint import CheckpointedAgent
-from robot_rl.policies.encoders import ConvEncoder, images_to_float
+from robot_rl.policies.encoders import CameraFeatures, ConvEncoder, images_to_float, relu_mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 EXP_ADV_MAX = 100.0
@@ -64,30 +65,10 @@ class IQLConfig:
             raise ConfigError(f"beta must be at least 0, got {self.beta}")
 
 
-def relu_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for width in hidden:
-        layers += [nn.Linear(in_dim, width), nn.ReLU()]
-        in_dim = width
-    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
-
-
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
     """Asymmetric L2: weight `expectile` where diff = target - V is positive, 1 - expectile where negative."""
     weight = torch.abs(expectile - (diff < 0).float())
     return (weight * diff**2).mean()
-
-
-class CameraFeatures(nn.Module):
-    """The project's small CNN (policies.encoders.ConvEncoder) per camera, outputs concatenated."""
-
-    def __init__(self, cameras: int, image_size: int, per_camera: int = 64):
-        super().__init__()
-        self.convs = nn.ModuleList(ConvEncoder(out_dim=per_camera, image_size=image_size) for _ in range(cameras))
-        self.out_dim = per_camera * cameras
-
-    def forward(self, images: list[Tensor]) -> Tensor:
-        return torch.cat([conv(x) for conv, x in zip(self.convs, images)], -1)
 
 
 class IQLAgent(CheckpointedAgent, nn.Module):
@@ -380,33 +361,18 @@ def loop_policy(agent: IQLAgent):
     return act
 
 
-def evaluate_iql(agent: IQLAgent, env_cfg, episodes: int, num_envs: int, seed: int = 10_000, progress: bool = False,
-                 make_vec_env=None) -> dict:
-    """Success rate of the deterministic actor: on a vector env from state (`make_vec_env`, a
-    local one by default), one env at a time with cameras."""
-    from robot_rl.learners.evaluate import loop_summary, run_episodes
+def evaluate_iql(agent: IQLAgent, envs: EnvSource, episodes: int, num_envs: int, seed: int = 10_000,
+                 progress: bool = False) -> dict:
+    """Success rate of the deterministic actor: on vector envs from state, one env at a time with cameras."""
+    from robot_rl.learners.evaluate import evaluate_policy
 
     agent.eval()
-    if not agent.cfg.image_keys:
-        from robot_rl.sim.ray_vector import vector_env_factory
-
-        return run_episodes(make_vec_env or vector_env_factory(env_cfg), batch_policy(agent), episodes, num_envs, seed, progress)
-    from robot_rl.core import ControlLoop
-    from robot_rl.factory import make_sim_env
-
-    env, _ = make_sim_env(env_cfg, seed=seed)
-    start = time.monotonic()
-    loop = ControlLoop(env, loop_policy(agent), rate_hz=None, execute_k=1)
-    try:
-        with env:
-            results = [loop.run_episode(seed=seed + e) for e in
-                       tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress, leave=False)]
-    finally:
-        loop.close()
-    return loop_summary(results, time.monotonic() - start)
+    return evaluate_policy(envs, None if agent.cfg.image_keys else batch_policy(agent), loop_policy(agent),
+                           episodes, num_envs, seed, progress)
 
 
-def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool = True) -> dict:
+def train_iql(store_path, envs: EnvSource | None, out_dir, cfg: IQLTrainConfig, progress: bool = True) -> dict:
+    """IQL (or BC with beta 0) on the stores' transitions; evaluated on `envs` when given."""
     rng = seed_everything(cfg.seed)
     agent_cfg = dict(cfg.agent)
     image_keys = tuple(agent_cfg.get("image_keys", ()))
@@ -418,7 +384,7 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
             if agent_cfg.get("image_size") is None:
                 agent_cfg["image_size"] = data.image_size
             for what, size in (("agent.image_size", agent_cfg["image_size"]),
-                               ("the env's image_size", env_cfg.get("image_size") if env_cfg is not None else None)):
+                               ("the env's image_size", envs.settings.get("image_size") if envs is not None else None)):
                 if size is not None and int(size) != data.image_size:
                     raise ConfigError(f"the store's images are {data.image_size} px, {what} says {size}")
         acfg = IQLConfig(**{**agent_cfg, "state_dim": data.state_dim, "action_dim": data.action_dim, "steps": cfg.steps})
@@ -445,15 +411,15 @@ def train_iql(store_path, env_cfg, out_dir, cfg: IQLTrainConfig, progress: bool 
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
                 bar.set_postfix_str(f"q {info['q_loss']:.4f} v {info['v_loss']:.4f} actor {info['actor_loss']:.3f}", refresh=False)
-            if env_cfg is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-                result = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, seed=20_000 + step)
+            if envs is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                result = evaluate_iql(agent, envs, cfg.eval_episodes, cfg.eval_num_envs, seed=20_000 + step)
                 log.log(step + 1, eval_success_rate=result["success_rate"])
                 evaluations.append({"step": step + 1, **result})
                 tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
                 agent.train()
     agent.cpu()  # evaluated (and deployed) on the CPU
     checkpoint = agent.save(Path(out_dir) / "checkpoint")
-    final = evaluate_iql(agent, env_cfg, cfg.eval_episodes, cfg.eval_num_envs, progress=progress) if env_cfg is not None and cfg.eval_episodes else None
+    final = evaluate_iql(agent, envs, cfg.eval_episodes, cfg.eval_num_envs, progress=progress) if envs is not None and cfg.eval_episodes else None
     if final:
         log.log(cfg.steps, eval_success_rate=final["success_rate"])
     return log.close({"learner": "iql", "store": stores[0] if len(stores) == 1 else stores, "checkpoint": str(checkpoint), "config": asdict(cfg), "agent": asdict(acfg), "transitions": len(data), "evaluation": final, "interim_evaluations": evaluations},

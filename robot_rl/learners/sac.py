@@ -118,7 +118,7 @@ class ObsEncoder(WithFrozenBackbone):
             self.out_dim = state_dim
             return
         if cfg.frozen_cnn:
-            from robot_rl.learners.iql import CameraFeatures
+            from robot_rl.policies.encoders import CameraFeatures
 
             self.cnn = CameraFeatures(len(self.image_keys), cfg.image_size).requires_grad_(cfg.finetune_cnn)
             self.proprio = self._proprio(state_dim, cfg.proprio_dim)

@@ -139,3 +139,23 @@ class SpatialLearnedEmbeddings(nn.Module):
     def forward(self, features: Tensor) -> Tensor:
         out = torch.einsum("bchw,chwf->bcf", features, self.kernel)
         return out.flatten(1)
+
+
+def relu_mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU()]
+        in_dim = width
+    return nn.Sequential(*layers, nn.Linear(in_dim, out_dim))
+
+
+class CameraFeatures(nn.Module):
+    """The project's small CNN (policies.encoders.ConvEncoder) per camera, outputs concatenated."""
+
+    def __init__(self, cameras: int, image_size: int, per_camera: int = 64):
+        super().__init__()
+        self.convs = nn.ModuleList(ConvEncoder(out_dim=per_camera, image_size=image_size) for _ in range(cameras))
+        self.out_dim = per_camera * cameras
+
+    def forward(self, images: list[Tensor]) -> Tensor:
+        return torch.cat([conv(x) for conv, x in zip(self.convs, images)], -1)

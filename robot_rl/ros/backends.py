@@ -6,7 +6,8 @@ robot the IO is an rclpy node, in tests an in-process bus of real ROS 2 message 
 - Observations are the newest message of each stream; one older than `max_age_s` on the ROS
   clock (simulation time with `use_sim_time`) is a StaleMessageError, which stops the loop.
 - The observation and action layouts equal the hardware drivers' (DynamixelArm, VescCar), so a
-  policy trained on one runs on the other.
+  policy trained on one runs on the other; the car's is the car kind's spec (robot_rl/tasks/car.py),
+  which the sim car reports too.
 - Every command is finite and clipped here, whatever the caller did; each backend runs the
   loop's `Watchdog`, which publishes the stop command when commands stop for `watchdog_s`.
 """
@@ -27,6 +28,7 @@ from robot_rl.errors import ConfigError, DeviceError
 from robot_rl.utils.geometry import GRAVITY
 from robot_rl.ros import messages as m
 from robot_rl.ros.streams import LatestMessage, RosIO, StaleMessageError, check_qos
+from robot_rl.tasks import car as car_spec
 
 ARM_COMMANDS = ("pose", "joint_trajectory", "joint_forward")
 CAR_COMMANDS = ("ackermann", "twist")
@@ -359,9 +361,10 @@ class RosCarConfig:
     odom_topic: str = "/odom"
     imu_topic: str | None = None            # sensor_msgs/Imu; without it the gyro is the odometry's yaw rate
     frame_id: str = "base_link"
-    max_speed: float = 3.0                  # m/s
-    max_steer: float = 0.35                 # rad
+    max_speed: float = 3.0                  # m/s; a clip within the car spec's 3 m/s
+    max_steer: float = 0.35                 # rad; a clip within the car spec's 0.35 rad
     wheelbase: float = 0.33                 # m
+    wheel_radius: float = 0.05              # m: wheel_speed = the odometry's forward speed / wheel_radius
     collision_accel_g: float = 2.0          # a horizontal jolt above this counts as a collision
     state_qos: str = "sensor"
     command_qos: str = "command"
@@ -373,24 +376,33 @@ class RosCarConfig:
     def __post_init__(self):
         if self.command not in CAR_COMMANDS:
             raise ConfigError(f"car command must be one of {', '.join(CAR_COMMANDS)}, got {self.command!r}")
-        if not (self.max_speed > 0 and self.max_steer > 0 and self.wheelbase > 0):
-            raise ConfigError("max_speed, max_steer and wheelbase must be positive")
+        if not (self.wheelbase > 0 and self.wheel_radius > 0):
+            raise ConfigError("wheelbase and wheel_radius must be positive")
+        problem = car_spec.check_limits(self.max_steer, self.max_speed)
+        if problem:
+            raise ConfigError(problem)
         check_qos(self.state_qos)
         check_qos(self.command_qos)
 
 
+def _car_odometry(msg) -> dict[str, np.ndarray]:
+    """Odometry as the car spec reads it: pose [x, y, yaw], the body-frame linear velocity
+    [vx, vy, vz] (m/s) and, apart, the yaw rate (rad/s: the gyro when there is no IMU)."""
+    values = m.odometry(msg)  # its "velocity" is [vx, vy, yaw rate]: a twist summary, not the spec's
+    linear = msg.twist.twist.linear
+    return {"pose": values["pose"], "linear": np.array([linear.x, linear.y, linear.z]), "yaw_rate": values["velocity"][2]}
+
+
 class RosCar(Robot):
     """A car behind ROS 2 (an F1TENTH / ackermann_mux stack, or anything taking Twist). Action
-    [steer rad, speed m/s]; observations as VescCar's: pose [x, y, yaw] and velocity from
-    Odometry, gyro and accel from Imu, the commanded steer, a collision flag, timestamp."""
+    [steer rad, speed m/s]; observations in the car spec (robot_rl/tasks/car.py), as VescCar's:
+    pose [x, y, yaw] and linear velocity from Odometry, gyro and accel from Imu, the wheel speed
+    from the odometry's forward speed, the commanded steer, a collision flag, timestamp."""
 
     def __init__(self, cfg: RosCarConfig, io: RosIO):
         self.cfg, self.io = cfg, io
-        self.observation_spec = {"pose": ArraySpec((3,), names=("x", "y", "yaw")), "velocity": ArraySpec((3,)),
-                                 "gyro": ArraySpec((3,)), "accel": ArraySpec((3,)), "steer": ArraySpec((1,)),
-                                 "collision": ArraySpec((1,)), "timestamp": ArraySpec((), "float64")}
-        self.action_spec = ArraySpec((2,), low=[-cfg.max_steer, -cfg.max_speed], high=[cfg.max_steer, cfg.max_speed],
-                                     names=("steer", "speed"))
+        self.observation_spec = car_spec.observation_spec()
+        self.action_spec = car_spec.action_spec()
         self._odom: LatestMessage | None = None
         self._imu: LatestMessage | None = None
         self._publish = None
@@ -402,7 +414,7 @@ class RosCar(Robot):
         if self._odom is not None:
             return
         cfg = self.cfg
-        self._odom = LatestMessage(self.io, cfg.odom_topic, "nav_msgs/msg/Odometry", m.odometry, cfg.state_qos)
+        self._odom = LatestMessage(self.io, cfg.odom_topic, "nav_msgs/msg/Odometry", _car_odometry, cfg.state_qos)
         if cfg.imu_topic:
             self._imu = LatestMessage(self.io, cfg.imu_topic, "sensor_msgs/msg/Imu", m.imu, cfg.state_qos)
         if not cfg.dry_run:
@@ -424,14 +436,20 @@ class RosCar(Robot):
     def observe(self) -> dict[str, np.ndarray]:
         odom = self._odom.get(self.cfg.max_age_s)
         self._pose = odom.value["pose"]
+        linear = odom.value["linear"]
         if self._imu is not None:
             imu = self._imu.get(self.cfg.max_age_s).value
             gyro, accel = imu["gyro"], imu["accel"]
         else:
-            gyro, accel = np.array([0.0, 0.0, odom.value["velocity"][2]]), np.array([0.0, 0.0, GRAVITY])
+            gyro, accel = np.array([0.0, 0.0, odom.value["yaw_rate"]]), np.array([0.0, 0.0, GRAVITY])
         jolt = math.hypot(accel[0], accel[1]) / GRAVITY > self.cfg.collision_accel_g
-        return {"pose": self._pose.astype(np.float32), "velocity": odom.value["velocity"].astype(np.float32),
+        # On the F1TENTH stack /odom's speed is the VESC's erpm / speed_to_erpm_gain (vesc_to_odom):
+        # the motor's speed, as VescCar measures it. (From an odometry that fuses other sensors it
+        # is the ground speed: wheel slip would not show.)
+        wheel_speed = linear[0] / self.cfg.wheel_radius
+        return {"pose": self._pose.astype(np.float32), "velocity": linear.astype(np.float32),
                 "gyro": np.asarray(gyro, np.float32), "accel": np.asarray(accel, np.float32),
+                "wheel_speed": np.array([wheel_speed], np.float32),
                 "steer": np.array([self._steer], np.float32), "collision": np.array([float(jolt)], np.float32),
                 "timestamp": np.float64(odom.monotonic)}
 

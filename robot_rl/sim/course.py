@@ -39,6 +39,12 @@ class Course:
         x, y = self.centerline[0]
         return float(x), float(y), float(self.heading[0])
 
+    def walls(self) -> list[np.ndarray]:
+        """The two walls as closed polylines (N + 1, 2), for plots."""
+        normal = np.stack([-np.sin(self.heading), np.cos(self.heading)], axis=1)
+        walls = [self.centerline + side * self.width / 2 * normal for side in (1, -1)]
+        return [np.vstack([wall, wall[:1]]) for wall in walls]
+
     def point_at(self, s: np.ndarray | float) -> np.ndarray:
         """Centerline position(s) at arc length `s` (wrapped around the lap), linearly interpolated."""
         s = np.asarray(s, np.float64) % self.length

@@ -7,6 +7,8 @@ torque) that also brakes the rear wheels through the motor, as a hobby ESC does,
 front wheels.
 Physics at 500 Hz, commanded at 20 Hz (25 substeps per command).
 
+Action and robot observation: the car kind's spec (robot_rl/tasks/car.py), the same as the VESC
+and ROS cars', so a state policy trained here runs on them.
 Action (robot units): [steer, speed]
   steer  rad, in [-0.35, 0.35], positive turns left: the bicycle-model angle at the front axle,
          turned into inner/outer wheel angles with the Ackermann relation.
@@ -19,7 +21,8 @@ Robot observation (odometry/IMU, from MuJoCo sensors):
   velocity (3)     body-frame linear velocity [m/s] (velocimeter; [0] is forward speed)
   gyro (3)         body-frame angular velocity [rad/s] ([2] is the yaw rate)
   accel (3)        body-frame specific force [m/s^2] (accelerometer: reads +9.81 on z at rest)
-  wheel_speed (4)  FL, FR, RL, RR [rad/s], positive rolling forward
+  wheel_speed (1)  the rear (driven) wheels' mean speed [rad/s]: what the motor turns at through the
+                   differential, the one wheel speed a real car's motor controller measures
   steer (1)        measured steering angle [rad]: the mean of the two front wheel angles
   collision (1)    1.0 if the car touched a wall during the last command, else 0.0
 Task observation: checkpoint_rel (2), the next checkpoint in the car frame [m] (privileged).
@@ -36,6 +39,8 @@ from robot_rl.core.env import RobotEnv
 from robot_rl.core.protocols import Robot, Task
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError
+from robot_rl.tasks import car as car_spec
+from robot_rl.tasks.car import MAX_SPEED, MAX_STEER
 from robot_rl.tasks.course import CheckpointTracker
 from robot_rl.sim.course import WALL_HALF_HEIGHT, WALL_HALF_THICKNESS, Course, generate_course
 from robot_rl.sim.world import MujocoCamera, MujocoWorld
@@ -45,8 +50,6 @@ TIMESTEP = 0.002
 WHEELBASE = 0.33
 TRACK = 0.25
 WHEEL_RADIUS = 0.05
-MAX_STEER = 0.35  # rad: the bicycle angle; the inner wheel then turns ~0.40 rad
-MAX_SPEED = 3.0  # m/s, forward and reverse
 SPRUNG_MASS = 2.52  # kg: all but the wheels and steering knuckles, carried by the four springs
 SPRING_K = 600.0  # N/m per corner
 BRAKE_MIN_SPEED = 0.1  # m/s: below this an opposing command reverses instead of braking
@@ -211,8 +214,6 @@ _SCENE = """<mujoco model="rc_car_course_{seed}">
 </mujoco>
 """
 
-WHEELS = ("fl", "fr", "rl", "rr")
-
 
 def scene_xml(course: Course, timestep: float = TIMESTEP) -> str:
     """The MJCF of the car on `course`."""
@@ -267,18 +268,8 @@ class MujocoRCCar(Robot):
         self._act = {m.actuator(i).name: i for i in range(m.nu)}
         self._brakes = [self._act["brake_fl"], self._act["brake_fr"]]
         self._qpos = m.joint("car").qposadr[0]
-        self.observation_spec = {
-            "pose": ArraySpec((3,), names=("x", "y", "yaw")),
-            "velocity": ArraySpec((3,)),
-            "gyro": ArraySpec((3,)),
-            "accel": ArraySpec((3,)),
-            "wheel_speed": ArraySpec((4,), names=WHEELS),
-            "steer": ArraySpec((1,)),
-            "collision": ArraySpec((1,)),
-            "timestamp": ArraySpec((), "float64"),
-        }
-        self.action_spec = ArraySpec((2,), low=[-MAX_STEER, -MAX_SPEED], high=[MAX_STEER, MAX_SPEED],
-                                     names=("steer", "speed"))
+        self.observation_spec = car_spec.observation_spec()
+        self.action_spec = car_spec.action_spec()
         self.collided = False  # touched a wall during the last command
         self.contact_substeps = 0  # substeps of the last command with a wall contact
         self.max_contacts = 0  # most simultaneous car-wall contacts during the last command
@@ -296,14 +287,15 @@ class MujocoRCCar(Robot):
 
     def observe(self) -> dict[str, np.ndarray]:
         s, d = self._sensor, self.world.data.sensordata
-        wheels = np.concatenate([d[s[f"w_{w}"]] for w in WHEELS])
+        # Per-wheel speeds are not observed: no real car measures them (robot_rl/tasks/car.py).
+        drive = 0.5 * (d[s["w_rl"]] + d[s["w_rr"]])
         steer = 0.5 * (d[s["steer_fl"]] + d[s["steer_fr"]])
         return {
             "pose": self.pose().astype(np.float32),
             "velocity": d[s["velocity"]].astype(np.float32),
             "gyro": d[s["gyro"]].astype(np.float32),
             "accel": d[s["accel"]].astype(np.float32),
-            "wheel_speed": wheels.astype(np.float32),
+            "wheel_speed": drive.astype(np.float32),
             "steer": steer.astype(np.float32),
             "collision": np.array([float(self.collided)], np.float32),
             "timestamp": np.float64(self.world.data.time),

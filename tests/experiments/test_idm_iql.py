@@ -14,8 +14,14 @@ def test_pipeline_end_to_end(tmp_path, capsys):
             "fraction=0.5", "lowest=1.0", "idm.epochs=2", "idm.hidden=[32]", "iql.steps=3", "iql.batch_size=8",
             "iql.eval_episodes=2", "iql.eval_num_envs=2"]
     assert main(args) == 0
-    assert str(run / "summary.json") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.splitlines()[-3:] == [str(run / "results.json"), str(run / "table.md"), str(run / "summary.json")]
+    assert "| seed | IQL all actions | IQL IDM labels | IQL labeled only | IDM / all (return) |" in out
     report = json.loads((run / "summary.json").read_text())["seeds"]["0"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["per_seed"]["0"] == {k: report[k] for k in ("iql_full_labels_success", "iql_idm_labels_success",
+                                                               "iql_labeled_only_success", "idm_over_full")}
+    assert (results["fraction"], results["lowest"]) == (0.5, 1.0)
     assert (report["split"]["labeled"], report["split"]["unlabeled"]) == (2, 2)
     for key in ("iql_full_labels_success", "iql_idm_labels_success", "iql_labeled_only_success"):
         assert 0.0 <= report[key] <= 1.0

@@ -14,9 +14,15 @@ def test_pipeline_end_to_end(tmp_path, capsys):
             "label.pairs=20", "reward_model.epochs=2", "iql.steps=3", "iql.batch_size=8", "iql.eval_episodes=2",
             "iql.eval_num_envs=2"]
     assert main(args) == 0
-    assert str(run / "summary.json") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.splitlines()[-3:] == [str(run / "results.json"), str(run / "table.md"), str(run / "summary.json")]
+    assert "| seed | IQL true reward | IQL VLM reward | BC | VLM / true |" in out and "| mean ± std |" in out
     summary = json.loads((run / "summary.json").read_text())
     report = summary["seeds"]["0"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["complete"] and results["command"] == "robot-rl vlm-iql" and results["config"]["seeds"] == [0]
+    assert results["per_seed"]["0"]["bc_success"] == report["bc_success"] == results["mean"]["bc_success"]
+    assert results["bar_met_every_seed"] == summary["bar_met_every_seed"]
     assert report["labels"]["labels"] > 0 and report["labels"]["requests"] > 0
     for key in ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success"):
         assert 0.0 <= report[key] <= 1.0

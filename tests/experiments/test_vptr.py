@@ -21,13 +21,18 @@ def test_pipeline_end_to_end(tmp_path, capsys):
             "icvf.agent.hidden=[16, 16]", "iql.steps=2", "iql.batch_size=8", "iql.agent.hidden=[16]",
             "iql.eval_episodes=2"]
     assert main(args) == 0
-    assert str(run / "summary.json") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert out.splitlines()[-3:] == [str(run / "results.json"), str(run / "table.md"), str(run / "summary.json")]
+    assert "| seed | IQL scratch | IQL ICVF frozen | frozen - scratch | IQL ICVF fine-tuned |" in out
     assert sorted(p.name for p in (data / "videos").iterdir()) == [f"episode_000{i}.mp4" for i in range(3)]
     with EpisodeStore.open(data / "video.zarr") as video, EpisodeStore.open(data / "robot.zarr") as robot:
         assert video.keys == ["obs/image/front"] and video.n_episodes == 3  # frames only: no actions, no state
         assert video.episode(0)["obs/image/front"].shape[1:] == (32, 32, 3) == robot.episode(0)["obs/image/front"].shape[1:]
         assert robot.n_episodes == 2 and robot.episode(0)["obs/state"].shape[1] == 9  # the target is not in the state
     report = json.loads((run / "summary.json").read_text())["seeds"]["0"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["per_seed"]["0"]["icvf_frozen_minus_scratch"] == report["icvf_frozen_minus_scratch"]
+    assert results["video"] == str(data / "video.zarr") and results["complete"]
     assert report["icvf_frozen_minus_scratch"] == report["iql_icvf_frozen_success"] - report["iql_scratch_success"]
     assert set(report["target_probe_r2"]) == {"icvf", "random_init"}
     assert all(math.isfinite(r) and r <= 1.0 for r in report["target_probe_r2"].values())

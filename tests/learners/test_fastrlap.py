@@ -18,6 +18,7 @@ from robot_rl.tasks.practice import FlipDetector, RecoveryTeleop, StuckDetector
 from robot_rl.learners.replay import TransitionSink
 from robot_rl.learners.sac import SACAgent, SACConfig
 from robot_rl.tasks.course import CheckpointTracker, extract_checkpoints, progress_reward, world_velocity
+from robot_rl.factory import env_source
 
 ENV = OmegaConf.merge(OmegaConf.load("robot_rl/conf/env/rc_car.yaml"), {"cameras": [], "control_hz": 10})
 
@@ -64,7 +65,7 @@ def test_stuck_detection():
 
 
 def test_flip_detection_on_the_mujoco_car():
-    env = practice_env(ENV, FastRLAPConfig(), extract_checkpoints(_circle(), 1.0), 100)
+    env = practice_env(env_source(ENV), {}, FastRLAPConfig(), extract_checkpoints(_circle(), 1.0), 100)
     car = env.robot
     env.reset(seed=0)
     upright = FlipDetector()
@@ -81,7 +82,7 @@ def test_flip_detection_on_the_mujoco_car():
 
 def test_recovery_steps_are_not_stored_and_practice_needs_no_reset():
     checkpoints = extract_checkpoints(_circle(), 1.0)
-    env = practice_env(ENV, FastRLAPConfig(stuck_window=10), checkpoints, 120)
+    env = practice_env(env_source(ENV), {}, FastRLAPConfig(stuck_window=10), checkpoints, 120)
     stored = []
     store = PracticeStore(stored.append)
     teleop = RecoveryTeleop(env.task, steps=5)
@@ -139,7 +140,7 @@ def test_action_rate_limit_in_acting_and_in_the_update():
 def test_a_tiny_fastrlap_run_writes_results_and_the_course_plot(tmp_path):
     cfg = FastRLAPConfig(env_steps=60, training_starts=32, batch_size=32, eval_laps=1, eval_max_steps=40,
                          episode_steps=30, sac={"hidden": [32, 32], "critic_ensemble": 4})
-    result = train_fastrlap(ENV, tmp_path, cfg, progress=False)
+    result = train_fastrlap(env_source(ENV), tmp_path, cfg, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["demo"]["lap_time"] == pytest.approx(20.0, abs=1.0)  # the slow 1 m/s demo lap of course 0
     assert saved["checkpoints"] == 20 and saved["env_steps"] >= 60 and saved["learner_steps"] > 0

@@ -9,6 +9,7 @@ import torch
 from robot_rl.datasets import EpisodeStore
 from robot_rl.learners.icvf import (ICVFAgent, ICVFConfig, ICVFTrainConfig, GoalSampler, frame_batch, frame_rows,
                                      pretrained_encoder, train_icvf)
+from robot_rl.factory import env_source
 
 
 def test_goal_sampler_mixture():
@@ -156,6 +157,6 @@ def test_vptr_encoder_init_hands_the_icvf_cnn_to_iql(tmp_path):
     with pytest.raises(ConfigError, match="store's images are 32 px"):
         train_iql(store, None, tmp_path / "bad", cfg, progress=False)
     with pytest.raises(ConfigError, match="the env's image_size says 84"):  # before training, not at evaluation
-        train_iql(store, {"name": "reach", "image_size": 84}, tmp_path / "bad_env", IQLTrainConfig(steps=1, agent=agent_cfg), progress=False)
+        train_iql(store, env_source({"name": "reach", "image_size": 84}), tmp_path / "bad_env", IQLTrainConfig(steps=1, agent=agent_cfg), progress=False)
     cfg = IQLTrainConfig(steps=1, batch_size=4, eval_episodes=0, agent={"image_keys": ["image/front"], "hidden": [16]})
     assert train_iql(store, None, tmp_path / "sized", cfg, progress=False)["agent"]["image_size"] == 32  # from the store

@@ -12,6 +12,7 @@ import torch
 from robot_rl.datasets import EpisodeStore
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, OfflineDataset, available_memory_bytes, expectile_loss
+from robot_rl.factory import env_source
 
 
 def test_expectile_loss_by_hand():
@@ -218,7 +219,7 @@ def test_train_from_images_and_state_end_to_end(image_store, tmp_path):
     env_cfg = compose("train", ["env=peg_insert", "env.cameras=[front]", "env.image_size=64", "env.max_steps=10"]).env
     cfg = IQLTrainConfig(steps=4, batch_size=8, eval_episodes=2, eval_num_envs=2, log_every=1,
                          agent={"image_keys": ["image/front"], "image_size": 64, "hidden": [32]})
-    result = train_iql(image_store, env_cfg, tmp_path / "img", cfg, progress=False)
+    result = train_iql(image_store, env_source(env_cfg), tmp_path / "img", cfg, progress=False)
     assert result["evaluation"]["episodes"] == 2 and (tmp_path / "img" / "curve.png").exists()
     agent = IQLAgent.load(result["checkpoint"])
     assert agent.encoder is not None and agent.updates == 4
@@ -228,6 +229,6 @@ def test_train_from_images_and_state_end_to_end(image_store, tmp_path):
     agent.zero_grad()
     (loss["v_loss"] + loss["actor_loss"]).backward()
     assert all(p.grad is None for p in agent.encoder.parameters())
-    state = train_iql(image_store, OmegaConf.merge(env_cfg, {"cameras": []}), tmp_path / "state",
+    state = train_iql(image_store, env_source(OmegaConf.merge(env_cfg, {"cameras": []})), tmp_path / "state",
                       IQLTrainConfig(steps=3, batch_size=8, eval_episodes=2, eval_num_envs=2), progress=False)
     assert 0.0 <= state["evaluation"]["success_rate"] <= 1.0

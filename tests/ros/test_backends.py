@@ -190,7 +190,7 @@ def test_car_commands_observations_and_sim_time():
             assert sim.commands[-1] == pytest.approx((0.35, 3.0))
             wait_until(lambda: car.observe()["pose"][0] > 0.05)
             obs = car.observe()
-            assert set(obs) == {"pose", "velocity", "gyro", "accel", "steer", "collision", "timestamp"}  # VescCar's
+            assert set(obs) == {"pose", "velocity", "gyro", "accel", "wheel_speed", "steer", "collision", "timestamp"}  # VescCar's
             assert obs["velocity"][0] == pytest.approx(3.0) and obs["steer"][0] == pytest.approx(0.35)
             assert obs["gyro"][2] == pytest.approx(3.0 * math.tan(0.35) / 0.33, rel=1e-5) and obs["collision"][0] == 0.0
             np.testing.assert_allclose(car.pose(), obs["pose"])

@@ -42,7 +42,7 @@ def params(kind, **kw):
 
 
 def test_policy_node_drives_the_car_from_a_checkpoint(tmp_path):
-    agent = IQLAgent(IQLConfig(state_dim=14, action_dim=2, hidden=(16,)))
+    agent = IQLAgent(IQLConfig(state_dim=15, action_dim=2, hidden=(16,)))
     checkpoint = agent.save(tmp_path / "iql")
     graph = LoopbackGraph()
     with CarSim(graph) as sim:
@@ -58,9 +58,9 @@ def test_policy_node_drives_the_car_from_a_checkpoint(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint"):
         nodes.run_policy(params("policy", robot_config=write(tmp_path, "car", CAR)), LoopbackIO(graph))
     arm_policy = IQLAgent(IQLConfig(state_dim=12, action_dim=5, hidden=(16,))).save(tmp_path / "arm_iql")
-    with CarSim(graph), pytest.raises(ConfigError, match="does not fit.*state_dim 12 .the robot gives 14.*action_dim 5"):
+    with CarSim(graph), pytest.raises(ConfigError, match="does not fit.*state_dim 12 .the robot gives 15.*action_dim 5"):
         nodes.run_policy(params("policy", robot_config=write(tmp_path, "car", CAR), checkpoint=str(arm_policy)), LoopbackIO(graph))
-    sac = SACAgent(SACConfig(state_dim=14, action_dim=2, hidden=(16, 16)), seed=0).save(tmp_path / "sac")
+    sac = SACAgent(SACConfig(state_dim=15, action_dim=2, hidden=(16, 16)), seed=0).save(tmp_path / "sac")
     graph = LoopbackGraph()
     with CarSim(graph) as sim:  # a FastRLAP / HIL-SERL checkpoint drives the same way
         result = nodes.run_policy(params("policy", robot_config=write(tmp_path, "car", CAR), checkpoint=str(sac)), LoopbackIO(graph))

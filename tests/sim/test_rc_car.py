@@ -35,7 +35,7 @@ def blind_env():
 def test_spaces_and_observations(env):
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
-    assert obs["state"].shape == (20,) and obs["image/fpv"].shape == (64, 64, 3)
+    assert obs["state"].shape == (17,) and obs["image/fpv"].shape == (64, 64, 3)
     assert env.action_space.low.tolist() == [-1, -1] and env.action_space.high.tolist() == [1, 1]
     low, high = env.robot.action_spec.bounds()
     assert low.tolist() == [-0.35, -MAX_SPEED] and high.tolist() == [0.35, MAX_SPEED]
