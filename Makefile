@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip install --quiet -c constraints.txt
 export MUJOCO_GL ?= egl
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint bench install clean
 
 # The environment, made by $(PYTHON); one made by another Python is an error, not a silent mix.
 $(VENV)/.created:
@@ -32,7 +32,13 @@ install: $(VENV)/.installed-all
 demo: $(VENV)/.installed-core
 	$(BIN)/robot-rl demo
 
-test: $(VENV)/.installed-all
+# Style (ruff) and the package's layer contract (import-linter; tests/test_layers.py checks it too).
+lint: $(VENV)/.installed-all
+	$(BIN)/ruff check robot_rl tests
+	$(BIN)/ruff format --check robot_rl tests
+	$(BIN)/lint-imports
+
+test: lint
 	$(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-all

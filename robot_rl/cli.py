@@ -352,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = dsub.add_parser("import-rosbag", help="a rosbag2 recording (mcap or sqlite3) -> a store, topics aligned at a fixed fps")
     q.add_argument("bag", help="the bag folder (or .mcap file)")
     q.add_argument("out", help="the new store (.zarr)")
-    q.add_argument("--config", required=True, help="YAML: fps, clock, align, tolerance_s, episodes, streams (see README)")
+    q.add_argument("--config", required=True, help="YAML: fps, clock, align, tolerance_s, episodes, streams (docs/data.md)")
     q.set_defaults(func=cmd_dataset_import_rosbag)
     q = dsub.add_parser("label-actions", help="write an inverse-dynamics model's actions into an action-free store")
     q.add_argument("path")

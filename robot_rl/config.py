@@ -18,6 +18,58 @@ from robot_rl.errors import ConfigError
 
 CONF_DIR = Path(__file__).parent / "conf"
 
+# The learners' config dataclasses ("module:Class", imported when a config uses a learner). Their
+# defaults are the learners' defaults: each is in hydra's ConfigStore as learner/<name>_defaults,
+# and conf/learner/<name>.yaml builds on it, naming only what differs and the nested settings.
+LEARNER_CONFIGS = {
+    "diffusion_bc": "robot_rl.learners.diffusion_bc:DiffusionBCConfig",
+    "residual_ppo": "robot_rl.learners.residual_ppo:ResidualPPOConfig",
+    "hil_serl": "robot_rl.learners.hil_serl:HILSERLConfig",
+    "fastrlap": "robot_rl.learners.fastrlap:FastRLAPConfig",
+    "reward_classifier": "robot_rl.learners.reward_classifier:ClassifierTrainConfig",
+    "iql": "robot_rl.learners.iql:IQLTrainConfig",
+    "reward_model": "robot_rl.learners.reward_model:RewardModelTrainConfig",
+    "idm": "robot_rl.learners.inverse_dynamics:IDMTrainConfig",
+    "icvf": "robot_rl.learners.icvf:ICVFTrainConfig",
+}
+RUN_KEYS = ("seed",)  # dataclass fields that come from the run (seed=...), not from the learner's config
+
+
+def learner_config_class(name: str) -> type:
+    """The config dataclass of a learner in LEARNER_CONFIGS."""
+    import importlib
+
+    module, _, cls = LEARNER_CONFIGS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def learner_defaults(name: str) -> dict:
+    """A learner's settings as its config dataclass defines them (tuples as lists)."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(learner_config_class(name)):
+        if f.name in RUN_KEYS:
+            continue
+        value = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        values[f.name] = list(value) if isinstance(value, tuple) else value
+    return {"name": name, **values}
+
+
+_registered = False
+
+
+def _register_learner_defaults() -> None:
+    global _registered
+    if _registered:
+        return
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    _registered = True
+    for name in LEARNER_CONFIGS:
+        store.store(group="learner", name=f"{name}_defaults", node=learner_defaults(name))
+
 # Keys whose default is null, by their last name: what a value must be. Any other null-default key
 # is a path, a name or an address (a string; YAML may read a name like 8000 as a number).
 NULL_DEFAULT = {
@@ -44,6 +96,9 @@ def compose(config_name: str, overrides: list[str]):
     from omegaconf.errors import OmegaConfBaseException
 
     # Overrides that choose a config group (env=reach, learner@bc=iql) shape the defaults.
+    top = CONF_DIR / f"{config_name}.yaml"
+    if "learner" in " ".join(overrides) or (top.is_file() and "learner" in top.read_text()):
+        _register_learner_defaults()  # imports the learners (torch): only for configs that use one
     groups = [o for o in overrides if "=" in o and (CONF_DIR / o.split("=")[0].lstrip("+~").split("@")[0]).is_dir()]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):

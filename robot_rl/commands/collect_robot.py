@@ -30,8 +30,9 @@ from robot_rl.factory import robot_env, robot_safety
 class StatusLine:
     """One self-overwriting terminal line, at most `hz` times a second."""
 
-    def __init__(self, stream=sys.stderr, hz: float = 5.0):
-        self.stream, self.period, self._last = stream, 1.0 / hz, 0.0
+    def __init__(self, stream=None, hz: float = 5.0):
+        # sys.stderr is looked up when the line is made, not when this module was imported
+        self.stream, self.period, self._last = stream or sys.stderr, 1.0 / hz, 0.0
 
     def __call__(self, loop: ControlLoop, result) -> None:
         now = time.monotonic()

@@ -220,33 +220,37 @@ def train_icvf_learner(learner_cfg, dataset, out, seed: int, progress: bool = Tr
     return train_icvf(dataset, out, dataclasses.replace(cfg, agent=agent), progress=progress)
 
 
+def _train_residual_and_evaluate(cfg) -> dict:
+    result = train_residual(cfg.learner, cfg.env, cfg.base, cfg.out, int(cfg.seed))
+    if cfg.eval_episodes:
+        result["evaluation"] = evaluate_checkpoint(result["checkpoint"], cfg.env, int(cfg.eval_episodes),
+                                                   dist={k: cfg.learner.get(k) for k in DIST_KEYS})
+        Path(result["results"]).write_text(json.dumps(result, indent=2))
+    return result
+
+
+# Every learner `robot-rl train learner=<name>` runs, and how it runs from the composed train
+# config. Its settings are its config dataclass (robot_rl.config.LEARNER_CONFIGS, whose defaults
+# conf/learner/<name>.yaml builds on); the runner checks and routes them, then calls the learner.
+LEARNERS = {
+    "diffusion_bc": lambda cfg: train_bc(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
+    "residual_ppo": _train_residual_and_evaluate,
+    "hil_serl": lambda cfg: train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed)),
+    "fastrlap": lambda cfg: train_fastrlap_learner(cfg.learner, cfg.env, cfg.out, int(cfg.seed)),
+    "reward_classifier": lambda cfg: train_classifier(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
+    "iql": lambda cfg: train_iql_learner(cfg.learner, cfg.dataset, cfg.env, cfg.out, int(cfg.seed)),
+    "reward_model": lambda cfg: train_preference_reward(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
+    "idm": lambda cfg: train_idm(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
+    "icvf": lambda cfg: train_icvf_learner(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
+}
+
+
 def train(cfg) -> dict:
     from robot_rl.utils.device import resolve_device
 
     name = cfg.learner.name
+    if name not in LEARNERS:
+        raise ConfigError(f"unknown learner {name!r} ({', '.join(LEARNERS)})")
     if cfg.learner.get("dist") != "ray":  # on Ray the learner runs where the cluster puts it
         resolve_device(cfg.learner.get("device"))  # a device this machine lacks: one line, before any work
-    if name == "diffusion_bc":
-        return train_bc(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
-    if name == "residual_ppo":
-        result = train_residual(cfg.learner, cfg.env, cfg.base, cfg.out, int(cfg.seed))
-        if cfg.eval_episodes:
-            result["evaluation"] = evaluate_checkpoint(result["checkpoint"], cfg.env, int(cfg.eval_episodes),
-                                                       dist={k: cfg.learner.get(k) for k in DIST_KEYS})
-            Path(result["results"]).write_text(json.dumps(result, indent=2))
-        return result
-    if name == "hil_serl":
-        return train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed))
-    if name == "fastrlap":
-        return train_fastrlap_learner(cfg.learner, cfg.env, cfg.out, int(cfg.seed))
-    if name == "reward_classifier":
-        return train_classifier(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
-    if name == "iql":
-        return train_iql_learner(cfg.learner, cfg.dataset, cfg.env, cfg.out, int(cfg.seed))
-    if name == "reward_model":
-        return train_preference_reward(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
-    if name == "idm":
-        return train_idm(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
-    if name == "icvf":
-        return train_icvf_learner(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed))
-    raise ConfigError(f"unknown learner {name!r}")
+    return LEARNERS[name](cfg)

@@ -1,5 +1,5 @@
 """`robot-rl idm-iql` end to end at toy size: split, IDM, action labels, three IQL runs, summary.
-The measured run is the README's command."""
+The measured run's command is in results/idm-iql/."""
 
 import json
 

@@ -1,5 +1,5 @@
 """`robot-rl vlm-iql` end to end at toy size: collection, labels over loopback HTTP, reward model,
-relabeled copy, three learners, summary. The measured run is the README's command."""
+relabeled copy, three learners, summary. The measured run's command is in results/vlm-iql/."""
 
 import json
 

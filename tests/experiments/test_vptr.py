@@ -1,6 +1,6 @@
 """`robot-rl vptr` end to end at toy size: rendered mp4 videos -> imported video store -> ICVF ->
-IQL from scratch, from the ICVF's encoder, and with it frozen. The measured run is the README's
-command."""
+IQL from scratch, from the ICVF's encoder, and with it frozen. The measured run's command is in
+results/vptr/."""
 
 import json
 import math

@@ -22,6 +22,7 @@ from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_START, EV_ABS, EV_KEY  #
 from robot_rl.learners.iql import IQLAgent, IQLConfig  # noqa: E402
 from robot_rl.learners.sac import SACAgent, SACConfig  # noqa: E402
 from robot_rl.commands import ros_nodes as nodes  # noqa: E402
+from robot_rl.config import CONF_DIR  # noqa: E402
 from robot_rl.ros.loopback import LoopbackGraph, LoopbackIO  # noqa: E402
 
 CAR = {"name": "test_car", "kind": "ros_car", "imu_topic": "/imu", "control_hz": 50, "max_steps": 20,
@@ -65,6 +66,62 @@ def test_policy_node_drives_the_car_from_a_checkpoint(tmp_path):
     with CarSim(graph) as sim:  # a FastRLAP / HIL-SERL checkpoint drives the same way
         result = nodes.run_policy(params("policy", robot_config=write(tmp_path, "car", CAR), checkpoint=str(sac)), LoopbackIO(graph))
     assert result["steps"] == [20] and np.all(np.isfinite(sim.commands))
+
+
+def test_policy_node_drives_the_ros_car_from_a_sim_car_checkpoint(tmp_path):
+    """Sim to real through the one car spec (robot_rl/tasks/car.py): a FastRLAP-style state SAC
+    agent trained on the SIM car loads into the ROS policy node with the shipped ros_car config and
+    drives the ROS car within its bounds."""
+    from robot_rl.core import ControlLoop
+    from robot_rl.core.env import RobotEnv
+    from robot_rl.core.protocols import Task
+    from robot_rl.learners.fastrlap import STATE_SCALE
+    from robot_rl.learners.replay import ReplayBuffer, TransitionSink, transition_schema
+    from robot_rl.learners.sac import torch_batch
+    from robot_rl.sim.rc_car import RCCarExpert, make_rc_car_env
+
+    lap = make_rc_car_env(course_seed=0, cameras=())
+
+    class Drive(Task):
+        """The lap task's resets, rewarded by forward speed. No task observation: the lap task's
+        checkpoint_rel is the sim course's privileged state, which no real car has."""
+        max_steps = 60
+
+        def reset(self, rng):
+            lap.task.reset(rng)
+
+        def evaluate(self, obs):
+            return float(obs["velocity"][0]), False, False
+
+    env = RobotEnv(lap.robot, Drive())
+    state_dim = env.observation_space["state"].shape[0]
+    per_key = {**STATE_SCALE, "pose": (10.0, 10.0, np.pi)}  # as FastRLAP scales them (pose: the course's extent)
+    scale = [s for key, n in env.state_layout.items() for s in np.broadcast_to(per_key[key], (n,))]
+    agent = SACAgent(SACConfig(state_dim=state_dim, action_dim=2, hidden=(32, 32), critic_ensemble=4, critic_subsample=2,
+                               action_rate_limit=0.2, state_scale=tuple(scale), angle_indices=(2,)), seed=0)
+    buffer = ReplayBuffer(1000, transition_schema(env.observation_space.spaces, 2))
+    expert = RCCarExpert(lap.task, noise=0.3, seed=0, max_speed=2.0)
+    loop = ControlLoop(env, lambda obs: expert(), rate_hz=None, recorder=TransitionSink(buffer.add, keep_prev=True))
+    loop.run(1)
+    loop.close()
+    lap.close()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        agent.update([torch_batch(buffer.sample(32, rng), ()) for _ in range(agent.cfg.cta_ratio)])
+    checkpoint = agent.save(tmp_path / "sim_sac")
+    car = yaml.safe_load((CONF_DIR / "robot" / "ros_car.yaml").read_text())
+    car.update(imu_topic="/imu", control_hz=50, max_steps=20, connect_timeout_s=2.0)  # CarSim's IMU; a short, fast run
+    graph = LoopbackGraph()
+    with CarSim(graph) as sim:
+        result = nodes.run_policy(params("policy", robot_config=write(tmp_path, "ros_car", car), checkpoint=str(checkpoint),
+                                         dataset=str(tmp_path / "rollouts.zarr")), LoopbackIO(graph))
+    assert result["steps"] == [20]
+    with EpisodeStore.open(tmp_path / "rollouts.zarr") as store:
+        assert store.attrs["state_names"] == env.state_names()  # the ROS car's state is the sim car's, entry for entry
+    sent = np.array(sim.commands)
+    assert len(sent) >= 20 and np.all(np.isfinite(sent))
+    assert np.all(np.abs(sent[:, 0]) <= car["max_steer"]) and np.all(np.abs(sent[:, 1]) <= car["max_speed"])
+    assert np.any(sent[:-1, 1] != 0.0) and sent[-1][1] == 0.0  # the agent drove; the node stopped the car at the end
 
 
 def test_collect_node_records_a_gamepad_episode_on_the_arm(tmp_path):

@@ -1,6 +1,6 @@
 """`robot-rl bench store`: episode write and window sampling throughput of the EpisodeStore.
 
-Data as in shared/TARGETS.md: episodes of 200 steps with two 84x84x3 uint8 cameras, state 9 and
+Data as in the reference measurements (docs/benchmarks.md): episodes of 200 steps with two 84x84x3 uint8 cameras, state 9 and
 action 7 float32. Images are real MuJoCo renders of the reach arm (a pool of frames from scripted
 reaches, cut into episodes), so compression behaves as on simulated camera data. Windows of 16 steps
 (pad 1 before, 7 after) at random indices, single process, store on disk. Baselines in the same run:
