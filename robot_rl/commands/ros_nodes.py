@@ -142,9 +142,9 @@ def run_policy(params: dict, io) -> dict:
 def _policy(params: dict, env):
     """(the checkpoint's ControlLoop policy, how many actions of a chunk to execute), once the
     checkpoint is known to fit this robot's observations and actions."""
-    from robot_rl.commands.train import loop_policy_from_checkpoint
+    from robot_rl.policies.loading import load_policy
 
-    policy, kind, needs = loop_policy_from_checkpoint(params["checkpoint"], params.get("ddim_steps") or None)
+    policy, kind, needs = load_policy(params["checkpoint"], params.get("ddim_steps") or None)
     have = {"state_dim": env.observation_space["state"].shape[0], "action_dim": env.action_space.shape[0]}
     wrong = [f"{k} {needs[k]} (the robot gives {have[k]})" for k in have if needs[k] != have[k]]
     missing = [k for k in needs["image_keys"] if k not in env.observation_space.spaces]
@@ -168,15 +168,15 @@ def run_collect(params: dict, io) -> dict:
 
 
 def run_actor(params: dict, io) -> dict:
-    from robot_rl.config import CONF_DIR
-    from robot_rl.factory import robot_safety
+    from robot_rl.config import compose
     from robot_rl.errors import require
+    from robot_rl.factory import robot_safety
     from robot_rl.learners.hil_serl import HILSERLConfig
     from robot_rl.learners.hil_serl_ray import ActorServer, named_learner
     from robot_rl.commands.train import RAY_KEYS, _dataclass_from
 
     ray = require("ray", "dist", "the HIL-SERL actor node")
-    settings = OmegaConf.load(CONF_DIR / "learner" / "hil_serl.yaml")
+    settings = compose("train", ["learner=hil_serl"]).learner  # the learner's defaults under conf/learner/hil_serl.yaml
     if params["learner_config"]:
         settings = OmegaConf.merge(settings, OmegaConf.load(params["learner_config"]))
     values = OmegaConf.to_container(settings, resolve=True)

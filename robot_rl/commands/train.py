@@ -107,13 +107,6 @@ def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True
     return train_reward_classifier(dataset, out, cfg, progress=progress)
 
 
-def checkpoint_kind(checkpoint) -> str | None:
-    """The `kind` a checkpoint folder's config.json names (which learner made it)."""
-    from robot_rl.policies.checkpoint import read_meta
-
-    return read_meta(checkpoint).get("kind")
-
-
 def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
                         ddim_steps: int | None = None, progress: bool = True, dist: dict | None = None) -> dict:
     """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an IQL agent.
@@ -125,13 +118,14 @@ def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int 
 
 def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps, progress) -> dict:
     from robot_rl.learners.evaluate import evaluate, run_episodes
+    from robot_rl.policies.checkpoint import read_meta
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
 
-    path, kind = Path(checkpoint), checkpoint_kind(checkpoint)
+    path, kind = Path(checkpoint), read_meta(checkpoint).get("kind")
     if kind == "sac_agent":
-        from robot_rl.learners.hil_serl import batch_policy
-        from robot_rl.learners.sac import SACAgent
+        from robot_rl.policies.sac import batch_policy
+        from robot_rl.policies.sac import SACAgent
 
         agent = SACAgent.load(path)
         if agent.cfg.image_keys:
@@ -139,7 +133,8 @@ def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps,
         result = run_episodes(envs.make_vec, batch_policy(agent), episodes, num_envs, seed, progress)
         return {"checkpoint": str(path), "kind": kind, **result}
     if kind == "iql_agent":
-        from robot_rl.learners.iql import IQLAgent, evaluate_iql
+        from robot_rl.learners.iql import evaluate_iql
+        from robot_rl.policies.iql import IQLAgent
 
         return {"checkpoint": str(path), "kind": kind,
                 **evaluate_iql(IQLAgent.load(path), envs, episodes, num_envs, seed, progress)}
@@ -154,30 +149,6 @@ def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps,
     result = evaluate(envs.make_vec, base, residual, episodes=episodes, num_envs=num_envs, seed=seed,
                       ddim_steps=steps, progress=progress)
     return {"checkpoint": str(path), "kind": kind, **result}
-
-
-def loop_policy_from_checkpoint(checkpoint, ddim_steps: int | None = None):
-    """A ControlLoop policy (obs dict -> normalized action, or a chunk) from a checkpoint of any
-    learner that acts alone: SAC (HIL-SERL, FastRLAP), IQL, diffusion BC. Returns (policy, kind,
-    what it needs: state_dim, action_dim, image_keys as observation keys)."""
-    path, kind = Path(checkpoint), checkpoint_kind(checkpoint)
-    if kind in ("sac_agent", "iql_agent"):
-        from robot_rl.learners.hil_serl import AgentPolicy
-        from robot_rl.learners.iql import IQLAgent, loop_policy
-        from robot_rl.learners.sac import SACAgent
-
-        agent = (SACAgent if kind == "sac_agent" else IQLAgent).load(path).eval()
-        policy = AgentPolicy(agent, deterministic=True) if kind == "sac_agent" else loop_policy(agent)
-        return policy, kind, {"state_dim": agent.cfg.state_dim, "action_dim": agent.cfg.action_dim,
-                              "image_keys": tuple(agent.cfg.image_keys)}
-    if kind == "residual_policy":
-        raise ConfigError("a residual checkpoint runs over its diffusion base in simulation only (robot-rl eval)")
-    from robot_rl.policies.diffusion import DiffusionActor, DiffusionPolicy
-
-    base = DiffusionPolicy.load(path)
-    c = base.config
-    return DiffusionActor(base, ddim_steps), "diffusion_policy", {
-        "state_dim": c.state_dim, "action_dim": c.action_dim, "image_keys": tuple(k.removeprefix("obs/") for k in c.image_keys)}
 
 
 def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: bool = True) -> dict:

@@ -162,10 +162,10 @@ def demo_prior_transitions(env, driver, speed: float, max_steps: int = 5000) -> 
 
 
 def sac_config(env, cfg: FastRLAPConfig, checkpoints: np.ndarray):
-    from robot_rl.learners.sac import SACConfig
+    from robot_rl.policies.sac import SACConfig
 
     # FastRLAP's learner; 64x64 MLPs rather than its 256x256 so that UTD 8 over 10 critics fits 2 CPU
-    # cores (conf/learner/fastrlap.yaml has the measurement).
+    # cores (docs/methods/fastrlap.md has the measurement).
     defaults = {"hidden": (64, 64), "critic_ensemble": 10, "critic_subsample": 2, "cta_ratio": 8, "discount": 0.99,
                 "init_temperature": 0.5, "action_rate_limit": 0.2, "state_scale": state_scale(env, checkpoints, cfg),
                 "frozen_cnn": bool(cfg.encoder_init), "angle_indices": yaw_index(env)}
@@ -227,10 +227,11 @@ class PracticeStore:
 
 def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool = True) -> dict:
     from robot_rl.core import ControlLoop
-    from robot_rl.learners.hil_serl import AgentPolicy, Learner
+    from robot_rl.learners.hil_serl import Learner
+    from robot_rl.policies.sac import AgentPolicy
     from robot_rl.tasks.practice import RecoveryTeleop
-    from robot_rl.learners.replay import TransitionSink, transition_schema
-    from robot_rl.learners.sac import SACAgent
+    from robot_rl.learners.replay import TransitionSink, replay_schema
+    from robot_rl.policies.sac import SACAgent
     from robot_rl.tasks.course import extract_checkpoints
 
     if "practice_hooks" not in envs.extras:
@@ -261,7 +262,7 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
     if cfg.compile:
         agent.compile_losses()
     obs_keys = {"state": env.observation_space["state"], **{k: env.observation_space[k] for k in sac.image_keys}}
-    learner = Learner(agent, transition_schema(obs_keys, sac.action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
+    learner = Learner(agent, replay_schema(obs_keys, sac.action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
     if cfg.demo_prior and not cfg.demo:
         prior = demo_prior_transitions(practice_env(envs, overrides, cfg, checkpoints, cfg.episode_steps), driver, cfg.demo_speed)
         learner.prior.add_batch({k: np.stack([t[k] for t in prior]) for k in prior[0]})

@@ -23,8 +23,8 @@ from robot_rl.core.env import EnvSource, RobotEnv
 from robot_rl.errors import ConfigError
 from robot_rl.utils.device import resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
-from robot_rl.learners.replay import ReplayBuffer, TransitionSink, sample_mixed, transition_schema, transitions_from_store
-from robot_rl.learners.sac import SACAgent, SACConfig, to_tensors, torch_batch
+from robot_rl.learners.replay import ReplayBuffer, TransitionSink, sample_mixed, replay_schema, transitions_from_store
+from robot_rl.policies.sac import AgentPolicy, batch_policy, SACAgent, SACConfig, to_tensors, torch_batch
 
 
 @dataclass
@@ -98,53 +98,6 @@ class Learner:
             return [self.sample() for _ in range(self.agent.cfg.cta_ratio)]
 
 
-class AgentPolicy:
-    """The agent as a ControlLoop policy: one action per tick, sampled (or the mode), the gripper
-    from the grasp critic when there is one. The loop tells it what was executed (`executed`):
-    the previous command the grasp critic and a rate-limited actor act from. `keep_prev` keeps
-    that command across episodes, for a robot that drives on between them (FastRLAP)."""
-
-    def __init__(self, agent: SACAgent, deterministic: bool = False, keep_prev: bool = False):
-        self.agent, self.deterministic, self.keep_prev = agent, deterministic, keep_prev
-        self.reset(initial=True)
-
-    def reset(self, initial: bool = False) -> None:
-        if initial or not self.keep_prev:
-            self._prev = np.zeros(self.agent.cfg.action_dim, np.float32)
-            if self.agent.cfg.grasp_critic:
-                self._prev[-1] = -1.0  # gripper open
-
-    def executed(self, action: np.ndarray) -> None:
-        self._prev = np.asarray(action, np.float32).copy()
-
-    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        batch = to_tensors({k: np.asarray(v)[None] for k, v in obs.items()}, self.agent.cfg.image_keys)
-        prev = torch.as_tensor(self._prev)[None]
-        action = self.agent.act(batch, prev[:, -1], self.deterministic, prev_action=prev)[0].numpy()
-        self._prev = action.copy()  # until the loop says what it executed instead
-        return action
-
-
-def batch_policy(agent: SACAgent):
-    """The agent's deterministic action for a vector env's state batch (evaluate.run_episodes)."""
-    prev = None
-
-    def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
-        nonlocal prev
-        if prev is None:
-            prev = torch.zeros(len(obs), agent.cfg.action_dim)
-        start = torch.as_tensor(reset, dtype=torch.long)
-        prev[start] = 0.0
-        if agent.cfg.grasp_critic:
-            prev[start, -1] = -1.0  # gripper open
-        action = agent.act({"state": torch.as_tensor(obs, dtype=torch.float32)}, prev[:, -1], deterministic=True,
-                           prev_action=prev)
-        prev = action.clone()
-        return action.numpy()
-
-    return act
-
-
 def make_agent(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> SACAgent:
     """The agent for these observation spaces (name -> gym Box, as `env.observation_space`) and
     action size: nothing here touches the robot, so a learner can build it anywhere."""
@@ -172,7 +125,7 @@ def make_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> Learn
     """Agent and buffers; the demonstrations in the prior buffer, or a previous run's state."""
     agent = make_agent(obs_spaces, action_dim, cfg)
     keys = {"state": obs_spaces["state"], **{k: obs_spaces[k] for k in agent.cfg.image_keys}}
-    learner = Learner(agent, transition_schema(keys, action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
+    learner = Learner(agent, replay_schema(keys, action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
     if cfg.resume:
         run = Path(cfg.resume)
         learner.agent.load_state_dict(SACAgent.load(run / "checkpoint").state_dict())

@@ -101,7 +101,8 @@ class ActorServer:
     def __init__(self, envs: EnvSource | None, cfg: dict, send_every: int = 50, env=None, teleop=None, safety=None):
         import torch
         from robot_rl.core import ControlLoop
-        from robot_rl.learners.hil_serl import AgentPolicy, human_attention, make_agent, make_env
+        from robot_rl.learners.hil_serl import human_attention, make_agent, make_env
+        from robot_rl.policies.sac import AgentPolicy
         from robot_rl.learners.replay import TransitionSink
         from robot_rl.tasks.teleops import ScriptedTeleop
 
@@ -271,7 +272,7 @@ def train_hil_serl_ray(envs: EnvSource, out_dir, cfg: HILSERLConfig, address: st
 def _evaluate(checkpoint: str, envs: EnvSource, cfg: HILSERLConfig) -> dict:
     """The saved agent in simulation, deterministic and without the human (here, in the driver)."""
     from robot_rl.learners.hil_serl import evaluate_agent, make_env
-    from robot_rl.learners.sac import SACAgent
+    from robot_rl.policies.sac import SACAgent
 
     env, _ = make_env(envs, cfg)
     try:

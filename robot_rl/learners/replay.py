@@ -21,7 +21,7 @@ Schema = dict[str, tuple[tuple[int, ...], str]]
 TRANSITION_KEYS = ("action", "prev_action", "reward", "mask", "intervened")
 
 
-def transition_schema(obs_space: dict, action_dim: int) -> Schema:
+def replay_schema(obs_space: dict, action_dim: int) -> Schema:
     """Keys, per-transition shapes and dtypes for observations of these spaces (name -> gym Box)."""
     schema: Schema = {}
     for key, space in obs_space.items():

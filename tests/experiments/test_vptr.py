@@ -10,7 +10,7 @@ import torch
 from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
 from robot_rl.learners.icvf import ICVFAgent
-from robot_rl.learners.iql import IQLAgent
+from robot_rl.policies.iql import IQLAgent
 
 
 def test_pipeline_end_to_end(tmp_path, capsys):

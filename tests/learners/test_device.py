@@ -9,7 +9,7 @@ import torch
 from robot_rl.cli import main
 from robot_rl.errors import ConfigError
 from robot_rl.utils.device import Prefetcher, resolve_device, to_device
-from robot_rl.learners.iql import IQLAgent, IQLConfig
+from robot_rl.policies.iql import IQLAgent, IQLConfig
 
 
 def test_auto_is_cuda_only_when_there_is_one():

@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 from robot_rl.core import ControlLoop
 from robot_rl.errors import DatasetError
 from robot_rl.learners.fastrlap import FastRLAPConfig, PracticeStore, practice_env, train_fastrlap
-from robot_rl.learners.hil_serl import AgentPolicy
+from robot_rl.policies.sac import AgentPolicy
 from robot_rl.tasks.practice import FlipDetector, RecoveryTeleop, StuckDetector
 from robot_rl.learners.replay import TransitionSink
-from robot_rl.learners.sac import SACAgent, SACConfig
+from robot_rl.policies.sac import SACAgent, SACConfig
 from robot_rl.tasks.course import CheckpointTracker, extract_checkpoints, progress_reward, world_velocity
 from robot_rl.factory import env_source
 
@@ -166,7 +166,7 @@ def test_a_frozen_pretrained_cnn_encodes_images_and_stays_frozen(tmp_path):
     from robot_rl.errors import ConfigError
     from robot_rl.learners.hil_serl import HILSERLConfig, make_agent
     from robot_rl.learners.icvf import pretrained_encoder
-    from robot_rl.learners.iql import IQLAgent, IQLConfig
+    from robot_rl.policies.iql import IQLAgent, IQLConfig
 
     torch.manual_seed(0)
     iql = IQLAgent(IQLConfig(state_dim=3, action_dim=2, image_keys=("image/fpv",), image_size=32))

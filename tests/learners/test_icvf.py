@@ -134,7 +134,8 @@ def image_store(path, size=32, episodes=3, length=6):
 
 def test_vptr_encoder_init_hands_the_icvf_cnn_to_iql(tmp_path):
     from robot_rl.errors import ConfigError
-    from robot_rl.learners.iql import IQLAgent, IQLTrainConfig, train_iql
+    from robot_rl.learners.iql import IQLTrainConfig, train_iql
+    from robot_rl.policies.iql import IQLAgent
 
     store = image_store(tmp_path / "data.zarr")
     icvf = train_icvf(store, tmp_path / "icvf", ICVFTrainConfig(steps=2, batch_size=4, use_state=False, agent={"hidden": [16, 16]}),

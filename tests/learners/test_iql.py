@@ -11,7 +11,8 @@ import torch
 
 from robot_rl.datasets import EpisodeStore
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.learners.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, OfflineDataset, available_memory_bytes, expectile_loss
+from robot_rl.learners.iql import OfflineDataset, available_memory_bytes
+from robot_rl.policies.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, expectile_loss
 from robot_rl.factory import env_source
 
 

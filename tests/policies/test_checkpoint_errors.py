@@ -10,7 +10,7 @@ import torch
 from robot_rl.cli import main
 from robot_rl.errors import DatasetError
 from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
-from robot_rl.commands.train import loop_policy_from_checkpoint
+from robot_rl.policies.loading import load_policy
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ CASES = ["config not JSON", "config of another version", "config a list", "weigh
 def test_loaders_raise_one_dataset_error(checkpoint, how):
     break_it(checkpoint, how)
     with pytest.raises(DatasetError, match="ckpt") as info:
-        loop_policy_from_checkpoint(checkpoint)  # what the ROS policy node loads
+        load_policy(checkpoint)  # what the ROS policy node loads
     assert "\n" not in str(info.value)
     with pytest.raises(DatasetError):
         DiffusionPolicy.load(checkpoint)

@@ -19,8 +19,8 @@ from robot_rl.cli import main  # noqa: E402
 from robot_rl.datasets import EpisodeStore  # noqa: E402
 from robot_rl.errors import ConfigError  # noqa: E402
 from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_START, EV_ABS, EV_KEY  # noqa: E402
-from robot_rl.learners.iql import IQLAgent, IQLConfig  # noqa: E402
-from robot_rl.learners.sac import SACAgent, SACConfig  # noqa: E402
+from robot_rl.policies.iql import IQLAgent, IQLConfig  # noqa: E402
+from robot_rl.policies.sac import SACAgent, SACConfig  # noqa: E402
 from robot_rl.commands import ros_nodes as nodes  # noqa: E402
 from robot_rl.config import CONF_DIR  # noqa: E402
 from robot_rl.ros.loopback import LoopbackGraph, LoopbackIO  # noqa: E402
@@ -76,8 +76,8 @@ def test_policy_node_drives_the_ros_car_from_a_sim_car_checkpoint(tmp_path):
     from robot_rl.core.env import RobotEnv
     from robot_rl.core.protocols import Task
     from robot_rl.learners.fastrlap import STATE_SCALE
-    from robot_rl.learners.replay import ReplayBuffer, TransitionSink, transition_schema
-    from robot_rl.learners.sac import torch_batch
+    from robot_rl.learners.replay import ReplayBuffer, TransitionSink, replay_schema
+    from robot_rl.policies.sac import torch_batch
     from robot_rl.sim.rc_car import RCCarExpert, make_rc_car_env
 
     lap = make_rc_car_env(course_seed=0, cameras=())
@@ -99,7 +99,7 @@ def test_policy_node_drives_the_ros_car_from_a_sim_car_checkpoint(tmp_path):
     scale = [s for key, n in env.state_layout.items() for s in np.broadcast_to(per_key[key], (n,))]
     agent = SACAgent(SACConfig(state_dim=state_dim, action_dim=2, hidden=(32, 32), critic_ensemble=4, critic_subsample=2,
                                action_rate_limit=0.2, state_scale=tuple(scale), angle_indices=(2,)), seed=0)
-    buffer = ReplayBuffer(1000, transition_schema(env.observation_space.spaces, 2))
+    buffer = ReplayBuffer(1000, replay_schema(env.observation_space.spaces, 2))
     expert = RCCarExpert(lap.task, noise=0.3, seed=0, max_speed=2.0)
     loop = ControlLoop(env, lambda obs: expert(), rate_hz=None, recorder=TransitionSink(buffer.add, keep_prev=True))
     loop.run(1)

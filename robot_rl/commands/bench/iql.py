@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from robot_rl.learners.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, expectile_loss
+from robot_rl.policies.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, expectile_loss
 
 STATE_DIM, ACTION_DIM, BATCH = 32, 5, 256
 

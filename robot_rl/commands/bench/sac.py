@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from robot_rl.learners.sac import SACAgent, SACConfig
-from robot_rl.learners.sac_networks import CriticEnsemble, LoopCriticEnsemble
+from robot_rl.policies.sac import SACAgent, SACConfig
+from robot_rl.policies.sac_networks import CriticEnsemble, LoopCriticEnsemble
 
 STATE_DIM, ACTION_DIM, BATCH = 34, 5, 256
 
@@ -62,7 +62,7 @@ def actor_rate(seconds: float, learner: str) -> dict:
 
     from robot_rl.config import CONF_DIR
     from robot_rl.core import ControlLoop
-    from robot_rl.learners.hil_serl import AgentPolicy
+    from robot_rl.policies.sac import AgentPolicy
     from robot_rl.factory import make_sim_env
 
     env_cfg = OmegaConf.load(CONF_DIR / "env" / "cube_lift.yaml")

@@ -51,8 +51,8 @@ def gpu_updates(seconds: float) -> dict:
     """Updates/s of diffusion BC, SAC and IQL on CUDA against the CPU (same code, same batch)."""
     from robot_rl.commands.bench import iql as iql_bench
     from robot_rl.commands.bench import sac as sac_bench
-    from robot_rl.learners.iql import IQLAgent, IQLConfig
-    from robot_rl.learners.sac_networks import CriticEnsemble
+    from robot_rl.policies.iql import IQLAgent, IQLConfig
+    from robot_rl.policies.sac_networks import CriticEnsemble
     from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
     def rate(step, device) -> float:

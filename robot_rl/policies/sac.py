@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robot_rl.errors import ConfigError
-from robot_rl.learners.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
+from robot_rl.policies.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, WithFrozenBackbone, images_to_float
 
@@ -422,3 +422,50 @@ def torch_batch(batch: dict[str, np.ndarray], image_keys: tuple[str, ...]) -> di
     next_obs = {k[len("next_obs/"):]: v for k, v in batch.items() if k.startswith("next_obs/")}
     tensors = {k: torch.as_tensor(batch[k], dtype=torch.float32) for k in ("action", "prev_action", "reward", "mask")}
     return {"obs": to_tensors(obs, image_keys), "next_obs": to_tensors(next_obs, image_keys), **tensors}
+
+
+class AgentPolicy:
+    """The agent as a ControlLoop policy: one action per tick, sampled (or the mode), the gripper
+    from the grasp critic when there is one. The loop tells it what was executed (`executed`):
+    the previous command the grasp critic and a rate-limited actor act from. `keep_prev` keeps
+    that command across episodes, for a robot that drives on between them (FastRLAP)."""
+
+    def __init__(self, agent: SACAgent, deterministic: bool = False, keep_prev: bool = False):
+        self.agent, self.deterministic, self.keep_prev = agent, deterministic, keep_prev
+        self.reset(initial=True)
+
+    def reset(self, initial: bool = False) -> None:
+        if initial or not self.keep_prev:
+            self._prev = np.zeros(self.agent.cfg.action_dim, np.float32)
+            if self.agent.cfg.grasp_critic:
+                self._prev[-1] = -1.0  # gripper open
+
+    def executed(self, action: np.ndarray) -> None:
+        self._prev = np.asarray(action, np.float32).copy()
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        batch = to_tensors({k: np.asarray(v)[None] for k, v in obs.items()}, self.agent.cfg.image_keys)
+        prev = torch.as_tensor(self._prev)[None]
+        action = self.agent.act(batch, prev[:, -1], self.deterministic, prev_action=prev)[0].numpy()
+        self._prev = action.copy()  # until the loop says what it executed instead
+        return action
+
+
+def batch_policy(agent: SACAgent):
+    """The agent's deterministic action for a vector env's state batch (evaluate.run_episodes)."""
+    prev = None
+
+    def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
+        nonlocal prev
+        if prev is None:
+            prev = torch.zeros(len(obs), agent.cfg.action_dim)
+        start = torch.as_tensor(reset, dtype=torch.long)
+        prev[start] = 0.0
+        if agent.cfg.grasp_critic:
+            prev[start, -1] = -1.0  # gripper open
+        action = agent.act({"state": torch.as_tensor(obs, dtype=torch.float32)}, prev[:, -1], deterministic=True,
+                           prev_action=prev)
+        prev = action.clone()
+        return action.numpy()
+
+    return act
