@@ -96,8 +96,15 @@ def cmd_eval(args) -> None:
     from robot_rl.commands.train import evaluate_checkpoint
 
     cfg = compose("eval", args.overrides)
-    result = evaluate_checkpoint(cfg.checkpoint, cfg.env, int(cfg.episodes), int(cfg.num_envs), int(cfg.seed),
-                                 cfg.ddim_steps, dist={k: cfg.get(k) for k in ("dist", "workers", "ray_address")})
+    result = evaluate_checkpoint(
+        cfg.checkpoint,
+        cfg.env,
+        int(cfg.episodes),
+        int(cfg.num_envs),
+        int(cfg.seed),
+        cfg.ddim_steps,
+        dist={k: cfg.get(k) for k in ("dist", "workers", "ray_address")},
+    )
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.out).write_text(json.dumps(result, indent=2))
@@ -123,12 +130,16 @@ def cmd_dataset_verify(args) -> int:
     for line in problems:
         print(f"damaged: {line}")
     if problems:
-        print(f"{args.path}: {len(problems)} damaged parts; robot-rl dataset repair copies the intact episodes")
+        print(
+            f"{args.path}: {len(problems)} damaged parts; robot-rl dataset repair copies the intact episodes"
+        )
     elif checksums:
         print(f"{args.path}: whole (every chunk of every key read and its CRC-32C checked)")
     else:
-        print(f"{args.path}: every chunk decodes; this store predates checksums, so changed bytes that "
-              "still decode cannot be seen")
+        print(
+            f"{args.path}: every chunk decodes; this store predates checksums, so changed bytes that "
+            "still decode cannot be seen"
+        )
     return 1 if problems else 0
 
 
@@ -152,7 +163,9 @@ def cmd_label_vlm(args) -> None:
 
     result = label_vlm(compose("label", args.overrides))
     report = result["report"]
-    print(json.dumps({"labels_file": result.get("out"), "labels": report["labels"], "report": report}, indent=2))
+    print(
+        json.dumps({"labels_file": result.get("out"), "labels": report["labels"], "report": report}, indent=2)
+    )
 
 
 def cmd_dataset_relabel(args) -> None:
@@ -170,16 +183,41 @@ def cmd_dataset_label_actions(args) -> None:
 def cmd_dataset_split_actions(args) -> None:
     from robot_rl.datasets.split import split_action_free
 
-    print(json.dumps(split_action_free(args.path, args.labeled, args.unlabeled, args.fraction, args.lowest,
-                                       args.reward_key, args.seed), indent=2))
+    print(
+        json.dumps(
+            split_action_free(
+                args.path,
+                args.labeled,
+                args.unlabeled,
+                args.fraction,
+                args.lowest,
+                args.reward_key,
+                args.seed,
+            ),
+            indent=2,
+        )
+    )
 
 
 def cmd_dataset_import_video(args) -> None:
     from robot_rl.datasets.video import import_video
 
     cut = None if args.no_cuts else args.cut_threshold
-    print(json.dumps(import_video(args.src, args.out, args.size, args.fps or None, args.camera, cut, args.frames_fps,
-                                  task=args.task), indent=2))
+    print(
+        json.dumps(
+            import_video(
+                args.src,
+                args.out,
+                args.size,
+                args.fps or None,
+                args.camera,
+                cut,
+                args.frames_fps,
+                task=args.task,
+            ),
+            indent=2,
+        )
+    )
 
 
 def cmd_dataset_import_rosbag(args) -> None:
@@ -227,15 +265,23 @@ def cmd_find_cameras(args) -> None:
         found = []
     for path in sorted(glob.glob("/dev/video*")):
         name = Path(f"/sys/class/video4linux/{Path(path).name}/name")
-        found.append({"kind": "opencv", "source": path, "name": name.read_text().strip() if name.exists() else ""})
+        found.append(
+            {"kind": "opencv", "source": path, "name": name.read_text().strip() if name.exists() else ""}
+        )
     if args.json:
         print(json.dumps(found, indent=2))
         return
     if not found:
-        print("no cameras found (RealSense: is libusb installed and the udev rule in place? V4L2: no /dev/video*)")
+        print(
+            "no cameras found (RealSense: is libusb installed and the udev rule in place? "
+            "V4L2: no /dev/video*)"
+        )
     for cam in found:
         if cam["kind"] == "realsense":
-            print(f"realsense  serial {cam['serial']}  {cam['name']}  firmware {cam['firmware']}  usb {cam['usb']}")
+            print(
+                f"realsense  serial {cam['serial']}  {cam['name']}  "
+                f"firmware {cam['firmware']}  usb {cam['usb']}"
+            )
             for mode in cam["modes"]:
                 print(f"    {mode}")
         else:
@@ -251,21 +297,26 @@ def cmd_read_robot(args) -> None:
     cfg = compose("collect", args.overrides)
     if not cfg.get("robot"):
         raise ConfigError("read-robot needs robot=<name> (a config in robot_rl/conf/robot/)")
-    robot = make_robot(cfg.robot, dry_run=True) if cfg.robot.kind == "dynamixel_arm" else make_robot(cfg.robot)
+    robot = (
+        make_robot(cfg.robot, dry_run=True) if cfg.robot.kind == "dynamixel_arm" else make_robot(cfg.robot)
+    )
     with robot:
         obs = robot.observe()
         for key, value in obs.items():
             print(f"{key:<10} {np.array2string(np.asarray(value), precision=4)}")
         if hasattr(robot, "servo_angles"):
-            print("servo angles (rad), for the offsets: " + ", ".join(f"id {i}: {a:.4f}" for i, a in robot.servo_angles().items()))
+            print(
+                "servo angles (rad), for the offsets: "
+                + ", ".join(f"id {i}: {a:.4f}" for i, a in robot.servo_angles().items())
+            )
 
 
 def cmd_sweep(args) -> None:
-    from robot_rl.commands.sweep import sweep
-
     # Arguments naming a sweep setting (grid, seeds, metric...) configure the sweep; all others are
     # every trial's `robot-rl train` overrides.
     from omegaconf import OmegaConf
+
+    from robot_rl.commands.sweep import sweep
 
     keys = set(OmegaConf.load(CONF_DIR / "sweep.yaml"))
     mine = [a for a in args.overrides if a.split("=")[0].lstrip("+~").split(".")[0] in keys]
@@ -297,21 +348,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("collect", help="run the control loop with a teleop device and record episodes")
-    p.add_argument("overrides", nargs="*", help="config overrides, e.g. episodes=20 env=reach out=datasets/x.zarr")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides, e.g. episodes=20 env=reach out=datasets/x.zarr"
+    )
     p.set_defaults(func=lambda a: cmd_collect(a) and None)
 
-    overrides_command(sub, "demo", "what `make demo` runs: demos -> diffusion BC -> residual PPO on peg_insert", cmd_demo)
+    overrides_command(
+        sub, "demo", "what `make demo` runs: demos -> diffusion BC -> residual PPO on peg_insert", cmd_demo
+    )
 
-    overrides_command(sub, "vlm-iql", "offline RL from VLM feedback end to end: labels -> reward model -> IQL, per seed", cmd_vlm_iql)
+    overrides_command(
+        sub,
+        "vlm-iql",
+        "offline RL from VLM feedback end to end: labels -> reward model -> IQL, per seed",
+        cmd_vlm_iql,
+    )
 
-    overrides_command(sub, "idm-iql", "action-free episodes: 10%% keep actions, an IDM labels the rest, IQL on the union, per seed", cmd_idm_iql)
-    overrides_command(sub, "vptr", "V-PTR: ICVF on action-free video -> IQL with that image encoder vs from scratch, per seed", cmd_vptr)
+    overrides_command(
+        sub,
+        "idm-iql",
+        "action-free episodes: 10%% keep actions, an IDM labels the rest, IQL on the union, per seed",
+        cmd_idm_iql,
+    )
+    overrides_command(
+        sub,
+        "vptr",
+        "V-PTR: ICVF on action-free video -> IQL with that image encoder vs from scratch, per seed",
+        cmd_vptr,
+    )
 
-    overrides_command(sub, "train", "train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH", cmd_train)
+    overrides_command(
+        sub,
+        "train",
+        "train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH",
+        cmd_train,
+    )
 
-    overrides_command(sub, "sweep", "grid or random search over train overrides and seeds on Ray: table (mean ± std) and plot", cmd_sweep)
+    overrides_command(
+        sub,
+        "sweep",
+        "grid or random search over train overrides and seeds on Ray: table (mean ± std) and plot",
+        cmd_sweep,
+    )
 
-    overrides_command(sub, "eval", "success rate of a checkpoint: checkpoint=PATH env=<task> episodes=100", cmd_eval)
+    overrides_command(
+        sub, "eval", "success rate of a checkpoint: checkpoint=PATH env=<task> episodes=100", cmd_eval
+    )
 
     p = sub.add_parser("dataset", help="inspect, relabel and split episode stores")
     dsub = p.add_subparsers(dest="dataset_command", required=True, parser_class=_Parser)
@@ -325,14 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=".", help="output folder (default: current folder)")
     q.add_argument("--format", default="mp4", choices=("mp4", "gif"))
     q.set_defaults(func=cmd_dataset_show)
-    q = dsub.add_parser("verify", help="read every chunk: list what is damaged (exit 1), or say the store is whole")
+    q = dsub.add_parser(
+        "verify", help="read every chunk: list what is damaged (exit 1), or say the store is whole"
+    )
     q.add_argument("path")
     q.set_defaults(func=cmd_dataset_verify)
     q = dsub.add_parser("repair", help="copy the intact episodes of a damaged store into a new store")
     q.add_argument("src")
     q.add_argument("out", help="the new store (.zarr); the damaged one is never changed")
     q.set_defaults(func=cmd_dataset_repair)
-    q = dsub.add_parser("relabel", help="write a preference reward model's reward into the store as a new key")
+    q = dsub.add_parser(
+        "relabel", help="write a preference reward model's reward into the store as a new key"
+    )
     q.add_argument("path")
     q.add_argument("--model", required=True, help="a reward_model checkpoint folder")
     q.add_argument("--key", default="reward_vlm", help="the new reward key (default: reward_vlm)")
@@ -342,36 +428,57 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("src", help="a video file, a folder of videos, or a folder of frames (or of such folders)")
     q.add_argument("out", help="the new store (.zarr)")
     q.add_argument("--size", type=int, default=84, help="square frame size in pixels (default 84)")
-    q.add_argument("--fps", type=float, default=10.0, help="subsample to this frame rate (default 10; 0: keep all)")
-    q.add_argument("--frames-fps", type=float, default=30.0, help="frame rate of folders of frames (default 30)")
+    q.add_argument(
+        "--fps", type=float, default=10.0, help="subsample to this frame rate (default 10; 0: keep all)"
+    )
+    q.add_argument(
+        "--frames-fps", type=float, default=30.0, help="frame rate of folders of frames (default 30)"
+    )
     q.add_argument("--camera", default="front", help="stored as obs/image/<camera> (default front)")
-    q.add_argument("--cut-threshold", type=float, default=0.5, help="histogram change that starts a new episode")
+    q.add_argument(
+        "--cut-threshold", type=float, default=0.5, help="histogram change that starts a new episode"
+    )
     q.add_argument("--no-cuts", action="store_true", help="one episode per file, no cut detection")
     q.add_argument("--task", help="task text stored with the data")
     q.set_defaults(func=cmd_dataset_import_video)
-    q = dsub.add_parser("import-rosbag", help="a rosbag2 recording (mcap or sqlite3) -> a store, topics aligned at a fixed fps")
+    q = dsub.add_parser(
+        "import-rosbag",
+        help="a rosbag2 recording (mcap or sqlite3) -> a store, topics aligned at a fixed fps",
+    )
     q.add_argument("bag", help="the bag folder (or .mcap file)")
     q.add_argument("out", help="the new store (.zarr)")
-    q.add_argument("--config", required=True, help="YAML: fps, clock, align, tolerance_s, episodes, streams (docs/data.md)")
+    q.add_argument(
+        "--config",
+        required=True,
+        help="YAML: fps, clock, align, tolerance_s, episodes, streams (docs/data.md)",
+    )
     q.set_defaults(func=cmd_dataset_import_rosbag)
-    q = dsub.add_parser("label-actions", help="write an inverse-dynamics model's actions into an action-free store")
+    q = dsub.add_parser(
+        "label-actions", help="write an inverse-dynamics model's actions into an action-free store"
+    )
     q.add_argument("path")
     q.add_argument("--model", required=True, help="an idm checkpoint folder (robot-rl train learner=idm)")
     q.add_argument("--key", default="action", help="the new action key (default: action)")
     q.set_defaults(func=cmd_dataset_label_actions)
-    q = dsub.add_parser("split-actions", help="SS-ORL's split: a few low-return episodes keep actions, the rest lose them")
+    q = dsub.add_parser(
+        "split-actions", help="SS-ORL's split: a few low-return episodes keep actions, the rest lose them"
+    )
     q.add_argument("path")
     q.add_argument("--labeled", required=True, help="output store of the episodes that keep their actions")
     q.add_argument("--unlabeled", required=True, help="output store of the others, without actions")
     q.add_argument("--fraction", type=float, default=0.1, help="share of all episodes labeled (default 0.1)")
-    q.add_argument("--lowest", type=float, default=0.5, help="drawn from this lowest-return share (default 0.5)")
+    q.add_argument(
+        "--lowest", type=float, default=0.5, help="drawn from this lowest-return share (default 0.5)"
+    )
     q.add_argument("--reward-key", default="reward")
     q.add_argument("--seed", type=int, default=0)
     q.set_defaults(func=cmd_dataset_split_actions)
 
     p = sub.add_parser("label", help="label data: vlm (preference pairs from a vision-language model)")
     lsub = p.add_subparsers(dest="label_command", required=True, parser_class=_Parser)
-    q = lsub.add_parser("vlm", help="preference labels for frame pairs: store=PATH backend.base_url=URL backend.model=NAME")
+    q = lsub.add_parser(
+        "vlm", help="preference labels for frame pairs: store=PATH backend.base_url=URL backend.model=NAME"
+    )
     q.add_argument("overrides", nargs="*")
     q.set_defaults(func=cmd_label_vlm)
 
@@ -379,20 +486,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_find_cameras)
 
-    overrides_command(sub, "read-robot", "print a real robot's state once, read only (calibration): robot=<name>", cmd_read_robot)
+    overrides_command(
+        sub,
+        "read-robot",
+        "print a real robot's state once, read only (calibration): robot=<name>",
+        cmd_read_robot,
+    )
 
-    p = sub.add_parser("ros", help="a ROS 2 node (needs rclpy): policy | collect | actor [--ros-args ...]; "
-                                   "launch-dir prints where the launch files are")
+    p = sub.add_parser(
+        "ros",
+        help="a ROS 2 node (needs rclpy): policy | collect | actor [--ros-args ...]; "
+        "launch-dir prints where the launch files are",
+    )
     p.add_argument("node", choices=("policy", "collect", "actor", "launch-dir"))
-    p.add_argument("ros_args", nargs=argparse.REMAINDER, help="ROS arguments, e.g. --ros-args -p checkpoint:=PATH")
+    p.add_argument(
+        "ros_args", nargs=argparse.REMAINDER, help="ROS arguments, e.g. --ros-args -p checkpoint:=PATH"
+    )
     p.set_defaults(func=cmd_ros)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
     p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql", "icvf", "scale"))
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
-    p.add_argument("--load", type=int, default=0, metavar="N",
-                   help="loop only: also measure beside N busy processes (CPU load), after the idle runs")
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="loop only: also measure beside N busy processes (CPU load), after the idle runs",
+    )
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -413,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         if not _stdout_closed():  # a robot's, ROS's or Ray's connection: an error like any other
             raise
         # The reader went away (`robot-rl dataset info X | head`): nothing left to say.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        os.dup2(
+            os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
+        )  # so the exit's flush cannot fail again
         return 141
 
 

@@ -70,19 +70,46 @@ def _register_learner_defaults() -> None:
     for name in LEARNER_CONFIGS:
         store.store(group="learner", name=f"{name}_defaults", node=learner_defaults(name))
 
+
 # Keys whose default is null, by their last name: what a value must be. Any other null-default key
 # is a path, a name or an address (a string; YAML may read a name like 8000 as a number).
 NULL_DEFAULT = {
-    "rate_hz": "float", "max_delta": "float", "critic_subsample": "int", "ddim_steps": "int", "lr": "float",
-    "camera_pos_m": "float", "camera_angle_rad": "float", "obs_noise": "float", "action_noise": "float",
-    "friction": "list:float", "mass": "list:float", "actuator_gain": "list:float", "light": "list:float",
-    "workspace_low": "list:float", "workspace_high": "list:float", "seeds": "list:int", "image_keys": "list:str",
-    "use_state": "bool", "grid": "dict", "random": "dict", "gripper": "dict", "collect_env": "dict",
+    "rate_hz": "float",
+    "max_delta": "float",
+    "critic_subsample": "int",
+    "ddim_steps": "int",
+    "lr": "float",
+    "camera_pos_m": "float",
+    "camera_angle_rad": "float",
+    "obs_noise": "float",
+    "action_noise": "float",
+    "friction": "list:float",
+    "mass": "list:float",
+    "actuator_gain": "list:float",
+    "light": "list:float",
+    "workspace_low": "list:float",
+    "workspace_high": "list:float",
+    "seeds": "list:int",
+    "image_keys": "list:str",
+    "use_state": "bool",
+    "grid": "dict",
+    "random": "dict",
+    "gripper": "dict",
+    "collect_env": "dict",
     "max_memory_gb": "float",
 }
 # Keys with an integer default that take any number.
-FLOAT_KEYS = {"control_hz", "rate_hz", "gpus_per_trial", "reset_s", "timeout_s", "max_minutes", "fps", "max_retry_after_s",
-              "cpus_per_trial"}
+FLOAT_KEYS = {
+    "control_hz",
+    "rate_hz",
+    "gpus_per_trial",
+    "reset_s",
+    "timeout_s",
+    "max_minutes",
+    "fps",
+    "max_retry_after_s",
+    "cpus_per_trial",
+}
 # Keys with a non-null default that may be set to null (each documented in its YAML).
 NULLABLE = {"rate_hz", "done_key", "imu_topic", "lr_horizon", "collect_env", "seeds"} | set(NULL_DEFAULT)
 
@@ -99,11 +126,15 @@ def compose(config_name: str, overrides: list[str]):
     top = CONF_DIR / f"{config_name}.yaml"
     if "learner" in " ".join(overrides) or (top.is_file() and "learner" in top.read_text()):
         _register_learner_defaults()  # imports the learners (torch): only for configs that use one
-    groups = [o for o in overrides if "=" in o and (CONF_DIR / o.split("=")[0].lstrip("+~").split("@")[0]).is_dir()]
+    groups = [
+        o for o in overrides if "=" in o and (CONF_DIR / o.split("=")[0].lstrip("+~").split("@")[0]).is_dir()
+    ]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-            defaults = hydra_compose(config_name=config_name, overrides=groups) if overrides != groups else cfg
+            defaults = (
+                hydra_compose(config_name=config_name, overrides=groups) if overrides != groups else cfg
+            )
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             raise ConfigError(f"{config_name} needs {' '.join(f'{k}=...' for k in missing)} (no default)")
@@ -115,8 +146,14 @@ def compose(config_name: str, overrides: list[str]):
     return cfg
 
 
-_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string (a path or a name)",
-          "list": "a list, e.g. [a,b]", "dict": "a mapping, e.g. {a: 1}"}
+_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "str": "a string (a path or a name)",
+    "list": "a list, e.g. [a,b]",
+    "dict": "a mapping, e.g. {a: 1}",
+}
 
 
 def kind_of(value) -> str | None:
@@ -161,13 +198,15 @@ def _check(value, default, path: str) -> None:
     key = path.rsplit(".", 1)[-1].split("[")[0]
     if value is None:
         if default is not None and key not in NULLABLE:
-            raise ConfigError(f"{path} cannot be null: it must be {_NAMES[expected_kind(key, default).split(':')[0]]}")
+            raise ConfigError(
+                f"{path} cannot be null: it must be {_NAMES[expected_kind(key, default).split(':')[0]]}"
+            )
         return
     kind, _, item_kind = expected_kind(key, default).partition(":")
     if not fits(kind, value):
         raise ConfigError(f"{path}={_show(value)}: {path} must be {_NAMES[kind]}")
     if item_kind:
-        for i, item in enumerate(value):
+        for _i, item in enumerate(value):
             if not fits(item_kind, item):
                 raise ConfigError(f"{path}={_show(value)}: each item of {path} must be {_NAMES[item_kind]}")
     elif kind == "dict" and isinstance(default, dict):

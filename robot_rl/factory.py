@@ -16,8 +16,17 @@ from robot_rl.errors import ConfigError
 from robot_rl.sim.registry import make_sim_env
 from robot_rl.tasks.operator import OperatorTask
 
-__all__ = ["env_source", "make_sim_env", "make_vec_env", "make_robot", "make_camera", "make_teleop", "robot_env", "robot_safety",
-           "safety_from_config"]
+__all__ = [
+    "env_source",
+    "make_sim_env",
+    "make_vec_env",
+    "make_robot",
+    "make_camera",
+    "make_teleop",
+    "robot_env",
+    "robot_safety",
+    "safety_from_config",
+]
 
 
 def _plain(cfg) -> dict:
@@ -53,15 +62,26 @@ def env_source(env_cfg, dist: str = "none", workers: int = 1) -> EnvSource:
 
         def driver(env, speed: float):
             """The scripted driver capped at `speed` m/s, on any task over the sim car's course."""
-            lap_task = hasattr(env.task, "lateral_offset")  # else a practice task over the same car and course
+            # else a practice task over the same car and course
+            lap_task = hasattr(env.task, "lateral_offset")
             task = env.task if lap_task else SimpleNamespace(car=env.robot, course=env.robot.world.course)
             return RCCarExpert(task, max_speed=speed)
 
-        walls = lambda: generate_course(int(env_cfg.get("course_seed", 0)),  # noqa: E731
-                                        width=float(env_cfg.get("track_width", 1.2))).walls()
+        def walls():
+            return generate_course(
+                int(env_cfg.get("course_seed", 0)),
+                width=float(env_cfg.get("track_width", 1.2)),
+            ).walls()
+
         extras = {"driver": driver, "practice_hooks": practice_hooks, "walls": walls}
-    return EnvSource(str(env_cfg.get("name")), make, make_vec_env(env_cfg, dist, workers),
-                     safety_from_config(env_cfg.get("safety") or {}), _plain(env_cfg), extras)
+    return EnvSource(
+        str(env_cfg.get("name")),
+        make,
+        make_vec_env(env_cfg, dist, workers),
+        safety_from_config(env_cfg.get("safety") or {}),
+        _plain(env_cfg),
+        extras,
+    )
 
 
 def safety_from_config(cfg) -> SafetyConfig:
@@ -72,8 +92,17 @@ def safety_from_config(cfg) -> SafetyConfig:
 # --- real robots -------------------------------------------------------------------------------
 
 # Keys of a robot config that belong to the loop around the driver, not to the driver.
-LOOP_KEYS = ("name", "kind", "workspace_low", "workspace_high", "cameras", "control_hz", "max_steps",
-             "max_frame_age_s", "loop_watchdog_s")
+LOOP_KEYS = (
+    "name",
+    "kind",
+    "workspace_low",
+    "workspace_high",
+    "cameras",
+    "control_hz",
+    "max_steps",
+    "max_frame_age_s",
+    "loop_watchdog_s",
+)
 
 
 def driver_settings(cfg) -> dict:
@@ -91,11 +120,21 @@ def make_robot(cfg, io=None, **overrides) -> Robot:
             from robot_rl.ros.backends import RosArm, RosArmConfig, RosCar, RosCarConfig
 
             if io is None:
-                raise ConfigError(f"robot {cfg.get('name')} is a ROS 2 robot: run it through a ROS node (robot-rl ros ..., or the launch files)")
+                raise ConfigError(
+                    f"robot {cfg.get('name')} is a ROS 2 robot: run it through a ROS node "
+                    "(robot-rl ros ..., or the launch files)"
+                )
             if kind == "ros_car":
                 return RosCar(RosCarConfig(**settings), io)
             # The arm keeps its pose targets in the robot's workspace box, as the loop's safety layer does.
-            return RosArm(RosArmConfig(**settings, workspace_low=cfg.get("workspace_low"), workspace_high=cfg.get("workspace_high")), io)
+            return RosArm(
+                RosArmConfig(
+                    **settings,
+                    workspace_low=cfg.get("workspace_low"),
+                    workspace_high=cfg.get("workspace_high"),
+                ),
+                io,
+            )
         if kind == "dynamixel_arm":
             from robot_rl.hardware.dynamixel_arm import DynamixelArm, DynamixelArmConfig
 
@@ -144,8 +183,13 @@ def make_teleop(kind: str, options, robot) -> Teleop:
     opts = _plain(options)
     target = "car" if robot.action_spec.shape == (2,) else "arm"
     if kind != "leader" and target == "arm" and robot.action_spec.names[:3] != ("dx", "dy", "dz"):
-        raise ConfigError(f"teleop={kind} moves the end effector: use the arm's `control: ee` (or teleop=leader for joint control)")
-    mapper = TeleopMapper(target, scale=float(opts.get("scale", 1.0)), deadzone=float(opts.get("deadzone", 0.05)))
+        raise ConfigError(
+            f"teleop={kind} moves the end effector: use the arm's `control: ee` "
+            "(or teleop=leader for joint control)"
+        )
+    mapper = TeleopMapper(
+        target, scale=float(opts.get("scale", 1.0)), deadzone=float(opts.get("deadzone", 0.05))
+    )
     if kind == "keyboard":
         from robot_rl.hardware.keyboard_teleop import KeyboardTeleop
 
@@ -166,12 +210,17 @@ def make_teleop(kind: str, options, robot) -> Teleop:
 
         leader_cfg = opts.get("leader")
         if not leader_cfg:
-            raise ConfigError("teleop=leader needs teleop_options.leader: the leader arm's robot config (a dict, or a name in conf/robot)")
+            raise ConfigError(
+                "teleop=leader needs teleop_options.leader: the leader arm's robot config "
+                "(a dict, or a name in conf/robot)"
+            )
         if isinstance(leader_cfg, str):
             leader_cfg = compose("collect", [f"robot={leader_cfg}"]).robot
         port = opts.get("leader_port") or leader_cfg.get("port")
         if port == getattr(getattr(robot, "cfg", None), "port", None):
-            raise ConfigError(f"the leader arm needs its own bus: teleop_options.leader_port (both are on {port})")
+            raise ConfigError(
+                f"the leader arm needs its own bus: teleop_options.leader_port (both are on {port})"
+            )
         leader = make_robot(leader_cfg, dry_run=True, control="joint", port=port)
         events = KeyboardTeleop(mapper) if opts.get("events", "keyboard") == "keyboard" else None
         return LeaderArmTeleop(leader, robot.action_spec, events)
@@ -190,7 +239,11 @@ def robot_env(robot_cfg, task_text: str, dry_run: bool, io=None) -> RobotEnv:
 def robot_safety(robot_cfg) -> SafetyConfig:
     """The loop's safety settings for a real robot: its watchdog, and the workspace box, which
     reads action dims 0-2 as end-effector steps, so only for end-effector control."""
-    box = robot_cfg.get("workspace_low") is not None and robot_cfg.get("control", robot_cfg.get("command", "ee")) in ("ee", "pose")
-    return SafetyConfig(workspace_low=tuple(robot_cfg.workspace_low) if box else None,
-                        workspace_high=tuple(robot_cfg.workspace_high) if box else None,
-                        watchdog_s=float(robot_cfg.get("loop_watchdog_s", 0.5)))
+    box = robot_cfg.get("workspace_low") is not None and robot_cfg.get(
+        "control", robot_cfg.get("command", "ee")
+    ) in ("ee", "pose")
+    return SafetyConfig(
+        workspace_low=tuple(robot_cfg.workspace_low) if box else None,
+        workspace_high=tuple(robot_cfg.workspace_high) if box else None,
+        watchdog_s=float(robot_cfg.get("loop_watchdog_s", 0.5)),
+    )

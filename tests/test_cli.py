@@ -49,8 +49,13 @@ def test_collect_records_what_it_reports(collected):
 def test_a_reader_that_goes_away_is_no_traceback(collected):
     read, write = os.pipe()
     os.close(read)  # like `robot-rl dataset info X | head -1` once head has exited
-    run = subprocess.run([ROBOT_RL, "dataset", "info", str(collected[0])], stdout=write, stderr=subprocess.PIPE, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [ROBOT_RL, "dataset", "info", str(collected[0])],
+        stdout=write,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=120,
+    )
     os.close(write)
     assert run.returncode == 141 and run.stderr == ""
 
@@ -88,10 +93,19 @@ def test_dataset_show_writes_a_video_and_a_plot(collected, tmp_path):
         (("collect", "episodes=0"), "episodes must be at least 1"),
         (("dataset", "show", "no/such.zarr"), "no episode store"),
         (("bench", "nothing"), "invalid choice"),
-        (("train", "learner=hil_serl", "env=cube_lift", "learner.demos=no/such.zarr"), "demos=no/such.zarr: no such path"),
-        (("train", "learner=hil_serl", "env=cube_lift", "learner.human=sometimes"), "human must be none, drift or schedule"),
+        (
+            ("train", "learner=hil_serl", "env=cube_lift", "learner.demos=no/such.zarr"),
+            "demos=no/such.zarr: no such path",
+        ),
+        (
+            ("train", "learner=hil_serl", "env=cube_lift", "learner.human=sometimes"),
+            "human must be none, drift or schedule",
+        ),
         (("train", "learner=hil_serl", "env=cube_lift", "learner.dist=slurm"), "dist must be sync or ray"),
-        (("train", "learner=hil_serl", "env=cube_lift", "learner.sac.image_keys=[image/side]"), "not observations of this env"),
+        (
+            ("train", "learner=hil_serl", "env=cube_lift", "learner.sac.image_keys=[image/side]"),
+            "not observations of this env",
+        ),
         (("train", "learner=reward_classifier", "dataset=no/such.zarr"), "no episode store at no/such.zarr"),
     ],
 )
@@ -115,8 +129,16 @@ def test_schema_mismatch_is_reported_before_recording(collected, tmp_path):
 
 def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
     # The full pipeline at toy sizes: the figures are meaningless, the plumbing is real.
-    run = cli("demo", "episodes=4", "bc.steps=10", "residual.iterations=1", "residual.num_envs=4",
-              "residual.rollout_steps=8", "eval_episodes=4", cwd=tmp_path)
+    run = cli(
+        "demo",
+        "episodes=4",
+        "bc.steps=10",
+        "residual.iterations=1",
+        "residual.num_envs=4",
+        "residual.rollout_steps=8",
+        "eval_episodes=4",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     report_path = Path(run.stdout.strip().splitlines()[-1])
     report = json.loads((tmp_path / report_path).read_text())
@@ -137,40 +159,90 @@ def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
 
 
 def test_demo_over_seeds_writes_one_summary(tmp_path):
-    run = cli("demo", "seeds=[0,1]", "episodes=2", "bc.steps=2", "residual.iterations=1", "residual.num_envs=2",
-              "residual.rollout_steps=4", "eval_episodes=2", "run_dir=runs/s", "out=datasets/s.zarr", cwd=tmp_path)
+    run = cli(
+        "demo",
+        "seeds=[0,1]",
+        "episodes=2",
+        "bc.steps=2",
+        "residual.iterations=1",
+        "residual.num_envs=2",
+        "residual.rollout_steps=4",
+        "eval_episodes=2",
+        "run_dir=runs/s",
+        "out=datasets/s.zarr",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr
     summary = json.loads((tmp_path / run.stdout.strip().splitlines()[-1]).read_text())
     assert set(summary["seeds"]) == {"0", "1"} and 0.0 <= summary["residual_mean"] <= 1.0
     assert (tmp_path / "datasets/s_seed1.zarr").exists() and (tmp_path / "runs/s/seed1/report.json").exists()
     results = json.loads((tmp_path / "runs/s/results.json").read_text())
-    assert results["mean"]["residual_success"] == summary["residual_mean"] and results["std"]["bc_success"] == summary["bc_std"]
-    assert [line.split(" |")[0] for line in (tmp_path / "runs/s/table.md").read_text().splitlines()[4:]] == \
-        ["| 0", "| 1", "| mean ± std"]
+    assert (
+        results["mean"]["residual_success"] == summary["residual_mean"]
+        and results["std"]["bc_success"] == summary["bc_std"]
+    )
+    assert [line.split(" |")[0] for line in (tmp_path / "runs/s/table.md").read_text().splitlines()[4:]] == [
+        "| 0",
+        "| 1",
+        "| mean ± std",
+    ]
 
 
 def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path):
     demos = tmp_path / "demos.zarr"
     run = cli("collect", "env=cube_lift", "episodes=2", "loop.rate_hz=null", "env.cameras=[]", f"out={demos}")
     assert run.returncode == 0, run.stderr
-    run = cli("train", "learner=hil_serl", "env=cube_lift", "env.cameras=[]", f"learner.demos={demos}",
-              "learner.env_steps=150", "learner.training_starts=50", "learner.batch_size=16", "learner.eval_every=0",
-              "learner.eval_episodes=2", "learner.eval_num_envs=2", "learner.sac.hidden=[32,32]", f"out={tmp_path / 'run'}")
+    run = cli(
+        "train",
+        "learner=hil_serl",
+        "env=cube_lift",
+        "env.cameras=[]",
+        f"learner.demos={demos}",
+        "learner.env_steps=150",
+        "learner.training_starts=50",
+        "learner.batch_size=16",
+        "learner.eval_every=0",
+        "learner.eval_episodes=2",
+        "learner.eval_num_envs=2",
+        "learner.sac.hidden=[32,32]",
+        f"out={tmp_path / 'run'}",
+    )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)
     assert result["env_steps"] >= 150 and result["learner_steps"] > 0 and result["intervened_episodes"] >= 1
     assert result["evaluation"]["episodes"] == 2
-    for name in ("results.json", "curve.png", "checkpoint/model.safetensors", "buffers/online.zarr", "buffers/prior.zarr"):
+    for name in (
+        "results.json",
+        "curve.png",
+        "checkpoint/model.safetensors",
+        "buffers/online.zarr",
+        "buffers/prior.zarr",
+    ):
         assert (tmp_path / "run" / name).exists(), name
-    evaluated = cli("eval", f"checkpoint={tmp_path / 'run' / 'checkpoint'}", "env=cube_lift", "episodes=2", "num_envs=2")
+    evaluated = cli(
+        "eval", f"checkpoint={tmp_path / 'run' / 'checkpoint'}", "env=cube_lift", "episodes=2", "num_envs=2"
+    )
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["kind"] == "sac_agent"
     # A run resumes from another's weights and buffers.
-    resumed = cli("train", "learner=hil_serl", "env=cube_lift", "env.cameras=[]", f"learner.resume={tmp_path / 'run'}",
-                  "learner.env_steps=20", "learner.batch_size=16", "learner.eval_every=0", "learner.eval_episodes=1",
-                  "learner.eval_num_envs=1", "learner.sac.hidden=[32,32]", f"out={tmp_path / 'run2'}")
+    resumed = cli(
+        "train",
+        "learner=hil_serl",
+        "env=cube_lift",
+        "env.cameras=[]",
+        f"learner.resume={tmp_path / 'run'}",
+        "learner.env_steps=20",
+        "learner.batch_size=16",
+        "learner.eval_every=0",
+        "learner.eval_episodes=1",
+        "learner.eval_num_envs=1",
+        "learner.sac.hidden=[32,32]",
+        f"out={tmp_path / 'run2'}",
+    )
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["learner_steps"] >= 20  # training starts at once: the buffers came along
+    assert (
+        json.loads(resumed.stdout)["learner_steps"] >= 20
+    )  # training starts at once: the buffers came along
     assert_resumes_what_was_saved(tmp_path / "run")
 
 
@@ -183,12 +255,17 @@ def assert_resumes_what_was_saved(run: Path) -> None:
     from safetensors.torch import load_file
 
     from robot_rl.config import compose
-    from robot_rl.learners.hil_serl import HILSERLConfig, make_learner
     from robot_rl.factory import make_sim_env
+    from robot_rl.learners.hil_serl import HILSERLConfig, make_learner
 
-    env, _ = make_sim_env(compose("train", ["learner=hil_serl", "env=cube_lift", "env.cameras=[]"]).env, seed=0)
-    learner = make_learner(env.observation_space.spaces, env.action_space.shape[0],
-                           HILSERLConfig(resume=str(run), sac={"hidden": [32, 32]}))
+    env, _ = make_sim_env(
+        compose("train", ["learner=hil_serl", "env=cube_lift", "env.cameras=[]"]).env, seed=0
+    )
+    learner = make_learner(
+        env.observation_space.spaces,
+        env.action_space.shape[0],
+        HILSERLConfig(resume=str(run), sac={"hidden": [32, 32]}),
+    )
     saved = load_file(run / "checkpoint" / "model.safetensors")
     restored = learner.agent.state_dict()
     assert set(saved) <= set(restored) and saved
@@ -197,10 +274,14 @@ def assert_resumes_what_was_saved(run: Path) -> None:
     for which in ("online", "prior"):
         on_disk = zarr.open_group(str(run / "buffers" / f"{which}.zarr"), mode="r")
         buffer = getattr(learner, which).contents()
-        assert set(buffer) == {name for name, a in on_disk.members(max_depth=None) if isinstance(a, zarr.Array)}
+        assert set(buffer) == {
+            name for name, a in on_disk.members(max_depth=None) if isinstance(a, zarr.Array)
+        }
         for key, values in buffer.items():
             np.testing.assert_array_equal(values, on_disk[key][:], err_msg=f"{which} {key}")
-    assert len(learner.prior) != len(learner.online)  # two different buffers (2 demos vs 150 steps), not one twice
+    assert len(learner.prior) != len(
+        learner.online
+    )  # two different buffers (2 demos vs 150 steps), not one twice
 
 
 def _loop_figures(figures, stdout):
@@ -212,8 +293,13 @@ def _loop_figures(figures, stdout):
             for name in ("control_loop", "deadline_sleep", "naive_sleep"):
                 m = entry[name]
                 assert m["ticks"] > 0 and m["period_mean_us"] > 0 and m["achieved_hz"] > 0
-                assert {"period_error_us_p50", "period_error_us_p99", "missed_deadlines", "cpu_fraction",
-                        "overhead_us_per_tick"} <= set(m)
+                assert {
+                    "period_error_us_p50",
+                    "period_error_us_p99",
+                    "missed_deadlines",
+                    "cpu_fraction",
+                    "overhead_us_per_tick",
+                } <= set(m)
             assert isinstance(entry["control_loop"]["overruns"], int)
             assert 0 <= entry["control_loop"]["contended_ticks"] <= entry["control_loop"]["ticks"]
             assert entry["p99_error_ratio_deadline"] >= 0 and entry["p99_error_ratio_naive"] >= 0
@@ -234,13 +320,16 @@ def _sim_figures(figures, stdout):
 def _store_figures(figures, stdout):
     assert "plain zarr" in stdout
     assert figures["sample"]["images"]["ours_warm_per_s"] > 0 and figures["write"]["ours_steps_per_s"] > 0
-    assert figures["write"]["plain_zarr_steps_per_s"] > 0 and {"write_cost", "first_pass_cost"} <= set(figures["checksums"])
+    assert figures["write"]["plain_zarr_steps_per_s"] > 0 and {"write_cost", "first_pass_cost"} <= set(
+        figures["checksums"]
+    )
 
 
 def _policy_figures(figures, stdout):
     assert "torch.nn.Conv1d" in stdout  # the convolution baseline
-    assert figures["latency"] and all(set(m["ddim_ms"]) == {"4", "8", "10", "16"} and m["ddpm100_ms"] > 0
-                                      for m in figures["latency"])
+    assert figures["latency"] and all(
+        set(m["ddim_ms"]) == {"4", "8", "10", "16"} and m["ddpm100_ms"] > 0 for m in figures["latency"]
+    )
     assert figures["conv_baseline"] and all(m["speedup"] > 0 for m in figures["conv_baseline"])
     assert figures["training"] and all(m["steps_per_s"] > 0 for m in figures["training"])
 
@@ -256,7 +345,9 @@ def _sac_figures(figures, stdout):
 
 def _iql_figures(figures, stdout):
     assert "unfused" in stdout
-    assert figures["rounds"][0]["fused_updates_per_s"] > 0 and figures["rounds"][0]["unfused_updates_per_s"] > 0
+    assert (
+        figures["rounds"][0]["fused_updates_per_s"] > 0 and figures["rounds"][0]["unfused_updates_per_s"] > 0
+    )
     assert figures["fused_over_unfused"] > 0
 
 
@@ -272,8 +363,16 @@ def _scale_figures(figures, stdout):
     assert "gpu" in figures
 
 
-BENCHES = {"loop": _loop_figures, "store": _store_figures, "sim": _sim_figures, "policy": _policy_figures,
-           "sac": _sac_figures, "iql": _iql_figures, "icvf": _icvf_figures, "scale": _scale_figures}
+BENCHES = {
+    "loop": _loop_figures,
+    "store": _store_figures,
+    "sim": _sim_figures,
+    "policy": _policy_figures,
+    "sac": _sac_figures,
+    "iql": _iql_figures,
+    "icvf": _icvf_figures,
+    "scale": _scale_figures,
+}
 
 
 @pytest.mark.parametrize("which", list(BENCHES))
@@ -296,7 +395,9 @@ def test_bench_load_is_for_the_loop_bench_only(tmp_path):
 @pytest.mark.parametrize("env_name", ["peg_insert", "cube_lift", "cube_place", "rc_car"])
 def test_collect_and_show_every_sim_task(env_name, tmp_path):
     out = tmp_path / f"{env_name}.zarr"
-    run = cli("collect", f"env={env_name}", "episodes=1", "loop.rate_hz=null", f"out={out}", "env.image_size=32")
+    run = cli(
+        "collect", f"env={env_name}", "episodes=1", "loop.rate_hz=null", f"out={out}", "env.image_size=32"
+    )
     assert run.returncode == 0, run.stderr
     assert "(1 successful)" in run.stderr
     shown = cli("dataset", "show", str(out), "--out", str(tmp_path))
@@ -311,7 +412,9 @@ def test_missing_extra_is_one_line_and_exit_2(tmp_path):
         "sys.exit(main(['collect', 'env=robosuite_lift', 'episodes=1', 'out=x.zarr']))"
     )
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120
+    )
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "install robot_rl[sim]" in lines[0], run.stderr

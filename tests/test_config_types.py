@@ -39,7 +39,8 @@ COMMANDS = [
 IDS = [" ".join(argv + groups) for argv, _, groups in COMMANDS]
 
 WORDS = st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8).filter(
-    lambda w: w.lower() not in {"true", "false", "null", "nan", "inf"})
+    lambda w: w.lower() not in {"true", "false", "null", "nan", "inf"}
+)
 WRONG = {  # override values of another kind than the key's
     "int": st.one_of(WORDS, st.sampled_from(["1.5", "-0.25", "true", "[1,2]", "{a: 1}"])),
     "float": st.one_of(WORDS, st.sampled_from(["true", "[1,2]", "{a: 1}"])),
@@ -48,8 +49,14 @@ WRONG = {  # override values of another kind than the key's
     "list": st.one_of(WORDS, st.sampled_from(["3", "0.5", "{a: 1}"])),
     "dict": st.one_of(WORDS, st.sampled_from(["3", "[1,2]"])),
 }
-WRONG_PY = {"int": ["abc", 1.5, True, [1]], "float": ["abc", True, [1.0]], "bool": ["abc", 2, [True]],
-            "str": [["a"], {"a": 1}], "list": ["abc", 3, {"a": 1}], "dict": ["abc", 3, [1]]}
+WRONG_PY = {
+    "int": ["abc", 1.5, True, [1]],
+    "float": ["abc", True, [1.0]],
+    "bool": ["abc", 2, [True]],
+    "str": [["a"], {"a": 1}],
+    "list": ["abc", 3, {"a": 1}],
+    "dict": ["abc", 3, [1]],
+}
 
 
 def leaves(config_name, groups):
@@ -85,11 +92,18 @@ def test_every_key_refuses_every_wrong_kind(argv, config_name, groups):
                 check_types(OmegaConf.create(bad), defaults)
 
 
-COMMAND_KEYS = [(argv, groups, key, kind) for argv, name, groups in COMMANDS for key, kind in leaves(name, groups)[0]]
+COMMAND_KEYS = [
+    (argv, groups, key, kind) for argv, name, groups in COMMANDS for key, kind in leaves(name, groups)[0]
+]
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 @given(data=st.data())
 def test_cli_property_wrong_types_end_in_one_line_and_exit_2(data, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -102,16 +116,19 @@ def test_cli_property_wrong_types_end_in_one_line_and_exit_2(data, tmp_path, cap
     assert not os.listdir(tmp_path), f"{argv} {key}={value} left {os.listdir(tmp_path)}"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["collect", "episodes=abc"], "episodes must be an integer"),
-    (["collect", "loop.rate_hz=fast"], "loop.rate_hz must be a number"),
-    (["train", "learner.steps=abc"], "learner.steps must be an integer"),
-    (["eval", "checkpoint=x", "episodes=abc"], "episodes must be an integer"),
-    (["eval"], "eval needs checkpoint=..."),
-    (["collect", "episodes=null"], "episodes cannot be null"),
-    (["demo", "seeds=[0,a]"], "each item of seeds must be an integer"),
-    (["sweep", "learner=iql", "learner.steps=abc"], "learner.steps must be an integer"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["collect", "episodes=abc"], "episodes must be an integer"),
+        (["collect", "loop.rate_hz=fast"], "loop.rate_hz must be a number"),
+        (["train", "learner.steps=abc"], "learner.steps must be an integer"),
+        (["eval", "checkpoint=x", "episodes=abc"], "episodes must be an integer"),
+        (["eval"], "eval needs checkpoint=..."),
+        (["collect", "episodes=null"], "episodes cannot be null"),
+        (["demo", "seeds=[0,a]"], "each item of seeds must be an integer"),
+        (["sweep", "learner=iql", "learner.steps=abc"], "learner.steps must be an integer"),
+    ],
+)
 def test_named_cases(argv, message, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

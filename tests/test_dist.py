@@ -33,9 +33,22 @@ def reach_base(tmp_path_factory):
     state_dim, action_dim = vec.single_observation_space.shape[0], vec.single_action_space.shape[0]
     vec.close()
     torch.manual_seed(0)
-    policy = DiffusionPolicy(DiffusionConfig(state_dim, action_dim, down_dims=(16, 32), diffusion_step_embed_dim=16,
-                                             obs_horizon=1, pred_horizon=8, action_horizon=4, inference_steps=2),
-                             -np.ones(state_dim), np.ones(state_dim), -np.ones(action_dim), np.ones(action_dim))
+    policy = DiffusionPolicy(
+        DiffusionConfig(
+            state_dim,
+            action_dim,
+            down_dims=(16, 32),
+            diffusion_step_embed_dim=16,
+            obs_horizon=1,
+            pred_horizon=8,
+            action_horizon=4,
+            inference_steps=2,
+        ),
+        -np.ones(state_dim),
+        np.ones(state_dim),
+        -np.ones(action_dim),
+        np.ones(action_dim),
+    )
     return env, policy.save(tmp_path_factory.mktemp("base") / "checkpoint")
 
 
@@ -67,11 +80,19 @@ def test_ppo_with_two_rollout_workers_equals_one_process(local_ray, reach_base, 
     from robot_rl.commands.train import train_residual
 
     env, base = reach_base
-    learner = OmegaConf.merge(compose("train", ["learner=residual_ppo"]).learner,
-                              {"num_envs": 4, "rollout_steps": 20, "iterations": 2, "update_epochs": 2})
+    learner = OmegaConf.merge(
+        compose("train", ["learner=residual_ppo"]).learner,
+        {"num_envs": 4, "rollout_steps": 20, "iterations": 2, "update_epochs": 2},
+    )
     one = train_residual(learner, env, str(base), tmp_path / "one", seed=0, progress=False)
-    two = train_residual(OmegaConf.merge(learner, {"dist": "local", "workers": 2}), env, str(base), tmp_path / "two",
-                         seed=0, progress=False)
+    two = train_residual(
+        OmegaConf.merge(learner, {"dist": "local", "workers": 2}),
+        env,
+        str(base),
+        tmp_path / "two",
+        seed=0,
+        progress=False,
+    )
     history = [json.loads((tmp_path / d / "results.json").read_text())["history"] for d in ("one", "two")]
     assert history[0] == history[1] and one["env_steps"] == two["env_steps"] == 160
     from safetensors.torch import load_file
@@ -95,12 +116,34 @@ def test_four_worker_evaluation_merges_to_the_single_process_table(local_ray, re
 
 def test_sweep_runs_a_grid_over_seeds_on_ray(local_ray, tmp_path, capsys):
     store = tmp_path / "reach.zarr"
-    assert main(["collect", "env=reach", "episodes=2", f"out={store}", "loop.rate_hz=null", "env.cameras=[]"]) == 0
+    assert (
+        main(["collect", "env=reach", "episodes=2", f"out={store}", "loop.rate_hz=null", "env.cameras=[]"])
+        == 0
+    )
     capsys.readouterr()
     out = tmp_path / "sweep"
-    trial = ["learner=diffusion_bc", "env=reach", f"dataset={store}", "learner.steps=3", "learner.batch_size=8",
-             "learner.policy.down_dims=[8,16]", "learner.policy.diffusion_step_embed_dim=8"]
-    assert main(["sweep", *trial, "grid={learner.lr:[0.001,0.0001]}", "seeds=[0,1]", "metric=final_loss", f"out={out}"]) == 0
+    trial = [
+        "learner=diffusion_bc",
+        "env=reach",
+        f"dataset={store}",
+        "learner.steps=3",
+        "learner.batch_size=8",
+        "learner.policy.down_dims=[8,16]",
+        "learner.policy.diffusion_step_embed_dim=8",
+    ]
+    assert (
+        main(
+            [
+                "sweep",
+                *trial,
+                "grid={learner.lr:[0.001,0.0001]}",
+                "seeds=[0,1]",
+                "metric=final_loss",
+                f"out={out}",
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     assert "learner.lr=0.001" in table and "learner.lr=0.0001" in table and "± " in table
     results = json.loads((out / "results.json").read_text())
@@ -113,6 +156,18 @@ def test_sweep_runs_a_grid_over_seeds_on_ray(local_ray, tmp_path, capsys):
     again = train(compose("train", trial + ["learner.lr=0.001", "seed=0", f"out={tmp_path / 'again'}"]))
     assert again["final_loss"] == pytest.approx(first["value"], rel=1e-6)
     # A failing trial is reported, not fatal.
-    assert main(["sweep", *trial[:-3], "learner.steps=-1", "grid={learner.lr:[0.001]}", "seeds=[0]", "metric=final_loss",
-                 f"out={tmp_path / 'bad'}"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                *trial[:-3],
+                "learner.steps=-1",
+                "grid={learner.lr:[0.001]}",
+                "seeds=[0]",
+                "metric=final_loss",
+                f"out={tmp_path / 'bad'}",
+            ]
+        )
+        == 0
+    )
     assert "| 0 | 1 |" in (tmp_path / "bad" / "table.md").read_text()

@@ -147,14 +147,21 @@ def test_no_import_circle_among_modules():
 def test_the_checks_catch_what_they_look_for(tmp_path):
     layers = contract_layers()
     # an import from the core up into the sim, one across the two sides, and a circle
-    graph = {"robot_rl.core.env": {"robot_rl.sim.reach"}, "robot_rl.learners.iql": {"robot_rl.sim.vector"},
-             "robot_rl.sim.reach": {"robot_rl.core.env"}}
-    assert violations(graph, layers) == ["robot_rl.core.env imports robot_rl.sim.reach, a higher layer",
-                                         "robot_rl.learners.iql imports robot_rl.sim.vector, an independent sibling"]
+    graph = {
+        "robot_rl.core.env": {"robot_rl.sim.reach"},
+        "robot_rl.learners.iql": {"robot_rl.sim.vector"},
+        "robot_rl.sim.reach": {"robot_rl.core.env"},
+    }
+    assert violations(graph, layers) == [
+        "robot_rl.core.env imports robot_rl.sim.reach, a higher layer",
+        "robot_rl.learners.iql imports robot_rl.sim.vector, an independent sibling",
+    ]
     assert cycles(graph) == [["robot_rl.core.env", "robot_rl.sim.reach"]]
     # imports inside functions and by full name are found, and a class resolves to its module
     probe = tmp_path / "env.py"
-    probe.write_text("def f():\n    from robot_rl.sim.reach import ReachTask\n    import robot_rl.utils.dist\n")
+    probe.write_text(
+        "def f():\n    from robot_rl.sim.reach import ReachTask\n    import robot_rl.utils.dist\n"
+    )
     modules = {"robot_rl.core.env": probe, "robot_rl.sim.reach": None, "robot_rl.utils.dist": None}
     assert imports_of("robot_rl.core.env", probe, modules) == {"robot_rl.sim.reach", "robot_rl.utils.dist"}
 

@@ -8,7 +8,14 @@ import pytest
 from omegaconf import OmegaConf
 
 from robot_rl.commands.train import DIST_KEYS, LEARNERS, RAY_KEYS
-from robot_rl.config import CONF_DIR, LEARNER_CONFIGS, RUN_KEYS, compose, learner_config_class, learner_defaults
+from robot_rl.config import (
+    CONF_DIR,
+    LEARNER_CONFIGS,
+    RUN_KEYS,
+    compose,
+    learner_config_class,
+    learner_defaults,
+)
 from robot_rl.errors import ConfigError
 
 ROUTING = set(DIST_KEYS) | set(RAY_KEYS)  # where a learner runs: read by the command, not the learner

@@ -35,8 +35,23 @@ def wheel(tmp_path_factory) -> Path:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, source / name)
     # No build isolation: setuptools from this environment (the dev extra), no download.
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(source)], check=True, cwd=out, timeout=240)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(out),
+            str(source),
+        ],
+        check=True,
+        cwd=out,
+        timeout=240,
+    )
     (path,) = out.glob("robot_rl-*.whl")
     return path
 
@@ -47,10 +62,17 @@ def installed(wheel, tmp_path_factory) -> Path:
     env_dir = tmp_path_factory.mktemp("venv")
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
-                   check=True, timeout=120)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", str(wheel)],
+        check=True,
+        timeout=120,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     Path(site, "deps_from_test_env.pth").write_text("\n".join(sorted(ours)) + "\n")
     return env_dir / "bin"
@@ -70,7 +92,9 @@ def test_the_wheel_holds_exactly_the_packages_files(wheel):
     assert {n for n in names if n.startswith("robot_rl/")} == package  # none missing, none extra
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in meta and "Requires-Python: >=3.11" in meta
-    requirements = [line.split(":", 1)[1].split(";")[0] for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    requirements = [
+        line.split(":", 1)[1].split(";")[0] for line in meta.splitlines() if line.startswith("Requires-Dist:")
+    ]
     assert " torch>=2.13.0" in requirements and not [r for r in requirements if "==" in r], "ranges, not pins"
 
 

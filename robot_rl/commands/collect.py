@@ -7,12 +7,12 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from robot_rl.core import ControlLoop, SafetyConfig
+from robot_rl.core import ControlLoop
 from robot_rl.core.loop import transition_schema
 from robot_rl.datasets import EpisodeRecorder
 from robot_rl.errors import ConfigError
-from robot_rl.tasks.teleops import RandomTeleop, ScriptedTeleop
 from robot_rl.factory import make_sim_env, safety_from_config
+from robot_rl.tasks.teleops import RandomTeleop, ScriptedTeleop
 
 
 def collect(cfg: DictConfig, replace: bool = False) -> dict:
@@ -38,9 +38,15 @@ def collect(cfg: DictConfig, replace: bool = False) -> dict:
     recorder = EpisodeRecorder(
         out,
         fps=float(cfg.env.control_hz),
-        attrs={"robot": cfg.env.robot, "env": cfg.env.name, "task": str(cfg.task), "source": "robot-rl collect",
-               "teleop": cfg.teleop, "state_names": env.state_names(),
-               "config": OmegaConf.to_container(cfg, resolve=True)},
+        attrs={
+            "robot": cfg.env.robot,
+            "env": cfg.env.name,
+            "task": str(cfg.task),
+            "source": "robot-rl collect",
+            "teleop": cfg.teleop,
+            "state_names": env.state_names(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        },
         schema=transition_schema(env),
     )
     bar = tqdm(total=int(cfg.episodes), unit="ep", desc=f"collect {out.name}", dynamic_ncols=True)
@@ -48,7 +54,8 @@ def collect(cfg: DictConfig, replace: bool = False) -> dict:
     def progress(loop: ControlLoop, result) -> None:
         rate = loop.clock.recent_hz()
         bar.set_postfix_str(
-            f"episode {loop.episode + 1} step {result.steps} rate {rate:5.1f} Hz overruns {loop.clock.overruns}",
+            f"episode {loop.episode + 1} step {result.steps} rate {rate:5.1f} Hz "
+            f"overruns {loop.clock.overruns}",
             refresh=False,
         )
 
@@ -62,9 +69,14 @@ def collect(cfg: DictConfig, replace: bool = False) -> dict:
     else:
         teleop = ScriptedTeleop(expert, mode="always")
     loop = ControlLoop(
-        env, teleop=teleop, rate_hz=None if rate is None else float(rate),
-        execute_k=int(cfg.loop.execute_k), safety=safety_from_config(cfg.env.safety), recorder=recorder,
-        on_step=progress, on_episode=episode_done,
+        env,
+        teleop=teleop,
+        rate_hz=None if rate is None else float(rate),
+        execute_k=int(cfg.loop.execute_k),
+        safety=safety_from_config(cfg.env.safety),
+        recorder=recorder,
+        on_step=progress,
+        on_episode=episode_done,
     )
     try:
         with env:

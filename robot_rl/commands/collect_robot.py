@@ -16,12 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from robot_rl.core import ControlLoop, SafetyConfig
-from robot_rl.core.env import RobotEnv
+from robot_rl.core import ControlLoop
 from robot_rl.core.loop import transition_schema
-from robot_rl.core.protocols import Task
 from robot_rl.datasets import EpisodeRecorder
 from robot_rl.errors import ConfigError
 from robot_rl.factory import robot_env, robot_safety
@@ -40,9 +36,22 @@ class StatusLine:
             return
         self._last = now
         rate = loop.clock.recent_hz()
-        ages = " ".join(f"{k[10:]} {1000 * (now - float(v)):.0f}ms" for k, v in loop.env.raw_obs.items() if k.startswith("timestamp/"))
-        who = "HUMAN" if getattr(loop.teleop, "mapper", None) is None or loop.teleop.mapper.intervening or loop.policy is None else "policy"
-        self.stream.write(f"\repisode {loop.episode + 1} step {result.steps:4d} | {rate:5.1f} Hz | {ages or 'no cameras'} | {who} ")
+        ages = " ".join(
+            f"{k[10:]} {1000 * (now - float(v)):.0f}ms"
+            for k, v in loop.env.raw_obs.items()
+            if k.startswith("timestamp/")
+        )
+        who = (
+            "HUMAN"
+            if getattr(loop.teleop, "mapper", None) is None
+            or loop.teleop.mapper.intervening
+            or loop.policy is None
+            else "policy"
+        )
+        self.stream.write(
+            f"\repisode {loop.episode + 1} step {result.steps:4d} | {rate:5.1f} Hz | "
+            f"{ages or 'no cameras'} | {who} "
+        )
         self.stream.flush()
 
 
@@ -55,7 +64,9 @@ def collect_robot(cfg, io=None, policy=None) -> dict:
     robot_cfg = cfg.robot
     if cfg.episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
-    if not cfg.task or cfg.task == cfg.env.get("task_text"):  # unset: collect.yaml's default is the sim env's text
+    if not cfg.task or cfg.task == cfg.env.get(
+        "task_text"
+    ):  # unset: collect.yaml's default is the sim env's text
         raise ConfigError('a real robot needs the task text: task="put the red cube in the bin"')
     dry_run = bool(cfg.dry_run or robot_cfg.get("dry_run", False))
     env = robot_env(robot_cfg, cfg.task, dry_run, io)
@@ -65,10 +76,20 @@ def collect_robot(cfg, io=None, policy=None) -> dict:
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rate = float(robot_cfg.get("control_hz", 10))
-    recorder = EpisodeRecorder(out, fps=rate, schema=transition_schema(env),
-                               attrs={"robot": robot_cfg.name, "task": str(cfg.task), "source": "robot-rl collect",
-                                      "teleop": str(cfg.teleop), "state_names": env.state_names(), "dry_run": dry_run,
-                                      **({"policy": str(cfg.get("checkpoint"))} if policy is not None else {})})
+    recorder = EpisodeRecorder(
+        out,
+        fps=rate,
+        schema=transition_schema(env),
+        attrs={
+            "robot": robot_cfg.name,
+            "task": str(cfg.task),
+            "source": "robot-rl collect",
+            "teleop": str(cfg.teleop),
+            "state_names": env.state_names(),
+            "dry_run": dry_run,
+            **({"policy": str(cfg.get("checkpoint"))} if policy is not None else {}),
+        },
+    )
     safety = robot_safety(robot_cfg)
     status = StatusLine()
     on_step = status
@@ -81,10 +102,15 @@ def collect_robot(cfg, io=None, policy=None) -> dict:
         def on_step(loop, result):
             status(loop, result)
             view(loop, result)
+
     ended = {"success": 0, "failure": 0}
 
     def between_episodes(loop: ControlLoop, result) -> None:
-        label = "discarded (re-record)" if result.discarded else ("success" if result.success else "failure / time limit")
+        label = (
+            "discarded (re-record)"
+            if result.discarded
+            else ("success" if result.success else "failure / time limit")
+        )
         if not result.discarded:
             ended["success" if result.success else "failure"] += 1
         sys.stderr.write(f"\nepisode {loop.episode}: {result.steps} steps, {label}\n")
@@ -97,9 +123,22 @@ def collect_robot(cfg, io=None, policy=None) -> dict:
             sys.stderr.flush()
             time.sleep(1.0)
 
-    loop = ControlLoop(env, policy, teleop, rate_hz=rate, execute_k=execute_k, safety=safety, recorder=recorder,
-                       on_step=on_step, on_episode=between_episodes)
-    sys.stderr.write(f"collecting into {out} with {cfg.teleop}" + (" (dry run: nothing is sent to the motors)" if dry_run else "") + "\n")
+    loop = ControlLoop(
+        env,
+        policy,
+        teleop,
+        rate_hz=rate,
+        execute_k=execute_k,
+        safety=safety,
+        recorder=recorder,
+        on_step=on_step,
+        on_episode=between_episodes,
+    )
+    sys.stderr.write(
+        f"collecting into {out} with {cfg.teleop}"
+        + (" (dry run: nothing is sent to the motors)" if dry_run else "")
+        + "\n"
+    )
     try:
         teleop.connect()
         with env:
@@ -116,5 +155,9 @@ def collect_robot(cfg, io=None, policy=None) -> dict:
             teleop.disconnect()
         finally:
             recorder.close()
-    return {"store": str(out), "episodes": sum(not r.discarded for r in results),
-            "successes": ended["success"], "report": loop.report()}
+    return {
+        "store": str(out),
+        "episodes": sum(not r.discarded for r in results),
+        "successes": ended["success"],
+        "report": loop.report(),
+    }

@@ -34,34 +34,87 @@ class Param:
 
 
 COMMON = (
-    Param("robot_config", str, "ros_arm", "robot config: a name in robot_rl/conf/robot/ (ros_arm, ros_car) or a YAML path"),
+    Param(
+        "robot_config",
+        str,
+        "ros_arm",
+        "robot config: a name in robot_rl/conf/robot/ (ros_arm, ros_car) or a YAML path",
+    ),
     Param("task", str, "", "the task in words, stored with the data (the VLM labeler's goal)"),
     Param("dry_run", bool, False, "read the robot and run everything, publish no command"),
-    Param("teleop_device", str, "", "the teleop device's path: a gamepad's /dev/input/event*, a SpaceMouse's hidraw ('': its default)"),
+    Param(
+        "teleop_device",
+        str,
+        "",
+        "the teleop device's path: a gamepad's /dev/input/event*, a SpaceMouse's hidraw ('': its default)",
+    ),
 )
 NODES: dict[str, tuple[Param, ...]] = {
-    "policy": (*COMMON,
-               Param("checkpoint", str, "", "a checkpoint folder: SAC (HIL-SERL, FastRLAP), IQL or diffusion BC"),
-               Param("dataset", str, "", "an EpisodeStore to record the rollouts into ('': not recorded)"),
-               Param("episodes", int, 1, "episodes to run; each ends at the robot config's max_steps or an operator key"),
-               Param("teleop", str, "none", "none, or the operator's device to end episodes and take over: keyboard, gamepad, spacemouse"),
-               Param("ddim_steps", int, 0, "diffusion BC: denoising steps per chunk (0: the checkpoint's)")),
-    "collect": (*COMMON,
-                Param("dataset", str, "datasets/ros_demos.zarr", "the EpisodeStore to record into (appended to if it exists)"),
-                Param("checkpoint", str, "", "a policy that drives while the operator takes over at will ('': the operator drives)"),
-                Param("teleop", str, "keyboard", "the operator's device: keyboard, gamepad, spacemouse"),
-                Param("episodes", int, 10, "episodes to record"),
-                Param("reset_s", float, 5.0, "seconds to reset the scene between episodes")),
-    "actor": (*COMMON,
-              Param("ray_address", str, "", "the Ray cluster the learner runs on ('': a Ray started here)"),
-              Param("learner_name", str, "robot_rl_hil_serl", "the learner's name on the cluster (made here when none runs)"),
-              Param("learner_config", str, "", "a YAML of HIL-SERL settings over conf/learner/hil_serl.yaml"),
-              Param("checkpoint", str, "", "a previous HIL-SERL run folder to continue: its weights and buffers ('': fresh)"),
-              Param("demos", str, "", "an EpisodeStore of demonstrations for the learner's prior buffer"),
-              Param("reward_classifier", str, "", "a reward classifier checkpoint ('': the operator's success key is the reward)"),
-              Param("env_steps", int, 20000, "robot steps to run before the learner saves and the node ends"),
-              Param("out", str, "runs/hil_serl_ros", "where the learner writes its checkpoint and buffers"),
-              Param("teleop", str, "gamepad", "the operator's device to intervene with: keyboard, gamepad, spacemouse")),
+    "policy": (
+        *COMMON,
+        Param("checkpoint", str, "", "a checkpoint folder: SAC (HIL-SERL, FastRLAP), IQL or diffusion BC"),
+        Param("dataset", str, "", "an EpisodeStore to record the rollouts into ('': not recorded)"),
+        Param(
+            "episodes",
+            int,
+            1,
+            "episodes to run; each ends at the robot config's max_steps or an operator key",
+        ),
+        Param(
+            "teleop",
+            str,
+            "none",
+            "none, or the operator's device to end episodes and take over: keyboard, gamepad, spacemouse",
+        ),
+        Param("ddim_steps", int, 0, "diffusion BC: denoising steps per chunk (0: the checkpoint's)"),
+    ),
+    "collect": (
+        *COMMON,
+        Param(
+            "dataset",
+            str,
+            "datasets/ros_demos.zarr",
+            "the EpisodeStore to record into (appended to if it exists)",
+        ),
+        Param(
+            "checkpoint",
+            str,
+            "",
+            "a policy that drives while the operator takes over at will ('': the operator drives)",
+        ),
+        Param("teleop", str, "keyboard", "the operator's device: keyboard, gamepad, spacemouse"),
+        Param("episodes", int, 10, "episodes to record"),
+        Param("reset_s", float, 5.0, "seconds to reset the scene between episodes"),
+    ),
+    "actor": (
+        *COMMON,
+        Param("ray_address", str, "", "the Ray cluster the learner runs on ('': a Ray started here)"),
+        Param(
+            "learner_name",
+            str,
+            "robot_rl_hil_serl",
+            "the learner's name on the cluster (made here when none runs)",
+        ),
+        Param("learner_config", str, "", "a YAML of HIL-SERL settings over conf/learner/hil_serl.yaml"),
+        Param(
+            "checkpoint",
+            str,
+            "",
+            "a previous HIL-SERL run folder to continue: its weights and buffers ('': fresh)",
+        ),
+        Param("demos", str, "", "an EpisodeStore of demonstrations for the learner's prior buffer"),
+        Param(
+            "reward_classifier",
+            str,
+            "",
+            "a reward classifier checkpoint ('': the operator's success key is the reward)",
+        ),
+        Param("env_steps", int, 20000, "robot steps to run before the learner saves and the node ends"),
+        Param("out", str, "runs/hil_serl_ros", "where the learner writes its checkpoint and buffers"),
+        Param(
+            "teleop", str, "gamepad", "the operator's device to intervene with: keyboard, gamepad, spacemouse"
+        ),
+    ),
 }
 
 
@@ -80,7 +133,9 @@ def robot_config(name_or_path: str):
         raise ConfigError(f"no robot config {name_or_path} ({path} does not exist)")
     cfg = OmegaConf.load(path)
     if cfg.get("kind") not in ("ros_arm", "ros_car"):
-        raise ConfigError(f"{path} is a {cfg.get('kind')!r} robot; the ROS nodes drive kind ros_arm or ros_car")
+        raise ConfigError(
+            f"{path} is a {cfg.get('kind')!r} robot; the ROS nodes drive kind ros_arm or ros_car"
+        )
     return cfg
 
 
@@ -105,10 +160,10 @@ def _teleop(params: dict, robot):
 
 def run_policy(params: dict, io) -> dict:
     from robot_rl.commands.collect_robot import StatusLine
-    from robot_rl.factory import robot_safety
     from robot_rl.core import ControlLoop
     from robot_rl.core.loop import transition_schema
     from robot_rl.datasets import EpisodeRecorder
+    from robot_rl.factory import robot_safety
 
     if not params["checkpoint"]:
         raise ConfigError("the policy node needs a checkpoint (checkpoint:=PATH)")
@@ -119,11 +174,28 @@ def run_policy(params: dict, io) -> dict:
     recorder = None
     if params["dataset"]:
         Path(params["dataset"]).parent.mkdir(parents=True, exist_ok=True)
-        recorder = EpisodeRecorder(params["dataset"], fps=rate, schema=transition_schema(env),
-                                   attrs={"robot": cfg.name, "task": params["task"], "source": "robot-rl ros policy",
-                                          "policy": params["checkpoint"], "state_names": env.state_names()})
-    loop = ControlLoop(env, policy, teleop, rate_hz=rate, execute_k=execute_k, safety=robot_safety(cfg),
-                       recorder=recorder, on_step=StatusLine())
+        recorder = EpisodeRecorder(
+            params["dataset"],
+            fps=rate,
+            schema=transition_schema(env),
+            attrs={
+                "robot": cfg.name,
+                "task": params["task"],
+                "source": "robot-rl ros policy",
+                "policy": params["checkpoint"],
+                "state_names": env.state_names(),
+            },
+        )
+    loop = ControlLoop(
+        env,
+        policy,
+        teleop,
+        rate_hz=rate,
+        execute_k=execute_k,
+        safety=robot_safety(cfg),
+        recorder=recorder,
+        on_step=StatusLine(),
+    )
     if teleop is not None:
         teleop.connect()
     try:
@@ -135,8 +207,12 @@ def run_policy(params: dict, io) -> dict:
         if recorder is not None:
             recorder.close()
     sys.stderr.write("\n")
-    return {"episodes": len(results), "successes": sum(r.success for r in results),
-            "steps": [r.steps for r in results], "report": loop.report()}
+    return {
+        "episodes": len(results),
+        "successes": sum(r.success for r in results),
+        "steps": [r.steps for r in results],
+        "report": loop.report(),
+    }
 
 
 def _policy(params: dict, env):
@@ -149,8 +225,10 @@ def _policy(params: dict, env):
     wrong = [f"{k} {needs[k]} (the robot gives {have[k]})" for k in have if needs[k] != have[k]]
     missing = [k for k in needs["image_keys"] if k not in env.observation_space.spaces]
     if wrong or missing:
-        raise ConfigError(f"{params['checkpoint']} does not fit robot {params['robot_config']}: "
-                          + "; ".join(wrong + ([f"cameras {', '.join(missing)} are not in its config"] if missing else [])))
+        raise ConfigError(
+            f"{params['checkpoint']} does not fit robot {params['robot_config']}: "
+            + "; ".join(wrong + ([f"cameras {', '.join(missing)} are not in its config"] if missing else []))
+        )
     return policy, policy.policy.config.action_horizon if kind == "diffusion_policy" else 1
 
 
@@ -161,22 +239,35 @@ def run_collect(params: dict, io) -> dict:
     cfg = compose("collect", [])
     OmegaConf.set_struct(cfg, False)
     cfg.robot = robot_config(params["robot_config"])
-    cfg.merge_with({"out": params["dataset"], "teleop": params["teleop"], "episodes": int(params["episodes"]),
-                    "task": params["task"], "reset_s": float(params["reset_s"]), "dry_run": bool(params["dry_run"]),
-                    "teleop_options": _teleop_options(params), "checkpoint": params["checkpoint"] or None})
-    return collect_robot(cfg, io=io, policy=(lambda env: _policy(params, env)) if params["checkpoint"] else None)
+    cfg.merge_with(
+        {
+            "out": params["dataset"],
+            "teleop": params["teleop"],
+            "episodes": int(params["episodes"]),
+            "task": params["task"],
+            "reset_s": float(params["reset_s"]),
+            "dry_run": bool(params["dry_run"]),
+            "teleop_options": _teleop_options(params),
+            "checkpoint": params["checkpoint"] or None,
+        }
+    )
+    return collect_robot(
+        cfg, io=io, policy=(lambda env: _policy(params, env)) if params["checkpoint"] else None
+    )
 
 
 def run_actor(params: dict, io) -> dict:
+    from robot_rl.commands.train import RAY_KEYS, _dataclass_from
     from robot_rl.config import compose
     from robot_rl.errors import require
     from robot_rl.factory import robot_safety
     from robot_rl.learners.hil_serl import HILSERLConfig
     from robot_rl.learners.hil_serl_ray import ActorServer, named_learner
-    from robot_rl.commands.train import RAY_KEYS, _dataclass_from
 
     ray = require("ray", "dist", "the HIL-SERL actor node")
-    settings = compose("train", ["learner=hil_serl"]).learner  # the learner's defaults under conf/learner/hil_serl.yaml
+    settings = compose(
+        "train", ["learner=hil_serl"]
+    ).learner  # the learner's defaults under conf/learner/hil_serl.yaml
     if params["learner_config"]:
         settings = OmegaConf.merge(settings, OmegaConf.load(params["learner_config"]))
     values = OmegaConf.to_container(settings, resolve=True)
@@ -185,10 +276,14 @@ def run_actor(params: dict, io) -> dict:
         values.pop(key, None)
     cfg, env = _env(params, io)
     # Paths go to the learner, which may run on another machine: absolute, as seen from here.
-    values.update(env_steps=int(params["env_steps"]), human="none", rate_hz=float(cfg.get("control_hz", 10)),
-                  resume=_absolute(params["checkpoint"] or values.get("resume")),
-                  demos=_absolute(params["demos"] or values.get("demos")),
-                  reward_classifier=params["reward_classifier"] or values.get("reward_classifier"))
+    values.update(
+        env_steps=int(params["env_steps"]),
+        human="none",
+        rate_hz=float(cfg.get("control_hz", 10)),
+        resume=_absolute(params["checkpoint"] or values.get("resume")),
+        demos=_absolute(params["demos"] or values.get("demos")),
+        reward_classifier=params["reward_classifier"] or values.get("reward_classifier"),
+    )
     hil = _dataclass_from(HILSERLConfig, values)  # human none: the operator is real, no scripted stand-in
     if hil.reward_classifier:
         from robot_rl.learners.reward_classifier import ClassifierRewardEnv, RewardClassifier
@@ -197,12 +292,22 @@ def run_actor(params: dict, io) -> dict:
     teleop = _teleop(params, env.robot)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=params["ray_address"] or None, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False, **({} if params["ray_address"] else {"num_cpus": 2}))
+        ray.init(
+            address=params["ray_address"] or None,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            **({} if params["ray_address"] else {"num_cpus": 2}),
+        )
     learner, made_here, acted, learned = None, False, None, None
     try:
-        learner, made_here = named_learner(env.observation_space.spaces, int(env.action_space.shape[0]), hil,
-                                           params["learner_name"], weights_every)
+        learner, made_here = named_learner(
+            env.observation_space.spaces,
+            int(env.action_space.shape[0]),
+            hil,
+            params["learner_name"],
+            weights_every,
+        )
         actor = ActorServer(None, asdict(hil), env=env, teleop=teleop, safety=robot_safety(cfg))
         actor.connect_learner(learner)
         if teleop is not None:

@@ -35,7 +35,11 @@ def sweep_points(cfg) -> list[dict]:
                 point[key] = spec["choices"][rng.integers(len(spec["choices"]))]
             elif isinstance(spec, list) and len(spec) == 2 and all(isinstance(v, (int, float)) for v in spec):
                 low, high = spec
-                value = math.exp(rng.uniform(math.log(low), math.log(high))) if key in cfg.log_scale else rng.uniform(low, high)
+                value = (
+                    math.exp(rng.uniform(math.log(low), math.log(high)))
+                    if key in cfg.log_scale
+                    else rng.uniform(low, high)
+                )
                 point[key] = int(round(value)) if all(isinstance(v, int) for v in spec) else float(value)
             else:
                 raise ConfigError(f"random.{key} must be [low, high] or {{choices: [...]}}, got {spec}")
@@ -47,7 +51,9 @@ def _dig(result: dict, path: str):
     value = result
     for part in path.split("."):
         if not isinstance(value, dict) or part not in value:
-            raise ConfigError(f"the trials' results have no {path!r} (a dotted path into a trial's results.json)")
+            raise ConfigError(
+                f"the trials' results have no {path!r} (a dotted path into a trial's results.json)"
+            )
         value = value[part]
     return float(value)
 
@@ -74,8 +80,8 @@ def run_trial(overrides: list[str], metric: str, cwd: str) -> dict:
 
     import torch
 
-    from robot_rl.config import compose
     from robot_rl.commands.train import train
+    from robot_rl.config import compose
 
     torch.set_num_threads(1)
     os.chdir(cwd)
@@ -85,10 +91,16 @@ def run_trial(overrides: list[str], metric: str, cwd: str) -> dict:
         if cfg.learner.get("dist") not in (None, "none", "sync"):
             raise ConfigError("a sweep's trials run in one process each: leave learner.dist at its default")
         result = train(cfg)
-        return {"value": _dig(result, metric), "seconds": time.monotonic() - start, "run": str(Path(result["results"]).parent)}
+        return {
+            "value": _dig(result, metric),
+            "seconds": time.monotonic() - start,
+            "run": str(Path(result["results"]).parent),
+        }
     except Exception as exc:  # reported per trial; the sweep goes on
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                "seconds": time.monotonic() - start}
+        return {
+            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+            "seconds": time.monotonic() - start,
+        }
 
 
 def _label(point: dict) -> str:
@@ -120,8 +132,11 @@ def sweep(cfg, overrides: list[str]) -> Path:
         task = ray.remote(num_cpus=float(cfg.cpus_per_trial), num_gpus=float(cfg.gpus_per_trial))(run_trial)
         futures = {}
         for i, (point, seed) in enumerate(trials):
-            overrides = (base + [f"{k}={hydra_value(v)}" for k, v in point.items()]
-                         + [f"seed={seed}", f"out={out.resolve() / f'trial{i:03d}'}"])
+            overrides = (
+                base
+                + [f"{k}={hydra_value(v)}" for k, v in point.items()]
+                + [f"seed={seed}", f"out={out.resolve() / f'trial{i:03d}'}"]
+            )
             futures[task.remote(overrides, str(cfg.metric), cwd)] = i
         results: list[dict | None] = [None] * len(trials)
         pending = list(futures)
@@ -132,21 +147,44 @@ def sweep(cfg, overrides: list[str]) -> Path:
                 results[i] = ray.get(done[0])
                 bar.update(1)
                 if "error" in results[i]:
-                    tqdm.write(f"trial {i} ({_label(trials[i][0])}, seed {trials[i][1]}) failed: {results[i]['error']}")
+                    tqdm.write(
+                        f"trial {i} ({_label(trials[i][0])}, seed {trials[i][1]}) failed: "
+                        f"{results[i]['error']}"
+                    )
     rows = []
     for point in points:
         got = [(s, r) for (p, s), r in zip(trials, results) if p == point]
         values = [r["value"] for _, r in got if "value" in r]
-        rows.append({"point": point, "label": _label(point), "values": values, "seeds": [s for s, r in got if "value" in r],
-                     "failed": [s for s, r in got if "error" in r],
-                     "mean": float(np.mean(values)) if values else None, "std": float(np.std(values)) if values else None})
+        rows.append(
+            {
+                "point": point,
+                "label": _label(point),
+                "values": values,
+                "seeds": [s for s, r in got if "value" in r],
+                "failed": [s for s, r in got if "error" in r],
+                "mean": float(np.mean(values)) if values else None,
+                "std": float(np.std(values)) if values else None,
+            }
+        )
     rows.sort(key=lambda r: -math.inf if r["mean"] is None else r["mean"], reverse=True)
-    (out / "results.json").write_text(json.dumps({"metric": cfg.metric, "overrides": base, "rows": rows,
-                                                  "trials": [{"point": p, "seed": s, **r} for (p, s), r in zip(trials, results)]},
-                                                 indent=2))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "metric": cfg.metric,
+                "overrides": base,
+                "rows": rows,
+                "trials": [{"point": p, "seed": s, **r} for (p, s), r in zip(trials, results)],
+            },
+            indent=2,
+        )
+    )
     table = [f"| point | {cfg.metric} (mean ± std) | seeds | failed |", "|---|---|---|---|"]
-    table += [f"| {r['label']} | " + (f"{r['mean']:.4g} ± {r['std']:.2g}" if r["values"] else "—")
-              + f" | {len(r['values'])} | {len(r['failed'])} |" for r in rows]
+    table += [
+        f"| {r['label']} | "
+        + (f"{r['mean']:.4g} ± {r['std']:.2g}" if r["values"] else "—")
+        + f" | {len(r['values'])} | {len(r['failed'])} |"
+        for r in rows
+    ]
     (out / "table.md").write_text("\n".join(table) + "\n")
     _plot(rows, str(cfg.metric), out / "sweep.png")
     return out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -84,8 +83,15 @@ def train_hil(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> di
         raise ConfigError(f"dist must be sync or ray, got {ray['dist']!r}")
     from robot_rl.learners.hil_serl_ray import train_hil_serl_ray
 
-    return train_hil_serl_ray(_envs(env_cfg), out, cfg, address=ray["ray_address"], robot_resource=ray["robot_resource"],
-                              weights_every=int(ray["weights_every"] or 100), progress=progress)
+    return train_hil_serl_ray(
+        _envs(env_cfg),
+        out,
+        cfg,
+        address=ray["ray_address"],
+        robot_resource=ray["robot_resource"],
+        weights_every=int(ray["weights_every"] or 100),
+        progress=progress,
+    )
 
 
 def train_fastrlap_learner(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> dict:
@@ -107,13 +113,24 @@ def train_classifier(learner_cfg, dataset, out, seed: int, progress: bool = True
     return train_reward_classifier(dataset, out, cfg, progress=progress)
 
 
-def evaluate_checkpoint(checkpoint, env_cfg, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
-                        ddim_steps: int | None = None, progress: bool = True, dist: dict | None = None) -> dict:
-    """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an IQL agent.
+def evaluate_checkpoint(
+    checkpoint,
+    env_cfg,
+    episodes: int = 100,
+    num_envs: int = 50,
+    seed: int = 10_000,
+    ddim_steps: int | None = None,
+    progress: bool = True,
+    dist: dict | None = None,
+) -> dict:
+    """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an
+    IQL agent.
     `dist` ({dist, workers, ray_address}) spreads the envs over Ray rollout workers: the same
     episodes, so the same results, however many workers."""
     with _ray_if(dist):
-        return _evaluate_checkpoint(checkpoint, _envs(env_cfg, dist), episodes, num_envs, seed, ddim_steps, progress)
+        return _evaluate_checkpoint(
+            checkpoint, _envs(env_cfg, dist), episodes, num_envs, seed, ddim_steps, progress
+        )
 
 
 def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps, progress) -> dict:
@@ -124,20 +141,24 @@ def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps,
 
     path, kind = Path(checkpoint), read_meta(checkpoint).get("kind")
     if kind == "sac_agent":
-        from robot_rl.policies.sac import batch_policy
-        from robot_rl.policies.sac import SACAgent
+        from robot_rl.policies.sac import SACAgent, batch_policy
 
         agent = SACAgent.load(path)
         if agent.cfg.image_keys:
-            raise ConfigError("robot-rl eval runs state policies on vector envs; image agents are evaluated by their run")
+            raise ConfigError(
+                "robot-rl eval runs state policies on vector envs; image agents are evaluated by their run"
+            )
         result = run_episodes(envs.make_vec, batch_policy(agent), episodes, num_envs, seed, progress)
         return {"checkpoint": str(path), "kind": kind, **result}
     if kind == "iql_agent":
         from robot_rl.learners.iql import evaluate_iql
         from robot_rl.policies.iql import IQLAgent
 
-        return {"checkpoint": str(path), "kind": kind,
-                **evaluate_iql(IQLAgent.load(path), envs, episodes, num_envs, seed, progress)}
+        return {
+            "checkpoint": str(path),
+            "kind": kind,
+            **evaluate_iql(IQLAgent.load(path), envs, episodes, num_envs, seed, progress),
+        }
     residual = None
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)
@@ -146,21 +167,36 @@ def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps,
     else:
         base = DiffusionPolicy.load(path)
         steps = ddim_steps
-    result = evaluate(envs.make_vec, base, residual, episodes=episodes, num_envs=num_envs, seed=seed,
-                      ddim_steps=steps, progress=progress)
+    result = evaluate(
+        envs.make_vec,
+        base,
+        residual,
+        episodes=episodes,
+        num_envs=num_envs,
+        seed=seed,
+        ddim_steps=steps,
+        progress=progress,
+    )
     return {"checkpoint": str(path), "kind": kind, **result}
 
 
 def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: bool = True) -> dict:
     from robot_rl.learners.iql import IQLTrainConfig, train_iql
 
-    stores = [str(dataset)] if isinstance(dataset, (str, Path)) else [str(d) for d in dataset]  # a list: their union
+    stores = (
+        [str(dataset)] if isinstance(dataset, (str, Path)) else [str(d) for d in dataset]
+    )  # a list: their union
     for store in stores:
         if not Path(store).exists():
             raise DatasetError(f"no episode store at {store}")
     cfg = _dataclass_from(IQLTrainConfig, learner_cfg, seed=seed)
-    return train_iql(stores[0] if len(stores) == 1 else stores, None if env_cfg is None else _envs(env_cfg), out, cfg,
-                     progress=progress)
+    return train_iql(
+        stores[0] if len(stores) == 1 else stores,
+        None if env_cfg is None else _envs(env_cfg),
+        out,
+        cfg,
+        progress=progress,
+    )
 
 
 def train_preference_reward(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
@@ -194,8 +230,12 @@ def train_icvf_learner(learner_cfg, dataset, out, seed: int, progress: bool = Tr
 def _train_residual_and_evaluate(cfg) -> dict:
     result = train_residual(cfg.learner, cfg.env, cfg.base, cfg.out, int(cfg.seed))
     if cfg.eval_episodes:
-        result["evaluation"] = evaluate_checkpoint(result["checkpoint"], cfg.env, int(cfg.eval_episodes),
-                                                   dist={k: cfg.learner.get(k) for k in DIST_KEYS})
+        result["evaluation"] = evaluate_checkpoint(
+            result["checkpoint"],
+            cfg.env,
+            int(cfg.eval_episodes),
+            dist={k: cfg.learner.get(k) for k in DIST_KEYS},
+        )
         Path(result["results"]).write_text(json.dumps(result, indent=2))
     return result
 

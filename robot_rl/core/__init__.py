@@ -7,6 +7,18 @@ from robot_rl.core.safety import SafetyConfig, SafetyFilter, Watchdog
 from robot_rl.core.specs import ArraySpec, Frame, TeleopCommand
 
 __all__ = [
-    "ActionChunkQueue", "ArraySpec", "Camera", "ControlLoop", "EpisodeResult", "Frame", "Robot",
-    "RobotEnv", "SafetyConfig", "SafetyFilter", "Task", "Teleop", "TeleopCommand", "Watchdog",
+    "ActionChunkQueue",
+    "ArraySpec",
+    "Camera",
+    "ControlLoop",
+    "EpisodeResult",
+    "Frame",
+    "Robot",
+    "RobotEnv",
+    "SafetyConfig",
+    "SafetyFilter",
+    "Task",
+    "Teleop",
+    "TeleopCommand",
+    "Watchdog",
 ]

@@ -169,7 +169,9 @@ class RateClock:
         self._contended: deque[bool] = deque(maxlen=64)  # per tick: the probe found the CPU contended
         self._contended_count = 0  # how many of self._contended are True
         self._probe: ContentionProbe | None = None
-        self._thread_slack: int | None = None  # the ticking thread's own timer slack, restored while contended
+        self._thread_slack: int | None = (
+            None  # the ticking thread's own timer slack, restored while contended
+        )
         self._precise = False  # timer slack reduced (while spinning)
         self.contended_ticks = 0  # ticks that slept to the deadline without a spin: the CPU was contended
         self._deadline = 0.0
@@ -216,14 +218,18 @@ class RateClock:
             self.overruns += 1
             tick = now
             # On the grid while less than half a period behind; re-anchored (no catch-up burst) beyond.
-            self._deadline = deadline + self.period if now - deadline < 0.5 * self.period else now + self.period
+            self._deadline = (
+                deadline + self.period if now - deadline < 0.5 * self.period else now + self.period
+            )
         else:
             margin = self.spin_margin
             if margin == 0.0:
                 self.contended_ticks += 1
             if (margin > 0.0) != self._precise and self._thread_slack is not None:
                 # Reduced slack while spinning; the thread's own while contended (see the module doc).
-                self._precise = reduce_timer_slack(1000 if margin > 0.0 else self._thread_slack) and margin > 0.0
+                self._precise = (
+                    reduce_timer_slack(1000 if margin > 0.0 else self._thread_slack) and margin > 0.0
+                )
             slept = deadline - now > margin
             if slept:
                 wake_at = deadline - margin
@@ -257,7 +263,12 @@ class RateClock:
         if periods.size == 0:
             return {"rate_hz": self.rate_hz, "ticks": 0, "overruns": 0}
         if self.rate_hz is None:
-            return {"rate_hz": None, "achieved_hz": float(1.0 / max(periods.mean(), 1e-9)), "ticks": self.ticks, "overruns": 0}
+            return {
+                "rate_hz": None,
+                "achieved_hz": float(1.0 / max(periods.mean(), 1e-9)),
+                "ticks": self.ticks,
+                "overruns": 0,
+            }
         err = np.abs(periods - self.period) * 1e6
         return {
             "rate_hz": self.rate_hz,

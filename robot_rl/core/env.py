@@ -38,8 +38,14 @@ class RobotEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, robot: Robot, task: Task, cameras: Sequence[Camera] = (), hooks: Sequence[EnvHook] = (),
-                 max_frame_age_s: float | None = None):
+    def __init__(
+        self,
+        robot: Robot,
+        task: Task,
+        cameras: Sequence[Camera] = (),
+        hooks: Sequence[EnvHook] = (),
+        max_frame_age_s: float | None = None,
+    ):
         # max_frame_age_s: a camera frame older than this (host monotonic clock) when observed is
         # a StaleFrameError, not a silently repeated image (real cameras; sim frames are fresh).
         self.robot, self.task, self.cameras, self.hooks = robot, task, list(cameras), list(hooks)
@@ -142,8 +148,10 @@ class RobotEnv(gym.Env):
         for cam in self.cameras:
             frame = cam.read()
             if self.max_frame_age_s is not None and now - frame.timestamp > self.max_frame_age_s:
-                raise StaleFrameError(f"camera {cam.name}: its newest frame is {1000 * (now - frame.timestamp):.0f} ms old "
-                                      f"(limit {1000 * self.max_frame_age_s:.0f} ms): the camera stalled or dropped")
+                raise StaleFrameError(
+                    f"camera {cam.name}: its newest frame is {1000 * (now - frame.timestamp):.0f} ms old "
+                    f"(limit {1000 * self.max_frame_age_s:.0f} ms): the camera stalled or dropped"
+                )
             obs[f"image/{cam.name}"] = frame.image
             if getattr(cam, "depth", False):
                 obs[f"depth/{cam.name}"] = frame.depth

@@ -53,7 +53,9 @@ class ActionChunkQueue:
         if chunk.ndim == 1:
             chunk = chunk[None]
         if chunk.ndim != 2 or len(chunk) == 0:
-            raise ValueError(f"a policy must return an action (A,) or a chunk (H, A), got shape {chunk.shape}")
+            raise ValueError(
+                f"a policy must return an action (A,) or a chunk (H, A), got shape {chunk.shape}"
+            )
         self._queue.extend(chunk[: self.execute_k])
 
     def pop(self) -> np.ndarray:
@@ -234,7 +236,9 @@ class ControlLoop:
                 "intervened": intervened,
                 "safety_hold": safe is None,
             }
-            if getattr(self.recorder, "wants_next_obs", False):  # RL buffers; stores derive it from the next step
+            if getattr(
+                self.recorder, "wants_next_obs", False
+            ):  # RL buffers; stores derive it from the next step
                 transition.update({f"next_obs/{k}": v for k, v in next_obs.items()})
             self.recorder.add(transition)
         t5 = time.perf_counter()

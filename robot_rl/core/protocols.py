@@ -66,13 +66,15 @@ class Camera(abc.ABC):
 class Teleop(abc.ABC):
     """A human input device, or a scripted expert standing in for one."""
 
-    def connect(self) -> None:
+    # connect / disconnect / reset are optional hooks, not abstract: by default they do nothing,
+    # and only a teleop that needs them overrides them (hence the B027 exemptions).
+    def connect(self) -> None:  # noqa: B027
         pass
 
-    def disconnect(self) -> None:
+    def disconnect(self) -> None:  # noqa: B027
         pass
 
-    def reset(self) -> None:
+    def reset(self) -> None:  # noqa: B027
         """Called at the start of every episode."""
 
     @abc.abstractmethod

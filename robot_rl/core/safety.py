@@ -76,7 +76,9 @@ class SafetyFilter:
 
     def __call__(self, action, robot_obs: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
         raw = np.asarray(action)
-        if raw.dtype.kind not in "iuf":  # complex would lose its imaginary part, strings and objects mean a bug
+        if (
+            raw.dtype.kind not in "iuf"
+        ):  # complex would lose its imaginary part, strings and objects mean a bug
             raise ValueError(f"action has dtype {raw.dtype}, the robot takes real numbers")
         a = raw.astype(np.float64)
         if a.shape != self.shape:

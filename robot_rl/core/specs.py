@@ -47,4 +47,3 @@ class TeleopCommand:
     action: np.ndarray
     intervening: bool = False
     events: frozenset[str] = field(default_factory=frozenset)
-

@@ -26,8 +26,11 @@ def verify_store(path, progress: bool = True) -> tuple[list[str], bool]:
             raise
         return [str(exc)], False
     with store:
-        return [f"{d['key']} steps {d['first']}-{d['last']}: {d['problem']} "
-                f"(episodes {', '.join(map(str, d['episodes'])) or 'none'})" for d in store.verify(progress)], store.checksums
+        return [
+            f"{d['key']} steps {d['first']}-{d['last']}: {d['problem']} "
+            f"(episodes {', '.join(map(str, d['episodes'])) or 'none'})"
+            for d in store.verify(progress)
+        ], store.checksums
 
 
 def repair_store(src, out, progress: bool = True) -> dict:
@@ -48,7 +51,9 @@ def repair_store(src, out, progress: bool = True) -> dict:
         remove_dead_leftovers(out)
         building = out.with_name(f".{out.name}.repairing-{os.getpid()}")
         try:
-            with EpisodeStore.create(building, store.schema, fps=store.fps, attrs=attrs, overwrite=True) as copy:
+            with EpisodeStore.create(
+                building, store.schema, fps=store.fps, attrs=attrs, overwrite=True
+            ) as copy:
                 for e in tqdm(keep, desc="repair", unit="episode", disable=not progress):
                     copy.append_episode(store.episode(e))
                 for key in store.keys:  # a relabeled key's provenance

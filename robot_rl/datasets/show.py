@@ -40,13 +40,19 @@ def write_video(frames: np.ndarray, path: Path, fps: float) -> Path:
     return path
 
 
-def plot_episode(episode: dict[str, np.ndarray], path: Path, title: str, fps: float, state_names=None) -> Path:
+def plot_episode(
+    episode: dict[str, np.ndarray], path: Path, title: str, fps: float, state_names=None
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [k for k, v in episode.items() if v.ndim <= 2 and v.dtype.kind in "fiub" and not k.startswith("obs/image")]
+    series = [
+        k
+        for k, v in episode.items()
+        if v.ndim <= 2 and v.dtype.kind in "fiub" and not k.startswith("obs/image")
+    ]
     flags = [k for k in series if episode[k].dtype == bool]
     curves = [k for k in series if k not in flags]
     steps = len(next(iter(episode.values())))
@@ -56,7 +62,11 @@ def plot_episode(episode: dict[str, np.ndarray], path: Path, title: str, fps: fl
     axes = axes[:, 0]
     for ax, key in zip(axes, curves):
         values = episode[key].reshape(steps, -1)
-        names = state_names if key == "obs/state" and state_names and len(state_names) == values.shape[1] else None
+        names = (
+            state_names
+            if key == "obs/state" and state_names and len(state_names) == values.shape[1]
+            else None
+        )
         for d in range(values.shape[1]):
             label = (names[d] if names else f"{d}") if values.shape[1] > 1 else None
             ax.plot(t, values[:, d], lw=1.2, label=label)
@@ -93,5 +103,7 @@ def show_episode(store_path, episode: int, out_dir, video_format: str = "mp4", s
         video = _side_by_side([data[k] for k in images], scale)
         written.append(write_video(video, out_dir / f"{stem}.{video_format}", store.fps or 10.0))
     title = f"{store.path.name} episode {episode}: {len(next(iter(data.values())))} steps"
-    written.append(plot_episode(data, out_dir / f"{stem}.png", title, store.fps, store.attrs.get("state_names")))
+    written.append(
+        plot_episode(data, out_dir / f"{stem}.png", title, store.fps, store.attrs.get("state_names"))
+    )
     return written

@@ -127,15 +127,25 @@ class EpisodeStore:
         self._ends = self._check_ends(ends)
         if check_chunks:
             for key, (first, last) in self.missing_chunks().items():
-                raise DatasetError(f"{path}: {key} steps {first}-{last} are missing on disk "
-                                   f"(robot-rl dataset verify {path} lists the damage)")
+                raise DatasetError(
+                    f"{path}: {key} steps {first}-{last} are missing on disk "
+                    f"(robot-rl dataset verify {path} lists the damage)"
+                )
         self._lock_fd: int | None = None
         self._tails: dict[str, tuple[int, np.ndarray]] = {}  # last partial chunk of each key
 
     # --- opening ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, path, schema: dict, *, fps: float, attrs: dict | None = None, overwrite: bool = False,
-               checksums: bool = True) -> EpisodeStore:
+    def create(
+        cls,
+        path,
+        schema: dict,
+        *,
+        fps: float,
+        attrs: dict | None = None,
+        overwrite: bool = False,
+        checksums: bool = True,
+    ) -> EpisodeStore:
         """Create an empty store. `schema` maps key -> (per-step shape, dtype) or an ArraySpec.
 
         The store is built in a hidden folder beside `path` and renamed into place: a process
@@ -158,19 +168,31 @@ class EpisodeStore:
             else:
                 chunk_steps, codec = _chunk_steps(shape, dtype), array_codec(dtype.itemsize)
             root.create_array(
-                f"data/{key}", shape=(0, *shape), chunks=(chunk_steps, *shape), dtype=dtype,
-                compressors=(codec, Crc32cCodec()) if checksums else codec, fill_value=0,
+                f"data/{key}",
+                shape=(0, *shape),
+                chunks=(chunk_steps, *shape),
+                dtype=dtype,
+                compressors=(codec, Crc32cCodec()) if checksums else codec,
+                fill_value=0,
             )
         meta = root.require_group("meta")
-        meta.create_array("episode_ends", shape=(0,), chunks=(4096,), dtype="int64", fill_value=0,
-                          compressors=(array_codec(8), Crc32cCodec()) if checksums else array_codec(8))
-        meta.attrs.update({
-            "format": FORMAT,
-            "schema": schema,
-            "fps": float(fps),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            **(attrs or {}),
-        })
+        meta.create_array(
+            "episode_ends",
+            shape=(0,),
+            chunks=(4096,),
+            dtype="int64",
+            fill_value=0,
+            compressors=(array_codec(8), Crc32cCodec()) if checksums else array_codec(8),
+        )
+        meta.attrs.update(
+            {
+                "format": FORMAT,
+                "schema": schema,
+                "fps": float(fps),
+                "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                **(attrs or {}),
+            }
+        )
         if overwrite and path.exists():  # the old store goes aside, then away, under its writer lock
             lock_fd = cls._lock(path) if (path / "meta").exists() else None
             old = path.with_name(f".{path.name}.replaced-{os.getpid()}")
@@ -258,9 +280,14 @@ class EpisodeStore:
     # --- integrity -------------------------------------------------------------------------
     def _read_schema(self) -> dict[str, dict]:
         schema = self.attrs.get("schema")
-        ok = isinstance(schema, dict) and schema and all(
-            isinstance(s, dict) and isinstance(s.get("shape"), list) and isinstance(s.get("dtype"), str)
-            for s in schema.values())
+        ok = (
+            isinstance(schema, dict)
+            and schema
+            and all(
+                isinstance(s, dict) and isinstance(s.get("shape"), list) and isinstance(s.get("dtype"), str)
+                for s in schema.values()
+            )
+        )
         if not ok:
             raise DatasetError(f"{self.path}: the schema in meta is missing or malformed")
         return schema
@@ -271,9 +298,15 @@ class EpisodeStore:
         except KeyError:
             raise DatasetError(f"{self.path}: the schema lists {key} but data/{key} is missing") from None
         spec = self.schema[key]
-        if not isinstance(array, zarr.Array) or list(array.shape[1:]) != spec["shape"] or array.dtype.name != spec["dtype"]:
-            raise DatasetError(f"{self.path}: data/{key} does not match its schema entry "
-                               f"({tuple(spec['shape'])} {spec['dtype']})")
+        if (
+            not isinstance(array, zarr.Array)
+            or list(array.shape[1:]) != spec["shape"]
+            or array.dtype.name != spec["dtype"]
+        ):
+            raise DatasetError(
+                f"{self.path}: data/{key} does not match its schema entry "
+                f"({tuple(spec['shape'])} {spec['dtype']})"
+            )
         return array
 
     def _read_ends_values(self) -> np.ndarray:
@@ -283,8 +316,10 @@ class EpisodeStore:
         if ends_array.ndim != 1 or ends_array.dtype != np.int64:
             raise DatasetError(f"{self.path}: meta/episode_ends is not a 1-D int64 array")
         if self._absent_chunks(ends_array, ends_array.shape[0]):
-            raise DatasetError(f"{self.path}: meta/episode_ends is missing on disk; the episodes cannot be "
-                               "located (nothing is written to a store in this state)")
+            raise DatasetError(
+                f"{self.path}: meta/episode_ends is missing on disk; the episodes cannot be "
+                "located (nothing is written to a store in this state)"
+            )
         return np.asarray(_read(self.path, "meta/episode_ends", ends_array, slice(None)), dtype=np.int64)
 
     def _check_ends(self, ends: np.ndarray) -> np.ndarray:
@@ -329,8 +364,11 @@ class EpisodeStore:
         from tqdm import tqdm
 
         damage = []
-        todo = [(key, array, t) for key, array in self._arrays.items()
-                for t in range(-(-self.n_steps // array.chunks[0]))]
+        todo = [
+            (key, array, t)
+            for key, array in self._arrays.items()
+            for t in range(-(-self.n_steps // array.chunks[0]))
+        ]
         for key, array, t in tqdm(todo, desc="verify", unit="chunk", disable=not progress):
             size = array.chunks[0]
             first, last = t * size, min((t + 1) * size, self.n_steps) - 1
@@ -342,8 +380,15 @@ class EpisodeStore:
                     continue
                 except Exception as exc:  # a decode failure of any kind is damage to report
                     problem = f"corrupt ({_first_line(exc)})"
-            damage.append({"key": key, "first": first, "last": last, "problem": problem,
-                           "episodes": self.episodes_between(first, last)})
+            damage.append(
+                {
+                    "key": key,
+                    "first": first,
+                    "last": last,
+                    "problem": problem,
+                    "episodes": self.episodes_between(first, last),
+                }
+            )
         return damage
 
     def episodes_between(self, first: int, last: int) -> list[int]:
@@ -404,13 +449,16 @@ class EpisodeStore:
         mine = self.schema
         missing, extra = sorted(set(mine) - set(schema)), sorted(set(schema) - set(mine))
         if missing or extra:
-            parts = ([f"missing {', '.join(missing)}"] if missing else []) + ([f"unexpected {', '.join(extra)}"] if extra else [])
+            parts = ([f"missing {', '.join(missing)}"] if missing else []) + (
+                [f"unexpected {', '.join(extra)}"] if extra else []
+            )
             raise SchemaMismatchError(f"{what} does not match the schema of {self.path}: {'; '.join(parts)}")
         for key, spec in schema.items():
             if spec != mine[key]:
                 raise SchemaMismatchError(
                     f"{what} does not match the schema of {self.path}: {key} is "
-                    f"{tuple(spec['shape'])} {spec['dtype']}, the store has {tuple(mine[key]['shape'])} {mine[key]['dtype']}"
+                    f"{tuple(spec['shape'])} {spec['dtype']}, "
+                    f"the store has {tuple(mine[key]['shape'])} {mine[key]['dtype']}"
                 )
 
     def append_episode(self, data: dict[str, np.ndarray]) -> int:
@@ -475,7 +523,9 @@ class EpisodeStore:
 
         list(_pool().map(write, range(n_chunks)))
         last = (n_chunks - 1) * size
-        self._tails[key] = (head + last, data[last:].copy()) if len(data) % size else (head + len(data), data[:0])
+        self._tails[key] = (
+            (head + last, data[last:].copy()) if len(data) % size else (head + len(data), data[:0])
+        )
 
     def _commit_end(self, end: int) -> None:
         ends = self._ends_array
@@ -485,7 +535,9 @@ class EpisodeStore:
         # crash in between would expose an entry that reads as the fill value. (zarr 3.1 has no
         # public call for this; the private names are pinned with zarr==3.1.5.)
         inner = ends._async_array
-        wider = Array(AsyncArray(dataclasses.replace(inner.metadata, shape=(n + 1,)), inner.store_path, inner._config))
+        wider = Array(
+            AsyncArray(dataclasses.replace(inner.metadata, shape=(n + 1,)), inner.store_path, inner._config)
+        )
         wider[n] = end
         ends.resize((n + 1,))
         self._ends = np.append(self._ends, np.int64(end))
@@ -499,7 +551,9 @@ class EpisodeStore:
             raise SchemaMismatchError(f"{self.path} already has {key!r}; choose another key")
         values = np.asarray(values)
         if values.ndim == 0 or len(values) != self.n_steps:
-            raise SchemaMismatchError(f"{key} has {len(values) if values.ndim else 0} steps, the store {self.n_steps}")
+            raise SchemaMismatchError(
+                f"{key} has {len(values) if values.ndim else 0} steps, the store {self.n_steps}"
+            )
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             raise SchemaMismatchError(f"{key} contains NaN or inf; refusing to store it")
         spec = {"shape": list(values.shape[1:]), "dtype": values.dtype.name}
@@ -508,10 +562,16 @@ class EpisodeStore:
         checksums = has_checksums(self._ends_array)
         codec = array_codec(values.dtype.itemsize)
         # write_empty_chunks: every chunk on disk, all-zero ones too, so a missing one is damage.
-        array = self._root.create_array(f"data/{key}", shape=values.shape, dtype=values.dtype, fill_value=0,
-                                        chunks=(_chunk_steps(values.shape[1:], values.dtype), *values.shape[1:]),
-                                        compressors=(codec, Crc32cCodec()) if checksums else codec, overwrite=True,
-                                        config={"write_empty_chunks": True})
+        array = self._root.create_array(
+            f"data/{key}",
+            shape=values.shape,
+            dtype=values.dtype,
+            fill_value=0,
+            chunks=(_chunk_steps(values.shape[1:], values.dtype), *values.shape[1:]),
+            compressors=(codec, Crc32cCodec()) if checksums else codec,
+            overwrite=True,
+            config={"write_empty_chunks": True},
+        )
         array[:] = values
         array.attrs.update(attrs or {})
         # The schema last: until it names the key, readers do not see the new array.
@@ -592,7 +652,9 @@ class EpisodeStore:
 
     def info(self) -> dict:
         lengths = self.episode_lengths
-        provenance = {k: v for k, v in self.attrs.items() if k not in ("format", "schema", "stats_accumulators")}
+        provenance = {
+            k: v for k, v in self.attrs.items() if k not in ("format", "schema", "stats_accumulators")
+        }
         return {
             "path": str(self.path),
             "episodes": self.n_episodes,
@@ -647,8 +709,10 @@ def _read(store_path: Path, name: str, array: zarr.Array, index):
             except Exception:
                 first, stop = lo, hi
                 break
-        raise DatasetError(f"{store_path}: {name} steps {first}-{stop - 1} are corrupt ({_first_line(exc)}); "
-                           f"robot-rl dataset verify {store_path} lists the damage") from exc
+        raise DatasetError(
+            f"{store_path}: {name} steps {first}-{stop - 1} are corrupt ({_first_line(exc)}); "
+            f"robot-rl dataset verify {store_path} lists the damage"
+        ) from exc
 
 
 def has_checksums(array: zarr.Array) -> bool:
@@ -666,7 +730,11 @@ def remove_dead_leftovers(path: Path) -> None:
     (`.<name>.<what>-<pid>`, their process gone)."""
     for leftover in path.parent.glob(f".{path.name}.*-*"):
         kind, _, pid = leftover.name.rpartition("-")
-        if kind.endswith((".creating", ".replaced", ".importing", ".repairing")) and pid.isdigit() and not _alive(int(pid)):
+        if (
+            kind.endswith((".creating", ".replaced", ".importing", ".repairing"))
+            and pid.isdigit()
+            and not _alive(int(pid))
+        ):
             shutil.rmtree(leftover, ignore_errors=True)
 
 
@@ -685,7 +753,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def read_steps(path, keys: list[str], stats_key: str | None = "obs/state") -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+def read_steps(
+    path, keys: list[str], stats_key: str | None = "obs/state"
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
     """Every committed step of `keys` in memory, the episode ends, and `stats_key`'s statistics
     ({} for None): what an offline learner reads. A missing key or an empty store is a DatasetError."""
     with EpisodeStore.open(path) as store:

@@ -134,9 +134,18 @@ def find_sources(src: Path) -> list[Path]:
     return sources
 
 
-def import_video(src, out, size: int = 84, fps: float | None = 10.0, camera: str = "front",
-                 cut_threshold: float | None = 0.5, frames_fps: float = 30.0, min_frames: int = 2,
-                 task: str | None = None, progress: bool = True) -> dict:
+def import_video(
+    src,
+    out,
+    size: int = 84,
+    fps: float | None = 10.0,
+    camera: str = "front",
+    cut_threshold: float | None = 0.5,
+    frames_fps: float = 30.0,
+    min_frames: int = 2,
+    task: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Import every video and frame folder under `src` into a new store at `out`."""
     from robot_rl.datasets.store import EpisodeStore, remove_dead_leftovers
 
@@ -145,7 +154,9 @@ def import_video(src, out, size: int = 84, fps: float | None = 10.0, camera: str
         raise DatasetError(f"{out} already exists; import into a new store")
     sources = find_sources(src)
     if not sources:
-        raise DatasetError(f"{src} holds no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) or image frames")
+        raise DatasetError(
+            f"{src} holds no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) or image frames"
+        )
     key = f"obs/image/{camera}"
     rate = fps or _native_fps(sources[0], frames_fps)  # keeping every frame: the first source's rate
     attrs = {"source": f"robot-rl dataset import-video {src}", "task": task or "", "observation_only": True}
@@ -154,11 +165,16 @@ def import_video(src, out, size: int = 84, fps: float | None = 10.0, camera: str
     remove_dead_leftovers(out)
     building = out.with_name(f".{out.name}.importing-{os.getpid()}")
     try:
-        with EpisodeStore.create(building, {key: ((size, size, 3), "uint8")}, fps=rate, attrs=attrs,
-                                 overwrite=True) as store:
+        with EpisodeStore.create(
+            building, {key: ((size, size, 3), "uint8")}, fps=rate, attrs=attrs, overwrite=True
+        ) as store:
             for source in tqdm(sources, desc="import video", unit="file", disable=not progress):
                 try:
-                    frames = read_frames(source, size, fps, frames_fps) if source.is_dir() else read_video(source, size, fps)[0]
+                    frames = (
+                        read_frames(source, size, fps, frames_fps)
+                        if source.is_dir()
+                        else read_video(source, size, fps)[0]
+                    )
                 except DatasetError as exc:
                     skipped.append({"source": str(source), "reason": str(exc)})
                     tqdm.write(f"skipped {source}: {exc}", file=sys.stderr)
@@ -168,10 +184,21 @@ def import_video(src, out, size: int = 84, fps: float | None = 10.0, camera: str
                         store.append_episode({key: np.stack(part)})
                         lengths.append(len(part))
         if not lengths:
-            reasons = "; ".join(f"{Path(s['source']).name}: {s['reason']}" for s in skipped[:3]) or f"no source had {min_frames} frames"
-            raise DatasetError(f"nothing imported from {src} ({len(skipped)} of {len(sources)} files skipped: {reasons})")
+            reasons = (
+                "; ".join(f"{Path(s['source']).name}: {s['reason']}" for s in skipped[:3])
+                or f"no source had {min_frames} frames"
+            )
+            raise DatasetError(
+                f"nothing imported from {src} ({len(skipped)} of {len(sources)} files skipped: {reasons})"
+            )
         os.rename(building, out)
     finally:
         shutil.rmtree(building, ignore_errors=True)
-    return {"store": str(out), "sources": len(sources), "episodes": len(lengths), "frames": int(sum(lengths)),
-            "skipped": skipped, "seconds": time.monotonic() - start}
+    return {
+        "store": str(out),
+        "sources": len(sources),
+        "episodes": len(lengths),
+        "frames": int(sum(lengths)),
+        "skipped": skipped,
+        "seconds": time.monotonic() - start,
+    }

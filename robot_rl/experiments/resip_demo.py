@@ -33,9 +33,12 @@ def resip_demo(cfg) -> Path:
         "seconds": time.monotonic() - start,
         "env": cfg.env.name,
         "demos": collected["episodes"],
-        "bc_checkpoint": bc["checkpoint"], "residual_checkpoint": residual["checkpoint"],
-        "bc_plot": bc["plot"], "residual_plot": residual["plot"],
-        "bc_eval": bc_eval, "residual_eval": residual_eval,
+        "bc_checkpoint": bc["checkpoint"],
+        "residual_checkpoint": residual["checkpoint"],
+        "bc_plot": bc["plot"],
+        "residual_plot": residual["plot"],
+        "bc_eval": bc_eval,
+        "residual_eval": residual_eval,
         "residual_env_steps": residual["env_steps"],
     }
     path = run_dir / "report.json"
@@ -43,8 +46,11 @@ def resip_demo(cfg) -> Path:
     return path
 
 
-FIGURES = (Figure("bc_success", "diffusion BC success"), Figure("residual_success", "ResiP success"),
-           Figure("seconds", "minutes", ".1f", 1 / 60))
+FIGURES = (
+    Figure("bc_success", "diffusion BC success"),
+    Figure("residual_success", "ResiP success"),
+    Figure("seconds", "minutes", ".1f", 1 / 60),
+)
 
 
 def resip_seeds(cfg) -> SeedResults:
@@ -53,22 +59,47 @@ def resip_seeds(cfg) -> SeedResults:
     seeds=[...]: once per seed, each in <run_dir>/seed<N> with its demos in <out>_seed<N>.zarr, and
     <run_dir>/seeds.json with every seed's figures as well."""
     run_dir = Path(cfg.run_dir)
-    caption = (f"ResiP demo on {cfg.env.name}: {int(cfg.episodes)} scripted demonstrations, diffusion BC, then "
-               f"residual PPO; success over {int(cfg.eval_episodes)} evaluation episodes per seed.")
+    caption = (
+        f"ResiP demo on {cfg.env.name}: {int(cfg.episodes)} scripted demonstrations, diffusion BC, then "
+        f"residual PPO; success over {int(cfg.eval_episodes)} evaluation episodes per seed."
+    )
     if not cfg.seeds:
-        result = run_seeds("robot-rl demo", lambda seed, run: json.loads(resip_demo(cfg).read_text()), FIGURES,
-                           seeds=[int(cfg.seed)], run_dir=run_dir, config=cfg, seed_dir=lambda seed: run_dir,
-                           caption=caption, extra=_extra)
+        result = run_seeds(
+            "robot-rl demo",
+            lambda seed, run: json.loads(resip_demo(cfg).read_text()),
+            FIGURES,
+            seeds=[int(cfg.seed)],
+            run_dir=run_dir,
+            config=cfg,
+            seed_dir=lambda seed: run_dir,
+            caption=caption,
+            extra=_extra,
+        )
         return result.with_file("report", run_dir / "report.json")
     out = Path(cfg.out)
 
     def one_seed(seed: int, run: Path) -> dict:
-        seed_cfg = OmegaConf.merge(cfg, {"seed": seed, "seeds": None, "run_dir": str(run),
-                                         "out": str(out.with_name(f"{out.stem}_seed{seed}{out.suffix}"))})
+        seed_cfg = OmegaConf.merge(
+            cfg,
+            {
+                "seed": seed,
+                "seeds": None,
+                "run_dir": str(run),
+                "out": str(out.with_name(f"{out.stem}_seed{seed}{out.suffix}")),
+            },
+        )
         return json.loads(resip_demo(seed_cfg).read_text())
 
-    result = run_seeds("robot-rl demo", one_seed, FIGURES, seeds=cfg.seeds, run_dir=run_dir, config=cfg,
-                       caption=caption, extra=_extra)
+    result = run_seeds(
+        "robot-rl demo",
+        one_seed,
+        FIGURES,
+        seeds=cfg.seeds,
+        run_dir=run_dir,
+        config=cfg,
+        caption=caption,
+        extra=_extra,
+    )
     return result.with_file("seeds", write_seed_summary(result.reports, run_dir / "seeds.json"))
 
 
@@ -85,10 +116,14 @@ def write_seed_summary(reports: dict, path: Path) -> Path:
     residual = np.array([r["residual_success"] for r in reports.values()])
     summary = {
         "env": next(iter(reports.values()))["env"],
-        "seeds": {str(s): {k: r[k] for k in ("bc_success", "residual_success", "episodes", "seconds")}
-                  for s, r in reports.items()},
-        "bc_mean": float(bc.mean()), "bc_std": float(bc.std()),
-        "residual_mean": float(residual.mean()), "residual_std": float(residual.std()),
+        "seeds": {
+            str(s): {k: r[k] for k in ("bc_success", "residual_success", "episodes", "seconds")}
+            for s, r in reports.items()
+        },
+        "bc_mean": float(bc.mean()),
+        "bc_std": float(bc.std()),
+        "residual_mean": float(residual.mean()),
+        "residual_std": float(residual.std()),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2))

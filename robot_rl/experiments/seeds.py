@@ -38,10 +38,12 @@ class SeedError(RobotRLError):
 class Figure:
     """One number each seed reports: a column of table.md and an entry of results.json."""
 
-    key: str            # the key in the per-seed function's report
-    label: str          # the column's heading
-    fmt: str = ".1%"    # format spec of a value; the std is written with it, less any sign
-    scale: float = 1.0  # values are shown times this (1/60: seconds as minutes); results.json keeps them as reported
+    key: str  # the key in the per-seed function's report
+    label: str  # the column's heading
+    fmt: str = ".1%"  # format spec of a value; the std is written with it, less any sign
+    scale: float = (
+        1.0  # values are shown times this (1/60: seconds as minutes); results.json keeps them as reported
+    )
 
     def show(self, value, std: bool = False) -> str:
         if not _number(value):
@@ -54,8 +56,8 @@ class SeedResults:
     """What run_seeds hands back: the reports, the summary written to results.json, and the files."""
 
     run_dir: Path
-    reports: dict[int, dict]      # seed -> the per-seed function's report, in run order
-    summary: dict                 # results.json's content
+    reports: dict[int, dict]  # seed -> the per-seed function's report, in run order
+    summary: dict  # results.json's content
     files: dict[str, Path] = field(default_factory=dict)  # name -> path; results and table first
 
     @property
@@ -104,9 +106,11 @@ def format_table(summary: dict, figures: Sequence[Figure], caption: str | None =
     """table.md's text from results.json's content."""
     done = summary["per_seed"]
     lines = [caption, ""] if caption else []
-    lines += ["| seed | " + " | ".join(f.label for f in figures) + " |",
-              "|---|" + "---:|" * len(figures)]
-    lines += [f"| {seed} | " + " | ".join(f.show(values[f.key]) for f in figures) + " |" for seed, values in done.items()]
+    lines += ["| seed | " + " | ".join(f.label for f in figures) + " |", "|---|" + "---:|" * len(figures)]
+    lines += [
+        f"| {seed} | " + " | ".join(f.show(values[f.key]) for f in figures) + " |"
+        for seed, values in done.items()
+    ]
     if done:
         cells = []
         for f in figures:
@@ -118,7 +122,11 @@ def format_table(summary: dict, figures: Sequence[Figure], caption: str | None =
     if summary["failed"]:
         failed = summary["failed"]
         notes.append(f"seed {failed['seed']} failed: {failed['error']}")
-    left = [s for s in summary["seeds"] if str(s) not in done and (not summary["failed"] or s != summary["failed"]["seed"])]
+    left = [
+        s
+        for s in summary["seeds"]
+        if str(s) not in done and (not summary["failed"] or s != summary["failed"]["seed"])
+    ]
     if left and not summary["complete"]:
         notes.append(("not run: " if summary["failed"] else "still to run: ") + ", ".join(map(str, left)))
     if notes:
@@ -133,9 +141,18 @@ def _write(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
-def run_seeds(command: str, run_seed: Callable[[int, Path], dict], figures: Sequence[Figure], *,
-              seeds: Sequence[int], run_dir, config=None, seed_dir: Callable[[int], Path] | None = None,
-              caption: str | None = None, extra: Callable[[dict[int, dict]], dict] | None = None) -> SeedResults:
+def run_seeds(
+    command: str,
+    run_seed: Callable[[int, Path], dict],
+    figures: Sequence[Figure],
+    *,
+    seeds: Sequence[int],
+    run_dir,
+    config=None,
+    seed_dir: Callable[[int], Path] | None = None,
+    caption: str | None = None,
+    extra: Callable[[dict[int, dict]], dict] | None = None,
+) -> SeedResults:
     """`run_seed(seed, folder)` for each seed in `seeds`, in order; returns its reports, and writes
     <run_dir>/results.json and <run_dir>/table.md (see the module's docstring).
 
@@ -163,11 +180,16 @@ def run_seeds(command: str, run_seed: Callable[[int, Path], dict], figures: Sequ
         done = dict(reports)
         mean, std, n = statistics(done, figures) if done else ({}, {}, {})
         summary = {
-            "command": command, "run_dir": str(run_dir), "seeds": seeds,
-            "complete": len(done) == len(seeds), "failed": failed,
+            "command": command,
+            "run_dir": str(run_dir),
+            "seeds": seeds,
+            "complete": len(done) == len(seeds),
+            "failed": failed,
             "figures": {f.key: {"label": f.label, "fmt": f.fmt, "scale": f.scale} for f in figures},
             "per_seed": {str(s): {f.key: r[f.key] for f in figures} for s, r in done.items()},
-            "mean": mean, "std": std, "n": n,
+            "mean": mean,
+            "std": std,
+            "n": n,
             "folders": {str(s): str(folders[s]) for s in done},
             **(extra(done) if extra and done else {}),
             "config": recorded,
@@ -189,8 +211,11 @@ def run_seeds(command: str, run_seed: Callable[[int, Path], dict], figures: Sequ
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
             failed = {"seed": seed, "error": reason.splitlines()[0] if reason else type(exc).__name__}
             write()
-            finished = (f"seeds {', '.join(map(str, reports))} finished, their figures are in {files['results']}"
-                        if reports else f"no seed finished (state in {files['results']})")
+            finished = (
+                f"seeds {', '.join(map(str, reports))} finished, their figures are in {files['results']}"
+                if reports
+                else f"no seed finished (state in {files['results']})"
+            )
             message = f"{command}: seed {seed} failed ({folder}); {finished}"
             if isinstance(exc, RobotRLError):
                 raise SeedError(f"{message}: {exc}") from exc

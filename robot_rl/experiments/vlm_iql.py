@@ -33,8 +33,11 @@ def collect_parts(env_cfg, parts, out) -> None:
 
 def collect_mixed(cfg) -> None:
     """cfg.dataset from cfg.collect's parts, with cfg.collect_env over the env and cfg.cameras."""
-    env = OmegaConf.merge(OmegaConf.to_container(cfg.env, resolve=True), cfg.get("collect_env") or {},
-                          {"cameras": list(cfg.cameras)})
+    env = OmegaConf.merge(
+        OmegaConf.to_container(cfg.env, resolve=True),
+        cfg.get("collect_env") or {},
+        {"cameras": list(cfg.cameras)},
+    )
     collect_parts(env, cfg.collect, cfg.dataset)
 
 
@@ -48,28 +51,46 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
     data = run / "data.zarr"  # a copy per seed: the relabeled key is this seed's alone
     shutil.rmtree(data, ignore_errors=True)
     shutil.copytree(cfg.dataset, data, ignore=shutil.ignore_patterns(".writer.lock"))
-    label_cfg = OmegaConf.merge(OmegaConf.load(CONF_DIR / "label.yaml"), cfg.label,
-                                {"store": str(data), "out": str(run / "labels.json"), "seed": seed})
+    label_cfg = OmegaConf.merge(
+        OmegaConf.load(CONF_DIR / "label.yaml"),
+        cfg.label,
+        {"store": str(data), "out": str(run / "labels.json"), "seed": seed},
+    )
     labels = label_vlm(label_cfg)
-    reward_model = train_preference_reward(OmegaConf.merge(cfg.reward_model, {"labels": str(run / "labels.json")}),
-                                           data, run / "reward_model", seed)
+    reward_model = train_preference_reward(
+        OmegaConf.merge(cfg.reward_model, {"labels": str(run / "labels.json")}),
+        data,
+        run / "reward_model",
+        seed,
+    )
     relabel = relabel_store(data, reward_model["checkpoint"], "reward_vlm")
-    variants = {"iql_true_reward": {"reward_key": "reward", "done_key": "terminated"},
-                "iql_vlm_reward": {"reward_key": "reward_vlm", "done_key": None},
-                "bc": {"agent": {"beta": 0.0}}}
+    variants = {
+        "iql_true_reward": {"reward_key": "reward", "done_key": "terminated"},
+        "iql_vlm_reward": {"reward_key": "reward_vlm", "done_key": None},
+        "bc": {"agent": {"beta": 0.0}},
+    }
     results = {}
     for name, override in variants.items():
         results[name] = train_iql_learner(OmegaConf.merge(cfg.iql, override), data, cfg.env, run / name, seed)
     success = {k: r["evaluation"]["success_rate"] for k, r in results.items()}
-    report = {"seed": seed, **{f"{k}_success": v for k, v in success.items()},
-              "vlm_over_true": success["iql_vlm_reward"] / success["iql_true_reward"] if success["iql_true_reward"] else None,
-              "labels": labels["report"], "reward_model_heldout_accuracy": reward_model["heldout_accuracy"],
-              "relabel": {k: relabel[k] for k in ("mean", "min", "max")}, "seconds": time.monotonic() - start}
+    report = {
+        "seed": seed,
+        **{f"{k}_success": v for k, v in success.items()},
+        "vlm_over_true": success["iql_vlm_reward"] / success["iql_true_reward"]
+        if success["iql_true_reward"]
+        else None,
+        "labels": labels["report"],
+        "reward_model_heldout_accuracy": reward_model["heldout_accuracy"],
+        "relabel": {k: relabel[k] for k in ("mean", "min", "max")},
+        "seconds": time.monotonic() - start,
+    }
     (run / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-def mixed_data_seeds(cfg, command: str, run_seed, figures, keys: tuple[str, ...], bar_met, **extra) -> SeedResults:
+def mixed_data_seeds(
+    cfg, command: str, run_seed, figures, keys: tuple[str, ...], bar_met, **extra
+) -> SeedResults:
     """The shared frame of vlm-iql, idm-iql and vptr: the mixed dataset (recorded if absent), then
     `run_seed(cfg, seed, folder)` once per seed into <run_dir>/seed<N> through the shared seed runner
     (results.json and table.md, columns `figures`), and <run_dir>/summary.json with each of `keys`'
@@ -79,26 +100,47 @@ def mixed_data_seeds(cfg, command: str, run_seed, figures, keys: tuple[str, ...]
     if not Path(cfg.dataset).exists():
         collect_mixed(cfg)
     head = {"env": cfg.env.name, "dataset": str(cfg.dataset), **extra}
-    result = run_seeds(f"robot-rl {command}", lambda seed, run: run_seed(cfg, seed, run), figures,
-                       seeds=cfg.seeds, run_dir=cfg.run_dir, config=cfg,
-                       caption=f"`robot-rl {command}` on {cfg.env.name}: success rates over {cfg.iql.eval_episodes} "
-                               "evaluation episodes, per arm and seed.",
-                       extra=lambda reports: {**head, "bar_met_every_seed": all(bar_met(r) for r in reports.values())})
+    result = run_seeds(
+        f"robot-rl {command}",
+        lambda seed, run: run_seed(cfg, seed, run),
+        figures,
+        seeds=cfg.seeds,
+        run_dir=cfg.run_dir,
+        config=cfg,
+        caption=f"`robot-rl {command}` on {cfg.env.name}: success rates over {cfg.iql.eval_episodes} "
+        "evaluation episodes, per arm and seed.",
+        extra=lambda reports: {**head, "bar_met_every_seed": all(bar_met(r) for r in reports.values())},
+    )
     reports = result.reports
-    summary = {**head, "seeds": reports,
-               "mean": {k: sum(r[k] for r in reports.values()) / len(reports) for k in keys},
-               "bar_met_every_seed": all(bar_met(r) for r in reports.values())}
+    summary = {
+        **head,
+        "seeds": reports,
+        "mean": {k: sum(r[k] for r in reports.values()) / len(reports) for k in keys},
+        "bar_met_every_seed": all(bar_met(r) for r in reports.values()),
+    }
     path = Path(cfg.run_dir) / "summary.json"
     path.write_text(json.dumps(summary, indent=2))
     return result.with_file("summary", path)
 
 
-FIGURES = (Figure("iql_true_reward_success", "IQL true reward"), Figure("iql_vlm_reward_success", "IQL VLM reward"),
-           Figure("bc_success", "BC"), Figure("vlm_over_true", "VLM / true", ".2f"))
+FIGURES = (
+    Figure("iql_true_reward_success", "IQL true reward"),
+    Figure("iql_vlm_reward_success", "IQL VLM reward"),
+    Figure("bc_success", "BC"),
+    Figure("vlm_over_true", "VLM / true", ".2f"),
+)
 
 
 def vlm_iql(cfg) -> SeedResults:
-    return mixed_data_seeds(cfg, "vlm-iql", run_seed, FIGURES,
-                            ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success"),
-                            lambda r: r["vlm_over_true"] is not None and r["vlm_over_true"] >= 0.8
-                            and r["iql_vlm_reward_success"] > r["bc_success"])
+    return mixed_data_seeds(
+        cfg,
+        "vlm-iql",
+        run_seed,
+        FIGURES,
+        ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success"),
+        lambda r: (
+            r["vlm_over_true"] is not None
+            and r["vlm_over_true"] >= 0.8
+            and r["iql_vlm_reward_success"] > r["bc_success"]
+        ),
+    )

@@ -37,16 +37,29 @@ def render_videos(cfg) -> None:
             collect_parts(env, cfg.video_collect, source)
             with EpisodeStore.open(source) as store:
                 for i in range(store.n_episodes):  # the actions stay behind: video has none
-                    write_video(store.episode(i)[f"obs/image/{camera}"], partial / f"episode_{i:04d}.mp4", store.fps)
+                    write_video(
+                        store.episode(i)[f"obs/image/{camera}"], partial / f"episode_{i:04d}.mp4", store.fps
+                    )
         partial.rename(videos)
     store = Path(cfg.video)
     importing = store.with_name(store.name + ".importing")  # renamed once whole, as the recordings are
     shutil.rmtree(importing, ignore_errors=True)
-    report = import_video(videos, importing, size=int(cfg.env.image_size), fps=None, camera=camera,
-                          cut_threshold=None, task=cfg.env.task_text)
-    if report["skipped"]:  # these files were written here: one that cannot be read is a broken setup, not bad luck
-        raise DatasetError(f"{len(report['skipped'])} of the rendered videos could not be read back, e.g. "
-                           f"{report['skipped'][0]['source']}: {report['skipped'][0]['reason']}")
+    report = import_video(
+        videos,
+        importing,
+        size=int(cfg.env.image_size),
+        fps=None,
+        camera=camera,
+        cut_threshold=None,
+        task=cfg.env.task_text,
+    )
+    if report[
+        "skipped"
+    ]:  # these files were written here: one that cannot be read is a broken setup, not bad luck
+        raise DatasetError(
+            f"{len(report['skipped'])} of the rendered videos could not be read back, e.g. "
+            f"{report['skipped'][0]['source']}: {report['skipped'][0]['reason']}"
+        )
     importing.rename(store)
 
 
@@ -57,10 +70,9 @@ def target_probe(checkpoints: dict, env_cfg, episodes: int = 300, seed: int = 50
     import numpy as np
     import torch
 
-    from robot_rl.learners.icvf import load_encoder_state
-    from robot_rl.policies.encoders import CameraFeatures
-    from robot_rl.policies.encoders import images_to_float
     from robot_rl.factory import make_sim_env
+    from robot_rl.learners.icvf import load_encoder_state
+    from robot_rl.policies.encoders import CameraFeatures, images_to_float
 
     env, expert = make_sim_env(env_cfg, expert_noise=1.0, seed=seed)
     key = f"image/{env_cfg.cameras[0]}"
@@ -94,22 +106,35 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
     start = time.monotonic()
     icvf = train_icvf_learner(cfg.icvf, cfg.video, run / "icvf", seed)
     iql = OmegaConf.merge(cfg.iql, {"agent": {"image_keys": [f"image/{c}" for c in cfg.env.cameras]}})
-    variants = {"iql_scratch": {},
-                "iql_icvf": {"encoder_init": icvf["checkpoint"]},
-                "iql_icvf_frozen": {"encoder_init": icvf["checkpoint"], "encoder_freeze": True}}
-    success = {name: train_iql_learner(OmegaConf.merge(iql, override), cfg.dataset, cfg.env, run / name, seed)
-               ["evaluation"]["success_rate"] for name, override in variants.items()}
-    report = {"seed": seed, **{f"{k}_success": v for k, v in success.items()},
-              "icvf_frozen_minus_scratch": success["iql_icvf_frozen"] - success["iql_scratch"],
-              "target_probe_r2": target_probe({"icvf": icvf["checkpoint"], "random_init": None}, cfg.env),
-              "icvf_seconds": icvf["seconds"], "seconds": time.monotonic() - start}
+    variants = {
+        "iql_scratch": {},
+        "iql_icvf": {"encoder_init": icvf["checkpoint"]},
+        "iql_icvf_frozen": {"encoder_init": icvf["checkpoint"], "encoder_freeze": True},
+    }
+    success = {
+        name: train_iql_learner(OmegaConf.merge(iql, override), cfg.dataset, cfg.env, run / name, seed)[
+            "evaluation"
+        ]["success_rate"]
+        for name, override in variants.items()
+    }
+    report = {
+        "seed": seed,
+        **{f"{k}_success": v for k, v in success.items()},
+        "icvf_frozen_minus_scratch": success["iql_icvf_frozen"] - success["iql_scratch"],
+        "target_probe_r2": target_probe({"icvf": icvf["checkpoint"], "random_init": None}, cfg.env),
+        "icvf_seconds": icvf["seconds"],
+        "seconds": time.monotonic() - start,
+    }
     (run / "report.json").write_text(json.dumps(report, indent=2))
     return report
 
 
-FIGURES = (Figure("iql_scratch_success", "IQL scratch"), Figure("iql_icvf_frozen_success", "IQL ICVF frozen"),
-           Figure("icvf_frozen_minus_scratch", "frozen - scratch", "+.1%"),
-           Figure("iql_icvf_success", "IQL ICVF fine-tuned"))
+FIGURES = (
+    Figure("iql_scratch_success", "IQL scratch"),
+    Figure("iql_icvf_frozen_success", "IQL ICVF frozen"),
+    Figure("icvf_frozen_minus_scratch", "frozen - scratch", "+.1%"),
+    Figure("iql_icvf_success", "IQL ICVF fine-tuned"),
+)
 
 
 def vptr(cfg) -> SeedResults:
@@ -117,6 +142,12 @@ def vptr(cfg) -> SeedResults:
 
     if not Path(cfg.video).exists():
         render_videos(cfg)
-    return mixed_data_seeds(cfg, "vptr", run_seed, FIGURES,
-                            ("iql_scratch_success", "iql_icvf_success", "iql_icvf_frozen_success"),
-                            lambda r: r["icvf_frozen_minus_scratch"] > 0, video=str(cfg.video))
+    return mixed_data_seeds(
+        cfg,
+        "vptr",
+        run_seed,
+        FIGURES,
+        ("iql_scratch_success", "iql_icvf_success", "iql_icvf_frozen_success"),
+        lambda r: r["icvf_frozen_minus_scratch"] > 0,
+        video=str(cfg.video),
+    )

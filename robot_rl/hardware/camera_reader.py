@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 
 import numpy as np
 
@@ -40,8 +39,14 @@ class DeviceClock:
 
 
 class ThreadedCamera(Camera):
-    def __init__(self, name: str, shape: tuple[int, int, int], depth: bool = False,
-                 reconnect_s: float = 1.0, first_frame_timeout_s: float = 5.0):
+    def __init__(
+        self,
+        name: str,
+        shape: tuple[int, int, int],
+        depth: bool = False,
+        reconnect_s: float = 1.0,
+        first_frame_timeout_s: float = 5.0,
+    ):
         self.name, self.shape, self.depth = name, tuple(shape), depth
         self.reconnect_s, self.first_frame_timeout_s = reconnect_s, first_frame_timeout_s
         self.frames = self.reconnects = 0
@@ -79,8 +84,10 @@ class ThreadedCamera(Camera):
         if not self._first.wait(self.first_frame_timeout_s):
             error = self.last_error
             self.disconnect()
-            raise DeviceError(f"camera {self.name}: no frame within {self.first_frame_timeout_s:g} s"
-                              + (f" ({error})" if error else ""))
+            raise DeviceError(
+                f"camera {self.name}: no frame within {self.first_frame_timeout_s:g} s"
+                + (f" ({error})" if error else "")
+            )
 
     def read(self) -> Frame:
         with self._lock:

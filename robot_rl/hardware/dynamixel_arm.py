@@ -36,10 +36,10 @@ ASSETS = Path(__file__).parent / "assets"
 class JointConfig:
     name: str
     id: int
-    low: float                   # joint limits, rad (after calibration)
+    low: float  # joint limits, rad (after calibration)
     high: float
-    offset: float = 0.0          # servo angle (rad) at the joint's zero
-    sign: int = 1                # +1 or -1: servo direction relative to the model's joint axis
+    offset: float = 0.0  # servo angle (rad) at the joint's zero
+    sign: int = 1  # +1 or -1: servo direction relative to the model's joint axis
 
     def __post_init__(self):
         if self.sign not in (1, -1):
@@ -51,27 +51,29 @@ class JointConfig:
 @dataclass
 class GripperConfig:
     id: int
-    open: float                  # servo angle, rad, fully open
-    closed: float                # servo angle, rad, fully closed
+    open: float  # servo angle, rad, fully open
+    closed: float  # servo angle, rad, fully closed
 
 
 @dataclass
 class DynamixelArmConfig:
     port: str = "/dev/ttyDXL"
     baudrate: int = 1_000_000
-    model: str = "widowx250"     # MJCF in robot_rl/hardware/assets (or a path) for IK; its joints are named as `joints`
+    model: str = (
+        "widowx250"  # MJCF in robot_rl/hardware/assets (or a path) for IK; its joints are named as `joints`
+    )
     tcp_site: str = "tcp"
     joints: list = field(default_factory=list)
     gripper: dict | None = None
-    control: str = "ee"          # ee: [dx, dy, dz, dyaw, gripper]; joint: [q_1..q_n, gripper]
-    max_step_m: float = 0.02     # largest end-effector step per command (ee control)
-    max_yaw_step: float = 0.1    # rad per command (ee control)
+    control: str = "ee"  # ee: [dx, dy, dz, dyaw, gripper]; joint: [q_1..q_n, gripper]
+    max_step_m: float = 0.02  # largest end-effector step per command (ee control)
+    max_yaw_step: float = 0.1  # rad per command (ee control)
     max_joint_step: float = 0.1  # rad per command, any joint
     ik_damping: float = 0.05
-    profile_velocity: int = 0    # servo profile (units of 0.229 rpm; 0: the servo's maximum)
-    retries: int = 3             # bus transactions tried before the link counts as lost
+    profile_velocity: int = 0  # servo profile (units of 0.229 rpm; 0: the servo's maximum)
+    retries: int = 3  # bus transactions tried before the link counts as lost
     dry_run: bool = False
-    home: list | None = None     # joint angles `go_home` returns to (the reset between episodes)
+    home: list | None = None  # joint angles `go_home` returns to (the reset between episodes)
 
     def __post_init__(self):
         self.joints = [j if isinstance(j, JointConfig) else JointConfig(**j) for j in self.joints]
@@ -84,8 +86,12 @@ class DynamixelArmConfig:
             raise ConfigError(f"servo ids must be distinct, got {ids}")
         if self.control not in ("ee", "joint"):
             raise ConfigError(f"control must be 'ee' or 'joint', got {self.control!r}")
-        if not (self.max_step_m > 0 and self.max_yaw_step > 0 and self.max_joint_step > 0 and self.retries >= 1):
-            raise ConfigError("max_step_m, max_yaw_step, max_joint_step must be positive and retries at least 1")
+        if not (
+            self.max_step_m > 0 and self.max_yaw_step > 0 and self.max_joint_step > 0 and self.retries >= 1
+        ):
+            raise ConfigError(
+                "max_step_m, max_yaw_step, max_joint_step must be positive and retries at least 1"
+            )
 
 
 class ArmKinematics:
@@ -123,7 +129,9 @@ class ArmKinematics:
         self._mj.mj_jacSite(self.model, self.data, self._jacp, self._jacr, self._site)
         jac = np.vstack([self._jacp[:, self._dadr], self._jacr[:, self._dadr]])
         err = goal_rotation @ rotation.T  # its rotation vector, to first order
-        twist = np.concatenate([delta, 0.5 * np.array([err[2, 1] - err[1, 2], err[0, 2] - err[2, 0], err[1, 0] - err[0, 1]])])
+        twist = np.concatenate(
+            [delta, 0.5 * np.array([err[2, 1] - err[1, 2], err[0, 2] - err[2, 0], err[1, 0] - err[0, 1]])]
+        )
         return jac.T @ np.linalg.solve(jac @ jac.T + self._damping2 * np.eye(6), twist)
 
 
@@ -132,7 +140,9 @@ class DynamixelArm(Robot):
         self.cfg = cfg
         self.joints = cfg.joints
         n = len(self.joints)
-        self.kinematics = ArmKinematics(cfg.model, [j.name for j in self.joints], cfg.tcp_site, cfg.ik_damping)
+        self.kinematics = ArmKinematics(
+            cfg.model, [j.name for j in self.joints], cfg.tcp_site, cfg.ik_damping
+        )
         self._low = np.array([j.low for j in self.joints])
         self._high = np.array([j.high for j in self.joints])
         self._offset = np.array([j.offset for j in self.joints])
@@ -142,20 +152,27 @@ class DynamixelArm(Robot):
             "joint_pos": ArraySpec((n,)),
             "joint_vel": ArraySpec((n,)),
             "ee_pos": ArraySpec((3,)),
-            "ee_yaw": ArraySpec((2,)),   # cos, sin, as the sim arm
+            "ee_yaw": ArraySpec((2,)),  # cos, sin, as the sim arm
             "gripper": ArraySpec((1,)),  # 0 closed .. 1 open
             "timestamp": ArraySpec((), "float64"),
         }
         if cfg.control == "ee":
-            self.action_spec = ArraySpec((5,), low=[-cfg.max_step_m] * 3 + [-cfg.max_yaw_step, -1.0],
-                                         high=[cfg.max_step_m] * 3 + [cfg.max_yaw_step, 1.0],
-                                         names=("dx", "dy", "dz", "dyaw", "gripper"))
+            self.action_spec = ArraySpec(
+                (5,),
+                low=[-cfg.max_step_m] * 3 + [-cfg.max_yaw_step, -1.0],
+                high=[cfg.max_step_m] * 3 + [cfg.max_yaw_step, 1.0],
+                names=("dx", "dy", "dz", "dyaw", "gripper"),
+            )
         else:
-            self.action_spec = ArraySpec((n + 1,), low=[*self._low, -1.0], high=[*self._high, 1.0],
-                                         names=(*[j.name for j in self.joints], "gripper"))
+            self.action_spec = ArraySpec(
+                (n + 1,),
+                low=[*self._low, -1.0],
+                high=[*self._high, 1.0],
+                names=(*[j.name for j in self.joints], "gripper"),
+            )
         self._port = self._packets = None
         self._io = threading.Lock()  # one bus transaction at a time; stop() may come from the watchdog thread
-        self._goal = np.zeros(n)      # joint goal last sent (rad)
+        self._goal = np.zeros(n)  # joint goal last sent (rad)
         self._gripper_goal = 1.0
         self._target_yaw = 0.0
         self._q = np.zeros(n)
@@ -178,15 +195,19 @@ class DynamixelArm(Robot):
         try:
             missing = [i for i in self._ids if self._packets.ping(port, i)[1] != 0]
             if missing:
-                raise DeviceError(f"no servo answers on {self.cfg.port} with id {', '.join(map(str, missing))} "
-                                  f"(check power, baud rate {self.cfg.baudrate} and ids)")
+                raise DeviceError(
+                    f"no servo answers on {self.cfg.port} with id {', '.join(map(str, missing))} "
+                    f"(check power, baud rate {self.cfg.baudrate} and ids)"
+                )
             if not self.cfg.dry_run:
                 self._configure_servos()
             self._read_state()
             outside = [j.name for j, q in zip(self.joints, self._q) if not j.low - 0.05 <= q <= j.high + 0.05]
             if outside and not self.cfg.dry_run:  # a dry run only reads: calibration starts there
-                raise DeviceError(f"joints {', '.join(outside)} are outside their limits: check the calibration "
-                                  f"(offset, sign) in the robot config, or move the arm by hand into range")
+                raise DeviceError(
+                    f"joints {', '.join(outside)} are outside their limits: check the calibration "
+                    f"(offset, sign) in the robot config, or move the arm by hand into range"
+                )
             self._goal = np.clip(self._q, self._low, self._high)
             self._gripper_goal = self._gripper_opening()
             self._target_yaw = yaw_of(self.kinematics.pose(self._q)[1])
@@ -204,9 +225,11 @@ class DynamixelArm(Robot):
         wanted = {}
         for joint in self.joints:  # the firmware's own limits, in servo angle
             servo = sorted([joint.sign * joint.low + joint.offset, joint.sign * joint.high + joint.offset])
-            wanted[joint.id] = {x.OPERATING_MODE: x.POSITION_MODE,
-                                x.MIN_POSITION_LIMIT: int(np.floor(x.rad_to_ticks(servo[0]))),
-                                x.MAX_POSITION_LIMIT: int(np.ceil(x.rad_to_ticks(servo[1])))}
+            wanted[joint.id] = {
+                x.OPERATING_MODE: x.POSITION_MODE,
+                x.MIN_POSITION_LIMIT: int(np.floor(x.rad_to_ticks(servo[0]))),
+                x.MAX_POSITION_LIMIT: int(np.ceil(x.rad_to_ticks(servo[1]))),
+            }
         if self.cfg.gripper is not None:  # Interbotix ships the gripper in PWM mode; goals need position mode
             wanted[self.cfg.gripper.id] = {x.OPERATING_MODE: x.POSITION_MODE}
         for i, fields in wanted.items():
@@ -254,7 +277,9 @@ class DynamixelArm(Robot):
     def command(self, action: np.ndarray) -> None:
         a = np.asarray(action, np.float64)
         if a.shape != self.action_spec.shape or not np.all(np.isfinite(a)):
-            raise ValueError(f"a Dynamixel arm takes a finite action of shape {self.action_spec.shape}, got {a}")
+            raise ValueError(
+                f"a Dynamixel arm takes a finite action of shape {self.action_spec.shape}, got {a}"
+            )
         if self.cfg.control == "ee":
             delta = np.clip(a[:3], -self.cfg.max_step_m, self.cfg.max_step_m)
             self._target_yaw += float(np.clip(a[3], -self.cfg.max_yaw_step, self.cfg.max_yaw_step))
@@ -323,7 +348,12 @@ class DynamixelArm(Robot):
             group = GroupBulkWrite(self._port, self._packets)
             address, size = x.GOAL_POSITION
             for i, rad in self._servo_goals().items():
-                group.addParam(i, address, size, list(int(round(x.rad_to_ticks(rad))).to_bytes(size, "little", signed=True)))
+                group.addParam(
+                    i,
+                    address,
+                    size,
+                    list(int(round(x.rad_to_ticks(rad))).to_bytes(size, "little", signed=True)),
+                )
             self._transact(group.txPacket, "write goal positions")
 
     def _read_state(self) -> None:
@@ -346,7 +376,11 @@ class DynamixelArm(Robot):
 
     def _read(self, dxl_id: int, field: tuple[int, int]) -> int:
         address, size = field
-        reader = {1: self._packets.read1ByteTxRx, 2: self._packets.read2ByteTxRx, 4: self._packets.read4ByteTxRx}[size]
+        reader = {
+            1: self._packets.read1ByteTxRx,
+            2: self._packets.read2ByteTxRx,
+            4: self._packets.read4ByteTxRx,
+        }[size]
         out = {}
 
         def call():
@@ -360,9 +394,16 @@ class DynamixelArm(Robot):
 
     def _write(self, dxl_id: int, field: tuple[int, int], value: int) -> None:
         address, size = field
-        writer = {1: self._packets.write1ByteTxRx, 2: self._packets.write2ByteTxRx, 4: self._packets.write4ByteTxRx}[size]
+        writer = {
+            1: self._packets.write1ByteTxRx,
+            2: self._packets.write2ByteTxRx,
+            4: self._packets.write4ByteTxRx,
+        }[size]
         with self._io:
-            self._transact(lambda: writer(self._port, dxl_id, address, value & ((1 << (8 * size)) - 1)), f"write servo {dxl_id}")
+            self._transact(
+                lambda: writer(self._port, dxl_id, address, value & ((1 << (8 * size)) - 1)),
+                f"write servo {dxl_id}",
+            )
 
     def _transact(self, call, what: str) -> None:
         result = None

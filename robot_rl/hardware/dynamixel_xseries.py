@@ -24,10 +24,10 @@ PRESENT_POSITION = (132, 4)
 PRESENT_TEMPERATURE = (146, 1)
 TABLE_SIZE = 227
 
-POSITION_MODE = 3          # operating mode: position control (one turn)
+POSITION_MODE = 3  # operating mode: position control (one turn)
 TICKS_PER_REV = 4096
-CENTER_TICK = 2048          # 0 rad at the horn's centre
-VELOCITY_UNIT_RPM = 0.229   # one PRESENT_VELOCITY / PROFILE_VELOCITY unit
+CENTER_TICK = 2048  # 0 rad at the horn's centre
+VELOCITY_UNIT_RPM = 0.229  # one PRESENT_VELOCITY / PROFILE_VELOCITY unit
 MODEL_XM430_W350 = 1020
 
 

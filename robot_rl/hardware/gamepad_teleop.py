@@ -21,11 +21,26 @@ from robot_rl.hardware.teleop_input import DeviceTeleop, TeleopMapper
 EVENT = struct.Struct("llHHi")  # struct input_event: timeval (sec, usec), type, code, value
 EV_KEY, EV_ABS = 0x01, 0x03
 ABS_X, ABS_Y, ABS_RX, ABS_RY = 0x00, 0x01, 0x03, 0x04
-BTN_SOUTH, BTN_EAST, BTN_NORTH, BTN_WEST, BTN_SELECT, BTN_START, BTN_MODE = 0x130, 0x131, 0x133, 0x134, 0x13A, 0x13B, 0x13C
+BTN_SOUTH, BTN_EAST, BTN_NORTH, BTN_WEST, BTN_SELECT, BTN_START, BTN_MODE = (
+    0x130,
+    0x131,
+    0x133,
+    0x134,
+    0x13A,
+    0x13B,
+    0x13C,
+)
 # evdev axis code -> (our axis, sign): the operator's forward is stick up (evdev y grows downward).
 AXES = {ABS_Y: (0, -1), ABS_X: (1, -1), ABS_RY: (2, -1), ABS_RX: (5, -1)}
-BUTTONS = {BTN_SOUTH: "gripper", BTN_EAST: "intervene", BTN_START: "success", BTN_SELECT: "failure",
-           BTN_NORTH: "rerecord", BTN_WEST: "rerecord", BTN_MODE: "stop"}
+BUTTONS = {
+    BTN_SOUTH: "gripper",
+    BTN_EAST: "intervene",
+    BTN_START: "success",
+    BTN_SELECT: "failure",
+    BTN_NORTH: "rerecord",
+    BTN_WEST: "rerecord",
+    BTN_MODE: "stop",
+}
 XBOX_RANGE = (-32768, 32767)
 
 
@@ -35,10 +50,14 @@ def _eviocgabs(code: int) -> int:
 
 
 class GamepadTeleop(DeviceTeleop):
-    def __init__(self, mapper: TeleopMapper, device: str = "/dev/input/event0", axis_ranges: dict | None = None):
+    def __init__(
+        self, mapper: TeleopMapper, device: str = "/dev/input/event0", axis_ranges: dict | None = None
+    ):
         super().__init__(mapper)
         self.device = device
-        self.ranges = {code: XBOX_RANGE for code in AXES} | {int(k): tuple(v) for k, v in (axis_ranges or {}).items()}
+        self.ranges = {code: XBOX_RANGE for code in AXES} | {
+            int(k): tuple(v) for k, v in (axis_ranges or {}).items()
+        }
         self._fd = None
         self._axes = np.zeros(6)
         self._buffer = b""
@@ -47,7 +66,10 @@ class GamepadTeleop(DeviceTeleop):
         try:
             self._fd = os.open(self.device, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
-            raise DeviceError(f"cannot open gamepad {self.device}: {exc.strerror} (is it plugged in, and are you in the 'input' group?)") from None
+            raise DeviceError(
+                f"cannot open gamepad {self.device}: {exc.strerror} "
+                "(is it plugged in, and are you in the 'input' group?)"
+            ) from None
         for code in AXES:  # the device's own ranges, where it reports them
             try:
                 info = fcntl.ioctl(self._fd, _eviocgabs(code), bytes(24))

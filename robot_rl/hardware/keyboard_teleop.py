@@ -24,10 +24,30 @@ import numpy as np
 from robot_rl.errors import DeviceError
 from robot_rl.hardware.teleop_input import DeviceTeleop, TeleopMapper
 
-AXIS_KEYS = {"w": (0, 1), "s": (0, -1), "a": (1, 1), "d": (1, -1), "r": (2, 1), "f": (2, -1), "q": (5, 1), "e": (5, -1)}
-BUTTON_KEYS = {" ": "gripper", "i": "intervene", "\r": "success", "\n": "success", "\x7f": "failure", "\x08": "failure",
-               "x": "rerecord", "\x1b": "stop"}
-HELP = "w/s a/d r/f: move x y z, q/e: yaw, space: gripper, i: intervene, Enter: success, Backspace: failure, x: re-record, Esc: stop"
+AXIS_KEYS = {
+    "w": (0, 1),
+    "s": (0, -1),
+    "a": (1, 1),
+    "d": (1, -1),
+    "r": (2, 1),
+    "f": (2, -1),
+    "q": (5, 1),
+    "e": (5, -1),
+}
+BUTTON_KEYS = {
+    " ": "gripper",
+    "i": "intervene",
+    "\r": "success",
+    "\n": "success",
+    "\x7f": "failure",
+    "\x08": "failure",
+    "x": "rerecord",
+    "\x1b": "stop",
+}
+HELP = (
+    "w/s a/d r/f: move x y z, q/e: yaw, space: gripper, i: intervene, "
+    "Enter: success, Backspace: failure, x: re-record, Esc: stop"
+)
 
 
 class KeyboardTeleop(DeviceTeleop):
@@ -35,13 +55,15 @@ class KeyboardTeleop(DeviceTeleop):
         super().__init__(mapper)
         self.fd, self.hold_s = fd, hold_s
         self._saved = None
-        self._until = np.zeros(6)   # per axis: until when the last press moves it
+        self._until = np.zeros(6)  # per axis: until when the last press moves it
         self._sign = np.zeros(6)
 
     def _open(self) -> None:
         if self.fd is None:
             if not sys.stdin.isatty():
-                raise DeviceError("teleop=keyboard needs a terminal on stdin (run it in a shell, or over ssh -t)")
+                raise DeviceError(
+                    "teleop=keyboard needs a terminal on stdin (run it in a shell, or over ssh -t)"
+                )
             self.fd = sys.stdin.fileno()
         if os.isatty(self.fd):
             self._saved = termios.tcgetattr(self.fd)

@@ -39,4 +39,9 @@ class LiveView:
             if not key.startswith("timestamp"):
                 for i, v in enumerate(np.atleast_1d(np.asarray(value, np.float64))):
                     rr.log(f"state/{key}/{i}", rr.Scalars(float(v)))
-        rr.log("episode", rr.TextLog(f"episode {loop.episode + 1} step {result.steps} intervened {result.intervened_steps}"))
+        rr.log(
+            "episode",
+            rr.TextLog(
+                f"episode {loop.episode + 1} step {result.steps} intervened {result.intervened_steps}"
+            ),
+        )

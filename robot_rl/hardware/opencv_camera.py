@@ -17,7 +17,7 @@ from robot_rl.hardware.camera_reader import ThreadedCamera
 class OpenCVCameraConfig:
     name: str
     source: int | str = 0
-    width: int | None = None      # None: the device's or file's own
+    width: int | None = None  # None: the device's or file's own
     height: int | None = None
     fps: float | None = None
     exposure: float | None = None  # the driver's CAP_PROP_EXPOSURE units; None leaves auto exposure on
@@ -31,7 +31,12 @@ class OpenCVCamera(ThreadedCamera):
         self.cfg, self._cv2 = cfg, cv2
         source = cfg.source
         self._is_file = isinstance(source, str) and Path(source).is_file() and not source.startswith("/dev/")
-        if isinstance(source, str) and not self._is_file and "://" not in source and not Path(source).exists():
+        if (
+            isinstance(source, str)
+            and not self._is_file
+            and "://" not in source
+            and not Path(source).exists()
+        ):
             raise ConfigError(f"camera {cfg.name}: no such device or file {source!r}")
         self._cap = None
         self._period = 0.0
@@ -55,8 +60,11 @@ class OpenCVCamera(ThreadedCamera):
             cap.release()
             raise DeviceError(f"camera {cfg.name}: OpenCV cannot open {cfg.source!r}")
         if not self._is_file:
-            for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, cfg.width), (cv2.CAP_PROP_FRAME_HEIGHT, cfg.height),
-                                (cv2.CAP_PROP_FPS, cfg.fps)):
+            for prop, value in (
+                (cv2.CAP_PROP_FRAME_WIDTH, cfg.width),
+                (cv2.CAP_PROP_FRAME_HEIGHT, cfg.height),
+                (cv2.CAP_PROP_FPS, cfg.fps),
+            ):
                 if value:
                     cap.set(prop, value)
             if cfg.exposure is not None:
@@ -69,7 +77,9 @@ class OpenCVCamera(ThreadedCamera):
             problems.append(f"{size[0]}x{size[1]} instead of {cfg.width}x{cfg.height}")
         if cfg.fps and fps and abs(fps - cfg.fps) > 0.5:
             problems.append(f"{fps:g} fps instead of {cfg.fps:g}")
-        if cfg.exposure is not None and abs(cap.get(cv2.CAP_PROP_EXPOSURE) - cfg.exposure) > 1e-6 * max(1.0, abs(cfg.exposure)):
+        if cfg.exposure is not None and abs(cap.get(cv2.CAP_PROP_EXPOSURE) - cfg.exposure) > 1e-6 * max(
+            1.0, abs(cfg.exposure)
+        ):
             problems.append(f"exposure {cap.get(cv2.CAP_PROP_EXPOSURE):g} instead of {cfg.exposure:g}")
         if problems:
             cap.release()

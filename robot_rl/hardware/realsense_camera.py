@@ -32,27 +32,31 @@ def import_pyrealsense2():
         import pyrealsense2 as rs
     except ImportError as exc:
         if "libusb" not in str(exc):
-            raise ConfigError(f"pyrealsense2 is not usable: {exc} (pip install 'robot_rl[hardware]')") from None
+            raise ConfigError(
+                f"pyrealsense2 is not usable: {exc} (pip install 'robot_rl[hardware]')"
+            ) from None
         try:
             import libusb_package
 
             ctypes.CDLL(str(libusb_package.get_library_path()), mode=ctypes.RTLD_GLOBAL)
             import pyrealsense2 as rs
         except (ImportError, OSError) as exc2:
-            raise ConfigError(f"pyrealsense2 needs libusb-1.0 (apt-get install libusb-1.0-0): {exc2}") from None
+            raise ConfigError(
+                f"pyrealsense2 needs libusb-1.0 (apt-get install libusb-1.0-0): {exc2}"
+            ) from None
     return rs
 
 
 @dataclass
 class RealSenseCameraConfig:
     name: str
-    serial: str | None = None     # None: the only device connected
+    serial: str | None = None  # None: the only device connected
     width: int = 640
     height: int = 480
     fps: int = 30
-    depth: bool = False           # depth aligned to colour, uint16 millimetres
+    depth: bool = False  # depth aligned to colour, uint16 millimetres
     exposure: float | None = None  # colour exposure, microseconds; None: auto exposure
-    lost_after_s: float = 1.0     # no frameset for this long: the device counts as dropped
+    lost_after_s: float = 1.0  # no frameset for this long: the device counts as dropped
     reconnect_s: float = 1.0
 
 
@@ -75,14 +79,18 @@ class RealSenseCamera(ThreadedCamera):
         serials = [d.get_info(self.rs.camera_info.serial_number) for d in devices]
         if self.cfg.serial is None:
             if len(devices) != 1:
-                raise DeviceError(f"camera {self.cfg.name}: {len(devices)} RealSense devices connected "
-                                  f"({', '.join(serials) or 'none'}); set its serial")
+                raise DeviceError(
+                    f"camera {self.cfg.name}: {len(devices)} RealSense devices connected "
+                    f"({', '.join(serials) or 'none'}); set its serial"
+                )
             return devices[0]
         for device, serial in zip(devices, serials):
             if serial == str(self.cfg.serial):
                 return device
-        raise DeviceError(f"camera {self.cfg.name}: no RealSense with serial {self.cfg.serial} "
-                          f"(connected: {', '.join(serials) or 'none'}; `robot-rl find-cameras` lists them)")
+        raise DeviceError(
+            f"camera {self.cfg.name}: no RealSense with serial {self.cfg.serial} "
+            f"(connected: {', '.join(serials) or 'none'}; `robot-rl find-cameras` lists them)"
+        )
 
     def _profile(self, device, stream, fmt):
         cfg = self.cfg
@@ -93,10 +101,17 @@ class RealSenseCamera(ThreadedCamera):
                     continue
                 video = profile.as_video_stream_profile()
                 modes.append(f"{video.width()}x{video.height()}@{profile.fps()} {profile.format()}")
-                if (video.width(), video.height(), profile.fps(), profile.format()) == (cfg.width, cfg.height, cfg.fps, fmt):
+                if (video.width(), video.height(), profile.fps(), profile.format()) == (
+                    cfg.width,
+                    cfg.height,
+                    cfg.fps,
+                    fmt,
+                ):
                     return sensor, profile
-        raise ConfigError(f"camera {cfg.name}: no {stream} mode {cfg.width}x{cfg.height}@{cfg.fps} {fmt}; "
-                          f"it offers {', '.join(sorted(set(modes))) or 'none'}")
+        raise ConfigError(
+            f"camera {cfg.name}: no {stream} mode {cfg.width}x{cfg.height}@{cfg.fps} {fmt}; "
+            f"it offers {', '.join(sorted(set(modes))) or 'none'}"
+        )
 
     def _open(self) -> None:
         rs, cfg = self.rs, self.cfg
@@ -105,7 +120,11 @@ class RealSenseCamera(ThreadedCamera):
         if cfg.depth:
             wanted.append(self._profile(device, rs.stream.depth, rs.format.z16))
             depth_sensor = wanted[1][0]
-            units = depth_sensor.get_option(rs.option.depth_units) if depth_sensor.supports(rs.option.depth_units) else 0.001
+            units = (
+                depth_sensor.get_option(rs.option.depth_units)
+                if depth_sensor.supports(rs.option.depth_units)
+                else 0.001
+            )
             self._depth_to_mm = units * 1000.0
         color_sensor = wanted[0][0]
         if cfg.exposure is not None:
@@ -116,7 +135,9 @@ class RealSenseCamera(ThreadedCamera):
             color_sensor.set_option(rs.option.exposure, float(cfg.exposure))
             got = color_sensor.get_option(rs.option.exposure)
             if abs(got - cfg.exposure) > 1e-3 * max(1.0, cfg.exposure):
-                raise ConfigError(f"camera {cfg.name}: exposure {cfg.exposure:g} us was set but the device reports {got:g}")
+                raise ConfigError(
+                    f"camera {cfg.name}: exposure {cfg.exposure:g} us was set but the device reports {got:g}"
+                )
         self._syncer = rs.syncer()
         by_sensor: dict[int, tuple] = {}
         for sensor, profile in wanted:  # colour and depth may share one sensor (one open with both)
@@ -165,7 +186,11 @@ class RealSenseCamera(ThreadedCamera):
         depth = None
         if self._align is not None:
             raw = np.asanyarray(frames.get_depth_frame().get_data())
-            depth = raw if self._depth_to_mm == 1.0 else np.clip(raw * self._depth_to_mm, 0, 65535).astype(np.uint16)
+            depth = (
+                raw
+                if self._depth_to_mm == 1.0
+                else np.clip(raw * self._depth_to_mm, 0, 65535).astype(np.uint16)
+            )
             depth = depth.copy()
         return image, depth, self._host_time(color, arrival)
 
@@ -181,16 +206,30 @@ def find_realsense() -> list[dict]:
     rs = import_pyrealsense2()
     found = []
     for device in rs.context().query_devices():
-        def info(field):
+
+        def info(field, device=device):
             return device.get_info(field) if device.supports(field) else ""
 
         modes = set()
         for sensor in device.query_sensors():
             for profile in sensor.get_stream_profiles():
-                if profile.is_video_stream_profile() and profile.stream_type() in (rs.stream.color, rs.stream.depth):
+                if profile.is_video_stream_profile() and profile.stream_type() in (
+                    rs.stream.color,
+                    rs.stream.depth,
+                ):
                     video = profile.as_video_stream_profile()
-                    modes.add(f"{profile.stream_type().name} {video.width()}x{video.height()}@{profile.fps()} {profile.format().name}")
-        found.append({"kind": "realsense", "name": info(rs.camera_info.name), "serial": info(rs.camera_info.serial_number),
-                      "firmware": info(rs.camera_info.firmware_version), "usb": info(rs.camera_info.usb_type_descriptor),
-                      "modes": sorted(modes)})
+                    modes.add(
+                        f"{profile.stream_type().name} {video.width()}x{video.height()}@{profile.fps()} "
+                        f"{profile.format().name}"
+                    )
+        found.append(
+            {
+                "kind": "realsense",
+                "name": info(rs.camera_info.name),
+                "serial": info(rs.camera_info.serial_number),
+                "firmware": info(rs.camera_info.firmware_version),
+                "usb": info(rs.camera_info.usb_type_descriptor),
+                "modes": sorted(modes),
+            }
+        )
     return found

@@ -55,9 +55,16 @@ class SpaceMouseTeleop(DeviceTeleop):
 
         path = self.path
         if path is None:
-            found = [d for d in hid.enumerate() if d["vendor_id"] in VENDORS and "space" in (d.get("product_string") or "").lower()]
+            found = [
+                d
+                for d in hid.enumerate()
+                if d["vendor_id"] in VENDORS and "space" in (d.get("product_string") or "").lower()
+            ]
             if not found:
-                raise DeviceError("no SpaceMouse found (is it plugged in, and does the udev rule in docs/hardware.md give you access?)")
+                raise DeviceError(
+                    "no SpaceMouse found "
+                    "(is it plugged in, and does the udev rule in docs/hardware.md give you access?)"
+                )
             path = found[0]["path"]
         self._device = hid.device()
         try:

@@ -31,12 +31,13 @@ BUTTONS = ("gripper", "intervene", *EVENTS)
 @dataclass
 class TeleopState:
     axes: np.ndarray = field(default_factory=lambda: np.zeros(6))
-    pressed: list[str] = field(default_factory=list)   # button presses since the last read
+    pressed: list[str] = field(default_factory=list)  # button presses since the last read
 
 
 class TeleopMapper:
-    def __init__(self, target: str = "arm", scale: float = 1.0, deadzone: float = 0.05,
-                 intervening: bool = False):
+    def __init__(
+        self, target: str = "arm", scale: float = 1.0, deadzone: float = 0.05, intervening: bool = False
+    ):
         if target not in ("arm", "car"):
             raise ConfigError(f"teleop target must be 'arm' or 'car', got {target!r}")
         if not 0 <= deadzone < 1:

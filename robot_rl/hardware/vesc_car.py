@@ -27,36 +27,38 @@ import numpy as np
 
 from robot_rl.core.protocols import Robot
 from robot_rl.errors import ConfigError, DeviceError, require
-from robot_rl.utils.geometry import GRAVITY
 from robot_rl.hardware import vesc_protocol as vp
 from robot_rl.tasks import car as car_spec
+from robot_rl.utils.geometry import GRAVITY
 
 
 @dataclass
 class VescCarConfig:
     port: str = "/dev/ttyACM0"
     baudrate: int = 115200
-    speed_to_erpm_gain: float = 4614.0   # erpm per m/s
+    speed_to_erpm_gain: float = 4614.0  # erpm per m/s
     speed_to_erpm_offset: float = 0.0
     steer_to_servo_gain: float = -1.2135  # servo units per rad
     steer_to_servo_offset: float = 0.5304
     servo_min: float = 0.15
     servo_max: float = 0.85
-    max_speed: float = 3.0               # m/s, forward and reverse; a clip within the spec's 3 m/s
-    max_steer: float = 0.35              # rad; a clip within the spec's 0.35 rad
-    wheel_radius: float = 0.05           # m: turns the motor's speed into the driven wheels' rad/s
-    brake_current: float = 20.0          # A, when stopping
-    wheelbase: float = 0.33              # m, for the bicycle model without an IMU
-    use_imu: bool = True                 # COMM_GET_IMU_DATA for gyro and acceleration
-    collision_accel_g: float = 2.0       # a horizontal jolt above this counts as a collision
-    watchdog_s: float = 0.25             # brake when no command came for this long
-    read_timeout_s: float = 0.1          # a reply later than this: the link is lost
+    max_speed: float = 3.0  # m/s, forward and reverse; a clip within the spec's 3 m/s
+    max_steer: float = 0.35  # rad; a clip within the spec's 0.35 rad
+    wheel_radius: float = 0.05  # m: turns the motor's speed into the driven wheels' rad/s
+    brake_current: float = 20.0  # A, when stopping
+    wheelbase: float = 0.33  # m, for the bicycle model without an IMU
+    use_imu: bool = True  # COMM_GET_IMU_DATA for gyro and acceleration
+    collision_accel_g: float = 2.0  # a horizontal jolt above this counts as a collision
+    watchdog_s: float = 0.25  # brake when no command came for this long
+    read_timeout_s: float = 0.1  # a reply later than this: the link is lost
 
     def __post_init__(self):
         if self.speed_to_erpm_gain == 0 or self.steer_to_servo_gain == 0:
             raise ConfigError("speed_to_erpm_gain and steer_to_servo_gain must not be zero")
         if not 0 <= self.servo_min < self.servo_max <= 1:
-            raise ConfigError(f"servo limits must satisfy 0 <= min < max <= 1, got {self.servo_min}, {self.servo_max}")
+            raise ConfigError(
+                f"servo limits must satisfy 0 <= min < max <= 1, got {self.servo_min}, {self.servo_max}"
+            )
         if not (self.wheel_radius > 0 and self.watchdog_s > 0 and self.read_timeout_s > 0):
             raise ConfigError("wheel_radius, watchdog_s and read_timeout_s must be positive")
         problem = car_spec.check_limits(self.max_steer, self.max_speed)
@@ -87,8 +89,12 @@ class VescCar(Robot):
             return
         serial = require("serial", "hardware", "the VESC car")
         try:
-            self._serial = serial.Serial(self.cfg.port, self.cfg.baudrate, timeout=self.cfg.read_timeout_s,
-                                         write_timeout=self.cfg.read_timeout_s)
+            self._serial = serial.Serial(
+                self.cfg.port,
+                self.cfg.baudrate,
+                timeout=self.cfg.read_timeout_s,
+                write_timeout=self.cfg.read_timeout_s,
+            )
         except (serial.SerialException, OSError) as exc:
             raise DeviceError(f"cannot open the VESC on {self.cfg.port}: {exc}") from None
         try:
@@ -114,7 +120,11 @@ class VescCar(Robot):
 
     def observe(self) -> dict[str, np.ndarray]:
         values = vp.decode_values(self._request(vp.get_values(), vp.COMM_GET_VALUES))
-        imu = vp.decode_imu(self._request(vp.get_imu_data(), vp.COMM_GET_IMU_DATA)) if self.cfg.use_imu else None
+        imu = (
+            vp.decode_imu(self._request(vp.get_imu_data(), vp.COMM_GET_IMU_DATA))
+            if self.cfg.use_imu
+            else None
+        )
         now = time.monotonic()
         speed = (values.erpm - self.cfg.speed_to_erpm_offset) / self.cfg.speed_to_erpm_gain
         if imu is not None:
@@ -126,15 +136,25 @@ class VescCar(Robot):
         if self._last_obs_t is not None:  # integrate the odometry over the time since the last reading
             dt = now - self._last_obs_t
             x, y, yaw = self._pose
-            self._pose = np.array([x + speed * math.cos(yaw) * dt, y + speed * math.sin(yaw) * dt,
-                                   math.remainder(yaw + gyro[2] * dt, 2 * math.pi)])
+            self._pose = np.array(
+                [
+                    x + speed * math.cos(yaw) * dt,
+                    y + speed * math.sin(yaw) * dt,
+                    math.remainder(yaw + gyro[2] * dt, 2 * math.pi),
+                ]
+            )
         self._last_obs_t = now
         jolt = math.hypot(accel[0], accel[1]) / GRAVITY > self.cfg.collision_accel_g
-        return {"pose": self._pose.astype(np.float32), "velocity": np.array([speed, 0.0, 0.0], np.float32),
-                "gyro": gyro.astype(np.float32), "accel": accel.astype(np.float32),
-                "wheel_speed": np.array([speed / self.cfg.wheel_radius], np.float32),
-                "steer": np.array([self._steer], np.float32), "collision": np.array([float(jolt)], np.float32),
-                "timestamp": np.float64(now)}
+        return {
+            "pose": self._pose.astype(np.float32),
+            "velocity": np.array([speed, 0.0, 0.0], np.float32),
+            "gyro": gyro.astype(np.float32),
+            "accel": accel.astype(np.float32),
+            "wheel_speed": np.array([speed / self.cfg.wheel_radius], np.float32),
+            "steer": np.array([self._steer], np.float32),
+            "collision": np.array([float(jolt)], np.float32),
+            "timestamp": np.float64(now),
+        }
 
     def command(self, action: np.ndarray) -> None:
         action = np.asarray(action, np.float64)
@@ -142,10 +162,18 @@ class VescCar(Robot):
             raise ValueError(f"refusing to send {action} to the car: [steer, speed], finite")
         steer = float(np.clip(action[0], -self.cfg.max_steer, self.cfg.max_steer))
         speed = float(np.clip(action[1], -self.cfg.max_speed, self.cfg.max_speed))
-        servo = float(np.clip(self.cfg.steer_to_servo_gain * steer + self.cfg.steer_to_servo_offset,
-                              self.cfg.servo_min, self.cfg.servo_max))
-        motor = (vp.set_current_brake(self.cfg.brake_current) if abs(speed) < 0.02
-                 else vp.set_rpm(self.cfg.speed_to_erpm_gain * speed + self.cfg.speed_to_erpm_offset))
+        servo = float(
+            np.clip(
+                self.cfg.steer_to_servo_gain * steer + self.cfg.steer_to_servo_offset,
+                self.cfg.servo_min,
+                self.cfg.servo_max,
+            )
+        )
+        motor = (
+            vp.set_current_brake(self.cfg.brake_current)
+            if abs(speed) < 0.02
+            else vp.set_rpm(self.cfg.speed_to_erpm_gain * speed + self.cfg.speed_to_erpm_offset)
+        )
         self._send(vp.set_servo_pos(servo), motor)
         self._steer = (servo - self.cfg.steer_to_servo_offset) / self.cfg.steer_to_servo_gain
         self._last_command, self._braked = time.monotonic(), False
@@ -190,7 +218,9 @@ class VescCar(Robot):
                             return reply
             except Exception as exc:
                 raise DeviceError(f"lost the VESC on {self.cfg.port}: {exc}") from None
-        raise DeviceError(f"the VESC on {self.cfg.port} did not answer within {self.cfg.read_timeout_s * 1000:.0f} ms")
+        raise DeviceError(
+            f"the VESC on {self.cfg.port} did not answer within {self.cfg.read_timeout_s * 1000:.0f} ms"
+        )
 
     def _watch(self) -> None:
         while not self._stop_event.wait(self.cfg.watchdog_s / 4):

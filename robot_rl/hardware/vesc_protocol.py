@@ -101,13 +101,13 @@ class PacketReader:
         if buf[i + total - 1] != 0x03:
             return "framing", 0
         crc = struct.unpack_from(">H", buf, i + head + length)[0]
-        if crc != crc16(bytes(buf[i + head:i + head + length])):
+        if crc != crc16(bytes(buf[i + head : i + head + length])):
             return "crc", 0
         return "ok", total
 
     def _payload(self, i: int, total: int) -> bytes:
         head = 2 if self.buffer[i] == 0x02 else 3
-        return bytes(self.buffer[i + head:i + total - 3])
+        return bytes(self.buffer[i + head : i + total - 3])
 
 
 # --- commands ----------------------------------------------------------------------------------
@@ -163,16 +163,41 @@ class Values:
 def encode_values(v: Values) -> bytes:
     """The reply payload for `v` (the simulator's side)."""
     return bytes([COMM_GET_VALUES]) + _VALUES.pack(
-        round(v.temp_fet * 10), round(v.temp_motor * 10), round(v.current_motor * 100), round(v.current_in * 100),
-        0, 0, round(v.duty * 1000), round(v.erpm), round(v.v_in * 10), 0, 0, 0, 0, v.tachometer, v.tachometer_abs, v.fault)
+        round(v.temp_fet * 10),
+        round(v.temp_motor * 10),
+        round(v.current_motor * 100),
+        round(v.current_in * 100),
+        0,
+        0,
+        round(v.duty * 1000),
+        round(v.erpm),
+        round(v.v_in * 10),
+        0,
+        0,
+        0,
+        0,
+        v.tachometer,
+        v.tachometer_abs,
+        v.fault,
+    )
 
 
 def decode_values(payload: bytes) -> Values:
     if payload[:1] != bytes([COMM_GET_VALUES]) or len(payload) < 1 + _VALUES.size:
         raise ValueError(f"not a COMM_GET_VALUES reply ({len(payload)} bytes, id {payload[:1].hex()})")
     f = _VALUES.unpack_from(payload, 1)
-    return Values(temp_fet=f[0] / 10, temp_motor=f[1] / 10, current_motor=f[2] / 100, current_in=f[3] / 100,
-                  duty=f[6] / 1000, erpm=float(f[7]), v_in=f[8] / 10, tachometer=f[13], tachometer_abs=f[14], fault=f[15])
+    return Values(
+        temp_fet=f[0] / 10,
+        temp_motor=f[1] / 10,
+        current_motor=f[2] / 100,
+        current_in=f[3] / 100,
+        duty=f[6] / 1000,
+        erpm=float(f[7]),
+        v_in=f[8] / 10,
+        tachometer=f[13],
+        tachometer_abs=f[14],
+        fault=f[15],
+    )
 
 
 def encode_imu(values: dict[str, float], mask: int = IMU_MASK) -> bytes:

@@ -38,15 +38,25 @@ class CLIPReward:
     """An open_clip model from a local checkpoint file (`vlm` extra): `reward(frames)` for uint8
     HWC frames. `model` names the architecture (e.g. ViT-B-32) the checkpoint is for."""
 
-    def __init__(self, checkpoint: str, goal: str, baseline: str = "a robot arm on a table", alpha: float = 0.5,
-                 model: str = "ViT-B-32"):
+    def __init__(
+        self,
+        checkpoint: str,
+        goal: str,
+        baseline: str = "a robot arm on a table",
+        alpha: float = 0.5,
+        model: str = "ViT-B-32",
+    ):
         if not Path(checkpoint).exists():
-            raise ConfigError(f"no CLIP checkpoint at {checkpoint} (give the path of an open_clip .bin/.pt/.safetensors)")
+            raise ConfigError(
+                f"no CLIP checkpoint at {checkpoint} (give the path of an open_clip .bin/.pt/.safetensors)"
+            )
         try:
             import open_clip
         except ImportError:
             raise ConfigError("the CLIP reward needs the vlm extra: pip install -e '.[vlm]'") from None
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=str(checkpoint))
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(
+            model, pretrained=str(checkpoint)
+        )
         self.model.eval()
         tokenizer = open_clip.get_tokenizer(model)
         with torch.no_grad():
@@ -58,4 +68,6 @@ class CLIPReward:
         from PIL import Image
 
         batch = torch.stack([self.preprocess(Image.fromarray(np.asarray(f))) for f in frames])
-        return vlm_rm_reward(self.model.encode_image(batch).float(), self.goal, self.baseline, self.alpha).numpy()
+        return vlm_rm_reward(
+            self.model.encode_image(batch).float(), self.goal, self.baseline, self.alpha
+        ).numpy()

@@ -10,7 +10,6 @@ frames' hashes, the prompt and the model, so a re-run or a resumed run asks noth
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.client
 import json
@@ -28,22 +27,25 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_rl.utils.images import encode_png, frame_hash, tile
 from robot_rl.errors import ConfigError, RobotRLError
+from robot_rl.utils.images import encode_png, frame_hash, tile
 
 # RL-VLM-F's two stages (Wang et al. 2024, Appendix): the analysis sees both images, the verdict
 # only the analysis.
 ANALYSIS_PROMPT = (
     "Consider the following two images:\nImage 1:\n<image 1>\nImage 2:\n<image 2>\n"
     "1. What is shown in Image 1?\n2. What is shown in Image 2?\n"
-    "3. The goal is {task}. Is there any difference between Image 1 and Image 2 in terms of achieving the goal?"
+    "3. The goal is {task}. Is there any difference between Image 1 and Image 2 "
+    "in terms of achieving the goal?"
 )
 VERDICT_PROMPT = (
     "Based on the text below to the questions:\n1. What is shown in Image 1?\n2. What is shown in Image 2?\n"
-    "3. The goal is {task}. Is there any difference between Image 1 and Image 2 in terms of achieving the goal?\n"
+    "3. The goal is {task}. Is there any difference between Image 1 and Image 2 "
+    "in terms of achieving the goal?\n"
     "{analysis}\n\n"
     "Is the goal better achieved in Image 1 or Image 2?\n"
-    "Reply a single line of 0 if the goal is better achieved in Image 1, or 1 if it is better achieved in Image 2.\n"
+    "Reply a single line of 0 if the goal is better achieved in Image 1, "
+    "or 1 if it is better achieved in Image 2.\n"
     "Reply -1 if the text is unsure or there is no difference."
 )
 
@@ -73,14 +75,26 @@ class OpenAIChatBackend:
     `timeout_s` bounds the whole request, not each socket read: a server that trickles bytes is
     cut off when it runs out."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 60.0,
-                 retries: int = 4, backoff_s: float = 1.0, max_tokens: int = 512, temperature: float = 0.0,
-                 max_retry_after_s: float = 60.0, seed: int | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        timeout_s: float = 60.0,
+        retries: int = 4,
+        backoff_s: float = 1.0,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        max_retry_after_s: float = 60.0,
+        seed: int | None = None,
+    ):
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"base_url must be http(s)://host[:port]/path, got {base_url!r}")
         if timeout_s <= 0 or retries < 0 or backoff_s < 0 or max_retry_after_s < 0:
-            raise ConfigError("timeout_s must be positive; retries, backoff_s and max_retry_after_s at least 0")
+            raise ConfigError(
+                "timeout_s must be positive; retries, backoff_s and max_retry_after_s at least 0"
+            )
         self.url = base_url.rstrip("/") + "/chat/completions"
         self._parts = urllib.parse.urlsplit(self.url)
         self.model, self.timeout_s, self.retries, self.backoff_s = model, timeout_s, retries, backoff_s
@@ -92,9 +106,17 @@ class OpenAIChatBackend:
 
     def chat(self, text: str, images: list[np.ndarray] = ()) -> str:
         content = [{"type": "text", "text": text}] + [
-            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encode_png(im)}"}} for im in images]
-        body = json.dumps({"model": self.model, "messages": [{"role": "user", "content": content}],
-                           "max_tokens": self.max_tokens, "temperature": self.temperature}).encode()
+            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{encode_png(im)}"}}
+            for im in images
+        ]
+        body = json.dumps(
+            {
+                "model": self.model,
+                "messages": [{"role": "user", "content": content}],
+                "max_tokens": self.max_tokens,
+                "temperature": self.temperature,
+            }
+        ).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -111,7 +133,9 @@ class OpenAIChatBackend:
                         raise http.client.IncompleteRead(data) from None
                     return reply["choices"][0]["message"]["content"] or ""
                 if status != 429 and status < 500:
-                    raise LabelerError(f"{self.url} answered HTTP {status}: {data[:200].decode(errors='replace')}")
+                    raise LabelerError(
+                        f"{self.url} answered HTTP {status}: {data[:200].decode(errors='replace')}"
+                    )
                 error, wait = f"HTTP {status}", retry_after(reply_headers.get("Retry-After"))
             except (http.client.HTTPException, OSError) as exc:  # OSError: sockets, TLS, timeouts
                 error = f"{type(exc).__name__}: {exc}"
@@ -192,11 +216,15 @@ class TransformersBackend:
 
     def __init__(self, path: str, max_new_tokens: int = 512, device: str = "cpu"):
         if not Path(path).exists():
-            raise ConfigError(f"no local model at {path} (give the folder of a downloaded vision-language model)")
+            raise ConfigError(
+                f"no local model at {path} (give the folder of a downloaded vision-language model)"
+            )
         try:
             from transformers import AutoModelForImageTextToText, AutoProcessor
         except ImportError:
-            raise ConfigError("the transformers backend needs the vlm extra: pip install -e '.[vlm]'") from None
+            raise ConfigError(
+                "the transformers backend needs the vlm extra: pip install -e '.[vlm]'"
+            ) from None
         self.processor = AutoProcessor.from_pretrained(path)
         self._model = AutoModelForImageTextToText.from_pretrained(path).to(device).eval()
         self.model_name, self.max_new_tokens, self.device = Path(path).name, max_new_tokens, device
@@ -208,12 +236,18 @@ class TransformersBackend:
         from PIL import Image
 
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-        prompt = self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-        inputs = self.processor(text=prompt, images=[Image.fromarray(im) for im in images] or None, return_tensors="pt")
+        prompt = self.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True
+        )
+        inputs = self.processor(
+            text=prompt, images=[Image.fromarray(im) for im in images] or None, return_tensors="pt"
+        )
         with self._lock, torch.no_grad():
             self.requests += 1
-            out = self._model.generate(**inputs.to(self.device), max_new_tokens=self.max_new_tokens, do_sample=False)
-        return self.processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self._model.generate(
+                **inputs.to(self.device), max_new_tokens=self.max_new_tokens, do_sample=False
+            )
+        return self.processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 # --- the cache ----------------------------------------------------------------------------------
@@ -224,7 +258,10 @@ class LabelCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self.path), check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer INTEGER, analysis TEXT, verdict TEXT)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS answers "
+            "(key TEXT PRIMARY KEY, answer INTEGER, analysis TEXT, verdict TEXT)"
+        )
         self._db.commit()
         self._lock = threading.Lock()
 
@@ -234,12 +271,16 @@ class LabelCache:
 
     def get(self, key: str) -> tuple[int | None, str, str] | None:
         with self._lock:
-            row = self._db.execute("SELECT answer, analysis, verdict FROM answers WHERE key = ?", (key,)).fetchone()
+            row = self._db.execute(
+                "SELECT answer, analysis, verdict FROM answers WHERE key = ?", (key,)
+            ).fetchone()
         return row
 
     def put(self, key: str, answer: int | None, analysis: str, verdict: str) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, answer, analysis, verdict))
+            self._db.execute(
+                "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)", (key, answer, analysis, verdict)
+            )
             self._db.commit()
 
     def __len__(self) -> int:
@@ -255,8 +296,8 @@ class LabelCache:
 class PairConfig:
     pairs: int = 1000
     image_key: str = "obs/image/front"
-    segment: int = 1          # frames per side; > 1: a segment, its frames tiled side by side for the VLM
-    near_end: float = 1.0     # draw frames from the last `near_end` share of each episode (1: anywhere)
+    segment: int = 1  # frames per side; > 1: a segment, its frames tiled side by side for the VLM
+    near_end: float = 1.0  # draw frames from the last `near_end` share of each episode (1: anywhere)
     seed: int = 0
 
     def __post_init__(self):
@@ -285,11 +326,11 @@ def sample_pairs(episode_ends: np.ndarray, cfg: PairConfig) -> np.ndarray:
 @dataclass
 class LabelReport:
     pairs: int = 0
-    labels: int = 0                     # kept: answers 0 or 1
+    labels: int = 0  # kept: answers 0 or 1
     answers: dict = field(default_factory=lambda: {"0": 0, "1": 0, "-1": 0, "unparsable": 0})
-    identical: int = 0                  # dropped without asking
-    cached: int = 0                     # answered from the cache
-    failed: int = 0                     # the backend gave up (after retries)
+    identical: int = 0  # dropped without asking
+    cached: int = 0  # answered from the cache
+    failed: int = 0  # the backend gave up (after retries)
     requests: int = 0
     retried: int = 0
     seconds: float = 0.0
@@ -302,10 +343,20 @@ class PreferenceLabeler:
     when more than `max_failed_share` of the pairs failed; every answer is cached either way, so
     a rerun asks only what is missing."""
 
-    def __init__(self, backend, cache: LabelCache, task: str, model: str, max_concurrency: int = 4,
-                 max_consecutive_failures: int = 8, max_failed_share: float = 0.0):
+    def __init__(
+        self,
+        backend,
+        cache: LabelCache,
+        task: str,
+        model: str,
+        max_concurrency: int = 4,
+        max_consecutive_failures: int = 8,
+        max_failed_share: float = 0.0,
+    ):
         if max_concurrency < 1 or max_consecutive_failures < 1 or not 0.0 <= max_failed_share <= 1.0:
-            raise ConfigError("max_concurrency and max_consecutive_failures must be at least 1, max_failed_share in [0, 1]")
+            raise ConfigError(
+                "max_concurrency and max_consecutive_failures must be at least 1, max_failed_share in [0, 1]"
+            )
         self.backend, self.cache, self.task, self.model = backend, cache, task, model
         self.max_concurrency, self.max_consecutive_failures = max_concurrency, max_consecutive_failures
         self.max_failed_share = max_failed_share
@@ -313,12 +364,15 @@ class PreferenceLabeler:
         self.prompt_id = hashlib.sha256((ANALYSIS_PROMPT + VERDICT_PROMPT + task).encode()).hexdigest()[:16]
 
     def ask(self, image_a: np.ndarray, image_b: np.ndarray) -> tuple[int | None, str, str]:
-        """(answer or None, the analysis, the verdict's text): stage 1 with both images, stage 2 from its analysis."""
+        """(answer or None, the analysis, the verdict's text): stage 1 with both images, stage 2 from its
+        analysis."""
         analysis = self.backend.chat(self.analysis_prompt, [image_a, image_b])
         verdict = self.backend.chat(VERDICT_PROMPT.format(task=self.task, analysis=analysis))
         return parse_answer(verdict), analysis, verdict
 
-    def label(self, frames_a: list[np.ndarray], frames_b: list[np.ndarray], progress=None) -> tuple[list[int | None], LabelReport]:
+    def label(
+        self, frames_a: list[np.ndarray], frames_b: list[np.ndarray], progress=None
+    ) -> tuple[list[int | None], LabelReport]:
         """One answer per pair (None where dropped: identical, unsure, unparsable or failed)."""
         report = LabelReport(pairs=len(frames_a))
         start = time.monotonic()
@@ -375,20 +429,35 @@ class PreferenceLabeler:
         answered = sum(report.answers.values())
         resume = f"; the {answered} answers are cached, so a rerun resumes from them" if answered else ""
         if give_up.is_set():
-            what = (f"failed the first {report.failed} pairs and answered none" if not answered else
-                    f"failed {gave_up_at[0]} pairs in a row ({report.failed} of {report.pairs} in all)")
+            what = (
+                f"failed the first {report.failed} pairs and answered none"
+                if not answered
+                else f"failed {gave_up_at[0]} pairs in a row ({report.failed} of {report.pairs} in all)"
+            )
             raise LabelerError(f"the VLM {what}; last error: {errors[-1]}{resume}")
         if report.failed > self.max_failed_share * report.pairs:
-            raise LabelerError(f"the VLM failed {report.failed} of {report.pairs} pairs (more than max_failed_share="
-                               f"{self.max_failed_share:g}); last error: {errors[-1]}{resume}")
+            raise LabelerError(
+                f"the VLM failed {report.failed} of {report.pairs} pairs (more than max_failed_share="
+                f"{self.max_failed_share:g}); last error: {errors[-1]}{resume}"
+            )
         report.requests = getattr(self.backend, "requests", 0)
         report.retried = getattr(self.backend, "retried", 0)
         report.seconds = time.monotonic() - start
         return answers, report
 
 
-def label_store(store_path, out, backend, cfg: PairConfig, model: str, cache_path=None, max_concurrency: int = 4,
-                progress: bool = True, max_consecutive_failures: int = 8, max_failed_share: float = 0.0) -> dict:
+def label_store(
+    store_path,
+    out,
+    backend,
+    cfg: PairConfig,
+    model: str,
+    cache_path=None,
+    max_concurrency: int = 4,
+    progress: bool = True,
+    max_consecutive_failures: int = 8,
+    max_failed_share: float = 0.0,
+) -> dict:
     """Sample pairs from the store, label them, and write `out` (JSON: the kept pairs with their
     labels, the pair settings, model, prompt and report). Resumable through the cache."""
     from tqdm import tqdm
@@ -397,7 +466,9 @@ def label_store(store_path, out, backend, cfg: PairConfig, model: str, cache_pat
 
     with EpisodeStore.open(store_path) as store:
         if cfg.image_key not in store.keys:
-            raise ConfigError(f"{store_path} has no {cfg.image_key} (image keys: {', '.join(store.image_keys()) or 'none'})")
+            raise ConfigError(
+                f"{store_path} has no {cfg.image_key} (image keys: {', '.join(store.image_keys()) or 'none'})"
+            )
         task = str(store.attrs.get("task") or "")
         if not task:
             raise ConfigError(f"{store_path} names no task (attribute 'task'), which the prompt needs")
@@ -406,18 +477,30 @@ def label_store(store_path, out, backend, cfg: PairConfig, model: str, cache_pat
         frames = [[np.asarray(images[s : s + cfg.segment]) for s in pair] for pair in starts]
     out = Path(out)
     cache = LabelCache(cache_path or out.with_suffix(".cache.sqlite"))
-    labeler = PreferenceLabeler(backend, cache, task, model, max_concurrency, max_consecutive_failures, max_failed_share)
+    labeler = PreferenceLabeler(
+        backend, cache, task, model, max_concurrency, max_consecutive_failures, max_failed_share
+    )
     bar = tqdm(total=len(frames), desc="label vlm", unit="pair", disable=not progress, dynamic_ncols=True)
     try:
-        answers, report = labeler.label([f[0] for f in frames], [f[1] for f in frames], progress=lambda: bar.update(1))
+        answers, report = labeler.label(
+            [f[0] for f in frames], [f[1] for f in frames], progress=lambda: bar.update(1)
+        )
     finally:
         bar.close()
         cache.close()
     kept = [i for i, a in enumerate(answers) if a is not None]
-    result = {"store": str(store_path), "model": model, "prompt_id": labeler.prompt_id, "task": task,
-              "analysis_prompt": ANALYSIS_PROMPT, "verdict_prompt": VERDICT_PROMPT, "pair_config": asdict(cfg),
-              "pairs": [[int(starts[i, 0]), int(starts[i, 1])] for i in kept], "labels": [answers[i] for i in kept],
-              "report": asdict(report)}
+    result = {
+        "store": str(store_path),
+        "model": model,
+        "prompt_id": labeler.prompt_id,
+        "task": task,
+        "analysis_prompt": ANALYSIS_PROMPT,
+        "verdict_prompt": VERDICT_PROMPT,
+        "pair_config": asdict(cfg),
+        "pairs": [[int(starts[i, 0]), int(starts[i, 1])] for i in kept],
+        "labels": [answers[i] for i in kept],
+        "report": asdict(report),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(result, indent=1))

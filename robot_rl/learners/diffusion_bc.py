@@ -14,9 +14,9 @@ import torch
 from tqdm import tqdm
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
+from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.utils.device import Prefetcher, autocast, maybe_compile, resolve_device
 from robot_rl.utils.training import EMA, RunLog, seed_everything
-from robot_rl.policies.diffusion import DiffusionPolicy
 
 
 @dataclass
@@ -30,10 +30,12 @@ class DiffusionBCConfig:
     ema_max_decay: float = 0.9999
     seed: int = 0
     log_every: int = 50
-    device: str = "auto"      # auto: CUDA when present (robot_rl.utils.device)
-    amp: bool = True          # bfloat16 autocast of the denoiser on CUDA (the loss is an MSE on noise)
-    compile: bool = False     # torch.compile the loss
-    policy: dict = field(default_factory=dict)  # DiffusionConfig overrides (horizons, down_dims, image_keys...)
+    device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
+    amp: bool = True  # bfloat16 autocast of the denoiser on CUDA (the loss is an MSE on noise)
+    compile: bool = False  # torch.compile the loss
+    policy: dict = field(
+        default_factory=dict
+    )  # DiffusionConfig overrides (horizons, down_dims, image_keys...)
 
 
 def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bool = True) -> dict:
@@ -43,17 +45,24 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     policy = DiffusionPolicy.from_store(store, **dict(cfg.policy)).to(device)
     c = policy.config
     keys = [k for k in store.keys if k == "obs/state" or k in c.image_keys]
-    sampler = WindowSampler(store, horizon=c.pred_horizon, n_obs=c.obs_horizon, n_action=c.action_horizon,
-                            obs_keys=keys)
+    sampler = WindowSampler(
+        store, horizon=c.pred_horizon, n_obs=c.obs_horizon, n_action=c.action_horizon, obs_keys=keys
+    )
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps)))
+        optimizer,
+        lambda s: (
+            min(1.0, (s + 1) / cfg.warmup_steps) * 0.5 * (1 + np.cos(np.pi * min(s, cfg.steps) / cfg.steps))
+        ),
+    )
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay)
     log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
     loss_of = maybe_compile(policy.loss, cfg.compile)
 
     def sample() -> dict:
-        return {k: torch.as_tensor(v) for k, v in sampler.sample(cfg.batch_size, rng).items() if k != "is_pad"}
+        return {
+            k: torch.as_tensor(v) for k, v in sampler.sample(cfg.batch_size, rng).items() if k != "is_pad"
+        }
 
     bar = tqdm(range(cfg.steps), desc="diffusion BC", unit="step", disable=not progress, dynamic_ncols=True)
     running = None
@@ -73,5 +82,14 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
                 bar.set_postfix(loss=f"{running:.4f}")
     checkpoint = ema.model.save(Path(out_dir) / "checkpoint")  # CPU copies: it loads anywhere
     params = sum(p.numel() for p in policy.parameters())
-    return log.close({"learner": "diffusion_bc", "checkpoint": str(checkpoint), "final_loss": running,
-                      "steps": cfg.steps, "parameters": params, "episodes": store.n_episodes}, curves=("loss", "lr"))
+    return log.close(
+        {
+            "learner": "diffusion_bc",
+            "checkpoint": str(checkpoint),
+            "final_loss": running,
+            "steps": cfg.steps,
+            "parameters": params,
+            "episodes": store.n_episodes,
+        },
+        curves=("loss", "lr"),
+    )

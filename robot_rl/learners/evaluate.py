@@ -19,8 +19,14 @@ from robot_rl.policies.residual import BaseChunks, ResidualPolicy, combine, resi
 BatchPolicy = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def run_episodes(make_vec_env, act: BatchPolicy, episodes: int = 100, num_envs: int = 50, seed: int = 10_000,
-                 progress: bool = True) -> dict:
+def run_episodes(
+    make_vec_env,
+    act: BatchPolicy,
+    episodes: int = 100,
+    num_envs: int = 50,
+    seed: int = 10_000,
+    progress: bool = True,
+) -> dict:
     """Success rate (and mean return) over `episodes` episodes of `act`, deterministic for a seed.
 
     Each env runs a fixed share of the episodes (its first ones): counting the first episodes to
@@ -35,7 +41,9 @@ def run_episodes(make_vec_env, act: BatchPolicy, episodes: int = 100, num_envs: 
     outcomes, lengths, returns, length, ret = [], [], [], np.zeros(num_envs, int), np.zeros(num_envs)
     done = np.zeros(0, int)
     start = time.monotonic()
-    bar = tqdm(total=episodes, desc="evaluate", unit="ep", disable=not progress, dynamic_ncols=True, leave=False)
+    bar = tqdm(
+        total=episodes, desc="evaluate", unit="ep", disable=not progress, dynamic_ncols=True, leave=False
+    )
     try:
         while len(outcomes) < episodes:
             obs, reward, terminated, truncated, info = vec.step(act(obs, done))
@@ -53,12 +61,26 @@ def run_episodes(make_vec_env, act: BatchPolicy, episodes: int = 100, num_envs: 
     finally:
         bar.close()
         vec.close()
-    return {"episodes": episodes, "success_rate": float(np.mean(outcomes)), "successes": int(np.sum(outcomes)),
-            "mean_length": float(np.mean(lengths)), "mean_return": float(np.mean(returns)), "seconds": time.monotonic() - start}
+    return {
+        "episodes": episodes,
+        "success_rate": float(np.mean(outcomes)),
+        "successes": int(np.sum(outcomes)),
+        "mean_length": float(np.mean(lengths)),
+        "mean_return": float(np.mean(returns)),
+        "seconds": time.monotonic() - start,
+    }
 
 
-def evaluate_policy(envs: EnvSource, batch_act: BatchPolicy | None, loop_act, episodes: int, num_envs: int,
-                    seed: int = 10_000, progress: bool = False, env=None) -> dict:
+def evaluate_policy(
+    envs: EnvSource,
+    batch_act: BatchPolicy | None,
+    loop_act,
+    episodes: int,
+    num_envs: int,
+    seed: int = 10_000,
+    progress: bool = False,
+    env=None,
+) -> dict:
     """Success rate (and mean return) of a policy over `episodes` episodes, deterministic for a
     seed: on the source's vector envs with `batch_act` where both exist (state policies), else
     through the ControlLoop with `loop_act` (obs dict -> action), episode i from seed + i, on `env`
@@ -73,8 +95,10 @@ def evaluate_policy(envs: EnvSource, batch_act: BatchPolicy | None, loop_act, ep
     start = time.monotonic()
     loop = ControlLoop(env, loop_act, rate_hz=None, execute_k=1)
     try:
-        results = [loop.run_episode(seed=seed + i) for i in
-                   tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress, leave=False)]
+        results = [
+            loop.run_episode(seed=seed + i)
+            for i in tqdm(range(episodes), desc="evaluate", unit="ep", disable=not progress, leave=False)
+        ]
     finally:
         loop.close()
         if own:
@@ -84,14 +108,27 @@ def evaluate_policy(envs: EnvSource, batch_act: BatchPolicy | None, loop_act, ep
 
 def loop_summary(results: list, seconds: float) -> dict:
     """run_episodes' figures for episodes run through the ControlLoop (`EpisodeResult`s)."""
-    return {"episodes": len(results), "success_rate": float(np.mean([r.success for r in results])),
-            "successes": int(sum(r.success for r in results)), "mean_length": float(np.mean([r.steps for r in results])),
-            "mean_return": float(np.mean([r.reward for r in results])), "seconds": seconds}
+    return {
+        "episodes": len(results),
+        "success_rate": float(np.mean([r.success for r in results])),
+        "successes": int(sum(r.success for r in results)),
+        "mean_length": float(np.mean([r.steps for r in results])),
+        "mean_return": float(np.mean([r.reward for r in results])),
+        "seconds": seconds,
+    }
 
 
 @torch.no_grad()
-def evaluate(make_vec_env, base: DiffusionPolicy, residual: ResidualPolicy | None = None, episodes: int = 100,
-             num_envs: int = 50, seed: int = 10_000, ddim_steps: int | None = None, progress: bool = True) -> dict:
+def evaluate(
+    make_vec_env,
+    base: DiffusionPolicy,
+    residual: ResidualPolicy | None = None,
+    episodes: int = 100,
+    num_envs: int = 50,
+    seed: int = 10_000,
+    ddim_steps: int | None = None,
+    progress: bool = True,
+) -> dict:
     """A diffusion policy alone, or with its residual acting with its mean."""
     steps = ddim_steps or base.config.inference_steps
     chunks = BaseChunks(base, min(num_envs, episodes), steps, seed)

@@ -16,40 +16,47 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from robot_rl.core.env import EnvSource, RobotEnv
 from robot_rl.errors import ConfigError
+from robot_rl.learners.replay import (
+    ReplayBuffer,
+    TransitionSink,
+    replay_schema,
+    sample_mixed,
+    transitions_from_store,
+)
+from robot_rl.policies.sac import AgentPolicy, SACAgent, SACConfig, batch_policy, torch_batch
 from robot_rl.utils.device import resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
-from robot_rl.learners.replay import ReplayBuffer, TransitionSink, sample_mixed, replay_schema, transitions_from_store
-from robot_rl.policies.sac import AgentPolicy, batch_policy, SACAgent, SACConfig, to_tensors, torch_batch
 
 
 @dataclass
 class HILSERLConfig:
-    env_steps: int = 30_000           # online env steps, interventions included
-    batch_size: int = 256             # 128 online + 128 demo/intervention
-    utd_ratio: int = 1                # learner steps per env step
-    training_starts: int = 100        # online transitions before the first update
+    env_steps: int = 30_000  # online env steps, interventions included
+    batch_size: int = 256  # 128 online + 128 demo/intervention
+    utd_ratio: int = 1  # learner steps per env step
+    training_starts: int = 100  # online transitions before the first update
     buffer_capacity: int = 200_000
-    demos: str | None = None          # an EpisodeStore of demonstrations for the prior buffer
-    human: str = "schedule"           # none | drift | schedule (the scripted human in sim)
-    human_until: int = 10_000         # env steps over which the human's attention tapers from 1 to 0
+    demos: str | None = None  # an EpisodeStore of demonstrations for the prior buffer
+    human: str = "schedule"  # none | drift | schedule (the scripted human in sim)
+    human_until: int = 10_000  # env steps over which the human's attention tapers from 1 to 0
     human_takeover: tuple[int, int] = (0, 40)  # step range at which the human takes over ("schedule")
-    eval_episodes: int = 100          # at the end, deterministic, no human
-    eval_every: int = 5_000           # env steps between interim evaluations (0: none)
+    eval_episodes: int = 100  # at the end, deterministic, no human
+    eval_every: int = 5_000  # env steps between interim evaluations (0: none)
     eval_interim_episodes: int = 20
     eval_num_envs: int = 25
-    rate_hz: float | None = None      # None: as fast as the simulator runs
-    log_every: int = 500              # env steps between logged learner statistics
+    rate_hz: float | None = None  # None: as fast as the simulator runs
+    log_every: int = 500  # env steps between logged learner statistics
     reward_classifier: str | None = None  # a classifier checkpoint: its verdict is the reward
-    resume: str | None = None         # a previous run folder: its weights and buffers are loaded
-    encoder_init: str | None = None   # an ICVF or IQL checkpoint: its CNN encodes the cameras (V-PTR)
-    encoder_freeze: bool = True       # that CNN frozen (HIL-SERL keeps its pretrained encoder fixed); false: fine-tuned
-    device: str = "auto"              # the learner's device (robot_rl.utils.device); the Ray actor acts on the CPU
-    compile: bool = False             # torch.compile the critic loss
+    resume: str | None = None  # a previous run folder: its weights and buffers are loaded
+    encoder_init: str | None = None  # an ICVF or IQL checkpoint: its CNN encodes the cameras (V-PTR)
+    encoder_freeze: bool = (
+        True  # that CNN frozen (HIL-SERL keeps its pretrained encoder fixed); false: fine-tuned
+    )
+    device: str = "auto"  # the learner's device (robot_rl.utils.device); the Ray actor acts on the CPU
+    compile: bool = False  # torch.compile the critic loss
     seed: int = 0
     sac: dict = field(default_factory=dict)  # SACConfig overrides (critic_ensemble, discount, ...)
 
@@ -81,19 +88,25 @@ class Learner:
             self.prior.add_batch({k: np.asarray(v)[human] for k, v in batch.items()})
 
     def sample(self) -> dict:
-        return torch_batch(sample_mixed(self.online, self.prior, self.batch_size, self.rng), self.agent.cfg.image_keys)
+        return torch_batch(
+            sample_mixed(self.online, self.prior, self.batch_size, self.rng), self.agent.cfg.image_keys
+        )
 
-    def step(self, lock=contextlib.nullcontext(), batches: list[dict] | None = None) -> dict:
+    def step(self, lock=None, batches: list[dict] | None = None) -> dict:
         """One learner step; `lock` guards the sampling when transitions arrive from another
         thread. `batches`: a step's batches sampled beforehand (the Ray learner's prefetcher)."""
+        if lock is None:
+            lock = contextlib.nullcontext()
         if batches is None:
             batches = self.sample_step(lock)
         info = self.agent.update(batches)
         self.steps += 1
         return info
 
-    def sample_step(self, lock=contextlib.nullcontext()) -> list[dict]:
+    def sample_step(self, lock=None) -> list[dict]:
         """The `cta_ratio` batches of one learner step."""
+        if lock is None:
+            lock = contextlib.nullcontext()
         with lock:
             return [self.sample() for _ in range(self.agent.cfg.cta_ratio)]
 
@@ -103,13 +116,18 @@ def make_agent(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> SACAgen
     action size: nothing here touches the robot, so a learner can build it anywhere."""
     try:
         pretrained = bool(cfg.encoder_init)
-        sac = SACConfig(state_dim=obs_spaces["state"].shape[0], action_dim=action_dim,
-                        **{"frozen_cnn": pretrained, "finetune_cnn": pretrained and not cfg.encoder_freeze, **cfg.sac})
+        sac = SACConfig(
+            state_dim=obs_spaces["state"].shape[0],
+            action_dim=action_dim,
+            **{"frozen_cnn": pretrained, "finetune_cnn": pretrained and not cfg.encoder_freeze, **cfg.sac},
+        )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad sac settings: {exc}") from None
     missing = [k for k in sac.image_keys if k not in obs_spaces]
     if missing:
-        raise ConfigError(f"sac.image_keys {missing} are not observations of this env (it has {', '.join(obs_spaces)})")
+        raise ConfigError(
+            f"sac.image_keys {missing} are not observations of this env (it has {', '.join(obs_spaces)})"
+        )
     agent = SACAgent(sac, seed=cfg.seed)
     if cfg.encoder_init:
         from robot_rl.learners.icvf import pretrained_encoder
@@ -156,15 +174,30 @@ def human_attention(cfg: HILSERLConfig, env_steps: callable):
     return lambda: max(0.0, 1.0 - env_steps() / cfg.human_until) if cfg.human_until > 0 else 0.0
 
 
-def evaluate_agent(agent: SACAgent, envs: EnvSource, env: RobotEnv, episodes: int, num_envs: int, seed: int,
-                   progress: bool = False) -> dict:
+def evaluate_agent(
+    agent: SACAgent,
+    envs: EnvSource,
+    env: RobotEnv,
+    episodes: int,
+    num_envs: int,
+    seed: int,
+    progress: bool = False,
+) -> dict:
     """Deterministic success rate with no human: on vector envs for state policies, through the
     ControlLoop on `env` for image policies (vector envs are state-only)."""
     from robot_rl.learners.evaluate import evaluate_policy
 
     agent.eval()
-    return evaluate_policy(envs, None if agent.cfg.image_keys else batch_policy(agent), AgentPolicy(agent, deterministic=True),
-                           episodes, num_envs, seed, progress, env=env)
+    return evaluate_policy(
+        envs,
+        None if agent.cfg.image_keys else batch_policy(agent),
+        AgentPolicy(agent, deterministic=True),
+        episodes,
+        num_envs,
+        seed,
+        progress,
+        env=env,
+    )
 
 
 def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool = True) -> dict:
@@ -180,8 +213,13 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
     counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
     teleop = None
     if cfg.human != "none":
-        teleop = ScriptedTeleop(expert, mode=cfg.human, attention=human_attention(cfg, lambda: counts["env_steps"]),
-                                takeover_steps=cfg.human_takeover, seed=cfg.seed + 1)
+        teleop = ScriptedTeleop(
+            expert,
+            mode=cfg.human,
+            attention=human_attention(cfg, lambda: counts["env_steps"]),
+            takeover_steps=cfg.human_takeover,
+            seed=cfg.seed + 1,
+        )
     policy = AgentPolicy(learner.agent)
     bar = tqdm(total=cfg.env_steps, desc="HIL-SERL", unit="step", disable=not progress, dynamic_ncols=True)
     recent: list[tuple[bool, int]] = []
@@ -209,14 +247,29 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
         del recent[:-20]
         rate = np.mean([s for s, _ in recent])
         alone = [s for s, i in recent if i == 0]  # episodes the policy ran without the human
-        log.log(counts["env_steps"], episode_success=float(result.success), intervened_steps=result.intervened_steps,
-                success_rate_20=rate, **({"policy_success_20": np.mean(alone)} if alone else {}))
-        bar.set_postfix_str(f"ep {counts['episodes']} success(20) {rate:.2f} alone {np.mean(alone) if alone else 0:.2f} "
-                            f"interventions {counts['intervened_episodes']} updates {learner.steps}", refresh=False)
+        log.log(
+            counts["env_steps"],
+            episode_success=float(result.success),
+            intervened_steps=result.intervened_steps,
+            success_rate_20=rate,
+            **({"policy_success_20": np.mean(alone)} if alone else {}),
+        )
+        bar.set_postfix_str(
+            f"ep {counts['episodes']} success(20) {rate:.2f} alone {np.mean(alone) if alone else 0:.2f} "
+            f"interventions {counts['intervened_episodes']} updates {learner.steps}",
+            refresh=False,
+        )
 
-    loop = ControlLoop(env, policy, teleop, rate_hz=cfg.rate_hz, execute_k=1,
-                       safety=envs.safety, recorder=TransitionSink(learner.insert),
-                       on_step=on_step)
+    loop = ControlLoop(
+        env,
+        policy,
+        teleop,
+        rate_hz=cfg.rate_hz,
+        execute_k=1,
+        safety=envs.safety,
+        recorder=TransitionSink(learner.insert),
+        on_step=on_step,
+    )
     next_eval = cfg.eval_every or None
     try:
         with env:
@@ -227,8 +280,13 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
                     evaluations.append(_interim_eval(learner.agent, envs, env, cfg, counts["env_steps"], log))
                     next_eval += cfg.eval_every
             report = loop.report()
-            final = evaluate_agent(learner.agent, envs, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000,
-                                   progress=progress) if cfg.eval_episodes else None
+            final = (
+                evaluate_agent(
+                    learner.agent, envs, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000, progress=progress
+                )
+                if cfg.eval_episodes
+                else None
+            )
     finally:
         loop.close()
         bar.close()
@@ -238,16 +296,46 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
     checkpoint = learner.agent.save(out / "checkpoint")
     learner.online.save(out / "buffers" / "online.zarr")
     learner.prior.save(out / "buffers" / "prior.zarr")
-    return log.close({"learner": "hil_serl", "env": envs.name, "checkpoint": str(checkpoint),
-                      "config": asdict(cfg), **counts, "training_success_rate": counts["successes"] / max(counts["episodes"], 1),
-                      "learner_steps": learner.steps, "evaluation": final, "interim_evaluations": evaluations,
-                      "loop": {"achieved_hz": report["clock"].get("achieved_hz"), "overruns": report["clock"].get("overruns")}},
-                     curves=("success_rate_20", "policy_success_20", "eval_success_rate", "intervened_steps", "critic_loss", "q", "alpha"))
+    return log.close(
+        {
+            "learner": "hil_serl",
+            "env": envs.name,
+            "checkpoint": str(checkpoint),
+            "config": asdict(cfg),
+            **counts,
+            "training_success_rate": counts["successes"] / max(counts["episodes"], 1),
+            "learner_steps": learner.steps,
+            "evaluation": final,
+            "interim_evaluations": evaluations,
+            "loop": {
+                "achieved_hz": report["clock"].get("achieved_hz"),
+                "overruns": report["clock"].get("overruns"),
+            },
+        },
+        curves=(
+            "success_rate_20",
+            "policy_success_20",
+            "eval_success_rate",
+            "intervened_steps",
+            "critic_loss",
+            "q",
+            "alpha",
+        ),
+    )
 
 
 def _interim_eval(agent, envs: EnvSource, env, cfg: HILSERLConfig, steps: int, log: RunLog) -> dict:
-    result = evaluate_agent(agent, envs, env, cfg.eval_interim_episodes, min(cfg.eval_num_envs, cfg.eval_interim_episodes),
-                            20_000 + steps)
+    result = evaluate_agent(
+        agent,
+        envs,
+        env,
+        cfg.eval_interim_episodes,
+        min(cfg.eval_num_envs, cfg.eval_interim_episodes),
+        20_000 + steps,
+    )
     log.log(steps, eval_success_rate=result["success_rate"])
-    tqdm.write(f"env step {steps}: evaluation success {result['success_rate']:.2f} ({cfg.eval_interim_episodes} episodes)")
+    tqdm.write(
+        f"env step {steps}: evaluation success {result['success_rate']:.2f} "
+        f"({cfg.eval_interim_episodes} episodes)"
+    )
     return {"env_steps": steps, **result}

@@ -77,9 +77,13 @@ class LearnerServer:
 
     def status(self) -> dict:
         elapsed = time.monotonic() - self.started
-        return {"learner_steps": self.learner.steps, "received": self.received, "version": self.version,
-                "updates_per_s": self.learner.steps / max(elapsed, 1e-9),
-                **{k: float(v) for k, v in self.info.items()}}
+        return {
+            "learner_steps": self.learner.steps,
+            "received": self.received,
+            "version": self.version,
+            "updates_per_s": self.learner.steps / max(elapsed, 1e-9),
+            **{k: float(v) for k, v in self.info.items()},
+        }
 
     def finish(self, out_dir: str) -> dict:
         """Stop training; save the agent and both buffers under `out_dir`."""
@@ -98,37 +102,60 @@ class ActorServer:
     stands in for the human; on a robot (the ROS actor node) it is given the robot's env, the
     operator's teleop device and the safety settings."""
 
-    def __init__(self, envs: EnvSource | None, cfg: dict, send_every: int = 50, env=None, teleop=None, safety=None):
+    def __init__(
+        self, envs: EnvSource | None, cfg: dict, send_every: int = 50, env=None, teleop=None, safety=None
+    ):
         import torch
+
         from robot_rl.core import ControlLoop
         from robot_rl.learners.hil_serl import human_attention, make_agent, make_env
-        from robot_rl.policies.sac import AgentPolicy
         from robot_rl.learners.replay import TransitionSink
+        from robot_rl.policies.sac import AgentPolicy
         from robot_rl.tasks.teleops import ScriptedTeleop
 
         torch.set_num_threads(1)
         self.cfg = HILSERLConfig(**cfg)
-        self.counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
+        self.counts = {
+            "env_steps": 0,
+            "episodes": 0,
+            "successes": 0,
+            "intervened_steps": 0,
+            "intervened_episodes": 0,
+        }
         if env is None:
             env, expert = make_env(envs, self.cfg)
             safety = envs.safety
             if self.cfg.human != "none":
-                teleop = ScriptedTeleop(expert, mode=self.cfg.human, takeover_steps=self.cfg.human_takeover,
-                                        attention=human_attention(self.cfg, lambda: self.counts["env_steps"]),
-                                        seed=self.cfg.seed + 1)
+                teleop = ScriptedTeleop(
+                    expert,
+                    mode=self.cfg.human,
+                    takeover_steps=self.cfg.human_takeover,
+                    attention=human_attention(self.cfg, lambda: self.counts["env_steps"]),
+                    seed=self.cfg.seed + 1,
+                )
         self.env = env
         # The acting copy stays on the CPU, beside the robot; the learner's device is the learner's.
-        self.agent = make_agent(self.env.observation_space.spaces, self.env.action_space.shape[0],
-                                dataclasses.replace(self.cfg, device="cpu"))
+        self.agent = make_agent(
+            self.env.observation_space.spaces,
+            self.env.action_space.shape[0],
+            dataclasses.replace(self.cfg, device="cpu"),
+        )
         self.learner, self.send_every = None, send_every
         self.recent: list[bool] = []
         self.pending: list[dict] = []
         self._in_flight = None
         self.version, self._new_weights = 0, None
         self._stop = threading.Event()
-        self.loop = ControlLoop(self.env, self._act_with_latest(AgentPolicy(self.agent)), teleop,
-                                rate_hz=self.cfg.rate_hz, execute_k=1, safety=safety,
-                                recorder=TransitionSink(self.pending.append), on_step=self._on_step)
+        self.loop = ControlLoop(
+            self.env,
+            self._act_with_latest(AgentPolicy(self.agent)),
+            teleop,
+            rate_hz=self.cfg.rate_hz,
+            execute_k=1,
+            safety=safety,
+            recorder=TransitionSink(self.pending.append),
+            on_step=self._on_step,
+        )
 
     def connect_learner(self, learner) -> None:
         self.learner = learner
@@ -194,8 +221,12 @@ class ActorServer:
 
     def status(self) -> dict:
         clock = self.loop.clock.report()
-        return {**self.counts, "success_rate_20": float(np.mean(self.recent)) if self.recent else 0.0,
-                "actor_hz": clock.get("achieved_hz", 0.0), "weights_version": self.version}
+        return {
+            **self.counts,
+            "success_rate_20": float(np.mean(self.recent)) if self.recent else 0.0,
+            "actor_hz": clock.get("achieved_hz", 0.0),
+            "weights_version": self.version,
+        }
 
 
 def named_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig, name: str, weights_every: int = 100):
@@ -212,15 +243,23 @@ def named_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig, name: s
         from robot_rl.utils.dist import gpus_for
 
         cls = ray.remote(num_cpus=1, num_gpus=gpus_for(cfg.device), max_concurrency=8)(LearnerServer)
-        learner = cls.options(name=name, namespace="robot_rl", get_if_exists=True, lifetime="detached").remote(
-            obs_spaces, action_dim, asdict(cfg), weights_every)
+        learner = cls.options(
+            name=name, namespace="robot_rl", get_if_exists=True, lifetime="detached"
+        ).remote(obs_spaces, action_dim, asdict(cfg), weights_every)
         made = True
     ray.get(learner.start.remote())
     return learner, made
 
 
-def train_hil_serl_ray(envs: EnvSource, out_dir, cfg: HILSERLConfig, address: str | None = None,
-                       robot_resource: str | None = None, weights_every: int = 100, progress: bool = True) -> dict:
+def train_hil_serl_ray(
+    envs: EnvSource,
+    out_dir,
+    cfg: HILSERLConfig,
+    address: str | None = None,
+    robot_resource: str | None = None,
+    weights_every: int = 100,
+    progress: bool = True,
+) -> dict:
     """Run the actor and the learner as Ray actors until `cfg.env_steps`; live status in a bar."""
     from tqdm import tqdm
 
@@ -232,8 +271,13 @@ def train_hil_serl_ray(envs: EnvSource, out_dir, cfg: HILSERLConfig, address: st
     cfg_dict = asdict(cfg)
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 **({} if address else {"num_cpus": 2}))
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            **({} if address else {"num_cpus": 2}),
+        )
     try:
         placement = {"resources": {robot_resource: 0.01}} if robot_resource else {}
         from robot_rl.utils.dist import gpus_for
@@ -247,15 +291,25 @@ def train_hil_serl_ray(envs: EnvSource, out_dir, cfg: HILSERLConfig, address: st
         ray.get([learner.start.remote(), actor.connect_learner.remote(learner)])
         log = RunLog(out_dir, f"HIL-SERL (Ray actor/learner) on {envs.name}")
         done = actor.run.remote(cfg.env_steps)
-        bar = tqdm(total=cfg.env_steps, desc="HIL-SERL (ray)", unit="step", disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.env_steps, desc="HIL-SERL (ray)", unit="step", disable=not progress, dynamic_ncols=True
+        )
         while not ray.wait([done], timeout=1.0)[0]:
-            a, l = ray.get([actor.status.remote(), learner.status.remote()])
-            log.log(a["env_steps"], success_rate_20=a["success_rate_20"], actor_hz=a["actor_hz"],
-                    updates_per_s=l["updates_per_s"], intervened_episodes=a["intervened_episodes"])
+            a, lrn = ray.get([actor.status.remote(), learner.status.remote()])
+            log.log(
+                a["env_steps"],
+                success_rate_20=a["success_rate_20"],
+                actor_hz=a["actor_hz"],
+                updates_per_s=lrn["updates_per_s"],
+                intervened_episodes=a["intervened_episodes"],
+            )
             bar.n = min(a["env_steps"], cfg.env_steps)
-            bar.set_postfix_str(f"success(20) {a['success_rate_20']:.2f} interventions {a['intervened_episodes']} "
-                                f"actor {a['actor_hz']:.1f} Hz learner {l['updates_per_s']:.1f} upd/s "
-                                f"weights v{a['weights_version']}", refresh=True)
+            bar.set_postfix_str(
+                f"success(20) {a['success_rate_20']:.2f} interventions {a['intervened_episodes']} "
+                f"actor {a['actor_hz']:.1f} Hz learner {lrn['updates_per_s']:.1f} upd/s "
+                f"weights v{a['weights_version']}",
+                refresh=True,
+            )
         bar.close()
         acted = ray.get(done)
         learned = ray.get(learner.finish.remote(str(out_dir)))
@@ -263,10 +317,19 @@ def train_hil_serl_ray(envs: EnvSource, out_dir, cfg: HILSERLConfig, address: st
         if started_here:
             ray.shutdown()
     evaluation = _evaluate(learned["checkpoint"], envs, cfg) if cfg.eval_episodes else None
-    return log.close({"learner": "hil_serl", "dist": "ray", "env": envs.name, "config": cfg_dict,
-                      "actor": acted, "learner_stats": learned, "checkpoint": learned["checkpoint"],
-                      "evaluation": evaluation},
-                     curves=("success_rate_20", "actor_hz", "updates_per_s", "intervened_episodes"))
+    return log.close(
+        {
+            "learner": "hil_serl",
+            "dist": "ray",
+            "env": envs.name,
+            "config": cfg_dict,
+            "actor": acted,
+            "learner_stats": learned,
+            "checkpoint": learned["checkpoint"],
+            "evaluation": evaluation,
+        },
+        curves=("success_rate_20", "actor_hz", "updates_per_s", "intervened_episodes"),
+    )
 
 
 def _evaluate(checkpoint: str, envs: EnvSource, cfg: HILSERLConfig) -> dict:
@@ -277,6 +340,8 @@ def _evaluate(checkpoint: str, envs: EnvSource, cfg: HILSERLConfig) -> dict:
     env, _ = make_env(envs, cfg)
     try:
         with env:
-            return evaluate_agent(SACAgent.load(checkpoint), envs, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000)
+            return evaluate_agent(
+                SACAgent.load(checkpoint), envs, env, cfg.eval_episodes, cfg.eval_num_envs, 10_000
+            )
     finally:
         env.close()

@@ -30,15 +30,15 @@ from tqdm import tqdm
 
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.utils.training import RunLog, seed_everything
-from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import CameraFeatures, images_to_float, relu_mlp
+from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
 
 
 @dataclass
 class ICVFConfig:
-    state_dim: int = 0                # 0: images only (video)
+    state_dim: int = 0  # 0: images only (video)
     image_keys: tuple[str, ...] = ()  # e.g. ("image/front",)
     image_size: int = 84
     hidden: tuple[int, ...] = (256, 256)
@@ -46,7 +46,7 @@ class ICVFConfig:
     discount: float = 0.99
     expectile: float = 0.9
     tau: float = 0.005
-    lr: float | None = None           # None: 5e-5 with images, 1e-3 on state (REFERENCES.md)
+    lr: float | None = None  # None: 5e-5 with images, 1e-3 on state (REFERENCES.md)
 
     def __post_init__(self):
         self.image_keys, self.hidden = tuple(self.image_keys), tuple(self.hidden)
@@ -122,10 +122,12 @@ class ICVFAgent(CheckpointedAgent, nn.Module):
         cfg = self.cfg
 
         def inputs(prefix: str) -> dict[str, Tensor]:
-            return {k[len(prefix):]: v for k, v in batch.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in batch.items() if k.startswith(prefix)}
 
         online, extra = inputs("online/"), inputs("next/")
-        obs_at, next_at, goal_at, intent_at = (batch[f"{role}_at"] for role in ("obs", "next", "goal", "intent"))
+        obs_at, next_at, goal_at, intent_at = (
+            batch[f"{role}_at"] for role in ("obs", "next", "goal", "intent")
+        )
         with torch.no_grad():
             t = self.target.encode({k: torch.cat([v, extra[k]]) for k, v in online.items()})
             t_s, t_next, t_goal, t_intent = t[obs_at], t[next_at], t[goal_at], t[intent_at]
@@ -147,11 +149,17 @@ class ICVFAgent(CheckpointedAgent, nn.Module):
         with torch.no_grad():
             torch._foreach_lerp_(list(self.target.parameters()), list(self.value.parameters()), self.cfg.tau)
         self.updates += 1
-        return {"loss": out["loss"].item(), "v_mean": out["v"].mean().item(), "adv_mean": out["adv"].mean().item(),
-                "adv_positive": (out["adv"] >= 0).float().mean().item()}
+        return {
+            "loss": out["loss"].item(),
+            "v_mean": out["v"].mean().item(),
+            "adv_mean": out["adv"].mean().item(),
+            "adv_positive": (out["adv"] >= 0).float().mean().item(),
+        }
 
     @torch.no_grad()
-    def values(self, obs: dict[str, Tensor], goal: dict[str, Tensor], intent: dict[str, Tensor] | None = None) -> Tensor:
+    def values(
+        self, obs: dict[str, Tensor], goal: dict[str, Tensor], intent: dict[str, Tensor] | None = None
+    ) -> Tensor:
         """Ensemble-mean V(s, g, z) (z = g when not given)."""
         s, g = self.value.encode(obs), self.value.encode(goal)
         return self.value(s, g, self.value.encode(intent) if intent is not None else g).mean(0)
@@ -166,8 +174,14 @@ class ICVFAgent(CheckpointedAgent, nn.Module):
 class GoalSampler:
     """icvf_release's GCSDataset: transitions with outcomes and intents drawn by the mixture."""
 
-    def __init__(self, episode_ends: np.ndarray, p_random: float = 0.3, p_trajectory: float = 0.5,
-                 p_current: float = 0.2, p_same: float = 0.5):
+    def __init__(
+        self,
+        episode_ends: np.ndarray,
+        p_random: float = 0.3,
+        p_trajectory: float = 0.5,
+        p_current: float = 0.2,
+        p_same: float = 0.5,
+    ):
         if abs(p_random + p_trajectory + p_current - 1.0) > 1e-6:
             raise ConfigError("goal probabilities (random, trajectory, current) must sum to 1")
         self.ends = np.asarray(episode_ends, np.int64)
@@ -193,8 +207,16 @@ class GoalSampler:
         goal = self.goals(idx, rng)
         intent = np.where(rng.random(n) < self.p_same, goal, self.goals(idx, rng))
         hit, intent_hit = (idx == goal).astype(np.float32), (idx == intent).astype(np.float32)
-        return {"idx": idx, "next": idx + 1, "goal": goal, "intent": intent, "reward": hit - 1.0, "mask": 1.0 - hit,
-                "intent_reward": intent_hit - 1.0, "intent_mask": 1.0 - intent_hit}
+        return {
+            "idx": idx,
+            "next": idx + 1,
+            "goal": goal,
+            "intent": intent,
+            "reward": hit - 1.0,
+            "mask": 1.0 - hit,
+            "intent_reward": intent_hit - 1.0,
+            "intent_mask": 1.0 - intent_hit,
+        }
 
 
 def frame_rows(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -204,9 +226,17 @@ def frame_rows(s: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     online = np.unique(np.concatenate([s["idx"], s["goal"], s["intent"]]))
     extra = np.setdiff1d(s["next"], online)
     in_online = np.isin(s["next"], online)
-    next_at = np.where(in_online, np.searchsorted(online, s["next"]), len(online) + np.searchsorted(extra, s["next"]))
-    return {"online": online, "next": extra, "obs_at": np.searchsorted(online, s["idx"]), "next_at": next_at,
-            "goal_at": np.searchsorted(online, s["goal"]), "intent_at": np.searchsorted(online, s["intent"])}
+    next_at = np.where(
+        in_online, np.searchsorted(online, s["next"]), len(online) + np.searchsorted(extra, s["next"])
+    )
+    return {
+        "online": online,
+        "next": extra,
+        "obs_at": np.searchsorted(online, s["idx"]),
+        "next_at": next_at,
+        "goal_at": np.searchsorted(online, s["goal"]),
+        "intent_at": np.searchsorted(online, s["intent"]),
+    }
 
 
 def frame_batch(s: dict[str, np.ndarray], gather) -> dict[str, Tensor]:
@@ -225,10 +255,10 @@ class ICVFTrainConfig:
     batch_size: int = 256
     log_every: int = 500
     seed: int = 0
-    use_state: bool | None = None     # None: the store's obs/state if it has one (video has none)
-    device: str = "auto"              # auto: CUDA when present (robot_rl.utils.device)
-    compile: bool = False             # torch.compile the losses
-    agent: dict | None = None         # ICVFConfig overrides (image_keys, hidden, lr, expectile, ...)
+    use_state: bool | None = None  # None: the store's obs/state if it has one (video has none)
+    device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
+    compile: bool = False  # torch.compile the losses
+    agent: dict | None = None  # ICVFConfig overrides (image_keys, hidden, lr, expectile, ...)
 
 
 def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True) -> dict:
@@ -247,9 +277,14 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     data, ends, stats = read_steps(store_path, needed, stats_key="obs/state" if use_state else None)
     first = data[needed[-1]]
     try:
-        acfg = ICVFConfig(**{**agent_cfg, "image_keys": image_keys,
-                             "state_dim": data["obs/state"].shape[1] if use_state else 0,
-                             "image_size": first.shape[1] if image_keys else 84})
+        acfg = ICVFConfig(
+            **{
+                **agent_cfg,
+                "image_keys": image_keys,
+                "state_dim": data["obs/state"].shape[1] if use_state else 0,
+                "image_size": first.shape[1] if image_keys else 84,
+            }
+        )
     except TypeError as exc:
         raise ConfigError(f"bad icvf agent settings: {exc}") from None
     agent = ICVFAgent(acfg, stats["mean"] if use_state else None, stats["std"] + 1e-3 if use_state else None)
@@ -270,6 +305,7 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     log = RunLog(out_dir, f"ICVF on {Path(store_path).name}")
     bar = tqdm(range(cfg.steps), desc="ICVF", unit="step", disable=not progress, dynamic_ncols=True)
     start = time.monotonic()
+
     def sample() -> dict[str, Tensor]:
         return frame_batch(sampler.sample(cfg.batch_size, rng), gather)
 
@@ -280,9 +316,17 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
                 log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
                 bar.set_postfix_str(f"loss {info['loss']:.4f} v {info['v_mean']:.2f}", refresh=False)
     checkpoint = agent.save(Path(out_dir) / "checkpoint")  # CPU copies
-    return log.close({"learner": "icvf", "store": str(store_path), "checkpoint": str(checkpoint), "config": asdict(cfg),
-                      "agent": asdict(acfg), "transitions": len(sampler.index)},
-                     curves=("loss", "v_mean", "adv_mean"))
+    return log.close(
+        {
+            "learner": "icvf",
+            "store": str(store_path),
+            "checkpoint": str(checkpoint),
+            "config": asdict(cfg),
+            "agent": asdict(acfg),
+            "transitions": len(sampler.index),
+        },
+        curves=("loss", "v_mean", "adv_mean"),
+    )
 
 
 def pretrained_encoder(path, image_keys: tuple[str, ...], image_size: int) -> dict[str, Tensor]:
@@ -291,8 +335,10 @@ def pretrained_encoder(path, image_keys: tuple[str, ...], image_size: int) -> di
     name) and the image size must match."""
     state, keys, size = load_encoder_state(path)
     if (len(keys), size) != (len(image_keys), image_size):
-        raise ConfigError(f"{path} was pretrained on {list(keys)} at {size} px; this learner sees "
-                          f"{list(image_keys)} at {image_size} px")
+        raise ConfigError(
+            f"{path} was pretrained on {list(keys)} at {size} px; this learner sees "
+            f"{list(image_keys)} at {image_size} px"
+        )
     return state
 
 

@@ -18,7 +18,6 @@ compared with.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,18 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from robot_rl.core.env import EnvSource
 from robot_rl.datasets.store import EpisodeStore, read_steps
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.utils.training import RunLog, seed_everything
-from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
-from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import images_to_float
 from robot_rl.policies.iql import IQLAgent, IQLConfig, batch_policy, loop_policy
+from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
 
 # --- data ---------------------------------------------------------------------------------------
 MEMORY_FRACTION = 0.75  # of the available memory, the default limit of an OfflineDataset
@@ -87,24 +84,45 @@ class OfflineDataset:
     DatasetError rather than let the machine swap or the kernel kill the run halfway through loading.
     """
 
-    def __init__(self, path, reward_key: str = "reward", done_key: str | None = "terminated",
-                 image_keys: tuple[str, ...] = (), max_bytes: int | None = None):
+    def __init__(
+        self,
+        path,
+        reward_key: str = "reward",
+        done_key: str | None = "terminated",
+        image_keys: tuple[str, ...] = (),
+        max_bytes: int | None = None,
+    ):
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         if not paths:
             raise DatasetError("no episode store given")
-        keys = ["obs/state", "action", reward_key, *(f"obs/{k}" for k in image_keys)] + ([done_key] if done_key else [])
+        keys = ["obs/state", "action", reward_key, *(f"obs/{k}" for k in image_keys)] + (
+            [done_key] if done_key else []
+        )
         self.nbytes = self.bytes_needed(paths, keys)
         limit = max_bytes if max_bytes is not None else int(MEMORY_FRACTION * available_memory_bytes())
         if self.nbytes > limit:
-            whose = "the configured limit" if max_bytes is not None else f"{MEMORY_FRACTION:.0%} of the available memory"
-            raise DatasetError(f"{', '.join(map(str, paths))} needs {_size(self.nbytes)} in memory, over {_size(limit)} "
-                               f"({whose}): train on fewer episodes or smaller images, or where there is more memory "
-                               "(learner.max_memory_gb sets the limit)")
+            whose = (
+                "the configured limit"
+                if max_bytes is not None
+                else f"{MEMORY_FRACTION:.0%} of the available memory"
+            )
+            raise DatasetError(
+                f"{', '.join(map(str, paths))} needs {_size(self.nbytes)} in memory, over {_size(limit)} "
+                f"({whose}): train on fewer episodes or smaller images, or where there is more memory "
+                "(learner.max_memory_gb sets the limit)"
+            )
         parts, ends, counts, means, variances = [], [], [], [], []
         for p in paths:
             data, store_ends, stats = read_steps(p, keys)
             if parts and any(data[k].shape[1:] != parts[0][k].shape[1:] for k in keys):
-                raise DatasetError(f"{p} does not match {paths[0]}: " + ", ".join(f"{k} {data[k].shape[1:]} vs {parts[0][k].shape[1:]}" for k in keys if data[k].shape[1:] != parts[0][k].shape[1:]))
+                raise DatasetError(
+                    f"{p} does not match {paths[0]}: "
+                    + ", ".join(
+                        f"{k} {data[k].shape[1:]} vs {parts[0][k].shape[1:]}"
+                        for k in keys
+                        if data[k].shape[1:] != parts[0][k].shape[1:]
+                    )
+                )
             offset = sum(len(d["action"]) for d in parts)
             parts.append(data)
             ends.append(store_ends + offset)
@@ -112,7 +130,9 @@ class OfflineDataset:
             means.append(stats["mean"])
             variances.append(stats["std"] ** 2)
         # Key by key, each store's copy let go as soon as it is joined: the union needs one key twice at most.
-        self.data = {k: np.concatenate([d.pop(k) for d in parts]) if len(parts) > 1 else parts[0][k] for k in keys}
+        self.data = {
+            k: np.concatenate([d.pop(k) for d in parts]) if len(parts) > 1 else parts[0][k] for k in keys
+        }
         ends = np.concatenate(ends)
         # The union's statistics from each store's (count, mean, variance).
         w = np.asarray(counts, np.float64)[:, None] / sum(counts)
@@ -149,11 +169,15 @@ class OfflineDataset:
         more while they are joined. A key a store lacks counts 0 (reading it names it)."""
         per_key, steps = dict.fromkeys(keys, 0), 0
         for p in paths:
-            with EpisodeStore.open(p, check_chunks=False) as store:  # metadata only: no chunk is listed or read
+            with EpisodeStore.open(
+                p, check_chunks=False
+            ) as store:  # metadata only: no chunk is listed or read
                 for k in keys:
                     if k in store.schema:
                         spec = store.schema[k]
-                        per_key[k] += store.n_steps * int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+                        per_key[k] += (
+                            store.n_steps * int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+                        )
                 steps += store.n_steps
         joining = max(per_key.values()) if len(paths) > 1 else 0
         return sum(per_key.values()) + joining + steps * (8 + 8 + 4 + 4)
@@ -164,9 +188,13 @@ class OfflineDataset:
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
         pick = rng.integers(0, len(self.index), n)
         i, j = self.index[pick], self.next_index[pick]
-        batch = {"obs/state": torch.as_tensor(self.data["obs/state"][i]), "next_obs/state": torch.as_tensor(self.data["obs/state"][j]),
-                 "action": torch.as_tensor(self.data["action"][i], dtype=torch.float32),
-                 "reward": torch.as_tensor(self.rewards[i]), "mask": torch.as_tensor(self.mask[pick])}
+        batch = {
+            "obs/state": torch.as_tensor(self.data["obs/state"][i]),
+            "next_obs/state": torch.as_tensor(self.data["obs/state"][j]),
+            "action": torch.as_tensor(self.data["action"][i], dtype=torch.float32),
+            "reward": torch.as_tensor(self.rewards[i]),
+            "mask": torch.as_tensor(self.mask[pick]),
+        }
         for k in self.image_keys:
             batch[f"obs/{k}"] = images_to_float(self.data[f"obs/{k}"][i])
             batch[f"next_obs/{k}"] = images_to_float(self.data[f"obs/{k}"][j])
@@ -180,70 +208,103 @@ class IQLTrainConfig:
     batch_size: int = 256
     reward_key: str = "reward"
     done_key: str | None = "terminated"
-    eval_every: int = 0               # steps between interim evaluations (0: only at the end)
+    eval_every: int = 0  # steps between interim evaluations (0: only at the end)
     eval_episodes: int = 100
     eval_num_envs: int = 25
     log_every: int = 500
     seed: int = 0
-    encoder_init: str | None = None   # V-PTR: an ICVF (or IQL) checkpoint whose image encoder starts this one
-    encoder_freeze: bool = False      # keep that encoder fixed (else fine-tuned through Q)
-    device: str = "auto"              # auto: CUDA when present (robot_rl.utils.device)
-    compile: bool = False             # torch.compile the losses
+    encoder_init: str | None = None  # V-PTR: an ICVF (or IQL) checkpoint whose image encoder starts this one
+    encoder_freeze: bool = False  # keep that encoder fixed (else fine-tuned through Q)
+    device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
+    compile: bool = False  # torch.compile the losses
     max_memory_gb: float | None = None  # refuse a dataset that needs more (None: 3/4 of the available memory)
     agent: dict = field(default_factory=dict)  # IQLConfig overrides (expectile, beta, image_keys, ...)
 
 
-def evaluate_iql(agent: IQLAgent, envs: EnvSource, episodes: int, num_envs: int, seed: int = 10_000,
-                 progress: bool = False) -> dict:
+def evaluate_iql(
+    agent: IQLAgent, envs: EnvSource, episodes: int, num_envs: int, seed: int = 10_000, progress: bool = False
+) -> dict:
     """Success rate of the deterministic actor: on vector envs from state, one env at a time with cameras."""
     from robot_rl.learners.evaluate import evaluate_policy
 
     agent.eval()
-    return evaluate_policy(envs, None if agent.cfg.image_keys else batch_policy(agent), loop_policy(agent),
-                           episodes, num_envs, seed, progress)
+    return evaluate_policy(
+        envs,
+        None if agent.cfg.image_keys else batch_policy(agent),
+        loop_policy(agent),
+        episodes,
+        num_envs,
+        seed,
+        progress,
+    )
 
 
-def train_iql(store_path, envs: EnvSource | None, out_dir, cfg: IQLTrainConfig, progress: bool = True) -> dict:
+def train_iql(
+    store_path, envs: EnvSource | None, out_dir, cfg: IQLTrainConfig, progress: bool = True
+) -> dict:
     """IQL (or BC with beta 0) on the stores' transitions; evaluated on `envs` when given."""
     rng = seed_everything(cfg.seed)
     agent_cfg = dict(cfg.agent)
     image_keys = tuple(agent_cfg.get("image_keys", ()))
     stores = [str(store_path)] if isinstance(store_path, (str, Path)) else [str(p) for p in store_path]
-    data = OfflineDataset(stores, cfg.reward_key, cfg.done_key, image_keys,
-                          max_bytes=None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30))
+    data = OfflineDataset(
+        stores,
+        cfg.reward_key,
+        cfg.done_key,
+        image_keys,
+        max_bytes=None if cfg.max_memory_gb is None else int(cfg.max_memory_gb * 2**30),
+    )
     try:
         if data.image_size:  # the cameras' size as recorded; the env evaluated on must render the same
             if agent_cfg.get("image_size") is None:
                 agent_cfg["image_size"] = data.image_size
-            for what, size in (("agent.image_size", agent_cfg["image_size"]),
-                               ("the env's image_size", envs.settings.get("image_size") if envs is not None else None)):
+            for what, size in (
+                ("agent.image_size", agent_cfg["image_size"]),
+                ("the env's image_size", envs.settings.get("image_size") if envs is not None else None),
+            ):
                 if size is not None and int(size) != data.image_size:
                     raise ConfigError(f"the store's images are {data.image_size} px, {what} says {size}")
-        acfg = IQLConfig(**{**agent_cfg, "state_dim": data.state_dim, "action_dim": data.action_dim, "steps": cfg.steps})
+        acfg = IQLConfig(
+            **{**agent_cfg, "state_dim": data.state_dim, "action_dim": data.action_dim, "steps": cfg.steps}
+        )
     except TypeError as exc:
         raise ConfigError(f"bad iql agent settings: {exc}") from None
     agent = IQLAgent(acfg, data.state_mean, data.state_std)
     if cfg.encoder_init:
         from robot_rl.learners.icvf import pretrained_encoder
 
-        agent.init_encoder(pretrained_encoder(cfg.encoder_init, acfg.image_keys, acfg.image_size), cfg.encoder_freeze)
+        agent.init_encoder(
+            pretrained_encoder(cfg.encoder_init, acfg.image_keys, acfg.image_size), cfg.encoder_freeze
+        )
     device = resolve_device(cfg.device)
     agent.to(device)
     if cfg.compile:
         agent.losses = maybe_compile(agent.losses, True)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
-    log = RunLog(out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key} ({device})")
+    log = RunLog(
+        out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key} ({device})"
+    )
     bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress, dynamic_ncols=True)
     evaluations = []
     agent.train()
     start = time.monotonic()
-    with Prefetcher(lambda: data.sample(cfg.batch_size, rng), device) as batches:  # closed whatever ends the loop
+    with Prefetcher(
+        lambda: data.sample(cfg.batch_size, rng), device
+    ) as batches:  # closed whatever ends the loop
         for step in bar:
             info = agent.update(next(batches))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
-                bar.set_postfix_str(f"q {info['q_loss']:.4f} v {info['v_loss']:.4f} actor {info['actor_loss']:.3f}", refresh=False)
-            if envs is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+                bar.set_postfix_str(
+                    f"q {info['q_loss']:.4f} v {info['v_loss']:.4f} actor {info['actor_loss']:.3f}",
+                    refresh=False,
+                )
+            if (
+                envs is not None
+                and cfg.eval_every
+                and (step + 1) % cfg.eval_every == 0
+                and step + 1 < cfg.steps
+            ):
                 result = evaluate_iql(agent, envs, cfg.eval_episodes, cfg.eval_num_envs, seed=20_000 + step)
                 log.log(step + 1, eval_success_rate=result["success_rate"])
                 evaluations.append({"step": step + 1, **result})
@@ -251,8 +312,31 @@ def train_iql(store_path, envs: EnvSource | None, out_dir, cfg: IQLTrainConfig, 
                 agent.train()
     agent.cpu()  # evaluated (and deployed) on the CPU
     checkpoint = agent.save(Path(out_dir) / "checkpoint")
-    final = evaluate_iql(agent, envs, cfg.eval_episodes, cfg.eval_num_envs, progress=progress) if envs is not None and cfg.eval_episodes else None
+    final = (
+        evaluate_iql(agent, envs, cfg.eval_episodes, cfg.eval_num_envs, progress=progress)
+        if envs is not None and cfg.eval_episodes
+        else None
+    )
     if final:
         log.log(cfg.steps, eval_success_rate=final["success_rate"])
-    return log.close({"learner": "iql", "store": stores[0] if len(stores) == 1 else stores, "checkpoint": str(checkpoint), "config": asdict(cfg), "agent": asdict(acfg), "transitions": len(data), "evaluation": final, "interim_evaluations": evaluations},
-                     curves=("q_loss", "v_loss", "actor_loss", "adv_mean", "adv_std", "weights_clipped", "eval_success_rate"))
+    return log.close(
+        {
+            "learner": "iql",
+            "store": stores[0] if len(stores) == 1 else stores,
+            "checkpoint": str(checkpoint),
+            "config": asdict(cfg),
+            "agent": asdict(acfg),
+            "transitions": len(data),
+            "evaluation": final,
+            "interim_evaluations": evaluations,
+        },
+        curves=(
+            "q_loss",
+            "v_loss",
+            "actor_loss",
+            "adv_mean",
+            "adv_std",
+            "weights_clipped",
+            "eval_success_rate",
+        ),
+    )

@@ -27,8 +27,15 @@ def replay_schema(obs_space: dict, action_dim: int) -> Schema:
     for key, space in obs_space.items():
         schema[f"obs/{key}"] = (tuple(space.shape), space.dtype.name)
         schema[f"next_obs/{key}"] = (tuple(space.shape), space.dtype.name)
-    schema.update({"action": ((action_dim,), "float32"), "prev_action": ((action_dim,), "float32"),
-                   "reward": ((), "float32"), "mask": ((), "float32"), "intervened": ((), "bool")})
+    schema.update(
+        {
+            "action": ((action_dim,), "float32"),
+            "prev_action": ((action_dim,), "float32"),
+            "reward": ((), "float32"),
+            "mask": ((), "float32"),
+            "intervened": ((), "bool"),
+        }
+    )
     return schema
 
 
@@ -51,7 +58,7 @@ class ReplayBuffer:
             raise ValueError(f"transitions lack {', '.join(missing)}")
         n = len(batch["action"])
         if n > self.capacity:  # only the newest fit
-            batch = {k: v[-self.capacity:] for k, v in batch.items()}
+            batch = {k: v[-self.capacity :] for k, v in batch.items()}
             n = self.capacity
         index = (self.pointer + np.arange(n)) % self.capacity
         for key, array in self.data.items():
@@ -71,7 +78,11 @@ class ReplayBuffer:
 
     def contents(self) -> dict[str, np.ndarray]:
         """All stored transitions, oldest first."""
-        order = (self.pointer + np.arange(self.size)) % self.capacity if self.size == self.capacity else np.arange(self.size)
+        order = (
+            (self.pointer + np.arange(self.size)) % self.capacity
+            if self.size == self.capacity
+            else np.arange(self.size)
+        )
         return {k: v[order] for k, v in self.data.items()}
 
     # --- persistence -----------------------------------------------------------------------
@@ -90,11 +101,21 @@ class ReplayBuffer:
         root = zarr.open_group(str(tmp), mode="w")
         for key, values in self.contents().items():
             shape, dtype = self.schema[key]
-            root.create_array(key, data=values, chunks=(max(1, min(len(values), 4096)), *shape),
-                              compressors=[array_codec(np.dtype(dtype).itemsize), Crc32cCodec()],
-                              config={"write_empty_chunks": True})
-        root.attrs.update({"format": "robot_rl.replay", "capacity": self.capacity, "total": self.total,
-                           "schema": {k: [list(s), d] for k, (s, d) in self.schema.items()}})
+            root.create_array(
+                key,
+                data=values,
+                chunks=(max(1, min(len(values), 4096)), *shape),
+                compressors=[array_codec(np.dtype(dtype).itemsize), Crc32cCodec()],
+                config={"write_empty_chunks": True},
+            )
+        root.attrs.update(
+            {
+                "format": "robot_rl.replay",
+                "capacity": self.capacity,
+                "total": self.total,
+                "schema": {k: [list(s), d] for k, (s, d) in self.schema.items()},
+            }
+        )
         old = path.with_name(path.name + ".old")
         if path.exists():
             shutil.rmtree(old, ignore_errors=True)  # a copy a killed save had not removed yet
@@ -128,17 +149,23 @@ class ReplayBuffer:
             arrays = {k: root[k] for k in schema}
             for key, array in arrays.items():
                 # Buffers saved before checksums skipped all-zero chunks: only newer ones are whole on disk.
-                if has_checksums(array) and any(not chunk_file(array, t).exists()
-                                          for t in range(-(-array.shape[0] // array.chunks[0]))):
+                if has_checksums(array) and any(
+                    not chunk_file(array, t).exists() for t in range(-(-array.shape[0] // array.chunks[0]))
+                ):
                     raise ValueError(f"a chunk of {key} is missing")
             buffer.add_batch({k: a[:] for k, a in arrays.items()})
             buffer.total = int(attrs["total"])
         except Exception as exc:  # a missing or corrupt chunk, metadata that does not agree
-            raise DatasetError(f"the replay buffer at {path} is damaged: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise DatasetError(
+                f"the replay buffer at {path} is damaged: "
+                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
         return buffer
 
 
-def sample_mixed(online: ReplayBuffer, prior: ReplayBuffer, batch_size: int, rng: np.random.Generator) -> dict:
+def sample_mixed(
+    online: ReplayBuffer, prior: ReplayBuffer, batch_size: int, rng: np.random.Generator
+) -> dict:
     """RLPD's symmetric sampling: half the batch from the online buffer, half from the demo +
     intervention buffer (all from one of them while the other is empty)."""
     if len(prior) == 0:
@@ -157,7 +184,7 @@ def transitions_from_store(path, schema: Schema) -> dict[str, np.ndarray]:
     next observation, so it is left out."""
     from robot_rl.datasets.store import EpisodeStore
 
-    obs_keys = [k[len("obs/"):] for k in schema if k.startswith("obs/")]
+    obs_keys = [k[len("obs/") :] for k in schema if k.startswith("obs/")]
     with EpisodeStore.open(path) as store:
         needed = [f"obs/{k}" for k in obs_keys] + ["action", "reward", "terminated"]
         absent = [k for k in needed if k not in store.keys]
@@ -213,9 +240,15 @@ class TransitionSink:
             self._prev_action = np.zeros_like(action) if self.keep_prev else action
         # Copies: a device may hand out the same frame buffer again, and batches wait before they are sent.
         transition = {k: np.array(v) for k, v in step.items() if k.startswith(("obs/", "next_obs/"))}
-        transition.update({"action": action, "prev_action": self._prev_action,
-                           "reward": np.float32(step["reward"]), "mask": np.float32(not step["terminated"]),
-                           "intervened": bool(step["intervened"])})
+        transition.update(
+            {
+                "action": action,
+                "prev_action": self._prev_action,
+                "reward": np.float32(step["reward"]),
+                "mask": np.float32(not step["terminated"]),
+                "intervened": bool(step["intervened"]),
+            }
+        )
         self._prev_action = action
         self.on_transition(transition)
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from robot_rl.utils.device import maybe_compile, resolve_device
-from robot_rl.utils.training import RunLog, seed_everything
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
+from robot_rl.utils.device import maybe_compile, resolve_device
+from robot_rl.utils.training import RunLog, seed_everything
 
 
 @dataclass
@@ -105,7 +105,9 @@ def cosine_schedules(optimizers, cfg: ResidualPPOConfig) -> list:
     return [torch.optim.lr_scheduler.CosineAnnealingLR(o, horizon) for o in optimizers]
 
 
-def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True) -> dict:
+def train_residual_ppo(
+    make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True
+) -> dict:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     base = DiffusionPolicy.load(base_checkpoint, device=str(device)).requires_grad_(False)
@@ -116,11 +118,19 @@ def train_residual_ppo(make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOC
         vec.close()  # also on an error: Ray rollout workers must not outlive the run
 
 
-def _train(vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: ResidualPPOConfig, progress: bool) -> dict:
+def _train(
+    vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: ResidualPPOConfig, progress: bool
+) -> dict:
     obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
-    policy = ResidualPolicy(ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale)).to(device)
-    actor_opt = torch.optim.AdamW(policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay)
-    critic_opt = torch.optim.AdamW(policy.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay)
+    policy = ResidualPolicy(
+        ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale)
+    ).to(device)
+    actor_opt = torch.optim.AdamW(
+        policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay
+    )
+    critic_opt = torch.optim.AdamW(
+        policy.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay
+    )
     schedules = cosine_schedules((actor_opt, critic_opt), cfg)
     chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
     reward_scale = ReturnStd(cfg.num_envs, cfg.gamma, cfg.reward_clip)
@@ -132,8 +142,10 @@ def _train(vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: Re
     obs, _ = vec.reset(seed=cfg.seed)
     state = torch.as_tensor(obs, device=device)
     episodes, successes, env_steps = 0, 0, 0
-    bar = tqdm(range(cfg.iterations), desc="residual PPO", unit="it", disable=not progress, dynamic_ncols=True)
-    for it in bar:
+    bar = tqdm(
+        range(cfg.iterations), desc="residual PPO", unit="it", disable=not progress, dynamic_ncols=True
+    )
+    for _it in bar:
         it_episodes = it_successes = 0
         with torch.no_grad():
             for t in range(T):
@@ -141,7 +153,12 @@ def _train(vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: Re
                 x = residual_input(base, state, base_action)
                 dist = policy.dist(x)
                 residual = dist.sample()
-                buf_x[t], buf_a[t], buf_logp[t], buf_v[t] = x, residual, dist.log_prob(residual).sum(-1), policy.value(x)
+                buf_x[t], buf_a[t], buf_logp[t], buf_v[t] = (
+                    x,
+                    residual,
+                    dist.log_prob(residual).sum(-1),
+                    policy.value(x),
+                )
                 action = combine(base, base_action, residual, cfg.residual_scale)
                 obs, reward, terminated, truncated, info = vec.step(action.cpu().numpy())
                 done = terminated | truncated  # ResiP: truncation ends the return too
@@ -160,21 +177,41 @@ def _train(vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: Re
         env_steps += T * N
         episodes += it_episodes
         successes += it_successes
-        stats = _update(policy, actor_opt, critic_opt, cfg, buf_x.flatten(0, 1), buf_a.flatten(0, 1),
-                        buf_logp.flatten(0, 1), advantages.flatten(), returns.flatten())
+        stats = _update(
+            policy,
+            actor_opt,
+            critic_opt,
+            cfg,
+            buf_x.flatten(0, 1),
+            buf_a.flatten(0, 1),
+            buf_logp.flatten(0, 1),
+            advantages.flatten(),
+            returns.flatten(),
+        )
         for s in schedules:
             s.step()
         rate = it_successes / max(it_episodes, 1)
         log.log(env_steps, success_rate=rate, episodes=it_episodes, **stats)
-        bar.set_postfix_str(f"success {rate:.2f} ({it_episodes} ep) kl {stats['approx_kl']:.3f} epochs {stats['epochs']}")
+        bar.set_postfix_str(
+            f"success {rate:.2f} ({it_episodes} ep) kl {stats['approx_kl']:.3f} epochs {stats['epochs']}"
+        )
     checkpoint = policy.save(Path(out_dir) / "checkpoint", base_checkpoint)
-    return log.close({"learner": "residual_ppo", "checkpoint": str(checkpoint), "base_checkpoint": str(base_checkpoint),
-                      "env_steps": env_steps, "training_episodes": episodes,
-                      "training_success_rate": successes / max(episodes, 1)},
-                     curves=("success_rate", "policy_loss", "value_loss", "approx_kl"))
+    return log.close(
+        {
+            "learner": "residual_ppo",
+            "checkpoint": str(checkpoint),
+            "base_checkpoint": str(base_checkpoint),
+            "env_steps": env_steps,
+            "training_episodes": episodes,
+            "training_success_rate": successes / max(episodes, 1),
+        },
+        curves=("success_rate", "policy_loss", "value_loss", "approx_kl"),
+    )
 
 
-def _update(policy, actor_opt, critic_opt, cfg: ResidualPPOConfig, x, actions, old_logp, advantages, returns) -> dict:
+def _update(
+    policy, actor_opt, critic_opt, cfg: ResidualPPOConfig, x, actions, old_logp, advantages, returns
+) -> dict:
     losses = maybe_compile(ppo_losses, cfg.compile)
     n = len(x)
     size = n // cfg.num_minibatches
@@ -183,7 +220,9 @@ def _update(policy, actor_opt, critic_opt, cfg: ResidualPPOConfig, x, actions, o
         order = torch.randperm(n)
         for start in range(0, n - size + 1, size):
             idx = order[start : start + size]
-            pg, value, kl = losses(policy, x[idx], actions[idx], old_logp[idx], advantages[idx], returns[idx], cfg.clip)
+            pg, value, kl = losses(
+                policy, x[idx], actions[idx], old_logp[idx], advantages[idx], returns[idx], cfg.clip
+            )
             actor_opt.zero_grad(set_to_none=True)
             critic_opt.zero_grad(set_to_none=True)
             (pg + cfg.vf_coef * value).backward()
@@ -194,4 +233,9 @@ def _update(policy, actor_opt, critic_opt, cfg: ResidualPPOConfig, x, actions, o
         epochs_done += 1
         if kl.item() > cfg.target_kl:  # early stop: the policy moved far enough for this batch
             break
-    return {"policy_loss": pg.item(), "value_loss": value.item(), "approx_kl": kl.item(), "epochs": epochs_done}
+    return {
+        "policy_loss": pg.item(),
+        "value_loss": value.item(),
+        "approx_kl": kl.item(),
+        "epochs": epochs_done,
+    }

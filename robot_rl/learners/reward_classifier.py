@@ -19,7 +19,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, WithFrozenBackbone, images_to_float
+from robot_rl.policies.encoders import (
+    PretrainedEfficientNet,
+    SpatialLearnedEmbeddings,
+    WithFrozenBackbone,
+    images_to_float,
+)
 
 
 @dataclass
@@ -28,7 +33,7 @@ class ClassifierConfig:
     image_size: int = 84
     image_features: int = 8
     dropout: float = 0.1
-    threshold: float = 0.85           # probability above which the frame counts as success
+    threshold: float = 0.85  # probability above which the frame counts as success
 
     def __post_init__(self):
         self.image_keys = tuple(self.image_keys)
@@ -43,14 +48,23 @@ class RewardClassifier(WithFrozenBackbone):
         self.backbone = [PretrainedEfficientNet()]  # frozen; not a submodule, so never saved or trained
         side = self.backbone[0].feature_size(cfg.image_size)
         c = PretrainedEfficientNet.out_channels
-        self.heads = nn.ModuleList(SpatialLearnedEmbeddings(c, side, side, cfg.image_features) for _ in cfg.image_keys)
-        self.mlp = nn.Sequential(nn.Linear(c * cfg.image_features * len(cfg.image_keys), 256), nn.Dropout(cfg.dropout),
-                                 nn.LayerNorm(256), nn.ReLU(), nn.Linear(256, 1))
+        self.heads = nn.ModuleList(
+            SpatialLearnedEmbeddings(c, side, side, cfg.image_features) for _ in cfg.image_keys
+        )
+        self.mlp = nn.Sequential(
+            nn.Linear(c * cfg.image_features * len(cfg.image_keys), 256),
+            nn.Dropout(cfg.dropout),
+            nn.LayerNorm(256),
+            nn.ReLU(),
+            nn.Linear(256, 1),
+        )
 
     def logits(self, images: dict[str, Tensor]) -> Tensor:
         """images: obs key -> (B, 3, H, W) floats in [0, 1] (on any device)."""
         device = self.mlp[0].weight.device
-        features = [head(self.backbone[0](images[k].to(device))) for k, head in zip(self.cfg.image_keys, self.heads)]
+        features = [
+            head(self.backbone[0](images[k].to(device))) for k, head in zip(self.cfg.image_keys, self.heads)
+        ]
         return self.mlp(torch.cat(features, -1)).squeeze(-1)
 
     @torch.no_grad()
@@ -76,7 +90,9 @@ class RewardClassifier(WithFrozenBackbone):
         return model.eval()
 
 
-def labelled_frames(store_path, image_keys: tuple[str, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def labelled_frames(
+    store_path, image_keys: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(frames per key, labels, episode index of each frame) from an EpisodeStore."""
     from robot_rl.datasets import EpisodeStore
 
@@ -96,11 +112,11 @@ class ClassifierTrainConfig:
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-4
-    holdout: float = 0.2              # fraction of episodes held out for the accuracy figure
-    device: str = "auto"              # auto: CUDA when present (robot_rl.utils.device)
-    compile: bool = False             # torch.compile the logits
+    holdout: float = 0.2  # fraction of episodes held out for the accuracy figure
+    device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
+    compile: bool = False  # torch.compile the logits
     seed: int = 0
-    classifier: dict | None = None    # ClassifierConfig overrides
+    classifier: dict | None = None  # ClassifierConfig overrides
 
 
 def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, progress: bool = True) -> dict:
@@ -112,12 +128,18 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
     ccfg = ClassifierConfig(**(cfg.classifier or {}))
     frames, labels, episode = labelled_frames(store_path, ccfg.image_keys)
     episodes = rng.permutation(episode.max() + 1)
-    held = set(episodes[: max(1, int(round(cfg.holdout * len(episodes))))].tolist()) if len(episodes) > 1 else set()
+    held = (
+        set(episodes[: max(1, int(round(cfg.holdout * len(episodes))))].tolist())
+        if len(episodes) > 1
+        else set()
+    )
     test = np.isin(episode, list(held))
     train_pos, train_neg = np.flatnonzero(labels & ~test), np.flatnonzero(~labels & ~test)
     if len(train_pos) == 0 or len(train_neg) == 0:
-        raise DatasetError(f"{store_path} needs both success and failure frames to train a classifier "
-                           f"(has {int(labels.sum())} successes, {int((~labels).sum())} failures)")
+        raise DatasetError(
+            f"{store_path} needs both success and failure frames to train a classifier "
+            f"(has {int(labels.sum())} successes, {int((~labels).sum())} failures)"
+        )
     from robot_rl.utils.device import maybe_compile, resolve_device
 
     device = resolve_device(cfg.device)
@@ -128,7 +150,9 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
     loss_fn = nn.BCEWithLogitsLoss()
     half = cfg.batch_size // 2
     model.train()
-    for step in tqdm(range(cfg.steps), desc="reward classifier", unit="step", disable=not progress, dynamic_ncols=True):
+    for step in tqdm(
+        range(cfg.steps), desc="reward classifier", unit="step", disable=not progress, dynamic_ncols=True
+    ):
         index = np.concatenate([rng.choice(train_pos, half), rng.choice(train_neg, cfg.batch_size - half)])
         images = {k: images_to_float(frames[k][index]) for k in ccfg.image_keys}
         target = torch.as_tensor(labels[index], dtype=torch.float32, device=device)
@@ -140,8 +164,16 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
             log.log(step, loss=loss.item())
     accuracy = _accuracy(model, frames, labels, test, ccfg) if test.any() else None
     checkpoint = model.save(Path(out_dir) / "checkpoint", {"dataset": str(store_path), "heldout": accuracy})
-    return log.close({"learner": "reward_classifier", "checkpoint": str(checkpoint), "frames": int(len(labels)),
-                      "successes": int(labels.sum()), "heldout": accuracy}, curves=("loss",))
+    return log.close(
+        {
+            "learner": "reward_classifier",
+            "checkpoint": str(checkpoint),
+            "frames": int(len(labels)),
+            "successes": int(labels.sum()),
+            "heldout": accuracy,
+        },
+        curves=("loss",),
+    )
 
 
 @torch.no_grad()
@@ -150,13 +182,20 @@ def _accuracy(model: RewardClassifier, frames, labels, test, ccfg: ClassifierCon
     index = np.flatnonzero(test)
     probs = []
     for start in range(0, len(index), 256):
-        chunk = index[start:start + 256]
-        probs.append(torch.sigmoid(model.logits({k: images_to_float(frames[k][chunk]) for k in ccfg.image_keys})).cpu().numpy())
+        chunk = index[start : start + 256]
+        probs.append(
+            torch.sigmoid(model.logits({k: images_to_float(frames[k][chunk]) for k in ccfg.image_keys}))
+            .cpu()
+            .numpy()
+        )
     predicted = np.concatenate(probs) > ccfg.threshold
     truth = labels[index]
-    return {"frames": int(len(index)), "accuracy": float(np.mean(predicted == truth)),
-            "true_positive_rate": float(predicted[truth].mean()) if truth.any() else None,
-            "false_positive_rate": float(predicted[~truth].mean()) if (~truth).any() else None}
+    return {
+        "frames": int(len(index)),
+        "accuracy": float(np.mean(predicted == truth)),
+        "true_positive_rate": float(predicted[truth].mean()) if truth.any() else None,
+        "false_positive_rate": float(predicted[~truth].mean()) if (~truth).any() else None,
+    }
 
 
 class ClassifierRewardEnv:
@@ -191,7 +230,12 @@ class ClassifierRewardEnv:
         self.last_probability = self.classifier.probability(self._obs)
         success = self.last_probability > self.threshold
         truncated = not success and self.env.steps >= self.env.task.max_steps
-        info = {**info, "task_success": info.get("success"), "success": success, "reward_probability": self.last_probability}
+        info = {
+            **info,
+            "task_success": info.get("success"),
+            "success": success,
+            "reward_probability": self.last_probability,
+        }
         return float(success), success, truncated, info
 
     def step(self, action):

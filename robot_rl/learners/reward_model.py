@@ -24,14 +24,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
-from robot_rl.utils.training import RunLog, seed_everything
-from robot_rl.policies.encoders import images_to_float
 from robot_rl.policies.checkpoint import load_checkpoint, rebuilding, save_checkpoint
+from robot_rl.policies.encoders import images_to_float
+from robot_rl.utils.training import RunLog, seed_everything
 
 
 @dataclass
 class RewardModelConfig:
-    input_key: str = "obs/state"      # obs/state (MLP) or an image key such as obs/image/front (CNN)
+    input_key: str = "obs/state"  # obs/state (MLP) or an image key such as obs/image/front (CNN)
     input_shape: tuple[int, ...] = ()  # from the store
     ensemble: int = 3
     hidden: int = 256
@@ -63,8 +63,15 @@ class RewardMember(nn.Module):
             self.net = nn.Sequential(trunk, nn.Linear(flat, 1))
         else:
             d, h = int(np.prod(cfg.input_shape)), cfg.hidden
-            self.net = nn.Sequential(nn.Linear(d, h), nn.LeakyReLU(), nn.Linear(h, h), nn.LeakyReLU(),
-                                     nn.Linear(h, h), nn.LeakyReLU(), nn.Linear(h, 1))
+            self.net = nn.Sequential(
+                nn.Linear(d, h),
+                nn.LeakyReLU(),
+                nn.Linear(h, h),
+                nn.LeakyReLU(),
+                nn.Linear(h, h),
+                nn.LeakyReLU(),
+                nn.Linear(h, 1),
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.tanh(self.net(x)).squeeze(-1)
@@ -95,7 +102,9 @@ class PreferenceRewardModel(nn.Module):
     def reward(self, raw: np.ndarray, batch: int = 1024) -> np.ndarray:
         """The ensemble-mean reward of each stored value."""
         self.eval()
-        out = [self.member_rewards(self.prepare(raw[i : i + batch])).mean(0) for i in range(0, len(raw), batch)]
+        out = [
+            self.member_rewards(self.prepare(raw[i : i + batch])).mean(0) for i in range(0, len(raw), batch)
+        ]
         return torch.cat(out).cpu().numpy() if out else np.zeros(0, np.float32)
 
     def save(self, directory, **meta) -> Path:
@@ -106,8 +115,16 @@ class PreferenceRewardModel(nn.Module):
         meta, weights = load_checkpoint(directory, "preference_reward")
         cfg = meta["config"]
         with rebuilding(directory, "preference_reward"):
-            model = cls(RewardModelConfig(**{**cfg, "input_shape": tuple(cfg["input_shape"]),
-                                             "state_mean": tuple(cfg["state_mean"]), "state_std": tuple(cfg["state_std"])}))
+            model = cls(
+                RewardModelConfig(
+                    **{
+                        **cfg,
+                        "input_shape": tuple(cfg["input_shape"]),
+                        "state_mean": tuple(cfg["state_mean"]),
+                        "state_std": tuple(cfg["state_std"]),
+                    }
+                )
+            )
             model.load_state_dict(weights)
         return model.eval(), meta
 
@@ -124,18 +141,18 @@ def bt_accuracy(sum_a: Tensor, sum_b: Tensor, labels: Tensor) -> Tensor:
 
 @dataclass
 class RewardModelTrainConfig:
-    labels: str | None = None         # the labels file of `robot-rl label vlm`
+    labels: str | None = None  # the labels file of `robot-rl label vlm`
     input_key: str = "obs/state"
     ensemble: int = 3
     hidden: int = 256
     epochs: int = 200
     batch_size: int = 64
     lr: float = 3e-4
-    holdout: float = 0.1              # share of labels held out for accuracy
-    keep_best: bool = True            # keep the weights of the epoch with the best held-out accuracy:
-                                      # with noisy labels the network goes on to memorize the noise
-    device: str = "auto"              # auto: CUDA when present (robot_rl.utils.device)
-    compile: bool = False             # torch.compile the members' forward
+    holdout: float = 0.1  # share of labels held out for accuracy
+    keep_best: bool = True  # keep the weights of the epoch with the best held-out accuracy:
+    # with noisy labels the network goes on to memorize the noise
+    device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
+    compile: bool = False  # torch.compile the members' forward
     seed: int = 0
 
 
@@ -155,8 +172,8 @@ def load_labels(path) -> dict:
 
 def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progress: bool = True) -> dict:
     """Bradley-Terry on the labels of one store; held-out accuracy per member and of the ensemble."""
-    from robot_rl.utils.device import maybe_compile, resolve_device
     from robot_rl.datasets.store import EpisodeStore
+    from robot_rl.utils.device import maybe_compile, resolve_device
 
     if not cfg.labels:
         raise ConfigError("reward_model needs learner.labels=FILE (from robot-rl label vlm)")
@@ -170,10 +187,16 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
     if pairs.max() + segment > len(values):
         raise DatasetError(f"{cfg.labels} refers to steps beyond {store_path}: labels of another store?")
     y = torch.as_tensor(labels["labels"], dtype=torch.long)
-    model = PreferenceRewardModel(RewardModelConfig(
-        input_key=cfg.input_key, input_shape=tuple(values.shape[1:]), ensemble=cfg.ensemble, hidden=cfg.hidden,
-        state_mean=tuple(stats["mean"].ravel().tolist()) if stats else (),
-        state_std=tuple((stats["std"].ravel() + 1e-3).tolist()) if stats else ()))
+    model = PreferenceRewardModel(
+        RewardModelConfig(
+            input_key=cfg.input_key,
+            input_shape=tuple(values.shape[1:]),
+            ensemble=cfg.ensemble,
+            hidden=cfg.hidden,
+            state_mean=tuple(stats["mean"].ravel().tolist()) if stats else (),
+            state_std=tuple((stats["std"].ravel() + 1e-3).tolist()) if stats else (),
+        )
+    )
     device = resolve_device(cfg.device)
     model.to(device)
     if cfg.compile:
@@ -218,17 +241,38 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
             best = (val_acc["ensemble"], epoch, copy.deepcopy(model.state_dict()))
         if epoch % 10 == 0 or epoch == cfg.epochs - 1:
             train_acc = _accuracy(model, segment_sums, train, y)
-            log.log(epoch, loss=loss / cfg.ensemble, train_accuracy=train_acc["ensemble"],
-                    **({"heldout_accuracy": val_acc["ensemble"]} if val_acc else {}))
-            bar.set_postfix_str(f"loss {loss / cfg.ensemble:.3f} held-out {val_acc.get('ensemble', float('nan')):.3f}", refresh=False)
+            log.log(
+                epoch,
+                loss=loss / cfg.ensemble,
+                train_accuracy=train_acc["ensemble"],
+                **({"heldout_accuracy": val_acc["ensemble"]} if val_acc else {}),
+            )
+            bar.set_postfix_str(
+                f"loss {loss / cfg.ensemble:.3f} held-out {val_acc.get('ensemble', float('nan')):.3f}",
+                refresh=False,
+            )
     if cfg.keep_best and best[2] is not None:
         model.load_state_dict(best[2])
-    checkpoint = model.save(Path(out_dir) / "checkpoint", labels=str(cfg.labels), label_count=int(len(y)),
-                            vlm_model=labels.get("model"), prompt_id=labels.get("prompt_id"), store=str(store_path))
-    return log.close({"learner": "reward_model", "checkpoint": str(checkpoint), "config": asdict(cfg), "labels": len(y),
-                      "kept_epoch": best[1] if cfg.keep_best and best[2] is not None else cfg.epochs - 1,
-                      "train_accuracy": _accuracy(model, segment_sums, train, y), "heldout_accuracy": _accuracy(model, segment_sums, val, y) if n_val else None},
-                     curves=("loss", "train_accuracy", "heldout_accuracy"))
+    checkpoint = model.save(
+        Path(out_dir) / "checkpoint",
+        labels=str(cfg.labels),
+        label_count=int(len(y)),
+        vlm_model=labels.get("model"),
+        prompt_id=labels.get("prompt_id"),
+        store=str(store_path),
+    )
+    return log.close(
+        {
+            "learner": "reward_model",
+            "checkpoint": str(checkpoint),
+            "config": asdict(cfg),
+            "labels": len(y),
+            "kept_epoch": best[1] if cfg.keep_best and best[2] is not None else cfg.epochs - 1,
+            "train_accuracy": _accuracy(model, segment_sums, train, y),
+            "heldout_accuracy": _accuracy(model, segment_sums, val, y) if n_val else None,
+        },
+        curves=("loss", "train_accuracy", "heldout_accuracy"),
+    )
 
 
 @torch.no_grad()
@@ -254,11 +298,27 @@ def relabel_store(store_path, checkpoint, key: str = "reward_vlm") -> dict:
         ends = store.episode_ends
         nxt = np.arange(store.n_steps) + 1
         nxt[ends - 1] = ends - 1
-        rewards = np.concatenate([model.reward(np.asarray(values[i : i + 4096])) for i in range(0, store.n_steps, 4096)])
+        rewards = np.concatenate(
+            [model.reward(np.asarray(values[i : i + 4096])) for i in range(0, store.n_steps, 4096)]
+        )
         rewards = rewards[nxt].astype(np.float32)
-        attrs = {"source": "robot-rl dataset relabel", "reward_model": str(checkpoint), "input_key": model.cfg.input_key,
-                 "labels": meta.get("labels"), "label_count": meta.get("label_count"), "vlm_model": meta.get("vlm_model"),
-                 "prompt_id": meta.get("prompt_id"), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        attrs = {
+            "source": "robot-rl dataset relabel",
+            "reward_model": str(checkpoint),
+            "input_key": model.cfg.input_key,
+            "labels": meta.get("labels"),
+            "label_count": meta.get("label_count"),
+            "vlm_model": meta.get("vlm_model"),
+            "prompt_id": meta.get("prompt_id"),
+            "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
         store.add_key(key, rewards, attrs)
-    return {"store": str(store_path), "key": key, "steps": len(rewards), "mean": float(rewards.mean()),
-            "min": float(rewards.min()), "max": float(rewards.max()), **attrs}
+    return {
+        "store": str(store_path),
+        "key": key,
+        "steps": len(rewards),
+        "mean": float(rewards.mean()),
+        "min": float(rewards.min()),
+        "max": float(rewards.max()),
+        **attrs,
+    }

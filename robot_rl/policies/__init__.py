@@ -1,1 +1,2 @@
-"""Policies: the diffusion-policy network (`unet`), its noise scheduler (`scheduler`) and observation encoders."""
+"""Policies: the diffusion-policy network (`unet`), its noise scheduler (`scheduler`) and observation
+encoders."""

@@ -22,7 +22,10 @@ def save_checkpoint(directory, module: nn.Module, kind: str, config: dict, **met
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     # CPU copies: a checkpoint trained on a GPU loads anywhere (load_checkpoint reads onto the CPU).
-    save_file({k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}, directory / "model.safetensors")
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()},
+        directory / "model.safetensors",
+    )
     (directory / "config.json").write_text(json.dumps({"kind": kind, "config": config, **meta}, indent=2))
     return directory
 
@@ -33,7 +36,9 @@ def read_meta(directory, what: str = "") -> dict:
     try:
         meta = json.loads(config.read_text())
     except (FileNotFoundError, NotADirectoryError):
-        raise DatasetError(f"no {what + ' ' if what else ''}checkpoint at {directory} (config.json missing)") from None
+        raise DatasetError(
+            f"no {what + ' ' if what else ''}checkpoint at {directory} (config.json missing)"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{config} is not readable JSON ({exc}); the checkpoint is damaged") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config", {}), dict):
@@ -66,8 +71,10 @@ def rebuilding(directory, kind: str):
     try:
         yield
     except (TypeError, KeyError, ValueError, RuntimeError) as exc:
-        raise DatasetError(f"the {kind.replace('_', ' ')} checkpoint at {directory} does not fit this "
-                           f"version of robot_rl or is damaged: {_first_line(exc)}") from None
+        raise DatasetError(
+            f"the {kind.replace('_', ' ')} checkpoint at {directory} does not fit this "
+            f"version of robot_rl or is damaged: {_first_line(exc)}"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:

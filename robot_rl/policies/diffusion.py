@@ -58,12 +58,13 @@ class DiffusionPolicy(nn.Module):
         self.config = c = config
         self.state_norm = MinMaxNormalizer(state_low, state_high)
         self.action_norm = MinMaxNormalizer(action_low, action_high)
-        self.encoders = nn.ModuleDict({
-            key.replace("/", "_"): ConvEncoder(3, c.image_feature_dim, c.image_size) for key in c.image_keys
-        })
+        self.encoders = nn.ModuleDict(
+            {key.replace("/", "_"): ConvEncoder(3, c.image_feature_dim, c.image_size) for key in c.image_keys}
+        )
         cond_dim = c.obs_horizon * (c.state_dim + len(c.image_keys) * c.image_feature_dim)
-        self.unet = ConditionalUnet1D(c.action_dim, cond_dim, c.diffusion_step_embed_dim, c.down_dims,
-                                      c.kernel_size, c.n_groups)
+        self.unet = ConditionalUnet1D(
+            c.action_dim, cond_dim, c.diffusion_step_embed_dim, c.down_dims, c.kernel_size, c.n_groups
+        )
         self.scheduler = DDPMScheduler(num_train_timesteps=c.num_train_timesteps)
 
     # --- construction ------------------------------------------------------------------------
@@ -75,13 +76,19 @@ class DiffusionPolicy(nn.Module):
         state, action = store.stats(STATE_KEY), store.stats(ACTION_KEY)
         image_keys = tuple(overrides.pop("image_keys", ()))
         image_size = store.schema[image_keys[0]]["shape"][0] if image_keys else 84
-        config = DiffusionConfig(state_dim=len(state["min"]), action_dim=len(action["min"]),
-                                 image_keys=image_keys, image_size=image_size, **overrides)
+        config = DiffusionConfig(
+            state_dim=len(state["min"]),
+            action_dim=len(action["min"]),
+            image_keys=image_keys,
+            image_size=image_size,
+            **overrides,
+        )
         return cls(config, state["min"], state["max"], action["min"], action["max"])
 
     # --- observations --------------------------------------------------------------------------
     def condition(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Global conditioning from an observation window: state (B, n_obs, D), images (B, n_obs, H, W, 3) uint8."""
+        """Global conditioning from an observation window: state (B, n_obs, D),
+        images (B, n_obs, H, W, 3) uint8."""
         state = self.state_norm.normalize(obs[STATE_KEY].float())
         parts = [state]
         for key in self.config.image_keys:
@@ -115,14 +122,19 @@ class DiffusionPolicy(nn.Module):
         return nn.functional.mse_loss(predicted, noise)
 
     @torch.no_grad()
-    def predict_normalized(self, obs: dict[str, torch.Tensor], steps: int | None = None,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+    def predict_normalized(
+        self, obs: dict[str, torch.Tensor], steps: int | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Denoised chunk (B, pred_horizon, A) in the policy's normalized action space."""
         cond = self.condition(obs)
         shape = (len(cond), self.config.pred_horizon, self.config.action_dim)
-        return self.scheduler.sample(lambda x, t: self.unet(x, t, cond), shape,
-                                     steps=steps or self.config.inference_steps, generator=generator,
-                                     device=cond.device)
+        return self.scheduler.sample(
+            lambda x, t: self.unet(x, t, cond),
+            shape,
+            steps=steps or self.config.inference_steps,
+            generator=generator,
+            device=cond.device,
+        )
 
     def executable(self, chunk: torch.Tensor) -> torch.Tensor:
         """The `action_horizon` actions of a predicted chunk that start at the current step."""
@@ -138,8 +150,13 @@ class DiffusionPolicy(nn.Module):
         meta, weights = load_checkpoint(directory, "diffusion_policy", device)
         with rebuilding(directory, "diffusion_policy"):
             config = DiffusionConfig(**meta["config"])
-            policy = cls(config, weights["state_norm.low"], weights["state_norm.high"],
-                         weights["action_norm.low"], weights["action_norm.high"])
+            policy = cls(
+                config,
+                weights["state_norm.low"],
+                weights["state_norm.high"],
+                weights["action_norm.low"],
+                weights["action_norm.high"],
+            )
             policy.load_state_dict(weights)
         return policy.to(device).eval()
 

@@ -23,7 +23,9 @@ class SpatialSoftmax(nn.Module):
     def __init__(self, height: int, width: int):
         super().__init__()
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
-        self.register_buffer("pos", torch.stack((xs.flatten(), ys.flatten()), dim=-1), persistent=False)  # (HW, 2)
+        self.register_buffer(
+            "pos", torch.stack((xs.flatten(), ys.flatten()), dim=-1), persistent=False
+        )  # (HW, 2)
 
     def forward(self, x: Tensor) -> Tensor:
         b, k = x.shape[:2]
@@ -44,13 +46,23 @@ class ConvEncoder(nn.Module):
     observation frames is encoded by folding it into the batch and concatenating the outputs.
     """
 
-    def __init__(self, in_channels: int = 3, out_dim: int = 64, image_size: int = 84, num_keypoints: int = 32,
-                 n_groups: int = 8):
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_dim: int = 64,
+        image_size: int = 84,
+        num_keypoints: int = 32,
+        n_groups: int = 8,
+    ):
         super().__init__()
         self.in_channels, self.image_size, self.out_dim = in_channels, image_size, out_dim
         layers, c_in, size = [], in_channels, image_size
         for c_out in (32, 64, 128, 128):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GroupNorm(n_groups, c_out), nn.Mish()]
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
+                nn.GroupNorm(n_groups, c_out),
+                nn.Mish(),
+            ]
             c_in, size = c_out, (size + 1) // 2  # k=3, s=2, p=1 gives ceil(size / 2)
         self.trunk = nn.Sequential(*layers)
         self.keypoints = nn.Conv2d(c_in, num_keypoints, 1)
@@ -60,7 +72,9 @@ class ConvEncoder(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         expected = (self.in_channels, self.image_size, self.image_size)
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}")
+            raise ValueError(
+                f"images must be (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}"
+            )
         return self.head(self.pool(self.keypoints(self.trunk(images))))
 
 
@@ -100,7 +114,8 @@ class PretrainedEfficientNet(nn.Module):
         effnet = require("efficientnet_lite_pytorch", "vision", "the pretrained image encoder")
         with contextlib.redirect_stdout(io.StringIO()):  # the loader prints a line per load
             net = effnet.EfficientNet.from_pretrained(
-                "efficientnet-lite0", weights_path=model_file.EfficientnetLite0ModelFile.get_model_file_path())
+                "efficientnet-lite0", weights_path=model_file.EfficientnetLite0ModelFile.get_model_file_path()
+            )
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(net._blocks[: self.BLOCKS])
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -154,7 +169,9 @@ class CameraFeatures(nn.Module):
 
     def __init__(self, cameras: int, image_size: int, per_camera: int = 64):
         super().__init__()
-        self.convs = nn.ModuleList(ConvEncoder(out_dim=per_camera, image_size=image_size) for _ in range(cameras))
+        self.convs = nn.ModuleList(
+            ConvEncoder(out_dim=per_camera, image_size=image_size) for _ in range(cameras)
+        )
         self.out_dim = per_camera * cameras
 
     def forward(self, images: list[Tensor]) -> Tensor:

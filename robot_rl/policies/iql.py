@@ -13,8 +13,7 @@ from torch import Tensor, nn
 
 from robot_rl.errors import ConfigError
 from robot_rl.policies.checkpoint import CheckpointedAgent
-from robot_rl.policies.encoders import CameraFeatures, ConvEncoder, images_to_float, relu_mlp
-
+from robot_rl.policies.encoders import CameraFeatures, images_to_float, relu_mlp
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 EXP_ADV_MAX = 100.0
@@ -22,18 +21,18 @@ EXP_ADV_MAX = 100.0
 
 @dataclass
 class IQLConfig:
-    state_dim: int = 0                # from the store
+    state_dim: int = 0  # from the store
     action_dim: int = 0
     image_keys: tuple[str, ...] = ()  # obs keys, e.g. ("image/front",)
     image_size: int = 84
     hidden: tuple[int, ...] = (256, 256)
     discount: float = 0.99
-    tau: float = 0.005                # soft target update
+    tau: float = 0.005  # soft target update
     expectile: float = 0.7
-    beta: float = 3.0                 # inverse temperature of the advantage weights (0: BC)
-    lr: float = 3e-4                  # Q, V and the actor (its rate cosine-annealed over `steps`)
-    steps: int = 100_000              # for the actor's cosine schedule
-    deterministic: bool = False       # actor: tanh-Gaussian likelihood (False) or squared error
+    beta: float = 3.0  # inverse temperature of the advantage weights (0: BC)
+    lr: float = 3e-4  # Q, V and the actor (its rate cosine-annealed over `steps`)
+    steps: int = 100_000  # for the actor's cosine schedule
+    deterministic: bool = False  # actor: tanh-Gaussian likelihood (False) or squared error
 
     def __post_init__(self):
         self.image_keys, self.hidden = tuple(self.image_keys), tuple(self.hidden)
@@ -55,19 +54,38 @@ class IQLAgent(CheckpointedAgent, nn.Module):
     def __init__(self, cfg: IQLConfig, state_mean=None, state_std=None):
         super().__init__()
         self.cfg = cfg
-        self.register_buffer("state_mean", torch.as_tensor(state_mean if state_mean is not None else np.zeros(cfg.state_dim), dtype=torch.float32))
-        self.register_buffer("state_std", torch.as_tensor(state_std if state_std is not None else np.ones(cfg.state_dim), dtype=torch.float32))
+        self.register_buffer(
+            "state_mean",
+            torch.as_tensor(
+                state_mean if state_mean is not None else np.zeros(cfg.state_dim), dtype=torch.float32
+            ),
+        )
+        self.register_buffer(
+            "state_std",
+            torch.as_tensor(
+                state_std if state_std is not None else np.ones(cfg.state_dim), dtype=torch.float32
+            ),
+        )
         self.encoder = CameraFeatures(len(cfg.image_keys), cfg.image_size) if cfg.image_keys else None
         feat = cfg.state_dim + (self.encoder.out_dim if self.encoder else 0)
         a = cfg.action_dim
         self.q1, self.q2 = relu_mlp(feat + a, cfg.hidden, 1), relu_mlp(feat + a, cfg.hidden, 1)
-        self.target_q1, self.target_q2 = copy.deepcopy(self.q1).requires_grad_(False), copy.deepcopy(self.q2).requires_grad_(False)
+        self.target_q1, self.target_q2 = (
+            copy.deepcopy(self.q1).requires_grad_(False),
+            copy.deepcopy(self.q2).requires_grad_(False),
+        )
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False) if self.encoder else None
         self.v = relu_mlp(feat, cfg.hidden, 1)
         self.actor = relu_mlp(feat, cfg.hidden, a)
         self.log_std = nn.Parameter(torch.zeros(a))
-        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters(),
-                                       *(self.encoder.parameters() if self.encoder else [])], lr=cfg.lr)
+        self.q_opt = torch.optim.Adam(
+            [
+                *self.q1.parameters(),
+                *self.q2.parameters(),
+                *(self.encoder.parameters() if self.encoder else []),
+            ],
+            lr=cfg.lr,
+        )
         self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
         self.actor_opt = torch.optim.Adam([*self.actor.parameters(), self.log_std], lr=cfg.lr)
         self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, max(cfg.steps, 1))
@@ -115,15 +133,23 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         adv = target_q - v
         v_loss = expectile_loss(adv, cfg.expectile)
         x = torch.cat([feat, batch["action"]], -1)
-        q_loss = (F.mse_loss(self.q1(x).squeeze(-1), q_target) + F.mse_loss(self.q2(x).squeeze(-1), q_target)) / 2
+        q_loss = (
+            F.mse_loss(self.q1(x).squeeze(-1), q_target) + F.mse_loss(self.q2(x).squeeze(-1), q_target)
+        ) / 2
         weights = torch.exp(cfg.beta * adv.detach()).clamp(max=EXP_ADV_MAX)
         if cfg.deterministic:
             bc = ((self.mean_action(detached) - batch["action"]) ** 2).sum(-1)
         else:
             bc = -self.log_prob(detached, batch["action"])
         actor_loss = (weights * bc).mean()
-        return {"v_loss": v_loss, "q_loss": q_loss, "actor_loss": actor_loss, "adv": adv.detach(), "v": v.detach(),
-                "clipped": (weights >= EXP_ADV_MAX).float().mean()}
+        return {
+            "v_loss": v_loss,
+            "q_loss": q_loss,
+            "actor_loss": actor_loss,
+            "adv": adv.detach(),
+            "v": v.detach(),
+            "clipped": (weights >= EXP_ADV_MAX).float().mean(),
+        }
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         loss = self.losses(batch)
@@ -139,12 +165,18 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         self.actor_schedule.step()
         self._soft_update()
         self.updates += 1
-        return {"v_loss": loss["v_loss"].item(), "q_loss": loss["q_loss"].item(), "actor_loss": loss["actor_loss"].item(),
-                "adv_mean": loss["adv"].mean().item(), "v_mean": loss["v"].mean().item(),
-                # beta * adv_std sets how sharp the policy extraction is; many weights at the clip
-                # (4-10 % in VLM-IQL runs that missed, 1-2 % in those that met the target) say beta is too sharp
-                "adv_std": loss["adv"].std().item(), "weights_clipped": loss["clipped"].item(),
-                "actor_lr": self.actor_schedule.get_last_lr()[0]}
+        return {
+            "v_loss": loss["v_loss"].item(),
+            "q_loss": loss["q_loss"].item(),
+            "actor_loss": loss["actor_loss"].item(),
+            "adv_mean": loss["adv"].mean().item(),
+            "v_mean": loss["v"].mean().item(),
+            # beta * adv_std sets how sharp the policy extraction is; many weights at the clip
+            # (4-10 % in VLM-IQL runs that missed, 1-2 % in those that met the target) say beta is too sharp
+            "adv_std": loss["adv"].std().item(),
+            "weights_clipped": loss["clipped"].item(),
+            "actor_lr": self.actor_schedule.get_last_lr()[0],
+        }
 
     def init_encoder(self, state: dict[str, Tensor], freeze: bool = False) -> None:
         """Start the image encoder (and its target copy) from pretrained weights (V-PTR)."""
@@ -153,7 +185,9 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         try:
             self.encoder.load_state_dict(state)
         except RuntimeError as exc:
-            raise ConfigError(f"the pretrained encoder does not fit this agent's cameras: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(
+                f"the pretrained encoder does not fit this agent's cameras: {str(exc).splitlines()[0]}"
+            ) from None
         self.target_encoder.load_state_dict(state)
         self.encoder.requires_grad_(not freeze)
 
@@ -177,8 +211,10 @@ def loop_policy(agent: IQLAgent):
     agent.eval()
 
     def act(obs: dict) -> np.ndarray:
-        batch = {"state": torch.as_tensor(np.asarray(obs["state"], np.float32))[None],
-                 **{k: images_to_float(np.asarray(obs[k])[None]) for k in agent.cfg.image_keys}}
+        batch = {
+            "state": torch.as_tensor(np.asarray(obs["state"], np.float32))[None],
+            **{k: images_to_float(np.asarray(obs[k])[None]) for k in agent.cfg.image_keys},
+        }
         return agent.act(batch)[0].numpy()
 
     return act

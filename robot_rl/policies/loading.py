@@ -19,13 +19,29 @@ def load_policy(checkpoint, ddim_steps: int | None = None):
 
         agent = (SACAgent if kind == "sac_agent" else IQLAgent).load(path).eval()
         policy = AgentPolicy(agent, deterministic=True) if kind == "sac_agent" else loop_policy(agent)
-        return policy, kind, {"state_dim": agent.cfg.state_dim, "action_dim": agent.cfg.action_dim,
-                              "image_keys": tuple(agent.cfg.image_keys)}
+        return (
+            policy,
+            kind,
+            {
+                "state_dim": agent.cfg.state_dim,
+                "action_dim": agent.cfg.action_dim,
+                "image_keys": tuple(agent.cfg.image_keys),
+            },
+        )
     if kind == "residual_policy":
-        raise ConfigError("a residual checkpoint runs over its diffusion base in simulation only (robot-rl eval)")
+        raise ConfigError(
+            "a residual checkpoint runs over its diffusion base in simulation only (robot-rl eval)"
+        )
     from robot_rl.policies.diffusion import DiffusionActor, DiffusionPolicy
 
     base = DiffusionPolicy.load(path)
     c = base.config
-    return DiffusionActor(base, ddim_steps), "diffusion_policy", {
-        "state_dim": c.state_dim, "action_dim": c.action_dim, "image_keys": tuple(k.removeprefix("obs/") for k in c.image_keys)}
+    return (
+        DiffusionActor(base, ddim_steps),
+        "diffusion_policy",
+        {
+            "state_dim": c.state_dim,
+            "action_dim": c.action_dim,
+            "image_keys": tuple(k.removeprefix("obs/") for k in c.image_keys),
+        },
+    )

@@ -32,7 +32,9 @@ class ResidualConfig:
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, outputs)
+    )
 
 
 class ResidualPolicy(nn.Module):
@@ -53,7 +55,9 @@ class ResidualPolicy(nn.Module):
         return self.critic(x).squeeze(-1)
 
     def save(self, directory, base_checkpoint: str) -> Path:
-        return save_checkpoint(directory, self, "residual_policy", asdict(self.config), base_checkpoint=str(base_checkpoint))
+        return save_checkpoint(
+            directory, self, "residual_policy", asdict(self.config), base_checkpoint=str(base_checkpoint)
+        )
 
     @classmethod
     def load(cls, directory) -> tuple[ResidualPolicy, str]:
@@ -101,7 +105,9 @@ def residual_input(base: DiffusionPolicy, states: torch.Tensor, base_actions: to
     return torch.cat([obs, base_actions], dim=-1)
 
 
-def combine(base: DiffusionPolicy, base_actions: torch.Tensor, residual: torch.Tensor, scale: float) -> torch.Tensor:
+def combine(
+    base: DiffusionPolicy, base_actions: torch.Tensor, residual: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Env actions (in [-1, 1]) from base + scale * residual in the base's normalized space."""
     return base.action_norm.unnormalize(base_actions + scale * residual).clamp(-1.0, 1.0)
 
@@ -110,8 +116,14 @@ class ResidualActor:
     """The combined policy in the ControlLoop: one action per tick (set execute_k=1 or leave the
     default, a single action is a chunk of one), the base's chunk queue kept inside."""
 
-    def __init__(self, base: DiffusionPolicy, residual: ResidualPolicy | None, ddim_steps: int = 4,
-                 seed: int = 0, deterministic: bool = True):
+    def __init__(
+        self,
+        base: DiffusionPolicy,
+        residual: ResidualPolicy | None,
+        ddim_steps: int = 4,
+        seed: int = 0,
+        deterministic: bool = True,
+    ):
         self.base, self.residual, self.deterministic = base, residual, deterministic
         self.chunks = BaseChunks(base, 1, ddim_steps, seed)
         self.rng = torch.Generator().manual_seed(seed + 1)

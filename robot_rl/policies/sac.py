@@ -34,9 +34,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robot_rl.errors import ConfigError
-from robot_rl.policies.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
 from robot_rl.policies.checkpoint import CheckpointedAgent
-from robot_rl.policies.encoders import PretrainedEfficientNet, SpatialLearnedEmbeddings, WithFrozenBackbone, images_to_float
+from robot_rl.policies.encoders import (
+    PretrainedEfficientNet,
+    SpatialLearnedEmbeddings,
+    WithFrozenBackbone,
+    images_to_float,
+)
+from robot_rl.policies.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
 
 OPEN, STAY, CLOSE = 0, 1, 2
 
@@ -64,29 +69,45 @@ class SACConfig:
     image_features: int = 8  # spatial embeddings per camera
     proprio_dim: int = 64
     action_rate_limit: float | None = None  # e.g. 0.2 (FastRLAP): |a - a_prev| <= this, per dimension
-    state_scale: tuple[float, ...] | None = None  # divisors of the state entries (inputs of very different ranges)
-    frozen_cnn: bool = False  # images through a CNN pretrained offline (IQL/ICVF), frozen, instead of EfficientNet
-    finetune_cnn: bool = False  # that CNN trained on through the critic (V-PTR's fine-tuning) instead of frozen
+    state_scale: tuple[float, ...] | None = (
+        None  # divisors of the state entries (inputs of very different ranges)
+    )
+    frozen_cnn: bool = (
+        False  # images through a CNN pretrained offline (IQL/ICVF), frozen, instead of EfficientNet
+    )
+    finetune_cnn: bool = (
+        False  # that CNN trained on through the critic (V-PTR's fine-tuning) instead of frozen
+    )
     angle_indices: tuple[int, ...] = ()  # state entries that are angles: read as (cos, sin), no jump at +-pi
 
     def __post_init__(self):
         self.hidden, self.image_keys = tuple(self.hidden), tuple(self.image_keys)
         self.angle_indices = tuple(int(i) for i in self.angle_indices)
         if self.finetune_cnn and not self.frozen_cnn:
-            raise ValueError("finetune_cnn fine-tunes the pretrained CNN of frozen_cnn: set both (or encoder_init)")
+            raise ValueError(
+                "finetune_cnn fine-tunes the pretrained CNN of frozen_cnn: set both (or encoder_init)"
+            )
         if any(not 0 <= i < self.state_dim for i in self.angle_indices):
-            raise ValueError(f"angle_indices {self.angle_indices} must index the {self.state_dim} state entries")
+            raise ValueError(
+                f"angle_indices {self.angle_indices} must index the {self.state_dim} state entries"
+            )
         if self.state_scale is not None:
             self.state_scale = tuple(float(x) for x in self.state_scale)
             if len(self.state_scale) != self.state_dim or min(self.state_scale) <= 0:
-                raise ValueError(f"state_scale needs {self.state_dim} positive divisors, got {self.state_scale}")
+                raise ValueError(
+                    f"state_scale needs {self.state_dim} positive divisors, got {self.state_scale}"
+                )
         if self.action_rate_limit is not None:
             if not 0 < self.action_rate_limit <= 2:
                 raise ValueError(f"action_rate_limit must be in (0, 2], got {self.action_rate_limit}")
             if self.grasp_critic:
-                raise ValueError("action_rate_limit and grasp_critic do not go together (the gripper toggles)")
+                raise ValueError(
+                    "action_rate_limit and grasp_critic do not go together (the gripper toggles)"
+                )
         if self.critic_subsample is not None and not 1 <= self.critic_subsample <= self.critic_ensemble:
-            raise ValueError(f"critic_subsample must be in 1..{self.critic_ensemble}, got {self.critic_subsample}")
+            raise ValueError(
+                f"critic_subsample must be in 1..{self.critic_ensemble}, got {self.critic_subsample}"
+            )
         if self.cta_ratio < 1:
             raise ValueError(f"cta_ratio must be at least 1, got {self.cta_ratio}")
 
@@ -128,9 +149,14 @@ class ObsEncoder(WithFrozenBackbone):
         self.backbone = [backbone]  # in a list: frozen and shared, so not a submodule (not saved, not copied)
         side = backbone.feature_size(cfg.image_size)
         self.heads = nn.ModuleList(
-            nn.Sequential(SpatialLearnedEmbeddings(backbone.out_channels, side, side, cfg.image_features),
-                          nn.Linear(backbone.out_channels * cfg.image_features, 256), nn.LayerNorm(256), nn.Tanh())
-            for _ in self.image_keys)
+            nn.Sequential(
+                SpatialLearnedEmbeddings(backbone.out_channels, side, side, cfg.image_features),
+                nn.Linear(backbone.out_channels * cfg.image_features, 256),
+                nn.LayerNorm(256),
+                nn.Tanh(),
+            )
+            for _ in self.image_keys
+        )
         self.proprio = self._proprio(state_dim, cfg.proprio_dim)
         self.out_dim = 256 * len(self.image_keys) + cfg.proprio_dim
 
@@ -179,7 +205,9 @@ def random_crop(images: Tensor, pad: int, generator: torch.Generator | None = No
     # Offsets from the (CPU) generator, then on the images' device.
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(images.device)
-    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None].expand(b, c, h, w + 2 * pad)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, None, :, None].expand(
+        b, c, h, w + 2 * pad
+    )
     cropped = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, None, :].expand(b, c, h, w)
     return cropped.gather(3, cols)
@@ -220,7 +248,9 @@ class SACAgent(CheckpointedAgent, nn.Module):
         self.grasp = GraspCritic(self.encoder.out_dim, cfg.hidden) if cfg.grasp_critic else None
         self.target_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
-        self.target_grasp = copy.deepcopy(self.grasp).requires_grad_(False) if self.grasp is not None else None
+        self.target_grasp = (
+            copy.deepcopy(self.grasp).requires_grad_(False) if self.grasp is not None else None
+        )
         if cfg.image_keys and not cfg.frozen_cnn:
             self.target_encoder.backbone = self.encoder.backbone
         self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -cfg.actor_dim / 2
@@ -228,7 +258,9 @@ class SACAgent(CheckpointedAgent, nn.Module):
         self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.actor_lr)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.temperature_lr)
-        self.grasp_opt = torch.optim.Adam(self.grasp.parameters(), lr=cfg.critic_lr) if self.grasp is not None else None
+        self.grasp_opt = (
+            torch.optim.Adam(self.grasp.parameters(), lr=cfg.critic_lr) if self.grasp is not None else None
+        )
         self.updates = 0
 
     def init_camera_encoder(self, state: dict[str, Tensor]) -> None:
@@ -238,7 +270,9 @@ class SACAgent(CheckpointedAgent, nn.Module):
         try:
             self.encoder.cnn.load_state_dict(state)
         except RuntimeError as exc:
-            raise ConfigError(f"the pretrained encoder does not fit this agent's cameras: {str(exc).splitlines()[0]}") from None
+            raise ConfigError(
+                f"the pretrained encoder does not fit this agent's cameras: {str(exc).splitlines()[0]}"
+            ) from None
         self.target_encoder.cnn.load_state_dict(state)
 
     @property
@@ -253,8 +287,10 @@ class SACAgent(CheckpointedAgent, nn.Module):
             return batch
         out = dict(batch, prepared=True)
         for part in ("obs", "next_obs"):
-            obs = {k: random_crop(v, self.cfg.crop_pad, self.generator) if k in self.cfg.image_keys else v
-                   for k, v in batch[part].items()}
+            obs = {
+                k: random_crop(v, self.cfg.crop_pad, self.generator) if k in self.cfg.image_keys else v
+                for k, v in batch[part].items()
+            }
             out[part] = self.encoder.maps(obs)
         return out
 
@@ -276,7 +312,9 @@ class SACAgent(CheckpointedAgent, nn.Module):
         u, log_prob = self.actor.sample(self.inputs(features, prev_action))
         return self.limited(u, prev_action), log_prob
 
-    def target_q(self, next_obs: dict[str, Tensor], reward: Tensor, mask: Tensor, action: Tensor | None = None) -> Tensor:
+    def target_q(
+        self, next_obs: dict[str, Tensor], reward: Tensor, mask: Tensor, action: Tensor | None = None
+    ) -> Tensor:
         """r + γ·mask·min over the (sub)ensemble of target Q(s', a'), a' ~ π(s'): no entropy term.
         `next_obs` as `prepare` leaves it (for state inputs, the observation itself); `action`, the
         batch's executed action, is the previous action at s' (needed when rate-limited)."""
@@ -285,13 +323,17 @@ class SACAgent(CheckpointedAgent, nn.Module):
             k, members = self.cfg.critic_subsample, None
             if k is not None and k < self.cfg.critic_ensemble:
                 members = torch.randperm(self.cfg.critic_ensemble, generator=self.generator)[:k]
-            q = self.target_critic(self.inputs(self.target_encoder(next_obs), action), next_action, members)  # (k, B)
+            q = self.target_critic(
+                self.inputs(self.target_encoder(next_obs), action), next_action, members
+            )  # (k, B)
             return reward + self.cfg.discount * mask * q.min(0).values
 
     def critic_loss(self, batch: dict) -> tuple[Tensor, dict]:
         batch = self.prepare(batch)
         target = self.target_q(batch["next_obs"], batch["reward"], batch["mask"], batch["action"])
-        q = self.critic(self.inputs(self.encoder(batch["obs"]), batch["prev_action"]), self._arm(batch["action"]))
+        q = self.critic(
+            self.inputs(self.encoder(batch["obs"]), batch["prev_action"]), self._arm(batch["action"])
+        )
         loss = (q - target).pow(2).mean()
         return loss, {"critic_loss": loss.item(), "q": q.mean().item()}
 
@@ -302,7 +344,11 @@ class SACAgent(CheckpointedAgent, nn.Module):
         actor = (self.alpha.detach() * log_prob - q).mean()
         entropy = -log_prob.detach().mean()
         temperature = self.alpha * (entropy - self.target_entropy)
-        return actor, temperature, {"actor_loss": actor.item(), "entropy": entropy.item(), "alpha": self.alpha.item()}
+        return (
+            actor,
+            temperature,
+            {"actor_loss": actor.item(), "entropy": entropy.item(), "alpha": self.alpha.item()},
+        )
 
     def grasp_loss(self, batch: dict) -> tuple[Tensor, dict]:
         """DQN with a double-Q target: the online net picks a*, the target net scores it."""
@@ -360,9 +406,13 @@ class SACAgent(CheckpointedAgent, nn.Module):
         """One learner step: a critic update per batch (`cta_ratio` of them), then the actor and
         temperature on the last batch."""
         if len(batches) != self.cfg.cta_ratio:
-            raise ValueError(f"a learner step takes cta_ratio={self.cfg.cta_ratio} batches, got {len(batches)}")
+            raise ValueError(
+                f"a learner step takes cta_ratio={self.cfg.cta_ratio} batches, got {len(batches)}"
+            )
         self.train()
-        batches = [self.prepare(self.on_device(b)) for b in batches]  # the actor reuses the last batch's crops and maps
+        batches = [
+            self.prepare(self.on_device(b)) for b in batches
+        ]  # the actor reuses the last batch's crops and maps
         for batch in batches:
             info = self.update_critic(batch)
         info.update(self.update_actor(batches[-1]))
@@ -381,8 +431,13 @@ class SACAgent(CheckpointedAgent, nn.Module):
 
     # --- acting ----------------------------------------------------------------------------
     @torch.no_grad()
-    def act(self, obs: dict[str, Tensor], prev_gripper: Tensor | None = None, deterministic: bool = False,
-            prev_action: Tensor | None = None) -> Tensor:
+    def act(
+        self,
+        obs: dict[str, Tensor],
+        prev_gripper: Tensor | None = None,
+        deterministic: bool = False,
+        prev_action: Tensor | None = None,
+    ) -> Tensor:
         """Actions in [-1, 1] for a batch of observations (the gripper from the grasp critic if any;
         within the rate limit of `prev_action`, zeros if not given, when rate-limited). Inputs may be
         on the CPU; the actions come back on the CPU."""
@@ -396,7 +451,9 @@ class SACAgent(CheckpointedAgent, nn.Module):
         if self.grasp is None:
             return arm.cpu()
         grasp = self.grasp(features).argmax(-1)
-        previous = prev_gripper if prev_gripper is not None else torch.full((len(arm),), -1.0, device=arm.device)
+        previous = (
+            prev_gripper if prev_gripper is not None else torch.full((len(arm),), -1.0, device=arm.device)
+        )
         return torch.cat([arm, gripper_command(grasp, previous)[:, None]], -1).cpu()
 
     def acting_state(self) -> dict[str, Tensor]:
@@ -404,23 +461,28 @@ class SACAgent(CheckpointedAgent, nn.Module):
         parts = {"encoder": self.encoder, "actor": self.actor}
         if self.grasp is not None:
             parts["grasp"] = self.grasp
-        return {f"{name}.{k}": v.detach().to("cpu", copy=True) for name, m in parts.items() for k, v in m.state_dict().items()}
+        return {
+            f"{name}.{k}": v.detach().to("cpu", copy=True)
+            for name, m in parts.items()
+            for k, v in m.state_dict().items()
+        }
 
     def load_acting_state(self, state: dict[str, Tensor]) -> None:
         for name in ("encoder", "actor", "grasp"):
             module = getattr(self, name)
-            own = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            own = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
             if module is not None and own:
                 module.load_state_dict(own)
-
 
 
 def torch_batch(batch: dict[str, np.ndarray], image_keys: tuple[str, ...]) -> dict:
     """A sampled numpy batch (obs/..., next_obs/..., action, prev_action, reward, mask) as the
     losses take it."""
-    obs = {k[len("obs/"):]: v for k, v in batch.items() if k.startswith("obs/")}
-    next_obs = {k[len("next_obs/"):]: v for k, v in batch.items() if k.startswith("next_obs/")}
-    tensors = {k: torch.as_tensor(batch[k], dtype=torch.float32) for k in ("action", "prev_action", "reward", "mask")}
+    obs = {k[len("obs/") :]: v for k, v in batch.items() if k.startswith("obs/")}
+    next_obs = {k[len("next_obs/") :]: v for k, v in batch.items() if k.startswith("next_obs/")}
+    tensors = {
+        k: torch.as_tensor(batch[k], dtype=torch.float32) for k in ("action", "prev_action", "reward", "mask")
+    }
     return {"obs": to_tensors(obs, image_keys), "next_obs": to_tensors(next_obs, image_keys), **tensors}
 
 
@@ -463,8 +525,12 @@ def batch_policy(agent: SACAgent):
         prev[start] = 0.0
         if agent.cfg.grasp_critic:
             prev[start, -1] = -1.0  # gripper open
-        action = agent.act({"state": torch.as_tensor(obs, dtype=torch.float32)}, prev[:, -1], deterministic=True,
-                           prev_action=prev)
+        action = agent.act(
+            {"state": torch.as_tensor(obs, dtype=torch.float32)},
+            prev[:, -1],
+            deterministic=True,
+            prev_action=prev,
+        )
         prev = action.clone()
         return action.numpy()
 

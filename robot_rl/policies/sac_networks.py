@@ -34,7 +34,9 @@ class EnsembleLinear(nn.Module):
 
     def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
         """`members`: only these members' outputs (indices into the ensemble)."""
-        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        weight, bias = (
+            (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        )
         if x.ndim == 2:
             return torch.matmul(x, weight) + bias  # broadcast over members; faster than einsum on CPU
         return torch.baddbmm(bias, x, weight)
@@ -47,7 +49,9 @@ class EnsembleLayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(members, 1, width))
 
     def forward(self, x: Tensor, members: Tensor | None = None) -> Tensor:
-        weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        weight, bias = (
+            (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
+        )
         return F.layer_norm(x, x.shape[-1:]) * weight + bias
 
 

@@ -4,7 +4,8 @@ The math follows Ho et al. (DDPM) and Song et al. (DDIM) in the form diffusers' 
 DDIMScheduler implement it, which is what Diffusion Policy trains and samples with:
 
 * ``squaredcos_cap_v2``: the cosine schedule of Nichol & Dhariwal,
-  alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2,  beta_i = min(1 - alpha_bar((i+1)/N) / alpha_bar(i/N), 0.999).
+  alpha_bar(s) = cos((s + 0.008) / 1.008 * pi / 2) ** 2,
+  beta_i = min(1 - alpha_bar((i+1)/N) / alpha_bar(i/N), 0.999).
 * Forward process q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I) with a_t = alphas_cumprod[t].
 * Both samplers predict x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) and, with ``clip_sample``,
   clamp it to [-1, 1] at every step.
@@ -24,7 +25,7 @@ jumps to t - N // steps. With N not divisible by steps the top N % steps timeste
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -61,7 +62,9 @@ class DDPMScheduler:
         if num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
         if prediction_type != "epsilon":
-            raise NotImplementedError(f"prediction_type {prediction_type!r} is not supported; only 'epsilon' is")
+            raise NotImplementedError(
+                f"prediction_type {prediction_type!r} is not supported; only 'epsilon' is"
+            )
         if beta_schedule == "squaredcos_cap_v2":
             betas = _cosine_betas(num_train_timesteps)
         elif beta_schedule == "linear":  # diffusers' linear default range, kept for comparisons
@@ -104,8 +107,15 @@ class DDPMScheduler:
         x0 = (x - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
         return x0.clamp(-1.0, 1.0) if self.clip_sample else x0
 
-    def ddim_step(self, eps: Tensor, t: int, x: Tensor, t_prev: int, eta: float = 0.0,
-                  generator: torch.Generator | None = None) -> Tensor:
+    def ddim_step(
+        self,
+        eps: Tensor,
+        t: int,
+        x: Tensor,
+        t_prev: int,
+        eta: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
         """One DDIM update from timestep t to t_prev (t_prev < 0 means 'to x0')."""
         a_t, a_prev = float(self._alphas_cumprod[t]), self._alpha_prev(t_prev)
         x0 = self._predict_x0(x, eps, a_t)
@@ -116,12 +126,15 @@ class DDPMScheduler:
         return x_prev
 
     def ddpm_step(self, eps: Tensor, t: int, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One ancestral DDPM update from t to t - 1: posterior mean given the predicted x0, plus fixed_small noise."""
+        """One ancestral DDPM update from t to t - 1: posterior mean given the predicted x0, plus
+        fixed_small noise."""
         a_t, a_prev = float(self._alphas_cumprod[t]), self._alpha_prev(t - 1)
         beta_t = 1 - a_t / a_prev
         x0 = self._predict_x0(x, eps, a_t)
         # Posterior q(x_{t-1} | x_t, x0) mean coefficients (Ho et al., eq. 7).
-        mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x0 + (math.sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t)) * x
+        mean = (math.sqrt(a_prev) * beta_t / (1 - a_t)) * x0 + (
+            math.sqrt(1 - beta_t) * (1 - a_prev) / (1 - a_t)
+        ) * x
         if t == 0:
             return mean
         var = max((1 - a_prev) / (1 - a_t) * beta_t, 1e-20)

@@ -40,14 +40,20 @@ class GemmConv1d(nn.Conv1d):
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if (x.device.type != "cpu" or self.groups != 1 or self.dilation != (1,) or self.padding_mode != "zeros"
-                or isinstance(self.padding, str)):
+        if (
+            x.device.type != "cpu"
+            or self.groups != 1
+            or self.dilation != (1,)
+            or self.padding_mode != "zeros"
+            or isinstance(self.padding, str)
+        ):
             return super().forward(x)
         (k,), (s,), (p,) = self.kernel_size, self.stride, self.padding
         if p:
             x = F.pad(x, (p, p))
         b, c, _ = x.shape
-        # (B, C_in, T_out, k) windows -> (B, T_out, C_in * k), the same order as weight.reshape(C_out, C_in * k).
+        # (B, C_in, T_out, k) windows -> (B, T_out, C_in * k),
+        # the same order as weight.reshape(C_out, C_in * k).
         cols = x.unfold(2, k, s).transpose(1, 2).reshape(b, -1, c * k)
         return F.linear(cols, self.weight.reshape(self.out_channels, -1), self.bias).transpose(1, 2)
 
@@ -68,7 +74,9 @@ class SinusoidalPosEmb(nn.Module):
     def forward(self, t: Tensor) -> Tensor:
         half = self.dim // 2
         # Geometric frequencies from 1 down to 1/10000.
-        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / (half - 1)))
+        freqs = torch.exp(
+            torch.arange(half, device=t.device, dtype=torch.float32) * (-math.log(10000.0) / (half - 1))
+        )
         angles = t.float()[:, None] * freqs[None, :]
         return torch.cat((angles.sin(), angles.cos()), dim=-1)
 
@@ -116,7 +124,9 @@ class ConditionalResidualBlock1D(nn.Module):
     The residual path is a 1x1 conv when the channel count changes (identity otherwise).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int = 5, n_groups: int = 8):
+    def __init__(
+        self, in_channels: int, out_channels: int, cond_dim: int, kernel_size: int = 5, n_groups: int = 8
+    ):
         super().__init__()
         self.out_channels = out_channels
         self.blocks = nn.ModuleList(
@@ -142,7 +152,8 @@ class ConditionalResidualBlock1D(nn.Module):
 
 
 class ConditionalUnet1D(nn.Module):
-    """Predicts the noise in a noisy action chunk, conditioned on the diffusion step and an observation feature."""
+    """Predicts the noise in a noisy action chunk, conditioned on the diffusion step and an
+    observation feature."""
 
     def __init__(
         self,
@@ -161,7 +172,9 @@ class ConditionalUnet1D(nn.Module):
             raise ValueError(f"kernel_size must be odd so that 'same' padding keeps T, got {kernel_size}")
         bad = [d for d in down_dims if d % n_groups]
         if bad:
-            raise ValueError(f"every entry of down_dims must be divisible by n_groups={n_groups}; {bad} are not")
+            raise ValueError(
+                f"every entry of down_dims must be divisible by n_groups={n_groups}; {bad} are not"
+            )
         self.action_dim, self.global_cond_dim = action_dim, global_cond_dim
         self.down_dims = down_dims
         # Number of stride-2 downsamples: one after every level but the last.
@@ -212,8 +225,8 @@ class ConditionalUnet1D(nn.Module):
         )
 
     def forward(self, sample: Tensor, timestep: Tensor | int, global_cond: Tensor) -> Tensor:
-        """sample (B, T, action_dim) noisy action chunk; timestep (B,) long or an int; global_cond (B, global_cond_dim).
-        Returns the predicted noise, shape (B, T, action_dim)."""
+        """sample (B, T, action_dim) noisy action chunk; timestep (B,) long or an int;
+        global_cond (B, global_cond_dim). Returns the predicted noise, shape (B, T, action_dim)."""
         if sample.ndim != 3 or sample.shape[-1] != self.action_dim:
             raise ValueError(f"sample must be (B, T, {self.action_dim}), got {tuple(sample.shape)}")
         batch, horizon = sample.shape[0], sample.shape[1]
@@ -223,7 +236,9 @@ class ConditionalUnet1D(nn.Module):
                 f"(down_dims={self.down_dims}); pad the action chunk or use fewer levels"
             )
         if global_cond.shape != (batch, self.global_cond_dim):
-            raise ValueError(f"global_cond must be ({batch}, {self.global_cond_dim}), got {tuple(global_cond.shape)}")
+            raise ValueError(
+                f"global_cond must be ({batch}, {self.global_cond_dim}), got {tuple(global_cond.shape)}"
+            )
 
         # Accept an int, a 0-d tensor or a (B,) tensor; always feed the embedding a (B,) vector.
         t = torch.as_tensor(timestep, device=sample.device)

@@ -25,10 +25,10 @@ from robot_rl.core.protocols import Camera, Robot
 from robot_rl.core.safety import Watchdog
 from robot_rl.core.specs import ArraySpec, Frame
 from robot_rl.errors import ConfigError, DeviceError
-from robot_rl.utils.geometry import GRAVITY
 from robot_rl.ros import messages as m
 from robot_rl.ros.streams import LatestMessage, RosIO, StaleMessageError, check_qos
 from robot_rl.tasks import car as car_spec
+from robot_rl.utils.geometry import GRAVITY
 
 ARM_COMMANDS = ("pose", "joint_trajectory", "joint_forward")
 CAR_COMMANDS = ("ackermann", "twist")
@@ -38,8 +38,14 @@ CAR_COMMANDS = ("ackermann", "twist")
 def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     ax, ay, az, aw = a
     bx, by, bz, bw = b
-    return np.array([aw * bx + ax * bw + ay * bz - az * by, aw * by - ax * bz + ay * bw + az * bx,
-                     aw * bz + ax * by - ay * bx + az * bw, aw * bw - ax * bx - ay * by - az * bz])
+    return np.array(
+        [
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+            aw * bw - ax * bx - ay * by - az * bz,
+        ]
+    )
 
 
 def quat_about_z(angle: float) -> np.ndarray:
@@ -87,6 +93,7 @@ def _hand_pose(msg) -> np.ndarray:
 def _joint_state(names):
     """JointState in `names` order; non-finite positions make it unreadable, a non-finite velocity
     (drivers that do not know it) reads as 0."""
+
     def convert(msg):
         values = m.joint_state(msg, names)
         if not np.all(np.isfinite(values["position"])):
@@ -107,12 +114,14 @@ def _finite(action, shape, what: str) -> np.ndarray:
 # --- the arm ---------------------------------------------------------------------------------------------
 @dataclass
 class GripperConfig:
-    kind: str = "topic"           # topic: Float64MultiArray [position] (a ros2_control forward controller); action: control_msgs/GripperCommand
+    # topic: Float64MultiArray [position] (a ros2_control forward controller);
+    # action: control_msgs/GripperCommand
+    kind: str = "topic"
     name: str = "/gripper_controller/commands"  # the topic or the action server
-    open: float = 0.04            # position when open (m or rad, the controller's units)
+    open: float = 0.04  # position when open (m or rad, the controller's units)
     closed: float = 0.0
-    max_effort: float = 20.0      # action goals only
-    joint: str | None = None      # the JointState entry that reports the gripper's position
+    max_effort: float = 20.0  # action goals only
+    joint: str | None = None  # the JointState entry that reports the gripper's position
 
     def __post_init__(self):
         if self.kind not in ("topic", "action"):
@@ -122,29 +131,29 @@ class GripperConfig:
 @dataclass
 class RosArmConfig:
     joint_names: list[str] = field(default_factory=list)
-    joint_low: list[float] | None = None    # rad; required for joint commands
+    joint_low: list[float] | None = None  # rad; required for joint commands
     joint_high: list[float] | None = None
     joint_states_topic: str = "/joint_states"
-    ee_pose_topic: str | None = None        # geometry_msgs/PoseStamped of the end effector ...
-    base_frame: str = "base_link"           # ... or, without it, TF from base_frame to ee_frame
+    ee_pose_topic: str | None = None  # geometry_msgs/PoseStamped of the end effector ...
+    base_frame: str = "base_link"  # ... or, without it, TF from base_frame to ee_frame
     ee_frame: str | None = None
-    command: str = "pose"                   # pose | joint_trajectory | joint_forward
+    command: str = "pose"  # pose | joint_trajectory | joint_forward
     command_topic: str = "/cartesian_impedance_controller/target_pose"
-    max_step_m: float = 0.01                # pose: end-effector step per command
-    max_yaw_step: float = 0.05              # pose: rad per command
-    max_lead_m: float = 0.05                # pose: the target never leads the measured pose by more
-    max_lead_yaw: float = 0.3               # pose: nor its yaw the measured yaw by more (rad)
-    workspace_low: list[float] | None = None   # pose: targets stay in this box (m; the robot config's)
+    max_step_m: float = 0.01  # pose: end-effector step per command
+    max_yaw_step: float = 0.05  # pose: rad per command
+    max_lead_m: float = 0.05  # pose: the target never leads the measured pose by more
+    max_lead_yaw: float = 0.3  # pose: nor its yaw the measured yaw by more (rad)
+    workspace_low: list[float] | None = None  # pose: targets stay in this box (m; the robot config's)
     workspace_high: list[float] | None = None
-    max_joint_step: float = 0.05            # joint commands: rad per command
-    trajectory_time_s: float = 0.1          # joint_trajectory: time_from_start of the single point
-    gripper: dict | None = None             # GripperConfig fields
+    max_joint_step: float = 0.05  # joint commands: rad per command
+    trajectory_time_s: float = 0.1  # joint_trajectory: time_from_start of the single point
+    gripper: dict | None = None  # GripperConfig fields
     state_qos: str = "sensor"
     command_qos: str = "command"
-    max_age_s: float = 0.2                  # a state message older than this stops the loop
-    connect_timeout_s: float = 5.0          # wait this long for the first state messages
-    watchdog_s: float = 0.5                 # hold when commands stop for this long (0: off)
-    dry_run: bool = False                   # read only: nothing is published
+    max_age_s: float = 0.2  # a state message older than this stops the loop
+    connect_timeout_s: float = 5.0  # wait this long for the first state messages
+    watchdog_s: float = 0.5  # hold when commands stop for this long (0: off)
+    dry_run: bool = False  # read only: nothing is published
 
     def __post_init__(self):
         if not self.joint_names:
@@ -174,21 +183,37 @@ class RosArm(Robot):
     def __init__(self, cfg: RosArmConfig, io: RosIO):
         self.cfg, self.io = cfg, io
         n = len(cfg.joint_names)
-        self.observation_spec = {"joint_pos": ArraySpec((n,)), "joint_vel": ArraySpec((n,)), "ee_pos": ArraySpec((3,)),
-                                 "ee_yaw": ArraySpec((2,)), "gripper": ArraySpec((1,)), "timestamp": ArraySpec((), "float64")}
+        self.observation_spec = {
+            "joint_pos": ArraySpec((n,)),
+            "joint_vel": ArraySpec((n,)),
+            "ee_pos": ArraySpec((3,)),
+            "ee_yaw": ArraySpec((2,)),
+            "gripper": ArraySpec((1,)),
+            "timestamp": ArraySpec((), "float64"),
+        }
         if cfg.command == "pose":
-            self.action_spec = ArraySpec((5,), low=[-cfg.max_step_m] * 3 + [-cfg.max_yaw_step, -1.0],
-                                         high=[cfg.max_step_m] * 3 + [cfg.max_yaw_step, 1.0],
-                                         names=("dx", "dy", "dz", "dyaw", "gripper"))
+            self.action_spec = ArraySpec(
+                (5,),
+                low=[-cfg.max_step_m] * 3 + [-cfg.max_yaw_step, -1.0],
+                high=[cfg.max_step_m] * 3 + [cfg.max_yaw_step, 1.0],
+                names=("dx", "dy", "dz", "dyaw", "gripper"),
+            )
         else:
-            self._low, self._high = np.asarray(cfg.joint_low, np.float64), np.asarray(cfg.joint_high, np.float64)
-            self.action_spec = ArraySpec((n + 1,), low=[*cfg.joint_low, -1.0], high=[*cfg.joint_high, 1.0],
-                                         names=(*cfg.joint_names, "gripper"))
+            self._low, self._high = (
+                np.asarray(cfg.joint_low, np.float64),
+                np.asarray(cfg.joint_high, np.float64),
+            )
+            self.action_spec = ArraySpec(
+                (n + 1,),
+                low=[*cfg.joint_low, -1.0],
+                high=[*cfg.joint_high, 1.0],
+                names=(*cfg.joint_names, "gripper"),
+            )
         self._joints: LatestMessage | None = None
         self._ee: LatestMessage | None = None
         self._publish = self._publish_gripper = None
         self._watchdog = _CommandWatchdog(cfg.watchdog_s, self.stop)
-        self._goal: np.ndarray | None = None        # joint goal, or the pose target [x, y, z, qx, qy, qz, qw]
+        self._goal: np.ndarray | None = None  # joint goal, or the pose target [x, y, z, qx, qy, qz, qw]
         self._yaw0, self._quat0, self._target_yaw = 0.0, np.array([0.0, 0.0, 0.0, 1.0]), 0.0
         self._gripper_goal: float | None = None
         self._gripper_sent: float | None = None
@@ -198,18 +223,28 @@ class RosArm(Robot):
         if self._joints is not None:
             return
         cfg, io = self.cfg, self.io
-        joint_names = list(cfg.joint_names) + ([cfg.gripper_cfg.joint] if cfg.gripper_cfg and cfg.gripper_cfg.joint else [])
-        self._joints = LatestMessage(io, cfg.joint_states_topic, "sensor_msgs/msg/JointState",
-                                     _joint_state(joint_names), cfg.state_qos)
+        joint_names = list(cfg.joint_names) + (
+            [cfg.gripper_cfg.joint] if cfg.gripper_cfg and cfg.gripper_cfg.joint else []
+        )
+        self._joints = LatestMessage(
+            io, cfg.joint_states_topic, "sensor_msgs/msg/JointState", _joint_state(joint_names), cfg.state_qos
+        )
         if cfg.ee_pose_topic:
-            self._ee = LatestMessage(io, cfg.ee_pose_topic, "geometry_msgs/msg/PoseStamped", _hand_pose, cfg.state_qos)
+            self._ee = LatestMessage(
+                io, cfg.ee_pose_topic, "geometry_msgs/msg/PoseStamped", _hand_pose, cfg.state_qos
+            )
         if not cfg.dry_run:
-            msgtype = {"pose": "geometry_msgs/msg/PoseStamped", "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
-                       "joint_forward": "std_msgs/msg/Float64MultiArray"}[cfg.command]
+            msgtype = {
+                "pose": "geometry_msgs/msg/PoseStamped",
+                "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+                "joint_forward": "std_msgs/msg/Float64MultiArray",
+            }[cfg.command]
             self._publish = io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
             g = cfg.gripper_cfg
             if g is not None and g.kind == "topic":
-                self._publish_gripper = io.publisher(g.name, "std_msgs/msg/Float64MultiArray", cfg.command_qos)
+                self._publish_gripper = io.publisher(
+                    g.name, "std_msgs/msg/Float64MultiArray", cfg.command_qos
+                )
         try:
             self._joints.wait(cfg.connect_timeout_s)
             if self._ee is not None:
@@ -236,11 +271,14 @@ class RosArm(Robot):
         n = len(self.cfg.joint_names)
         pose = self._ee_pose(max_age=True)
         yaw = m.yaw_of_quaternion(*pose[3:])
-        return {"joint_pos": sample.value["position"][:n].astype(np.float32),
-                "joint_vel": sample.value["velocity"][:n].astype(np.float32),
-                "ee_pos": pose[:3].astype(np.float32), "ee_yaw": np.array([math.cos(yaw), math.sin(yaw)], np.float32),
-                "gripper": np.array([self._gripper_opening(sample.value["position"])], np.float32),
-                "timestamp": np.float64(sample.monotonic)}
+        return {
+            "joint_pos": sample.value["position"][:n].astype(np.float32),
+            "joint_vel": sample.value["velocity"][:n].astype(np.float32),
+            "ee_pos": pose[:3].astype(np.float32),
+            "ee_yaw": np.array([math.cos(yaw), math.sin(yaw)], np.float32),
+            "gripper": np.array([self._gripper_opening(sample.value["position"])], np.float32),
+            "timestamp": np.float64(sample.monotonic),
+        }
 
     def command(self, action: np.ndarray) -> None:
         cfg = self.cfg
@@ -257,7 +295,9 @@ class RosArm(Robot):
             target_yaw = self._target_yaw + float(np.clip(a[3], -cfg.max_yaw_step, cfg.max_yaw_step))
             lead = math.remainder(target_yaw - yaw, 2 * math.pi)
             self._target_yaw = yaw + float(np.clip(lead, -cfg.max_lead_yaw, cfg.max_lead_yaw))
-            self._goal = np.concatenate([position, quat_multiply(quat_about_z(self._target_yaw - self._yaw0), self._quat0)])
+            self._goal = np.concatenate(
+                [position, quat_multiply(quat_about_z(self._target_yaw - self._yaw0), self._quat0)]
+            )
         else:
             step = np.clip(a[:-1] - self._goal, -cfg.max_joint_step, cfg.max_joint_step)
             self._goal = np.clip(self._goal + step, self._low, self._high)
@@ -283,7 +323,9 @@ class RosArm(Robot):
     def _hold_here(self) -> None:
         if self.cfg.command == "pose":
             self._goal = self._ee_pose().copy()
-            self._target_yaw = self._yaw0 + math.remainder(m.yaw_of_quaternion(*self._goal[3:]) - self._yaw0, 2 * math.pi)
+            self._target_yaw = self._yaw0 + math.remainder(
+                m.yaw_of_quaternion(*self._goal[3:]) - self._yaw0, 2 * math.pi
+            )
         else:
             n = len(self.cfg.joint_names)
             self._goal = np.clip(self._joints.get(None).value["position"][:n], self._low, self._high)
@@ -297,12 +339,16 @@ class RosArm(Robot):
             return np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0])  # joint control without a hand frame
         found = self.io.lookup_transform(cfg.base_frame, cfg.ee_frame)
         if found is None:
-            raise StaleMessageError(f"no transform from {cfg.base_frame} to {cfg.ee_frame} (is TF published?)")
+            raise StaleMessageError(
+                f"no transform from {cfg.base_frame} to {cfg.ee_frame} (is TF published?)"
+            )
         pose, stamp = np.asarray(found[0], np.float64), found[1]
         age = self.io.now() - stamp
         if limit is not None and age > limit:
-            raise StaleMessageError(f"TF {cfg.base_frame} -> {cfg.ee_frame} is {1000 * age:.0f} ms old "
-                                    f"(limit {1000 * limit:.0f} ms): robot_state_publisher or the driver stalled")
+            raise StaleMessageError(
+                f"TF {cfg.base_frame} -> {cfg.ee_frame} is {1000 * age:.0f} ms old "
+                f"(limit {1000 * limit:.0f} ms): robot_state_publisher or the driver stalled"
+            )
         norm = float(np.linalg.norm(pose[3:]))
         if not np.all(np.isfinite(pose)) or norm < 1e-6:
             raise StaleMessageError(f"TF {cfg.base_frame} -> {cfg.ee_frame} is not a valid pose: {pose}")
@@ -341,7 +387,9 @@ class RosArm(Robot):
         if cfg.command == "pose":
             self._publish(m.make_pose_stamped(self.io.types, t, cfg.base_frame, self._goal))
         elif cfg.command == "joint_trajectory":
-            self._publish(m.make_joint_trajectory(self.io.types, t, cfg.joint_names, self._goal, cfg.trajectory_time_s))
+            self._publish(
+                m.make_joint_trajectory(self.io.types, t, cfg.joint_names, self._goal, cfg.trajectory_time_s)
+            )
         else:
             self._publish(m.make_float64_array(self.io.types, self._goal))
         g = cfg.gripper_cfg
@@ -356,21 +404,23 @@ class RosArm(Robot):
 # --- the car -----------------------------------------------------------------------------------------------
 @dataclass
 class RosCarConfig:
-    command: str = "ackermann"              # ackermann: AckermannDriveStamped; twist: Twist (yaw rate from the bicycle model)
+    command: str = (
+        "ackermann"  # ackermann: AckermannDriveStamped; twist: Twist (yaw rate from the bicycle model)
+    )
     command_topic: str = "/drive"
     odom_topic: str = "/odom"
-    imu_topic: str | None = None            # sensor_msgs/Imu; without it the gyro is the odometry's yaw rate
+    imu_topic: str | None = None  # sensor_msgs/Imu; without it the gyro is the odometry's yaw rate
     frame_id: str = "base_link"
-    max_speed: float = 3.0                  # m/s; a clip within the car spec's 3 m/s
-    max_steer: float = 0.35                 # rad; a clip within the car spec's 0.35 rad
-    wheelbase: float = 0.33                 # m
-    wheel_radius: float = 0.05              # m: wheel_speed = the odometry's forward speed / wheel_radius
-    collision_accel_g: float = 2.0          # a horizontal jolt above this counts as a collision
+    max_speed: float = 3.0  # m/s; a clip within the car spec's 3 m/s
+    max_steer: float = 0.35  # rad; a clip within the car spec's 0.35 rad
+    wheelbase: float = 0.33  # m
+    wheel_radius: float = 0.05  # m: wheel_speed = the odometry's forward speed / wheel_radius
+    collision_accel_g: float = 2.0  # a horizontal jolt above this counts as a collision
     state_qos: str = "sensor"
     command_qos: str = "command"
     max_age_s: float = 0.2
     connect_timeout_s: float = 5.0
-    watchdog_s: float = 0.25                # publish a stop when commands stop for this long (0: off)
+    watchdog_s: float = 0.25  # publish a stop when commands stop for this long (0: off)
     dry_run: bool = False
 
     def __post_init__(self):
@@ -390,7 +440,11 @@ def _car_odometry(msg) -> dict[str, np.ndarray]:
     [vx, vy, vz] (m/s) and, apart, the yaw rate (rad/s: the gyro when there is no IMU)."""
     values = m.odometry(msg)  # its "velocity" is [vx, vy, yaw rate]: a twist summary, not the spec's
     linear = msg.twist.twist.linear
-    return {"pose": values["pose"], "linear": np.array([linear.x, linear.y, linear.z]), "yaw_rate": values["velocity"][2]}
+    return {
+        "pose": values["pose"],
+        "linear": np.array([linear.x, linear.y, linear.z]),
+        "yaw_rate": values["velocity"][2],
+    }
 
 
 class RosCar(Robot):
@@ -414,11 +468,17 @@ class RosCar(Robot):
         if self._odom is not None:
             return
         cfg = self.cfg
-        self._odom = LatestMessage(self.io, cfg.odom_topic, "nav_msgs/msg/Odometry", _car_odometry, cfg.state_qos)
+        self._odom = LatestMessage(
+            self.io, cfg.odom_topic, "nav_msgs/msg/Odometry", _car_odometry, cfg.state_qos
+        )
         if cfg.imu_topic:
             self._imu = LatestMessage(self.io, cfg.imu_topic, "sensor_msgs/msg/Imu", m.imu, cfg.state_qos)
         if not cfg.dry_run:
-            msgtype = "ackermann_msgs/msg/AckermannDriveStamped" if cfg.command == "ackermann" else "geometry_msgs/msg/Twist"
+            msgtype = (
+                "ackermann_msgs/msg/AckermannDriveStamped"
+                if cfg.command == "ackermann"
+                else "geometry_msgs/msg/Twist"
+            )
             self._publish = self.io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
         try:
             self._odom.wait(cfg.connect_timeout_s)
@@ -447,11 +507,16 @@ class RosCar(Robot):
         # the motor's speed, as VescCar measures it. (From an odometry that fuses other sensors it
         # is the ground speed: wheel slip would not show.)
         wheel_speed = linear[0] / self.cfg.wheel_radius
-        return {"pose": self._pose.astype(np.float32), "velocity": linear.astype(np.float32),
-                "gyro": np.asarray(gyro, np.float32), "accel": np.asarray(accel, np.float32),
-                "wheel_speed": np.array([wheel_speed], np.float32),
-                "steer": np.array([self._steer], np.float32), "collision": np.array([float(jolt)], np.float32),
-                "timestamp": np.float64(odom.monotonic)}
+        return {
+            "pose": self._pose.astype(np.float32),
+            "velocity": linear.astype(np.float32),
+            "gyro": np.asarray(gyro, np.float32),
+            "accel": np.asarray(accel, np.float32),
+            "wheel_speed": np.array([wheel_speed], np.float32),
+            "steer": np.array([self._steer], np.float32),
+            "collision": np.array([float(jolt)], np.float32),
+            "timestamp": np.float64(odom.monotonic),
+        }
 
     def command(self, action: np.ndarray) -> None:
         a = _finite(action, (2,), "car")
@@ -484,8 +549,8 @@ class RosCar(Robot):
 class RosCameraConfig:
     name: str = "front"
     topic: str = "/camera/color/image_raw"
-    compressed: bool = False                # sensor_msgs/CompressedImage (e.g. .../image_raw/compressed)
-    width: int = 128                        # frames are resized to this (the policy's input size)
+    compressed: bool = False  # sensor_msgs/CompressedImage (e.g. .../image_raw/compressed)
+    width: int = 128  # frames are resized to this (the policy's input size)
     height: int = 128
     qos: str = "sensor"
     connect_timeout_s: float = 5.0
@@ -510,7 +575,9 @@ class RosCamera(Camera):
         if self._latest is None:
             kind = "sensor_msgs/msg/CompressedImage" if self.cfg.compressed else "sensor_msgs/msg/Image"
             convert = m.compressed_image if self.cfg.compressed else m.image
-            latest = LatestMessage(self.io, self.cfg.topic, kind, lambda msg: self._fit(convert(msg)), self.cfg.qos)
+            latest = LatestMessage(
+                self.io, self.cfg.topic, kind, lambda msg: self._fit(convert(msg)), self.cfg.qos
+            )
             latest.wait(self.cfg.connect_timeout_s)
             self._latest = latest
 

@@ -40,7 +40,7 @@ class StreamConfig:
     key: str
     topic: str
     field: str | None = None
-    names: list | None = None       # JointState: joint order
+    names: list | None = None  # JointState: joint order
 
 
 @dataclass
@@ -63,7 +63,9 @@ class RosbagImportConfig:
             raise ConfigError("fps and tolerance_s must be positive")
 
 
-def read_bag(path, cfg: RosbagImportConfig, progress: bool = True) -> tuple[dict[str, tuple[np.ndarray, list]], dict, list[float]]:
+def read_bag(
+    path, cfg: RosbagImportConfig, progress: bool = True
+) -> tuple[dict[str, tuple[np.ndarray, list]], dict, list[float]]:
     """[(times, arrays)] per stream (in config order), the bag's topic -> message count, the marker times."""
     from rosbags.rosbag2 import Reader
 
@@ -83,14 +85,22 @@ def read_bag(path, cfg: RosbagImportConfig, progress: bool = True) -> tuple[dict
         available = {c.topic: c.msgtype for c in reader.connections}
         missing = [t for t in [*wanted, *([marker] if marker else [])] if t not in available]
         if missing:
-            raise DatasetError(f"{path} has no topic {', '.join(missing)} (it has {', '.join(sorted(available))})")
+            raise DatasetError(
+                f"{path} has no topic {', '.join(missing)} (it has {', '.join(sorted(available))})"
+            )
         connections = [c for c in reader.connections if c.topic in wanted or c.topic == marker]
         data = [([], []) for _ in cfg.streams]
         markers = []
         counts = {t: 0 for t in available}
         total = sum(c.msgcount for c in connections)
-        for connection, bag_ns, raw in tqdm(reader.messages(connections), total=total, desc=f"read {Path(path).name}",
-                                            unit="msg", disable=not progress, dynamic_ncols=True):
+        for connection, bag_ns, raw in tqdm(
+            reader.messages(connections),
+            total=total,
+            desc=f"read {Path(path).name}",
+            unit="msg",
+            disable=not progress,
+            dynamic_ncols=True,
+        ):
             counts[connection.topic] += 1
             msg = store.deserialize_cdr(raw, connection.msgtype)
             stamp = bag_ns * 1e-9
@@ -122,7 +132,11 @@ def episode_spans(data, cfg: RosbagImportConfig, markers: list[float]) -> list[t
     if gap:
         big = np.flatnonzero(np.diff(stamps) > gap)
         cuts += [float((stamps[i] + stamps[i + 1]) / 2) for i in big]
-    edges = [float(stamps[0]) - 1e-9, *sorted(c for c in cuts if stamps[0] < c < stamps[-1]), float(stamps[-1]) + 1e-9]
+    edges = [
+        float(stamps[0]) - 1e-9,
+        *sorted(c for c in cuts if stamps[0] < c < stamps[-1]),
+        float(stamps[-1]) + 1e-9,
+    ]
     spans = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         # Within the span, from when every stream has spoken to when the first goes quiet for good.
@@ -139,9 +153,16 @@ def episode_spans(data, cfg: RosbagImportConfig, markers: list[float]) -> list[t
     return spans
 
 
-def sample(times: np.ndarray, values: list, ticks: np.ndarray, cfg: RosbagImportConfig) -> tuple[list, np.ndarray]:
-    """Values at each tick (nearest, or interpolated between neighbours) and which ticks had one within the tolerance."""
-    right = np.clip(np.searchsorted(times, ticks), 1, len(times) - 1) if len(times) > 1 else np.zeros(len(ticks), int)
+def sample(
+    times: np.ndarray, values: list, ticks: np.ndarray, cfg: RosbagImportConfig
+) -> tuple[list, np.ndarray]:
+    """Values at each tick (nearest, or interpolated between neighbours) and which ticks had one
+    within the tolerance."""
+    right = (
+        np.clip(np.searchsorted(times, ticks), 1, len(times) - 1)
+        if len(times) > 1
+        else np.zeros(len(ticks), int)
+    )
     left = np.maximum(right - 1, 0)
     d_left, d_right = np.abs(ticks - times[left]), np.abs(times[right] - ticks)
     nearest = np.where(d_left <= d_right, left, right)
@@ -154,7 +175,9 @@ def sample(times: np.ndarray, values: list, ticks: np.ndarray, cfg: RosbagImport
             w = 0.0 if span <= 0 else float(np.clip((t - times[i]) / span, 0.0, 1.0))
             out.append((1 - w) * values[i] + w * values[j])
         # Interpolating needs a message on each side within the tolerance of the gap it bridges.
-        ok = (ticks >= times[left]) & (ticks <= times[right]) & (times[right] - times[left] <= 2 * cfg.tolerance_s) | ok
+        ok = (ticks >= times[left]) & (ticks <= times[right]) & (
+            times[right] - times[left] <= 2 * cfg.tolerance_s
+        ) | ok
         return out, ok
     return [values[i] for i in nearest], ok
 
@@ -186,8 +209,16 @@ def import_rosbag(bag, out, cfg: RosbagImportConfig, progress: bool = True) -> d
             continue
         episode = {}
         for key in keys:
-            parts = [np.stack([np.asarray(sampled[j][i]) for i in index]) for j, s in enumerate(cfg.streams) if s.key == key]
-            episode[key] = parts[0] if len(parts) == 1 else np.concatenate([p.reshape(len(index), -1) for p in parts], axis=1)
+            parts = [
+                np.stack([np.asarray(sampled[j][i]) for i in index])
+                for j, s in enumerate(cfg.streams)
+                if s.key == key
+            ]
+            episode[key] = (
+                parts[0]
+                if len(parts) == 1
+                else np.concatenate([p.reshape(len(index), -1) for p in parts], axis=1)
+            )
             if episode[key].dtype == np.float64:
                 episode[key] = episode[key].astype(np.float32)
         episode["timestamp"] = ticks[index]
@@ -197,10 +228,15 @@ def import_rosbag(bag, out, cfg: RosbagImportConfig, progress: bool = True) -> d
     schema = {k: (v.shape[1:], v.dtype) for k, v in episodes[0].items()}
     partial = out.with_name(out.name + ".importing")
     shutil.rmtree(partial, ignore_errors=True)
-    attrs = {"source": "robot-rl dataset import-rosbag", "bag": str(bag), "task": cfg.task,
-             "topics": {s.key + ":" + s.topic: counts.get(s.topic, 0) for s in cfg.streams},
-             "dropped_ticks": dropped, "config": {k: v for k, v in vars(cfg).items() if k != "streams"}
-             | {"streams": [vars(s) for s in cfg.streams]}}
+    attrs = {
+        "source": "robot-rl dataset import-rosbag",
+        "bag": str(bag),
+        "task": cfg.task,
+        "topics": {s.key + ":" + s.topic: counts.get(s.topic, 0) for s in cfg.streams},
+        "dropped_ticks": dropped,
+        "config": {k: v for k, v in vars(cfg).items() if k != "streams"}
+        | {"streams": [vars(s) for s in cfg.streams]},
+    }
     store = EpisodeStore.open_or_create(partial, schema, fps=cfg.fps, attrs=attrs)
     try:
         for episode in episodes:
@@ -208,5 +244,10 @@ def import_rosbag(bag, out, cfg: RosbagImportConfig, progress: bool = True) -> d
     finally:
         store.close()
     partial.rename(out)
-    return {"store": str(out), "episodes": len(episodes), "steps": int(sum(len(e["timestamp"]) for e in episodes)),
-            "dropped_ticks": dropped, "messages": {s.topic: counts.get(s.topic, 0) for s in cfg.streams}}
+    return {
+        "store": str(out),
+        "episodes": len(episodes),
+        "steps": int(sum(len(e["timestamp"]) for e in episodes)),
+        "dropped_ticks": dropped,
+        "messages": {s.topic: counts.get(s.topic, 0) for s in cfg.streams},
+    }

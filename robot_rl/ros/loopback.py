@@ -58,7 +58,9 @@ class LoopbackIO(RosIO):
     def __init__(self, graph: LoopbackGraph, use_sim_time: bool = False):
         self.graph, self.use_sim_time = graph, use_sim_time
         self.types = graph.types
-        self.transforms: dict[tuple[str, str], tuple[list[float], float]] = {}  # (pose, stamp), as TF keeps them
+        self.transforms: dict[
+            tuple[str, str], tuple[list[float], float]
+        ] = {}  # (pose, stamp), as TF keeps them
         self.gripper_servers: set[str] = set()  # action servers that answer
         self.gripper_goals: list[tuple[str, float, float]] = []
 

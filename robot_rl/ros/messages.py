@@ -19,9 +19,13 @@ Types = Callable[[str], type]
 
 # Not in the rosbags store: ackermann_msgs, as its package defines it.
 ACKERMANN_MSGS = {
-    "ackermann_msgs/msg/AckermannDrive": "float32 steering_angle\nfloat32 steering_angle_velocity\nfloat32 speed\n"
-                                         "float32 acceleration\nfloat32 jerk\n",
-    "ackermann_msgs/msg/AckermannDriveStamped": "std_msgs/Header header\nackermann_msgs/AckermannDrive drive\n",
+    "ackermann_msgs/msg/AckermannDrive": (
+        "float32 steering_angle\nfloat32 steering_angle_velocity\nfloat32 speed\n"
+        "float32 acceleration\nfloat32 jerk\n"
+    ),
+    "ackermann_msgs/msg/AckermannDriveStamped": (
+        "std_msgs/Header header\nackermann_msgs/AckermannDrive drive\n"
+    ),
 }
 
 
@@ -48,7 +52,9 @@ def rclpy_types(name: str) -> type:
     try:
         return getattr(importlib.import_module(f"{package}.msg"), message)
     except (ImportError, AttributeError):
-        raise ConfigError(f"ROS 2 message {name} is not available (is its package installed and sourced?)") from None
+        raise ConfigError(
+            f"ROS 2 message {name} is not available (is its package installed and sourced?)"
+        ) from None
 
 
 # --- time -----------------------------------------------------------------------------------------
@@ -84,8 +90,17 @@ def _indices(have: list[str], want: Sequence[str]) -> list[int]:
 def pose(msg) -> np.ndarray:
     """[x, y, z, qx, qy, qz, qw] of a Pose (or of a PoseStamped's)."""
     p = getattr(msg, "pose", msg)
-    return np.array([p.position.x, p.position.y, p.position.z, p.orientation.x, p.orientation.y,
-                     p.orientation.z, p.orientation.w])
+    return np.array(
+        [
+            p.position.x,
+            p.position.y,
+            p.position.z,
+            p.orientation.x,
+            p.orientation.y,
+            p.orientation.z,
+            p.orientation.w,
+        ]
+    )
 
 
 def yaw_of_quaternion(x: float, y: float, z: float, w: float) -> float:
@@ -95,8 +110,10 @@ def yaw_of_quaternion(x: float, y: float, z: float, w: float) -> float:
 def odometry(msg) -> dict[str, np.ndarray]:
     """The car's pose [x, y, yaw] and velocity [vx, vy, yaw rate] (in the child frame)."""
     p, q, v = msg.pose.pose.position, msg.pose.pose.orientation, msg.twist.twist
-    return {"pose": np.array([p.x, p.y, yaw_of_quaternion(q.x, q.y, q.z, q.w)]),
-            "velocity": np.array([v.linear.x, v.linear.y, v.angular.z])}
+    return {
+        "pose": np.array([p.x, p.y, yaw_of_quaternion(q.x, q.y, q.z, q.w)]),
+        "velocity": np.array([v.linear.x, v.linear.y, v.angular.z]),
+    }
 
 
 def imu(msg) -> dict[str, np.ndarray]:
@@ -115,7 +132,13 @@ def twist(msg) -> np.ndarray:
     return np.array([t.linear.x, t.angular.z])
 
 
-ENCODINGS = {"rgb8": (3, False), "bgr8": (3, True), "rgba8": (4, False), "bgra8": (4, True), "mono8": (1, False)}
+ENCODINGS = {
+    "rgb8": (3, False),
+    "bgr8": (3, True),
+    "rgba8": (4, False),
+    "bgra8": (4, True),
+    "mono8": (1, False),
+}
 
 
 def image(msg) -> np.ndarray:
@@ -125,7 +148,9 @@ def image(msg) -> np.ndarray:
         dtype = np.dtype(">u2" if msg.is_bigendian else "<u2")
         return np.frombuffer(data.tobytes(), dtype).reshape(h, int(msg.step) // 2)[:, :w].astype(np.uint16)
     if msg.encoding not in ENCODINGS:
-        raise ConfigError(f"image encoding {msg.encoding!r} is not supported ({', '.join([*ENCODINGS, '16UC1'])})")
+        raise ConfigError(
+            f"image encoding {msg.encoding!r} is not supported ({', '.join([*ENCODINGS, '16UC1'])})"
+        )
     channels, bgr = ENCODINGS[msg.encoding]
     pixels = data.reshape(h, int(msg.step))[:, : w * channels].reshape(h, w, channels)
     if channels == 1:
@@ -146,8 +171,12 @@ def compressed_image(msg) -> np.ndarray:
 # --- builders ---------------------------------------------------------------------------------------
 def make_joint_state(types: Types, t: float, names, position, velocity=(), effort=()):
     return types("sensor_msgs/msg/JointState")(
-        header=header(types, t), name=list(names), position=np.asarray(position, np.float64),
-        velocity=np.asarray(velocity, np.float64), effort=np.asarray(effort, np.float64))
+        header=header(types, t),
+        name=list(names),
+        position=np.asarray(position, np.float64),
+        velocity=np.asarray(velocity, np.float64),
+        effort=np.asarray(effort, np.float64),
+    )
 
 
 def _vector3(types: Types, x, y, z):
@@ -156,8 +185,10 @@ def _vector3(types: Types, x, y, z):
 
 def make_pose_stamped(types: Types, t: float, frame_id: str, xyz_quat):
     x, y, z, qx, qy, qz, qw = (float(v) for v in xyz_quat)
-    pose_msg = types("geometry_msgs/msg/Pose")(position=types("geometry_msgs/msg/Point")(x=x, y=y, z=z),
-                                              orientation=types("geometry_msgs/msg/Quaternion")(x=qx, y=qy, z=qz, w=qw))
+    pose_msg = types("geometry_msgs/msg/Pose")(
+        position=types("geometry_msgs/msg/Point")(x=x, y=y, z=z),
+        orientation=types("geometry_msgs/msg/Quaternion")(x=qx, y=qy, z=qz, w=qw),
+    )
     return types("geometry_msgs/msg/PoseStamped")(header=header(types, t, frame_id), pose=pose_msg)
 
 
@@ -165,9 +196,15 @@ def make_joint_trajectory(types: Types, t: float, names, positions, time_from_st
     sec, nanosec = divmod(int(round(time_from_start_s * 1e9)), 1_000_000_000)
     duration = types("builtin_interfaces/msg/Duration")(sec=int(sec), nanosec=int(nanosec))
     point = types("trajectory_msgs/msg/JointTrajectoryPoint")(
-        positions=np.asarray(positions, np.float64), velocities=np.zeros(0), accelerations=np.zeros(0),
-        effort=np.zeros(0), time_from_start=duration)
-    return types("trajectory_msgs/msg/JointTrajectory")(header=header(types, t), joint_names=list(names), points=[point])
+        positions=np.asarray(positions, np.float64),
+        velocities=np.zeros(0),
+        accelerations=np.zeros(0),
+        effort=np.zeros(0),
+        time_from_start=duration,
+    )
+    return types("trajectory_msgs/msg/JointTrajectory")(
+        header=header(types, t), joint_names=list(names), points=[point]
+    )
 
 
 def make_float64_array(types: Types, values):
@@ -176,20 +213,34 @@ def make_float64_array(types: Types, values):
 
 
 def make_ackermann(types: Types, t: float, steer: float, speed: float, frame_id: str = "base_link"):
-    drive = types("ackermann_msgs/msg/AckermannDrive")(steering_angle=float(steer), steering_angle_velocity=0.0,
-                                                       speed=float(speed), acceleration=0.0, jerk=0.0)
+    drive = types("ackermann_msgs/msg/AckermannDrive")(
+        steering_angle=float(steer),
+        steering_angle_velocity=0.0,
+        speed=float(speed),
+        acceleration=0.0,
+        jerk=0.0,
+    )
     return types("ackermann_msgs/msg/AckermannDriveStamped")(header=header(types, t, frame_id), drive=drive)
 
 
 def make_twist(types: Types, speed: float, yaw_rate: float):
-    return types("geometry_msgs/msg/Twist")(linear=_vector3(types, speed, 0, 0), angular=_vector3(types, 0, 0, yaw_rate))
+    return types("geometry_msgs/msg/Twist")(
+        linear=_vector3(types, speed, 0, 0), angular=_vector3(types, 0, 0, yaw_rate)
+    )
 
 
 def make_image(types: Types, t: float, pixels: np.ndarray, encoding: str = "rgb8", frame_id: str = "camera"):
     pixels = np.ascontiguousarray(pixels)
     h, w = pixels.shape[:2]
-    return types("sensor_msgs/msg/Image")(header=header(types, t, frame_id), height=h, width=w, encoding=encoding,
-                                          is_bigendian=0, step=pixels.strides[0], data=pixels.view(np.uint8).ravel())
+    return types("sensor_msgs/msg/Image")(
+        header=header(types, t, frame_id),
+        height=h,
+        width=w,
+        encoding=encoding,
+        is_bigendian=0,
+        step=pixels.strides[0],
+        data=pixels.view(np.uint8).ravel(),
+    )
 
 
 def make_compressed_image(types: Types, t: float, pixels: np.ndarray, frame_id: str = "camera"):
@@ -198,33 +249,48 @@ def make_compressed_image(types: Types, t: float, pixels: np.ndarray, frame_id: 
     ok, data = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
     if not ok:
         raise ConfigError("cannot encode the image")
-    return types("sensor_msgs/msg/CompressedImage")(header=header(types, t, frame_id), format="png", data=data.ravel())
+    return types("sensor_msgs/msg/CompressedImage")(
+        header=header(types, t, frame_id), format="png", data=data.ravel()
+    )
 
 
 def make_odometry(types: Types, t: float, x: float, y: float, yaw: float, vx: float, wz: float):
     cov = np.zeros(36)
     quat = types("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=math.sin(yaw / 2), w=math.cos(yaw / 2))
-    pose_msg = types("geometry_msgs/msg/Pose")(position=types("geometry_msgs/msg/Point")(x=float(x), y=float(y), z=0.0),
-                                              orientation=quat)
+    pose_msg = types("geometry_msgs/msg/Pose")(
+        position=types("geometry_msgs/msg/Point")(x=float(x), y=float(y), z=0.0), orientation=quat
+    )
     return types("nav_msgs/msg/Odometry")(
-        header=header(types, t, "odom"), child_frame_id="base_link",
+        header=header(types, t, "odom"),
+        child_frame_id="base_link",
         pose=types("geometry_msgs/msg/PoseWithCovariance")(pose=pose_msg, covariance=cov),
-        twist=types("geometry_msgs/msg/TwistWithCovariance")(twist=make_twist(types, vx, wz), covariance=cov))
+        twist=types("geometry_msgs/msg/TwistWithCovariance")(twist=make_twist(types, vx, wz), covariance=cov),
+    )
 
 
 def make_imu(types: Types, t: float, gyro, accel):
     quat = types("geometry_msgs/msg/Quaternion")(x=0.0, y=0.0, z=0.0, w=1.0)
     cov = np.zeros(9)
-    return types("sensor_msgs/msg/Imu")(header=header(types, t, "imu"), orientation=quat, orientation_covariance=cov,
-                                        angular_velocity=_vector3(types, *gyro), angular_velocity_covariance=cov,
-                                        linear_acceleration=_vector3(types, *accel), linear_acceleration_covariance=cov)
+    return types("sensor_msgs/msg/Imu")(
+        header=header(types, t, "imu"),
+        orientation=quat,
+        orientation_covariance=cov,
+        angular_velocity=_vector3(types, *gyro),
+        angular_velocity_covariance=cov,
+        linear_acceleration=_vector3(types, *accel),
+        linear_acceleration_covariance=cov,
+    )
 
 
 # --- what a bag importer or a node reads out of each message kind ---------------------------------
 def read_field(msg, msgtype: str, field: str | None, names: Sequence[str] | None = None) -> np.ndarray:
     """One array out of a message: `field` picks among a message kind's parts (None: its default)."""
     kind = msgtype.split("/")[-1]
-    parts = {"JointState": lambda: joint_state(msg, names), "Odometry": lambda: odometry(msg), "Imu": lambda: imu(msg)}
+    parts = {
+        "JointState": lambda: joint_state(msg, names),
+        "Odometry": lambda: odometry(msg),
+        "Imu": lambda: imu(msg),
+    }
     if kind in parts:
         values = parts[kind]()
         default = next(iter(values))
@@ -243,5 +309,7 @@ def read_field(msg, msgtype: str, field: str | None, names: Sequence[str] | None
         return image(msg)
     if kind == "CompressedImage":
         return compressed_image(msg)
-    raise ConfigError(f"robot_rl does not read {msgtype} (JointState, Odometry, Imu, PoseStamped, "
-                      "AckermannDriveStamped, Twist, Float64MultiArray, Image, CompressedImage)")
+    raise ConfigError(
+        f"robot_rl does not read {msgtype} (JointState, Odometry, Imu, PoseStamped, "
+        "AckermannDriveStamped, Twist, Float64MultiArray, Image, CompressedImage)"
+    )

@@ -21,8 +21,14 @@ def qos_profile(name: str):
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
     reliability, depth = QOS_PROFILES[name]
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, durability=DurabilityPolicy.VOLATILE,
-                      reliability=ReliabilityPolicy.RELIABLE if reliability == "reliable" else ReliabilityPolicy.BEST_EFFORT)
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        durability=DurabilityPolicy.VOLATILE,
+        reliability=ReliabilityPolicy.RELIABLE
+        if reliability == "reliable"
+        else ReliabilityPolicy.BEST_EFFORT,
+    )
 
 
 class RclpyIO(RosIO):
@@ -42,8 +48,11 @@ class RclpyIO(RosIO):
         self._tf_listener = tf2_ros.TransformListener(self._tf_buffer, node, spin_thread=False)
 
     def subscribe(self, topic, msgtype, callback, qos="sensor") -> None:
-        self._subscriptions.append(self.node.create_subscription(rclpy_types(msgtype), topic, callback, qos_profile(qos),
-                                                                 callback_group=self._group))
+        self._subscriptions.append(
+            self.node.create_subscription(
+                rclpy_types(msgtype), topic, callback, qos_profile(qos), callback_group=self._group
+            )
+        )
 
     def publisher(self, topic, msgtype, qos="command"):
         return self.node.create_publisher(rclpy_types(msgtype), topic, qos_profile(qos)).publish
@@ -60,7 +69,15 @@ class RclpyIO(RosIO):
         except (tf2_ros.LookupException, tf2_ros.ConnectivityException, tf2_ros.ExtrapolationException):
             return None
         t, stamp = found.transform, found.header.stamp
-        pose = [t.translation.x, t.translation.y, t.translation.z, t.rotation.x, t.rotation.y, t.rotation.z, t.rotation.w]
+        pose = [
+            t.translation.x,
+            t.translation.y,
+            t.translation.z,
+            t.rotation.x,
+            t.rotation.y,
+            t.rotation.z,
+            t.rotation.w,
+        ]
         # A static chain (all static transforms) carries stamp 0: it is as fresh as TF is.
         return pose, (stamp.sec + stamp.nanosec * 1e-9) or self.now()
 
@@ -70,10 +87,13 @@ class RclpyIO(RosIO):
 
         client = self._grippers.get(action_name)
         if client is None:
-            client = self._grippers[action_name] = ActionClient(self.node, GripperCommand, action_name,
-                                                                callback_group=self._group)
+            client = self._grippers[action_name] = ActionClient(
+                self.node, GripperCommand, action_name, callback_group=self._group
+            )
         if not client.wait_for_server(timeout_sec=timeout_s):
-            raise DeviceError(f"the gripper action server {action_name} did not answer within {timeout_s:.1f} s")
+            raise DeviceError(
+                f"the gripper action server {action_name} did not answer within {timeout_s:.1f} s"
+            )
 
     def send_gripper_goal(self, action_name, position, max_effort) -> None:
         from control_msgs.action import GripperCommand
@@ -104,13 +124,15 @@ def _interrupt_once():
 
 
 def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
-    """Start the rclpy node `robot_rl_<kind>`, declare and read `params_spec` (robot_rl.commands.ros_nodes.NODES[kind]),
-    and run `runner(params, io)`."""
+    """Start the rclpy node `robot_rl_<kind>`, declare and read `params_spec`
+    (robot_rl.commands.ros_nodes.NODES[kind]), and run `runner(params, io)`."""
     try:
         import rclpy
     except ImportError:
-        raise ConfigError("rclpy is not importable: source your ROS 2 installation (e.g. /opt/ros/humble/setup.bash) "
-                          "and install robot_rl into that Python (pip install -e '.[ros]')") from None
+        raise ConfigError(
+            "rclpy is not importable: source your ROS 2 installation (e.g. /opt/ros/humble/setup.bash) "
+            "and install robot_rl into that Python (pip install -e '.[ros]')"
+        ) from None
     from rcl_interfaces.msg import ParameterDescriptor
     from rclpy.executors import MultiThreadedExecutor
 
@@ -131,10 +153,15 @@ def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
             try:  # the default's type is the parameter's type; a launch file's value must match it
                 node.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
             except Exception as exc:  # rclpy's InvalidParameterTypeException and kin
-                raise ConfigError(f"node {kind}: parameter {p.name} must be a {p.type.__name__}: {exc}") from None
+                raise ConfigError(
+                    f"node {kind}: parameter {p.name} must be a {p.type.__name__}: {exc}"
+                ) from None
             params[p.name] = node.get_parameter(p.name).value
         spinner.start()
-        print(f"{node.get_fully_qualified_name()}: " + ", ".join(f"{k}={v!r}" for k, v in params.items()), file=sys.stderr)
+        print(
+            f"{node.get_fully_qualified_name()}: " + ", ".join(f"{k}={v!r}" for k, v in params.items()),
+            file=sys.stderr,
+        )
         return runner(params, RclpyIO(node))
     finally:
         executor.shutdown()

@@ -66,7 +66,7 @@ class RosIO(abc.ABC):
 @dataclass
 class Sample:
     value: object
-    stamp: float     # the message's header stamp (ROS time), or its arrival when it has no header
+    stamp: float  # the message's header stamp (ROS time), or its arrival when it has no header
     received: float  # ROS time of arrival
     monotonic: float  # host monotonic time of arrival
 
@@ -88,7 +88,11 @@ class LatestMessage:
             value = self.convert(msg)
             now = self.io.now()
             stamp = getattr(getattr(msg, "header", None), "stamp", None)
-            stamp_s = stamp.sec + stamp.nanosec * 1e-9 if stamp is not None and (stamp.sec or stamp.nanosec) else now
+            stamp_s = (
+                stamp.sec + stamp.nanosec * 1e-9
+                if stamp is not None and (stamp.sec or stamp.nanosec)
+                else now
+            )
         except Exception as exc:  # an unreadable message counts as no message; its error is reported
             self._error = f"the last message on {self.topic} could not be read: {exc}"
             return
@@ -103,11 +107,15 @@ class LatestMessage:
             sample = self._sample
         why = f"; {self._error}" if self._error else ""
         if sample is None:
-            raise StaleMessageError(f"no message on {self.topic} yet (is its publisher running, with a compatible QoS?){why}")
+            raise StaleMessageError(
+                f"no message on {self.topic} yet (is its publisher running, with a compatible QoS?){why}"
+            )
         age = self.io.now() - sample.received
         if max_age_s is not None and age > max_age_s:
-            raise StaleMessageError(f"{self.topic}: the newest message is {1000 * age:.0f} ms old "
-                                    f"(limit {1000 * max_age_s:.0f} ms): its publisher stalled or died{why}")
+            raise StaleMessageError(
+                f"{self.topic}: the newest message is {1000 * age:.0f} ms old "
+                f"(limit {1000 * max_age_s:.0f} ms): its publisher stalled or died{why}"
+            )
         return sample
 
     def wait(self, timeout_s: float) -> Sample:
@@ -119,6 +127,8 @@ class LatestMessage:
                     return self._sample
             if time.monotonic() > deadline:
                 why = f"; {self._error}" if self._error else ""
-                raise StaleMessageError(f"no message on {self.topic} within {timeout_s:.1f} s "
-                                        f"(is its publisher running, with a compatible QoS?){why}")
+                raise StaleMessageError(
+                    f"no message on {self.topic} within {timeout_s:.1f} s "
+                    f"(is its publisher running, with a compatible QoS?){why}"
+                )
             time.sleep(0.005)

@@ -17,8 +17,8 @@ import numpy as np
 
 from robot_rl.core.protocols import Robot
 from robot_rl.core.specs import ArraySpec
-from robot_rl.tasks.arm import down_rotation, yaw_of
 from robot_rl.sim.world import MujocoWorld
+from robot_rl.tasks.arm import down_rotation, yaw_of
 
 CONTROL_HZ = 20.0
 MAX_STEP_M = 0.02  # per command: 0.4 m/s at 20 Hz
@@ -70,12 +70,14 @@ ARM_XML = """
                   {hand_extra}
                   <body name="left_finger" pos="0 0 0.06" gravcomp="1">
                     <inertial pos="0 0.01 0.025" mass="0.05" diaginertia="1e-5 1e-5 1e-5"/>
-                    <joint name="finger_left" type="slide" axis="0 1 0" range="0 0.04" damping="5" armature="0.01"/>
+                    <joint name="finger_left" type="slide" axis="0 1 0" range="0 0.04" damping="5"
+                           armature="0.01"/>
                     <geom name="pad_left" class="pad" pos="0 0.006 0.03"/>
                   </body>
                   <body name="right_finger" pos="0 0 0.06" gravcomp="1">
                     <inertial pos="0 -0.01 0.025" mass="0.05" diaginertia="1e-5 1e-5 1e-5"/>
-                    <joint name="finger_right" type="slide" axis="0 -1 0" range="0 0.04" damping="5" armature="0.01"/>
+                    <joint name="finger_right" type="slide" axis="0 -1 0" range="0 0.04" damping="5"
+                           armature="0.01"/>
                     <geom name="pad_right" class="pad" pos="0 -0.006 0.03"/>
                   </body>
                 </body>
@@ -146,7 +148,13 @@ def scene_xml(worldbody: str, hand_extra: str = "", extra: str = "", timestep: f
 class MujocoArm(Robot):
     """The 7-DoF arm as a robot_rl Robot. Action (robot units): [dx, dy, dz, dyaw, gripper]."""
 
-    def __init__(self, world: MujocoWorld, control_hz: float = CONTROL_HZ, damping: float = 0.05, null_gain: float = 0.1):
+    def __init__(
+        self,
+        world: MujocoWorld,
+        control_hz: float = CONTROL_HZ,
+        damping: float = 0.05,
+        null_gain: float = 0.1,
+    ):
         self.world = world
         m = world.model
         self.substeps = int(round(1.0 / (control_hz * m.opt.timestep)))
@@ -173,8 +181,9 @@ class MujocoArm(Robot):
         }
         low = [-MAX_STEP_M] * 3 + [-MAX_YAW_STEP, -1.0]
         high = [MAX_STEP_M] * 3 + [MAX_YAW_STEP, 1.0]
-        self.action_spec = ArraySpec((5,), low=np.array(low), high=np.array(high),
-                                     names=("dx", "dy", "dz", "dyaw", "gripper"))
+        self.action_spec = ArraySpec(
+            (5,), low=np.array(low), high=np.array(high), names=("dx", "dy", "dz", "dyaw", "gripper")
+        )
 
     # --- Robot protocol --------------------------------------------------------------------
     def connect(self) -> None:
@@ -213,7 +222,9 @@ class MujocoArm(Robot):
         a = np.asarray(actions, np.float64)
         delta = np.clip(a[:, :3], -MAX_STEP_M, MAX_STEP_M)
         for arm, dyaw in zip(arms, a[:, 3]):
-            arm.target_yaw = float(np.clip(arm.target_yaw + np.clip(dyaw, -MAX_YAW_STEP, MAX_YAW_STEP), -2.5, 2.5))
+            arm.target_yaw = float(
+                np.clip(arm.target_yaw + np.clip(dyaw, -MAX_YAW_STEP, MAX_YAW_STEP), -2.5, 2.5)
+            )
         n = len(arms)
         jac, twist = np.empty((n, 6, 7)), np.empty((n, 6))
         q, ctrl = np.empty((n, 7)), np.empty((n, 7))
@@ -224,7 +235,9 @@ class MujocoArm(Robot):
             # Orientation error: the rotation vector of goal @ rot^T, to first order.
             err = down_rotation(arm.target_yaw) @ arm.ee_rotation().T
             twist[i, :3] = delta[i]
-            twist[i, 3:] = 0.5 * np.array([err[2, 1] - err[1, 2], err[0, 2] - err[2, 0], err[1, 0] - err[0, 1]])
+            twist[i, 3:] = 0.5 * np.array(
+                [err[2, 1] - err[1, 2], err[0, 2] - err[2, 0], err[1, 0] - err[0, 1]]
+            )
             q[i], ctrl[i] = d.qpos[arm._qadr], d.ctrl[arm._act]
         targets = _ik_targets(jac, twist, q, ctrl, arms[0]._damping2, arms[0]._null_gain)
         for i, arm in enumerate(arms):
@@ -282,5 +295,7 @@ def _ik_targets(jac, twist, q, ctrl, damping2: float, null_gain: float) -> np.nd
     lead = ctrl + dq - q
     ahead = (jac[:, :3] @ lead[..., None])[..., 0]
     excess = ahead - np.clip(ahead, -MAX_HAND_LEAD_M, MAX_HAND_LEAD_M)
-    lead -= (jt[..., :3] @ np.linalg.solve(jac[:, :3] @ jt[..., :3] + damping2 * np.eye(3), excess[..., None]))[..., 0]
+    lead -= (
+        jt[..., :3] @ np.linalg.solve(jac[:, :3] @ jt[..., :3] + damping2 * np.eye(3), excess[..., None])
+    )[..., 0]
     return q + np.clip(lead, -MAX_TARGET_LEAD, MAX_TARGET_LEAD)

@@ -20,10 +20,10 @@ from robot_rl.core.env import RobotEnv
 from robot_rl.core.protocols import Task
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError
-from robot_rl.sim.randomization import randomization_hooks
 from robot_rl.sim.arm import HOME_QPOS, MAX_STEP_M, MAX_YAW_STEP, MujocoArm, scene_xml
-from robot_rl.tasks.arm import yaw_of
+from robot_rl.sim.randomization import randomization_hooks
 from robot_rl.sim.world import MujocoCamera, MujocoWorld
+from robot_rl.tasks.arm import yaw_of
 
 TABLE_X = (0.45, 0.62)
 TABLE_Y = (-0.18, 0.18)
@@ -67,7 +67,9 @@ class ArmTask(Task):
 
     def reset(self, rng: np.random.Generator) -> None:
         self.world.data.time = 0.0
-        self.arm.reset_joints(HOME_QPOS + rng.uniform(-0.05, 0.05, size=7), gripper_open=self.initial_gripper())
+        self.arm.reset_joints(
+            HOME_QPOS + rng.uniform(-0.05, 0.05, size=7), gripper_open=self.initial_gripper()
+        )
         self.place_objects(rng)
         self.world.forward()
 
@@ -94,20 +96,33 @@ def peg_scene(clearance: float) -> str:
     gap = PEG_HALF + clearance / 2  # half-width of the hole
     half_depth = HOLE_DEPTH / 2
     walls = []
-    for i, (x, y, sx, sy) in enumerate([
-        (gap + HOLE_WALL, 0, HOLE_WALL, gap + 2 * HOLE_WALL), (-gap - HOLE_WALL, 0, HOLE_WALL, gap + 2 * HOLE_WALL),
-        (0, gap + HOLE_WALL, gap, HOLE_WALL), (0, -gap - HOLE_WALL, gap, HOLE_WALL),
-    ]):
-        walls.append(f'<geom name="hole_wall{i}" class="fixture" type="box" size="{sx} {sy} {half_depth}" pos="{x} {y} {half_depth}"/>')
+    for i, (x, y, sx, sy) in enumerate(
+        [
+            (gap + HOLE_WALL, 0, HOLE_WALL, gap + 2 * HOLE_WALL),
+            (-gap - HOLE_WALL, 0, HOLE_WALL, gap + 2 * HOLE_WALL),
+            (0, gap + HOLE_WALL, gap, HOLE_WALL),
+            (0, -gap - HOLE_WALL, gap, HOLE_WALL),
+        ]
+    ):
+        walls.append(
+            f'<geom name="hole_wall{i}" class="fixture" type="box" size="{sx} {sy} {half_depth}" '
+            f'pos="{x} {y} {half_depth}"/>'
+        )
     peg = (
-        f'<geom name="peg" type="box" size="{PEG_HALF} {PEG_HALF} {PEG_LENGTH / 2}" pos="0 0 {0.105 + 0.07 - PEG_LENGTH / 2}" '
-        f'contype="1" conaffinity="1" condim="3" friction="0.4 0.005 0.0001" solref="0.004 1" solimp="0.95 0.99 0.001" '
-        f'rgba="0.85 0.65 0.1 1"/>\n<site name="peg_tip" pos="0 0 {0.105 + 0.07}" size="0.004" rgba="1 0 0 1"/>'
+        f'<geom name="peg" type="box" size="{PEG_HALF} {PEG_HALF} {PEG_LENGTH / 2}" '
+        f'pos="0 0 {0.105 + 0.07 - PEG_LENGTH / 2}" '
+        'contype="1" conaffinity="1" condim="3" friction="0.4 0.005 0.0001" solref="0.004 1" '
+        'solimp="0.95 0.99 0.001" '
+        'rgba="0.85 0.65 0.1 1"/>\n'
+        f'<site name="peg_tip" pos="0 0 {0.105 + 0.07}" size="0.004" rgba="1 0 0 1"/>'
     )
     fixture = """
     <default><default class="fixture"><geom contype="1" conaffinity="1" condim="3" friction="0.4 0.005 0.0001"
         solref="0.004 1" solimp="0.95 0.99 0.001" rgba="0.3 0.45 0.7 1"/></default></default>"""
-    worldbody = f'<body name="hole" mocap="true" pos="0.55 0 0">{"".join(walls)}<site name="hole_top" pos="0 0 {HOLE_DEPTH}" size="0.004"/></body>'
+    worldbody = (
+        f'<body name="hole" mocap="true" pos="0.55 0 0">{"".join(walls)}'
+        f'<site name="hole_top" pos="0 0 {HOLE_DEPTH}" size="0.004"/></body>'
+    )
     return scene_xml(worldbody, hand_extra=peg).replace("<worldbody>", fixture + "\n  <worldbody>", 1)
 
 
@@ -140,8 +155,13 @@ class PegInsertTask(ArmTask):
         return self.world.data.site_xpos[self._tip].copy()
 
     def observation_spec(self):
-        return {"hole_pos": ArraySpec((3,)), "hole_yaw": ArraySpec((2,)), "tip_to_hole": ArraySpec((3,)),
-                "tip_to_hole_fine": ArraySpec((3,)), "yaw_to_hole": ArraySpec((1,))}
+        return {
+            "hole_pos": ArraySpec((3,)),
+            "hole_yaw": ArraySpec((2,)),
+            "tip_to_hole": ArraySpec((3,)),
+            "tip_to_hole_fine": ArraySpec((3,)),
+            "yaw_to_hole": ArraySpec((1,)),
+        }
 
     def observe(self):
         # The hole is symmetric every 90 degrees: encode 4*yaw so equivalent poses look the same.
@@ -151,10 +171,15 @@ class PegInsertTask(ArmTask):
         # the normalizer scales by the whole table. The fine copy saturates at a few millimetres, so
         # after min-max normalization a millimetre still spans a tenth of its range.
         to_hole = self.tip_to_hole()
-        return {"hole_pos": self.hole_pos.astype(np.float32), "hole_yaw": np.array([np.cos(yaw), np.sin(yaw)], np.float32),
-                "tip_to_hole": to_hole.astype(np.float32),
-                "tip_to_hole_fine": np.tanh(to_hole / FINE_SCALE_M).astype(np.float32),
-                "yaw_to_hole": np.array([_square_yaw_error(yaw_of(self.arm.ee_rotation()), self.hole_yaw)], np.float32)}
+        return {
+            "hole_pos": self.hole_pos.astype(np.float32),
+            "hole_yaw": np.array([np.cos(yaw), np.sin(yaw)], np.float32),
+            "tip_to_hole": to_hole.astype(np.float32),
+            "tip_to_hole_fine": np.tanh(to_hole / FINE_SCALE_M).astype(np.float32),
+            "yaw_to_hole": np.array(
+                [_square_yaw_error(yaw_of(self.arm.ee_rotation()), self.hole_yaw)], np.float32
+            ),
+        }
 
     def tip_to_hole(self) -> np.ndarray:
         """The hole's mouth (top centre) minus the peg's tip."""
@@ -171,18 +196,24 @@ class PegInsertTask(ArmTask):
 CUBE_XML = f"""
 <body name="cube" pos="0.5 0 {CUBE_HALF}">
   <freejoint/>
-  <geom name="cube" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" contype="1" conaffinity="1" condim="4"
+  <geom name="cube" type="box" size="{CUBE_HALF} {CUBE_HALF} {CUBE_HALF}" contype="1" conaffinity="1"
+        condim="4"
         friction="1.2 0.02 0.001" solref="0.004 1" density="600" rgba="0.85 0.15 0.15 1"/>
 </body>"""
 
 BIN_HALF, BIN_WALL, BIN_HEIGHT = 0.07, 0.008, 0.035
 BIN_XML = f"""
 <body name="bin" mocap="true" pos="0.5 0.15 0">
-  <geom type="box" size="{BIN_HALF + BIN_WALL} {BIN_HALF + BIN_WALL} 0.004" pos="0 0 0.004" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
-  <geom type="box" size="{BIN_WALL} {BIN_HALF + BIN_WALL} {BIN_HEIGHT / 2}" pos="{BIN_HALF + BIN_WALL} 0 {BIN_HEIGHT / 2}" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
-  <geom type="box" size="{BIN_WALL} {BIN_HALF + BIN_WALL} {BIN_HEIGHT / 2}" pos="{-BIN_HALF - BIN_WALL} 0 {BIN_HEIGHT / 2}" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
-  <geom type="box" size="{BIN_HALF} {BIN_WALL} {BIN_HEIGHT / 2}" pos="0 {BIN_HALF + BIN_WALL} {BIN_HEIGHT / 2}" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
-  <geom type="box" size="{BIN_HALF} {BIN_WALL} {BIN_HEIGHT / 2}" pos="0 {-BIN_HALF - BIN_WALL} {BIN_HEIGHT / 2}" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
+  <geom type="box" size="{BIN_HALF + BIN_WALL} {BIN_HALF + BIN_WALL} 0.004" pos="0 0 0.004"
+        contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
+  <geom type="box" size="{BIN_WALL} {BIN_HALF + BIN_WALL} {BIN_HEIGHT / 2}"
+        pos="{BIN_HALF + BIN_WALL} 0 {BIN_HEIGHT / 2}" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
+  <geom type="box" size="{BIN_WALL} {BIN_HALF + BIN_WALL} {BIN_HEIGHT / 2}"
+        pos="{-BIN_HALF - BIN_WALL} 0 {BIN_HEIGHT / 2}" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
+  <geom type="box" size="{BIN_HALF} {BIN_WALL} {BIN_HEIGHT / 2}"
+        pos="0 {BIN_HALF + BIN_WALL} {BIN_HEIGHT / 2}" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
+  <geom type="box" size="{BIN_HALF} {BIN_WALL} {BIN_HEIGHT / 2}"
+        pos="0 {-BIN_HALF - BIN_WALL} {BIN_HEIGHT / 2}" contype="1" conaffinity="1" rgba="0.3 0.55 0.35 1"/>
 </body>"""
 
 
@@ -204,8 +235,13 @@ class CubeTask(ArmTask):
         return yaw_of(self.world.data.xmat[self._cube_body].reshape(3, 3))
 
     def observation_spec(self):
-        return {"cube_pos": ArraySpec((3,)), "cube_quat": ArraySpec((4,)), "ee_to_cube": ArraySpec((3,)),
-                "ee_to_cube_fine": ArraySpec((3,)), "yaw_to_cube": ArraySpec((1,))}
+        return {
+            "cube_pos": ArraySpec((3,)),
+            "cube_quat": ArraySpec((4,)),
+            "ee_to_cube": ArraySpec((3,)),
+            "ee_to_cube_fine": ArraySpec((3,)),
+            "yaw_to_cube": ArraySpec((1,)),
+        }
 
     def observe(self):
         # Besides the cube's pose, the cube relative to the gripper, as robosuite's Lift reports it
@@ -215,13 +251,22 @@ class CubeTask(ArmTask):
         # is folded every 90 degrees, as the cube's faces are.
         quat = self.world.data.qpos[self._cube_adr + 3 : self._cube_adr + 7]
         to_cube = self.cube_pos - self.arm.ee_pos()
-        return {"cube_pos": self.cube_pos.astype(np.float32), "cube_quat": quat.astype(np.float32),
-                "ee_to_cube": to_cube.astype(np.float32),
-                "ee_to_cube_fine": np.tanh(to_cube / CUBE_FINE_SCALE_M).astype(np.float32),
-                "yaw_to_cube": np.array([_square_yaw_error(yaw_of(self.arm.ee_rotation()), self.cube_yaw)], np.float32)}
+        return {
+            "cube_pos": self.cube_pos.astype(np.float32),
+            "cube_quat": quat.astype(np.float32),
+            "ee_to_cube": to_cube.astype(np.float32),
+            "ee_to_cube_fine": np.tanh(to_cube / CUBE_FINE_SCALE_M).astype(np.float32),
+            "yaw_to_cube": np.array(
+                [_square_yaw_error(yaw_of(self.arm.ee_rotation()), self.cube_yaw)], np.float32
+            ),
+        }
 
     def place_objects(self, rng):
-        self._set_free("cube", [rng.uniform(*TABLE_X), rng.uniform(*TABLE_Y), CUBE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
+        self._set_free(
+            "cube",
+            [rng.uniform(*TABLE_X), rng.uniform(*TABLE_Y), CUBE_HALF],
+            rng.uniform(-np.pi / 4, np.pi / 4),
+        )
 
 
 class CubeLiftTask(CubeTask):
@@ -254,12 +299,18 @@ class CubePlaceTask(CubeTask):
     def place_objects(self, rng):
         # Cube and bin on opposite sides of the table's centre line, sides chosen at random.
         side = rng.choice([-1.0, 1.0])
-        self._set_free("cube", [rng.uniform(*TABLE_X), side * rng.uniform(0.05, 0.18), CUBE_HALF], rng.uniform(-np.pi / 4, np.pi / 4))
+        self._set_free(
+            "cube",
+            [rng.uniform(*TABLE_X), side * rng.uniform(0.05, 0.18), CUBE_HALF],
+            rng.uniform(-np.pi / 4, np.pi / 4),
+        )
         self._set_mocap("bin", [rng.uniform(*TABLE_X), -side * rng.uniform(0.1, 0.18), 0.0], 0.0)
 
     def succeeded(self) -> bool:
         offset = np.abs(self.cube_pos[:2] - self.bin_pos[:2])
-        inside = bool(np.all(offset < BIN_HALF - CUBE_HALF * 0.5) and self.cube_pos[2] < BIN_HEIGHT + CUBE_HALF)
+        inside = bool(
+            np.all(offset < BIN_HALF - CUBE_HALF * 0.5) and self.cube_pos[2] < BIN_HEIGHT + CUBE_HALF
+        )
         released = self.arm.gripper_width() > 2 * CUBE_HALF + 0.01
         return inside and released
 
@@ -330,12 +381,12 @@ class PegInsertExpert(ArmExpert):
     it. The peg moves over the hole at a hover height that shrinks with the misalignment and goes
     below the mouth only once aligned within about a millimetre: a funnel in state space."""
 
-    HOVER_M = 0.03                  # height above the mouth while far off
+    HOVER_M = 0.03  # height above the mouth while far off
     DEEP_M = INSERTED_DEPTH + 0.01  # how far below the mouth the tip is driven
-    ALIGNED_M = 0.0005              # misalignment up to which the target is the full depth
-    FUNNEL_M = 0.001                # misalignment over which the target rises from full depth to the hover
-    NEAR_M = 0.005                  # within this, descend slowly: faster drags the tip sideways
-    DESCENT = 0.125                 # the slow descent's speed limit (2.5 mm a step)
+    ALIGNED_M = 0.0005  # misalignment up to which the target is the full depth
+    FUNNEL_M = 0.001  # misalignment over which the target rises from full depth to the hover
+    NEAR_M = 0.005  # within this, descend slowly: faster drags the tip sideways
+    DESCENT = 0.125  # the slow descent's speed limit (2.5 mm a step)
 
     def __call__(self, obs=None) -> np.ndarray:
         t: PegInsertTask = self.task
@@ -416,9 +467,15 @@ TASKS = {
 }
 
 
-def make_arm_env(task: str, cameras=("front",), image_size: int = 84, max_steps: int | None = None,
-                 clearance: float = 0.002, randomization: dict | None = None,
-                 end_on_success: bool = True) -> RobotEnv:
+def make_arm_env(
+    task: str,
+    cameras=("front",),
+    image_size: int = 84,
+    max_steps: int | None = None,
+    clearance: float = 0.002,
+    randomization: dict | None = None,
+    end_on_success: bool = True,
+) -> RobotEnv:
     if task not in TASKS:
         raise ConfigError(f"unknown arm task {task!r}; known: {', '.join(TASKS)}")
     if task == "peg_insert":
@@ -440,14 +497,20 @@ def make_arm_env(task: str, cameras=("front",), image_size: int = 84, max_steps:
 
 
 def make_expert(env: RobotEnv, noise: float = 0.0, seed: int | None = None) -> ArmExpert:
-    for name, (task_cls, expert_cls) in TASKS.items():
+    for _name, (task_cls, expert_cls) in TASKS.items():
         if type(env.task) is task_cls:
             return expert_cls(env.task, noise=noise, seed=seed)
     raise ConfigError(f"no scripted expert for {type(env.task).__name__}")
 
 
 def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
-    env = make_arm_env(cfg.task, cameras=tuple(cfg.cameras), image_size=int(cfg.image_size),
-                       max_steps=int(cfg.max_steps), clearance=float(cfg.get("clearance_mm", 2.0)) / 1000,
-                       randomization=cfg.get("randomization"), end_on_success=bool(cfg.get("end_on_success", True)))
+    env = make_arm_env(
+        cfg.task,
+        cameras=tuple(cfg.cameras),
+        image_size=int(cfg.image_size),
+        max_steps=int(cfg.max_steps),
+        clearance=float(cfg.get("clearance_mm", 2.0)) / 1000,
+        randomization=cfg.get("randomization"),
+        end_on_success=bool(cfg.get("end_on_success", True)),
+    )
     return env, make_expert(env, noise=expert_noise, seed=seed)

@@ -77,10 +77,14 @@ class ModelRandomization(EnvHook):
         if cfg.camera_angle_rad:
             for i in range(m.ncam):
                 turn = np.zeros(4)
-                mujoco.mju_axisAngle2Quat(turn, rng.normal(size=3) / np.sqrt(3), rng.normal(0.0, cfg.camera_angle_rad))
+                mujoco.mju_axisAngle2Quat(
+                    turn, rng.normal(size=3) / np.sqrt(3), rng.normal(0.0, cfg.camera_angle_rad)
+                )
                 mujoco.mju_mulQuat(m.cam_quat[i], self._cam_quat[i], turn)
         if cfg.light:
-            m.light_diffuse[:] = np.clip(self._light * rng.uniform(*cfg.light, size=(len(self._light), 1)), 0.0, 1.0)
+            m.light_diffuse[:] = np.clip(
+                self._light * rng.uniform(*cfg.light, size=(len(self._light), 1)), 0.0, 1.0
+            )
 
 
 class ObservationNoise(EnvHook):
@@ -93,7 +97,10 @@ class ObservationNoise(EnvHook):
 
     def on_observation(self, obs):
         state = obs["state"]
-        return {**obs, "state": (state + self._rng.normal(0.0, self.std, size=state.shape)).astype(state.dtype)}
+        return {
+            **obs,
+            "state": (state + self._rng.normal(0.0, self.std, size=state.shape)).astype(state.dtype),
+        }
 
 
 class ActionNoise(EnvHook):
@@ -139,7 +146,10 @@ def randomization_hooks(model: mujoco.MjModel, values: dict | None) -> list[EnvH
     """The hooks a task's `randomization` config block asks for (none when it is empty)."""
     cfg = RandomizationConfig.from_dict(values)
     hooks: list[EnvHook] = []
-    if any(getattr(cfg, k) for k in ("friction", "mass", "actuator_gain", "camera_pos_m", "camera_angle_rad", "light")):
+    if any(
+        getattr(cfg, k)
+        for k in ("friction", "mass", "actuator_gain", "camera_pos_m", "camera_angle_rad", "light")
+    ):
         hooks.append(ModelRandomization(model, cfg))
     if cfg.obs_noise:
         hooks.append(ObservationNoise(cfg.obs_noise))

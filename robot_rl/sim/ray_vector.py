@@ -70,15 +70,21 @@ class RayVectorEnv(gym.vector.VectorEnv):
         self.render_mode = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
-        parts = self._ray.get([w.reset.remote(None if seed is None else seed + int(off))
-                               for w, off in zip(self.workers, self.offsets)])
+        parts = self._ray.get(
+            [
+                w.reset.remote(None if seed is None else seed + int(off))
+                for w, off in zip(self.workers, self.offsets)
+            ]
+        )
         return np.concatenate(parts), {}
 
     def step(self, actions):
         actions = np.asarray(actions, np.float32)
         if actions.shape != self.action_space.shape:
             raise ValueError(f"actions have shape {actions.shape}, expected {self.action_space.shape}")
-        parts = self._ray.get([w.step.remote(actions[a:b]) for w, a, b in zip(self.workers, self.offsets, self.offsets[1:])])
+        parts = self._ray.get(
+            [w.step.remote(actions[a:b]) for w, a, b in zip(self.workers, self.offsets, self.offsets[1:])]
+        )
         obs, rewards, terminated, truncated = (np.concatenate([p[k] for p in parts]) for k in range(4))
         infos = {key: np.concatenate([p[4][key] for p in parts]) for key in parts[0][4]}
         return obs, rewards, terminated, truncated, infos
@@ -95,8 +101,8 @@ class RayVectorEnv(gym.vector.VectorEnv):
 def vector_env_factory(env_cfg, dist: str = "none", workers: int = 1):
     """make_vec_env(n) for a learner or an evaluation: a local VectorEnv, or (dist local / ray)
     a RayVectorEnv over `workers` rollout workers (Ray must be running: robot_rl.utils.dist.ray_session)."""
-    from robot_rl.utils.dist import check_dist
     from robot_rl.sim.vector import make_vector_env
+    from robot_rl.utils.dist import check_dist
 
     if check_dist(dist) == "none":
         return lambda n: make_vector_env(env_cfg, n)

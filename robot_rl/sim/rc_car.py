@@ -39,11 +39,11 @@ from robot_rl.core.env import RobotEnv
 from robot_rl.core.protocols import Robot, Task
 from robot_rl.core.specs import ArraySpec
 from robot_rl.errors import ConfigError
+from robot_rl.sim.course import WALL_HALF_HEIGHT, WALL_HALF_THICKNESS, Course, generate_course
+from robot_rl.sim.world import MujocoCamera, MujocoWorld
 from robot_rl.tasks import car as car_spec
 from robot_rl.tasks.car import MAX_SPEED, MAX_STEER
 from robot_rl.tasks.course import CheckpointTracker
-from robot_rl.sim.course import WALL_HALF_HEIGHT, WALL_HALF_THICKNESS, Course, generate_course
-from robot_rl.sim.world import MujocoCamera, MujocoWorld
 
 CONTROL_HZ = 20.0
 TIMESTEP = 0.002
@@ -152,7 +152,8 @@ _SCENE = """<mujoco model="rc_car_course_{seed}">
          ~5 Hz ride frequency, damping ratio ~0.6. The load pushes a wheel up (+q); springref
          (minus the static sag) puts the loaded rest position at q = 0. -->
     <default class="suspension">
-      <joint type="slide" axis="0 0 1" range="-0.025 0.025" stiffness="{k}" springref="{springref}" damping="23"/>
+      <joint type="slide" axis="0 0 1" range="-0.025 0.025" stiffness="{k}" springref="{springref}"
+             damping="23"/>
     </default>
     <default class="steer">
       <!-- Servo gear train: armature dominates the knuckle inertia. -->
@@ -235,10 +236,20 @@ def scene_xml(course: Course, timestep: float = TIMESTEP) -> str:
     center, half = (lo + hi) / 2, (hi - lo).max() / 2
     wmax = MAX_SPEED / WHEEL_RADIUS
     return _SCENE.format(
-        seed=course.seed, dt=timestep, r=WHEEL_RADIUS, floor=float(np.abs(np.concatenate([lo, hi])).max() + 5),
-        cx=center[0], cy=center[1], cz=1.05 * half / math.tan(math.radians(25)),
-        car=_CAR.format(r=WHEEL_RADIUS, front=front, rear=rear), walls=walls, brakes=brakes,
-        wmax=wmax, wmax_neg=-wmax, k=SPRING_K, springref=-SPRUNG_MASS * 9.81 / 4 / SPRING_K,
+        seed=course.seed,
+        dt=timestep,
+        r=WHEEL_RADIUS,
+        floor=float(np.abs(np.concatenate([lo, hi])).max() + 5),
+        cx=center[0],
+        cy=center[1],
+        cz=1.05 * half / math.tan(math.radians(25)),
+        car=_CAR.format(r=WHEEL_RADIUS, front=front, rear=rear),
+        walls=walls,
+        brakes=brakes,
+        wmax=wmax,
+        wmax_neg=-wmax,
+        k=SPRING_K,
+        springref=-SPRUNG_MASS * 9.81 / 4 / SPRING_K,
     )
 
 
@@ -261,9 +272,13 @@ class MujocoRCCar(Robot):
         m = world.model
         self.substeps = int(round(1.0 / (control_hz * m.opt.timestep)))
         if self.substeps < 1:
-            raise ValueError(f"control_hz {control_hz} is faster than the physics ({1 / m.opt.timestep:.0f} Hz)")
-        self._sensor = {m.sensor(i).name: slice(m.sensor_adr[i], m.sensor_adr[i] + m.sensor_dim[i])
-                        for i in range(m.nsensor)}
+            raise ValueError(
+                f"control_hz {control_hz} is faster than the physics ({1 / m.opt.timestep:.0f} Hz)"
+            )
+        self._sensor = {
+            m.sensor(i).name: slice(m.sensor_adr[i], m.sensor_adr[i] + m.sensor_dim[i])
+            for i in range(m.nsensor)
+        }
         self._contacts = self._sensor["wall_contacts"].start
         self._act = {m.actuator(i).name: i for i in range(m.nu)}
         self._brakes = [self._act["brake_fl"], self._act["brake_fr"]]
@@ -308,7 +323,9 @@ class MujocoRCCar(Robot):
 
     def set_command(self, action: np.ndarray) -> None:
         """Actuator targets for an action, without stepping physics (a vector env steps many)."""
-        steer, speed = np.clip(np.asarray(action, np.float64), [-MAX_STEER, -MAX_SPEED], [MAX_STEER, MAX_SPEED])
+        steer, speed = np.clip(
+            np.asarray(action, np.float64), [-MAX_STEER, -MAX_SPEED], [MAX_STEER, MAX_SPEED]
+        )
         ctrl = self.world.data.ctrl
         ctrl[self._act["steer_fl"]], ctrl[self._act["steer_fr"]] = ackermann(steer)
         forward = self.forward_speed()
@@ -350,7 +367,15 @@ class MujocoRCCar(Robot):
         """Put the car at rest on the floor at (x, y) facing `yaw`, controls zeroed."""
         d = self.world.data
         d.qpos[:] = 0.0
-        d.qpos[self._qpos:self._qpos + 7] = [x, y, self._rest_z, math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+        d.qpos[self._qpos : self._qpos + 7] = [
+            x,
+            y,
+            self._rest_z,
+            math.cos(yaw / 2),
+            0.0,
+            0.0,
+            math.sin(yaw / 2),
+        ]
         d.qvel[:] = 0.0
         d.ctrl[:] = 0.0
         self.collided, self.contact_substeps, self.max_contacts, self.collision_events = False, 0, 0, 0
@@ -375,7 +400,7 @@ class MujocoRCCar(Robot):
         m = self.world.model
         d = mujoco.MjData(m)
         x, y, _ = self.world.course.start_pose  # on the track: clear of the walls
-        d.qpos[self._qpos:self._qpos + 3] = [x, y, WHEEL_RADIUS + 0.005]
+        d.qpos[self._qpos : self._qpos + 3] = [x, y, WHEEL_RADIUS + 0.005]
         d.ctrl[self._brakes] = 1.0
         mujoco.mj_step(m, d, nstep=int(0.5 / m.opt.timestep))
         return float(d.qpos[self._qpos + 2])
@@ -391,8 +416,15 @@ class LapTask(Task):
 
     text = "drive laps around the course without hitting the walls"
 
-    def __init__(self, car: MujocoRCCar, n_checkpoints: int = 20, checkpoint_radius: float = 0.6,
-                 laps: int = 1, max_steps: int = 600, start_noise: bool = True):
+    def __init__(
+        self,
+        car: MujocoRCCar,
+        n_checkpoints: int = 20,
+        checkpoint_radius: float = 0.6,
+        laps: int = 1,
+        max_steps: int = 600,
+        start_noise: bool = True,
+    ):
         if n_checkpoints < 2:
             raise ValueError(f"n_checkpoints must be at least 2, got {n_checkpoints}")
         if not checkpoint_radius > 0:
@@ -476,9 +508,18 @@ class RCCarExpert:
     `noise` adds Gaussian noise to the normalized action.
     """
 
-    def __init__(self, task: LapTask, noise: float = 0.0, seed: int | None = None, max_speed: float = 2.5,
-                 lateral_accel: float = 3.5, brake_accel: float = 3.0, lookahead: float = 0.5,
-                 lookahead_gain: float = 0.3, preview: float = 3.0):
+    def __init__(
+        self,
+        task: LapTask,
+        noise: float = 0.0,
+        seed: int | None = None,
+        max_speed: float = 2.5,
+        lateral_accel: float = 3.5,
+        brake_accel: float = 3.0,
+        lookahead: float = 0.5,
+        lookahead_gain: float = 0.3,
+        preview: float = 3.0,
+    ):
         if not 0 < max_speed <= MAX_SPEED:
             raise ValueError(f"max_speed must be within (0, {MAX_SPEED}] m/s, got {max_speed}")
         self.task, self.car, self.course, self.noise = task, task.car, task.course, noise
@@ -522,15 +563,29 @@ class RCCarExpert:
 
 
 # --- construction ------------------------------------------------------------------------------
-def make_rc_car_env(course_seed: int = 0, cameras: tuple[str, ...] = ("fpv",), image_size: int = 84,
-                    max_steps: int = 600, n_checkpoints: int = 20, checkpoint_radius: float = 0.6,
-                    laps: int = 1, track_width: float = 1.2, control_hz: float = CONTROL_HZ,
-                    start_noise: bool = True) -> RobotEnv:
+def make_rc_car_env(
+    course_seed: int = 0,
+    cameras: tuple[str, ...] = ("fpv",),
+    image_size: int = 84,
+    max_steps: int = 600,
+    n_checkpoints: int = 20,
+    checkpoint_radius: float = 0.6,
+    laps: int = 1,
+    track_width: float = 1.2,
+    control_hz: float = CONTROL_HZ,
+    start_noise: bool = True,
+) -> RobotEnv:
     """The car on the course drawn from `course_seed`; `cameras` from ("fpv", "overview")."""
     world = CourseWorld(generate_course(course_seed, width=track_width))
     car = MujocoRCCar(world, control_hz=control_hz)
-    task = LapTask(car, n_checkpoints=n_checkpoints, checkpoint_radius=checkpoint_radius, laps=laps,
-                   max_steps=max_steps, start_noise=start_noise)
+    task = LapTask(
+        car,
+        n_checkpoints=n_checkpoints,
+        checkpoint_radius=checkpoint_radius,
+        laps=laps,
+        max_steps=max_steps,
+        start_noise=start_noise,
+    )
     cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
     return RobotEnv(car, task, cams)
 
@@ -552,4 +607,6 @@ def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad rc_car config: {exc}") from exc
-    return env, RCCarExpert(env.task, noise=expert_noise, seed=seed, max_speed=float(cfg.get("expert_speed", 2.5)))
+    return env, RCCarExpert(
+        env.task, noise=expert_noise, seed=seed, max_speed=float(cfg.get("expert_speed", 2.5))
+    )

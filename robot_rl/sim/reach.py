@@ -106,14 +106,23 @@ class ReachTask(Task):
 
     text = "move the arm's end effector to the red target"
 
-    def __init__(self, arm: MujocoReachArm, max_steps: int = 80, tolerance: float = 0.02, observe_target: bool = True,
-                 target_height: float | None = None, end_on_success: bool = True):
+    def __init__(
+        self,
+        arm: MujocoReachArm,
+        max_steps: int = 80,
+        tolerance: float = 0.02,
+        observe_target: bool = True,
+        target_height: float | None = None,
+        end_on_success: bool = True,
+    ):
         self.arm, self.world, self.max_steps, self.tolerance = arm, arm.world, max_steps, tolerance
         self.observe_target, self.end_on_success = observe_target, end_on_success
         self._low, self._high = TARGET_LOW.copy(), TARGET_HIGH.copy()
         if target_height is not None:
             if not TARGET_LOW[2] <= target_height <= TARGET_HIGH[2]:
-                raise ConfigError(f"target_height must be in [{TARGET_LOW[2]}, {TARGET_HIGH[2]}] m, got {target_height}")
+                raise ConfigError(
+                    f"target_height must be in [{TARGET_LOW[2]}, {TARGET_HIGH[2]}] m, got {target_height}"
+                )
             self._low[2] = self._high[2] = target_height
         self._mocap = self.world.model.body("target").mocapid[0]
 
@@ -145,12 +154,23 @@ class ReachTask(Task):
         return float(success), success, success and self.end_on_success
 
 
-def make_reach_env(cameras: tuple[str, ...] = ("front",), image_size: int = 84, max_steps: int = 80,
-                   observe_target: bool = True, target_height: float | None = None, end_on_success: bool = True) -> RobotEnv:
+def make_reach_env(
+    cameras: tuple[str, ...] = ("front",),
+    image_size: int = 84,
+    max_steps: int = 80,
+    observe_target: bool = True,
+    target_height: float | None = None,
+    end_on_success: bool = True,
+) -> RobotEnv:
     world = MujocoWorld(ASSETS / "reach_arm.xml")
     arm = MujocoReachArm(world)
-    task = ReachTask(arm, max_steps=max_steps, observe_target=observe_target, target_height=target_height,
-                     end_on_success=end_on_success)
+    task = ReachTask(
+        arm,
+        max_steps=max_steps,
+        observe_target=observe_target,
+        target_height=target_height,
+        end_on_success=end_on_success,
+    )
     cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
     return RobotEnv(arm, task, cams)
 
@@ -175,8 +195,12 @@ class ReachExpert:
 
 def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
     height = cfg.get("target_height")
-    env = make_reach_env(cameras=tuple(cfg.cameras), image_size=int(cfg.image_size), max_steps=int(cfg.max_steps),
-                         observe_target=bool(cfg.get("observe_target", True)),
-                         target_height=None if height is None else float(height),
-                         end_on_success=bool(cfg.get("end_on_success", True)))
+    env = make_reach_env(
+        cameras=tuple(cfg.cameras),
+        image_size=int(cfg.image_size),
+        max_steps=int(cfg.max_steps),
+        observe_target=bool(cfg.get("observe_target", True)),
+        target_height=None if height is None else float(height),
+        end_on_success=bool(cfg.get("end_on_success", True)),
+    )
     return env, ReachExpert(env.task, noise=expert_noise, seed=seed)

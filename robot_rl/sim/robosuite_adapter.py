@@ -64,12 +64,19 @@ def import_robosuite():
     return suite
 
 
-def make_suite_env(env_name: str, robot: str = "Panda", control_hz: float = CONTROL_HZ,
-                   offscreen: bool = False, seed: int | None = 0):
+def make_suite_env(
+    env_name: str,
+    robot: str = "Panda",
+    control_hz: float = CONTROL_HZ,
+    offscreen: bool = False,
+    seed: int | None = 0,
+):
     """`robosuite.make` with the settings this adapter relies on (see the module docstring)."""
     suite = import_robosuite()
     if env_name not in suite.ALL_ENVIRONMENTS:
-        raise ConfigError(f"unknown robosuite env {env_name!r}; known: {', '.join(sorted(suite.ALL_ENVIRONMENTS))}")
+        raise ConfigError(
+            f"unknown robosuite env {env_name!r}; known: {', '.join(sorted(suite.ALL_ENVIRONMENTS))}"
+        )
     if robot not in suite.ALL_ROBOTS:
         raise ConfigError(f"unknown robosuite robot {robot!r}; known: {', '.join(sorted(suite.ALL_ROBOTS))}")
     return suite.make(
@@ -131,7 +138,9 @@ class RobosuiteRobot(Robot):
         self.env = env
         obs = self.sim_observations()
         self._keys = {ours: theirs for ours, theirs in _proprio_keys(env).items() if theirs in obs}
-        self.observation_spec = {ours: ArraySpec(np.shape(obs[theirs])) for ours, theirs in self._keys.items()}
+        self.observation_spec = {
+            ours: ArraySpec(np.shape(obs[theirs])) for ours, theirs in self._keys.items()
+        }
         self.observation_spec["timestamp"] = ArraySpec((), "float64")
         low, high = (np.asarray(b, np.float64) for b in env.action_spec)
         self.action_spec = ArraySpec(low.shape, low=low, high=high)
@@ -270,7 +279,9 @@ class _ArmExpert:
     ENV = ""  # the robosuite env class this expert drives
     GAIN = 1.5  # a position error of 5 cm / GAIN asks for the controller's full 5 cm step
 
-    def __init__(self, robot: RobosuiteRobot, task: RobosuiteTask, noise: float = 0.0, seed: int | None = None):
+    def __init__(
+        self, robot: RobosuiteRobot, task: RobosuiteTask, noise: float = 0.0, seed: int | None = None
+    ):
         env = robot.env
         if type(env).__name__ != self.ENV:
             raise ValueError(f"{type(self).__name__} drives {self.ENV}, not {type(env).__name__}")
@@ -441,7 +452,9 @@ class SquareExpert(_ArmExpert):
     WRIST_CENTRE = np.radians(45)
     MAX_TURN = np.pi / 2  # rad: aim at most this far round per step, so the way round is ours
 
-    def __init__(self, robot: RobosuiteRobot, task: RobosuiteTask, noise: float = 0.0, seed: int | None = None):
+    def __init__(
+        self, robot: RobosuiteRobot, task: RobosuiteTask, noise: float = 0.0, seed: int | None = None
+    ):
         super().__init__(robot, task, noise, seed)
         env, model = self.env, self.env.sim.model
         # robosuite's square nut is nuts[0] and its peg is peg1 (nut_to_id["square"] == 0, and
@@ -459,7 +472,11 @@ class SquareExpert(_ArmExpert):
         peg_yaw = _yaw(env.sim.data.body_xmat[self._peg_body].reshape(3, 3))
         quarter = np.pi / 2
         toward = peg_yaw + quarter * np.round((np.arctan2(to_base[1], to_base[0]) - peg_yaw) / quarter)
-        self._places = [(toward, 0.0), (toward + quarter, self.SIDEWAYS_COST), (toward - quarter, self.SIDEWAYS_COST)]
+        self._places = [
+            (toward, 0.0),
+            (toward + quarter, self.SIDEWAYS_COST),
+            (toward - quarter, self.SIDEWAYS_COST),
+        ]
         self._home_yaw = 0.0
 
     def reset(self) -> None:
@@ -498,8 +515,10 @@ class SquareExpert(_ArmExpert):
 
     def _threaded(self, nut: np.ndarray) -> bool:
         """The nut is down around the peg (its walls allow it this low this near only there)."""
-        return bool(np.linalg.norm(nut[:2] - self.peg_pos()[:2]) < self.PEG_CLEAR_XY
-                    and nut[2] < self._peg_top - self.THREADED_DEPTH)
+        return bool(
+            np.linalg.norm(nut[:2] - self.peg_pos()[:2]) < self.PEG_CLEAR_XY
+            and nut[2] < self._peg_top - self.THREADED_DEPTH
+        )
 
     def distance(self) -> float:
         """How far from done (metres): the gripper to the grasp point (until the nut is threaded
@@ -560,15 +579,20 @@ class SquareExpert(_ArmExpert):
         if not holding:
             grasp_wrist = self._grasp_wrist(nut_yaw)
             yaw_error = abs(grasp_wrist - wrist)
-            if xy_error < self.GRASP_TOLERANCE and abs(offset[2]) < self.GRASP_TOLERANCE \
-                    and yaw_error < self.CLEAR_YAW / 2:
+            if (
+                xy_error < self.GRASP_TOLERANCE
+                and abs(offset[2]) < self.GRASP_TOLERANCE
+                and yaw_error < self.CLEAR_YAW / 2
+            ):
                 holding = True  # at the handle: start closing
             else:
                 # Open; turn the fingers across the handle and descend onto it only as far as the
                 # xy and heading alignment allow (smooth, as in LiftExpert).
                 self._closing = 0
-                height = max(_ramp(xy_error, self.XY_TOLERANCE, self.CLEAR_XY),
-                             _ramp(yaw_error, self.YAW_TOLERANCE, self.CLEAR_YAW))
+                height = max(
+                    _ramp(xy_error, self.XY_TOLERANCE, self.CLEAR_XY),
+                    _ramp(yaw_error, self.YAW_TOLERANCE, self.CLEAR_YAW),
+                )
                 target = grip + [0.0, 0.0, height * self.APPROACH_HEIGHT]
                 return self._action(target, self._turn(wrist, grasp_wrist), -1.0)
 
@@ -579,8 +603,10 @@ class SquareExpert(_ArmExpert):
         # over the peg at carry height, and lower it as far as it is aligned.
         _, place_wrist, place = self._plan(heading - nut_yaw, wrist)
         yaw_error = abs(_wrap(place - nut_yaw, 2 * np.pi))
-        height = max(_ramp(to_peg, self.PEG_XY_TOLERANCE, self.PEG_CLEAR_XY),
-                     _ramp(yaw_error, self.PEG_YAW_TOLERANCE, self.PEG_CLEAR_YAW))
+        height = max(
+            _ramp(to_peg, self.PEG_XY_TOLERANCE, self.PEG_CLEAR_XY),
+            _ramp(yaw_error, self.PEG_YAW_TOLERANCE, self.PEG_CLEAR_YAW),
+        )
         goal = np.r_[peg[:2], self._goal_z() + height * (self._carry_z() - self._goal_z())]
         if to_peg > self.PEG_CLEAR_XY and nut[2] < self._carry_z() - 0.01:
             goal[:2] = nut[:2]  # lift first, so the nut neither drags across the table nor hits the peg

@@ -44,9 +44,15 @@ class VectorEnv(gym.vector.VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.render_mode = None
         # Sim robots that split a command into `set_command` and `step_physics` step in the pool.
-        self._parallel = all(hasattr(e.robot, "set_command") and hasattr(e.robot, "step_physics") for e in self.envs)
+        self._parallel = all(
+            hasattr(e.robot, "set_command") and hasattr(e.robot, "step_physics") for e in self.envs
+        )
         workers = threads or min(os.cpu_count() or 1, num_envs)
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="robot_rl-vecenv") if self._parallel and workers > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(workers, thread_name_prefix="robot_rl-vecenv")
+            if self._parallel and workers > 1
+            else None
+        )
         self._groups = [self.envs[i::workers] for i in range(workers)] if self._pool else [self.envs]
         self._obs = np.zeros((num_envs, *self.single_observation_space.shape), np.float32)
 

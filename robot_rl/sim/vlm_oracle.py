@@ -53,7 +53,9 @@ def task_progress(env: str, state: np.ndarray, names: list[str]) -> np.ndarray:
         lifted = cube[..., 2] > CUBE_HALF + 0.02
         # Staged as the task is judged: a cube resting in the bin beats any carrying, and let go
         # beats still held (the hand backing off after the release is progress, not regress).
-        placed = np.all(np.abs(to_bin) < BIN_HALF - CUBE_HALF * 0.5, -1) & (cube[..., 2] < BIN_HEIGHT + CUBE_HALF)
+        placed = np.all(np.abs(to_bin) < BIN_HALF - CUBE_HALF * 0.5, -1) & (
+            cube[..., 2] < BIN_HEIGHT + CUBE_HALF
+        )
         released = _field(state, names, "gripper")[..., 0] > 2 * CUBE_HALF + 0.01
         carrying = -0.5 * reach - np.linalg.norm(to_bin, axis=-1) + 0.5 * lifted
         return np.where(placed, np.where(released, 3.0, 2.5), carrying)
@@ -70,9 +72,18 @@ class SimVLMServer:
     with `api_key`, requests without that bearer token get HTTP 401, as a hosted API answers.
     """
 
-    def __init__(self, frames: np.ndarray, progress: np.ndarray, wrong: float = 0.0, seed: int = 0,
-                 fail_first: int = 0, delay_s: float = 0.0, segment: int = 1, model: str = "sim-vlm",
-                 api_key: str | None = None):
+    def __init__(
+        self,
+        frames: np.ndarray,
+        progress: np.ndarray,
+        wrong: float = 0.0,
+        seed: int = 0,
+        fail_first: int = 0,
+        delay_s: float = 0.0,
+        segment: int = 1,
+        model: str = "sim-vlm",
+        api_key: str | None = None,
+    ):
         if not 0.0 <= wrong <= 1.0:
             raise ConfigError(f"wrong must be in [0, 1], got {wrong}")
         frames = np.asarray(frames)
@@ -100,7 +111,9 @@ class SimVLMServer:
                 self.stats["unknown_images"] += 1
             return "I cannot tell what these images show. There is no clear difference I can see."
         p = [self.progress[i] for i in found]
-        lines = [f"Image {k + 1} shows the robot at a progress of {p[k]:.4f} toward the goal." for k in range(2)]
+        lines = [
+            f"Image {k + 1} shows the robot at a progress of {p[k]:.4f} toward the goal." for k in range(2)
+        ]
         if abs(p[0] - p[1]) < TIE:
             return "\n".join(lines + ["There is no clear difference between them in achieving the goal."])
         better = 0 if p[0] > p[1] else 1
@@ -116,14 +129,19 @@ class SimVLMServer:
         """The stage-2 answer, read from the analysis quoted in the prompt."""
         found = re.search(r"Image ([12]) is closer to achieving the goal", text)
         if found:
-            return f"Based on the analysis, image {found.group(1)} achieves the goal better.\n{int(found.group(1)) - 1}"
+            return (
+                f"Based on the analysis, image {found.group(1)} achieves the goal better.\n"
+                f"{int(found.group(1)) - 1}"
+            )
         return "The analysis shows no clear difference.\n-1"
 
     def reply(self, body: dict) -> str:
         content = body["messages"][-1]["content"]
         parts = content if isinstance(content, list) else [{"type": "text", "text": content}]
         text = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
-        images = [decode_png(p["image_url"]["url"].split(",", 1)[1]) for p in parts if p.get("type") == "image_url"]
+        images = [
+            decode_png(p["image_url"]["url"].split(",", 1)[1]) for p in parts if p.get("type") == "image_url"
+        ]
         with self._lock:
             self.stats["analyses" if images else "verdicts"] += 1
         return self.analyse(images) if images else self.verdict(text)
@@ -156,9 +174,21 @@ class SimVLMServer:
                     answer = server.reply(body)
                 except (ValueError, KeyError, TypeError) as exc:
                     return self._send(400, {"error": {"message": f"bad request: {exc}"}})
-                self._send(200, {"id": "sim", "object": "chat.completion", "model": server.model,
-                                 "choices": [{"index": 0, "finish_reason": "stop",
-                                              "message": {"role": "assistant", "content": answer}}]})
+                self._send(
+                    200,
+                    {
+                        "id": "sim",
+                        "object": "chat.completion",
+                        "model": server.model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "finish_reason": "stop",
+                                "message": {"role": "assistant", "content": answer},
+                            }
+                        ],
+                    },
+                )
 
             def _send(self, code: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()
@@ -193,7 +223,9 @@ def sim_vlm_for_store(store_path, image_key: str, segment: int = 1, **kwargs) ->
     with EpisodeStore.open(store_path) as store:
         env, names = store.attrs.get("env"), store.attrs.get("state_names")
         if not env or not names:
-            raise ConfigError(f"{store_path} does not say which sim env and state it holds (attributes env, state_names)")
+            raise ConfigError(
+                f"{store_path} does not say which sim env and state it holds (attributes env, state_names)"
+            )
         frames = np.asarray(store.array(image_key)[: store.n_steps])
         state = np.asarray(store.array("obs/state")[: store.n_steps])
     return SimVLMServer(frames, task_progress(env, state, list(names)), segment=segment, **kwargs)

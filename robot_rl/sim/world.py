@@ -18,7 +18,11 @@ class MujocoWorld:
     def __init__(self, xml_path: str | Path | None = None, *, xml: str | None = None):
         if (xml_path is None) == (xml is None):
             raise ValueError("give either an MJCF path or an MJCF string")
-        self.model = mujoco.MjModel.from_xml_path(str(xml_path)) if xml is None else mujoco.MjModel.from_xml_string(xml)
+        self.model = (
+            mujoco.MjModel.from_xml_path(str(xml_path))
+            if xml is None
+            else mujoco.MjModel.from_xml_string(xml)
+        )
         self.data = mujoco.MjData(self.model)
 
     @property

@@ -65,6 +65,8 @@ def check_limits(max_steer: float, max_speed: float) -> str | None:
     """What is wrong with a real car's configured clip limits (None: nothing): they must lie within
     the spec's bounds, or they would allow what no normalized action can ask for."""
     if not (0 < max_steer <= MAX_STEER and 0 < max_speed <= MAX_SPEED):
-        return (f"max_steer {max_steer} rad and max_speed {max_speed} m/s must be positive and at most the car's "
-                f"action bounds ({MAX_STEER} rad, {MAX_SPEED} m/s; robot_rl/tasks/car.py)")
+        return (
+            f"max_steer {max_steer} rad and max_speed {max_speed} m/s must be positive and at most the car's "
+            f"action bounds ({MAX_STEER} rad, {MAX_SPEED} m/s; robot_rl/tasks/car.py)"
+        )
     return None

@@ -30,7 +30,9 @@ def extract_checkpoints(path_xy: np.ndarray, spacing: float) -> np.ndarray:
         raise ConfigError(f"checkpoint spacing must be positive, got {spacing}")
     arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=1))])
     if arc[-1] < 2 * spacing:
-        raise DatasetError(f"the demo lap is {arc[-1]:.2f} m long: too short for checkpoints every {spacing} m")
+        raise DatasetError(
+            f"the demo lap is {arc[-1]:.2f} m long: too short for checkpoints every {spacing} m"
+        )
     n = max(2, int(round(arc[-1] / spacing)))
     s = arc[-1] * np.arange(1, n + 1) / n
     return np.stack([np.interp(s, arc, xy[:, 0]), np.interp(s, arc, xy[:, 1])], axis=1)

@@ -21,9 +21,8 @@ import numpy as np
 from robot_rl.core.protocols import Task, Teleop
 from robot_rl.core.specs import ArraySpec, TeleopCommand
 from robot_rl.errors import ConfigError
-from robot_rl.utils.geometry import GRAVITY
 from robot_rl.tasks.course import CheckpointTracker, progress_reward, world_velocity
-
+from robot_rl.utils.geometry import GRAVITY
 
 
 class StuckDetector:
@@ -81,10 +80,21 @@ class PracticeTask(Task):
 
     text = "drive laps of the course as fast as possible without hitting anything"
 
-    def __init__(self, car, checkpoints: np.ndarray, radius: float, max_steps: int = 500, lookahead: int = 2,
-                 collision_penalty: float = 1.0, stuck_penalty: float = 2.0, stuck: StuckDetector | None = None,
-                 flip: FlipDetector | None = None, place_start: Callable[[np.random.Generator], None] | None = None,
-                 right_car: Callable[[], None] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        car,
+        checkpoints: np.ndarray,
+        radius: float,
+        max_steps: int = 500,
+        lookahead: int = 2,
+        collision_penalty: float = 1.0,
+        stuck_penalty: float = 2.0,
+        stuck: StuckDetector | None = None,
+        flip: FlipDetector | None = None,
+        place_start: Callable[[np.random.Generator], None] | None = None,
+        right_car: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if max_steps < 1 or lookahead < 1:
             raise ConfigError(f"max_steps and lookahead must be at least 1, got {max_steps}, {lookahead}")
         self.car, self.max_steps, self.lookahead = car, max_steps, lookahead
@@ -131,7 +141,9 @@ class PracticeTask(Task):
             self.counts["collision_steps"] += 1
             self._lap_collisions += 1
         if lap is not None:
-            self.lap_log.append({"lap_time": lap, "t": float(obs["timestamp"]), "collision_steps": self._lap_collisions})
+            self.lap_log.append(
+                {"lap_time": lap, "t": float(obs["timestamp"]), "collision_steps": self._lap_collisions}
+            )
             self._lap_collisions = 0
         if self.flip.update(obs["accel"]):
             self.counts["flips"] += 1
@@ -152,14 +164,15 @@ class PracticeTask(Task):
         self.stuck.clear()
 
 
-
 class RecoveryTeleop(Teleop):
     """FastRLAP's autonomous reset: while the task needs recovery, reverse at `speed` (normalized,
     negative) with one random steering command for `steps` ticks, then hand back to the policy."""
 
     def __init__(self, task: PracticeTask, steps: int = 10, speed: float = -0.3, seed: int = 0):
         if steps < 1 or not -1 <= speed < 0:
-            raise ConfigError(f"recovery needs steps >= 1 and a reverse speed in [-1, 0), got {steps}, {speed}")
+            raise ConfigError(
+                f"recovery needs steps >= 1 and a reverse speed in [-1, 0), got {steps}, {speed}"
+            )
         self.task, self.steps, self.speed = task, steps, speed
         self.rng = np.random.default_rng(seed)
         self._left, self._steer = 0, 0.0

@@ -16,7 +16,9 @@ class RandomTeleop(Teleop):
         self.action_dim, self.rng = action_dim, np.random.default_rng(seed)
 
     def read(self) -> TeleopCommand:
-        return TeleopCommand(self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32), intervening=True)
+        return TeleopCommand(
+            self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32), intervening=True
+        )
 
 
 class ScriptedTeleop(Teleop):
@@ -35,8 +37,15 @@ class ScriptedTeleop(Teleop):
 
     MODES = ("always", "drift", "schedule")
 
-    def __init__(self, expert, mode: str = "always", drift_m: float = 0.05, attention=1.0,
-                 takeover_steps: tuple[int, int] = (0, 40), seed: int | None = None):
+    def __init__(
+        self,
+        expert,
+        mode: str = "always",
+        drift_m: float = 0.05,
+        attention=1.0,
+        takeover_steps: tuple[int, int] = (0, 40),
+        seed: int | None = None,
+    ):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {', '.join(self.MODES)}, got {mode!r}")
         self.expert, self.mode, self.drift_m = expert, mode, drift_m
@@ -51,12 +60,20 @@ class ScriptedTeleop(Teleop):
         self._best = np.inf
         self._intervening = False
         self._attended = self.mode == "always" or self.rng.random() < self.attention()
-        self._step, self._takeover = 0, int(self.rng.integers(self.takeover_steps[0], self.takeover_steps[1] + 1))
+        self._step, self._takeover = (
+            0,
+            int(self.rng.integers(self.takeover_steps[0], self.takeover_steps[1] + 1)),
+        )
         if hasattr(self.expert, "reset"):
             self.expert.reset()
 
     def read(self) -> TeleopCommand:
-        if self.mode == "schedule" and self._attended and not self._intervening and self._step >= self._takeover:
+        if (
+            self.mode == "schedule"
+            and self._attended
+            and not self._intervening
+            and self._step >= self._takeover
+        ):
             self._intervening = True
             if hasattr(self.expert, "reset"):
                 self.expert.reset()  # plan from where the learner left the scene

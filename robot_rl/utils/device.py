@@ -33,8 +33,10 @@ def resolve_device(name: str | None = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={name}, but this torch ({torch.__version__}) sees no CUDA device: "
-                              "use device=auto or device=cpu")
+            raise ConfigError(
+                f"device={name}, but this torch ({torch.__version__}) sees no CUDA device: "
+                "use device=auto or device=cpu"
+            )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"device={name}, but there are {torch.cuda.device_count()} CUDA devices")

@@ -33,8 +33,12 @@ class RunLog:
     def close(self, results: dict, curves: tuple[str, ...]) -> dict:
         """Write results.json and the learning-curve PNG; returns results with their paths."""
         self.writer.close()
-        results = {**results, "seconds": time.monotonic() - self.start,
-                   "plot": str(self.dir / "curve.png"), "results": str(self.dir / "results.json")}
+        results = {
+            **results,
+            "seconds": time.monotonic() - self.start,
+            "plot": str(self.dir / "curve.png"),
+            "results": str(self.dir / "results.json"),
+        }
         self._plot(curves)
         (self.dir / "results.json").write_text(json.dumps({**results, "history": self.history}, indent=2))
         return results
@@ -54,7 +58,9 @@ class RunLog:
             fig.savefig(self.dir / "curve.png", dpi=100)
             plt.close(fig)
             return
-        fig, axes = plt.subplots(len(shown), 1, figsize=(7, 2.4 * max(len(shown), 1)), squeeze=False, sharex=True)
+        fig, axes = plt.subplots(
+            len(shown), 1, figsize=(7, 2.4 * max(len(shown), 1)), squeeze=False, sharex=True
+        )
         for ax, key in zip(axes[:, 0], shown):
             steps, values = zip(*self.history[key])
             ax.plot(steps, values, lw=1.2)

@@ -100,7 +100,9 @@ def test_intervention_wins_is_flagged_and_drops_the_plan(tmp_path):
     env = make_env(max_steps=12)
     policy = CountingPolicy(horizon=16)
     recorder = EpisodeRecorder(tmp_path / "s.zarr", fps=10, schema=transition_schema(env))
-    loop = ControlLoop(env, policy=policy, teleop=WindowTeleop(3, 6), rate_hz=None, execute_k=8, recorder=recorder)
+    loop = ControlLoop(
+        env, policy=policy, teleop=WindowTeleop(3, 6), rate_hz=None, execute_k=8, recorder=recorder
+    )
     (result,) = loop.run(1)
     sent = np.array(env.robot.commands)
     np.testing.assert_allclose(sent[3:6], 0.9)
@@ -123,7 +125,9 @@ def test_teleop_alone_drives_without_intervention_flags():
 
 def test_nonfinite_action_holds_still_and_is_counted(tmp_path):
     env = make_env(max_steps=6)
-    outputs = iter([np.zeros(2), np.array([np.nan, 0.0]), np.array([np.inf, 0.0]), np.zeros(2), np.zeros(2), np.zeros(2)])
+    outputs = iter(
+        [np.zeros(2), np.array([np.nan, 0.0]), np.array([np.inf, 0.0]), np.zeros(2), np.zeros(2), np.zeros(2)]
+    )
     recorder = EpisodeRecorder(tmp_path / "s.zarr", fps=10, schema=transition_schema(env))
     loop = ControlLoop(env, policy=lambda obs: next(outputs), rate_hz=None, recorder=recorder)
     (result,) = loop.run(1)
@@ -174,7 +178,9 @@ def test_watchdog_stops_the_robot_while_the_policy_hangs():
             stops_seen_during_hang.append(env.robot.stops - before)
         return np.zeros(2)
 
-    loop = ControlLoop(env, policy=hanging_policy, execute_k=1, rate_hz=100, safety=SafetyConfig(watchdog_s=0.1))
+    loop = ControlLoop(
+        env, policy=hanging_policy, execute_k=1, rate_hz=100, safety=SafetyConfig(watchdog_s=0.1)
+    )
     loop.run(1)
     assert stops_seen_during_hang == [1]  # stopped once while hung, not repeatedly
     assert loop.report()["watchdog_trips"] == 1
@@ -187,12 +193,19 @@ def test_watchdog_stays_quiet_while_commands_flow():
     assert loop.report()["watchdog_trips"] == 0
 
 
-@pytest.mark.parametrize("event, committed, success", [("success", 1, True), ("failure", 1, False), ("rerecord", 0, False)])
+@pytest.mark.parametrize(
+    "event, committed, success", [("success", 1, True), ("failure", 1, False), ("rerecord", 0, False)]
+)
 def test_teleop_events_end_the_episode(tmp_path, event, committed, success):
     env = make_env(max_steps=20)
     recorder = EpisodeRecorder(tmp_path / "s.zarr", fps=10, schema=transition_schema(env))
-    loop = ControlLoop(env, policy=lambda o: np.zeros(2), teleop=WindowTeleop(-1, -1, event_tick=4, event=event),
-                       rate_hz=None, recorder=recorder)
+    loop = ControlLoop(
+        env,
+        policy=lambda o: np.zeros(2),
+        teleop=WindowTeleop(-1, -1, event_tick=4, event=event),
+        rate_hz=None,
+        recorder=recorder,
+    )
     result = loop.run_episode(seed=0)
     loop.close()
     assert result.steps == 5 and result.success == success
@@ -204,7 +217,12 @@ def test_teleop_events_end_the_episode(tmp_path, event, committed, success):
 
 def test_stop_event_ends_the_run():
     env = make_env(max_steps=20)
-    loop = ControlLoop(env, policy=lambda o: np.zeros(2), teleop=WindowTeleop(-1, -1, event_tick=2, event="stop"), rate_hz=None)
+    loop = ControlLoop(
+        env,
+        policy=lambda o: np.zeros(2),
+        teleop=WindowTeleop(-1, -1, event_tick=2, event="stop"),
+        rate_hz=None,
+    )
     results = loop.run(5)
     assert len(results) == 1 and results[0].stop_requested and results[0].steps == 3
 

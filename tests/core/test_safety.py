@@ -50,7 +50,9 @@ def test_workspace_box_in_delta_mode():
 
 def test_workspace_box_in_absolute_mode():
     spec = ArraySpec((2,), low=-1.0, high=1.0)  # absolute x, y targets in metres
-    cfg = SafetyConfig(workspace_low=(-0.5, 0.0), workspace_high=(0.5, 0.5), position_dims=(0, 1), position_mode="absolute")
+    cfg = SafetyConfig(
+        workspace_low=(-0.5, 0.0), workspace_high=(0.5, 0.5), position_dims=(0, 1), position_mode="absolute"
+    )
     f = SafetyFilter(spec, cfg)
     np.testing.assert_allclose(f(np.array([0.9, -0.9]), {"ee_pos": np.zeros(2)}), [0.5, 0.0], atol=1e-6)
 

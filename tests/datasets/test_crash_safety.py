@@ -29,7 +29,11 @@ CHILD = textwrap.dedent(
                 "action": rng.normal(size=(length, 7)).astype(np.float32)}
 
     path = sys.argv[1]
-    schema = {"obs/state": ((9,), "float32"), "obs/image/cam": ((84, 84, 3), "uint8"), "action": ((7,), "float32")}
+    schema = {
+        "obs/state": ((9,), "float32"),
+        "obs/image/cam": ((84, 84, 3), "uint8"),
+        "action": ((7,), "float32"),
+    }
     store = EpisodeStore.open_or_create(path, schema, fps=10)
     start = store.n_episodes
     for i in range(start, start + 3):
@@ -44,9 +48,11 @@ CHILD = textwrap.dedent(
 
 def episode(length, seed):
     rng = np.random.default_rng(seed)
-    return {"obs/state": rng.normal(size=(length, 9)).astype(np.float32),
-            "obs/image/cam": rng.integers(0, 255, size=(length, 84, 84, 3), dtype=np.uint8),
-            "action": rng.normal(size=(length, 7)).astype(np.float32)}
+    return {
+        "obs/state": rng.normal(size=(length, 9)).astype(np.float32),
+        "obs/image/cam": rng.integers(0, 255, size=(length, 84, 84, 3), dtype=np.uint8),
+        "action": rng.normal(size=(length, 7)).astype(np.float32),
+    }
 
 
 def run_and_kill(path, delay_s):

@@ -23,9 +23,11 @@ LENGTHS = [40, 30, 50]  # image chunks of 32 steps: episode 1 (steps 40-69) lies
 
 def episode(length, seed):
     rng = np.random.default_rng(seed)
-    return {"obs/state": rng.normal(size=(length, 4)).astype(np.float32),
-            "obs/image/cam": rng.integers(0, 255, size=(length, 8, 8, 3), dtype=np.uint8),
-            "action": rng.uniform(-1, 1, size=(length, 2)).astype(np.float32)}
+    return {
+        "obs/state": rng.normal(size=(length, 4)).astype(np.float32),
+        "obs/image/cam": rng.integers(0, 255, size=(length, 8, 8, 3), dtype=np.uint8),
+        "action": rng.uniform(-1, 1, size=(length, 2)).astype(np.float32),
+    }
 
 
 @pytest.fixture
@@ -60,7 +62,9 @@ def test_every_chunk_carries_a_checksum_that_zarr_itself_verifies(store_path):
     meta = json.loads((store_path / "data/obs/image/cam/zarr.json").read_text())
     assert [c["name"] for c in meta["codecs"]][-1] == "crc32c"
     # zarr's own reader (not ours) decodes the chunks our writer wrote, checksums included
-    np.testing.assert_array_equal(zarr.open_array(str(store_path / "data/action"), mode="r")[:40], episode(40, 0)["action"])
+    np.testing.assert_array_equal(
+        zarr.open_array(str(store_path / "data/action"), mode="r")[:40], episode(40, 0)["action"]
+    )
 
 
 @pytest.mark.parametrize("how", ["deleted", "truncated", "random bytes", "one flipped byte"])
@@ -142,7 +146,9 @@ def test_a_kill_during_creation_leaves_nothing_or_a_valid_store(tmp_path):
     outcomes = set()
     for i, delay_s in enumerate(np.linspace(0.0, 1.2, 7)):
         path = tmp_path / f"new{i}.zarr"
-        child = subprocess.Popen([sys.executable, "-c", CREATE_CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            [sys.executable, "-c", CREATE_CHILD, str(path)], stdout=subprocess.PIPE, text=True
+        )
         assert child.stdout.readline().strip() == "creating"
         time.sleep(delay_s)
         child.send_signal(signal.SIGKILL)
@@ -169,7 +175,7 @@ def test_overwrite_replaces_the_store_whole(store_path):
 def test_verify_lists_the_damage_and_repair_copies_the_intact_episodes(store_path, tmp_path, capsys):
     assert main(["dataset", "verify", str(store_path)]) == 0
     assert "whole" in capsys.readouterr().out
-    damage(image_chunk(store_path, 1), "truncated")   # steps 32-63: episodes 0 and 1
+    damage(image_chunk(store_path, 1), "truncated")  # steps 32-63: episodes 0 and 1
     assert main(["dataset", "verify", str(store_path)]) == 1
     out = capsys.readouterr().out
     assert "obs/image/cam steps 32-63" in out and "episodes 0, 1" in out and "corrupt" in out

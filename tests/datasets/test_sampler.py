@@ -16,7 +16,9 @@ def make_store(path, lengths, image=False):
         t = np.arange(t0, t0 + length)
         ep = {"obs/state": t[:, None].astype(np.float32), "action": (100 + t)[:, None].astype(np.float32)}
         if image:
-            ep["obs/image/cam"] = np.broadcast_to((t % 251)[:, None, None, None], (length, 2, 2, 3)).astype(np.uint8)
+            ep["obs/image/cam"] = np.broadcast_to((t % 251)[:, None, None, None], (length, 2, 2, 3)).astype(
+                np.uint8
+            )
         store.append_episode(ep)
         t0 += length
     return store
@@ -75,7 +77,9 @@ def test_matches_a_naive_reference_across_chunk_boundaries(tmp_path, horizon, n_
             np.testing.assert_array_equal(w["is_pad"], pad)
             i += 1
     assert i == len(sampler)
-    assert sampler.cache.bytes <= max(sampler.cache.max_bytes, max(c.nbytes for c in sampler.cache._chunks.values()))
+    assert sampler.cache.bytes <= max(
+        sampler.cache.max_bytes, max(c.nbytes for c in sampler.cache._chunks.values())
+    )
 
 
 def test_batches(tmp_path):

@@ -9,8 +9,12 @@ import zarr
 from robot_rl.datasets import EpisodeStore
 from robot_rl.errors import DatasetError, SchemaMismatchError
 
-SCHEMA = {"obs/state": ((4,), "float32"), "obs/image/cam": ((8, 8, 3), "uint8"), "action": ((2,), "float32"),
-          "terminated": ((), "bool")}
+SCHEMA = {
+    "obs/state": ((4,), "float32"),
+    "obs/image/cam": ((8, 8, 3), "uint8"),
+    "action": ((2,), "float32"),
+    "terminated": ((), "bool"),
+}
 
 
 def episode(length, seed):
@@ -25,7 +29,9 @@ def episode(length, seed):
 
 def test_round_trip(tmp_path):
     episodes = [episode(n, i) for i, n in enumerate([5, 40, 1, 17])]
-    with EpisodeStore.create(tmp_path / "s.zarr", SCHEMA, fps=10, attrs={"robot": "test_arm", "task": "t"}) as store:
+    with EpisodeStore.create(
+        tmp_path / "s.zarr", SCHEMA, fps=10, attrs={"robot": "test_arm", "task": "t"}
+    ) as store:
         for i, ep in enumerate(episodes):
             assert store.append_episode(ep) == i
     store = EpisodeStore.open(tmp_path / "s.zarr")
@@ -75,7 +81,10 @@ def test_statistics_match_numpy(tmp_path):
     [
         (lambda e: e.pop("action"), "missing action"),
         (lambda e: e.update(extra=np.zeros(5)), "unexpected extra"),
-        (lambda e: e.update(action=np.zeros((5, 3), np.float32)), r"action is \(3,\) float32, the store has \(2,\) float32"),
+        (
+            lambda e: e.update(action=np.zeros((5, 3), np.float32)),
+            r"action is \(3,\) float32, the store has \(2,\) float32",
+        ),
         (lambda e: e.update(action=np.zeros((5, 2), np.float64)), "float64"),
         (lambda e: e.update(action=np.zeros((4, 2), np.float32)), "same number of steps"),
         (lambda e: e["obs/state"].__setitem__((0, 0), np.nan), "NaN"),

@@ -40,7 +40,23 @@ def test_videos_a_corrupt_file_and_a_folder_of_frames(tmp_path, capsys):
     for i, f in enumerate(moving_square(12, colour=(0, 255, 0))):
         cv2.imwrite(str(frames / f"{i:04d}.png"), f)
     out = tmp_path / "video.zarr"
-    assert main(["dataset", "import-video", str(src), str(out), "--size", "32", "--fps", "10", "--frames-fps", "30"]) == 0
+    assert (
+        main(
+            [
+                "dataset",
+                "import-video",
+                str(src),
+                str(out),
+                "--size",
+                "32",
+                "--fps",
+                "10",
+                "--frames-fps",
+                "30",
+            ]
+        )
+        == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["sources"] == 3 and report["episodes"] == 2
     assert [s["source"] for s in report["skipped"]] == [str(src / "broken.mp4")]
@@ -60,7 +76,9 @@ def test_cuts_split_a_video_and_a_missing_source_is_one_line(tmp_path, capsys):
     assert result["episodes"] == 2 and result["frames"] == 30
     with EpisodeStore.open(tmp_path / "cut.zarr") as store:
         assert store.fps == pytest.approx(30)  # every frame kept: the video's own rate
-    whole = import_video(tmp_path / "cut.mp4", tmp_path / "whole.zarr", size=24, fps=None, cut_threshold=None, progress=False)
+    whole = import_video(
+        tmp_path / "cut.mp4", tmp_path / "whole.zarr", size=24, fps=None, cut_threshold=None, progress=False
+    )
     assert whole["episodes"] == 1
     assert main(["dataset", "import-video", str(tmp_path / "nothing"), str(tmp_path / "x.zarr")]) == 2
     assert "no video or folder" in capsys.readouterr().err
@@ -83,5 +101,7 @@ def test_nothing_importable_is_exit_2_and_leaves_nothing(tmp_path, capsys, conte
     err = capsys.readouterr().err.strip().splitlines()
     assert "nothing imported" in err[-1] and "clip.mp4" in err[-1]
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".video.zarr")]
-    write_video(tmp_path / "clip.mp4", moving_square(30), fps=30)  # the fixed file imports where the failed one did not
+    write_video(
+        tmp_path / "clip.mp4", moving_square(30), fps=30
+    )  # the fixed file imports where the failed one did not
     assert main(["dataset", "import-video", str(tmp_path / "clip.mp4"), str(out)]) == 0

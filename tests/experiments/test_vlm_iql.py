@@ -9,18 +9,35 @@ from robot_rl.datasets import EpisodeStore
 
 def test_pipeline_end_to_end(tmp_path, capsys):
     dataset, run = tmp_path / "mixed.zarr", tmp_path / "run"
-    args = ["vlm-iql", f"dataset={dataset}", f"run_dir={run}", "seeds=[0]", "env.max_steps=25", "env.image_size=32",
-            "collect=[{teleop: scripted, episodes: 2, seed: 0}, {teleop: random, episodes: 2, seed: 1}]",
-            "label.pairs=20", "reward_model.epochs=2", "iql.steps=3", "iql.batch_size=8", "iql.eval_episodes=2",
-            "iql.eval_num_envs=2"]
+    args = [
+        "vlm-iql",
+        f"dataset={dataset}",
+        f"run_dir={run}",
+        "seeds=[0]",
+        "env.max_steps=25",
+        "env.image_size=32",
+        "collect=[{teleop: scripted, episodes: 2, seed: 0}, {teleop: random, episodes: 2, seed: 1}]",
+        "label.pairs=20",
+        "reward_model.epochs=2",
+        "iql.steps=3",
+        "iql.batch_size=8",
+        "iql.eval_episodes=2",
+        "iql.eval_num_envs=2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-3:] == [str(run / "results.json"), str(run / "table.md"), str(run / "summary.json")]
+    assert out.splitlines()[-3:] == [
+        str(run / "results.json"),
+        str(run / "table.md"),
+        str(run / "summary.json"),
+    ]
     assert "| seed | IQL true reward | IQL VLM reward | BC | VLM / true |" in out and "| mean ± std |" in out
     summary = json.loads((run / "summary.json").read_text())
     report = summary["seeds"]["0"]
     results = json.loads((run / "results.json").read_text())
-    assert results["complete"] and results["command"] == "robot-rl vlm-iql" and results["config"]["seeds"] == [0]
+    assert (
+        results["complete"] and results["command"] == "robot-rl vlm-iql" and results["config"]["seeds"] == [0]
+    )
     assert results["per_seed"]["0"]["bc_success"] == report["bc_success"] == results["mean"]["bc_success"]
     assert results["bar_met_every_seed"] == summary["bar_met_every_seed"]
     assert report["labels"]["labels"] > 0 and report["labels"]["requests"] > 0
@@ -31,5 +48,17 @@ def test_pipeline_end_to_end(tmp_path, capsys):
         assert (original.episode_lengths == 25).all()  # collect_env: success does not end an episode
         assert copy.keys == original.keys + ["reward_vlm"]
     checkpoint = run / "seed0" / "iql_vlm_reward" / "checkpoint"
-    assert main(["eval", f"checkpoint={checkpoint}", "env=cube_place", "env.max_steps=10", "episodes=2", "num_envs=2"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                f"checkpoint={checkpoint}",
+                "env=cube_place",
+                "env.max_steps=10",
+                "episodes=2",
+                "num_envs=2",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["kind"] == "iql_agent"

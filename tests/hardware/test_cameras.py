@@ -61,7 +61,8 @@ def test_device_clock_maps_device_time_to_the_host_clock():
 
 
 def skip_without_pyrealsense2():
-    # Skipped only when the extra is absent: a pyrealsense2 that is installed but fails to load fails the test.
+    # Skipped only when the extra is absent: a pyrealsense2 that is installed but fails to load
+    # fails the test.
     if importlib.util.find_spec("pyrealsense2") is None:
         pytest.skip("pyrealsense2 is the [hardware] extra")
 
@@ -78,8 +79,10 @@ def realsense():
 def test_realsense_colour_and_aligned_depth_through_librealsense(realsense):
     from robot_rl.hardware.realsense_camera import RealSenseCamera, RealSenseCameraConfig
 
-    cam = RealSenseCamera(RealSenseCameraConfig("wrist", width=64, height=48, fps=30, depth=True, exposure=300),
-                          device=realsense.device)
+    cam = RealSenseCamera(
+        RealSenseCameraConfig("wrist", width=64, height=48, fps=30, depth=True, exposure=300),
+        device=realsense.device,
+    )
     cam.connect()
     try:
         time.sleep(0.3)
@@ -88,7 +91,11 @@ def test_realsense_colour_and_aligned_depth_through_librealsense(realsense):
         np.testing.assert_array_equal(frame.image, realsense.image(n))
         assert frame.depth.dtype == np.uint16 and frame.depth.shape == (48, 64)
         assert 0 <= time.monotonic() - frame.timestamp < 0.1  # device stamps on the host clock
-        sensor = [s for s in realsense.device.query_sensors() if s.get_info(realsense.rs.camera_info.name) == "RGB Camera"][0]
+        sensor = [
+            s
+            for s in realsense.device.query_sensors()
+            if s.get_info(realsense.rs.camera_info.name) == "RGB Camera"
+        ][0]
         assert sensor.get_option(realsense.rs.option.exposure) == 300  # set and verified
         # A USB drop: frames stop, read() keeps the old frame (its age grows), and the camera
         # reopens the device when it is back.
@@ -101,7 +108,9 @@ def test_realsense_colour_and_aligned_depth_through_librealsense(realsense):
     finally:
         cam.disconnect()
     with pytest.raises(ConfigError, match="it offers 64x48@30"):
-        RealSenseCamera(RealSenseCameraConfig("wrist", width=640, height=480), device=realsense.device).connect()
+        RealSenseCamera(
+            RealSenseCameraConfig("wrist", width=640, height=480), device=realsense.device
+        ).connect()
 
 
 def test_a_stale_frame_stops_the_loop(realsense):
@@ -111,7 +120,9 @@ def test_a_stale_frame_stops_the_loop(realsense):
     from robot_rl.sim.reach import make_reach_env
 
     sim_env = make_reach_env()
-    cam = RealSenseCamera(RealSenseCameraConfig("wrist", width=64, height=48, fps=30), device=realsense.device)
+    cam = RealSenseCamera(
+        RealSenseCameraConfig("wrist", width=64, height=48, fps=30), device=realsense.device
+    )
     env = RobotEnv(sim_env.robot, sim_env.task, [cam], max_frame_age_s=0.2)
     seen, distinct = [], set()
 
@@ -132,7 +143,9 @@ def test_a_stale_frame_stops_the_loop(realsense):
     assert isinstance(raised.value, StaleFrameError) and stopped  # the robot was stopped first
     # Live frames before the stall; after it, the policy saw the last frame again for at most the
     # frame-age limit (0.2 s = 6 steps at 30 Hz, +2 for a frame's own age), never on and on.
-    repeats = next((i for i, image in enumerate(reversed(seen[:-1])) if not np.array_equal(image, seen[-1])), len(seen))
+    repeats = next(
+        (i for i, image in enumerate(reversed(seen[:-1])) if not np.array_equal(image, seen[-1])), len(seen)
+    )
     assert len(distinct) >= 3 and repeats <= 8  # a frame in flight may still arrive after the pause
 
 

@@ -59,8 +59,17 @@ def committed(out, episodes: int) -> bool:
 
 
 def collect_args(bus, fifo, out, episodes):
-    return ["collect", "robot=widowx250", f"robot.port={bus.port}", "teleop=gamepad", f"teleop_options.gamepad={fifo}",
-            "task=push the cube forward", f"out={out}", f"episodes={episodes}", "reset_s=0"]
+    return [
+        "collect",
+        "robot=widowx250",
+        f"robot.port={bus.port}",
+        "teleop=gamepad",
+        f"teleop_options.gamepad={fifo}",
+        "task=push the cube forward",
+        f"out={out}",
+        f"episodes={episodes}",
+        "reset_s=0",
+    ]
 
 
 def collect_with_operator(bus, fifo, out, episodes) -> int:
@@ -103,11 +112,16 @@ def test_a_killed_collection_keeps_every_finished_episode(tmp_path):
     pushing = [threading.Event() for _ in range(10)]
     with DynamixelSimulator(IDS, positions_rad=HOME) as bus:
         env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-        proc = subprocess.Popen([sys.executable, "-m", "robot_rl.cli", *collect_args(bus, fifo, out, 10)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "robot_rl.cli", *collect_args(bus, fifo, out, 10)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         # Episode 3 is pushed until the kill: however slow this machine, it cannot end first.
-        feeder = threading.Thread(target=operator, args=(fifo, 10, stop, bus), kwargs={"pushing": pushing, "hold": 2},
-                                  daemon=True)
+        feeder = threading.Thread(
+            target=operator, args=(fifo, 10, stop, bus), kwargs={"pushing": pushing, "hold": 2}, daemon=True
+        )
         feeder.start()
         try:
             assert pushing[2].wait(60), "the operator never reached episode 3"
@@ -150,8 +164,13 @@ def test_live_view_serves_the_cameras_on_localhost(tmp_path):
 
     view = LiveView(web_port=free_port(), grpc_port=free_port(), hz=100)
     env = make_reach_env()
-    loop = ControlLoop(env, policy=lambda obs: np.zeros(env.action_space.shape, np.float32), rate_hz=None,
-                       execute_k=1, on_step=view)
+    loop = ControlLoop(
+        env,
+        policy=lambda obs: np.zeros(env.action_space.shape, np.float32),
+        rate_hz=None,
+        execute_k=1,
+        on_step=view,
+    )
     with env:
         loop.run_episode(seed=0)
     loop.close()

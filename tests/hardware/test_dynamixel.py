@@ -8,9 +8,16 @@ import pytest
 from omegaconf import OmegaConf
 
 from robot_rl.errors import ConfigError, DeviceError
-from robot_rl.hardware.fakes import dynamixel_sim as sim
-from robot_rl.hardware.fakes.dynamixel_sim import DynamixelSimulator, PacketParser, crc16, packet, stuff, unstuff
 from robot_rl.factory import make_robot
+from robot_rl.hardware.fakes import dynamixel_sim as sim
+from robot_rl.hardware.fakes.dynamixel_sim import (
+    DynamixelSimulator,
+    PacketParser,
+    crc16,
+    packet,
+    stuff,
+    unstuff,
+)
 
 pytest.importorskip("dynamixel_sdk")
 CONF = "robot_rl/conf/robot/widowx250.yaml"
@@ -35,7 +42,8 @@ def test_crc_and_stuffing_as_the_spec_and_the_sdk():
     parser = PacketParser()
     got = [p for i in range(0, len(wire), 3) for p in parser.feed(wire[i : i + 3])]
     assert got == [(3, sim.WRITE, bytes([116, 0, 0xFF, 0xFF, 0xFD, 0x00]))]
-    corrupt = bytearray(packet(3, sim.PING)); corrupt[-1] ^= 1
+    corrupt = bytearray(packet(3, sim.PING))
+    corrupt[-1] ^= 1
     assert parser.feed(bytes(corrupt)) == [] and parser.bad_crc == 1
 
 
@@ -51,7 +59,9 @@ def test_commands_reach_the_servos_with_bulk_read_and_write():
         time.sleep(0.3)
         obs = arm.observe()
         moved = obs["ee_pos"] - start
-        assert 0.07 < moved[0] < 0.13 and abs(moved[1]) < 0.005 and abs(moved[2]) < 0.01  # ~10 cm along x only
+        assert (
+            0.07 < moved[0] < 0.13 and abs(moved[1]) < 0.005 and abs(moved[2]) < 0.01
+        )  # ~10 cm along x only
         assert obs["gripper"][0] < 0.05  # closed
         assert obs["ee_yaw"][0] > 0.999  # still pointing down, unrotated
         assert bus.count(sim.BULK_READ) >= 3 and bus.count(sim.BULK_WRITE) >= 20
@@ -110,7 +120,9 @@ def test_missing_servo_unplugged_bus_and_bad_config_are_clear_errors():
         make_robot(OmegaConf.load(CONF), port="/dev/does-not-exist").connect()
     with pytest.raises(ConfigError, match="distinct"):
         make_robot(OmegaConf.merge(OmegaConf.load(CONF), {"gripper": {"id": 1, "open": 0.5, "closed": 0.0}}))
-    with DynamixelSimulator(IDS, positions_rad=[0.0, 2.5, 0.3, 1.57, 0.0, 0.6]) as bus:  # shoulder past its limit
+    with DynamixelSimulator(
+        IDS, positions_rad=[0.0, 2.5, 0.3, 1.57, 0.0, 0.6]
+    ) as bus:  # shoulder past its limit
         with pytest.raises(DeviceError, match="shoulder"):
             arm_on(bus).connect()
 
@@ -118,8 +130,10 @@ def test_missing_servo_unplugged_bus_and_bad_config_are_clear_errors():
 def test_leader_arm_drives_the_follower():
     from robot_rl.hardware.leader_arm import LeaderArmTeleop
 
-    with DynamixelSimulator(IDS, positions_rad=HOME + [0.6]) as follower_bus, \
-            DynamixelSimulator(IDS, positions_rad=HOME + [0.6]) as leader_bus:
+    with (
+        DynamixelSimulator(IDS, positions_rad=HOME + [0.6]) as follower_bus,
+        DynamixelSimulator(IDS, positions_rad=HOME + [0.6]) as leader_bus,
+    ):
         follower = arm_on(follower_bus, control="joint")
         leader = arm_on(leader_bus, control="joint", dry_run=True)
         teleop = LeaderArmTeleop(leader, follower.action_spec)

@@ -8,7 +8,17 @@ import time
 import numpy as np
 import pytest
 
-from robot_rl.hardware.gamepad_teleop import ABS_RY, ABS_X, ABS_Y, BTN_EAST, BTN_SOUTH, BTN_START, EV_ABS, EV_KEY, GamepadTeleop
+from robot_rl.hardware.gamepad_teleop import (
+    ABS_RY,
+    ABS_X,
+    ABS_Y,
+    BTN_EAST,
+    BTN_SOUTH,
+    BTN_START,
+    EV_ABS,
+    EV_KEY,
+    GamepadTeleop,
+)
 from robot_rl.hardware.keyboard_teleop import KeyboardTeleop
 from robot_rl.hardware.spacemouse_teleop import SpaceMouseTeleop, parse_report
 from robot_rl.hardware.teleop_input import TeleopMapper
@@ -20,8 +30,14 @@ def event(kind, code, value):
 
 def test_gamepad_events_map_to_arm_deltas_and_events():
     pad = GamepadTeleop(TeleopMapper("arm", deadzone=0.1))
-    stream = (event(EV_ABS, ABS_Y, -32768) + event(EV_ABS, ABS_X, 16384) + event(EV_ABS, ABS_RY, 0)
-              + event(EV_KEY, BTN_SOUTH, 1) + event(EV_KEY, BTN_SOUTH, 0) + event(EV_KEY, BTN_EAST, 1))
+    stream = (
+        event(EV_ABS, ABS_Y, -32768)
+        + event(EV_ABS, ABS_X, 16384)
+        + event(EV_ABS, ABS_RY, 0)
+        + event(EV_KEY, BTN_SOUTH, 1)
+        + event(EV_KEY, BTN_SOUTH, 0)
+        + event(EV_KEY, BTN_EAST, 1)
+    )
     pad.feed(stream[:30])  # split mid-record, as reads from a device may be
     pad.feed(stream[30:])
     cmd = pad.read()

@@ -11,8 +11,8 @@ pytest.importorskip("serial", reason="pyserial (robot_rl[hardware]) is not insta
 
 from robot_rl.errors import DeviceError  # noqa: E402
 from robot_rl.hardware import vesc_protocol as vp  # noqa: E402
-from robot_rl.hardware.vesc_car import VescCar, VescCarConfig  # noqa: E402
 from robot_rl.hardware.fakes.vesc_sim import VescSimulator  # noqa: E402
+from robot_rl.hardware.vesc_car import VescCar, VescCarConfig  # noqa: E402
 
 
 def wait_for(condition, timeout=2.0):
@@ -44,7 +44,10 @@ def test_crc_is_xmodem():
 
 
 def test_packets_decode_from_a_noisy_split_stream():
-    short, long = vp.set_rpm(4614), bytes([vp.COMM_GET_VALUES]) + bytes(range(256)) + bytes(44)  # 301 bytes: long framing
+    short, long = (
+        vp.set_rpm(4614),
+        bytes([vp.COMM_GET_VALUES]) + bytes(range(256)) + bytes(44),
+    )  # 301 bytes: long framing
     stream = b"\x00\xff" + vp.encode(short) + vp.encode(long) + vp.encode(vp.set_servo_pos(0.4))
     assert vp.encode(long)[0] == 0x03 and vp.encode(short)[0] == 0x02  # long and short framing
     reader = vp.PacketReader()
@@ -57,8 +60,18 @@ def test_packets_decode_from_a_noisy_split_stream():
 
 
 def test_telemetry_round_trips():
-    values = vp.Values(temp_fet=31.5, temp_motor=40.2, current_motor=-3.21, current_in=1.5, duty=0.125,
-                       erpm=-12345, v_in=11.9, tachometer=-777, tachometer_abs=999, fault=0)
+    values = vp.Values(
+        temp_fet=31.5,
+        temp_motor=40.2,
+        current_motor=-3.21,
+        current_in=1.5,
+        duty=0.125,
+        erpm=-12345,
+        v_in=11.9,
+        tachometer=-777,
+        tachometer_abs=999,
+        fault=0,
+    )
     assert vp.decode_values(vp.encode_values(values)) == values
     imu = {name: float(i) - 3.5 for i, name in enumerate(vp.IMU_FIELDS)}
     assert vp.decode_imu(vp.encode_imu(imu)) == imu
@@ -72,7 +85,9 @@ def test_commands_reach_the_vesc_and_odometry_follows(car, sim):
     assert sim.commands(vp.COMM_SET_RPM)[-1] == pytest.approx(4614, abs=1)
     assert sim.commands(vp.COMM_SET_SERVO_POS)[-1] == pytest.approx(0.5304 - 1.2135 * 0.1, abs=1e-3)
     assert obs["velocity"][0] == pytest.approx(1.0, abs=0.05)  # the motor model has spun up
-    assert obs["pose"][0] > 0.2 and abs(obs["pose"][1]) < 1e-6  # straight ahead (the simulated IMU reads no yaw)
+    assert (
+        obs["pose"][0] > 0.2 and abs(obs["pose"][1]) < 1e-6
+    )  # straight ahead (the simulated IMU reads no yaw)
     assert obs["accel"][2] == pytest.approx(9.81, abs=1e-3) and set(obs) == set(car.observation_spec)
     assert sim.reader.crc_errors == 0
 
@@ -131,12 +146,20 @@ def test_practice_drives_the_vesc_car_through_the_control_loop(sim):
     task = PracticeTask(car, square, radius=0.5, max_steps=25)
     env = RobotEnv(car, task)
     rewards = []
-    loop = ControlLoop(env, lambda obs: np.array([0.0, 0.3], np.float32), RecoveryTeleop(task), rate_hz=50, execute_k=1,
-                       on_step=lambda loop, result: rewards.append(result.reward))
+    loop = ControlLoop(
+        env,
+        lambda obs: np.array([0.0, 0.3], np.float32),
+        RecoveryTeleop(task),
+        rate_hz=50,
+        execute_k=1,
+        on_step=lambda loop, result: rewards.append(result.reward),
+    )
     with env:
         result = loop.run_episode(seed=0)
     loop.close()
     assert result.steps == 25 and not result.intervened_steps
     assert sim.commands(vp.COMM_SET_RPM)[-1] == pytest.approx(0.3 * 3.0 * 4614, abs=1)  # 0.9 m/s
     assert rewards[-1] > rewards[5] > 0  # driving toward the first checkpoint: positive, growing
-    assert 0 < car.pose()[0] < 2.0 and sim.braking  # the loop braked the car at the episode's end
+    assert 0 < car.pose()[0] < 2.0
+    # the loop braked the car at the episode's end (the simulator reads the command in its own thread)
+    assert wait_for(lambda: sim.braking)

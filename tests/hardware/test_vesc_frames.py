@@ -54,32 +54,43 @@ COMMANDS = {
 # firmware appends (which the decoder must skip). 74 = 0x4a bytes of payload.
 VALUES_REPLY = hexframe(
     "02 4a"
-    " 04"          # COMM_GET_VALUES
-    " 013b"        # temp_fet        31.5 C   x10, int16
-    " 0192"        # temp_motor      40.2 C   x10, int16
-    " fffffebf"    # current_motor  -3.21 A   x100, int32
-    " 00000096"    # current_in      1.50 A   x100
-    " ffffff9c"    # avg_id         -1.00 A   x100 (not read)
-    " 000000c8"    # avg_iq          2.00 A   x100 (not read)
-    " 007d"        # duty            0.125    x1000, int16
-    " ffffcfc7"    # erpm          -12345     x1, int32
-    " 0077"        # v_in            11.9 V   x10, int16
-    " 000004d2"    # amp_hours       0.1234   x10000 (not read)
-    " 00000001"    # amp_hours_charged 0.0001 (not read)
-    " 00003a98"    # watt_hours      1.5      x10000 (not read)
-    " 00000000"    # watt_hours_charged       (not read)
-    " fffffcf7"    # tachometer     -777      int32
-    " 000003e7"    # tachometer_abs  999      int32
-    " 02"          # fault           FAULT_CODE_UNDER_VOLTAGE, uint8
-    " 0aba9500"    # pid_pos         180 deg  x1e6 (appended by later firmware, not read)
-    " 00"          # controller_id
+    " 04"  # COMM_GET_VALUES
+    " 013b"  # temp_fet        31.5 C   x10, int16
+    " 0192"  # temp_motor      40.2 C   x10, int16
+    " fffffebf"  # current_motor  -3.21 A   x100, int32
+    " 00000096"  # current_in      1.50 A   x100
+    " ffffff9c"  # avg_id         -1.00 A   x100 (not read)
+    " 000000c8"  # avg_iq          2.00 A   x100 (not read)
+    " 007d"  # duty            0.125    x1000, int16
+    " ffffcfc7"  # erpm          -12345     x1, int32
+    " 0077"  # v_in            11.9 V   x10, int16
+    " 000004d2"  # amp_hours       0.1234   x10000 (not read)
+    " 00000001"  # amp_hours_charged 0.0001 (not read)
+    " 00003a98"  # watt_hours      1.5      x10000 (not read)
+    " 00000000"  # watt_hours_charged       (not read)
+    " fffffcf7"  # tachometer     -777      int32
+    " 000003e7"  # tachometer_abs  999      int32
+    " 02"  # fault           FAULT_CODE_UNDER_VOLTAGE, uint8
+    " 0aba9500"  # pid_pos         180 deg  x1e6 (appended by later firmware, not read)
+    " 00"  # controller_id
     " 012c 0131 0136"  # temp_mos1..3  30.0, 30.5, 31.0 C
-    " 000004b0"    # avg_vd          1.2 V    x1000
-    " fffffb50"    # avg_vq         -1.2 V    x1000
-    " 00"          # status (timeout, kill switch)
-    " 85c5 03")
-VALUES = vp.Values(temp_fet=31.5, temp_motor=40.2, current_motor=-3.21, current_in=1.5, duty=0.125, erpm=-12345.0,
-                   v_in=11.9, tachometer=-777, tachometer_abs=999, fault=2)
+    " 000004b0"  # avg_vd          1.2 V    x1000
+    " fffffb50"  # avg_vq         -1.2 V    x1000
+    " 00"  # status (timeout, kill switch)
+    " 85c5 03"
+)
+VALUES = vp.Values(
+    temp_fet=31.5,
+    temp_motor=40.2,
+    current_motor=-3.21,
+    current_in=1.5,
+    duty=0.125,
+    erpm=-12345.0,
+    v_in=11.9,
+    tachometer=-777,
+    tachometer_abs=999,
+    fault=2,
+)
 
 # COMM_GET_IMU_DATA (0x41): the echoed mask, nine float32_auto fields, then the controller id. 40 bytes.
 IMU_REPLY = hexframe(
@@ -87,10 +98,20 @@ IMU_REPLY = hexframe(
     " 00000000 3f000000 bf800000"  # roll 0.0, pitch 0.5, yaw -1.0 rad
     " 3e800000 c0000000 3f800000"  # acc_x 0.25, acc_y -2.0, acc_z 1.0 g
     " 00000000 00000000 42b40000"  # gyro_x 0, gyro_y 0, gyro_z 90.0 deg/s
-    " 00"                          # controller_id
-    " fe86 03")
-IMU = {"roll": 0.0, "pitch": 0.5, "yaw": -1.0, "acc_x": 0.25, "acc_y": -2.0, "acc_z": 1.0,
-       "gyro_x": 0.0, "gyro_y": 0.0, "gyro_z": 90.0}
+    " 00"  # controller_id
+    " fe86 03"
+)
+IMU = {
+    "roll": 0.0,
+    "pitch": 0.5,
+    "yaw": -1.0,
+    "acc_x": 0.25,
+    "acc_y": -2.0,
+    "acc_z": 1.0,
+    "gyro_x": 0.0,
+    "gyro_y": 0.0,
+    "gyro_z": 90.0,
+}
 
 LITERALS = [hexframe(text) for _, text in COMMANDS.values()] + [VALUES_REPLY, IMU_REPLY]
 
@@ -130,8 +151,8 @@ def test_the_car_writes_exactly_these_frames():
     """The driver end to end: every byte VescCar writes for connect, one command, one observation
     and the brake on disconnect is one of the frames above, in order."""
     pytest.importorskip("serial", reason="pyserial (robot_rl[hardware]) is not installed")
-    from robot_rl.hardware.vesc_car import VescCar, VescCarConfig
     from robot_rl.hardware.fakes.vesc_sim import VescSimulator
+    from robot_rl.hardware.vesc_car import VescCar, VescCarConfig
 
     class Tapped(VescSimulator):  # the simulator, keeping the raw bytes it was sent
         wire = b""
@@ -140,8 +161,17 @@ def test_the_car_writes_exactly_these_frames():
             self.wire += data
             return super().on_bytes(data, now)
 
-    expected = b"".join(hexframe(COMMANDS[name][1]) for name in (
-        "fw_version", "set_servo_pos_steered", "set_rpm", "get_values", "get_imu_data", "set_current_brake"))
+    expected = b"".join(
+        hexframe(COMMANDS[name][1])
+        for name in (
+            "fw_version",
+            "set_servo_pos_steered",
+            "set_rpm",
+            "get_values",
+            "get_imu_data",
+            "set_current_brake",
+        )
+    )
     with Tapped() as sim:
         car = VescCar(VescCarConfig(port=sim.port, watchdog_s=60.0))  # no watchdog brake mid-transcript
         car.connect()

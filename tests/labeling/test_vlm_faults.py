@@ -13,14 +13,24 @@ import numpy as np
 import pytest
 
 from robot_rl.cli import main
-from robot_rl.labeling.vlm import (LabelCache, LabelerError, OpenAIChatBackend, PairConfig, PreferenceLabeler,
-                                  label_store, retry_after)
+from robot_rl.labeling.vlm import (
+    LabelCache,
+    LabelerError,
+    OpenAIChatBackend,
+    PairConfig,
+    PreferenceLabeler,
+    label_store,
+    retry_after,
+)
 
 REPLY = json.dumps({"choices": [{"message": {"content": "Image 2 is closer.\n1"}}]}).encode()
 
 
 def ok(sock):
-    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(REPLY), REPLY))
+    sock.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(REPLY), REPLY)
+    )
 
 
 def drop_mid_body(sock):
@@ -67,7 +77,13 @@ class Server:
                         return
                     data += chunk
                 head, body = data.split(b"\r\n\r\n", 1)
-                length = int([line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")][0])
+                length = int(
+                    [
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    ][0]
+                )
                 while len(body) < length:
                     body += self.request.recv(65536)
                 with lock:
@@ -137,7 +153,9 @@ def test_backoff_has_jitter():
                 backend.chat("hello")
             waits.append(np.diff(server.times))
         assert not np.allclose(waits[0], waits[1], atol=0.02)
-        assert all(0.09 < w[0] < 0.4 and 0.19 < w[1] < 0.7 for w in waits)  # 0.2 s then 0.4 s, each x [0.5, 1.5]
+        assert all(
+            0.09 < w[0] < 0.4 and 0.19 < w[1] < 0.7 for w in waits
+        )  # 0.2 s then 0.4 s, each x [0.5, 1.5]
 
 
 def frames(n, seed=0):
@@ -151,8 +169,12 @@ def test_a_server_that_dies_mid_run_stops_it_and_a_rerun_resumes(tmp_path):
     # 5 pairs answered (two requests each), then the server is gone
     with Server(*[ok] * 10, close_at_once) as server:
         backend = OpenAIChatBackend(server.url, "m", retries=1, backoff_s=0.0)
-        labeler = PreferenceLabeler(backend, cache, "task", "m", max_concurrency=1, max_consecutive_failures=4)
-        with pytest.raises(LabelerError, match=r"failed 4 pairs in a row \(4 of 40 in all\).*5 answers are cached"):
+        labeler = PreferenceLabeler(
+            backend, cache, "task", "m", max_concurrency=1, max_consecutive_failures=4
+        )
+        with pytest.raises(
+            LabelerError, match=r"failed 4 pairs in a row \(4 of 40 in all\).*5 answers are cached"
+        ):
             labeler.label(a, b)
         assert server.requests == 10 + 4 * 2  # stopped after 4 failed pairs, not after all 35
     with Server(ok) as server:
@@ -167,11 +189,16 @@ def test_failed_pairs_beyond_the_share_end_the_run_with_an_error(tmp_path):
     with Server(close_at_once, ok) as server:  # the first pair fails
         backend = OpenAIChatBackend(server.url, "m", retries=0)
         labeler = PreferenceLabeler(backend, LabelCache(":memory:"), "task", "m", max_concurrency=1)
-        with pytest.raises(LabelerError, match=r"failed 1 of 20 pairs \(more than max_failed_share=0\).*19 answers are cached"):
+        with pytest.raises(
+            LabelerError,
+            match=r"failed 1 of 20 pairs \(more than max_failed_share=0\).*19 answers are cached",
+        ):
             labeler.label(a, b)
     with Server(close_at_once, ok) as server:
         backend = OpenAIChatBackend(server.url, "m", retries=0)
-        labeler = PreferenceLabeler(backend, LabelCache(":memory:"), "task", "m", max_concurrency=1, max_failed_share=0.1)
+        labeler = PreferenceLabeler(
+            backend, LabelCache(":memory:"), "task", "m", max_concurrency=1, max_failed_share=0.1
+        )
         answers, report = labeler.label(a, b)
         assert report.failed == 1 and report.labels == 19
 
@@ -181,7 +208,9 @@ def store(tmp_path_factory):
     from robot_rl.datasets import EpisodeStore
 
     path = tmp_path_factory.mktemp("faults") / "s.zarr"
-    with EpisodeStore.create(path, {"obs/image/front": ((8, 8, 3), "uint8")}, fps=10, attrs={"task": "t"}) as s:
+    with EpisodeStore.create(
+        path, {"obs/image/front": ((8, 8, 3), "uint8")}, fps=10, attrs={"task": "t"}
+    ) as s:
         for seed in range(4):
             s.append_episode({"obs/image/front": np.concatenate(frames(10, seed))})
     return path
@@ -190,10 +219,23 @@ def store(tmp_path_factory):
 def test_cli_exit_is_non_zero_when_the_server_dies(store, tmp_path, capsys):
     out = tmp_path / "labels.json"
     with Server(*[ok] * 6, close_at_once) as server:
-        args = ["label", "vlm", f"store={store}", f"out={out}", "pairs=30", "max_concurrency=1",
-                f"backend.base_url={server.url}", "backend.retries=0", "max_consecutive_failures=3"]
+        args = [
+            "label",
+            "vlm",
+            f"store={store}",
+            f"out={out}",
+            "pairs=30",
+            "max_concurrency=1",
+            f"backend.base_url={server.url}",
+            "backend.retries=0",
+            "max_consecutive_failures=3",
+        ]
         assert main(args) == 2
-    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("robot-rl")]
+    err = [
+        line
+        for line in capsys.readouterr().err.replace("\r", "\n").splitlines()
+        if line.startswith("robot-rl")
+    ]
     assert len(err) == 1 and "3 pairs in a row" in err[0] and "rerun resumes" in err[0]
     assert not out.exists()
     with Server(ok) as server:
@@ -205,8 +247,16 @@ def test_cli_exit_is_non_zero_when_the_server_dies(store, tmp_path, capsys):
 def test_label_store_passes_the_limits_through(store, tmp_path):
     with Server(close_at_once) as server:
         with pytest.raises(LabelerError, match="failed the first 2 pairs and answered none"):
-            label_store(store, tmp_path / "l.json", OpenAIChatBackend(server.url, "m", retries=0), PairConfig(pairs=10),
-                        "m", max_concurrency=1, progress=False, max_consecutive_failures=2)
+            label_store(
+                store,
+                tmp_path / "l.json",
+                OpenAIChatBackend(server.url, "m", retries=0),
+                PairConfig(pairs=10),
+                "m",
+                max_concurrency=1,
+                progress=False,
+                max_consecutive_failures=2,
+            )
 
 
 def test_refused_connection_is_retried_too():

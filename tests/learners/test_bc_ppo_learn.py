@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from robot_rl.commands.collect import collect
+from robot_rl.commands.train import train_bc
 from robot_rl.config import compose
 from robot_rl.datasets import EpisodeStore
 from robot_rl.learners import residual_ppo
@@ -21,7 +22,6 @@ from robot_rl.policies.diffusion import STATE_KEY, DiffusionPolicy
 from robot_rl.policies.residual import ResidualPolicy
 from robot_rl.sim.reach import MAX_STEP_M
 from robot_rl.sim.vector import make_vector_env
-from robot_rl.commands.train import train_bc
 
 pytestmark = pytest.mark.learning
 
@@ -39,8 +39,18 @@ def reach_demos(tmp_path_factory):
     out = tmp_path_factory.mktemp("demos") / "reach.zarr"
     # Full-length episodes: demos that stop on first touching the 2 cm tolerance hold almost no
     # states near the target, and a clone of them drifts off there instead of settling.
-    cfg = compose("collect", ["env=reach", "episodes=20", "seed=0", "loop.rate_hz=null", f"out={out}",
-                              "env.cameras=[]", "env.end_on_success=false"])
+    cfg = compose(
+        "collect",
+        [
+            "env=reach",
+            "episodes=20",
+            "seed=0",
+            "loop.rate_hz=null",
+            f"out={out}",
+            "env.cameras=[]",
+            "env.end_on_success=false",
+        ],
+    )
     report = collect(cfg)
     assert report["episodes"] == 20
     return out
@@ -48,17 +58,28 @@ def reach_demos(tmp_path_factory):
 
 def test_diffusion_bc_learns_to_reach(reach_demos, tmp_path):
     policy = {"pred_horizon": 8, "action_horizon": 4, "down_dims": [32], "diffusion_step_embed_dim": 32}
-    cfg = compose("train", ["learner=diffusion_bc", "learner.steps=1000", "learner.batch_size=64", "learner.lr=3e-3",
-                            "learner.device=cpu",
-                            *(f"learner.policy.{k}={v}".replace(" ", "") for k, v in policy.items())])
+    cfg = compose(
+        "train",
+        [
+            "learner=diffusion_bc",
+            "learner.steps=1000",
+            "learner.batch_size=64",
+            "learner.lr=3e-3",
+            "learner.device=cpu",
+            *(f"learner.policy.{k}={v}".replace(" ", "") for k, v in policy.items()),
+        ],
+    )
     result = train_bc(cfg.learner, reach_demos, tmp_path / "bc", seed=0, progress=False)
     trained = DiffusionPolicy.load(result["checkpoint"])
     torch.manual_seed(0)
-    untrained = DiffusionPolicy.from_store(EpisodeStore.open(reach_demos), **OmegaConf.to_container(cfg.learner.policy)).eval()
+    untrained = DiffusionPolicy.from_store(
+        EpisodeStore.open(reach_demos), **OmegaConf.to_container(cfg.learner.policy)
+    ).eval()
 
     def success(p):
-        return evaluate(make_reach_vec, p, episodes=EVAL_EPISODES, num_envs=40, seed=EVAL_SEED,
-                        progress=False)["success_rate"]
+        return evaluate(
+            make_reach_vec, p, episodes=EVAL_EPISODES, num_envs=40, seed=EVAL_SEED, progress=False
+        )["success_rate"]
 
     trained_rate, untrained_rate = success(trained), success(untrained)
     # Measured: untrained 0.0, trained 0.71 (trials with a shorter warm-up on 20 other episodes:
@@ -85,19 +106,30 @@ class UpwardBiasedExpert(DiffusionPolicy):
 
 def test_residual_ppo_corrects_a_biased_base(reach_demos, tmp_path, monkeypatch):
     torch.manual_seed(0)
-    base = UpwardBiasedExpert.from_store(EpisodeStore.open(reach_demos), obs_horizon=1, pred_horizon=2,
-                                         action_horizon=1, down_dims=[8], diffusion_step_embed_dim=8, n_groups=4)
+    base = UpwardBiasedExpert.from_store(
+        EpisodeStore.open(reach_demos),
+        obs_horizon=1,
+        pred_horizon=2,
+        action_horizon=1,
+        down_dims=[8],
+        diffusion_step_embed_dim=8,
+        n_groups=4,
+    )
     # train_residual_ppo loads its base from a checkpoint; a scripted base has none, so hand it over.
-    monkeypatch.setattr(residual_ppo, "DiffusionPolicy", SimpleNamespace(load=lambda checkpoint, device="cpu": base))
+    monkeypatch.setattr(
+        residual_ppo, "DiffusionPolicy", SimpleNamespace(load=lambda checkpoint, device="cpu": base)
+    )
     # ResiP's settings (residual scale 0.1, log-std -1, 50 epochs, KL stop 0.1) at a small size.
-    cfg = ResidualPPOConfig(num_envs=16, rollout_steps=80, iterations=5, hidden=64, lr_horizon=1000, device="cpu",
-                            seed=0)
+    cfg = ResidualPPOConfig(
+        num_envs=16, rollout_steps=80, iterations=5, hidden=64, lr_horizon=1000, device="cpu", seed=0
+    )
     result = train_residual_ppo(make_reach_vec, "scripted-base", tmp_path / "ppo", cfg, progress=False)
     residual, _ = ResidualPolicy.load(result["checkpoint"])
 
     def success(r):
-        return evaluate(make_reach_vec, base, r, episodes=EVAL_EPISODES, num_envs=40, seed=EVAL_SEED,
-                        progress=False)["success_rate"]
+        return evaluate(
+            make_reach_vec, base, r, episodes=EVAL_EPISODES, num_envs=40, seed=EVAL_SEED, progress=False
+        )["success_rate"]
 
     base_rate, residual_rate = success(None), success(residual)
     # Measured: base 0.25, with the residual's mean 0.65 (on 40 other episodes: 0.125 -> 0.575-0.675

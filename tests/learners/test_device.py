@@ -8,8 +8,8 @@ import torch
 
 from robot_rl.cli import main
 from robot_rl.errors import ConfigError
-from robot_rl.utils.device import Prefetcher, resolve_device, to_device
 from robot_rl.policies.iql import IQLAgent, IQLConfig
+from robot_rl.utils.device import Prefetcher, resolve_device, to_device
 
 
 def test_auto_is_cuda_only_when_there_is_one():
@@ -33,7 +33,9 @@ def test_cuda_on_a_cpu_machine_is_one_line_from_the_cli(capsys):
 
 def test_prefetcher_keeps_the_order_and_raises_sampling_errors():
     rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
-    with Prefetcher(lambda: {"x": torch.as_tensor(rng_a.normal(size=3))}, torch.device("cpu"), depth=3) as batches:
+    with Prefetcher(
+        lambda: {"x": torch.as_tensor(rng_a.normal(size=3))}, torch.device("cpu"), depth=3
+    ) as batches:
         got = [next(batches)["x"] for _ in range(10)]
     for x in got:
         np.testing.assert_array_equal(x.numpy(), rng_b.normal(size=3))
@@ -54,8 +56,13 @@ def test_prefetcher_keeps_the_order_and_raises_sampling_errors():
 def test_agents_take_cpu_inputs_and_save_cpu_checkpoints(tmp_path):
     device = resolve_device("auto")
     agent = IQLAgent(IQLConfig(state_dim=3, action_dim=2, hidden=(8,))).to(device)
-    batch = {"obs/state": torch.randn(4, 3), "next_obs/state": torch.randn(4, 3), "action": torch.rand(4, 2) - 0.5,
-             "reward": torch.ones(4), "mask": torch.ones(4)}
+    batch = {
+        "obs/state": torch.randn(4, 3),
+        "next_obs/state": torch.randn(4, 3),
+        "action": torch.rand(4, 2) - 0.5,
+        "reward": torch.ones(4),
+        "mask": torch.ones(4),
+    }
     agent.update(batch)  # CPU batch, agent wherever auto put it
     assert agent.act({"state": torch.randn(2, 3)}).device.type == "cpu"
     from safetensors.torch import load_file
@@ -79,8 +86,13 @@ def test_compiled_iql_update_matches_the_eager_one():
     compiled.losses = maybe_compile(compiled.losses, True)
     g = torch.Generator().manual_seed(1)
     for _ in range(3):
-        batch = {"obs/state": torch.randn(16, 3, generator=g), "next_obs/state": torch.randn(16, 3, generator=g),
-                 "action": torch.rand(16, 2, generator=g) - 0.5, "reward": torch.rand(16, generator=g), "mask": torch.ones(16)}
+        batch = {
+            "obs/state": torch.randn(16, 3, generator=g),
+            "next_obs/state": torch.randn(16, 3, generator=g),
+            "action": torch.rand(16, 2, generator=g) - 0.5,
+            "reward": torch.rand(16, generator=g),
+            "mask": torch.ones(16),
+        }
         a, b = eager.update(batch), compiled.update(batch)
         for key in ("q_loss", "v_loss", "actor_loss"):
             assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6)

@@ -20,15 +20,29 @@ class TimedOutcomeEnvs:
         succeed = np.arange(self.n) % 2 == 0
         done = np.where(succeed, self.t >= 2, self.t >= 10)
         self.t[done] = 0
-        return np.zeros((self.n, 4), np.float32), np.ones(self.n), done & succeed, done & ~succeed, {"success": done & succeed}
+        return (
+            np.zeros((self.n, 4), np.float32),
+            np.ones(self.n),
+            done & succeed,
+            done & ~succeed,
+            {"success": done & succeed},
+        )
 
     def close(self):
         pass
 
 
 def test_short_successful_episodes_are_not_over_counted():
-    config = DiffusionConfig(state_dim=4, action_dim=2, obs_horizon=1, pred_horizon=4, action_horizon=2,
-                             down_dims=(8, 16), diffusion_step_embed_dim=8, n_groups=2)
+    config = DiffusionConfig(
+        state_dim=4,
+        action_dim=2,
+        obs_horizon=1,
+        pred_horizon=4,
+        action_horizon=2,
+        down_dims=(8, 16),
+        diffusion_step_embed_dim=8,
+        n_groups=2,
+    )
     base = DiffusionPolicy(config, -np.ones(4), np.ones(4), -np.ones(2), np.ones(2)).eval()
     result = evaluate(TimedOutcomeEnvs, base, episodes=40, num_envs=4, ddim_steps=2, progress=False)
     # Counting the first 40 episodes to finish would give 5 successes per failure (rate 0.83).

@@ -12,13 +12,12 @@ from omegaconf import OmegaConf
 
 from robot_rl.core import ControlLoop
 from robot_rl.errors import DatasetError
-from robot_rl.learners.fastrlap import FastRLAPConfig, PracticeStore, practice_env, train_fastrlap
-from robot_rl.policies.sac import AgentPolicy
-from robot_rl.tasks.practice import FlipDetector, RecoveryTeleop, StuckDetector
-from robot_rl.learners.replay import TransitionSink
-from robot_rl.policies.sac import SACAgent, SACConfig
-from robot_rl.tasks.course import CheckpointTracker, extract_checkpoints, progress_reward, world_velocity
 from robot_rl.factory import env_source
+from robot_rl.learners.fastrlap import FastRLAPConfig, PracticeStore, practice_env, train_fastrlap
+from robot_rl.learners.replay import TransitionSink
+from robot_rl.policies.sac import AgentPolicy, SACAgent, SACConfig
+from robot_rl.tasks.course import CheckpointTracker, extract_checkpoints, progress_reward, world_velocity
+from robot_rl.tasks.practice import FlipDetector, RecoveryTeleop, StuckDetector
 
 ENV = OmegaConf.merge(OmegaConf.load("robot_rl/conf/env/rc_car.yaml"), {"cameras": [], "control_hz": 10})
 
@@ -74,7 +73,7 @@ def test_flip_detection_on_the_mujoco_car():
     car.place(x, y, yaw)
     qpos = car.world.data.qpos
     qpos[car._qpos + 2] = 0.3
-    qpos[car._qpos + 3:car._qpos + 7] = [0.0, 1.0, 0.0, 0.0]  # rolled 180 degrees: on its roof
+    qpos[car._qpos + 3 : car._qpos + 7] = [0.0, 1.0, 0.0, 0.0]  # rolled 180 degrees: on its roof
     mujoco.mj_forward(car.world.model, car.world.data)
     flipped = FlipDetector()
     assert any(flipped.update(_settle(car)) for _ in range(8))
@@ -97,7 +96,9 @@ def test_recovery_steps_are_not_stored_and_practice_needs_no_reset():
             return np.array([0.0, 1.0], np.float32)
 
     policy = IntoTheWall()
-    loop = ControlLoop(env, policy, teleop, rate_hz=None, execute_k=1, recorder=TransitionSink(store, keep_prev=True))
+    loop = ControlLoop(
+        env, policy, teleop, rate_hz=None, execute_k=1, recorder=TransitionSink(store, keep_prev=True)
+    )
     with env:
         first = loop.run_episode(seed=0)
         end_of_first = env.robot.pose()
@@ -114,7 +115,9 @@ def test_recovery_steps_are_not_stored_and_practice_needs_no_reset():
 
 def test_action_rate_limit_in_acting_and_in_the_update():
     torch.manual_seed(0)
-    agent = SACAgent(SACConfig(state_dim=4, action_dim=2, action_rate_limit=0.2, critic_ensemble=4, critic_subsample=2))
+    agent = SACAgent(
+        SACConfig(state_dim=4, action_dim=2, action_rate_limit=0.2, critic_ensemble=4, critic_subsample=2)
+    )
     obs = {"state": torch.randn(64, 4)}
     prev = torch.rand(64, 2) * 2 - 1
     for deterministic in (True, False):
@@ -123,11 +126,19 @@ def test_action_rate_limit_in_acting_and_in_the_update():
     a, _ = agent.sample_action(agent.encoder(obs), prev)  # what the actor loss and the target use
     assert torch.all((a - prev).abs() <= 0.2 + 1e-6)
     # The actor reads the previous action: the same state with another one acts differently.
-    assert not torch.allclose(agent.act(obs, deterministic=True, prev_action=prev),
-                              agent.act(obs, deterministic=True, prev_action=-prev))
+    assert not torch.allclose(
+        agent.act(obs, deterministic=True, prev_action=prev),
+        agent.act(obs, deterministic=True, prev_action=-prev),
+    )
     # The update runs on batches carrying prev_action (the target limits a' around the batch's action).
-    batch = {"obs": obs, "next_obs": {"state": torch.randn(64, 4)}, "action": agent.act(obs, prev_action=prev),
-             "prev_action": prev, "reward": torch.randn(64), "mask": torch.ones(64)}
+    batch = {
+        "obs": obs,
+        "next_obs": {"state": torch.randn(64, 4)},
+        "action": agent.act(obs, prev_action=prev),
+        "prev_action": prev,
+        "reward": torch.randn(64),
+        "mask": torch.ones(64),
+    }
     info = agent.update([batch] * agent.cfg.cta_ratio)
     assert np.isfinite(info["critic_loss"]) and np.isfinite(info["actor_loss"])
     # Through the loop: the policy moves at most 0.2 from what was executed last.
@@ -138,13 +149,24 @@ def test_action_rate_limit_in_acting_and_in_the_update():
 
 
 def test_a_tiny_fastrlap_run_writes_results_and_the_course_plot(tmp_path):
-    cfg = FastRLAPConfig(env_steps=60, training_starts=32, batch_size=32, eval_laps=1, eval_max_steps=40,
-                         episode_steps=30, sac={"hidden": [32, 32], "critic_ensemble": 4})
+    cfg = FastRLAPConfig(
+        env_steps=60,
+        training_starts=32,
+        batch_size=32,
+        eval_laps=1,
+        eval_max_steps=40,
+        episode_steps=30,
+        sac={"hidden": [32, 32], "critic_ensemble": 4},
+    )
     result = train_fastrlap(env_source(ENV), tmp_path, cfg, progress=False)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["demo"]["lap_time"] == pytest.approx(20.0, abs=1.0)  # the slow 1 m/s demo lap of course 0
     assert saved["checkpoints"] == 20 and saved["env_steps"] >= 60 and saved["learner_steps"] > 0
-    assert saved["sac"]["critic_ensemble"] == 4 and saved["sac"]["critic_subsample"] == 2 and saved["sac"]["cta_ratio"] == 8
+    assert (
+        saved["sac"]["critic_ensemble"] == 4
+        and saved["sac"]["critic_subsample"] == 2
+        and saved["sac"]["cta_ratio"] == 8
+    )
     assert (tmp_path / "course.png").stat().st_size > 10_000 and result["evaluation"]["steps"] > 0
     assert SACAgent.load(tmp_path / "checkpoint").cfg.action_rate_limit == 0.2
 
@@ -170,36 +192,74 @@ def test_a_frozen_pretrained_cnn_encodes_images_and_stays_frozen(tmp_path):
 
     torch.manual_seed(0)
     iql = IQLAgent(IQLConfig(state_dim=3, action_dim=2, image_keys=("image/fpv",), image_size=32))
-    agent = SACAgent(SACConfig(state_dim=3, action_dim=2, image_keys=("image/fpv",), image_size=32, frozen_cnn=True,
-                               action_rate_limit=0.2, critic_ensemble=4, critic_subsample=2, cta_ratio=2))
+    agent = SACAgent(
+        SACConfig(
+            state_dim=3,
+            action_dim=2,
+            image_keys=("image/fpv",),
+            image_size=32,
+            frozen_cnn=True,
+            action_rate_limit=0.2,
+            critic_ensemble=4,
+            critic_subsample=2,
+            cta_ratio=2,
+        )
+    )
     iql.save(tmp_path / "iql")
     agent.init_camera_encoder(pretrained_encoder(tmp_path / "iql", agent.cfg.image_keys, 32))
     pretrained = {k: v.clone() for k, v in iql.encoder.state_dict().items()}
     with pytest.raises(ConfigError, match="at 32 px"):
         pretrained_encoder(tmp_path / "iql", ("image/fpv",), 48)
     # HIL-SERL's SAC takes the same hand-over (V-PTR): encoder_init sets the frozen CNN.
-    spaces = {"state": gym.spaces.Box(-1, 1, (3,)), "image/fpv": gym.spaces.Box(0, 255, (32, 32, 3), np.uint8)}
-    hil = make_agent(spaces, 2, HILSERLConfig(encoder_init=str(tmp_path / "iql"), sac={"image_keys": ["image/fpv"], "image_size": 32}))
+    spaces = {
+        "state": gym.spaces.Box(-1, 1, (3,)),
+        "image/fpv": gym.spaces.Box(0, 255, (32, 32, 3), np.uint8),
+    }
+    hil = make_agent(
+        spaces,
+        2,
+        HILSERLConfig(
+            encoder_init=str(tmp_path / "iql"), sac={"image_keys": ["image/fpv"], "image_size": 32}
+        ),
+    )
     assert hil.cfg.frozen_cnn
-    torch.testing.assert_close(hil.encoder.cnn.state_dict()["convs.0.head.weight"], pretrained["convs.0.head.weight"])
+    torch.testing.assert_close(
+        hil.encoder.cnn.state_dict()["convs.0.head.weight"], pretrained["convs.0.head.weight"]
+    )
 
     def obs(n):
         return {"state": torch.randn(n, 3), "image/fpv": torch.rand(n, 3, 32, 32)}
 
-    batch = {"obs": obs(16), "next_obs": obs(16), "action": torch.rand(16, 2) * 2 - 1, "prev_action": torch.rand(16, 2) * 2 - 1,
-             "reward": torch.randn(16), "mask": torch.ones(16)}
+    batch = {
+        "obs": obs(16),
+        "next_obs": obs(16),
+        "action": torch.rand(16, 2) * 2 - 1,
+        "prev_action": torch.rand(16, 2) * 2 - 1,
+        "reward": torch.randn(16),
+        "mask": torch.ones(16),
+    }
     for _ in range(3):
         agent.update([batch, batch])
     for k, v in agent.encoder.cnn.state_dict().items():
         torch.testing.assert_close(v, pretrained[k])  # the critic's gradients never reach it
     agent.save(tmp_path / "sac")
     loaded = SACAgent.load(tmp_path / "sac")  # the CNN travels with the agent: no IQL needed to deploy
-    torch.testing.assert_close(loaded.encoder.cnn.state_dict()["convs.0.head.weight"], pretrained["convs.0.head.weight"])
+    torch.testing.assert_close(
+        loaded.encoder.cnn.state_dict()["convs.0.head.weight"], pretrained["convs.0.head.weight"]
+    )
     x = obs(4)
     torch.testing.assert_close(loaded.act(x, deterministic=True), agent.act(x, deterministic=True))
-    # V-PTR's other arm (encoder_freeze=false): the same CNN trained on through the critic, its target copy following.
-    tuned = make_agent(spaces, 2, HILSERLConfig(encoder_init=str(tmp_path / "iql"), encoder_freeze=False,
-                                                sac={"image_keys": ["image/fpv"], "image_size": 32}))
+    # V-PTR's other arm (encoder_freeze=false): the same CNN trained on through the critic,
+    # its target copy following.
+    tuned = make_agent(
+        spaces,
+        2,
+        HILSERLConfig(
+            encoder_init=str(tmp_path / "iql"),
+            encoder_freeze=False,
+            sac={"image_keys": ["image/fpv"], "image_size": 32},
+        ),
+    )
     assert tuned.cfg.finetune_cnn and not hil.cfg.finetune_cnn
     with pytest.raises(ValueError, match="finetune_cnn"):
         SACConfig(state_dim=3, action_dim=2, finetune_cnn=True)  # nothing pretrained to fine-tune

@@ -7,9 +7,17 @@ import pytest
 import torch
 
 from robot_rl.datasets import EpisodeStore
-from robot_rl.learners.icvf import (ICVFAgent, ICVFConfig, ICVFTrainConfig, GoalSampler, frame_batch, frame_rows,
-                                     pretrained_encoder, train_icvf)
 from robot_rl.factory import env_source
+from robot_rl.learners.icvf import (
+    GoalSampler,
+    ICVFAgent,
+    ICVFConfig,
+    ICVFTrainConfig,
+    frame_batch,
+    frame_rows,
+    pretrained_encoder,
+    train_icvf,
+)
 
 
 def test_goal_sampler_mixture():
@@ -22,7 +30,9 @@ def test_goal_sampler_mixture():
     # 0.5 from the trajectory's future, plus random goals that happen to land there (about 0.3 * 5 %).
     assert np.mean(same_future) == pytest.approx(0.5 + 0.3 * 0.05, abs=0.02)
     assert np.mean(s["intent"] == s["goal"]) > 0.5
-    assert np.all(s["next"] == s["idx"] + 1) and not np.isin(s["idx"], ends - 1).any()  # no step across episodes
+    assert (
+        np.all(s["next"] == s["idx"] + 1) and not np.isin(s["idx"], ends - 1).any()
+    )  # no step across episodes
     np.testing.assert_array_equal(s["reward"], (s["idx"] == s["goal"]) - 1.0)
     np.testing.assert_array_equal(s["mask"], 1.0 - (s["idx"] == s["goal"]))
     np.testing.assert_array_equal(s["intent_mask"], 1.0 - (s["idx"] == s["intent"]))
@@ -33,8 +43,14 @@ def role_batch(x: dict) -> dict:
     and intent one after another, next/ the next observations."""
     n = len(x["obs"])
     rows = torch.arange(n)
-    return {"online/state": torch.cat([x["obs"], x["goal"], x["intent"]]), "next/state": x["next_obs"],
-            "obs_at": rows, "goal_at": rows + n, "intent_at": rows + 2 * n, "next_at": rows + 3 * n}
+    return {
+        "online/state": torch.cat([x["obs"], x["goal"], x["intent"]]),
+        "next/state": x["next_obs"],
+        "obs_at": rows,
+        "goal_at": rows + n,
+        "intent_at": rows + 2 * n,
+        "next_at": rows + 3 * n,
+    }
 
 
 def test_each_frame_encoded_once_gives_the_same_loss_and_gradients():
@@ -51,8 +67,12 @@ def test_each_frame_encoded_once_gives_the_same_loss_and_gradients():
         torch.testing.assert_close(both[rows[f"{role}_at"]], frames[s[key]])
     assert len(rows["online"]) + len(rows["next"]) < 4 * 64 * 0.85  # goals and intents repeat frames
     deduped = frame_batch(s, lambda index: {"state": frames[index]})
-    separate = role_batch({r: frames[s[k]] for r, k in (("obs", "idx"), ("next_obs", "next"), ("goal", "goal"),
-                                                          ("intent", "intent"))})
+    separate = role_batch(
+        {
+            r: frames[s[k]]
+            for r, k in (("obs", "idx"), ("next_obs", "next"), ("goal", "goal"), ("intent", "intent"))
+        }
+    )
     grads = []
     for batch in (deduped, separate):
         torch.manual_seed(0)
@@ -60,7 +80,9 @@ def test_each_frame_encoded_once_gives_the_same_loss_and_gradients():
         batch.update({k: torch.as_tensor(s[k]) for k in ("reward", "mask", "intent_reward", "intent_mask")})
         loss = agent.losses(batch)["loss"]
         loss.backward()
-        grads.append((loss.detach(), [p.grad.clone() for p in agent.value.parameters() if p.grad is not None]))
+        grads.append(
+            (loss.detach(), [p.grad.clone() for p in agent.value.parameters() if p.grad is not None])
+        )
     torch.testing.assert_close(grads[0][0], grads[1][0])
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b)
@@ -75,15 +97,20 @@ def test_loss_is_weighted_by_the_sign_of_the_intent_advantage():
     n = 16
     x = {name: torch.randn(n, 2) for name in ("obs", "next_obs", "goal", "intent")}
     batch = role_batch(x)
-    batch.update(reward=-torch.ones(n), mask=torch.ones(n), intent_reward=-torch.ones(n), intent_mask=torch.ones(n))
+    batch.update(
+        reward=-torch.ones(n), mask=torch.ones(n), intent_reward=-torch.ones(n), intent_mask=torch.ones(n)
+    )
     batch["reward"][:3], batch["mask"][:3] = 0.0, 0.0
     batch["intent_reward"][8:], batch["intent_mask"][8:] = 0.0, 0.0  # intent reached: A = -V(s, z, z)
     out = agent.losses(batch)
     with torch.no_grad():
         t, v = agent.target, agent.value
         q = batch["reward"] + 0.9 * batch["mask"] * t(x["next_obs"], x["goal"], x["intent"])
-        adv = (batch["intent_reward"] + 0.9 * batch["intent_mask"] * t(x["next_obs"], x["intent"], x["intent"]).min(0).values
-               - t(x["obs"], x["intent"], x["intent"]).mean(0))
+        adv = (
+            batch["intent_reward"]
+            + 0.9 * batch["intent_mask"] * t(x["next_obs"], x["intent"], x["intent"]).min(0).values
+            - t(x["obs"], x["intent"], x["intent"]).mean(0)
+        )
         pred = v(x["obs"], x["goal"], x["intent"])
         w = torch.where(adv >= 0, 0.9, 0.1)
         expected = (w * (q - pred) ** 2).mean(-1).sum()
@@ -106,8 +133,12 @@ def test_value_falls_with_distance_to_the_goal(tmp_path):
                 states.append(p.copy())
                 p = np.clip(p + moves[rng.integers(4)], 0, size - 1)
             store.append_episode({"obs/state": np.array(states, np.float32)})
-    result = train_icvf(path, tmp_path / "icvf", ICVFTrainConfig(steps=3000, batch_size=256, seed=0,
-                                                                  agent={"hidden": [64, 64], "discount": 0.9}), progress=False)
+    result = train_icvf(
+        path,
+        tmp_path / "icvf",
+        ICVFTrainConfig(steps=3000, batch_size=256, seed=0, agent={"hidden": [64, 64], "discount": 0.9}),
+        progress=False,
+    )
     agent = ICVFAgent.load(result["checkpoint"])
     grid = torch.tensor([[i, j] for i in range(size) for j in range(size)], dtype=torch.float32)
     correlations = []
@@ -121,14 +152,24 @@ def test_value_falls_with_distance_to_the_goal(tmp_path):
 
 def image_store(path, size=32, episodes=3, length=6):
     rng = np.random.default_rng(0)
-    schema = {"obs/state": ((2,), "float32"), "obs/image/front": ((size, size, 3), "uint8"), "action": ((2,), "float32"),
-              "reward": ((), "float32"), "terminated": ((), "bool")}
+    schema = {
+        "obs/state": ((2,), "float32"),
+        "obs/image/front": ((size, size, 3), "uint8"),
+        "action": ((2,), "float32"),
+        "reward": ((), "float32"),
+        "terminated": ((), "bool"),
+    }
     with EpisodeStore.create(path, schema, fps=10) as store:
         for _ in range(episodes):
-            store.append_episode({"obs/state": rng.standard_normal((length, 2)).astype(np.float32),
-                                  "obs/image/front": rng.integers(0, 255, (length, size, size, 3), dtype=np.uint8),
-                                  "action": rng.uniform(-1, 1, (length, 2)).astype(np.float32),
-                                  "reward": np.zeros(length, np.float32), "terminated": np.zeros(length, bool)})
+            store.append_episode(
+                {
+                    "obs/state": rng.standard_normal((length, 2)).astype(np.float32),
+                    "obs/image/front": rng.integers(0, 255, (length, size, size, 3), dtype=np.uint8),
+                    "action": rng.uniform(-1, 1, (length, 2)).astype(np.float32),
+                    "reward": np.zeros(length, np.float32),
+                    "terminated": np.zeros(length, bool),
+                }
+            )
     return path
 
 
@@ -138,16 +179,28 @@ def test_vptr_encoder_init_hands_the_icvf_cnn_to_iql(tmp_path):
     from robot_rl.policies.iql import IQLAgent
 
     store = image_store(tmp_path / "data.zarr")
-    icvf = train_icvf(store, tmp_path / "icvf", ICVFTrainConfig(steps=2, batch_size=4, use_state=False, agent={"hidden": [16, 16]}),
-                      progress=False)
+    icvf = train_icvf(
+        store,
+        tmp_path / "icvf",
+        ICVFTrainConfig(steps=2, batch_size=4, use_state=False, agent={"hidden": [16, 16]}),
+        progress=False,
+    )
     assert icvf["agent"]["state_dim"] == 0 and tuple(icvf["agent"]["image_keys"]) == ("image/front",)
     pretrained = ICVFAgent.load(icvf["checkpoint"]).encoder_state()
     agent_cfg = {"image_keys": ["image/front"], "image_size": 32, "hidden": [16, 16]}
 
     def run(name, freeze):
-        cfg = IQLTrainConfig(steps=3, batch_size=4, eval_episodes=0, encoder_init=icvf["checkpoint"], encoder_freeze=freeze,
-                             agent=agent_cfg)
-        return IQLAgent.load(train_iql(store, None, tmp_path / name, cfg, progress=False)["checkpoint"]).encoder.state_dict()
+        cfg = IQLTrainConfig(
+            steps=3,
+            batch_size=4,
+            eval_episodes=0,
+            encoder_init=icvf["checkpoint"],
+            encoder_freeze=freeze,
+            agent=agent_cfg,
+        )
+        return IQLAgent.load(
+            train_iql(store, None, tmp_path / name, cfg, progress=False)["checkpoint"]
+        ).encoder.state_dict()
 
     frozen, tuned = run("frozen", True), run("tuned", False)
     assert all(torch.equal(frozen[k], pretrained[k]) for k in pretrained)
@@ -157,7 +210,19 @@ def test_vptr_encoder_init_hands_the_icvf_cnn_to_iql(tmp_path):
     cfg = IQLTrainConfig(steps=1, batch_size=4, eval_episodes=0, agent={**agent_cfg, "image_size": 84})
     with pytest.raises(ConfigError, match="store's images are 32 px"):
         train_iql(store, None, tmp_path / "bad", cfg, progress=False)
-    with pytest.raises(ConfigError, match="the env's image_size says 84"):  # before training, not at evaluation
-        train_iql(store, env_source({"name": "reach", "image_size": 84}), tmp_path / "bad_env", IQLTrainConfig(steps=1, agent=agent_cfg), progress=False)
-    cfg = IQLTrainConfig(steps=1, batch_size=4, eval_episodes=0, agent={"image_keys": ["image/front"], "hidden": [16]})
-    assert train_iql(store, None, tmp_path / "sized", cfg, progress=False)["agent"]["image_size"] == 32  # from the store
+    with pytest.raises(
+        ConfigError, match="the env's image_size says 84"
+    ):  # before training, not at evaluation
+        train_iql(
+            store,
+            env_source({"name": "reach", "image_size": 84}),
+            tmp_path / "bad_env",
+            IQLTrainConfig(steps=1, agent=agent_cfg),
+            progress=False,
+        )
+    cfg = IQLTrainConfig(
+        steps=1, batch_size=4, eval_episodes=0, agent={"image_keys": ["image/front"], "hidden": [16]}
+    )
+    assert (
+        train_iql(store, None, tmp_path / "sized", cfg, progress=False)["agent"]["image_size"] == 32
+    )  # from the store

@@ -8,7 +8,12 @@ import pytest
 from robot_rl.datasets import EpisodeStore
 from robot_rl.datasets.split import split_action_free
 from robot_rl.errors import DatasetError
-from robot_rl.learners.inverse_dynamics import IDMTrainConfig, label_actions, state_windows, train_inverse_dynamics
+from robot_rl.learners.inverse_dynamics import (
+    IDMTrainConfig,
+    label_actions,
+    state_windows,
+    train_inverse_dynamics,
+)
 from robot_rl.learners.iql import OfflineDataset
 
 STATE, ACTION = 4, 2
@@ -19,7 +24,11 @@ def linear_store(path, episodes=24, length=30, seed=0, with_actions=True):
     rng = np.random.default_rng(seed)
     A = np.eye(STATE) + 0.05 * np.random.default_rng(100).standard_normal((STATE, STATE))
     B = np.random.default_rng(101).standard_normal((STATE, ACTION)) * 0.3
-    schema = {"obs/state": ((STATE,), "float32"), "reward": ((), "float32"), **({"action": ((ACTION,), "float32")} if with_actions else {})}
+    schema = {
+        "obs/state": ((STATE,), "float32"),
+        "reward": ((), "float32"),
+        **({"action": ((ACTION,), "float32")} if with_actions else {}),
+    }
     with EpisodeStore.create(path, schema, fps=10, attrs={"task": "linear"}) as store:
         for _ in range(episodes):
             s = rng.standard_normal(STATE)
@@ -55,7 +64,9 @@ def test_idm_recovers_the_actions_of_a_linear_system(tmp_path):
 
 def test_split_label_and_train_on_the_union(tmp_path):
     src = linear_store(tmp_path / "all.zarr", episodes=20)
-    split = split_action_free(src, tmp_path / "labeled.zarr", tmp_path / "free.zarr", fraction=0.1, lowest=0.5, seed=0)
+    split = split_action_free(
+        src, tmp_path / "labeled.zarr", tmp_path / "free.zarr", fraction=0.1, lowest=0.5, seed=0
+    )
     assert (split["labeled"], split["unlabeled"]) == (2, 18)
     with EpisodeStore.open(src) as store:
         returns = np.add.reduceat(np.asarray(store.array("reward")[:]), np.r_[0, store.episode_ends[:-1]])
@@ -88,8 +99,13 @@ def test_union_of_mismatched_stores_is_a_clear_error(tmp_path):
     linear_store(tmp_path / "a.zarr", episodes=2)
     schema = {"obs/state": ((3,), "float32"), "reward": ((), "float32"), "action": ((ACTION,), "float32")}
     with EpisodeStore.create(tmp_path / "b.zarr", schema, fps=10) as store:
-        store.append_episode({"obs/state": np.zeros((3, 3), np.float32), "reward": np.zeros(3, np.float32),
-                              "action": np.zeros((3, ACTION), np.float32)})
+        store.append_episode(
+            {
+                "obs/state": np.zeros((3, 3), np.float32),
+                "reward": np.zeros(3, np.float32),
+                "action": np.zeros((3, ACTION), np.float32),
+            }
+        )
     with pytest.raises(DatasetError, match="does not match"):
         OfflineDataset([tmp_path / "a.zarr", tmp_path / "b.zarr"], done_key=None)
 
@@ -101,10 +117,23 @@ def test_split_and_label_from_the_command_line(tmp_path, capsys):
 
     src = linear_store(tmp_path / "all.zarr", episodes=20)
     labeled, free = tmp_path / "l.zarr", tmp_path / "f.zarr"
-    assert main(["dataset", "split-actions", str(src), "--labeled", str(labeled), "--unlabeled", str(free)]) == 0
+    assert (
+        main(["dataset", "split-actions", str(src), "--labeled", str(labeled), "--unlabeled", str(free)]) == 0
+    )
     assert json.loads(capsys.readouterr().out)["labeled"] == 2
-    assert main(["train", "learner=idm", f"dataset={labeled}", f"out={tmp_path / 'idm'}", "learner.epochs=1",
-                 "learner.hidden=[16]"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "learner=idm",
+                f"dataset={labeled}",
+                f"out={tmp_path / 'idm'}",
+                "learner.epochs=1",
+                "learner.hidden=[16]",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["dataset", "label-actions", str(free), "--model", str(tmp_path / "idm" / "checkpoint")]) == 0
     assert json.loads(capsys.readouterr().out)["steps"] == 18 * 30

@@ -11,9 +11,9 @@ import torch
 
 from robot_rl.datasets import EpisodeStore
 from robot_rl.errors import ConfigError, DatasetError
+from robot_rl.factory import env_source
 from robot_rl.learners.iql import OfflineDataset, available_memory_bytes
 from robot_rl.policies.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, expectile_loss
-from robot_rl.factory import env_source
 
 
 def test_expectile_loss_by_hand():
@@ -26,9 +26,13 @@ def test_expectile_loss_by_hand():
 
 def batch(n=8, state_dim=3, action_dim=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"obs/state": torch.randn(n, state_dim, generator=g), "next_obs/state": torch.randn(n, state_dim, generator=g),
-            "action": torch.rand(n, action_dim, generator=g) * 1.8 - 0.9, "reward": torch.rand(n, generator=g),
-            "mask": torch.tensor([1.0, 0.0] * (n // 2))}
+    return {
+        "obs/state": torch.randn(n, state_dim, generator=g),
+        "next_obs/state": torch.randn(n, state_dim, generator=g),
+        "action": torch.rand(n, action_dim, generator=g) * 1.8 - 0.9,
+        "reward": torch.rand(n, generator=g),
+        "mask": torch.tensor([1.0, 0.0] * (n // 2)),
+    }
 
 
 def test_losses_match_a_hand_computation():
@@ -42,8 +46,12 @@ def test_losses_match_a_hand_computation():
     b = batch()
     out = agent.losses(b)
     with torch.no_grad():
-        s = (b["obs/state"] - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
-        s2 = (b["next_obs/state"] - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(std, dtype=torch.float32)
+        s = (b["obs/state"] - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(
+            std, dtype=torch.float32
+        )
+        s2 = (b["next_obs/state"] - torch.tensor(mean, dtype=torch.float32)) / torch.tensor(
+            std, dtype=torch.float32
+        )
         sa = torch.cat([s, b["action"]], -1)
         target_q = torch.minimum(agent.target_q1(sa), agent.target_q2(sa)).squeeze(-1)
         v = agent.v(s).squeeze(-1)
@@ -51,7 +59,9 @@ def test_losses_match_a_hand_computation():
         w = torch.where(adv < 0, 0.3, 0.7)
         v_loss = (w * adv**2).mean()
         y = b["reward"] + 0.9 * b["mask"] * agent.v(s2).squeeze(-1)  # V itself: no target network for V
-        q_loss = (((agent.q1(sa).squeeze(-1) - y) ** 2).mean() + ((agent.q2(sa).squeeze(-1) - y) ** 2).mean()) / 2
+        q_loss = (
+            ((agent.q1(sa).squeeze(-1) - y) ** 2).mean() + ((agent.q2(sa).squeeze(-1) - y) ** 2).mean()
+        ) / 2
         mu, sigma = torch.tanh(agent.actor(s)), agent.log_std.exp()
         nll = -torch.distributions.Normal(mu, sigma).log_prob(b["action"]).sum(-1)
         actor_loss = (torch.exp(3.0 * adv).clamp(max=100.0) * nll).mean()
@@ -78,7 +88,9 @@ def test_weights_clip_at_100_and_beta_zero_is_cloning():
     assert out["actor_loss"].item() == pytest.approx(bc.mean().item(), rel=1e-5)
     assert out["clipped"].item() == 0.0
     logged = agent.update(b)
-    assert logged["weights_clipped"] == 0.0 and logged["adv_std"] == pytest.approx(out["adv"].std().item(), rel=1e-5)
+    assert logged["weights_clipped"] == 0.0 and logged["adv_std"] == pytest.approx(
+        out["adv"].std().item(), rel=1e-5
+    )
 
 
 def test_soft_update_moves_targets_by_tau_and_only_q_has_targets():
@@ -96,20 +108,36 @@ def test_bad_settings_are_config_errors():
 
 
 def write_store(path, episodes, terminated_last):
-    store = EpisodeStore.create(path, {"obs/state": ((1,), "float32"), "action": ((1,), "float32"),
-                                       "reward": ((), "float32"), "terminated": ((), "bool")}, fps=10)
+    store = EpisodeStore.create(
+        path,
+        {
+            "obs/state": ((1,), "float32"),
+            "action": ((1,), "float32"),
+            "reward": ((), "float32"),
+            "terminated": ((), "bool"),
+        },
+        fps=10,
+    )
     for states, actions, rewards, done in zip(*episodes, terminated_last):
         n = len(states)
         term = np.zeros(n, bool)
         term[-1] = done
-        store.append_episode({"obs/state": np.asarray(states, np.float32)[:, None], "action": np.asarray(actions, np.float32)[:, None],
-                              "reward": np.asarray(rewards, np.float32), "terminated": term})
+        store.append_episode(
+            {
+                "obs/state": np.asarray(states, np.float32)[:, None],
+                "action": np.asarray(actions, np.float32)[:, None],
+                "reward": np.asarray(rewards, np.float32),
+                "terminated": term,
+            }
+        )
     store.close()
 
 
 def test_dataset_masks_and_next_indices(tmp_path):
     path = tmp_path / "d.zarr"
-    write_store(path, ([[0, 1, 2], [10, 11]], [[0.1, 0.2, 0.3], [0.4, 0.5]], [[0, 0, 1], [0, 0]]), [True, False])
+    write_store(
+        path, ([[0, 1, 2], [10, 11]], [[0.1, 0.2, 0.3], [0.4, 0.5]], [[0, 0, 1], [0, 0]]), [True, False]
+    )
     data = OfflineDataset(path)
     # Episode 1 terminated: all 3 steps, the last with mask 0. Episode 2 hit a time limit: its last
     # step has no next observation and is left out.
@@ -122,12 +150,27 @@ def test_dataset_masks_and_next_indices(tmp_path):
 
 def write_camera_store(path, lengths):
     """Terminated episodes with an 8 x 8 camera: 8 + 8 + 4 + 1 + 192 = 213 bytes a step."""
-    with EpisodeStore.create(path, {"obs/state": ((2,), "float32"), "action": ((2,), "float32"), "reward": ((), "float32"),
-                                    "terminated": ((), "bool"), "obs/image/front": ((8, 8, 3), "uint8")}, fps=10) as store:
+    with EpisodeStore.create(
+        path,
+        {
+            "obs/state": ((2,), "float32"),
+            "action": ((2,), "float32"),
+            "reward": ((), "float32"),
+            "terminated": ((), "bool"),
+            "obs/image/front": ((8, 8, 3), "uint8"),
+        },
+        fps=10,
+    ) as store:
         for n in lengths:
-            store.append_episode({"obs/state": np.zeros((n, 2), np.float32), "action": np.zeros((n, 2), np.float32),
-                                  "reward": np.zeros(n, np.float32), "terminated": np.arange(n) == n - 1,
-                                  "obs/image/front": np.full((n, 8, 8, 3), 7, np.uint8)})
+            store.append_episode(
+                {
+                    "obs/state": np.zeros((n, 2), np.float32),
+                    "action": np.zeros((n, 2), np.float32),
+                    "reward": np.zeros(n, np.float32),
+                    "terminated": np.arange(n) == n - 1,
+                    "obs/image/front": np.full((n, 8, 8, 3), 7, np.uint8),
+                }
+            )
 
 
 def test_dataset_knows_its_size_before_loading_and_refuses_past_the_limit(tmp_path):
@@ -141,9 +184,13 @@ def test_dataset_knows_its_size_before_loading_and_refuses_past_the_limit(tmp_pa
     assert at_limit.index.tolist() == data.index.tolist() and at_limit.mask.tolist() == data.mask.tolist()
     with pytest.raises(DatasetError):
         OfflineDataset(path, image_keys=("image/front",), max_bytes=5 * 237 - 1)  # one byte short
-    with pytest.raises(DatasetError, match=r"needs 1\.2 KiB in memory, over 1000 B \(the configured limit\)") as info:
+    with pytest.raises(
+        DatasetError, match=r"needs 1\.2 KiB in memory, over 1000 B \(the configured limit\)"
+    ) as info:
         OfflineDataset(path, image_keys=("image/front",), max_bytes=1000)
-    assert "\n" not in str(info.value) and "max_memory_gb" in str(info.value)  # one line, saying what to change
+    assert "\n" not in str(info.value) and "max_memory_gb" in str(
+        info.value
+    )  # one line, saying what to change
     # A union is joined key by key: its largest key (the camera, 192 bytes a step) is held twice for a moment.
     write_camera_store(tmp_path / "more.zarr", [4])
     union = OfflineDataset([path, tmp_path / "more.zarr"], image_keys=("image/front",))
@@ -159,7 +206,9 @@ def test_a_containers_reclaimable_cache_is_available(tmp_path, monkeypatch):
     mib = 2**20
     (tmp_path / "memory.max").write_text(f"{1000 * mib}\n")
     (tmp_path / "memory.current").write_text(f"{990 * mib}\n")
-    (tmp_path / "memory.stat").write_text(f"anon {100 * mib}\ninactive_file {800 * mib}\nactive_file {90 * mib}\n")
+    (tmp_path / "memory.stat").write_text(
+        f"anon {100 * mib}\ninactive_file {800 * mib}\nactive_file {90 * mib}\n"
+    )
     monkeypatch.setattr(iql, "CGROUP", tmp_path)
     host = available_memory_bytes()
     monkeypatch.setattr(iql, "CGROUP", tmp_path / "none")  # no cgroup limit: the host's figure
@@ -170,9 +219,13 @@ def test_training_refuses_a_store_over_max_memory_gb_before_it_starts(tmp_path):
     from robot_rl.learners.iql import IQLTrainConfig, train_iql
 
     write_camera_store(tmp_path / "cam.zarr", [3])
-    shutil.rmtree(tmp_path / "cam.zarr" / "data" / "obs" / "image" / "front" / "c")  # reading a frame would fail
+    shutil.rmtree(
+        tmp_path / "cam.zarr" / "data" / "obs" / "image" / "front" / "c"
+    )  # reading a frame would fail
     cfg = IQLTrainConfig(steps=1, max_memory_gb=1e-9, agent={"image_keys": ["image/front"]})
-    with pytest.raises(DatasetError, match="the configured limit"):  # the size is known without reading a step
+    with pytest.raises(
+        DatasetError, match="the configured limit"
+    ):  # the size is known without reading a step
         train_iql(tmp_path / "cam.zarr", None, tmp_path / "run", cfg, progress=False)
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
@@ -185,13 +238,19 @@ def test_advantage_weighting_picks_the_rewarded_action_where_cloning_averages(tm
     actions = np.where(rng.random(n) < 0.5, 0.8, -0.8)
     states = rng.normal(size=n)
     path = tmp_path / "bandit.zarr"
-    write_store(path, ([[s] for s in states], [[a] for a in actions], [[float(a > 0)] for a in actions]), [True] * n)
+    write_store(
+        path, ([[s] for s in states], [[a] for a in actions], [[float(a > 0)] for a in actions]), [True] * n
+    )
     data = OfflineDataset(path)
     torch.set_num_threads(1)  # as the learners run (learners.common.seed_everything)
     means = {}
     for beta in (0.0, 3.0):
         torch.manual_seed(0)
-        agent = IQLAgent(IQLConfig(state_dim=1, action_dim=1, hidden=(32, 32), beta=beta, lr=1e-3, steps=400), data.state_mean, data.state_std)
+        agent = IQLAgent(
+            IQLConfig(state_dim=1, action_dim=1, hidden=(32, 32), beta=beta, lr=1e-3, steps=400),
+            data.state_mean,
+            data.state_std,
+        )
         g = np.random.default_rng(1)
         for _ in range(400):
             agent.update(data.sample(128, g))
@@ -206,8 +265,20 @@ def image_store(tmp_path_factory):
     from robot_rl.commands.collect import collect
 
     path = tmp_path_factory.mktemp("iql") / "peg.zarr"
-    collect(compose("collect", ["env=peg_insert", "env.cameras=[front]", "env.image_size=64", "env.max_steps=30",
-                                "loop.rate_hz=null", "episodes=2", f"out={path}"]))
+    collect(
+        compose(
+            "collect",
+            [
+                "env=peg_insert",
+                "env.cameras=[front]",
+                "env.image_size=64",
+                "env.max_steps=30",
+                "loop.rate_hz=null",
+                "episodes=2",
+                f"out={path}",
+            ],
+        )
+    )
     return path
 
 
@@ -217,9 +288,17 @@ def test_train_from_images_and_state_end_to_end(image_store, tmp_path):
     from robot_rl.cli import compose
     from robot_rl.learners.iql import IQLTrainConfig, train_iql
 
-    env_cfg = compose("train", ["env=peg_insert", "env.cameras=[front]", "env.image_size=64", "env.max_steps=10"]).env
-    cfg = IQLTrainConfig(steps=4, batch_size=8, eval_episodes=2, eval_num_envs=2, log_every=1,
-                         agent={"image_keys": ["image/front"], "image_size": 64, "hidden": [32]})
+    env_cfg = compose(
+        "train", ["env=peg_insert", "env.cameras=[front]", "env.image_size=64", "env.max_steps=10"]
+    ).env
+    cfg = IQLTrainConfig(
+        steps=4,
+        batch_size=8,
+        eval_episodes=2,
+        eval_num_envs=2,
+        log_every=1,
+        agent={"image_keys": ["image/front"], "image_size": 64, "hidden": [32]},
+    )
     result = train_iql(image_store, env_source(env_cfg), tmp_path / "img", cfg, progress=False)
     assert result["evaluation"]["episodes"] == 2 and (tmp_path / "img" / "curve.png").exists()
     agent = IQLAgent.load(result["checkpoint"])
@@ -230,6 +309,11 @@ def test_train_from_images_and_state_end_to_end(image_store, tmp_path):
     agent.zero_grad()
     (loss["v_loss"] + loss["actor_loss"]).backward()
     assert all(p.grad is None for p in agent.encoder.parameters())
-    state = train_iql(image_store, env_source(OmegaConf.merge(env_cfg, {"cameras": []})), tmp_path / "state",
-                      IQLTrainConfig(steps=3, batch_size=8, eval_episodes=2, eval_num_envs=2), progress=False)
+    state = train_iql(
+        image_store,
+        env_source(OmegaConf.merge(env_cfg, {"cameras": []})),
+        tmp_path / "state",
+        IQLTrainConfig(steps=3, batch_size=8, eval_episodes=2, eval_num_envs=2),
+        progress=False,
+    )
     assert 0.0 <= state["evaluation"]["success_rate"] <= 1.0

@@ -33,7 +33,8 @@ def test_ppo_loss_by_hand():
     returns = torch.tensor([1.0, 1.0])
     pg, value, kl = ppo_losses(policy, x, actions, old_logp, advantages, returns, clip=0.2)
     a = 1 / np.sqrt(2)
-    # sample 0: A>0, ratio 1.65 clipped to 1.2 -> -a*1.2 ; sample 1: A<0, ratio 0.61 -> max(a*0.61, a*0.8) = a*0.8
+    # sample 0: A>0, ratio 1.65 clipped to 1.2 -> -a*1.2 ;
+    # sample 1: A<0, ratio 0.61 -> max(a*0.61, a*0.8) = a*0.8
     expected_pg = (-a * 1.2 + a * 0.8) / 2
     assert abs(pg.item() - expected_pg) < 1e-5
     v = policy.value(x).detach()
@@ -45,9 +46,13 @@ def test_ppo_loss_by_hand():
 def test_rewards_are_divided_by_the_return_std_then_clipped():
     gamma, clip = 0.5, 5.0
     scaler = ReturnStd(num_envs=2, gamma=gamma, clip=clip)
-    steps = [(np.array([1.0, 0.0]), np.array([False, False])),
-             (np.array([2.0, 4.0]), np.array([False, True]))]  # env 1's return ends here
-    steps += [(np.array([0.5, 1.0]), np.array([False, False]))] * 20 + [(np.array([1.0, 100.0]), np.array([False, False]))]
+    steps = [
+        (np.array([1.0, 0.0]), np.array([False, False])),
+        (np.array([2.0, 4.0]), np.array([False, True])),
+    ]  # env 1's return ends here
+    steps += [(np.array([0.5, 1.0]), np.array([False, False]))] * 20 + [
+        (np.array([1.0, 100.0]), np.array([False, False]))
+    ]
     returns, ret = [], np.zeros(2)
     for (rewards, dones), got in zip(steps, [scaler.scale(r, d) for r, d in steps]):
         ret = ret * gamma + rewards  # by hand: the discounted returns so far, every env's in one pool

@@ -13,15 +13,28 @@ from robot_rl.tasks.teleops import ScriptedTeleop
 
 
 def small_schema():
-    return {"obs/state": ((2,), "float32"), "next_obs/state": ((2,), "float32"), "action": ((1,), "float32"),
-            "prev_action": ((1,), "float32"), "reward": ((), "float32"), "mask": ((), "float32"),
-            "intervened": ((), "bool")}
+    return {
+        "obs/state": ((2,), "float32"),
+        "next_obs/state": ((2,), "float32"),
+        "action": ((1,), "float32"),
+        "prev_action": ((1,), "float32"),
+        "reward": ((), "float32"),
+        "mask": ((), "float32"),
+        "intervened": ((), "bool"),
+    }
 
 
 def steps(start, n):
     x = np.arange(start, start + n, dtype=np.float32)
-    return {"obs/state": np.stack([x, x], 1), "next_obs/state": np.stack([x + 1, x + 1], 1), "action": x[:, None],
-            "prev_action": x[:, None] - 1, "reward": x, "mask": np.ones(n, np.float32), "intervened": np.zeros(n, bool)}
+    return {
+        "obs/state": np.stack([x, x], 1),
+        "next_obs/state": np.stack([x + 1, x + 1], 1),
+        "action": x[:, None],
+        "prev_action": x[:, None] - 1,
+        "reward": x,
+        "mask": np.ones(n, np.float32),
+        "intervened": np.zeros(n, bool),
+    }
 
 
 def test_ring_buffer_keeps_the_newest_and_round_trips_through_zarr(tmp_path):
@@ -67,23 +80,38 @@ def test_a_damaged_saved_buffer_is_one_error_and_a_kill_between_renames_keeps_th
 
 
 def test_demonstrations_from_a_store(tmp_path):
-    schema = {"obs/state": ((2,), "float32"), "action": ((1,), "float32"), "reward": ((), "float32"),
-              "terminated": ((), "bool"), "truncated": ((), "bool")}
+    schema = {
+        "obs/state": ((2,), "float32"),
+        "action": ((1,), "float32"),
+        "reward": ((), "float32"),
+        "terminated": ((), "bool"),
+        "truncated": ((), "bool"),
+    }
     store = EpisodeStore.create(tmp_path / "demos.zarr", schema, fps=20)
     for n, terminated in ((4, True), (3, False)):
         x = np.arange(n, dtype=np.float32)
-        store.append_episode({"obs/state": np.stack([x, x], 1), "action": x[:, None], "reward": (x == n - 1).astype(np.float32),
-                              "terminated": np.arange(n) == n - 1 if terminated else np.zeros(n, bool),
-                              "truncated": np.zeros(n, bool) if terminated else np.arange(n) == n - 1})
+        store.append_episode(
+            {
+                "obs/state": np.stack([x, x], 1),
+                "action": x[:, None],
+                "reward": (x == n - 1).astype(np.float32),
+                "terminated": np.arange(n) == n - 1 if terminated else np.zeros(n, bool),
+                "truncated": np.zeros(n, bool) if terminated else np.arange(n) == n - 1,
+            }
+        )
     store.close()
-    t = transitions_from_store(tmp_path / "demos.zarr", replay_schema(
-        {"state": __import__("gymnasium").spaces.Box(-1, 1, (2,), np.float32)}, 1))
+    t = transitions_from_store(
+        tmp_path / "demos.zarr",
+        replay_schema({"state": __import__("gymnasium").spaces.Box(-1, 1, (2,), np.float32)}, 1),
+    )
     # Episode 0: 4 steps, the last terminal (mask 0). Episode 1 ended on the time limit: its last
     # step has no next observation and is left out.
     assert len(t["action"]) == 4 + 2
     np.testing.assert_array_equal(t["next_obs/state"][:3, 0], [1, 2, 3])
     np.testing.assert_array_equal(t["mask"], [1, 1, 1, 0, 1, 1])
-    np.testing.assert_array_equal(t["prev_action"][:4, 0], [0, 0, 1, 2])  # the first action stands in at the start
+    np.testing.assert_array_equal(
+        t["prev_action"][:4, 0], [0, 0, 1, 2]
+    )  # the first action stands in at the start
     assert t["intervened"].all()
 
 
@@ -93,8 +121,14 @@ def test_control_loop_transitions_carry_the_human_action_and_next_obs():
     received = []
     policy_action = np.zeros(5, np.float32)
     teleop = ScriptedTeleop(expert, mode="schedule", takeover_steps=(10, 10), seed=0)
-    loop = ControlLoop(env, lambda obs: policy_action, teleop, rate_hz=None, execute_k=1,
-                       recorder=TransitionSink(received.append))
+    loop = ControlLoop(
+        env,
+        lambda obs: policy_action,
+        teleop,
+        rate_hz=None,
+        execute_k=1,
+        recorder=TransitionSink(received.append),
+    )
     with env:
         result = loop.run_episode(seed=0)
     assert len(received) == result.steps
@@ -111,7 +145,9 @@ def test_control_loop_transitions_carry_the_human_action_and_next_obs():
 def test_scripted_human_attention_schedule():
     env = make_arm_env("cube_lift", cameras=())
     never = ScriptedTeleop(make_expert(env), mode="schedule", attention=0.0, seed=0)
-    always = ScriptedTeleop(make_expert(env), mode="schedule", attention=lambda: 1.0, takeover_steps=(3, 3), seed=0)
+    always = ScriptedTeleop(
+        make_expert(env), mode="schedule", attention=lambda: 1.0, takeover_steps=(3, 3), seed=0
+    )
     with env:
         env.reset(seed=0)
         never.reset()

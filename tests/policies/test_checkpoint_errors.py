@@ -16,8 +16,16 @@ from robot_rl.policies.loading import load_policy
 @pytest.fixture
 def checkpoint(tmp_path):
     torch.manual_seed(0)
-    config = DiffusionConfig(state_dim=4, action_dim=2, obs_horizon=1, pred_horizon=8, action_horizon=4,
-                             down_dims=(16, 32), diffusion_step_embed_dim=16, inference_steps=4)
+    config = DiffusionConfig(
+        state_dim=4,
+        action_dim=2,
+        obs_horizon=1,
+        pred_horizon=8,
+        action_horizon=4,
+        down_dims=(16, 32),
+        diffusion_step_embed_dim=16,
+        inference_steps=4,
+    )
     policy = DiffusionPolicy(config, -np.ones(4), np.ones(4), -0.5 * np.ones(2), 0.5 * np.ones(2))
     return policy.save(tmp_path / "ckpt")
 
@@ -40,8 +48,14 @@ def break_it(checkpoint, how):
         weights.unlink()
 
 
-CASES = ["config not JSON", "config of another version", "config a list", "weights truncated",
-         "weights random bytes", "weights missing"]
+CASES = [
+    "config not JSON",
+    "config of another version",
+    "config a list",
+    "weights truncated",
+    "weights random bytes",
+    "weights missing",
+]
 
 
 @pytest.mark.parametrize("how", CASES)
@@ -55,8 +69,10 @@ def test_loaders_raise_one_dataset_error(checkpoint, how):
 
 
 @pytest.mark.parametrize("how", CASES)
-@pytest.mark.parametrize("command", [["eval", "env=reach", "episodes=1", "num_envs=1"],
-                                     ["train", "learner=residual_ppo", "env=peg_insert"]])
+@pytest.mark.parametrize(
+    "command",
+    [["eval", "env=reach", "episodes=1", "num_envs=1"], ["train", "learner=residual_ppo", "env=peg_insert"]],
+)
 def test_cli_on_a_damaged_checkpoint_is_one_line(checkpoint, how, command, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     break_it(checkpoint, how)

@@ -10,8 +10,16 @@ from robot_rl.policies.residual import ResidualActor, ResidualConfig, ResidualPo
 
 def tiny_base(seed=0) -> DiffusionPolicy:
     torch.manual_seed(seed)
-    config = DiffusionConfig(state_dim=4, action_dim=2, obs_horizon=1, pred_horizon=8, action_horizon=4,
-                             down_dims=(16, 32), diffusion_step_embed_dim=16, inference_steps=4)
+    config = DiffusionConfig(
+        state_dim=4,
+        action_dim=2,
+        obs_horizon=1,
+        pred_horizon=8,
+        action_horizon=4,
+        down_dims=(16, 32),
+        diffusion_step_embed_dim=16,
+        inference_steps=4,
+    )
     return DiffusionPolicy(config, -np.ones(4), np.ones(4), -0.5 * np.ones(2), 0.5 * np.ones(2)).eval()
 
 

@@ -38,7 +38,9 @@ SMALL = dict(diffusion_step_embed_dim=32, down_dims=(16, 32, 64))
 def test_unet_output_shape(batch, horizon, action_dim, cond_dim, kwargs):
     torch.manual_seed(0)
     net = ConditionalUnet1D(action_dim, cond_dim, **kwargs)
-    out = net(torch.randn(batch, horizon, action_dim), torch.randint(0, 100, (batch,)), torch.randn(batch, cond_dim))
+    out = net(
+        torch.randn(batch, horizon, action_dim), torch.randint(0, 100, (batch,)), torch.randn(batch, cond_dim)
+    )
     assert out.shape == (batch, horizon, action_dim)
     assert torch.isfinite(out).all()
 
@@ -77,7 +79,9 @@ def test_unet_gradient_reaches_every_parameter():
     assert not missing, missing
 
 
-@pytest.mark.parametrize("c_in,c_out,k,stride,pad,horizon", [(3, 8, 5, 1, 2, 16), (8, 8, 3, 2, 1, 8), (16, 4, 1, 1, 0, 4)])
+@pytest.mark.parametrize(
+    "c_in,c_out,k,stride,pad,horizon", [(3, 8, 5, 1, 2, 16), (8, 8, 3, 2, 1, 8), (16, 4, 1, 1, 0, 4)]
+)
 def test_gemm_conv1d_matches_conv1d(c_in, c_out, k, stride, pad, horizon):
     torch.manual_seed(0)
     ref = torch.nn.Conv1d(c_in, c_out, k, stride=stride, padding=pad)
@@ -109,8 +113,12 @@ def test_cosine_alphas_cumprod():
     assert (ab > 0).all() and (ab <= 1).all()
     assert (ab[1:] < ab[:-1]).all()
     assert ab[0] > 0.999 and ab[-1] < 1e-4
-    # Nichol & Dhariwal closed form away from the cap: a_t = f(t+1) / f(0), f(s) = cos((s/N + 0.008)/1.008 * pi/2)^2.
-    f = lambda s: math.cos((s / 100 + 0.008) / 1.008 * math.pi / 2) ** 2
+
+    # Nichol & Dhariwal closed form away from the cap: a_t = f(t+1) / f(0),
+    # f(s) = cos((s/N + 0.008)/1.008 * pi/2)^2.
+    def f(s):
+        return math.cos((s / 100 + 0.008) / 1.008 * math.pi / 2) ** 2
+
     assert ab[49].item() == pytest.approx(f(50) / f(0), rel=1e-5)
 
 
@@ -153,20 +161,27 @@ def _oracle(sched, x0):
     return model_fn
 
 
-@pytest.mark.parametrize("method,steps", [("ddim", 4), ("ddim", 8), ("ddim", 16), ("ddim", 3), ("ddpm", None)])
+@pytest.mark.parametrize(
+    "method,steps", [("ddim", 4), ("ddim", 8), ("ddim", 16), ("ddim", 3), ("ddpm", None)]
+)
 def test_sampler_recovers_x0_with_perfect_noise_predictor(method, steps):
     sched = DDPMScheduler(100)
     x0 = torch.rand(4, 16, 3, generator=torch.Generator().manual_seed(1)) * 1.8 - 0.9  # inside the clip range
-    out = sched.sample(_oracle(sched, x0), x0.shape, steps=steps, method=method,
-                       generator=torch.Generator().manual_seed(2))
+    out = sched.sample(
+        _oracle(sched, x0), x0.shape, steps=steps, method=method, generator=torch.Generator().manual_seed(2)
+    )
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
 
 
 def test_stochastic_ddim_recovers_x0_and_is_seeded():
     sched = DDPMScheduler(100)
     x0 = torch.rand(2, 8, 2, generator=torch.Generator().manual_seed(3)) - 0.5
-    run = lambda seed: sched.sample(_oracle(sched, x0), x0.shape, steps=10, eta=1.0,
-                                    generator=torch.Generator().manual_seed(seed))
+
+    def run(seed):
+        return sched.sample(
+            _oracle(sched, x0), x0.shape, steps=10, eta=1.0, generator=torch.Generator().manual_seed(seed)
+        )
+
     torch.testing.assert_close(run(0), x0, atol=1e-5, rtol=0)
     torch.testing.assert_close(run(5), run(5), atol=0, rtol=0)
 
@@ -178,7 +193,9 @@ def test_clip_sample_bounds_the_prediction():
     out = sched.sample(_oracle(sched, x0), x0.shape, steps=8, generator=torch.Generator().manual_seed(0))
     assert out.abs().max() <= 1.0 + 1e-6
     unclipped = DDPMScheduler(100, clip_sample=False)
-    out = unclipped.sample(_oracle(unclipped, x0), x0.shape, steps=8, generator=torch.Generator().manual_seed(0))
+    out = unclipped.sample(
+        _oracle(unclipped, x0), x0.shape, steps=8, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(out, x0, atol=1e-4, rtol=0)
 
 
@@ -196,7 +213,9 @@ def test_samplers_match_a_gaussian_data_distribution(method):
         a = ab[t].reshape(-1, 1, 1)
         return ((1 - a).sqrt() * (x.double() - a.sqrt() * mu) / (a * s * s + 1 - a)).float()
 
-    out = sched.sample(model_fn, (2048, 4, 1), steps=1000, method=method, generator=torch.Generator().manual_seed(0))
+    out = sched.sample(
+        model_fn, (2048, 4, 1), steps=1000, method=method, generator=torch.Generator().manual_seed(0)
+    )
     assert out.mean().item() == pytest.approx(mu, abs=0.01)
     assert out.std().item() == pytest.approx(s, abs=0.01)
 
@@ -246,7 +265,11 @@ def test_tiny_unet_overfits_one_chunk():
         lr_sched.step()
     net.eval()
     with torch.inference_mode():
-        out = sched.sample(lambda x, t: net(x, t, cond.expand(x.shape[0], -1)), (4, horizon, action_dim),
-                           steps=10, generator=torch.Generator().manual_seed(0))
+        out = sched.sample(
+            lambda x, t: net(x, t, cond.expand(x.shape[0], -1)),
+            (4, horizon, action_dim),
+            steps=10,
+            generator=torch.Generator().manual_seed(0),
+        )
     err = (out - chunk).abs().max().item()
     assert err < 0.1, f"max abs error {err:.3f} after overfitting (final loss {loss.item():.4f})"

@@ -51,11 +51,30 @@ class ArmSim(_Publisher):
         self.target = None
         self.frozen = frozen  # a hand that does not move (a blocked arm)
         io = self.io
-        io.subscribe("/target_pose", "geometry_msgs/msg/PoseStamped", lambda msg: setattr(self, "target", m.pose(msg)), "command")
-        io.subscribe("/joint_commands", "std_msgs/msg/Float64MultiArray", lambda msg: setattr(self, "q", np.array(msg.data)), "command")
-        io.subscribe("/trajectory", "trajectory_msgs/msg/JointTrajectory",
-                     lambda msg: setattr(self, "q", np.array(msg.points[0].positions)), "command")
-        io.subscribe("/gripper", "std_msgs/msg/Float64MultiArray", lambda msg: setattr(self, "finger", msg.data[0]), "command")
+        io.subscribe(
+            "/target_pose",
+            "geometry_msgs/msg/PoseStamped",
+            lambda msg: setattr(self, "target", m.pose(msg)),
+            "command",
+        )
+        io.subscribe(
+            "/joint_commands",
+            "std_msgs/msg/Float64MultiArray",
+            lambda msg: setattr(self, "q", np.array(msg.data)),
+            "command",
+        )
+        io.subscribe(
+            "/trajectory",
+            "trajectory_msgs/msg/JointTrajectory",
+            lambda msg: setattr(self, "q", np.array(msg.points[0].positions)),
+            "command",
+        )
+        io.subscribe(
+            "/gripper",
+            "std_msgs/msg/Float64MultiArray",
+            lambda msg: setattr(self, "finger", msg.data[0]),
+            "command",
+        )
 
     def step(self, dt):
         if self.target is not None and not self.frozen:
@@ -66,9 +85,11 @@ class ArmSim(_Publisher):
     def publish(self):
         t = self.io.now()
         self.io.publisher("/joint_states", "sensor_msgs/msg/JointState", "sensor")(
-            m.make_joint_state(self.io.types, t, [*JOINTS, "finger"], [*self.q, self.finger], [0.0] * 4))
+            m.make_joint_state(self.io.types, t, [*JOINTS, "finger"], [*self.q, self.finger], [0.0] * 4)
+        )
         self.io.publisher("/hand_pose", "geometry_msgs/msg/PoseStamped", "sensor")(
-            m.make_pose_stamped(self.io.types, t, "base", self.pose))
+            m.make_pose_stamped(self.io.types, t, "base", self.pose)
+        )
 
 
 class CarSim(_Publisher):
@@ -93,5 +114,9 @@ class CarSim(_Publisher):
     def publish(self):
         t, types = self.io.now(), self.io.types
         yaw_rate = self.speed * math.tan(self.steer) / self.wheelbase
-        self.io.publisher("/odom", "nav_msgs/msg/Odometry", "sensor")(m.make_odometry(types, t, self.x, self.y, self.yaw, self.speed, yaw_rate))
-        self.io.publisher("/imu", "sensor_msgs/msg/Imu", "sensor")(m.make_imu(types, t, [0.0, 0.0, yaw_rate], [0.0, 0.0, 9.81]))
+        self.io.publisher("/odom", "nav_msgs/msg/Odometry", "sensor")(
+            m.make_odometry(types, t, self.x, self.y, self.yaw, self.speed, yaw_rate)
+        )
+        self.io.publisher("/imu", "sensor_msgs/msg/Imu", "sensor")(
+            m.make_imu(types, t, [0.0, 0.0, yaw_rate], [0.0, 0.0, 9.81])
+        )

@@ -18,17 +18,23 @@ from robot_rl.core import ControlLoop, SafetyConfig  # noqa: E402
 from robot_rl.core.env import RobotEnv  # noqa: E402
 from robot_rl.errors import ConfigError, DeviceError, StaleFrameError  # noqa: E402
 from robot_rl.ros import messages as m  # noqa: E402
-from robot_rl.ros.backends import (RosArm, RosArmConfig, RosCamera, RosCameraConfig, RosCar,  # noqa: E402
-                                   RosCarConfig)
+from robot_rl.ros.backends import RosArm, RosArmConfig, RosCamera, RosCameraConfig, RosCar, RosCarConfig  # noqa: E402
 from robot_rl.ros.loopback import LoopbackGraph, LoopbackIO  # noqa: E402
 from robot_rl.ros.streams import StaleMessageError  # noqa: E402
 from robot_rl.tasks.operator import OperatorTask  # noqa: E402
 
 
 def arm_config(**kw):
-    base = dict(joint_names=JOINTS, joint_low=[-1.0] * 3, joint_high=[1.0] * 3, ee_pose_topic="/hand_pose",
-                command_topic="/target_pose", gripper={"kind": "topic", "name": "/gripper", "open": 0.04, "closed": 0.0,
-                                                       "joint": "finger"}, connect_timeout_s=2.0, watchdog_s=0.0)
+    base = dict(
+        joint_names=JOINTS,
+        joint_low=[-1.0] * 3,
+        joint_high=[1.0] * 3,
+        ee_pose_topic="/hand_pose",
+        command_topic="/target_pose",
+        gripper={"kind": "topic", "name": "/gripper", "open": 0.04, "closed": 0.0, "joint": "finger"},
+        connect_timeout_s=2.0,
+        watchdog_s=0.0,
+    )
     return RosArmConfig(**{**base, **kw})
 
 
@@ -45,7 +51,14 @@ def test_arm_pose_commands_are_clipped_steps_with_a_leash():
         arm = RosArm(arm_config(), LoopbackIO(graph))
         with arm:
             obs = arm.observe()
-            assert set(obs) == {"joint_pos", "joint_vel", "ee_pos", "ee_yaw", "gripper", "timestamp"}  # DynamixelArm's
+            assert set(obs) == {
+                "joint_pos",
+                "joint_vel",
+                "ee_pos",
+                "ee_yaw",
+                "gripper",
+                "timestamp",
+            }  # DynamixelArm's
             np.testing.assert_allclose(obs["joint_pos"], sim.q, atol=1e-6)
             np.testing.assert_allclose(obs["ee_pos"], [0.5, 0.0, 0.3], atol=1e-6)
             assert obs["gripper"][0] == pytest.approx(1.0)  # finger at `open`
@@ -69,7 +82,9 @@ def test_arm_pose_commands_are_clipped_steps_with_a_leash():
             assert m.yaw_of_quaternion(*target[3:]) == pytest.approx(yaw + 0.3)
     graph = LoopbackGraph()
     with ArmSim(graph):  # the workspace box holds for targets too
-        with RosArm(arm_config(workspace_low=[0.0, -0.5, 0.29], workspace_high=[1.0, 0.5, 1.0]), LoopbackIO(graph)) as arm:
+        with RosArm(
+            arm_config(workspace_low=[0.0, -0.5, 0.29], workspace_high=[1.0, 0.5, 1.0]), LoopbackIO(graph)
+        ) as arm:
             arm.command(np.array([0.0, 0.0, -0.01, 0.0, 1.0]))
             assert m.pose(graph.published["/target_pose"][-1])[2] == pytest.approx(0.29)
 
@@ -78,15 +93,24 @@ def test_arm_joint_commands_trajectory_forward_and_gripper_action():
     graph = LoopbackGraph()
     with ArmSim(graph) as sim:
         io = LoopbackIO(graph)
-        arm = RosArm(arm_config(command="joint_trajectory", command_topic="/trajectory", trajectory_time_s=0.2,
-                                gripper={"kind": "action", "name": "/gripper_action", "open": 0.08, "closed": 0.0},
-                                connect_timeout_s=0.2), io)
+        arm = RosArm(
+            arm_config(
+                command="joint_trajectory",
+                command_topic="/trajectory",
+                trajectory_time_s=0.2,
+                gripper={"kind": "action", "name": "/gripper_action", "open": 0.08, "closed": 0.0},
+                connect_timeout_s=0.2,
+            ),
+            io,
+        )
         with pytest.raises(DeviceError, match="gripper action server /gripper_action"):
             arm.connect()  # no server answers
         io.gripper_servers.add("/gripper_action")
         with arm:
             assert arm.action_spec.names == (*JOINTS, "gripper")
-            arm.command(np.array([1.0, -0.2, 5.0, -1.0]))  # j1 and j3 far: per-step limit 0.05, then the joint limits
+            arm.command(
+                np.array([1.0, -0.2, 5.0, -1.0])
+            )  # j1 and j3 far: per-step limit 0.05, then the joint limits
             traj = graph.published["/trajectory"][-1]
             assert list(traj.joint_names) == JOINTS and traj.points[0].time_from_start.nanosec == 200_000_000
             np.testing.assert_allclose(traj.points[0].positions, [0.15, -0.2, 0.35])
@@ -97,11 +121,17 @@ def test_arm_joint_commands_trajectory_forward_and_gripper_action():
             assert io.gripper_goals[1:] == [("/gripper_action", 0.0, 20.0)]  # a goal only when it changes
         graph2 = LoopbackGraph()
         with ArmSim(graph2) as sim2:
-            arm = RosArm(arm_config(command="joint_forward", command_topic="/joint_commands", joint_high=[1.0, 1.0, 0.32]),
-                         LoopbackIO(graph2))
+            arm = RosArm(
+                arm_config(
+                    command="joint_forward", command_topic="/joint_commands", joint_high=[1.0, 1.0, 0.32]
+                ),
+                LoopbackIO(graph2),
+            )
             with arm:
                 arm.command(np.array([0.1, -0.2, 0.9, 0.0]))
-                np.testing.assert_allclose(graph2.published["/joint_commands"][-1].data, [0.1, -0.2, 0.32])  # joint limit
+                np.testing.assert_allclose(
+                    graph2.published["/joint_commands"][-1].data, [0.1, -0.2, 0.32]
+                )  # joint limit
                 wait_until(lambda: abs(sim2.q[2] - 0.32) < 1e-9)
 
 
@@ -109,8 +139,13 @@ def test_arm_pose_from_tf_and_config_errors():
     graph = LoopbackGraph()
     with ArmSim(graph):
         io = LoopbackIO(graph)
-        threading.Timer(0.2, lambda: io.transforms.update({("base", "tcp"): ([0.4, 0.1, 0.2, 1.0, 0.0, 0.0, 0.0], io.now())})).start()
-        with RosArm(arm_config(ee_pose_topic=None, base_frame="base", ee_frame="tcp"), io) as arm:  # waits for TF
+        threading.Timer(
+            0.2,
+            lambda: io.transforms.update({("base", "tcp"): ([0.4, 0.1, 0.2, 1.0, 0.0, 0.0, 0.0], io.now())}),
+        ).start()
+        with RosArm(
+            arm_config(ee_pose_topic=None, base_frame="base", ee_frame="tcp"), io
+        ) as arm:  # waits for TF
             np.testing.assert_allclose(arm.observe()["ee_pos"], [0.4, 0.1, 0.2])
             arm.command(np.array([0.0, 0.01, 0.0, 0.0, -1.0]))
             np.testing.assert_allclose(m.pose(graph.published["/target_pose"][-1])[:3], [0.4, 0.11, 0.2])
@@ -118,7 +153,10 @@ def test_arm_pose_from_tf_and_config_errors():
             with pytest.raises(StaleMessageError, match="TF base -> tcp is .* ms old"):
                 arm.observe()
         with pytest.raises(StaleMessageError, match="no transform from base to nowhere"):
-            RosArm(arm_config(ee_pose_topic=None, base_frame="base", ee_frame="nowhere", connect_timeout_s=0.1), io).connect()
+            RosArm(
+                arm_config(ee_pose_topic=None, base_frame="base", ee_frame="nowhere", connect_timeout_s=0.1),
+                io,
+            ).connect()
     with pytest.raises(ConfigError, match="ee_pose_topic or ee_frame"):
         arm_config(ee_pose_topic=None)
     with pytest.raises(ConfigError, match="joint_low"):
@@ -157,7 +195,9 @@ def test_a_non_finite_state_is_never_turned_into_a_target():
                 arm.command(np.array([0.01, 0.0, 0.0, 0.0, 1.0]))
             assert len(graph.published["/target_pose"]) == sent
             arm.stop()  # holds at the last pose that could be read
-            np.testing.assert_allclose(m.pose(graph.published["/target_pose"][-1])[:3], [0.5, 0.0, 0.3], atol=0.011)
+            np.testing.assert_allclose(
+                m.pose(graph.published["/target_pose"][-1])[:3], [0.5, 0.0, 0.3], atol=0.011
+            )
             assert all(np.all(np.isfinite(m.pose(p))) for p in graph.published["/target_pose"])
 
 
@@ -172,7 +212,9 @@ def test_arm_watchdog_holds_where_the_hand_is_and_dry_run_publishes_nothing():
             assert arm._watchdog.trips == 1
             hold = m.pose(graph.published["/target_pose"][sent])
             assert m.pose(graph.published["/target_pose"][sent - 1])[0] == pytest.approx(0.55)
-            np.testing.assert_allclose(hold[:3], sim.pose[:3], atol=1e-9)  # where the hand is, not the old target
+            np.testing.assert_allclose(
+                hold[:3], sim.pose[:3], atol=1e-9
+            )  # where the hand is, not the old target
     graph = LoopbackGraph()
     with ArmSim(graph):
         with RosArm(arm_config(dry_run=True), LoopbackIO(graph)) as arm:
@@ -190,15 +232,30 @@ def test_car_commands_observations_and_sim_time():
             assert sim.commands[-1] == pytest.approx((0.35, 3.0))
             wait_until(lambda: car.observe()["pose"][0] > 0.05)
             obs = car.observe()
-            assert set(obs) == {"pose", "velocity", "gyro", "accel", "wheel_speed", "steer", "collision", "timestamp"}  # VescCar's
+            assert set(obs) == {
+                "pose",
+                "velocity",
+                "gyro",
+                "accel",
+                "wheel_speed",
+                "steer",
+                "collision",
+                "timestamp",
+            }  # VescCar's
             assert obs["velocity"][0] == pytest.approx(3.0) and obs["steer"][0] == pytest.approx(0.35)
-            assert obs["gyro"][2] == pytest.approx(3.0 * math.tan(0.35) / 0.33, rel=1e-5) and obs["collision"][0] == 0.0
+            assert (
+                obs["gyro"][2] == pytest.approx(3.0 * math.tan(0.35) / 0.33, rel=1e-5)
+                and obs["collision"][0] == 0.0
+            )
             np.testing.assert_allclose(car.pose(), obs["pose"])
             with pytest.raises(ValueError, match="finite"):
                 car.command(np.array([0.0, np.inf]))
         assert sim.commands[-1] == (pytest.approx(0.35), 0.0)  # leaving the block stopped the car
     graph = LoopbackGraph()
-    twist = RosCar(RosCarConfig(command="twist", command_topic="/cmd_vel", odom_topic="/odom", watchdog_s=0.0), LoopbackIO(graph))
+    twist = RosCar(
+        RosCarConfig(command="twist", command_topic="/cmd_vel", odom_topic="/odom", watchdog_s=0.0),
+        LoopbackIO(graph),
+    )
     with CarSim(graph), twist:
         twist.command(np.array([0.2, 1.0]))
         msg = graph.published["/cmd_vel"][-1]
@@ -220,7 +277,9 @@ def test_car_commands_observations_and_sim_time():
 def test_car_watchdog_stops_the_car_when_the_loop_stalls():
     graph = LoopbackGraph()
     with CarSim(graph) as sim:
-        car = RosCar(RosCarConfig(watchdog_s=10.0, connect_timeout_s=2.0), LoopbackIO(graph))  # the backend's own: late
+        car = RosCar(
+            RosCarConfig(watchdog_s=10.0, connect_timeout_s=2.0), LoopbackIO(graph)
+        )  # the backend's own: late
         env = RobotEnv(car, OperatorTask("drive", max_steps=8))
         stalled = {}
 
@@ -234,7 +293,9 @@ def test_car_watchdog_stops_the_car_when_the_loop_stalls():
         with env:
             loop.run(1)
         assert sim.commands[stalled["at"] - 1][1] > 0
-        assert sim.commands[stalled["at"]][1] == 0.0  # the loop's watchdog published speed 0 while the policy hung
+        assert (
+            sim.commands[stalled["at"]][1] == 0.0
+        )  # the loop's watchdog published speed 0 while the policy hung
         assert loop.report()["watchdog_trips"] == 1
     # The backend's own watchdog, for a caller that is not a ControlLoop.
     graph = LoopbackGraph()
@@ -262,23 +323,36 @@ def test_camera_image_and_compressed_with_stamps_and_resizing():
     graph = LoopbackGraph()
     io = LoopbackIO(graph)
     pixels = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
-    cam = RosCamera(RosCameraConfig(name="front", topic="/cam/image", width=64, height=48, connect_timeout_s=0.3), io)
+    cam = RosCamera(
+        RosCameraConfig(name="front", topic="/cam/image", width=64, height=48, connect_timeout_s=0.3), io
+    )
     with pytest.raises(StaleMessageError, match="/cam/image"):
         cam.connect()  # nobody publishes
     bgr = pixels[..., ::-1].copy()
-    driver = Streamer(io, "/cam/image", "sensor_msgs/msg/Image", lambda t: m.make_image(io.types, t - 0.05, bgr, "bgr8"))
+    driver = Streamer(
+        io, "/cam/image", "sensor_msgs/msg/Image", lambda t: m.make_image(io.types, t - 0.05, bgr, "bgr8")
+    )
     cam.connect()  # frames captured 50 ms before they are published
     frame = cam.read()
     np.testing.assert_array_equal(frame.image, pixels)
     assert time.monotonic() - frame.timestamp == pytest.approx(0.05, abs=0.03)
-    small = RosCamera(RosCameraConfig(name="wrist", topic="/cam/compressed", compressed=True, width=32, height=24), io)
-    compressed = Streamer(io, "/cam/compressed", "sensor_msgs/msg/CompressedImage", lambda t: m.make_compressed_image(io.types, t, pixels))
+    small = RosCamera(
+        RosCameraConfig(name="wrist", topic="/cam/compressed", compressed=True, width=32, height=24), io
+    )
+    compressed = Streamer(
+        io,
+        "/cam/compressed",
+        "sensor_msgs/msg/CompressedImage",
+        lambda t: m.make_compressed_image(io.types, t, pixels),
+    )
     small.connect()
     assert small.read().image.shape == (24, 32, 3)
     compressed.stop.set()
     # A camera that stops publishing stops the env through its frame-age check.
     with CarSim(graph):
-        env = RobotEnv(RosCar(RosCarConfig(watchdog_s=0.0), io), OperatorTask("drive", 10), [cam], max_frame_age_s=0.1)
+        env = RobotEnv(
+            RosCar(RosCarConfig(watchdog_s=0.0), io), OperatorTask("drive", 10), [cam], max_frame_age_s=0.1
+        )
         with env:
             env.observe()
             driver.stop.set()

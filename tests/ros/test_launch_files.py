@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robot_rl.errors import ConfigError
 from robot_rl.commands import ros_nodes as nodes
+from robot_rl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = sorted((ROOT / "robot_rl" / "ros" / "launch").glob("*.launch.xml"))
@@ -22,8 +22,13 @@ BUILTIN_PARAMS = {"use_sim_time"}  # every rclpy node has it
 
 
 def test_the_five_launch_files_are_there():
-    assert {p.name for p in LAUNCH} == {"arm_collect.launch.xml", "arm_policy.launch.xml", "arm_hil_serl_actor.launch.xml",
-                                        "car_collect.launch.xml", "car_fastrlap.launch.xml"}
+    assert {p.name for p in LAUNCH} == {
+        "arm_collect.launch.xml",
+        "arm_policy.launch.xml",
+        "arm_hil_serl_actor.launch.xml",
+        "car_collect.launch.xml",
+        "car_fastrlap.launch.xml",
+    }
 
 
 def yaml_typed(text: str):
@@ -37,8 +42,17 @@ def test_launch_file(path):
     assert root.tag == "launch"
     args = {a.get("name"): a for a in root.findall("arg")}
     for name, a in args.items():
-        assert a.get("default") is not None and a.get("description"), f"{name}: declare a default and a description"
-    for needed in ("robot_config", "checkpoint", "namespace", "use_sim_time", "driver_launch", "camera_launch"):
+        assert a.get("default") is not None and a.get("description"), (
+            f"{name}: declare a default and a description"
+        )
+    for needed in (
+        "robot_config",
+        "checkpoint",
+        "namespace",
+        "use_sim_time",
+        "driver_launch",
+        "camera_launch",
+    ):
         assert needed in args
     assert "dataset" in args or "demos" in args
     used = {v for el in root.iter() for value in el.attrib.values() for v in VAR.findall(value)}
@@ -61,8 +75,13 @@ def test_launch_file(path):
         default = args[VAR.fullmatch(value).group(1)].get("default") if VAR.fullmatch(value) else value
         typed = yaml_typed(default)
         expected = bool if name in BUILTIN_PARAMS else declared[name].type
-        assert type(typed) is expected, f"{path.name}: {name}={default!r} is a {type(typed).__name__}, the node declares {expected.__name__}"
-    assert nodes.robot_config(args["robot_config"].get("default")).kind == ("ros_car" if path.name.startswith("car") else "ros_arm")
+        assert type(typed) is expected, (
+            f"{path.name}: {name}={default!r} is a {type(typed).__name__}, "
+            f"the node declares {expected.__name__}"
+        )
+    assert nodes.robot_config(args["robot_config"].get("default")).kind == (
+        "ros_car" if path.name.startswith("car") else "ros_arm"
+    )
 
 
 def test_node_parameters_have_types_and_descriptions():

@@ -10,9 +10,9 @@ pytest.importorskip("rosbags")
 
 from robot_rl.cli import main  # noqa: E402
 from robot_rl.datasets import EpisodeStore  # noqa: E402
-from robot_rl.ros.bag_import import RosbagImportConfig, import_rosbag  # noqa: E402
 from robot_rl.errors import ConfigError, DatasetError  # noqa: E402
 from robot_rl.ros import messages as m  # noqa: E402
+from robot_rl.ros.bag_import import RosbagImportConfig, import_rosbag  # noqa: E402
 
 STORE = m.ros2_typestore()
 TYPES = m.bag_types(STORE)
@@ -34,18 +34,26 @@ def test_messages_round_trip_through_cdr():
     traj = roundtrip(m.make_joint_trajectory(TYPES, 1.0, ["a"], [0.5], 0.1))
     assert traj.points[0].time_from_start.nanosec == 100_000_000 and traj.points[0].positions[0] == 0.5
     np.testing.assert_array_equal(roundtrip(m.make_float64_array(TYPES, [1, 2])).data, [1.0, 2.0])
-    np.testing.assert_allclose(m.ackermann(roundtrip(m.make_ackermann(TYPES, 0.0, 0.2, 1.5))), [0.2, 1.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        m.ackermann(roundtrip(m.make_ackermann(TYPES, 0.0, 0.2, 1.5))), [0.2, 1.5], rtol=1e-6
+    )
     np.testing.assert_allclose(m.twist(roundtrip(m.make_twist(TYPES, 1.0, -0.5))), [1.0, -0.5])
     odom = m.odometry(roundtrip(m.make_odometry(TYPES, 0.0, 1.0, 2.0, 0.5, 1.2, 0.1)))
     np.testing.assert_allclose(odom["pose"], [1.0, 2.0, 0.5])
     np.testing.assert_allclose(odom["velocity"], [1.2, 0, 0.1])
-    np.testing.assert_allclose(m.imu(roundtrip(m.make_imu(TYPES, 0.0, [0, 0, 1], [0, 0, 9.8])))["accel"], [0, 0, 9.8])
+    np.testing.assert_allclose(
+        m.imu(roundtrip(m.make_imu(TYPES, 0.0, [0, 0, 1], [0, 0, 9.8])))["accel"], [0, 0, 9.8]
+    )
     rgb = np.random.default_rng(0).integers(0, 255, (6, 8, 3), dtype=np.uint8)
     np.testing.assert_array_equal(m.image(roundtrip(m.make_image(TYPES, 0.0, rgb))), rgb)
-    np.testing.assert_array_equal(m.image(roundtrip(m.make_image(TYPES, 0.0, rgb[..., ::-1].copy(), "bgr8"))), rgb)
+    np.testing.assert_array_equal(
+        m.image(roundtrip(m.make_image(TYPES, 0.0, rgb[..., ::-1].copy(), "bgr8"))), rgb
+    )
     depth = np.arange(48, dtype=np.uint16).reshape(6, 8) * 100
     np.testing.assert_array_equal(m.image(roundtrip(m.make_image(TYPES, 0.0, depth, "16UC1"))), depth)
-    np.testing.assert_array_equal(m.compressed_image(roundtrip(m.make_compressed_image(TYPES, 0.0, rgb))), rgb)  # png: lossless
+    np.testing.assert_array_equal(
+        m.compressed_image(roundtrip(m.make_compressed_image(TYPES, 0.0, rgb))), rgb
+    )  # png: lossless
 
 
 def write_bag(path, storage, gap_s=2.0, drop_camera_after=None):
@@ -55,9 +63,14 @@ def write_bag(path, storage, gap_s=2.0, drop_camera_after=None):
     plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
     writer = Writer(path, version=8, storage_plugin=plugin)
     writer.open()
-    conns = {topic: writer.add_connection(topic, kind, typestore=STORE) for topic, kind in (
-        ("/joint_states", "sensor_msgs/msg/JointState"), ("/camera/image_raw", "sensor_msgs/msg/Image"),
-        ("/cmd_vel", "geometry_msgs/msg/Twist"))}
+    conns = {
+        topic: writer.add_connection(topic, kind, typestore=STORE)
+        for topic, kind in (
+            ("/joint_states", "sensor_msgs/msg/JointState"),
+            ("/camera/image_raw", "sensor_msgs/msg/Image"),
+            ("/cmd_vel", "geometry_msgs/msg/Twist"),
+        )
+    }
     events = []
     for start in (100.0, 102.0 + gap_s):
         for i in range(100):
@@ -76,10 +89,17 @@ def write_bag(path, storage, gap_s=2.0, drop_camera_after=None):
     writer.close()
 
 
-CONFIG = {"fps": 10, "tolerance_s": 0.04, "episodes": {"gap_s": 1.0}, "task": "wave",
-          "streams": [{"key": "obs/state", "topic": "/joint_states", "names": ["j2", "j1"]},
-                      {"key": "obs/image/front", "topic": "/camera/image_raw"},
-                      {"key": "action", "topic": "/cmd_vel"}]}
+CONFIG = {
+    "fps": 10,
+    "tolerance_s": 0.04,
+    "episodes": {"gap_s": 1.0},
+    "task": "wave",
+    "streams": [
+        {"key": "obs/state", "topic": "/joint_states", "names": ["j2", "j1"]},
+        {"key": "obs/image/front", "topic": "/camera/image_raw"},
+        {"key": "action", "topic": "/cmd_vel"},
+    ],
+}
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
@@ -92,7 +112,8 @@ def test_import_both_storage_formats(tmp_path, storage):
         assert store.attrs["task"] == "wave" and store.attrs["topics"]["obs/state:/joint_states"] == 200
         state, action = store.array("obs/state")[: store.n_steps], store.array("action")[: store.n_steps]
         stamps = store.array("timestamp")[: store.n_steps]
-        # Aligned: at every tick the state (j2, j1) = (-t, t) and the command's speed = t, to within the tolerance.
+        # Aligned: at every tick the state (j2, j1) = (-t, t) and the command's speed = t,
+        # to within the tolerance.
         np.testing.assert_allclose(state[:, 1], stamps, atol=0.021)
         np.testing.assert_allclose(state[:, 0], -stamps, atol=0.021)
         np.testing.assert_allclose(action[:, 0], stamps, atol=0.026)
@@ -118,16 +139,48 @@ def test_interpolated_alignment_and_the_cli(tmp_path, capsys):
     bag = tmp_path / "bag"
     write_bag(bag, "sqlite3")
     (tmp_path / "import.yaml").write_text(json.dumps(dict(CONFIG, align="interpolate", tolerance_s=0.02)))
-    assert main(["dataset", "import-rosbag", str(bag), str(tmp_path / "i.zarr"), "--config", str(tmp_path / "import.yaml")]) == 0
+    assert (
+        main(
+            [
+                "dataset",
+                "import-rosbag",
+                str(bag),
+                str(tmp_path / "i.zarr"),
+                "--config",
+                str(tmp_path / "import.yaml"),
+            ]
+        )
+        == 0
+    )
     with EpisodeStore.open(tmp_path / "i.zarr") as store:
         stamps = store.array("timestamp")[: store.n_steps]
-        np.testing.assert_allclose(store.array("obs/state")[: store.n_steps, 1], stamps, atol=1e-4)  # exact, not nearest
-    both = dict(CONFIG, streams=[{"key": "obs/state", "topic": "/joint_states", "names": ["j1"]},
-                                 {"key": "obs/state", "topic": "/joint_states", "names": ["j2"]}])
-    import_rosbag(bag, tmp_path / "two.zarr", RosbagImportConfig(**both), progress=False)  # two streams, one topic
+        np.testing.assert_allclose(
+            store.array("obs/state")[: store.n_steps, 1], stamps, atol=1e-4
+        )  # exact, not nearest
+    both = dict(
+        CONFIG,
+        streams=[
+            {"key": "obs/state", "topic": "/joint_states", "names": ["j1"]},
+            {"key": "obs/state", "topic": "/joint_states", "names": ["j2"]},
+        ],
+    )
+    import_rosbag(
+        bag, tmp_path / "two.zarr", RosbagImportConfig(**both), progress=False
+    )  # two streams, one topic
     with EpisodeStore.open(tmp_path / "two.zarr") as store:
         state = store.array("obs/state")[: store.n_steps]
         np.testing.assert_allclose(state[:, 0], -state[:, 1])
-    assert main(["dataset", "import-rosbag", str(tmp_path / "nobag"), str(tmp_path / "x.zarr"), "--config",
-                 str(tmp_path / "import.yaml")]) == 2
+    assert (
+        main(
+            [
+                "dataset",
+                "import-rosbag",
+                str(tmp_path / "nobag"),
+                str(tmp_path / "x.zarr"),
+                "--config",
+                str(tmp_path / "import.yaml"),
+            ]
+        )
+        == 2
+    )
     assert "cannot read the bag" in capsys.readouterr().err

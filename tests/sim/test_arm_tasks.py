@@ -37,7 +37,11 @@ def test_without_end_on_success_the_episode_runs_to_its_length():
     rewards, terminals, successes = map(np.array, zip(*steps))
     assert truncated and len(steps) == env.task.max_steps and not terminals.any()
     first = int(np.argmax(successes))
-    assert 0 < first < len(steps) - 10 and successes[first:].all() and np.array_equal(rewards, successes.astype(float))
+    assert (
+        0 < first < len(steps) - 10
+        and successes[first:].all()
+        and np.array_equal(rewards, successes.astype(float))
+    )
 
 
 @pytest.mark.parametrize("task, state_dim", [("peg_insert", 32), ("cube_lift", 34), ("cube_place", 37)])
@@ -67,7 +71,10 @@ def test_cube_observations_are_relative_to_the_gripper():
     quat = env.robot.world.data.qpos[adr + 3 : adr + 7].copy()
     quarter = np.array([np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)])
     w1, v1, w2, v2 = quat[0], quat[1:], quarter[0], quarter[1:]
-    env.robot.world.data.qpos[adr + 3 : adr + 7] = [w1 * w2 - v1 @ v2, *(w1 * v2 + w2 * v1 + np.cross(v1, v2))]
+    env.robot.world.data.qpos[adr + 3 : adr + 7] = [
+        w1 * w2 - v1 @ v2,
+        *(w1 * v2 + w2 * v1 + np.cross(v1, v2)),
+    ]
     env.robot.world.forward()
     assert env.task.observe()["yaw_to_cube"][0] == pytest.approx(yaw, abs=1e-5)
     env.close()
@@ -93,14 +100,16 @@ def push_peg(offset_m: float) -> float:
     hole = task.hole_pos
     lateral = np.array([offset_m, 0.0])
     deepest, centred = 0.0, False
-    for step in range(120):
+    for _ in range(120):
         tip = task.tip()
         target = np.array([*(hole[:2] + lateral), hole[2] + HOLE_DEPTH + 0.01])
         error = target - tip
         centred = centred or (np.abs(error[:2]).max() < 0.0003 and abs(arm.target_yaw) < 1e-3)
         dz = -0.25 if centred else 0.5 * error[2] / MAX_STEP_M
         turn = -arm.target_yaw / 0.15
-        action = np.array([*np.clip(0.5 * error[:2] / MAX_STEP_M, -0.5, 0.5), np.clip(dz, -0.5, 0.5), turn, 1.0])
+        action = np.array(
+            [*np.clip(0.5 * error[:2] / MAX_STEP_M, -0.5, 0.5), np.clip(dz, -0.5, 0.5), turn, 1.0]
+        )
         env.step(action.astype(np.float32))
         deepest = max(deepest, hole[2] + HOLE_DEPTH - task.tip()[2])
     assert centred, "the peg never settled over its target"

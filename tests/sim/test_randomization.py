@@ -11,8 +11,16 @@ from robot_rl.sim.randomization import ActionLatency, ActionNoise, ObservationNo
 
 
 def test_model_parameters_are_resampled_around_nominal():
-    env = make_arm_env("cube_lift", cameras=(), randomization={"friction": [0.5, 0.6], "mass": [1.5, 2.0],
-                                                               "actuator_gain": [0.9, 0.95], "camera_pos_m": 0.01})
+    env = make_arm_env(
+        "cube_lift",
+        cameras=(),
+        randomization={
+            "friction": [0.5, 0.6],
+            "mass": [1.5, 2.0],
+            "actuator_gain": [0.9, 0.95],
+            "camera_pos_m": 0.01,
+        },
+    )
     nominal = make_arm_env("cube_lift", cameras=())
     m0, m = nominal.robot.world.model, env.robot.world.model
     samples = []
@@ -34,7 +42,11 @@ def test_model_parameters_are_resampled_around_nominal():
 def test_randomized_env_still_works_with_the_expert():
     from robot_rl.sim.arm_tasks import make_expert
 
-    env = make_arm_env("cube_lift", cameras=(), randomization={"friction": [0.8, 1.2], "mass": [0.8, 1.2], "light": [0.5, 1.0]})
+    env = make_arm_env(
+        "cube_lift",
+        cameras=(),
+        randomization={"friction": [0.8, 1.2], "mass": [0.8, 1.2], "light": [0.5, 1.0]},
+    )
     env.reset(seed=0)
     expert = make_expert(env)
     for _ in range(env.task.max_steps):
@@ -80,8 +92,21 @@ def test_action_noise_demos_record_the_commanded_action(tmp_path):
     from robot_rl.datasets import EpisodeStore
 
     def record(name: str, *extra: str) -> dict:
-        collect(compose("collect", ["env=peg_insert", "env.cameras=[]", "episodes=1", "expert_noise=0", "seed=0",
-                                    f"out={tmp_path}/{name}.zarr", "loop.rate_hz=null", *extra]))
+        collect(
+            compose(
+                "collect",
+                [
+                    "env=peg_insert",
+                    "env.cameras=[]",
+                    "episodes=1",
+                    "expert_noise=0",
+                    "seed=0",
+                    f"out={tmp_path}/{name}.zarr",
+                    "loop.rate_hz=null",
+                    *extra,
+                ],
+            )
+        )
         with EpisodeStore.open(tmp_path / f"{name}.zarr") as store:
             return store.episode(0)
 
@@ -97,7 +122,9 @@ def test_action_noise_demos_record_the_commanded_action(tmp_path):
     assert np.abs(noisy["obs/state"][1:n] - clean["obs/state"][1:n]).max() > 1e-3
 
 
-@pytest.mark.parametrize("bad", [{"friction": [1.2, 0.8]}, {"mass": [0, 1]}, {"action_latency": -1}, {"nonsense": 1}])
+@pytest.mark.parametrize(
+    "bad", [{"friction": [1.2, 0.8]}, {"mass": [0, 1]}, {"action_latency": -1}, {"nonsense": 1}]
+)
 def test_bad_config_is_a_clear_error(bad):
     with pytest.raises(ConfigError):
         RandomizationConfig.from_dict(bad)

@@ -1,4 +1,7 @@
-"""The MuJoCo RC car on a generated course, through RobotEnv and the ControlLoop: real physics and rendering."""
+"""The MuJoCo RC car on a generated course, through RobotEnv and the ControlLoop.
+
+Real physics and rendering.
+"""
 
 import math
 from pathlib import Path
@@ -7,13 +10,20 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from robot_rl.factory import safety_from_config
 from robot_rl.core import ControlLoop
 from robot_rl.errors import ConfigError
+from robot_rl.factory import make_sim_env, safety_from_config
 from robot_rl.sim.course import generate_course
+from robot_rl.sim.rc_car import (
+    MAX_SPEED,
+    TRACK,
+    WHEELBASE,
+    RCCarExpert,
+    ackermann,
+    from_config,
+    make_rc_car_env,
+)
 from robot_rl.tasks.teleops import ScriptedTeleop
-from robot_rl.sim.rc_car import MAX_SPEED, TRACK, WHEELBASE, RCCarExpert, ackermann, from_config, make_rc_car_env
-from robot_rl.factory import make_sim_env
 
 CONFIG = Path(__file__).parents[2] / "robot_rl" / "conf" / "env" / "rc_car.yaml"
 
@@ -130,7 +140,9 @@ def test_lap_logic_counts_checkpoints_in_order():
     assert visit(3) == (0.0, False, False)  # out of order: nothing
     x, y = task.checkpoints[0]
     car.place(x, y, 0.0)  # on checkpoint 0: the observation already points at checkpoint 1
-    np.testing.assert_allclose(task.observe()["checkpoint_rel"], task.checkpoints[1] - task.checkpoints[0], atol=1e-5)
+    np.testing.assert_allclose(
+        task.observe()["checkpoint_rel"], task.checkpoints[1] - task.checkpoints[0], atol=1e-5
+    )
     for i in range(4):
         assert visit(i) == (1.0, False, False)
     assert visit(4) == (1.0, True, False) and task.lap_times == [pytest.approx(6.0)]

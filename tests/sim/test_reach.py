@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 
 from robot_rl.core import ControlLoop
-from robot_rl.sim.reach import ReachExpert
+from robot_rl.sim.reach import ReachExpert, make_reach_env
 from robot_rl.tasks.teleops import ScriptedTeleop
-from robot_rl.sim.reach import make_reach_env
 
 
 @pytest.fixture
@@ -73,8 +72,14 @@ def test_drift_teleop_takes_over_from_a_bad_policy(env):
     teleop = ScriptedTeleop(expert, mode="drift", drift_m=0.04)
     away = lambda obs: -expert()  # a policy that moves away from the target  # noqa: E731
     distances = []
-    loop = ControlLoop(env, policy=away, teleop=teleop, rate_hz=None, execute_k=1,
-                       on_step=lambda loop, result: distances.append(env.task.distance()))
+    loop = ControlLoop(
+        env,
+        policy=away,
+        teleop=teleop,
+        rate_hz=None,
+        execute_k=1,
+        on_step=lambda loop, result: distances.append(env.task.distance()),
+    )
     (result,) = loop.run(1, seed=1)
     # The operator keeps taking over whenever the policy drags the arm away, so the arm never
     # ends up much farther than the drift margin (plus one step) from the best it had reached.
@@ -98,7 +103,9 @@ def test_visual_variant_shows_the_target_only_in_the_camera():
         assert heights == {0.15} and obs["image/front"].shape == (32, 32, 3)
         red = [(p[..., 0] > 150) & (p[..., 1] < 80) for p in pictures]  # the target's pixels
         assert all(r.any() for r in red) and not np.array_equal(red[0], red[1])  # it moves with the seed
-        assert any(env.step(expert())[2] for _ in range(80))  # the scripted expert (reading the target) reaches it
+        assert any(
+            env.step(expert())[2] for _ in range(80)
+        )  # the scripted expert (reading the target) reaches it
     with pytest.raises(ConfigError, match="target_height"):
         make_reach_env(target_height=1.0)
 

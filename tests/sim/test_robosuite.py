@@ -9,11 +9,13 @@ import pytest
 pytest.importorskip("robosuite", reason="robosuite is the [sim] extra: pip install robot_rl[sim]")
 
 from robot_rl.cli import compose  # noqa: E402
-from robot_rl.factory import safety_from_config  # noqa: E402
 from robot_rl.core import ControlLoop  # noqa: E402
-from robot_rl.tasks.teleops import ScriptedTeleop  # noqa: E402
-from robot_rl.factory import make_sim_env  # noqa: E402
+from robot_rl.factory import (
+    make_sim_env,  # noqa: E402
+    safety_from_config,  # noqa: E402
+)
 from robot_rl.sim.robosuite_adapter import LiftExpert, SquareExpert, make_robosuite_env  # noqa: E402
+from robot_rl.tasks.teleops import ScriptedTeleop  # noqa: E402
 
 OBJECT_STATE_DIM = {"Lift": 10, "NutAssemblySquare": 14, "PickPlaceCan": 14}
 PANDA_STATE_DIM = 3 + 4 + 2 + 7 + 7 + 7  # ee_pos, ee_quat, gripper_qpos, joint_pos_cos/sin, joint_vel
@@ -189,8 +191,11 @@ def test_square_expert_fits_the_nut_through_the_loop():
 
 
 def test_configs_build_envs_and_experts():
-    for name, expert_type in (("robosuite_lift", LiftExpert), ("robosuite_square", SquareExpert),
-                              ("robosuite_can", type(None))):
+    for name, expert_type in (
+        ("robosuite_lift", LiftExpert),
+        ("robosuite_square", SquareExpert),
+        ("robosuite_can", type(None)),
+    ):
         cfg = compose("collect", [f"env={name}", "env.cameras=[]"])
         assert cfg.env.kind == "robosuite" and cfg.env.robot == "Panda"
         assert safety_from_config(cfg.env.safety).workspace_low is None
@@ -203,8 +208,20 @@ def test_configs_build_envs_and_experts():
 
 
 def test_collect_without_an_expert_is_a_clear_error(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "robot_rl.cli", "collect", "env=robosuite_can", "episodes=1",
-                          f"out={tmp_path / 'x.zarr'}"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "robot_rl.cli",
+            "collect",
+            "env=robosuite_can",
+            "episodes=1",
+            f"out={tmp_path / 'x.zarr'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 2 and "has no scripted expert" in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "x.zarr").exists()
 

@@ -25,7 +25,15 @@ CONF = ROOT / "robot_rl" / "conf"
 sys.path.insert(0, str(ROOT / "tests" / "ros"))  # ros_sims: the robot's side of the loopback graph
 
 # The spec, written out: changing the car's layout must be a deliberate change here too.
-LAYOUT = [("pose", 3), ("velocity", 3), ("gyro", 3), ("accel", 3), ("wheel_speed", 1), ("steer", 1), ("collision", 1)]
+LAYOUT = [
+    ("pose", 3),
+    ("velocity", 3),
+    ("gyro", 3),
+    ("accel", 3),
+    ("wheel_speed", 1),
+    ("steer", 1),
+    ("collision", 1),
+]
 
 
 # --- the checks --------------------------------------------------------------------------------
@@ -40,7 +48,10 @@ def check_spaces(robot) -> None:
     a = robot.action_spec
     assert a.shape == (2,) and a.names == spec.ACTION_NAMES
     low, high = a.bounds()
-    assert low.tolist() == [-spec.MAX_STEER, -spec.MAX_SPEED] and high.tolist() == [spec.MAX_STEER, spec.MAX_SPEED]
+    assert low.tolist() == [-spec.MAX_STEER, -spec.MAX_SPEED] and high.tolist() == [
+        spec.MAX_STEER,
+        spec.MAX_SPEED,
+    ]
 
 
 def check_observation(obs: dict) -> None:
@@ -91,7 +102,9 @@ class VescBackend(RealBackend):
         from robot_rl.hardware.fakes.vesc_sim import VescSimulator
 
         vesc = stack.enter_context(VescSimulator(timeout_s=0.5))
-        self.robot = stack.enter_context(make_robot(OmegaConf.load(CONF / "robot" / "vesc_car.yaml"), port=vesc.port))
+        self.robot = stack.enter_context(
+            make_robot(OmegaConf.load(CONF / "robot" / "vesc_car.yaml"), port=vesc.port)
+        )
         # The simulated firmware's IMU reads no rotation: its yaw rate says nothing about units.
         self.wheel_radius, self.measures_yaw = self.robot.cfg.wheel_radius, False
 
@@ -107,8 +120,9 @@ class RosBackend(RealBackend):
         graph = LoopbackGraph()
         stack.enter_context(CarSim(graph))  # a kinematic bicycle publishing /odom and /imu
         cfg = OmegaConf.load(CONF / "robot" / "ros_car.yaml")
-        self.robot = stack.enter_context(make_robot(cfg, LoopbackIO(graph), imu_topic="/imu", watchdog_s=0.0,
-                                                    connect_timeout_s=2.0))
+        self.robot = stack.enter_context(
+            make_robot(cfg, LoopbackIO(graph), imu_topic="/imu", watchdog_s=0.0, connect_timeout_s=2.0)
+        )
         self.wheel_radius, self.measures_yaw = self.robot.cfg.wheel_radius, True
 
 
@@ -127,7 +141,10 @@ def test_the_spec_is_the_car_layout():
     assert [(k, s.shape[0]) for k, s in obs.items() if k != "timestamp"] == LAYOUT
     assert list(obs)[-1] == "timestamp" and obs["timestamp"] == ArraySpec((), "float64")
     assert all(len(spec.OBSERVATION_UNITS[k]) == n for k, n in LAYOUT)
-    assert spec.OBSERVATION_UNITS["wheel_speed"] == ("rad/s",) and spec.OBSERVATION_UNITS["accel"] == ("m/s^2",) * 3
+    assert (
+        spec.OBSERVATION_UNITS["wheel_speed"] == ("rad/s",)
+        and spec.OBSERVATION_UNITS["accel"] == ("m/s^2",) * 3
+    )
     assert spec.ACTION_UNITS == ("rad", "m/s") and spec.action_spec().bounds()[1].tolist() == [0.35, 3.0]
     # FastRLAP divides each state entry by a typical magnitude: it has one for every entry.
     from robot_rl.learners.fastrlap import STATE_SCALE
@@ -140,15 +157,17 @@ def test_every_car_reports_the_same_spaces(cars):
     for name, car in cars.items():
         check_spaces(car.robot)
         r = car.robot
-        described[name] = ([(k, s.shape, s.dtype, s.names) for k, s in r.observation_spec.items()],
-                           (r.action_spec.shape, r.action_spec.names, [b.tolist() for b in r.action_spec.bounds()]),
-                           RobotEnv(r, OperatorTask("drive", 10)).state_names())  # what a state policy reads
+        described[name] = (
+            [(k, s.shape, s.dtype, s.names) for k, s in r.observation_spec.items()],
+            (r.action_spec.shape, r.action_spec.names, [b.tolist() for b in r.action_spec.bounds()]),
+            RobotEnv(r, OperatorTask("drive", 10)).state_names(),
+        )  # what a state policy reads
     assert described["sim"] == described["vesc"] == described["ros"]
     assert len(described["sim"][2]) == sum(n for _, n in LAYOUT)
 
 
 def test_observations_fit_the_spec(cars):
-    for name, car in cars.items():
+    for _, car in cars.items():
         check_observation(car.robot.observe())  # at rest
         check_observation(car.drive([0.1, 0.5], 0.3))  # and on the move
 
@@ -159,7 +178,9 @@ def test_units_agree_when_driving(cars):
         obs = car.drive([0.0, 1.0], 1.5)
         assert obs["velocity"][0] == pytest.approx(1.0, abs=0.1), name
         assert np.abs(obs["velocity"][1:]).max() < 0.05, name
-        assert obs["wheel_speed"][0] == pytest.approx(obs["velocity"][0] / car.wheel_radius, rel=0.05), name  # rad/s
+        assert obs["wheel_speed"][0] == pytest.approx(obs["velocity"][0] / car.wheel_radius, rel=0.05), (
+            name
+        )  # rad/s
         assert obs["accel"][2] == pytest.approx(9.81, abs=0.3), name  # m/s^2, not g
         assert obs["steer"][0] == pytest.approx(0.0, abs=1e-3) and obs["collision"][0] == 0.0, name
         obs = car.drive([0.2, 1.0], 1.0)
@@ -176,7 +197,10 @@ def test_the_checks_catch_a_mismatch():
 
     check_spaces(Robot())
     old_sim = Robot()
-    old_sim.observation_spec = {**spec.observation_spec(), "wheel_speed": ArraySpec((4,), names=("fl", "fr", "rl", "rr"))}
+    old_sim.observation_spec = {
+        **spec.observation_spec(),
+        "wheel_speed": ArraySpec((4,), names=("fl", "fr", "rl", "rr")),
+    }
     old_real = Robot()
     old_real.observation_spec = {k: s for k, s in spec.observation_spec().items() if k != "wheel_speed"}
     reordered = Robot()
@@ -188,9 +212,14 @@ def test_the_checks_catch_a_mismatch():
             check_spaces(robot)
     good = {k: np.zeros(s.shape, s.dtype) for k, s in spec.observation_spec().items()}
     check_observation(good)
-    bad = [{**good, "wheel_speed": np.zeros(4, np.float32)}, {**good, "pose": np.zeros(3)},  # float64
-           {**good, "gyro": np.array([0.0, np.nan, 0.0], np.float32)}, {**good, "timestamp": 1.0},
-           {k: v for k, v in good.items() if k != "steer"}, {**good, "extra": np.zeros(1, np.float32)}]
+    bad = [
+        {**good, "wheel_speed": np.zeros(4, np.float32)},
+        {**good, "pose": np.zeros(3)},  # float64
+        {**good, "gyro": np.array([0.0, np.nan, 0.0], np.float32)},
+        {**good, "timestamp": 1.0},
+        {k: v for k, v in good.items() if k != "steer"},
+        {**good, "extra": np.zeros(1, np.float32)},
+    ]
     for obs in bad:
         with pytest.raises(AssertionError):
             check_observation(obs)
@@ -211,8 +240,13 @@ def test_configured_limits_clip_within_the_spec(tmp_path):
         with pytest.raises(ConfigError, match="action bounds"):
             make(max_speed=4.0)
     graph = LoopbackGraph()
-    with CarSim(graph) as sim, RosCar(RosCarConfig(max_speed=1.0, max_steer=0.2, watchdog_s=0.0, connect_timeout_s=2.0),
-                                      LoopbackIO(graph)) as car:
+    with (
+        CarSim(graph) as sim,
+        RosCar(
+            RosCarConfig(max_speed=1.0, max_steer=0.2, watchdog_s=0.0, connect_timeout_s=2.0),
+            LoopbackIO(graph),
+        ) as car,
+    ):
         check_spaces(car)  # the spec's bounds still
         car.command(np.array([0.35, 3.0]))
         assert sim.commands[-1] == pytest.approx((0.2, 1.0))

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from robot_rl.learners.icvf import ICVFAgent, ICVFConfig, GoalSampler, frame_batch
+from robot_rl.learners.icvf import GoalSampler, ICVFAgent, ICVFConfig, frame_batch
 from robot_rl.policies.encoders import images_to_float
 
 SIZE, BATCH, EPISODES, LENGTH = 32, 64, 200, 28  # the vptr video store: 200 episodes of about 28 frames
@@ -29,10 +29,14 @@ def _batches(n: int, once: bool) -> list[dict]:
         s = sampler.sample(BATCH, rng)
         batch = frame_batch(s, lambda index: {"image/front": images_to_float(frames[index])})
         if not once:  # online/ holds obs, goal, intent one after another; next/ the next observations
-            batch["online/image/front"] = images_to_float(frames[np.concatenate([s["idx"], s["goal"], s["intent"]])])
+            batch["online/image/front"] = images_to_float(
+                frames[np.concatenate([s["idx"], s["goal"], s["intent"]])]
+            )
             batch["next/image/front"] = images_to_float(frames[s["next"]])
             rows = torch.arange(BATCH)
-            batch.update(obs_at=rows, goal_at=rows + BATCH, intent_at=rows + 2 * BATCH, next_at=rows + 3 * BATCH)
+            batch.update(
+                obs_at=rows, goal_at=rows + BATCH, intent_at=rows + 2 * BATCH, next_at=rows + 3 * BATCH
+            )
         batches.append(batch)
     return batches
 
@@ -55,12 +59,23 @@ def updates_per_s(once: bool, seconds: float) -> tuple[float, float]:
 def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
     seconds = 1.0 if quick else 8.0
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-               "batch": BATCH, "image_size": SIZE, "load_average_1min_at_start": os.getloadavg()[0], "rounds": []}
+    results = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "batch": BATCH,
+        "image_size": SIZE,
+        "load_average_1min_at_start": os.getloadavg()[0],
+        "rounds": [],
+    }
     for _ in range(1 if quick else 3):  # alternate, so a change in machine load hits both
-        (once, frames_once), (per_role, frames_per_role) = updates_per_s(True, seconds), updates_per_s(False, seconds)
-        results["rounds"].append({"frames_once_updates_per_s": once, "per_role_updates_per_s": per_role,
-                                  "ratio": once / per_role})
+        (once, frames_once), (per_role, frames_per_role) = (
+            updates_per_s(True, seconds),
+            updates_per_s(False, seconds),
+        )
+        results["rounds"].append(
+            {"frames_once_updates_per_s": once, "per_role_updates_per_s": per_role, "ratio": once / per_role}
+        )
         results["frames_per_batch"] = {"once": frames_once, "per_role": frames_per_role}
     results["once_over_per_role"] = sorted(r["ratio"] for r in results["rounds"])[len(results["rounds"]) // 2]
     results["load_average_1min_at_end"] = os.getloadavg()[0]
@@ -69,12 +84,18 @@ def run(quick: bool = False) -> dict:
 
 def format_table(r: dict) -> str:
     f = r["frames_per_batch"]
-    lines = [f"ICVF benchmark: torch {r['torch']}, {r['threads']} thread(s), {r['cpu_count']} cores, batch {r['batch']} "
-             f"at {r['image_size']} px; load average {r['load_average_1min_at_start']:.2f} at start, "
-             f"{r['load_average_1min_at_end']:.2f} at end; frames encoded per batch: {f['once']:.0f} once, "
-             f"{f['per_role']:.0f} per role", "",
-             f"{'round':<7}{'once upd/s':>12}{'per role upd/s':>16}{'ratio':>8}"]
+    lines = [
+        f"ICVF benchmark: torch {r['torch']}, {r['threads']} thread(s), {r['cpu_count']} cores, "
+        f"batch {r['batch']} "
+        f"at {r['image_size']} px; load average {r['load_average_1min_at_start']:.2f} at start, "
+        f"{r['load_average_1min_at_end']:.2f} at end; frames encoded per batch: {f['once']:.0f} once, "
+        f"{f['per_role']:.0f} per role",
+        "",
+        f"{'round':<7}{'once upd/s':>12}{'per role upd/s':>16}{'ratio':>8}",
+    ]
     for i, m in enumerate(r["rounds"]):
-        lines.append(f"{i:<7}{m['frames_once_updates_per_s']:>12.1f}{m['per_role_updates_per_s']:>16.1f}{m['ratio']:>7.2f}x")
+        lines.append(
+            f"{i:<7}{m['frames_once_updates_per_s']:>12.1f}{m['per_role_updates_per_s']:>16.1f}{m['ratio']:>7.2f}x"
+        )
     lines.append(f"median ratio {r['once_over_per_role']:.2f}x")
     return "\n".join(lines)

@@ -22,14 +22,22 @@ STATE_DIM, ACTION_DIM, BATCH = 32, 5, 256
 
 def _batch(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {"obs/state": torch.randn(BATCH, STATE_DIM, generator=g), "next_obs/state": torch.randn(BATCH, STATE_DIM, generator=g),
-            "action": torch.rand(BATCH, ACTION_DIM, generator=g) * 1.8 - 0.9, "reward": torch.rand(BATCH, generator=g),
-            "mask": torch.ones(BATCH)}
+    return {
+        "obs/state": torch.randn(BATCH, STATE_DIM, generator=g),
+        "next_obs/state": torch.randn(BATCH, STATE_DIM, generator=g),
+        "action": torch.rand(BATCH, ACTION_DIM, generator=g) * 1.8 - 0.9,
+        "reward": torch.rand(BATCH, generator=g),
+        "mask": torch.ones(BATCH),
+    }
 
 
 def unfused_update(agent: IQLAgent, batch: dict) -> None:
     cfg = agent.cfg
-    s, s2, a = agent.features({"state": batch["obs/state"]}), agent.features({"state": batch["next_obs/state"]}), batch["action"]
+    s, s2, a = (
+        agent.features({"state": batch["obs/state"]}),
+        agent.features({"state": batch["next_obs/state"]}),
+        batch["action"],
+    )
     # V
     with torch.no_grad():
         target_q = agent.min_target_q(s, a)
@@ -75,21 +83,36 @@ def updates_per_s(fused: bool, seconds: float) -> float:
 def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
     seconds = 1.0 if quick else 8.0
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "batch": BATCH,
-               "load_average_1min_at_start": os.getloadavg()[0], "rounds": []}
+    results = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "batch": BATCH,
+        "load_average_1min_at_start": os.getloadavg()[0],
+        "rounds": [],
+    }
     for _ in range(1 if quick else 3):  # alternate, so a change in machine load hits both
         fused, unfused = updates_per_s(True, seconds), updates_per_s(False, seconds)
-        results["rounds"].append({"fused_updates_per_s": fused, "unfused_updates_per_s": unfused, "ratio": fused / unfused})
+        results["rounds"].append(
+            {"fused_updates_per_s": fused, "unfused_updates_per_s": unfused, "ratio": fused / unfused}
+        )
     results["fused_over_unfused"] = sorted(r["ratio"] for r in results["rounds"])[len(results["rounds"]) // 2]
     results["load_average_1min_at_end"] = os.getloadavg()[0]
     return results
 
 
 def format_table(r: dict) -> str:
-    lines = [f"IQL benchmark: torch {r['torch']}, {r['threads']} thread(s), {r['cpu_count']} cores, batch {r['batch']}; "
-             f"load average {r['load_average_1min_at_start']:.2f} at start, {r['load_average_1min_at_end']:.2f} at end",
-             "", f"{'round':<7}{'fused upd/s':>13}{'unfused upd/s':>15}{'ratio':>8}"]
+    lines = [
+        f"IQL benchmark: torch {r['torch']}, {r['threads']} thread(s), {r['cpu_count']} cores, "
+        f"batch {r['batch']}; "
+        f"load average {r['load_average_1min_at_start']:.2f} at start, "
+        f"{r['load_average_1min_at_end']:.2f} at end",
+        "",
+        f"{'round':<7}{'fused upd/s':>13}{'unfused upd/s':>15}{'ratio':>8}",
+    ]
     for i, m in enumerate(r["rounds"]):
-        lines.append(f"{i:<7}{m['fused_updates_per_s']:>13.1f}{m['unfused_updates_per_s']:>15.1f}{m['ratio']:>7.2f}x")
+        lines.append(
+            f"{i:<7}{m['fused_updates_per_s']:>13.1f}{m['unfused_updates_per_s']:>15.1f}{m['ratio']:>7.2f}x"
+        )
     lines.append(f"median ratio {r['fused_over_unfused']:.2f}x")
     return "\n".join(lines)

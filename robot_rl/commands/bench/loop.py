@@ -44,15 +44,19 @@ LOOPS = ("control_loop", "deadline_sleep", "naive_sleep")
 RATES = (100, 500)
 MISSED_FRACTION = 0.1  # a tick that starts later than this fraction of a period after its deadline
 # A busy process that ends with its parent, so a benchmark killed with -9 leaves no spinning orphan.
-_HOG = ("import os\nparent = os.getppid()\nprint('ready', flush=True)\n"
-        "while os.getppid() == parent:\n    for _ in range(100_000):\n        pass\n")
+_HOG = (
+    "import os\nparent = os.getppid()\nprint('ready', flush=True)\n"
+    "while os.getppid() == parent:\n    for _ in range(100_000):\n        pass\n"
+)
 
 
 @contextmanager
 def cpu_load(processes: int):
     """`processes` busy Python processes (each spins one core) for the duration of the block."""
-    hogs = [subprocess.Popen([sys.executable, "-S", "-c", _HOG], stdout=subprocess.PIPE, text=True)
-            for _ in range(processes)]
+    hogs = [
+        subprocess.Popen([sys.executable, "-S", "-c", _HOG], stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
     try:
         for hog in hogs:  # every hog is spinning before anything is measured
             hog.stdout.readline()
@@ -88,7 +92,9 @@ def _figures(runs: list[dict], period: float) -> dict:
         "period_error_us_max": float(err.max()),
         "missed_deadlines": missed,
         "missed_fraction": missed / periods.size,
-        "overhead_us_per_tick": float(np.average([r["work_s"] for r in runs], weights=[len(r["periods"]) for r in runs]) * 1e6),
+        "overhead_us_per_tick": float(
+            np.average([r["work_s"] for r in runs], weights=[len(r["periods"]) for r in runs]) * 1e6
+        ),
         "cpu_fraction": sum(r["cpu_s"] for r in runs) / sum(r["wall_s"] for r in runs),
         "overruns": None if None in overruns else sum(overruns),
         "contended_ticks": None if None in contended else sum(contended),
@@ -120,7 +126,13 @@ def _sleep_loop(rate_hz: float, seconds: float, deadline: bool) -> dict:
         lateness = stamps[1:] - (stamps[0] + period * np.arange(1, ticks + 1))
     else:  # the naive loop's own deadline: one period after its previous tick
         lateness = periods - period
-    return {"periods": periods, "lateness": lateness, "work_s": float(work.mean()), "cpu_s": cpu, "wall_s": wall}
+    return {
+        "periods": periods,
+        "lateness": lateness,
+        "work_s": float(work.mean()),
+        "cpu_s": cpu,
+        "wall_s": wall,
+    }
 
 
 def deadline_loop(rate_hz: float, seconds: float) -> dict:
@@ -153,10 +165,14 @@ def control_loop(rate_hz: float, seconds: float) -> dict:
     clock = report["clock"]
     return {
         # The first period runs from clock.start() to the first tick, as the sleep loops' first does.
-        "periods": np.asarray(loop.clock.periods), "lateness": np.asarray(loop.clock.lateness),
-        "work_s": sum(report["stages"][s]["mean_ms"] for s in ("policy", "command", "observe", "record")) * 1e-3,
-        "cpu_s": cpu1 - cpu0, "wall_s": wall1 - wall0,
-        "overruns": clock["overruns"], "contended_ticks": clock["contended_ticks"],
+        "periods": np.asarray(loop.clock.periods),
+        "lateness": np.asarray(loop.clock.lateness),
+        "work_s": sum(report["stages"][s]["mean_ms"] for s in ("policy", "command", "observe", "record"))
+        * 1e-3,
+        "cpu_s": cpu1 - cpu0,
+        "wall_s": wall1 - wall0,
+        "overruns": clock["overruns"],
+        "contended_ticks": clock["contended_ticks"],
     }
 
 
@@ -170,7 +186,7 @@ def _condition(seconds: float, rounds: int) -> dict:
     for rate in RATES:
         raw: dict[str, list[dict]] = {name: [] for name in LOOPS}
         for k in range(rounds):
-            for name in LOOPS[k % len(LOOPS):] + LOOPS[:k % len(LOOPS)]:
+            for name in LOOPS[k % len(LOOPS) :] + LOOPS[: k % len(LOOPS)]:
                 raw[name].append(_in_thread(lambda fn=LOOP_FNS[name], rate=rate: fn(rate, seconds)))
         entry = {name: _figures(raw[name], 1.0 / rate) for name in LOOPS}
         ours = max(entry["control_loop"]["period_error_us_p99"], 1e-3)
@@ -185,10 +201,16 @@ def run(quick: bool = False, load: int = 0) -> dict:
     if load < 0:
         raise ValueError(f"load must be 0 or more processes, got {load}")
     seconds, rounds = (0.5, 1) if quick else (1.0, 5)
-    results = {"seconds_per_round": seconds, "rounds": rounds, "rates_hz": list(RATES), "load_processes": load,
-               "cpu_count": os.cpu_count(), "load_average_1min_at_start": os.getloadavg()[0],
-               "missed_means_late_by_more_than": f"{MISSED_FRACTION:.0%} of a period",
-               "conditions": {"idle": _condition(seconds, rounds)}}
+    results = {
+        "seconds_per_round": seconds,
+        "rounds": rounds,
+        "rates_hz": list(RATES),
+        "load_processes": load,
+        "cpu_count": os.cpu_count(),
+        "load_average_1min_at_start": os.getloadavg()[0],
+        "missed_means_late_by_more_than": f"{MISSED_FRACTION:.0%} of a period",
+        "conditions": {"idle": _condition(seconds, rounds)},
+    }
     if load:
         with cpu_load(load):
             results["conditions"][f"load {load}"] = _condition(seconds, rounds)
@@ -196,24 +218,35 @@ def run(quick: bool = False, load: int = 0) -> dict:
 
 
 def format_table(r: dict) -> str:
-    header = (f"loop benchmark: no-op robot, {r['rounds']} round(s) of {r['seconds_per_round']:g} s per loop and "
-              f"rate (order rotated each round), {r['cpu_count']} cores, load average "
-              f"{r['load_average_1min_at_start']:.2f} at start")
+    header = (
+        f"loop benchmark: no-op robot, {r['rounds']} round(s) of {r['seconds_per_round']:g} s per loop and "
+        f"rate (order rotated each round), {r['cpu_count']} cores, load average "
+        f"{r['load_average_1min_at_start']:.2f} at start"
+    )
     lines = [
         header,
-        "control_loop   = the ControlLoop's full tick on its RateClock (deadline grid; spins only while uncontended)",
+        "control_loop   = the ControlLoop's full tick on its RateClock "
+        "(deadline grid; spins only while uncontended)",
         "deadline_sleep = baseline: work; next_deadline += period; time.sleep(max(0, next_deadline - now))",
         "naive_sleep    = baseline: work; time.sleep(period)   (drifts by construction)",
     ]
     if r["load_processes"]:
-        lines.append(f"load {r['load_processes']}: {r['load_processes']} busy Python processes beside the loop "
-                     "(processes: they compete for the cores, not for this process's GIL)")
+        lines.append(
+            f"load {r['load_processes']}: {r['load_processes']} busy Python processes beside the loop "
+            "(processes: they compete for the cores, not for this process's GIL)"
+        )
     lines += [
-        (f"jitter = |period - nominal|; missed = ticks late by more than {r['missed_means_late_by_more_than']}; "
-         "CPU = the loop's process, % of one core"),
+        (
+            "jitter = |period - nominal|; "
+            f"missed = ticks late by more than {r['missed_means_late_by_more_than']}; "
+            "CPU = the loop's process, % of one core"
+        ),
         "",
-        (f"{'condition':<10}{'rate':>5}  {'loop':<15}{'period us':>10}{'Hz':>8}{'jitter p50':>11}{'p99 us':>9}"
-         f"{'max us':>9}{'missed':>14}{'CPU %':>7}{'work us':>9}"),
+        (
+            f"{'condition':<10}{'rate':>5}  {'loop':<15}{'period us':>10}{'Hz':>8}"
+            f"{'jitter p50':>11}{'p99 us':>9}"
+            f"{'max us':>9}{'missed':>14}{'CPU %':>7}{'work us':>9}"
+        ),
     ]
     for condition, c in r["conditions"].items():
         for rate, entry in c["rates"].items():
@@ -221,12 +254,17 @@ def format_table(r: dict) -> str:
                 m = entry[name]
                 missed = f"{m['missed_deadlines']} ({m['missed_fraction']:.1%})"
                 lines.append(
-                    f"{condition:<10}{rate:>5}  {name:<15}{m['period_mean_us']:>10.1f}{m['achieved_hz']:>8.1f}"
-                    f"{m['period_error_us_p50']:>11.1f}{m['period_error_us_p99']:>9.1f}{m['period_error_us_max']:>9.0f}"
+                    f"{condition:<10}{rate:>5}  {name:<15}"
+                    f"{m['period_mean_us']:>10.1f}{m['achieved_hz']:>8.1f}"
+                    f"{m['period_error_us_p50']:>11.1f}{m['period_error_us_p99']:>9.1f}"
+                    f"{m['period_error_us_max']:>9.0f}"
                     f"{missed:>14}{m['cpu_fraction'] * 100:>7.1f}{m['overhead_us_per_tick']:>9.1f}"
                 )
             ours = entry["control_loop"]
-            lines.append(f"{'':>17}p99 jitter vs ControlLoop's: deadline_sleep {entry['p99_error_ratio_deadline']:.2f}x, "
-                         f"naive_sleep {entry['p99_error_ratio_naive']:.2f}x; ControlLoop ticks that slept without a "
-                         f"spin (CPU contended): {ours['contended_ticks']} of {ours['ticks']}")
+            lines.append(
+                f"{'':>17}p99 jitter vs ControlLoop's: "
+                f"deadline_sleep {entry['p99_error_ratio_deadline']:.2f}x, "
+                f"naive_sleep {entry['p99_error_ratio_naive']:.2f}x; ControlLoop ticks that slept without a "
+                f"spin (CPU contended): {ours['contended_ticks']} of {ours['ticks']}"
+            )
     return "\n".join(lines)

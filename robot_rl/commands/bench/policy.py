@@ -80,8 +80,13 @@ class _Policy:
 
     def act(self, obs: torch.Tensor, method: str, steps: int | None, seed: int = 0) -> torch.Tensor:
         cond = self.global_cond(obs)
-        return self.scheduler.sample(self.eps_fn(cond), (obs.shape[0], HORIZON, ACTION_DIM), steps=steps,
-                                     method=method, generator=torch.Generator().manual_seed(seed))
+        return self.scheduler.sample(
+            self.eps_fn(cond),
+            (obs.shape[0], HORIZON, ACTION_DIM),
+            steps=steps,
+            method=method,
+            generator=torch.Generator().manual_seed(seed),
+        )
 
 
 def _observation(obs: str, batch: int) -> torch.Tensor:
@@ -106,13 +111,18 @@ def latency(size: str, obs: str, dtype: torch.dtype, repeats: int, ddpm_repeats:
         m.eval()
     o = _observation(obs, 1)
     out: dict = {
-        "size": size, "input": obs, "dtype": str(dtype).removeprefix("torch."),
-        "unet_params": _params(policy.unet), "encoder_params": _params(policy.encoder),
+        "size": size,
+        "input": obs,
+        "dtype": str(dtype).removeprefix("torch."),
+        "unet_params": _params(policy.unet),
+        "encoder_params": _params(policy.encoder),
     }
     with torch.inference_mode():
         policy.act(o, "ddim", 4)  # warm-up: allocator, oneDNN primitive caches
         out["encode_ms"] = _median_ms(lambda: policy.global_cond(o), repeats)
-        out["ddim_ms"] = {str(k): _median_ms(lambda: policy.act(o, "ddim", k), repeats) for k in DDIM_STEPS}
+        out["ddim_ms"] = {
+            str(k): _median_ms(lambda k=k: policy.act(o, "ddim", k), repeats) for k in DDIM_STEPS
+        }
         out["ddpm100_ms"] = _median_ms(lambda: policy.act(o, "ddpm", None), ddpm_repeats)
         if dtype != torch.float32:
             # How far one reduced-precision noise prediction is from float32 (same weights, same input).
@@ -133,8 +143,9 @@ def _with_native_convs(unet: ConditionalUnet1D) -> ConditionalUnet1D:
     for module in list(native.modules()):
         for name, child in module.named_children():
             if isinstance(child, GemmConv1d):
-                conv = torch.nn.Conv1d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                       child.padding)
+                conv = torch.nn.Conv1d(
+                    child.in_channels, child.out_channels, child.kernel_size, child.stride, child.padding
+                )
                 conv.load_state_dict(child.state_dict())
                 setattr(module, name, conv)
     return native
@@ -144,12 +155,16 @@ def conv_baseline(size: str, repeats: int) -> dict:
     """One denoising step (UNet forward, batch 1, float32): our GemmConv1d against torch's conv1d."""
     policy = _Policy(size, "state")
     unets = {"gemm_conv1d": policy.unet.eval(), "torch_conv1d": _with_native_convs(policy.unet).eval()}
-    x, t, cond = torch.randn(1, HORIZON, ACTION_DIM), torch.tensor([50]), torch.randn(1, OBS_STEPS * STATE_DIM)
+    x, t, cond = (
+        torch.randn(1, HORIZON, ACTION_DIM),
+        torch.tensor([50]),
+        torch.randn(1, OBS_STEPS * STATE_DIM),
+    )
     out = {"size": size}
     with torch.inference_mode():
         for name, unet in unets.items():
             unet(x, t, cond)  # warm-up
-            out[f"{name}_ms"] = _median_ms(lambda: unet(x, t, cond), repeats)
+            out[f"{name}_ms"] = _median_ms(lambda unet=unet: unet(x, t, cond), repeats)
     out["speedup"] = out["torch_conv1d_ms"] / out["gemm_conv1d_ms"]
     return out
 
@@ -175,8 +190,13 @@ def training(size: str, obs: str, steps: int) -> dict:
     for _ in range(steps):
         step()
     seconds = (time.perf_counter() - t0) / steps
-    return {"size": size, "input": obs, "steps_per_s": 1.0 / seconds, "ms_per_step": seconds * 1e3,
-            "params": _params(policy.unet) + _params(policy.encoder)}
+    return {
+        "size": size,
+        "input": obs,
+        "steps_per_s": 1.0 / seconds,
+        "ms_per_step": seconds * 1e3,
+        "params": _params(policy.unet) + _params(policy.encoder),
+    }
 
 
 def run(quick: bool = False) -> dict:
@@ -193,9 +213,16 @@ def run(quick: bool = False) -> dict:
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_average_1min_at_start": os.getloadavg()[0],
-        "batch": 1, "horizon": HORIZON, "action_dim": ACTION_DIM, "obs_steps": OBS_STEPS,
-        "repeats": repeats, "ddpm_repeats": ddpm_repeats, "quick": quick,
-        "latency": [], "conv_baseline": [], "training": [],
+        "batch": 1,
+        "horizon": HORIZON,
+        "action_dim": ACTION_DIM,
+        "obs_steps": OBS_STEPS,
+        "repeats": repeats,
+        "ddpm_repeats": ddpm_repeats,
+        "quick": quick,
+        "latency": [],
+        "conv_baseline": [],
+        "training": [],
     }
     for size in sizes:
         for obs in ("state", "image"):
@@ -213,9 +240,15 @@ def run(quick: bool = False) -> dict:
 def format_table(r: dict) -> str:
     lines = [
         f"policy benchmark: ConditionalUnet1D on CPU, torch {r['torch']}, {r['threads']} threads, "
-        f"{r['cpu_count']} cores, horizon {r['horizon']}, action dim {r['action_dim']}, {r['obs_steps']} obs frames",
-        f"load average (1 min) at start {r['load_average_1min_at_start']:.2f}, at end {r['load_average_1min_at_end']:.2f}"
-        + ("  <- other processes are using the CPU: timings are inflated" if r["load_average_1min_at_start"] > 0.5 else ""),
+        f"{r['cpu_count']} cores, horizon {r['horizon']}, action dim {r['action_dim']}, "
+        f"{r['obs_steps']} obs frames",
+        f"load average (1 min) at start {r['load_average_1min_at_start']:.2f}, "
+        f"at end {r['load_average_1min_at_end']:.2f}"
+        + (
+            "  <- other processes are using the CPU: timings are inflated"
+            if r["load_average_1min_at_start"] > 0.5
+            else ""
+        ),
         "",
         f"inference latency at batch 1, ms per action chunk (encoder + sampler), median of {r['repeats']} "
         f"(DDPM: {r['ddpm_repeats']})",
@@ -225,32 +258,47 @@ def format_table(r: dict) -> str:
     ]
     for m in r["latency"]:
         lines.append(
-            f"{m['size']:<6} {m['input']:<6} {m['dtype']:<9}{m['unet_params'] / 1e6:>11.2f}M{m['encode_ms']:>8.2f}"
+            f"{m['size']:<6} {m['input']:<6} {m['dtype']:<9}"
+            f"{m['unet_params'] / 1e6:>11.2f}M{m['encode_ms']:>8.2f}"
             f"{m['ms_per_denoise_step']:>9.2f}"
             + "".join(f"{m['ddim_ms'][str(k)]:>9.1f}" for k in DDIM_STEPS)
-            + f"{m['ddpm100_ms']:>10.1f}{m['ddpm100_over_ddim']['10']:>12.1f}x{m['load_average_1min']:>6.1f}"
+            + f"{m['ddpm100_ms']:>10.1f}{m['ddpm100_over_ddim']['10']:>12.1f}x"
+            f"{m['load_average_1min']:>6.1f}"
         )
     errs = [m for m in r["latency"] if "eps_rel_err_vs_fp32" in m]
     if errs:
-        lines.append("bfloat16 noise prediction vs float32, relative error: "
-                     + ", ".join(f"{m['size']}/{m['input']} {m['eps_rel_err_vs_fp32']:.1e}" for m in errs))
+        lines.append(
+            "bfloat16 noise prediction vs float32, relative error: "
+            + ", ".join(f"{m['size']}/{m['input']} {m['eps_rel_err_vs_fp32']:.1e}" for m in errs)
+        )
     encoder = next((m["encoder_params"] for m in r["latency"] if m["encoder_params"]), 0)
     if encoder:
-        lines.append(f"image input: ConvEncoder {encoder / 1e3:.0f}k params, run once per chunk (not per denoising step)")
+        lines.append(
+            f"image input: ConvEncoder {encoder / 1e3:.0f}k params, "
+            "run once per chunk (not per denoising step)"
+        )
     resip = [m for m in r["latency"] if m["size"] == "resip" and m["input"] == "state"]
     if resip:
         lines.append(
-            "target: ResiP-size UNet, DDIM 10 at batch 1 <= 50 ms (reference 455 ms for a 63 M-param UNet); measured "
+            "target: ResiP-size UNet, DDIM 10 at batch 1 <= 50 ms "
+            "(reference 455 ms for a 63 M-param UNet); measured "
             + ", ".join(f"{m['ddim_ms']['10']:.0f} ms {m['dtype']}" for m in resip)
         )
-    lines.append("one denoising step, float32, batch 1: UNet with GemmConv1d vs the same weights in torch.nn.Conv1d: "
-                 + ", ".join(f"{m['size']} {m['gemm_conv1d_ms']:.2f} vs {m['torch_conv1d_ms']:.2f} ms ({m['speedup']:.2f}x)"
-                             for m in r["conv_baseline"]))
+    lines.append(
+        "one denoising step, float32, batch 1: UNet with GemmConv1d vs the same weights in torch.nn.Conv1d: "
+        + ", ".join(
+            f"{m['size']} {m['gemm_conv1d_ms']:.2f} vs {m['torch_conv1d_ms']:.2f} ms ({m['speedup']:.2f}x)"
+            for m in r["conv_baseline"]
+        )
+    )
     lines += [
         "",
         f"training, float32, batch {TRAIN_BATCH}, horizon {r['horizon']}: forward + backward + AdamW",
         f"{'size':<6} {'input':<6}{'params':>10}{'steps/s':>10}{'ms/step':>10}",
     ]
     for m in r["training"]:
-        lines.append(f"{m['size']:<6} {m['input']:<6}{m['params'] / 1e6:>9.2f}M{m['steps_per_s']:>10.2f}{m['ms_per_step']:>10.0f}")
+        lines.append(
+            f"{m['size']:<6} {m['input']:<6}{m['params'] / 1e6:>9.2f}M"
+            f"{m['steps_per_s']:>10.2f}{m['ms_per_step']:>10.0f}"
+        )
     return "\n".join(lines)

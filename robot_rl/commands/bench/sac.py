@@ -25,15 +25,23 @@ STATE_DIM, ACTION_DIM, BATCH = 34, 5, 256
 
 def _batches(n: int, seed: int = 0) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
-    return [{"obs": {"state": torch.randn(BATCH, STATE_DIM, generator=g)},
-             "next_obs": {"state": torch.randn(BATCH, STATE_DIM, generator=g)},
-             "action": torch.rand(BATCH, ACTION_DIM, generator=g) * 2 - 1,
-             "prev_action": torch.rand(BATCH, ACTION_DIM, generator=g) * 2 - 1,
-             "reward": torch.rand(BATCH, generator=g), "mask": torch.ones(BATCH)} for _ in range(n)]
+    return [
+        {
+            "obs": {"state": torch.randn(BATCH, STATE_DIM, generator=g)},
+            "next_obs": {"state": torch.randn(BATCH, STATE_DIM, generator=g)},
+            "action": torch.rand(BATCH, ACTION_DIM, generator=g) * 2 - 1,
+            "prev_action": torch.rand(BATCH, ACTION_DIM, generator=g) * 2 - 1,
+            "reward": torch.rand(BATCH, generator=g),
+            "mask": torch.ones(BATCH),
+        }
+        for _ in range(n)
+    ]
 
 
 def _agent(members: int, critic_cls) -> SACAgent:
-    cfg = SACConfig(STATE_DIM, ACTION_DIM, critic_ensemble=members, critic_subsample=2 if members > 2 else None)
+    cfg = SACConfig(
+        STATE_DIM, ACTION_DIM, critic_ensemble=members, critic_subsample=2 if members > 2 else None
+    )
     agent = SACAgent(cfg)
     if critic_cls is not CriticEnsemble:  # the same agent with a per-member loop for the critics
         agent.critic = critic_cls(members, STATE_DIM, ACTION_DIM, cfg.hidden)
@@ -62,23 +70,27 @@ def actor_rate(seconds: float, learner: str) -> dict:
 
     from robot_rl.config import CONF_DIR
     from robot_rl.core import ControlLoop
-    from robot_rl.policies.sac import AgentPolicy
     from robot_rl.factory import make_sim_env
+    from robot_rl.policies.sac import AgentPolicy
 
     env_cfg = OmegaConf.load(CONF_DIR / "env" / "cube_lift.yaml")
     # Episodes no longer than the run (--quick's 1.5 s run would otherwise wait out a 5 s episode).
-    env_cfg = OmegaConf.merge(env_cfg, {"cameras": [], "max_steps": min(env_cfg.max_steps, max(1, int(20 * seconds)))})
+    env_cfg = OmegaConf.merge(
+        env_cfg, {"cameras": [], "max_steps": min(env_cfg.max_steps, max(1, int(20 * seconds)))}
+    )
     env, _ = make_sim_env(env_cfg)
     agent = SACAgent(SACConfig(STATE_DIM, ACTION_DIM))
     stop = threading.Event()
     updates = [0]
     remote = None
     if learner == "thread":
+
         def train():
             trainer, batches = SACAgent(SACConfig(STATE_DIM, ACTION_DIM)), _batches(2)
             while not stop.is_set():
                 trainer.update(batches)
                 updates[0] += 1
+
         worker = threading.Thread(target=train, daemon=True)
         worker.start()
     elif learner == "process":
@@ -99,10 +111,15 @@ def actor_rate(seconds: float, learner: str) -> dict:
 
         updates[0] = ray.get(remote.stop.remote())
     loop.close()
-    return {"learner": learner, "achieved_hz": report["achieved_hz"], "overruns": report["overruns"],
-            "ticks": report["ticks"], "period_error_us_p50": report["period_error_us_p50"],
-            "period_error_us_p99": report["period_error_us_p99"],
-            "learner_updates_per_s": updates[0] / seconds}
+    return {
+        "learner": learner,
+        "achieved_hz": report["achieved_hz"],
+        "overruns": report["overruns"],
+        "ticks": report["ticks"],
+        "period_error_us_p50": report["period_error_us_p50"],
+        "period_error_us_p99": report["period_error_us_p99"],
+        "learner_updates_per_s": updates[0] / seconds,
+    }
 
 
 class _BusyLearner:
@@ -132,13 +149,25 @@ class _BusyLearner:
 def run(quick: bool = False) -> dict:
     torch.set_num_threads(1)
     seconds = 0.5 if quick else 8.0
-    results = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-               "batch": BATCH, "load_average_1min_at_start": os.getloadavg()[0], "learner": []}
+    results = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "batch": BATCH,
+        "load_average_1min_at_start": os.getloadavg()[0],
+        "learner": [],
+    }
     for members in (2, 10):
         batched = learner_steps_per_s(members, CriticEnsemble, seconds)
         looped = learner_steps_per_s(members, LoopCriticEnsemble, seconds)
-        results["learner"].append({"critics": members, "batched_steps_per_s": batched, "loop_steps_per_s": looped,
-                                   "batched_over_loop": batched / looped})
+        results["learner"].append(
+            {
+                "critics": members,
+                "batched_steps_per_s": batched,
+                "loop_steps_per_s": looped,
+                "batched_over_loop": batched / looped,
+            }
+        )
     actor_seconds = 1.5 if quick else 20.0
     modes = ["none", "thread"]
     try:
@@ -158,16 +187,28 @@ def run(quick: bool = False) -> dict:
 
 
 def format_table(r: dict) -> str:
-    lines = [f"SAC benchmark: torch {r['torch']}, {r['threads']} thread(s), {r['cpu_count']} cores, batch {r['batch']}; "
-             f"load average {r['load_average_1min_at_start']:.2f} at start, {r['load_average_1min_at_end']:.2f} at end",
-             "", "learner steps/s (2 critic updates + 1 actor update each)",
-             f"{'critics':<9}{'batched':>10}{'loop':>10}{'ratio':>8}"]
+    lines = [
+        f"SAC benchmark: torch {r['torch']}, {r['threads']} thread(s), {r['cpu_count']} cores, "
+        f"batch {r['batch']}; "
+        f"load average {r['load_average_1min_at_start']:.2f} at start, "
+        f"{r['load_average_1min_at_end']:.2f} at end",
+        "",
+        "learner steps/s (2 critic updates + 1 actor update each)",
+        f"{'critics':<9}{'batched':>10}{'loop':>10}{'ratio':>8}",
+    ]
     for m in r["learner"]:
-        lines.append(f"{m['critics']:<9}{m['batched_steps_per_s']:>10.1f}{m['loop_steps_per_s']:>10.1f}"
-                     f"{m['batched_over_loop']:>7.2f}x")
-    lines += ["", "actor ControlLoop at 20 Hz on cube_lift (policy every tick)",
-              f"{'learner':<10}{'Hz':>8}{'p50 us':>10}{'p99 us':>10}{'overruns':>10}{'learner upd/s':>15}"]
+        lines.append(
+            f"{m['critics']:<9}{m['batched_steps_per_s']:>10.1f}{m['loop_steps_per_s']:>10.1f}"
+            f"{m['batched_over_loop']:>7.2f}x"
+        )
+    lines += [
+        "",
+        "actor ControlLoop at 20 Hz on cube_lift (policy every tick)",
+        f"{'learner':<10}{'Hz':>8}{'p50 us':>10}{'p99 us':>10}{'overruns':>10}{'learner upd/s':>15}",
+    ]
     for m in r["actor"]:
-        lines.append(f"{m['learner']:<10}{m['achieved_hz']:>8.2f}{m['period_error_us_p50']:>10.0f}"
-                     f"{m['period_error_us_p99']:>10.0f}{m['overruns']:>10}{m['learner_updates_per_s']:>15.1f}")
+        lines.append(
+            f"{m['learner']:<10}{m['achieved_hz']:>8.2f}{m['period_error_us_p50']:>10.0f}"
+            f"{m['period_error_us_p99']:>10.0f}{m['overruns']:>10}{m['learner_updates_per_s']:>15.1f}"
+        )
     return "\n".join(lines)

@@ -29,19 +29,32 @@ def _base(directory: Path, env_cfg) -> str:
     s, a = vec.single_observation_space.shape[0], vec.single_action_space.shape[0]
     vec.close()
     torch.manual_seed(0)
-    policy = DiffusionPolicy(DiffusionConfig(s, a, obs_horizon=1, down_dims=(32, 64, 128), diffusion_step_embed_dim=64),
-                             -np.ones(s), np.ones(s), -np.ones(a), np.ones(a))
+    policy = DiffusionPolicy(
+        DiffusionConfig(s, a, obs_horizon=1, down_dims=(32, 64, 128), diffusion_step_embed_dim=64),
+        -np.ones(s),
+        np.ones(s),
+        -np.ones(a),
+        np.ones(a),
+    )
     return str(policy.save(directory / "base"))
 
 
-def ppo_steps_per_s(env_cfg, base: str, out: Path, workers: int | None, num_envs: int, iterations: int,
-                    rollout_steps: int = 50) -> float:
+def ppo_steps_per_s(
+    env_cfg,
+    base: str,
+    out: Path,
+    workers: int | None,
+    num_envs: int,
+    iterations: int,
+    rollout_steps: int = 50,
+) -> float:
     from robot_rl.learners.residual_ppo import ResidualPPOConfig, train_residual_ppo
     from robot_rl.sim.ray_vector import vector_env_factory
 
     make = vector_env_factory(env_cfg, "none" if workers is None else "local", workers or 1)
-    cfg = ResidualPPOConfig(num_envs=num_envs, rollout_steps=rollout_steps, iterations=iterations, update_epochs=4,
-                            device="cpu")
+    cfg = ResidualPPOConfig(
+        num_envs=num_envs, rollout_steps=rollout_steps, iterations=iterations, update_epochs=4, device="cpu"
+    )
     start = time.perf_counter()
     result = train_residual_ppo(make, base, out, cfg, progress=False)
     return result["env_steps"] / (time.perf_counter() - start)
@@ -51,9 +64,9 @@ def gpu_updates(seconds: float) -> dict:
     """Updates/s of diffusion BC, SAC and IQL on CUDA against the CPU (same code, same batch)."""
     from robot_rl.commands.bench import iql as iql_bench
     from robot_rl.commands.bench import sac as sac_bench
+    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
     from robot_rl.policies.iql import IQLAgent, IQLConfig
     from robot_rl.policies.sac_networks import CriticEnsemble
-    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
     def rate(step, device) -> float:
         step(device)  # warm-up (kernels, allocator)
@@ -71,7 +84,10 @@ def gpu_updates(seconds: float) -> dict:
     agents: dict = {}
 
     def iql_step(device):
-        agent = agents.setdefault(("iql", device), IQLAgent(IQLConfig(state_dim=iql_bench.STATE_DIM, action_dim=iql_bench.ACTION_DIM)).to(device))
+        agent = agents.setdefault(
+            ("iql", device),
+            IQLAgent(IQLConfig(state_dim=iql_bench.STATE_DIM, action_dim=iql_bench.ACTION_DIM)).to(device),
+        )
         agent.update(iql_bench._batch())
 
     def sac_step(device):
@@ -84,7 +100,10 @@ def gpu_updates(seconds: float) -> dict:
             policy = DiffusionPolicy(c, -np.ones(20), np.ones(20), -np.ones(7), np.ones(7)).to(device)
             agents["bc", device] = (policy, torch.optim.AdamW(policy.parameters(), lr=1e-4))
         policy, opt = agents["bc", device]
-        batch = {"obs/state": torch.randn(256, 1, 20, device=device), "action": torch.randn(256, 16, 7, device=device)}
+        batch = {
+            "obs/state": torch.randn(256, 1, 20, device=device),
+            "action": torch.randn(256, 16, 7, device=device),
+        }
         loss = policy.loss(batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -105,19 +124,31 @@ def run(quick: bool = False) -> dict:
     seed_everything(0)
     env_cfg = compose("train", [f"env={ENV}"]).env
     # --quick is a smoke test of the same code paths (Ray included), kept short.
-    num_envs, iterations, rollout_steps, worker_counts = (4, 1, 16, (1, 2)) if quick else (32, 3, 50, (1, 2, 4))
-    results = {"env": ENV, "num_envs": num_envs, "rollout_steps": rollout_steps, "iterations": iterations,
-               "cpus": os.cpu_count(), "ppo": {}}
+    num_envs, iterations, rollout_steps, worker_counts = (
+        (4, 1, 16, (1, 2)) if quick else (32, 3, 50, (1, 2, 4))
+    )
+    results = {
+        "env": ENV,
+        "num_envs": num_envs,
+        "rollout_steps": rollout_steps,
+        "iterations": iterations,
+        "cpus": os.cpu_count(),
+        "ppo": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         base = _base(tmp, env_cfg)
-        results["ppo"]["single process"] = ppo_steps_per_s(env_cfg, base, tmp / "single", None, num_envs, iterations,
-                                                           rollout_steps)
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False)
+        results["ppo"]["single process"] = ppo_steps_per_s(
+            env_cfg, base, tmp / "single", None, num_envs, iterations, rollout_steps
+        )
+        ray.init(
+            num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
         try:
             for workers in worker_counts:
-                results["ppo"][f"{workers} Ray workers"] = ppo_steps_per_s(env_cfg, base, tmp / f"w{workers}", workers,
-                                                                          num_envs, iterations, rollout_steps)
+                results["ppo"][f"{workers} Ray workers"] = ppo_steps_per_s(
+                    env_cfg, base, tmp / f"w{workers}", workers, num_envs, iterations, rollout_steps
+                )
         finally:
             ray.shutdown()
     single = results["ppo"]["single process"]
@@ -127,13 +158,19 @@ def run(quick: bool = False) -> dict:
 
 
 def format_table(r: dict) -> str:
-    lines = [f"residual PPO on {r['env']}, {r['num_envs']} envs x {r['rollout_steps']} steps x {r['iterations']} "
-             f"iterations, {r['cpus']} cores", "| rollouts | env steps/s | vs single process |", "|---|---|---|"]
+    lines = [
+        f"residual PPO on {r['env']}, {r['num_envs']} envs x {r['rollout_steps']} steps x {r['iterations']} "
+        f"iterations, {r['cpus']} cores",
+        "| rollouts | env steps/s | vs single process |",
+        "|---|---|---|",
+    ]
     lines += [f"| {k} | {v:,.0f} | {r['ppo_ratio'][k]:.2f}x |" for k, v in r["ppo"].items()]
     if r["gpu"] is None:
         lines.append("GPU learners: no CUDA device here (skipped)")
     else:
         lines += ["", "| learner | CPU updates/s | CUDA updates/s | speed-up |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['cpu_updates_per_s']:.1f} | {v['cuda_updates_per_s']:.1f} | {v['speedup']:.1f}x |"
-                  for k, v in r["gpu"].items()]
+        lines += [
+            f"| {k} | {v['cpu_updates_per_s']:.1f} | {v['cuda_updates_per_s']:.1f} | {v['speedup']:.1f}x |"
+            for k, v in r["gpu"].items()
+        ]
     return "\n".join(lines)

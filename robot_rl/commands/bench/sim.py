@@ -102,10 +102,16 @@ def _vector_and_raw(state_cfg, num_envs: int, seconds: float, rng) -> dict:
     raw = steps * num_envs / (time.perf_counter() - t0)
     if pool is not None:
         pool.shutdown()
-    return {"threads": threads, "steps_timed": steps, "resets": len(resets), "substeps": substeps,
-            "vector_env_steps_per_s": vector, "raw_env_steps_per_s": raw,
-            # The baseline did the vector env's physics: every world ends in the same state, bit for bit.
-            "same_final_state": all(np.array_equal(q, d.qpos) for q, d in zip(final_qpos, datas))}
+    return {
+        "threads": threads,
+        "steps_timed": steps,
+        "resets": len(resets),
+        "substeps": substeps,
+        "vector_env_steps_per_s": vector,
+        "raw_env_steps_per_s": raw,
+        # The baseline did the vector env's physics: every world ends in the same state, bit for bit.
+        "same_final_state": all(np.array_equal(q, d.qpos) for q, d in zip(final_qpos, datas)),
+    }
 
 
 def bench_task(name: str, num_envs: int, seconds: float) -> dict:
@@ -165,11 +171,15 @@ def format_table(r: dict) -> str:
     n = r["num_envs"]
     lines = [
         f"sim benchmark: random actions, state observations; {n} vectorized envs on {r['threads']} threads",
-        (f"baseline (raw): mujoco.mj_step over the same {n} envs' models, same {r['threads']} threads, the same ctrl "
-         "the vector env wrote, substeps per env step, same resets"),
+        (
+            f"baseline (raw): mujoco.mj_step over the same {n} envs' models, "
+            f"same {r['threads']} threads, the same ctrl "
+            "the vector env wrote, substeps per env step, same resets"
+        ),
         "ratio = vector env physics/s / raw physics/s (1.0 = no wrapper overhead)",
         "",
-        f"{'task':<12}{'1 env steps/s':>15}{f'{n} envs steps/s':>18}{'physics/s':>12}{'raw physics/s':>15}{'ratio':>8}{'render ms':>11}",
+        f"{'task':<12}{'1 env steps/s':>15}{f'{n} envs steps/s':>18}{'physics/s':>12}"
+        f"{'raw physics/s':>15}{'ratio':>8}{'render ms':>11}",
     ]
     for name, t in r["tasks"].items():
         render = "-" if t["render_ms_per_frame_84"] is None else f"{t['render_ms_per_frame_84']:.1f}"

@@ -1,13 +1,14 @@
 """`robot-rl bench store`: episode write and window sampling throughput of the EpisodeStore.
 
-Data as in the reference measurements (docs/benchmarks.md): episodes of 200 steps with two 84x84x3 uint8 cameras, state 9 and
-action 7 float32. Images are real MuJoCo renders of the reach arm (a pool of frames from scripted
-reaches, cut into episodes), so compression behaves as on simulated camera data. Windows of 16 steps
-(pad 1 before, 7 after) at random indices, single process, store on disk. Baselines in the same run:
-writing with plain zarr (default codec, automatic chunks) and reading the same windows through plain
-zarr slicing of the same store. The cost of integrity: the same store without CRC-32C checksums,
-written and sampled (first pass) in the same run, best of three alternating repeats, and the time
-`EpisodeStore.open` takes to check the metadata and that every chunk is on disk.
+Data as in the reference measurements (docs/benchmarks.md): episodes of 200 steps with two 84x84x3
+uint8 cameras, state 9 and action 7 float32. Images are real MuJoCo renders of the reach arm (a pool
+of frames from scripted reaches, cut into episodes), so compression behaves as on simulated camera
+data. Windows of 16 steps (pad 1 before, 7 after) at random indices, single process, store on disk.
+Baselines in the same run: writing with plain zarr (default codec, automatic chunks) and reading the
+same windows through plain zarr slicing of the same store. The cost of integrity: the same store
+without CRC-32C checksums, written and sampled (first pass) in the same run, best of three
+alternating repeats, and the time `EpisodeStore.open` takes to check the metadata and that every
+chunk is on disk.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ HORIZON, N_OBS, N_ACTION = 16, 2, 8  # pad_before 1, pad_after 7
 
 def render_frame_pool(n_frames: int, size: int = 84, seed: int = 0) -> dict[str, np.ndarray]:
     """Frames of both cameras while the scripted expert reaches for random targets."""
-    from robot_rl.sim.reach import ReachExpert
-    from robot_rl.sim.reach import make_reach_env
+    from robot_rl.sim.reach import ReachExpert, make_reach_env
 
     env = make_reach_env(cameras=("front", "top"), image_size=size)
     expert = ReachExpert(env.task, noise=0.3, seed=seed)
@@ -73,9 +73,15 @@ def write_plain_zarr(path: Path, episodes: list[dict]) -> float:
     """What a user gets appending to zarr arrays with zarr's defaults."""
     start = time.perf_counter()
     root = zarr.open_group(str(path), mode="w")
-    arrays = {k: root.create_array(k.replace("/", "_"), shape=(0, *v.shape[1:]), dtype=v.dtype,
-                                   chunks=(max(1, 2**20 // max(1, v[0].nbytes)), *v.shape[1:]))
-              for k, v in episodes[0].items()}
+    arrays = {
+        k: root.create_array(
+            k.replace("/", "_"),
+            shape=(0, *v.shape[1:]),
+            dtype=v.dtype,
+            chunks=(max(1, 2**20 // max(1, v[0].nbytes)), *v.shape[1:]),
+        )
+        for k, v in episodes[0].items()
+    }
     ends = root.create_array("episode_ends", shape=(0,), dtype="int64", chunks=(1024,))
     n = 0
     for ep in episodes:
@@ -95,7 +101,9 @@ def plain_zarr_window(arrays: dict, row, horizon: int, n_obs: int, obs_keys) -> 
     for key, array in arrays.items():
         data = array[buffer_start:buffer_end]
         if sample_start > 0 or sample_end < horizon:
-            data = np.concatenate([np.repeat(data[:1], sample_start, 0), data, np.repeat(data[-1:], horizon - sample_end, 0)])
+            data = np.concatenate(
+                [np.repeat(data[:1], sample_start, 0), data, np.repeat(data[-1:], horizon - sample_end, 0)]
+            )
         out[key] = data[:n_obs] if key in obs_keys else data
     return out
 
@@ -120,33 +128,61 @@ def run(quick: bool = False) -> dict:
         ours_s = write_ours(tmp / "ours.zarr", episodes)
         plain_s = write_plain_zarr(tmp / "plain.zarr", episodes)
         store = EpisodeStore.open(tmp / "ours.zarr")
-        ours_images_disk = sum(f.stat().st_size for k in ("front", "top") for f in (tmp / "ours.zarr/data/obs/image" / k).rglob("*") if f.is_file())
-        plain_images_disk = sum(f.stat().st_size for k in ("front", "top") for f in (tmp / f"plain.zarr/obs_image_{k}").rglob("*") if f.is_file())
+        ours_images_disk = sum(
+            f.stat().st_size
+            for k in ("front", "top")
+            for f in (tmp / "ours.zarr/data/obs/image" / k).rglob("*")
+            if f.is_file()
+        )
+        plain_images_disk = sum(
+            f.stat().st_size
+            for k in ("front", "top")
+            for f in (tmp / f"plain.zarr/obs_image_{k}").rglob("*")
+            if f.is_file()
+        )
         results = {
-            "data": {"episodes": n_episodes, "steps_per_episode": length, "cameras": "2 x 84x84x3 uint8",
-                     "state": 9, "action": 7, "raw_mb": raw_bytes / 1e6},
+            "data": {
+                "episodes": n_episodes,
+                "steps_per_episode": length,
+                "cameras": "2 x 84x84x3 uint8",
+                "state": 9,
+                "action": 7,
+                "raw_mb": raw_bytes / 1e6,
+            },
             "write": {
-                "ours_steps_per_s": steps / ours_s, "ours_mb_per_s": raw_bytes / 1e6 / ours_s,
+                "ours_steps_per_s": steps / ours_s,
+                "ours_mb_per_s": raw_bytes / 1e6 / ours_s,
                 "ours_image_compression": image_raw / ours_images_disk,
-                "plain_zarr_steps_per_s": steps / plain_s, "plain_zarr_mb_per_s": raw_bytes / 1e6 / plain_s,
+                "plain_zarr_steps_per_s": steps / plain_s,
+                "plain_zarr_mb_per_s": raw_bytes / 1e6 / plain_s,
                 "plain_zarr_image_compression": image_raw / plain_images_disk,
                 "ratio": plain_s / ours_s,
             },
             "sample": {},
         }
         rng = np.random.default_rng(0)
-        for name, obs_keys, n in (("state", ["obs/state"], n_state_windows),
-                                  ("images", ["obs/state", "obs/image/front", "obs/image/top"], n_image_windows)):
+        for name, obs_keys, n in (
+            ("state", ["obs/state"], n_state_windows),
+            ("images", ["obs/state", "obs/image/front", "obs/image/top"], n_image_windows),
+        ):
             sampler = WindowSampler(store, HORIZON, N_OBS, N_ACTION, obs_keys=obs_keys)
             order = rng.integers(0, len(sampler), size=n)
-            cold = windows_per_second(lambda i: sampler[order[i]], n)
-            warm = windows_per_second(lambda i: sampler[order[i]], n)
+            cold = windows_per_second(lambda i, sampler=sampler, order=order: sampler[order[i]], n)
+            warm = windows_per_second(lambda i, sampler=sampler, order=order: sampler[order[i]], n)
             arrays = {k: store.array(k) for k in obs_keys + ["action"]}
             plain = windows_per_second(
-                lambda i: plain_zarr_window(arrays, sampler.indices[order[i]], HORIZON, N_OBS, obs_keys), n)
+                lambda i, arrays=arrays, sampler=sampler, order=order, obs_keys=obs_keys: plain_zarr_window(
+                    arrays, sampler.indices[order[i]], HORIZON, N_OBS, obs_keys
+                ),
+                n,
+            )
             results["sample"][name] = {
-                "windows": n, "ours_first_pass_per_s": cold, "ours_warm_per_s": warm, "plain_zarr_per_s": plain,
-                "ratio_first_pass": cold / plain, "ratio_warm": warm / plain,
+                "windows": n,
+                "ours_first_pass_per_s": cold,
+                "ours_warm_per_s": warm,
+                "plain_zarr_per_s": plain,
+                "ratio_first_pass": cold / plain,
+                "ratio_warm": warm / plain,
             }
         results["checksums"] = checksum_cost(tmp, episodes, n_image_windows)
         return results
@@ -166,14 +202,18 @@ def checksum_cost(tmp: Path, episodes: list[dict], n_windows: int) -> dict:
             with EpisodeStore.open(path) as store:
                 sampler = WindowSampler(store, HORIZON, N_OBS, N_ACTION, obs_keys=keys)
                 order = np.random.default_rng(1).integers(0, len(sampler), size=n_windows)
-                sample[checksums].append(windows_per_second(lambda i: sampler[order[i]], n_windows))
+                sample[checksums].append(
+                    windows_per_second(lambda i, sampler=sampler, order=order: sampler[order[i]], n_windows)
+                )
     start = time.perf_counter()
     for _ in range(10):
         EpisodeStore.open(tmp / "crc_True.zarr").close()
     return {
-        "write_s": min(write[True]), "write_s_without": min(write[False]),
+        "write_s": min(write[True]),
+        "write_s_without": min(write[False]),
         "write_cost": min(write[True]) / min(write[False]) - 1,
-        "first_pass_per_s": max(sample[True]), "first_pass_per_s_without": max(sample[False]),
+        "first_pass_per_s": max(sample[True]),
+        "first_pass_per_s_without": max(sample[False]),
         "first_pass_cost": max(sample[False]) / max(sample[True]) - 1,
         "open_ms": (time.perf_counter() - start) / 10 * 1e3,
     }
@@ -186,23 +226,29 @@ def format_table(r: dict) -> str:
         f"state {d['state']}, action {d['action']} ({d['raw_mb']:.0f} MB raw)",
         "",
         f"{'write':<34}{'steps/s':>10}{'MB/s':>9}{'image ratio':>13}",
-        f"{'  EpisodeStore (zstd ' + str(IMAGE_BLOSC['clevel']) + ')':<34}{w['ours_steps_per_s']:>10.0f}{w['ours_mb_per_s']:>9.1f}{w['ours_image_compression']:>12.1f}x",
-        f"{'  plain zarr (defaults)':<34}{w['plain_zarr_steps_per_s']:>10.0f}{w['plain_zarr_mb_per_s']:>9.1f}{w['plain_zarr_image_compression']:>12.1f}x",
+        f"{'  EpisodeStore (zstd ' + str(IMAGE_BLOSC['clevel']) + ')':<34}"
+        f"{w['ours_steps_per_s']:>10.0f}{w['ours_mb_per_s']:>9.1f}{w['ours_image_compression']:>12.1f}x",
+        f"{'  plain zarr (defaults)':<34}"
+        f"{w['plain_zarr_steps_per_s']:>10.0f}{w['plain_zarr_mb_per_s']:>9.1f}"
+        f"{w['plain_zarr_image_compression']:>12.1f}x",
         f"{'  ratio (ours / plain)':<34}{w['ratio']:>9.2f}x",
         "",
         f"{'sample (windows/s)':<22}{'first pass':>12}{'warm':>10}{'plain zarr':>12}{'ratio':>16}",
     ]
     for name, s in r["sample"].items():
         lines.append(
-            f"{'  ' + name:<22}{s['ours_first_pass_per_s']:>12.0f}{s['ours_warm_per_s']:>10.0f}{s['plain_zarr_per_s']:>12.0f}"
+            f"{'  ' + name:<22}{s['ours_first_pass_per_s']:>12.0f}{s['ours_warm_per_s']:>10.0f}"
+            f"{s['plain_zarr_per_s']:>12.0f}"
             f"{s['ratio_first_pass']:>7.1f}x /{s['ratio_warm']:>5.1f}x"
         )
     c = r["checksums"]
     lines += [
         "",
         "integrity (CRC-32C per chunk, checks on open), best of 3",
-        f"  write              {c['write_s']:.2f} s vs {c['write_s_without']:.2f} s without checksums: {c['write_cost']:+.1%}",
-        f"  image first pass   {c['first_pass_per_s']:.0f} vs {c['first_pass_per_s_without']:.0f} windows/s: {c['first_pass_cost']:+.1%}",
+        f"  write              {c['write_s']:.2f} s vs {c['write_s_without']:.2f} s without checksums: "
+        f"{c['write_cost']:+.1%}",
+        f"  image first pass   {c['first_pass_per_s']:.0f} vs {c['first_pass_per_s_without']:.0f} windows/s: "
+        f"{c['first_pass_cost']:+.1%}",
         f"  open (metadata and chunk presence)  {c['open_ms']:.1f} ms",
     ]
     return "\n".join(lines)

@@ -63,7 +63,13 @@ def unstuff(body: bytes) -> bytes:
     i = 0
     while i < len(body):
         out.append(body[i])
-        if body[i] == 0xFD and out[-3:-1] == b"\xff\xff" and len(out) >= 3 and i + 1 < len(body) and body[i + 1] == 0xFD:
+        if (
+            body[i] == 0xFD
+            and out[-3:-1] == b"\xff\xff"
+            and len(out) >= 3
+            and i + 1 < len(body)
+            and body[i + 1] == 0xFD
+        ):
             i += 1  # drop the stuffed byte
         i += 1
     return bytes(out)
@@ -156,7 +162,11 @@ class Servo:
         low, high = self.read(x.MIN_POSITION_LIMIT), self.read(x.MAX_POSITION_LIMIT)
         goal = min(max(x.signed32(self.read(x.GOAL_POSITION)), low), high)
         profile = self.read(x.PROFILE_VELOCITY)
-        speed = self.max_speed if profile == 0 else min(self.max_speed, profile * x.VELOCITY_UNIT_RPM / 60 * x.TICKS_PER_REV)
+        speed = (
+            self.max_speed
+            if profile == 0
+            else min(self.max_speed, profile * x.VELOCITY_UNIT_RPM / 60 * x.TICKS_PER_REV)
+        )
         move = max(-speed * dt, min(speed * dt, goal - self.position))
         self.position += move
         self.velocity = move / dt if dt > 0 else 0.0
@@ -222,8 +232,12 @@ class DynamixelSimulator(PtyDevice):
         servo = self.servos.get(dxl_id)
         if instruction == PING:
             targets = self.servos.values() if dxl_id == BROADCAST else [servo] if servo else []
-            return b"".join(self._status(s.read(x.ID), 0, struct.pack("<HB", s.read(x.MODEL_NUMBER), s.read(x.FIRMWARE_VERSION)))
-                            for s in targets)
+            return b"".join(
+                self._status(
+                    s.read(x.ID), 0, struct.pack("<HB", s.read(x.MODEL_NUMBER), s.read(x.FIRMWARE_VERSION))
+                )
+                for s in targets
+            )
         if instruction == READ and servo:
             address, length = struct.unpack_from("<HH", params)
             data = servo.read_bytes(address, length)
@@ -257,13 +271,19 @@ class DynamixelSimulator(PtyDevice):
             return b""
         if instruction == SYNC_READ:
             address, length = struct.unpack_from("<HH", params)
-            return b"".join(self._status(i, 0, self.servos[i].read_bytes(address, length)) for i in params[4:] if i in self.servos)
+            return b"".join(
+                self._status(i, 0, self.servos[i].read_bytes(address, length))
+                for i in params[4:]
+                if i in self.servos
+            )
         if instruction == BULK_READ:
             replies = []
             for i in range(0, len(params) - 4, 5):
                 target_id, address, length = params[i], *struct.unpack_from("<HH", params, i + 1)
                 if target_id in self.servos:  # a missing servo stays silent; the host times out
-                    replies.append(self._status(target_id, 0, self.servos[target_id].read_bytes(address, length)))
+                    replies.append(
+                        self._status(target_id, 0, self.servos[target_id].read_bytes(address, length))
+                    )
             return b"".join(replies)
         if servo is None or dxl_id == BROADCAST:
             return b""

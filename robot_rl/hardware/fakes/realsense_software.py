@@ -18,8 +18,14 @@ from robot_rl.hardware.realsense_camera import import_pyrealsense2
 
 
 class SoftwareRealSense:
-    def __init__(self, serial: str = "sim0001", width: int = 64, height: int = 48, fps: int = 30,
-                 depth_units: float = 0.001):
+    def __init__(
+        self,
+        serial: str = "sim0001",
+        width: int = 64,
+        height: int = 48,
+        fps: int = 30,
+        depth_units: float = 0.001,
+    ):
         rs = self.rs = import_pyrealsense2()
         self.width, self.height, self.fps = width, height, fps
         self.device = rs.software_device()
@@ -27,8 +33,12 @@ class SoftwareRealSense:
         self.device.register_info(rs.camera_info.serial_number, serial)
         self._color_sensor = self.device.add_sensor("RGB Camera")
         self._depth_sensor = self.device.add_sensor("Stereo Module")
-        self._color = self._color_sensor.add_video_stream(self._stream(rs.stream.color, rs.format.rgb8, 3, uid=1))
-        self._depth = self._depth_sensor.add_video_stream(self._stream(rs.stream.depth, rs.format.z16, 2, uid=2))
+        self._color = self._color_sensor.add_video_stream(
+            self._stream(rs.stream.color, rs.format.rgb8, 3, uid=1)
+        )
+        self._depth = self._depth_sensor.add_video_stream(
+            self._stream(rs.stream.depth, rs.format.z16, 2, uid=2)
+        )
         self._depth_sensor.add_read_only_option(rs.option.depth_units, depth_units)
         # option_range(min, max, default, step): pyrealsense2's order, whatever its docstring says
         self._color_sensor.add_option(rs.option.exposure, rs.option_range(1, 10000, 166, 1), True)
@@ -52,7 +62,13 @@ class SoftwareRealSense:
         intrinsics.model, intrinsics.coeffs = rs.distortion.none, [0.0] * 5
         stream = rs.video_stream()
         stream.type, stream.index, stream.uid = kind, 0, uid
-        stream.width, stream.height, stream.fps, stream.bpp, stream.fmt = self.width, self.height, self.fps, bpp, fmt
+        stream.width, stream.height, stream.fps, stream.bpp, stream.fmt = (
+            self.width,
+            self.height,
+            self.fps,
+            bpp,
+            fmt,
+        )
         stream.intrinsics = intrinsics
         return stream
 

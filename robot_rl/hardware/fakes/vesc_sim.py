@@ -17,14 +17,26 @@ import time
 from robot_rl.hardware import vesc_protocol as vp
 from robot_rl.hardware.fakes.pty_device import PtyDevice
 
-MOTOR_COMMANDS = {vp.COMM_SET_DUTY, vp.COMM_SET_CURRENT, vp.COMM_SET_CURRENT_BRAKE, vp.COMM_SET_RPM, vp.COMM_ALIVE}
+MOTOR_COMMANDS = {
+    vp.COMM_SET_DUTY,
+    vp.COMM_SET_CURRENT,
+    vp.COMM_SET_CURRENT_BRAKE,
+    vp.COMM_SET_RPM,
+    vp.COMM_ALIVE,
+}
 
 
 class VescSimulator(PtyDevice):
     name = "vesc-sim"
 
-    def __init__(self, timeout_s: float = 0.5, timeout_brake_current: float = 10.0, tau_s: float = 0.1,
-                 erpm_per_amp: float = 300.0, v_in: float = 12.0):
+    def __init__(
+        self,
+        timeout_s: float = 0.5,
+        timeout_brake_current: float = 10.0,
+        tau_s: float = 0.1,
+        erpm_per_amp: float = 300.0,
+        v_in: float = 12.0,
+    ):
         self.timeout_s, self.timeout_brake_current, self.tau_s = timeout_s, timeout_brake_current, tau_s
         self.erpm_per_amp, self.v_in = erpm_per_amp, v_in
         self.mode, self.target = "brake", 0.0  # rpm | current | duty | brake, with its set-point
@@ -74,13 +86,36 @@ class VescSimulator(PtyDevice):
                 self._last_command, self._timed_out = now, False
             self.log.append((now, command, float(value)))
             if command == vp.COMM_GET_VALUES:
-                return vp.encode_values(vp.Values(temp_fet=30.0, temp_motor=35.0, current_motor=self._current(),
-                                                  current_in=0.0, duty=self.erpm / 40_000, erpm=self.erpm, v_in=self.v_in,
-                                                  tachometer=int(self.tachometer), tachometer_abs=int(self.tachometer_abs), fault=0))
+                return vp.encode_values(
+                    vp.Values(
+                        temp_fet=30.0,
+                        temp_motor=35.0,
+                        current_motor=self._current(),
+                        current_in=0.0,
+                        duty=self.erpm / 40_000,
+                        erpm=self.erpm,
+                        v_in=self.v_in,
+                        tachometer=int(self.tachometer),
+                        tachometer_abs=int(self.tachometer_abs),
+                        fault=0,
+                    )
+                )
             if command == vp.COMM_GET_IMU_DATA:
                 (mask,) = struct.unpack(">H", body[:2])
-                return vp.encode_imu({"roll": 0.0, "pitch": 0.0, "yaw": 0.0, "acc_x": 0.0, "acc_y": 0.0, "acc_z": 1.0,
-                                      "gyro_x": 0.0, "gyro_y": 0.0, "gyro_z": 0.0}, mask)
+                return vp.encode_imu(
+                    {
+                        "roll": 0.0,
+                        "pitch": 0.0,
+                        "yaw": 0.0,
+                        "acc_x": 0.0,
+                        "acc_y": 0.0,
+                        "acc_z": 1.0,
+                        "gyro_x": 0.0,
+                        "gyro_y": 0.0,
+                        "gyro_z": 0.0,
+                    },
+                    mask,
+                )
             if command == vp.COMM_FW_VERSION:
                 return bytes([vp.COMM_FW_VERSION, 6, 2]) + b"robot_rl vesc simulator\x00"
         return None
