@@ -134,7 +134,7 @@ def evaluate_checkpoint(
 
 
 def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps, progress) -> dict:
-    from robot_rl.learners.evaluate import evaluate, run_episodes
+    from robot_rl.learners.evaluate import evaluate_diffusion, run_episodes
     from robot_rl.policies.checkpoint import read_meta
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
@@ -167,7 +167,7 @@ def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps,
     else:
         base = DiffusionPolicy.load(path)
         steps = ddim_steps
-    result = evaluate(
+    result = evaluate_diffusion(
         envs.make_vec,
         base,
         residual,

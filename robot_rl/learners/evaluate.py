@@ -119,7 +119,7 @@ def loop_summary(results: list, seconds: float) -> dict:
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_diffusion(
     make_vec_env,
     base: DiffusionPolicy,
     residual: ResidualPolicy | None = None,

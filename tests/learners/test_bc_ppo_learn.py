@@ -16,7 +16,7 @@ from robot_rl.commands.train import train_bc
 from robot_rl.config import compose
 from robot_rl.datasets import EpisodeStore
 from robot_rl.learners import residual_ppo
-from robot_rl.learners.evaluate import evaluate
+from robot_rl.learners.evaluate import evaluate_diffusion
 from robot_rl.learners.residual_ppo import ResidualPPOConfig, train_residual_ppo
 from robot_rl.policies.diffusion import STATE_KEY, DiffusionPolicy
 from robot_rl.policies.residual import ResidualPolicy
@@ -77,7 +77,7 @@ def test_diffusion_bc_learns_to_reach(reach_demos, tmp_path):
     ).eval()
 
     def success(p):
-        return evaluate(
+        return evaluate_diffusion(
             make_reach_vec, p, episodes=EVAL_EPISODES, num_envs=40, seed=EVAL_SEED, progress=False
         )["success_rate"]
 
@@ -127,7 +127,7 @@ def test_residual_ppo_corrects_a_biased_base(reach_demos, tmp_path, monkeypatch)
     residual, _ = ResidualPolicy.load(result["checkpoint"])
 
     def success(r):
-        return evaluate(
+        return evaluate_diffusion(
             make_reach_vec, base, r, episodes=EVAL_EPISODES, num_envs=40, seed=EVAL_SEED, progress=False
         )["success_rate"]
 

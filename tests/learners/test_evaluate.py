@@ -1,6 +1,6 @@
 import numpy as np
 
-from robot_rl.learners.evaluate import evaluate
+from robot_rl.learners.evaluate import evaluate_diffusion
 from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
 
 
@@ -44,7 +44,7 @@ def test_short_successful_episodes_are_not_over_counted():
         n_groups=2,
     )
     base = DiffusionPolicy(config, -np.ones(4), np.ones(4), -np.ones(2), np.ones(2)).eval()
-    result = evaluate(TimedOutcomeEnvs, base, episodes=40, num_envs=4, ddim_steps=2, progress=False)
+    result = evaluate_diffusion(TimedOutcomeEnvs, base, episodes=40, num_envs=4, ddim_steps=2, progress=False)
     # Counting the first 40 episodes to finish would give 5 successes per failure (rate 0.83).
     assert result["episodes"] == 40 and result["successes"] == 20 and result["success_rate"] == 0.5
     assert result["mean_return"] == result["mean_length"] == 6.0  # returns summed per episode, reset between
