@@ -6,7 +6,8 @@ own folder (<run_dir>/seed<N> unless the experiment says otherwise), and writes 
 - results.json: the command, the figures' names, every seed's figures (as reported, unscaled),
   their mean and std (numpy's: population std, ddof 0) over the seeds that reported a number,
   whether the run is complete, the failure if one stopped it, and the resolved config;
-- table.md: a Markdown table, one row per seed and a last row of mean ± std, a column per figure.
+- table.md: a Markdown table, one row per seed and (for several seeds) a last row of mean ± std, a column
+  per figure.
 
 Both files are rewritten when the run starts and after every seed, so an interrupted or failed run
 never loses the seeds it finished: their rows are in table.md and results.json ("complete": false).
@@ -111,7 +112,7 @@ def format_table(summary: dict, figures: Sequence[Figure], caption: str | None =
         f"| {seed} | " + " | ".join(f.show(values[f.key]) for f in figures) + " |"
         for seed, values in done.items()
     ]
-    if done:
+    if len(done) > 1:  # a single seed has no spread to show
         cells = []
         for f in figures:
             mean, std, n = summary["mean"][f.key], summary["std"][f.key], summary["n"][f.key]

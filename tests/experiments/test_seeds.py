@@ -83,7 +83,8 @@ def test_one_seed_in_the_run_folder_itself_also_writes_table_and_results(tmp_pat
         "robot-rl fake", fake([]), FIGURES[:1], seeds=[2], run_dir=tmp_path, seed_dir=lambda s: tmp_path
     )
     assert (tmp_path / "report.json").exists() and not (tmp_path / "seed2").exists()
-    assert result.table.read_text().splitlines()[-2:] == ["| 2 | 50.0% |", "| mean ± std | 50.0% ± 0.0% |"]
+    # one seed: no mean ± std row (there is no spread to show)
+    assert result.table.read_text().splitlines()[-2:] == ["|---|---:|", "| 2 | 50.0% |"]
     assert json.loads(result.results.read_text())["per_seed"] == {"2": {"a": 0.5}}
 
 
