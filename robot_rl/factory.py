@@ -62,7 +62,8 @@ def env_source(env_cfg, dist: str = "none", workers: int = 1) -> EnvSource:
 
         def driver(env, speed: float):
             """The scripted driver capped at `speed` m/s, on any task over the sim car's course."""
-            # else a practice task over the same car and course
+            # The lap task is what the driver was written for; any other task (FastRLAP's practice)
+            # gets it the same car and course.
             lap_task = hasattr(env.task, "lateral_offset")
             task = env.task if lap_task else SimpleNamespace(car=env.robot, course=env.robot.world.course)
             return RCCarExpert(task, max_speed=speed)
@@ -106,8 +107,7 @@ LOOP_KEYS = (
 
 
 def driver_settings(cfg) -> dict:
-    values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return {k: v for k, v in values.items() if k not in LOOP_KEYS}
+    return {k: v for k, v in _plain(cfg).items() if k not in LOOP_KEYS}
 
 
 def make_robot(cfg, io=None, **overrides) -> Robot:

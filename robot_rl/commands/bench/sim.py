@@ -69,6 +69,9 @@ def _vector_and_raw(state_cfg, num_envs: int, seconds: float, rng) -> dict:
     for env in vec.envs:
         del env.robot.step_physics  # back to the class's method
     steps = len(actions)
+    # Where the recorded pass left every world: the raw loop below replays this pass, so its worlds
+    # must end here (the timed pass repeats the same actions for the timing only).
+    final_qpos = [env.robot.world.data.qpos.copy() for env in vec.envs]
 
     # 2. The vector env, timed, on the same actions from the same reset.
     vec.reset(seed=0)
@@ -77,7 +80,6 @@ def _vector_and_raw(state_cfg, num_envs: int, seconds: float, rng) -> dict:
         vec.step(a)
     vector = steps * num_envs / (time.perf_counter() - t0)
     models = [env.robot.world.model for env in vec.envs]
-    final_qpos = [env.robot.world.data.qpos.copy() for env in vec.envs]
     vec.close()
 
     # 3. Raw mj_step: same models, same threads and split, the recorded ctrl and reset states.
@@ -102,6 +104,9 @@ def _vector_and_raw(state_cfg, num_envs: int, seconds: float, rng) -> dict:
     raw = steps * num_envs / (time.perf_counter() - t0)
     if pool is not None:
         pool.shutdown()
+    for i in range(num_envs):  # an episode that ended on the last step was reset by the vector env
+        if (steps, i) in resets:
+            datas[i] = resets[steps, i]
     return {
         "threads": threads,
         "steps_timed": steps,
