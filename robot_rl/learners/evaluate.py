@@ -33,7 +33,7 @@ def run_episodes(
     finish would favour the short ones, and successes end early. Env i starts from seed + i and
     auto-resets from its own RNG.
     """
-    torch.set_num_threads(1)  # see learners.common.seed_everything
+    torch.set_num_threads(1)  # see utils.training.seed_everything
     num_envs = min(num_envs, episodes)
     vec = make_vec_env(num_envs)
     obs, _ = vec.reset(seed=seed)

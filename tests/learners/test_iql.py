@@ -242,7 +242,7 @@ def test_advantage_weighting_picks_the_rewarded_action_where_cloning_averages(tm
         path, ([[s] for s in states], [[a] for a in actions], [[float(a > 0)] for a in actions]), [True] * n
     )
     data = OfflineDataset(path)
-    torch.set_num_threads(1)  # as the learners run (learners.common.seed_everything)
+    torch.set_num_threads(1)  # as the learners run (utils.training.seed_everything)
     means = {}
     for beta in (0.0, 3.0):
         torch.manual_seed(0)
