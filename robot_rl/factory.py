@@ -19,7 +19,6 @@ from robot_rl.tasks.operator import OperatorTask
 __all__ = [
     "env_source",
     "make_sim_env",
-    "make_vec_env",
     "make_robot",
     "make_camera",
     "make_teleop",
@@ -36,17 +35,13 @@ def _plain(cfg) -> dict:
 # --- simulation --------------------------------------------------------------------------------
 
 
-def make_vec_env(env_cfg, dist: str = "none", workers: int = 1):
-    """make_vec_env(n) for a learner or an evaluation: a local VectorEnv, or (dist local / ray)
-    a RayVectorEnv over `workers` rollout workers (Ray must be running: robot_rl.utils.dist.ray_session)."""
-    from robot_rl.sim.ray_vector import vector_env_factory
-
-    return vector_env_factory(env_cfg, dist, workers)
-
-
 def env_source(env_cfg, dist: str = "none", workers: int = 1) -> EnvSource:
     """What a learner acts on, from an `env` config entry: single envs with their scripted expert,
-    vector envs (local or on Ray), the safety settings, and the sim car's helpers for FastRLAP."""
+    vector envs (local, or on `workers` Ray rollout workers with dist local / ray: Ray must be
+    running, robot_rl.utils.dist.ray_session), the safety settings, and the sim car's helpers for
+    FastRLAP."""
+    from robot_rl.sim.ray_vector import vector_env_factory
+
     env_cfg = OmegaConf.create(_plain(env_cfg))
 
     def make(seed: int | None = None, expert_noise: float = 0.0, **overrides):
@@ -78,7 +73,7 @@ def env_source(env_cfg, dist: str = "none", workers: int = 1) -> EnvSource:
     return EnvSource(
         str(env_cfg.get("name")),
         make,
-        make_vec_env(env_cfg, dist, workers),
+        vector_env_factory(env_cfg, dist, workers),
         safety_from_config(env_cfg.get("safety") or {}),
         _plain(env_cfg),
         extras,

@@ -7,7 +7,7 @@ from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
 
 
-def test_pipeline_end_to_end(tmp_path, capsys):
+def test_pipeline_end_to_end(tmp_path, capsys, printed_files):
     dataset, run = tmp_path / "mixed.zarr", tmp_path / "run"
     args = [
         "idm-iql",
@@ -28,11 +28,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-3:] == [
-        str(run / "results.json"),
-        str(run / "table.md"),
-        str(run / "summary.json"),
-    ]
+    printed_files(out, run)
     assert "| seed | IQL all actions | IQL IDM labels | IQL labeled only | IDM / all (return) |" in out
     report = json.loads((run / "summary.json").read_text())["seeds"]["0"]
     results = json.loads((run / "results.json").read_text())

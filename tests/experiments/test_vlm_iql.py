@@ -7,7 +7,7 @@ from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
 
 
-def test_pipeline_end_to_end(tmp_path, capsys):
+def test_pipeline_end_to_end(tmp_path, capsys, printed_files):
     dataset, run = tmp_path / "mixed.zarr", tmp_path / "run"
     args = [
         "vlm-iql",
@@ -26,11 +26,7 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-3:] == [
-        str(run / "results.json"),
-        str(run / "table.md"),
-        str(run / "summary.json"),
-    ]
+    printed_files(out, run)
     assert "| seed | IQL true reward | IQL VLM reward | BC | VLM / true |" in out and "\n| 0 | " in out
     assert "| mean ± std |" not in out  # one seed: no spread to show
     summary = json.loads((run / "summary.json").read_text())
