@@ -24,7 +24,7 @@ $(VENV)/.installed-core: $(VENV)/.created pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-all: $(VENV)/.installed-core
-	$(PIP) -e '.[dev,sim,dist,vision,hardware,ros,viewer]'
+	$(PIP) -e '.[dev,sim,dist,vision,hardware,ros,ros-wheels,viewer]'
 	touch $@
 
 install: $(VENV)/.installed-all
@@ -39,7 +39,7 @@ lint: $(VENV)/.installed-all
 	$(BIN)/lint-imports
 
 test: lint
-	$(BIN)/python -m pytest -q
+	ROBOT_RL_REQUIRE_RCLPY=1 $(BIN)/python -m pytest -q
 
 bench: $(VENV)/.installed-all
 	$(BIN)/robot-rl bench loop --load 2 --json benchmarks/results/loop.json

@@ -2,7 +2,9 @@
 new virtual environment, and `robot-rl` is run from a temporary folder, where the checkout is not
 on the path. The new environment sees this one's site-packages (for torch, mujoco, ...) through a
 plain path in a .pth file, so robot_rl's editable install here stays out of sight and no
-dependency is installed twice."""
+dependency is installed twice. The install prefix is also a ROS 2 package prefix (what colcon
+installs too): the ament index marker, package.xml, the launch files and the executables of
+`ros2 run robot_rl ...` (tests/test_ros_package.py checks the package files themselves)."""
 
 import json
 import os
@@ -17,13 +19,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+ROS_NODES = ("policy", "collect", "actor")
 
 
 def tracked() -> list[str]:
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    """The checkout's files: committed or new, but not ignored (nor deleted)."""
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     if not files:
         pytest.skip("not a git checkout")
-    return files
+    return [name for name in files if (ROOT / name).is_file()]
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +107,26 @@ def test_the_wheel_holds_exactly_the_packages_files(wheel):
     assert " torch>=2.13.0" in requirements and not [r for r in requirements if "==" in r], "ranges, not pins"
 
 
+def test_the_wheel_holds_the_ros_package_files(wheel):
+    """Beside the Python package, under PREFIX: what `ros2 launch robot_rl ...` and `ros2 run
+    robot_rl ...` look for, executables with their mode (pip sets it from the wheel)."""
+    launch = {p for p in tracked() if p.startswith("robot_rl/ros/launch/")}
+    expected = {
+        "share/ament_index/resource_index/packages/robot_rl",
+        "share/robot_rl/package.xml",
+        *(f"share/robot_rl/launch/{p.removeprefix('robot_rl/ros/launch/')}" for p in launch),
+        *(f"lib/robot_rl/{node}" for node in ROS_NODES),
+    }
+    with zipfile.ZipFile(wheel) as zf:
+        data = {
+            i.filename.split(".data/data/", 1)[1]: i.external_attr >> 16
+            for i in zf.infolist()
+            if ".data/data/" in i.filename
+        }
+    assert set(data) == expected
+    assert {name for name, mode in data.items() if mode & 0o111} == {f"lib/robot_rl/{n}" for n in ROS_NODES}
+
+
 def test_robot_rl_runs_from_the_wheel_in_any_folder(installed, tmp_path):
     where = run(installed, tmp_path, "python", "-c", "import robot_rl; print(robot_rl.__file__)")
     assert where.returncode == 0, where.stderr
@@ -114,3 +143,29 @@ def test_robot_rl_runs_from_the_wheel_in_any_folder(installed, tmp_path):
     launch = run(installed, tmp_path, "robot-rl", "ros", "launch-dir")
     assert launch.returncode == 0, launch.stderr
     assert len(list(Path(launch.stdout.strip()).glob("*.launch.xml"))) == 5
+
+
+def test_the_install_prefix_is_a_ros_package_prefix(installed, tmp_path):
+    prefix = installed.parent
+    share = prefix / "share" / "robot_rl"
+    assert (prefix / "share" / "ament_index" / "resource_index" / "packages" / "robot_rl").is_file()
+    assert (share / "package.xml").read_bytes() == (ROOT / "package.xml").read_bytes()
+    for name in ("arm_policy.launch.xml", "params/none.yaml", "params/arm_policy.example.yaml"):
+        assert (share / "launch" / name).read_bytes() == (ROOT / "robot_rl/ros/launch" / name).read_bytes()
+    for node in ROS_NODES:
+        assert os.access(prefix / "lib" / "robot_rl" / node, os.X_OK), node
+
+    # `ros2 run robot_rl policy --ros-args --params-file ...`: the script runs this install's
+    # robot-rl, whose node reads the params file (where rclpy is importable) and then stops, as it
+    # has no checkpoint. robot-rl's one-line error either way.
+    example = share / "launch" / "params" / "arm_policy.example.yaml"
+    node = run(
+        installed, tmp_path, str(prefix / "lib/robot_rl/policy"), "--ros-args", "--params-file", str(example)
+    )
+    assert node.returncode == 2, node.stderr
+    assert "robot-rl: error: " in node.stderr, node.stderr
+    if "rclpy is not importable" not in node.stderr:
+        assert "/robot_rl_policy: " in node.stderr and "episodes=5, teleop='keyboard'" in node.stderr, (
+            node.stderr
+        )
+        assert "the policy node needs a checkpoint" in node.stderr, node.stderr

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from robot_rl.core import ControlLoop
-from robot_rl.core.loop import transition_schema
+from robot_rl.core.loop import each_step, transition_schema
 from robot_rl.datasets import EpisodeRecorder
 from robot_rl.errors import ConfigError
 from robot_rl.factory import robot_env, robot_safety
@@ -41,13 +41,7 @@ class StatusLine:
             for k, v in loop.env.raw_obs.items()
             if k.startswith("timestamp/")
         )
-        who = (
-            "HUMAN"
-            if getattr(loop.teleop, "mapper", None) is None
-            or loop.teleop.mapper.intervening
-            or loop.policy is None
-            else "policy"
-        )
+        who = "HUMAN" if loop.policy is None or loop.intervened else "policy"
         self.stream.write(
             f"\repisode {loop.episode + 1} step {result.steps:4d} | {rate:5.1f} Hz | "
             f"{ages or 'no cameras'} | {who} "
@@ -55,10 +49,11 @@ class StatusLine:
         self.stream.flush()
 
 
-def collect_robot(cfg, io=None, policy=None) -> dict:
+def collect_robot(cfg, io=None, policy=None, ros_loop=None) -> dict:
     """`policy` (optional): a function of the env giving (a policy, its execute_k), which drives
     while the operator watches and takes over with the device (interventions are flagged in the
-    data); without one the operator drives."""
+    data); without one the operator drives. `ros_loop` (the ROS node's): a function of the env
+    and the rate giving the loop's `time_source` and an `observer` of every tick."""
     from robot_rl.factory import make_teleop
 
     robot_cfg = cfg.robot
@@ -91,17 +86,14 @@ def collect_robot(cfg, io=None, policy=None) -> dict:
         },
     )
     safety = robot_safety(robot_cfg)
-    status = StatusLine()
-    on_step = status
+    ros = ros_loop(env, rate) if ros_loop is not None else {"time_source": None, "observer": None}
+    observers = [StatusLine(), ros["observer"]]
     if cfg.get("viewer"):
         from robot_rl.hardware.live_view import LiveView
 
         view = LiveView(web_port=int(cfg.get("viewer_port", 9090)))
         sys.stderr.write(f"live view: {view.url}\n")
-
-        def on_step(loop, result):
-            status(loop, result)
-            view(loop, result)
+        observers.append(view)
 
     ended = {"success": 0, "failure": 0}
 
@@ -131,8 +123,9 @@ def collect_robot(cfg, io=None, policy=None) -> dict:
         execute_k=execute_k,
         safety=safety,
         recorder=recorder,
-        on_step=on_step,
+        on_step=each_step(*observers),
         on_episode=between_episodes,
+        time_source=ros["time_source"],
     )
     sys.stderr.write(
         f"collecting into {out} with {cfg.teleop}"

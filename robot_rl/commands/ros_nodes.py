@@ -158,10 +158,21 @@ def _teleop(params: dict, robot):
     return None if kind in ("", "none") else make_teleop(kind, _teleop_options(params), robot)
 
 
+def _ros_loop(io, env, rate: float) -> dict:
+    """What every node's ControlLoop takes from ROS: the ROS clock to tick on under
+    use_sim_time, and the node's own status topics (robot_rl.ros.node_status)."""
+    from robot_rl.ros.node_status import NodeStatus
+
+    return {
+        "time_source": io.now if io.use_sim_time else None,
+        "observer": NodeStatus(io, env.robot.action_spec.names or (), rate),
+    }
+
+
 def run_policy(params: dict, io) -> dict:
     from robot_rl.commands.collect_robot import StatusLine
     from robot_rl.core import ControlLoop
-    from robot_rl.core.loop import transition_schema
+    from robot_rl.core.loop import each_step, transition_schema
     from robot_rl.datasets import EpisodeRecorder
     from robot_rl.factory import robot_safety
 
@@ -171,6 +182,7 @@ def run_policy(params: dict, io) -> dict:
     policy, execute_k = _policy(params, env)
     teleop = _teleop(params, env.robot)
     rate = float(cfg.get("control_hz", 10))
+    ros = _ros_loop(io, env, rate)
     recorder = None
     if params["dataset"]:
         Path(params["dataset"]).parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +206,8 @@ def run_policy(params: dict, io) -> dict:
         execute_k=execute_k,
         safety=robot_safety(cfg),
         recorder=recorder,
-        on_step=StatusLine(),
+        on_step=each_step(StatusLine(), ros["observer"]),
+        time_source=ros["time_source"],
     )
     if teleop is not None:
         teleop.connect()
@@ -252,7 +265,10 @@ def run_collect(params: dict, io) -> dict:
         }
     )
     return collect_robot(
-        cfg, io=io, policy=(lambda env: _policy(params, env)) if params["checkpoint"] else None
+        cfg,
+        io=io,
+        policy=(lambda env: _policy(params, env)) if params["checkpoint"] else None,
+        ros_loop=lambda env, rate: _ros_loop(io, env, rate),
     )
 
 
@@ -308,7 +324,14 @@ def run_actor(params: dict, io) -> dict:
             params["learner_name"],
             weights_every,
         )
-        actor = ActorServer(None, asdict(hil), env=env, teleop=teleop, safety=robot_safety(cfg))
+        actor = ActorServer(
+            None,
+            asdict(hil),
+            env=env,
+            teleop=teleop,
+            safety=robot_safety(cfg),
+            **_ros_loop(io, env, hil.rate_hz),
+        )
         actor.connect_learner(learner)
         if teleop is not None:
             teleop.connect()

@@ -17,6 +17,10 @@ CPU, and no more tasks were runnable than it has CPUs) and its wake-ups were pro
 bounded spin to cover. Otherwise it restores the thread's own timer slack and sleeps to the
 deadline, as a plain deadline loop does, and spins again once the contention is gone
 (`robot-rl bench loop --load N` measures both).
+
+With a `time_source` (the ROS clock under `use_sim_time`: a simulator's or a bag's /clock), the
+grid is on that clock: the thread polls it in short host-time sleeps and never spins, so a
+simulation that runs at half real time gets half the wall-clock rate.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import sys
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -149,6 +154,8 @@ class RateClock:
         max_spin_fraction: float = 0.2,
         max_spin_s: float = 500e-6,
         contended_wait_s: float = 50e-6,
+        time_source: Callable[[], float] | None = None,
+        poll_s: float = 1e-3,
     ):
         """`rate_hz=None` runs free (as fast as the work allows) and only measures the periods.
 
@@ -156,11 +163,14 @@ class RateClock:
         `max_spin_s`. The CPU counts as contended, and the clock sleeps to the deadline without
         spinning, while one of the last 64 ticks found it so (ContentionProbe, with
         `contended_wait_s`), or while the 90th percentile of the recent wake-up delays needs a
-        longer spin than allowed.
+        longer spin than allowed. `time_source` (seconds) replaces the monotonic clock; it is
+        polled every `poll_s` of host time.
         """
         if rate_hz is not None and not rate_hz > 0:
             raise ValueError(f"rate_hz must be positive or None, got {rate_hz}")
         self.rate_hz = None if rate_hz is None else float(rate_hz)
+        self.time_source, self.poll_s = time_source, poll_s
+        self._now = time_source or time.monotonic
         self.period = 0.0 if rate_hz is None else 1.0 / self.rate_hz
         self.min_spin_s = min_spin_s
         self.max_spin_s = min(max_spin_fraction * self.period, max_spin_s)
@@ -200,18 +210,18 @@ class RateClock:
         if self._thread_slack is None or not self._precise:
             self._thread_slack = timer_slack()
         self._precise = reduce_timer_slack()
-        if self.rate_hz is not None:
+        if self.rate_hz is not None and self.time_source is None:
             if self._probe is not None:
                 self._probe.close()
             self._probe = ContentionProbe(self.contended_wait_s)  # per thread: made in the ticking one
-        now = time.monotonic()
+        now = self._now()
         self._last_tick = now
         self._deadline = now + self.period
 
     def wait(self) -> None:
         """Block until the next deadline; return at once (and count an overrun) if it has passed."""
         deadline = self._deadline
-        now = time.monotonic()
+        now = self._now()
         if self.rate_hz is None:
             tick = deadline = now
         elif now > deadline:
@@ -221,6 +231,10 @@ class RateClock:
             self._deadline = (
                 deadline + self.period if now - deadline < 0.5 * self.period else now + self.period
             )
+        elif self.time_source is not None:
+            while (tick := self._now()) < deadline:
+                time.sleep(self.poll_s)
+            self._deadline = deadline + self.period
         else:
             margin = self.spin_margin
             if margin == 0.0:

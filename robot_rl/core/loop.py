@@ -65,6 +65,17 @@ class ActionChunkQueue:
         self._queue.clear()
 
 
+def each_step(*observers: Callable | None) -> Callable:
+    """One `on_step` that calls each observer in turn (None: skipped)."""
+    called = [o for o in observers if o is not None]
+
+    def on_step(loop, result) -> None:
+        for observe in called:
+            observe(loop, result)
+
+    return on_step
+
+
 @dataclass
 class EpisodeResult:
     steps: int = 0
@@ -89,6 +100,7 @@ class ControlLoop:
       `discard()` at the end of each episode; a recorder with `wants_next_obs = True` also gets
       the observation that followed each step (`next_obs/<key>`), as RL replay buffers need.
     - `rate_hz=None` runs as fast as possible (sim data generation); timing is still reported.
+      `time_source` paces the ticks on another clock (the ROS clock under `use_sim_time`).
     - `on_step` / `on_episode` are called after every tick / episode (progress display).
     - A policy with an `executed(action)` method is told each tick what was sent (the teleop's
       action while intervening, zeros while the safety layer held): a rate-limited policy acts
@@ -108,6 +120,7 @@ class ControlLoop:
         recorder=None,
         on_step: Callable[[ControlLoop, EpisodeResult], None] | None = None,
         on_episode: Callable[[ControlLoop, EpisodeResult], None] | None = None,
+        time_source: Callable[[], float] | None = None,
     ):
         if policy is None and teleop is None:
             raise ValueError("a ControlLoop needs a policy, a teleop device, or both")
@@ -115,9 +128,13 @@ class ControlLoop:
         self.safety_config = safety or SafetyConfig()
         self.safety = SafetyFilter(env.robot.action_spec, self.safety_config)
         self.chunks = ActionChunkQueue(execute_k)
-        self.clock = RateClock(rate_hz)
+        self.clock = RateClock(rate_hz, time_source=time_source)
         self.timer = StageTimer(STAGES)
         self.on_step, self.on_episode = on_step, on_episode
+        # The last tick, for on_step observers: the action sent (zeros while held), whether the
+        # operator's device drove it, whether the safety layer held the robot.
+        self.executed: np.ndarray | None = None
+        self.intervened = self.held = False
         self.episode = 0
         self._robot_lock = threading.Lock()
         self._watchdog = (
@@ -213,6 +230,7 @@ class ControlLoop:
         if self._watchdog:
             self._watchdog.feed()
         executed = np.zeros(self.env.action_space.shape, np.float32) if safe is None else safe
+        self.executed, self.intervened, self.held = executed, intervened, safe is None
         if hasattr(self.policy, "executed"):  # policies that act relative to the last command (rate limits)
             self.policy.executed(executed)
         t2 = time.perf_counter()

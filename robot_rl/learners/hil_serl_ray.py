@@ -103,8 +103,18 @@ class ActorServer:
     operator's teleop device and the safety settings."""
 
     def __init__(
-        self, envs: EnvSource | None, cfg: dict, send_every: int = 50, env=None, teleop=None, safety=None
+        self,
+        envs: EnvSource | None,
+        cfg: dict,
+        send_every: int = 50,
+        env=None,
+        teleop=None,
+        safety=None,
+        time_source=None,
+        observer=None,
     ):
+        """On a robot: `env`, `teleop` and `safety` are the robot's; `time_source` paces the loop
+        on another clock (ControlLoop's), `observer(loop, result)` sees every tick."""
         import torch
 
         from robot_rl.core import ControlLoop
@@ -155,7 +165,9 @@ class ActorServer:
             safety=safety,
             recorder=TransitionSink(self.pending.append),
             on_step=self._on_step,
+            time_source=time_source,
         )
+        self.observer = observer
 
     def connect_learner(self, learner) -> None:
         self.learner = learner
@@ -192,6 +204,8 @@ class ActorServer:
 
     def _on_step(self, loop, result) -> None:
         self.counts["env_steps"] += 1
+        if self.observer is not None:
+            self.observer(loop, result)
         if len(self.pending) >= self.send_every:
             self._flush()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ from robot_rl.core.safety import Watchdog
 from robot_rl.core.specs import ArraySpec, Frame
 from robot_rl.errors import ConfigError, DeviceError
 from robot_rl.ros import messages as m
+from robot_rl.ros.messages import MissingRosPackage
 from robot_rl.ros.streams import LatestMessage, RosIO, StaleMessageError, check_qos
 from robot_rl.tasks import car as car_spec
 from robot_rl.utils.geometry import GRAVITY
@@ -79,6 +81,15 @@ class _CommandWatchdog:
             self._dog = None
 
 
+@contextmanager
+def _needed_by(key: str, instead: str = ""):
+    """A ROS 2 package that is missing is reported with the robot config key that needs it."""
+    try:
+        yield
+    except MissingRosPackage as exc:
+        raise ConfigError(f"{exc}: the robot config's {key} needs it{instead}") from None
+
+
 def _hand_pose(msg) -> np.ndarray:
     """A PoseStamped as [x, y, z, qx, qy, qz, qw], the quaternion normalized; a non-finite or
     zero-quaternion pose is unreadable (it must never become a target)."""
@@ -117,7 +128,7 @@ class GripperConfig:
     # topic: Float64MultiArray [position] (a ros2_control forward controller);
     # action: control_msgs/GripperCommand
     kind: str = "topic"
-    name: str = "/gripper_controller/commands"  # the topic or the action server
+    name: str = "gripper_controller/commands"  # the topic or the action server
     open: float = 0.04  # position when open (m or rad, the controller's units)
     closed: float = 0.0
     max_effort: float = 20.0  # action goals only
@@ -133,12 +144,12 @@ class RosArmConfig:
     joint_names: list[str] = field(default_factory=list)
     joint_low: list[float] | None = None  # rad; required for joint commands
     joint_high: list[float] | None = None
-    joint_states_topic: str = "/joint_states"
+    joint_states_topic: str = "joint_states"  # relative: in the node's namespace
     ee_pose_topic: str | None = None  # geometry_msgs/PoseStamped of the end effector ...
     base_frame: str = "base_link"  # ... or, without it, TF from base_frame to ee_frame
     ee_frame: str | None = None
     command: str = "pose"  # pose | joint_trajectory | joint_forward
-    command_topic: str = "/cartesian_impedance_controller/target_pose"
+    command_topic: str = "cartesian_impedance_controller/target_pose"
     max_step_m: float = 0.01  # pose: end-effector step per command
     max_yaw_step: float = 0.05  # pose: rad per command
     max_lead_m: float = 0.05  # pose: the target never leads the measured pose by more
@@ -226,34 +237,47 @@ class RosArm(Robot):
         joint_names = list(cfg.joint_names) + (
             [cfg.gripper_cfg.joint] if cfg.gripper_cfg and cfg.gripper_cfg.joint else []
         )
-        self._joints = LatestMessage(
-            io, cfg.joint_states_topic, "sensor_msgs/msg/JointState", _joint_state(joint_names), cfg.state_qos
-        )
-        if cfg.ee_pose_topic:
-            self._ee = LatestMessage(
-                io, cfg.ee_pose_topic, "geometry_msgs/msg/PoseStamped", _hand_pose, cfg.state_qos
+        g = cfg.gripper_cfg
+        with _needed_by("joint_states_topic"):
+            self._joints = LatestMessage(
+                io,
+                cfg.joint_states_topic,
+                "sensor_msgs/msg/JointState",
+                _joint_state(joint_names),
+                cfg.state_qos,
             )
+        if cfg.ee_pose_topic:
+            with _needed_by("ee_pose_topic"):
+                self._ee = LatestMessage(
+                    io, cfg.ee_pose_topic, "geometry_msgs/msg/PoseStamped", _hand_pose, cfg.state_qos
+                )
+        elif cfg.ee_frame:
+            with _needed_by("ee_frame (the hand's pose from TF)", ", or give ee_pose_topic"):
+                io.listen_to_tf()
         if not cfg.dry_run:
             msgtype = {
                 "pose": "geometry_msgs/msg/PoseStamped",
                 "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
                 "joint_forward": "std_msgs/msg/Float64MultiArray",
             }[cfg.command]
-            self._publish = io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
-            g = cfg.gripper_cfg
+            with _needed_by(f"command: {cfg.command}"):
+                self._publish = io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
             if g is not None and g.kind == "topic":
-                self._publish_gripper = io.publisher(
-                    g.name, "std_msgs/msg/Float64MultiArray", cfg.command_qos
-                )
+                with _needed_by("gripper.kind: topic"):
+                    self._publish_gripper = io.publisher(
+                        g.name, "std_msgs/msg/Float64MultiArray", cfg.command_qos
+                    )
         try:
+            if g is not None and g.kind == "action" and not cfg.dry_run:
+                with _needed_by(
+                    "gripper.kind: action", ", or use gripper.kind: topic (a Float64MultiArray controller)"
+                ):
+                    io.connect_gripper(g.name, cfg.connect_timeout_s)
             self._joints.wait(cfg.connect_timeout_s)
             if self._ee is not None:
                 self._ee.wait(cfg.connect_timeout_s)
             elif cfg.ee_frame:
                 self._wait_for_tf()
-            g = cfg.gripper_cfg
-            if g is not None and g.kind == "action" and not cfg.dry_run:
-                io.connect_gripper(g.name, cfg.connect_timeout_s)
             self._quat0 = self._ee_pose()[3:].copy()
             self._yaw0 = m.yaw_of_quaternion(*self._quat0)
             self._hold_here()
@@ -407,8 +431,8 @@ class RosCarConfig:
     command: str = (
         "ackermann"  # ackermann: AckermannDriveStamped; twist: Twist (yaw rate from the bicycle model)
     )
-    command_topic: str = "/drive"
-    odom_topic: str = "/odom"
+    command_topic: str = "drive"  # relative: in the node's namespace
+    odom_topic: str = "odom"
     imu_topic: str | None = None  # sensor_msgs/Imu; without it the gyro is the odometry's yaw rate
     frame_id: str = "base_link"
     max_speed: float = 3.0  # m/s; a clip within the car spec's 3 m/s
@@ -468,18 +492,22 @@ class RosCar(Robot):
         if self._odom is not None:
             return
         cfg = self.cfg
-        self._odom = LatestMessage(
-            self.io, cfg.odom_topic, "nav_msgs/msg/Odometry", _car_odometry, cfg.state_qos
-        )
+        with _needed_by("odom_topic"):
+            self._odom = LatestMessage(
+                self.io, cfg.odom_topic, "nav_msgs/msg/Odometry", _car_odometry, cfg.state_qos
+            )
         if cfg.imu_topic:
-            self._imu = LatestMessage(self.io, cfg.imu_topic, "sensor_msgs/msg/Imu", m.imu, cfg.state_qos)
+            with _needed_by("imu_topic"):
+                self._imu = LatestMessage(self.io, cfg.imu_topic, "sensor_msgs/msg/Imu", m.imu, cfg.state_qos)
         if not cfg.dry_run:
             msgtype = (
                 "ackermann_msgs/msg/AckermannDriveStamped"
                 if cfg.command == "ackermann"
                 else "geometry_msgs/msg/Twist"
             )
-            self._publish = self.io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
+            instead = ", or use command: twist (geometry_msgs/Twist)" if cfg.command == "ackermann" else ""
+            with _needed_by(f"command: {cfg.command}", instead):
+                self._publish = self.io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
         try:
             self._odom.wait(cfg.connect_timeout_s)
             if self._imu is not None:
@@ -548,7 +576,7 @@ class RosCar(Robot):
 @dataclass
 class RosCameraConfig:
     name: str = "front"
-    topic: str = "/camera/color/image_raw"
+    topic: str = "camera/color/image_raw"  # relative: in the node's namespace
     compressed: bool = False  # sensor_msgs/CompressedImage (e.g. .../image_raw/compressed)
     width: int = 128  # frames are resized to this (the policy's input size)
     height: int = 128
@@ -575,9 +603,10 @@ class RosCamera(Camera):
         if self._latest is None:
             kind = "sensor_msgs/msg/CompressedImage" if self.cfg.compressed else "sensor_msgs/msg/Image"
             convert = m.compressed_image if self.cfg.compressed else m.image
-            latest = LatestMessage(
-                self.io, self.cfg.topic, kind, lambda msg: self._fit(convert(msg)), self.cfg.qos
-            )
+            with _needed_by(f"camera {self.name}"):
+                latest = LatestMessage(
+                    self.io, self.cfg.topic, kind, lambda msg: self._fit(convert(msg)), self.cfg.qos
+                )
             latest.wait(self.cfg.connect_timeout_s)
             self._latest = latest
 

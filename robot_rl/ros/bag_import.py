@@ -4,17 +4,32 @@ or sqlite3, read with `rosbags`) -> an EpisodeStore.
 The config names the streams and how to sample them:
 
     fps: 10
-    clock: header            # header: each message's header stamp; bag: its record time
+    clock: header            # header: a message's header stamp (record time without one); bag: record time
     align: nearest           # nearest | interpolate (numeric streams; images always nearest)
     tolerance_s: 0.05        # no message this close to a tick: the tick is dropped (and counted)
     episodes:
       gap_s: 1.0             # a silence longer than this on every stream starts a new episode
       marker_topic: null     # or: a topic on which each message starts a new episode
     task: "pick up the cube"
+    msg_definitions: {}      # TYPE: FILE.msg (or the definition's text), for types the bag lacks
     streams:                 # in order; streams of one key are concatenated (obs/state)
       - {key: obs/state, topic: /joint_states, field: position, names: [j1, j2]}
+      - {key: obs/state, topic: /arm/state, field: "position[0:7]"}   # a path into any message
+      - {key: obs/tool, path: "/arm/state.tool.position"}             # topic and path in one string
       - {key: obs/image/front, topic: /camera/color/image_raw}
       - {key: action, topic: /cmd_vel}
+
+Message types come from the bag: the definitions rosbag2 stores with it (mcap schemas, the sqlite3
+`message_definitions` table of Iron and later) are registered by `rosbags.highlevel.AnyReader`, so a
+lab's own messages need no code here; a type the bag does not define is taken from `msg_definitions`,
+then from ROS 2 Humble's (plus ackermann_msgs). A stream's `field` is either one of robot_rl's
+converters for the common types (JointState position / velocity / effort in `names` order, Odometry
+pose / velocity, Imu gyro / accel; PoseStamped, Twist, AckermannDriveStamped, Float64MultiArray,
+Image and CompressedImage without a field) or a path into the message, read as a flat float vector:
+`name(.name)*` with `[i]` indices and `[start:stop(:step)]` slices (negative counts from the end)
+after any name; a message (or an array of them) gives its numeric fields, recursively, in
+definition order (strings are skipped). Paths are checked against the definitions and then on each
+topic's first message before the bag is read; every problem is reported in one ConfigError.
 
 Each episode is sampled at `fps` from the first instant every stream has spoken to the last;
 a tick is kept only when every stream has a message within the tolerance. The store's attributes
@@ -25,7 +40,11 @@ nothing that looks like a dataset.
 
 from __future__ import annotations
 
+import dataclasses
+import keyword
+import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,13 +53,56 @@ from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
 
+# Types robot_rl/ros/messages.py `read_field` converts, with the `field` names it reads (none: the
+# default conversion). Any other `field` on them is a path into the message.
+CONVERTERS = {
+    "sensor_msgs/msg/JointState": ("position", "velocity", "effort"),
+    "nav_msgs/msg/Odometry": ("pose", "velocity"),
+    "sensor_msgs/msg/Imu": ("gyro", "accel"),
+    "geometry_msgs/msg/PoseStamped": (),
+    "geometry_msgs/msg/Pose": (),
+    "geometry_msgs/msg/Twist": (),
+    "geometry_msgs/msg/TwistStamped": (),
+    "ackermann_msgs/msg/AckermannDriveStamped": (),
+    "std_msgs/msg/Float64MultiArray": (),
+    "std_msgs/msg/Float32MultiArray": (),
+    "sensor_msgs/msg/Image": (),
+    "sensor_msgs/msg/CompressedImage": (),
+}
+
+FIX_DEFINITION = (
+    "record with a rosbag2 that stores message definitions (the mcap storage, or Iron or newer) where "
+    "the message package is installed, or give the definition in the import config: "
+    "msg_definitions: {TYPE: FILE.msg}"
+)
+
 
 @dataclass
 class StreamConfig:
     key: str
-    topic: str
-    field: str | None = None
+    topic: str | None = None
+    field: str | None = None  # one of a converter's parts, or a path into the message
     names: list | None = None  # JointState: joint order
+    path: str | None = None  # "TOPIC.FIELD_PATH" in one string (topic names have no '.')
+
+    def __post_init__(self):
+        if self.path is not None:
+            topic, _, rest = str(self.path).strip().partition(".")
+            if (self.topic, self.field) not in ((None, None), (topic, rest or None)):  # as recorded: ok
+                raise ConfigError(f"stream {self.key}: give `path` or `topic` (and `field`), not both")
+            self.topic, self.field = topic, rest or None
+        if not self.topic or any(c in str(self.topic) for c in "[]. "):
+            raise ConfigError(
+                f"stream {self.key}: bad topic {self.topic!r} (give `topic: /name` and a `field`, "
+                "or `path: /name.field.path[0:3]`)"
+            )
+        if self.field is not None:
+            self.field = str(self.field).strip() or None
+        if self.field is not None:
+            try:
+                parse_field_path(self.field)
+            except ValueError as exc:
+                raise ConfigError(f"stream {self.key}: bad field path {self.field!r}: {exc}") from None
 
 
 @dataclass
@@ -52,6 +114,7 @@ class RosbagImportConfig:
     tolerance_s: float = 0.05
     episodes: dict = field(default_factory=lambda: {"gap_s": 1.0, "marker_topic": None})
     task: str = ""
+    msg_definitions: dict = field(default_factory=dict)  # type -> .msg / .idl file, or the text
 
     def __post_init__(self):
         self.streams = [s if isinstance(s, StreamConfig) else StreamConfig(**s) for s in self.streams]
@@ -61,26 +124,356 @@ class RosbagImportConfig:
             raise ConfigError("clock must be 'header' or 'bag', align 'nearest' or 'interpolate'")
         if not (self.fps > 0 and self.tolerance_s > 0):
             raise ConfigError("fps and tolerance_s must be positive")
+        self.msg_definitions = dict(self.msg_definitions or {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.msg_definitions.items()):
+            raise ConfigError("msg_definitions maps a type name to its .msg file (or its text)")
+
+
+# --- field paths ------------------------------------------------------------------------------------
+_SEGMENT = re.compile(r"([A-Za-z_]\w*)((?:\[[^\[\]]*\])*)")
+_INT = re.compile(r"[+-]?\d+")
+
+
+def parse_field_path(text: str) -> list[tuple]:
+    """`a.b[2].c[1:-1]` -> [("field", "a"), ("field", "b"), ("index", 2), ("field", "c"),
+    ("slice", 1, -1, None)]; ValueError says what is wrong."""
+    steps: list[tuple] = []
+    for segment in text.split("."):
+        match = _SEGMENT.fullmatch(segment.strip())
+        if not match:
+            raise ValueError(f"{segment!r} is not a field name followed by optional [i] or [start:stop]")
+        steps.append(("field", match[1]))
+        for inside in re.findall(r"\[([^\[\]]*)\]", match[2]):
+            parts = [p.strip() for p in inside.split(":")]
+            if len(parts) == 1 and _INT.fullmatch(parts[0]):
+                steps.append(("index", int(parts[0])))
+            elif len(parts) in (2, 3) and all(p == "" or _INT.fullmatch(p) for p in parts):
+                start, stop, step = [int(p) if p else None for p in [*parts, ""][:3]]
+                if step == 0:
+                    raise ValueError(f"[{inside}]: a slice's step cannot be 0")
+                steps.append(("slice", start, stop, step))
+            else:
+                raise ValueError(f"[{inside}] is neither an index [i] nor a slice [start:stop(:step)]")
+    return steps
+
+
+def _bracket(step: tuple) -> str:
+    if step[0] == "index":
+        return f"[{step[1]}]"
+    start, stop, stride = ("" if v is None else v for v in step[1:])
+    return f"[{start}:{stop}]" if stride == "" else f"[{start}:{stop}:{stride}]"
+
+
+def _out_of_range(step: tuple, n: int) -> bool:
+    """Whether an index or slice does not fit an array of n values. A slice's explicit bounds must lie
+    within the array: `position[0:7]` of 6 joints is an error, not 6 values."""
+    if step[0] == "index":
+        return not -n <= step[1] < n
+    return any(v is not None and not -n <= v <= n for v in step[1:3])
+
+
+class PathError(ValueError):
+    """A path does not fit a message (an index past the end of its array)."""
+
+
+def _node(spec) -> tuple:
+    """A rosbags field definition (Nodetype, detail) -> ("msg", type) | ("base", type) |
+    ("array", element node, length; None for a sequence)."""
+    kind, detail = spec
+    kind = getattr(kind, "name", kind)
+    if kind in ("BASE", 1):
+        return ("base", detail[0])
+    if kind in ("NAME", 2):
+        return ("msg", detail)
+    return ("array", _node(detail[0]), detail[1] if kind in ("ARRAY", 3) else None)
+
+
+def _describe(node: tuple) -> str:
+    if node[0] == "array":
+        return f"{_describe(node[1])}[{'' if node[2] is None else node[2]}]"
+    return node[1]
+
+
+def _fields(fielddefs, msgtype: str) -> list[tuple[str, tuple]]:
+    return [(name, _node(spec)) for name, spec in fielddefs[msgtype][1]]
+
+
+def _level(fielddefs, msgtype: str) -> str:
+    """A message's fields, for error messages: `header (std_msgs/msg/Header), position (float64[])`."""
+    return ", ".join(f"{name} ({_describe(node)})" for name, node in _fields(fielddefs, msgtype)) or "none"
+
+
+def _numeric(fielddefs, node: tuple) -> bool:
+    if node[0] == "base":
+        return node[1] not in ("string", "wstring")
+    if node[0] == "array":
+        return _numeric(fielddefs, node[1])
+    return any(_numeric(fielddefs, child) for _, child in _fields(fielddefs, node[1]))
+
+
+def check_path(fielddefs, msgtype: str, steps: list[tuple]) -> str | None:
+    """Why `steps` cannot be read out of a `msgtype` message, from its definition (None: they can;
+    indices into variable-length arrays are checked on the messages)."""
+    node, where = ("msg", msgtype), msgtype
+    for step in steps:
+        if step[0] == "field":
+            if node[0] != "msg":
+                return f"{where} is {_describe(node)}, not a message: it has no field {step[1]!r}"
+            fields = dict(_fields(fielddefs, node[1]))
+            if step[1] not in fields:
+                return f"{where} has no field {step[1]!r}; its fields: {_level(fielddefs, node[1])}"
+            node, where = fields[step[1]], step[1] if where == msgtype else f"{where}.{step[1]}"
+            continue
+        if node[0] != "array":
+            return f"{where} is {_describe(node)}, not an array: it takes no {_bracket(step)}"
+        if node[2] is not None and _out_of_range(step, node[2]):
+            return f"{where} has {node[2]} values: {_bracket(step)} is out of range"
+        if step[0] == "index" or node[1][0] == "msg":  # a slice of messages: the path goes on in each
+            node = node[1]
+        where += _bracket(step)
+    if not _numeric(fielddefs, node):
+        return f"{where} ({_describe(node)}) holds no numbers"
+    return None
+
+
+def _flatten(value, out: list) -> None:
+    """The numbers in a field's value: numeric arrays, numbers, messages' numeric fields in order."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
+        out.append(value.astype(np.float64).ravel())
+    elif isinstance(value, (bool, int, float, np.number, np.bool_)):
+        out.append(np.array([value], np.float64))
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        for item in value:
+            _flatten(item, out)
+    elif dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            if f.name != "__msgtype__":
+                _flatten(getattr(value, f.name), out)
+
+
+def read_path(msg, steps: list[tuple]) -> np.ndarray:
+    """The flat float64 vector at `steps` in a message (PathError: an index past an array's end)."""
+    items, where = [msg], ""
+    for step in steps:
+        if step[0] == "field":
+            name = step[1] + "_" if keyword.iskeyword(step[1]) else step[1]  # rosbags renames `from`
+            items = [getattr(item, name) for item in items]
+            where = f"{where}.{step[1]}" if where else step[1]
+            continue
+        picked: list = []
+        for item in items:
+            if _out_of_range(step, len(item)):
+                raise PathError(f"{where} has {len(item)} values: {_bracket(step)} is out of range")
+            if step[0] == "index":
+                picked.append(item[step[1]])
+            elif isinstance(item, np.ndarray):
+                picked.append(item[slice(*step[1:])])
+            else:  # messages: the path goes on in each
+                picked.extend(item[slice(*step[1:])])
+        items, where = picked, where + _bracket(step)
+    out: list = []
+    _flatten(items, out)
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+# --- message types ------------------------------------------------------------------------------------
+def _full_type_name(name: str) -> str:
+    parts = name.strip().split("/")
+    return f"{parts[0]}/msg/{parts[1]}" if len(parts) == 2 else name.strip()
+
+
+def given_definitions(definitions: dict[str, str]) -> dict:
+    """The config's msg_definitions (type -> .msg / .idl file, or the text), parsed."""
+    from rosbags.typesys import get_types_from_idl, get_types_from_msg
+
+    types: dict = {}
+    for name, value in definitions.items():
+        name, text, source = _full_type_name(name), value, "its text"
+        if "\n" not in value and value.strip().endswith((".msg", ".idl")):
+            file = Path(value.strip()).expanduser()
+            if not file.is_file():
+                raise ConfigError(f"msg_definitions: no file {file} for {name}")
+            text, source = file.read_text(), str(file)
+        try:
+            idl = source.endswith(".idl") or text.lstrip().startswith(("module", "#include", "//"))
+            types.update(get_types_from_idl(text) if idl else get_types_from_msg(text, name))
+        except Exception as exc:  # rosbags raises its own parse errors
+            raise ConfigError(
+                f"msg_definitions: cannot parse the definition of {name} ({source}): {exc}"
+            ) from None
+    return types
+
+
+def _dependencies(fields) -> list[str]:
+    out = []
+    for _, spec in fields:
+        node = _node(spec)
+        while node[0] == "array":
+            node = node[1]
+        if node[0] == "msg":
+            out.append(node[1])
+    return out
+
+
+def complete_types(store, roots, given: dict, defaults) -> dict[str, list[str]]:
+    """Register into `store` (the bag's definitions) the types `roots` need and it lacks, from `given`
+    (the config's definitions), then `defaults`; returns, per root type, the types found nowhere."""
+    extra: dict = {}
+    missing: dict[str, list[str]] = {}
+    for root in roots:
+        todo, seen = [root], set()
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            for source in (store.fielddefs, extra, given, defaults.fielddefs):
+                if name in source:
+                    if source is not store.fielddefs:
+                        extra.setdefault(name, source[name])
+                    todo += _dependencies(source[name][1])
+                    break
+            else:
+                missing.setdefault(root, []).append(name)
+    if extra := {k: v for k, v in extra.items() if k not in store.fielddefs}:
+        store.register(extra)
+    return missing
+
+
+def _bag_typestore(reader):
+    """The bag's types as AnyReader registered them, less those whose stored definition is empty (a
+    writer that stored the name without a definition): those are looked up elsewhere."""
+    from rosbags.typesys import Stores, get_typestore
+
+    blank = {
+        c.msgtype for c in reader.connections if c.msgdef.format.name != "NONE" and not c.msgdef.data.strip()
+    }
+    if not blank:
+        return reader.typestore
+    store = get_typestore(Stores.EMPTY)
+    store.register({k: v for k, v in reader.typestore.fielddefs.items() if k not in blank})
+    return store
+
+
+def _has_stamp(fielddefs, msgtype: str) -> bool:
+    """A `header` with a `stamp` (std_msgs/Header): the message's time for clock: header."""
+    header = dict(_fields(fielddefs, msgtype)).get("header")
+    return bool(header and header[0] == "msg" and "stamp" in dict(_fields(fielddefs, header[1])))
+
+
+def _missing_definition(topic: str, msgtype: str, lacking: list[str]) -> str:
+    nested = [t for t in lacking if t != msgtype]
+    also = f" (nor of {', '.join(nested)}, which it uses)" if nested else ""
+    return f"topic {topic} has type {msgtype} and the bag holds no definition of it{also}"
+
+
+def _undefined_in_sqlite(path: Path) -> list[tuple[str, str]]:
+    """(topic, type) of a sqlite3 bag's types stored without a definition (rosbag2 Iron and later
+    write an empty encoding when the recorder lacks the message package)."""
+    import sqlite3
+
+    out = []
+    for db in sorted(path.glob("*.db3")):
+        try:
+            con = sqlite3.connect(f"file:{db}?immutable=1", uri=True)
+        except sqlite3.Error:
+            continue
+        try:
+            bare = {
+                t
+                for (t,) in con.execute(
+                    "SELECT topic_type FROM message_definitions WHERE encoding NOT IN ('ros2msg', 'ros2idl')"
+                )
+            }
+            out += [(name, t) for name, t in con.execute("SELECT name, type FROM topics") if t in bare]
+        except sqlite3.Error:
+            pass
+        finally:
+            con.close()
+    return sorted(set(out))
+
+
+def open_bag(path: Path, defaults, topics):
+    """An open AnyReader of a rosbag2 folder (or of a file in one), the bag's definitions registered."""
+    from rosbags.highlevel import AnyReader
+
+    if path.is_file() and (path.parent / "metadata.yaml").exists():
+        path = path.parent
+    try:
+        reader = AnyReader([path], default_typestore=defaults)
+        reader.open()
+    except KeyError:  # rosbags 0.11 cannot open a sqlite3 bag with a type stored without definition
+        undefined = _undefined_in_sqlite(path)
+        if not undefined:
+            raise DatasetError(f"cannot read the bag {path}: malformed storage") from None
+        needed = [(t, m) for t, m in undefined if t in topics]
+        text = "; ".join(_missing_definition(t, m, [m]) for t, m in (needed or undefined))
+        why = (
+            f"{text}. rosbags cannot open a sqlite3 bag holding a type without its definition"
+            f"{'' if needed else ', even one this import does not read'}: re-record, or convert the bag "
+            "to mcap (`ros2 bag convert`) and give the definition in the config if it is still missing "
+            "(msg_definitions: {TYPE: FILE.msg})"
+        )
+        raise (ConfigError if needed else DatasetError)(f"cannot read {path}: {why}") from None
+    except Exception as exc:  # rosbags raises its own errors for a missing or bad bag
+        hint = (
+            " (the definition stored in the bag is not the one its type hash was made from)"
+            if "hash mismatch" in str(exc)
+            else ""
+        )
+        raise DatasetError(f"cannot read the bag {path}: {exc}{hint}") from None
+    if not reader.is2:
+        reader.close()
+        raise DatasetError(f"{path} is a ROS 1 bag; import-rosbag reads rosbag2 (mcap or sqlite3)")
+    return reader
+
+
+def _label(stream: StreamConfig, msgtype: str) -> str:
+    where = f"stream {stream.key} ({stream.topic}, {msgtype})"
+    return f"{where}, path {stream.field!r}" if stream.field is not None else where
+
+
+def stream_reader(stream: StreamConfig, msgtype: str, fielddefs) -> tuple[Callable | None, str | None]:
+    """(message -> array, None), or (None, why this stream cannot be read from `msgtype` messages)."""
+    from robot_rl.ros.messages import read_field
+
+    if msgtype in CONVERTERS and (stream.field is None or stream.field in CONVERTERS[msgtype]):
+        return (lambda msg: read_field(msg, msgtype, stream.field, stream.names)), None
+    if stream.names is not None:
+        return (
+            None,
+            "`names` picks joints of a JointState's position, velocity or effort; a path takes indices",
+        )
+    if stream.field is None:
+        return None, (
+            f"robot_rl has no converter for {msgtype}: give `field`, a path into it; "
+            f"its fields: {_level(fielddefs, msgtype)}"
+        )
+    steps = parse_field_path(stream.field)
+    if why := check_path(fielddefs, msgtype, steps):
+        return None, why
+    return (lambda msg: read_path(msg, steps)), None
+
+
+def _problems(text: str, problems: list[str], tail: str = "") -> ConfigError:
+    if len(problems) == 1:
+        return ConfigError(f"{text}: {problems[0]}{tail}")
+    return ConfigError(f"{text}:\n" + "\n".join(f"  - {p}" for p in problems) + (f"\n{tail}" if tail else ""))
 
 
 def read_bag(
     path, cfg: RosbagImportConfig, progress: bool = True
 ) -> tuple[dict[str, tuple[np.ndarray, list]], dict, list[float]]:
     """[(times, arrays)] per stream (in config order), the bag's topic -> message count, the marker times."""
-    from rosbags.rosbag2 import Reader
+    from robot_rl.ros.messages import ros2_typestore
 
-    from robot_rl.ros.messages import read_field, ros2_typestore
-
-    store = ros2_typestore()
     wanted: dict[str, list[int]] = {}
     for i, s in enumerate(cfg.streams):  # several streams may read one topic (positions and velocities)
         wanted.setdefault(s.topic, []).append(i)
     marker = (cfg.episodes or {}).get("marker_topic")
-    try:
-        reader = Reader(Path(path))
-        reader.open()
-    except Exception as exc:  # rosbags raises its own errors for a missing or bad bag
-        raise DatasetError(f"cannot read the bag {path}: {exc}") from None
+    given = given_definitions(cfg.msg_definitions)
+    defaults = ros2_typestore()
+    reader = open_bag(Path(path), defaults, [*wanted, *([marker] if marker else [])])
     try:
         available = {c.topic: c.msgtype for c in reader.connections}
         missing = [t for t in [*wanted, *([marker] if marker else [])] if t not in available]
@@ -89,6 +482,66 @@ def read_bag(
                 f"{path} has no topic {', '.join(missing)} (it has {', '.join(sorted(available))})"
             )
         connections = [c for c in reader.connections if c.topic in wanted or c.topic == marker]
+        # Types: the bag's definitions, then the config's, then the defaults; the marker's only for
+        # its header stamp.
+        store = _bag_typestore(reader)
+        needed = {t: available[t] for t in wanted} | (
+            {marker: available[marker]} if marker and cfg.clock == "header" else {}
+        )
+        lacking = complete_types(store, sorted(set(needed.values())), given, defaults)
+        problems = [_missing_definition(t, m, lacking[m]) for t, m in needed.items() if m in lacking]
+        if problems:
+            raise _problems(f"cannot read {path}", problems, f". To fix: {FIX_DEFINITION}")
+        fielddefs = store.fielddefs
+        readers: list[Callable] = []
+        for s in cfg.streams:
+            read, why = stream_reader(s, available[s.topic], fielddefs)
+            readers.append(read)
+            if why:
+                problems.append(f"{_label(s, available[s.topic])}: {why}")
+        stamped = {t: cfg.clock == "header" and _has_stamp(fielddefs, m) for t, m in needed.items()}
+
+        def decode(connection, raw):
+            try:
+                return store.deserialize_cdr(raw, connection.msgtype)
+            except Exception as exc:  # rosbags raises its own errors for data that do not fit
+                raise DatasetError(
+                    f"{path}: cannot decode a {connection.msgtype} message on {connection.topic} "
+                    f"with the bag's definition of it: {exc}"
+                ) from None
+
+        def extract(i, msg):
+            try:
+                return readers[i](msg)
+            except PathError as exc:
+                s = cfg.streams[i]
+                raise ConfigError(f"{_label(s, available[s.topic])}: {exc}") from None
+
+        # Each topic's first message, before the long read: indices, joint names, empty vectors; then
+        # every problem found so far in one error.
+        shapes: dict[int, tuple] = {}
+        for topic, streams in wanted.items():
+            first = reader.messages([c for c in connections if c.topic == topic])
+            item = next(first, None)
+            first.close()
+            if item is None:
+                continue
+            msg = decode(item[0], item[2])
+            for i in streams:
+                s = cfg.streams[i]
+                if readers[i] is None:  # its path does not fit the definition: reported already
+                    continue
+                try:
+                    value = np.asarray(readers[i](msg))
+                except (PathError, ConfigError) as exc:
+                    problems.append(f"{_label(s, available[topic])}: {exc}")
+                    continue
+                if value.size == 0:
+                    problems.append(f"{_label(s, available[topic])}: no values in the first message")
+                shapes[i] = value.shape
+        if problems:
+            raise _problems(f"cannot read {path}", problems)
+
         data = [([], []) for _ in cfg.streams]
         markers = []
         counts = {t: 0 for t in available}
@@ -101,18 +554,28 @@ def read_bag(
             disable=not progress,
             dynamic_ncols=True,
         ):
-            counts[connection.topic] += 1
-            msg = store.deserialize_cdr(raw, connection.msgtype)
+            topic = connection.topic
+            counts[topic] += 1
             stamp = bag_ns * 1e-9
-            if cfg.clock == "header" and hasattr(msg, "header"):
-                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
-            if connection.topic == marker:
+            if topic == marker:
+                if stamped.get(topic):
+                    msg = decode(connection, raw)
+                    stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
                 markers.append(stamp)
                 continue
-            for i in wanted[connection.topic]:
-                stream = cfg.streams[i]
+            msg = decode(connection, raw)
+            if stamped[topic]:
+                stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            for i in wanted[topic]:
+                value = extract(i, msg)
+                if np.shape(value) != shapes[i]:  # stacking needs one shape; say where it changed
+                    raise DatasetError(
+                        f"{_label(cfg.streams[i], connection.msgtype)}: shape {np.shape(value)} at "
+                        f"t={stamp:.3f} s, {shapes[i]} in the first message (a variable-length array: "
+                        "pick a fixed part of it)"
+                    )
                 data[i][0].append(stamp)
-                data[i][1].append(read_field(msg, connection.msgtype, stream.field, stream.names))
+                data[i][1].append(value)
     finally:
         reader.close()
     out = []

@@ -53,10 +53,15 @@ class LoopbackGraph:
 
 
 class LoopbackIO(RosIO):
-    """One node's view of a LoopbackGraph."""
+    """One node's view of a LoopbackGraph. Topic and action names resolve as rclpy resolves them:
+    `/x` as it is, `x` in the node's namespace, `~/x` under the node's own name."""
 
-    def __init__(self, graph: LoopbackGraph, use_sim_time: bool = False):
+    def __init__(
+        self, graph: LoopbackGraph, use_sim_time: bool = False, namespace: str = "/", node: str = "robot_rl"
+    ):
         self.graph, self.use_sim_time = graph, use_sim_time
+        self.namespace, self.node = "/" + namespace.strip("/"), node
+        self.name = self.resolve("~/")[:-1]
         self.types = graph.types
         self.transforms: dict[
             tuple[str, str], tuple[list[float], float]
@@ -64,10 +69,18 @@ class LoopbackIO(RosIO):
         self.gripper_servers: set[str] = set()  # action servers that answer
         self.gripper_goals: list[tuple[str, float, float]] = []
 
+    def resolve(self, name: str) -> str:
+        if name.startswith("/"):
+            return name
+        if name.startswith("~/"):
+            return f"{self.namespace.rstrip('/')}/{self.node}/{name[2:]}"
+        return f"{self.namespace.rstrip('/')}/{name}"
+
     def subscribe(self, topic, msgtype, callback, qos="sensor") -> None:
-        self.graph.subscribe(topic, msgtype, callback, qos)
+        self.graph.subscribe(self.resolve(topic), msgtype, callback, qos)
 
     def publisher(self, topic, msgtype, qos="command"):
+        topic = self.resolve(topic)
         return lambda msg: self.graph.publish(topic, msgtype, msg, qos)
 
     def now(self) -> float:
@@ -80,10 +93,10 @@ class LoopbackIO(RosIO):
 
     def connect_gripper(self, action_name, timeout_s) -> None:
         deadline = time.monotonic() + timeout_s
-        while action_name not in self.gripper_servers:
+        while self.resolve(action_name) not in self.gripper_servers:
             if time.monotonic() > deadline:
                 raise DeviceError(f"the gripper action server {action_name} is not available")
             time.sleep(0.01)
 
     def send_gripper_goal(self, action_name, position, max_effort) -> None:
-        self.gripper_goals.append((action_name, position, max_effort))
+        self.gripper_goals.append((self.resolve(action_name), position, max_effort))

@@ -46,15 +46,26 @@ def bag_types(store=None) -> Types:
     return lambda name: store.types[name]
 
 
+class MissingRosPackage(ConfigError):
+    """A ROS 2 package (messages, tf2_ros) is not installed; `robot_rl.ros.backends` adds the
+    config key that needs it."""
+
+    def __init__(self, package: str, what: str):
+        self.package = package
+        apt = "ros-$ROS_DISTRO-" + package.replace("_", "-")
+        super().__init__(
+            f"the ROS 2 package {package} is not installed ({what}; apt install {apt}, "
+            "or build it in your workspace)"
+        )
+
+
 def rclpy_types(name: str) -> type:
     """The rclpy message class of a type name (its package must be installed in the ROS workspace)."""
     package, _, message = name.split("/")
     try:
         return getattr(importlib.import_module(f"{package}.msg"), message)
     except (ImportError, AttributeError):
-        raise ConfigError(
-            f"ROS 2 message {name} is not available (is its package installed and sourced?)"
-        ) from None
+        raise MissingRosPackage(package, name) from None
 
 
 # --- time -----------------------------------------------------------------------------------------

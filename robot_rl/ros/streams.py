@@ -39,6 +39,17 @@ class RosIO(abc.ABC):
     """What a ROS backend needs from ROS 2."""
 
     types: Callable[[str], type]  # message type name -> class (messages.rclpy_types / bag_types)
+    use_sim_time: bool = False  # the ROS clock is the /clock topic's simulation time
+    name: str = "/robot_rl"  # the node's fully qualified name
+
+    def resolve(self, name: str) -> str:
+        """A topic name as the node resolves it (`x` in its namespace, `~/x` under its name)."""
+        return name
+
+    def listen_to_tf(self) -> None:
+        """Start listening to TF, so that lookups right after connecting find what arrived (a
+        connection without a TF listener answers no lookup: see lookup_transform)."""
+        return None
 
     @abc.abstractmethod
     def subscribe(self, topic: str, msgtype: str, callback: Callable, qos: str = "sensor") -> None: ...
@@ -76,7 +87,7 @@ class LatestMessage:
     the ROS executor thread writes, the control loop reads."""
 
     def __init__(self, io: RosIO, topic: str, msgtype: str, convert: Callable, qos: str = "sensor"):
-        self.io, self.topic, self.convert = io, topic, convert
+        self.io, self.topic, self.convert = io, io.resolve(topic), convert
         self._lock = threading.Lock()
         self._sample: Sample | None = None
         self._error: str | None = None  # a message that could not be converted (raised to the reader)

@@ -45,6 +45,27 @@ def test_a_tick_half_a_period_or_more_late_re_anchors_without_catch_up(behind_s)
     assert clock._deadline - time.monotonic() == pytest.approx(0.1, abs=0.05)  # a full period from now
 
 
+def test_a_time_source_sets_the_grid_and_a_stopped_source_holds_the_tick():
+    """On another clock (the ROS clock under use_sim_time) the ticks follow that clock: a tick
+    waits until the source passes its deadline, whatever the host time."""
+    now = [100.0]
+    clock = RateClock(10, time_source=lambda: now[0], poll_s=1e-4)
+    clock.start()
+    assert clock._deadline == pytest.approx(100.1)
+    ticked = threading.Event()
+    waiter = threading.Thread(target=lambda: (clock.wait(), ticked.set()))
+    waiter.start()
+    time.sleep(0.15)  # more than a period of host time: the source has not moved, no tick
+    assert not ticked.is_set()
+    now[0] = 100.1
+    waiter.join(2.0)
+    assert ticked.is_set() and clock.overruns == 0 and clock._deadline == pytest.approx(100.2)
+    assert clock.periods[-1] == pytest.approx(0.1)  # measured on the source
+    now[0] = 100.5  # far past the next deadline: an overrun, re-anchored on the source
+    clock.wait()
+    assert clock.overruns == 1 and clock._deadline == pytest.approx(100.6)
+
+
 def test_reduced_timer_slack_only_while_spinning():
     """Contended (here: a planted run-queue wait), the thread gets its own timer slack back."""
     from robot_rl.core.clock import timer_slack

@@ -1,7 +1,8 @@
 """RosArm, RosCar and RosCamera on an in-process ROS 2 graph (robot_rl.ros.loopback: every
-message CDR-serialized with the real ROS 2 definitions). rclpy and DDS cannot run here (no
-ROS 2 packages for this Python on Debian 12 or PyPI); the loopback stands in for them only, and
-the robot's side is a small simulated arm and car (ros_sims)."""
+message CDR-serialized with the real ROS 2 definitions), against a small simulated arm and car
+(ros_sims): fast checks of each backend's behaviour, including faults (stalls, bad messages, QoS
+mismatches, TF, gripper actions) that are hard to stage across processes. The backends on rclpy
+and Fast DDS, in separate processes, are tests/ros/test_dds.py."""
 
 import math
 import threading

@@ -1,6 +1,8 @@
 """Every launch file parses, declares its arguments (with descriptions and defaults), uses only
 arguments it declares, and starts only executables and parameters that exist, with values of
 the types the nodes declare (rclpy refuses a parameter whose type differs from its default's).
+Each also takes a params_file (a ROS 2 parameters file, applied last); the ones shipped in
+launch/params/ set only parameters the node declares, with its types.
 `ros2 launch` itself needs ROS 2, which this machine lacks: the XML is checked as
 launch_ros's frontend reads it (values typed by YAML)."""
 
@@ -16,7 +18,9 @@ from robot_rl.commands import ros_nodes as nodes
 from robot_rl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
-LAUNCH = sorted((ROOT / "robot_rl" / "ros" / "launch").glob("*.launch.xml"))
+LAUNCH_DIR = ROOT / "robot_rl" / "ros" / "launch"
+LAUNCH = sorted(LAUNCH_DIR.glob("*.launch.xml"))
+PARAMS = sorted((LAUNCH_DIR / "params").glob("*.yaml"))
 VAR = re.compile(r"\$\(var ([A-Za-z0-9_]+)\)")
 BUILTIN_PARAMS = {"use_sim_time"}  # every rclpy node has it
 
@@ -52,6 +56,7 @@ def test_launch_file(path):
         "use_sim_time",
         "driver_launch",
         "camera_launch",
+        "params_file",
     ):
         assert needed in args
     assert "dataset" in args or "demos" in args
@@ -68,7 +73,13 @@ def test_launch_file(path):
     assert command == "ros" and kind in nodes.NODES
     assert node.get("namespace") == "$(var namespace)"
     declared = {p.name: p for p in nodes.NODES[kind]}
-    params = {p.get("name"): p.get("value") for p in node.findall("param")}
+    *named, from_file = node.findall("param")
+    # The params file comes last, so its values override the arguments' (launch_ros passes the
+    # parameters in order, and the last value of a parameter wins); by default it sets nothing.
+    assert from_file.attrib == {"from": "$(var params_file)"}
+    assert args["params_file"].get("default") == "$(dirname)/params/none.yaml"
+    assert (path.parent / "params" / "none.yaml").is_file()
+    params = {p.get("name"): p.get("value") for p in named}
     assert set(params) <= set(declared) | BUILTIN_PARAMS, f"unknown parameters {set(params) - set(declared)}"
     assert {"robot_config", "checkpoint", "teleop"} <= set(params) and set(params) & {"dataset", "demos"}
     for name, value in params.items():
@@ -82,6 +93,48 @@ def test_launch_file(path):
     assert nodes.robot_config(args["robot_config"].get("default")).kind == (
         "ros_car" if path.name.startswith("car") else "ros_arm"
     )
+
+
+def launch_nodes() -> dict[str, tuple[str, str]]:
+    """{launch file stem: (node name, node kind)}"""
+    nodes_by_file = {}
+    for path in LAUNCH:
+        (node,) = ET.parse(path).getroot().findall("node")
+        nodes_by_file[path.name.removesuffix(".launch.xml")] = (node.get("name"), node.get("args").split()[1])
+    return nodes_by_file
+
+
+def test_the_params_files_are_there():
+    assert {p.name for p in PARAMS} == {"none.yaml", "arm_policy.example.yaml"}
+    assert yaml.safe_load((LAUNCH_DIR / "params" / "none.yaml").read_text()) == {
+        "/**": {"ros__parameters": {}}
+    }
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.name)
+def test_params_file(path):
+    """A ROS 2 parameters file ({node: {ros__parameters: {name: value}}}) for the node of the
+    launch file it is named after (X.example.yaml: X.launch.xml), or for every node (none.yaml);
+    its parameters are declared by the node, with the node's types."""
+    launches = launch_nodes()
+    stem = path.name.removesuffix(".yaml").removesuffix(".example")
+    targets = [launches[stem]] if stem in launches else list(launches.values())
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict) and data
+    for key, body in data.items():
+        assert isinstance(body, dict) and set(body) == {"ros__parameters"}, f"{key}: only ros__parameters"
+        values = body["ros__parameters"]
+        assert isinstance(values, dict)
+        for name, kind in targets:
+            assert key in ("/**", f"/**/{name}", f"/{name}", name), f"{key} does not name the node {name}"
+            declared = {p.name: p.type for p in nodes.NODES[kind]} | {p: bool for p in BUILTIN_PARAMS}
+            assert set(values) <= set(declared), (
+                f"{path.name}: {kind} declares no {set(values) - set(declared)}"
+            )
+            for param, value in values.items():
+                assert type(value) is declared[param], (
+                    f"{path.name}: {param}={value!r} is no {declared[param]}"
+                )
 
 
 def test_node_parameters_have_types_and_descriptions():
