@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
         "import-rosbag",
         help="a rosbag2 recording (mcap or sqlite3) -> a store, topics aligned at a fixed fps",
     )
-    q.add_argument("bag", help="the bag folder (or .mcap file)")
+    q.add_argument("bag", help="the rosbag2 folder (mcap or sqlite3, with its metadata.yaml)")
     q.add_argument("out", help="the new store (.zarr)")
     q.add_argument(
         "--config",

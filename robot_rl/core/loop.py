@@ -138,7 +138,12 @@ class ControlLoop:
         self.episode = 0
         self._robot_lock = threading.Lock()
         self._watchdog = (
-            Watchdog(self.safety_config.watchdog_s, self._stop_robot, self._robot_lock)
+            Watchdog(
+                self.safety_config.watchdog_s,
+                self._stop_robot,
+                self._robot_lock,
+                clock=time_source or time.monotonic,
+            )
             if self.safety_config.watchdog_s
             else None
         )

@@ -125,14 +125,23 @@ class Watchdog:
     """Calls `on_timeout` (the robot's stop) when `feed()` has not been called for `timeout_s`.
 
     Runs in its own thread so it fires even while the loop is stuck in a slow policy call.
-    `lock` is held around the stop so it never interleaves with a command being sent.
+    `lock` is held around the stop so it never interleaves with a command being sent. `clock`
+    measures the timeout: the host's monotonic clock, or the loop's (the ROS clock under
+    use_sim_time, so a simulator slower than real time does not trip it between ticks).
     """
 
-    def __init__(self, timeout_s: float, on_timeout: Callable[[], None], lock: threading.Lock):
+    def __init__(
+        self,
+        timeout_s: float,
+        on_timeout: Callable[[], None],
+        lock: threading.Lock,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.timeout_s = timeout_s
         self._on_timeout = on_timeout
         self._lock = lock
-        self._last_feed = time.monotonic()
+        self._clock = clock
+        self._last_feed = clock()
         self._armed = False
         self._tripped = False
         self.trips = 0
@@ -141,7 +150,7 @@ class Watchdog:
         self._thread.start()
 
     def arm(self) -> None:
-        self._last_feed = time.monotonic()
+        self._last_feed = self._clock()
         self._tripped = False
         self._armed = True
 
@@ -149,7 +158,7 @@ class Watchdog:
         self._armed = False
 
     def feed(self) -> None:
-        self._last_feed = time.monotonic()
+        self._last_feed = self._clock()
         self._tripped = False
 
     def close(self) -> None:
@@ -159,7 +168,7 @@ class Watchdog:
     def _watch(self) -> None:
         poll = min(self.timeout_s / 5.0, 0.01)
         while not self._closed.wait(poll):
-            if self._armed and not self._tripped and time.monotonic() - self._last_feed > self.timeout_s:
+            if self._armed and not self._tripped and self._clock() - self._last_feed > self.timeout_s:
                 with self._lock:
                     self._tripped = True
                     self.trips += 1

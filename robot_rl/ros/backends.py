@@ -55,16 +55,18 @@ def quat_about_z(angle: float) -> np.ndarray:
 
 
 class _CommandWatchdog:
-    """The loop's Watchdog around a backend: `stop` runs when `fed()` has not been called for `timeout_s`."""
+    """The loop's Watchdog around a backend: `stop` runs when `fed()` has not been called for
+    `timeout_s` (of ROS time under use_sim_time, as the loop's own)."""
 
-    def __init__(self, timeout_s: float, stop):
+    def __init__(self, timeout_s: float, stop, io: RosIO):
         self.timeout_s, self._stop = timeout_s, stop
+        self._clock = io.now if io.use_sim_time else time.monotonic
         self.lock = threading.Lock()
         self._dog: Watchdog | None = None
 
     def start(self) -> None:
         if self._dog is None and self.timeout_s > 0:
-            self._dog = Watchdog(self.timeout_s, self._stop, self.lock)
+            self._dog = Watchdog(self.timeout_s, self._stop, self.lock, clock=self._clock)
             self._dog.arm()
 
     def fed(self) -> None:
@@ -223,7 +225,7 @@ class RosArm(Robot):
         self._joints: LatestMessage | None = None
         self._ee: LatestMessage | None = None
         self._publish = self._publish_gripper = None
-        self._watchdog = _CommandWatchdog(cfg.watchdog_s, self.stop)
+        self._watchdog = _CommandWatchdog(cfg.watchdog_s, self.stop, io)
         self._goal: np.ndarray | None = None  # joint goal, or the pose target [x, y, z, qx, qy, qz, qw]
         self._yaw0, self._quat0, self._target_yaw = 0.0, np.array([0.0, 0.0, 0.0, 1.0]), 0.0
         self._gripper_goal: float | None = None
@@ -486,7 +488,7 @@ class RosCar(Robot):
         self._publish = None
         self._steer = 0.0
         self._pose = np.zeros(3)
-        self._watchdog = _CommandWatchdog(cfg.watchdog_s, self.stop)
+        self._watchdog = _CommandWatchdog(cfg.watchdog_s, self.stop, io)
 
     def connect(self) -> None:
         if self._odom is not None:

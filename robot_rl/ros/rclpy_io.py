@@ -144,6 +144,9 @@ def _interrupt_once():
         signal.signal(sig, handler)
 
 
+_KINDS = {int: "an integer (5, not 5.0)", float: "a number", str: "a string", bool: "true or false"}
+
+
 def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
     """Start the rclpy node `robot_rl_<kind>`, declare and read `params_spec`
     (robot_rl.commands.ros_nodes.NODES[kind]), and run `runner(params, io)`."""
@@ -161,9 +164,13 @@ def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
     try:
         from rclpy.signals import SignalHandlerOptions
 
-        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+        options = {"signal_handler_options": SignalHandlerOptions.NO}
     except ImportError:  # before Humble
-        rclpy.init(args=argv)
+        options = {}
+    try:
+        rclpy.init(args=argv, **options)
+    except Exception as exc:  # rcl's RCLError: unparsable --ros-args, a params file that cannot be read
+        raise ConfigError(f"ROS 2 could not start the node with {' '.join(argv[1:])}: {exc}") from None
     _interrupt_once()
     node = rclpy.create_node(f"robot_rl_{kind}")
     executor = SingleThreadedExecutor()
@@ -176,7 +183,7 @@ def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
                 node.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
             except Exception as exc:  # rclpy's InvalidParameterTypeException and kin
                 raise ConfigError(
-                    f"node {kind}: parameter {p.name} must be a {p.type.__name__}: {exc}"
+                    f"node {kind}: parameter {p.name} must be {_KINDS[p.type]}: {exc}"
                 ) from None
             params[p.name] = node.get_parameter(p.name).value
         spinner.start()

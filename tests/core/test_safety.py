@@ -87,3 +87,28 @@ def test_non_real_actions_are_refused_like_wrong_shapes(dtype):
     with pytest.raises(ValueError, match="real numbers"):
         safety(action)
     assert safety(np.zeros(SPEC.shape)) is not None
+
+
+def test_the_watchdog_measures_its_timeout_on_the_clock_it_is_given():
+    """Under use_sim_time the loop's clock is the ROS clock: a simulator slower than real time must
+    not trip the watchdog between two ticks, and one whose commands stop in its time does."""
+    import threading
+    import time
+
+    from robot_rl.core.safety import Watchdog
+
+    now, stops = [0.0], []
+    dog = Watchdog(0.1, lambda: stops.append(now[0]), threading.Lock(), clock=lambda: now[0])
+    try:
+        dog.arm()
+        time.sleep(0.3)  # three timeouts of host time, none of the given clock's
+        assert stops == []
+        now[0] = 0.05
+        dog.feed()
+        now[0] = 0.2  # 0.15 of the clock since the last command
+        deadline = time.monotonic() + 2.0
+        while not stops and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert stops == [0.2] and dog.trips == 1
+    finally:
+        dog.close()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ import numpy as np
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from rclpy.signals import SignalHandlerOptions
 from ros_sims import ArmSim, CarSim
 
 from robot_rl.ros import messages as m
@@ -75,7 +77,9 @@ def main() -> None:
     parser.add_argument("--command-timeout", type=float, default=0.3)
     args = parser.parse_args()
 
-    rclpy.init()
+    # rclpy's own handlers would catch SIGTERM and leave this process running: Python's stay
+    rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     sim_time = args.clock_rate is not None
     node = rclpy.create_node(
         "robot_driver",
@@ -84,7 +88,8 @@ def main() -> None:
     )
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
     io = RclpyIO(node)
     stop = threading.Event()
     if sim_time:
@@ -119,11 +124,12 @@ def main() -> None:
         try:
             while True:
                 time.sleep(1.0)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit):
             pass
         finally:
             stop.set()
     executor.shutdown()
+    spinner.join(5.0)  # a spinning thread left at exit aborts the process
     rclpy.try_shutdown()
 
 

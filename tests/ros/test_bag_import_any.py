@@ -19,14 +19,8 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore  # noqa: E
 from robot_rl.cli import main  # noqa: E402
 from robot_rl.datasets import EpisodeStore  # noqa: E402
 from robot_rl.errors import ConfigError, DatasetError  # noqa: E402
-from robot_rl.ros.bag_import import (  # noqa: E402
-    RosbagImportConfig,
-    StreamConfig,
-    check_path,
-    import_rosbag,
-    parse_field_path,
-    read_path,
-)
+from robot_rl.ros.bag_import import RosbagImportConfig, StreamConfig, import_rosbag  # noqa: E402
+from robot_rl.ros.field_path import check_path, parse_field_path, read_path  # noqa: E402
 
 ARM_STATE = "my_lab_msgs/msg/ArmState"
 ARM_STATE_MSG = "std_msgs/Header header\nfloat64[] position\ngeometry_msgs/Pose tool\nFinger[] fingers\n"

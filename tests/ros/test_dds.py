@@ -375,3 +375,26 @@ def test_actor_node_streams_a_driver_process_car_to_a_learner(tmp_path, ros_env,
     drives = np.array([e["value"] for e in car.of("drive")])
     assert len(drives) >= 30 and np.all(np.isfinite(drives))
     assert len(car.of("action")) == 30 and car.of("diagnostics")[-1]["value"]["name"] == "/robot_rl_actor"
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["-p", "episodes:=1.5", "-p", "checkpoint:=x"], "parameter episodes must be an integer"),
+        (
+            ["--params-file", "/nonexistent/params.yaml"],
+            "could not start the node with --ros-args --params-file",
+        ),
+    ],
+)
+def test_bad_ros_arguments_are_one_line_errors(ros_env, args, says):
+    process = subprocess.run(
+        [ROBOT_RL, "ros", "policy", "--ros-args", *args],
+        capture_output=True,
+        text=True,
+        env=ros_env,
+        timeout=60,
+    )
+    errors = [line for line in process.stderr.splitlines() if line.startswith("robot-rl: error: ")]
+    assert process.returncode == 2 and len(errors) == 1 and says in errors[0], process.stderr
+    assert "Traceback" not in process.stderr
