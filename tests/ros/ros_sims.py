@@ -12,15 +12,28 @@ every command received and every such timeout.
 from __future__ import annotations
 
 import math
+import os
+import struct
 import threading
 import time
 
 import numpy as np
 
+from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_START, EV_ABS, EV_KEY
 from robot_rl.ros import messages as m
 from robot_rl.ros.loopback import LoopbackGraph, LoopbackIO
 
 JOINTS = ["j1", "j2", "j3"]
+
+
+def push_forward_then_succeed(fd: int) -> None:
+    """The operator on a gamepad, as evdev events into the device's FIFO: the stick pushed forward
+    for 0.6 s, released, then START (success)."""
+    os.write(fd, struct.pack("llHHi", 0, 0, EV_ABS, ABS_Y, -20000))
+    time.sleep(0.6)
+    os.write(
+        fd, struct.pack("llHHi", 0, 0, EV_ABS, ABS_Y, 0) + struct.pack("llHHi", 0, 0, EV_KEY, BTN_START, 1)
+    )
 
 
 class _Publisher:

@@ -8,7 +8,6 @@ rclpy comes from the `ros-wheels` extra (ROS 2 Jazzy wheels), which `make test` 
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
@@ -18,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from ros_sims import push_forward_then_succeed
 
-from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_START, EV_ABS, EV_KEY
 from robot_rl.policies.iql import IQLAgent, IQLConfig
 
 HERE = Path(__file__).parent
@@ -241,12 +240,7 @@ def test_collect_node_records_an_episode_from_a_driver_process(tmp_path, ros_env
     fd = os.open(fifo, os.O_WRONLY)  # the operator's gamepad: blocks until the node opens it
     try:
         arm.wait_for(lambda: arm.of("target_pose"), 60, "the collect node to drive the arm")
-        os.write(fd, struct.pack("llHHi", 0, 0, EV_ABS, ABS_Y, -20000))  # push the stick
-        time.sleep(0.6)
-        os.write(
-            fd,
-            struct.pack("llHHi", 0, 0, EV_ABS, ABS_Y, 0) + struct.pack("llHHi", 0, 0, EV_KEY, BTN_START, 1),
-        )  # release, then success
+        push_forward_then_succeed(fd)
         result = finish(process)
     finally:
         os.close(fd)

@@ -3,7 +3,6 @@ with the robot's side simulated (ros_sims): fast checks of what the nodes do. Th
 rclpy and DDS, in separate processes, are tests/ros/test_dds.py."""
 
 import os
-import struct
 import sys
 import threading
 import time
@@ -14,14 +13,13 @@ import yaml
 
 pytest.importorskip("rosbags")
 
-from ros_sims import JOINTS, ArmSim, CarSim  # noqa: E402
+from ros_sims import JOINTS, ArmSim, CarSim, push_forward_then_succeed  # noqa: E402
 
 from robot_rl.cli import main  # noqa: E402
 from robot_rl.commands import ros_nodes as nodes  # noqa: E402
 from robot_rl.config import CONF_DIR  # noqa: E402
 from robot_rl.datasets import EpisodeStore  # noqa: E402
 from robot_rl.errors import ConfigError  # noqa: E402
-from robot_rl.hardware.gamepad_teleop import ABS_Y, BTN_START, EV_ABS, EV_KEY  # noqa: E402
 from robot_rl.policies.iql import IQLAgent, IQLConfig  # noqa: E402
 from robot_rl.policies.sac import SACAgent, SACConfig  # noqa: E402
 from robot_rl.ros.loopback import LoopbackGraph, LoopbackIO  # noqa: E402
@@ -198,13 +196,7 @@ def test_collect_node_records_a_gamepad_episode_on_the_arm(tmp_path):
         try:
             while "/target_pose" not in graph.published:
                 time.sleep(0.01)
-            os.write(fd, struct.pack("llHHi", 0, 0, EV_ABS, ABS_Y, -20000))
-            time.sleep(0.6)
-            os.write(
-                fd,
-                struct.pack("llHHi", 0, 0, EV_ABS, ABS_Y, 0)
-                + struct.pack("llHHi", 0, 0, EV_KEY, BTN_START, 1),
-            )
+            push_forward_then_succeed(fd)
             time.sleep(1.0)  # the device stays plugged in until the session is over
         finally:
             os.close(fd)
