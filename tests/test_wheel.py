@@ -88,7 +88,12 @@ def installed(wheel, tmp_path_factory) -> Path:
 
 
 def run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "MUJOCO_GL": "egl"}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "MUJOCO_GL": "egl",
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",  # the node it starts stays on this host
+    }
     env.pop("PYTHONPATH", None)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
 

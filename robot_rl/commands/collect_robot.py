@@ -49,11 +49,11 @@ class StatusLine:
         self.stream.flush()
 
 
-def collect_robot(cfg, io=None, policy=None, ros_loop=None) -> dict:
+def collect_robot(cfg, io=None, policy=None, time_source=None, observer=None) -> dict:
     """`policy` (optional): a function of the env giving (a policy, its execute_k), which drives
     while the operator watches and takes over with the device (interventions are flagged in the
-    data); without one the operator drives. `ros_loop` (the ROS node's): a function of the env
-    and the rate giving the loop's `time_source` and an `observer` of every tick."""
+    data); without one the operator drives. The ROS node gives the loop's `time_source` and an
+    `observer` of every tick."""
     from robot_rl.factory import make_teleop
 
     robot_cfg = cfg.robot
@@ -86,8 +86,7 @@ def collect_robot(cfg, io=None, policy=None, ros_loop=None) -> dict:
         },
     )
     safety = robot_safety(robot_cfg)
-    ros = ros_loop(env, rate) if ros_loop is not None else {"time_source": None, "observer": None}
-    observers = [StatusLine(), ros["observer"]]
+    observers = [StatusLine(), observer]
     if cfg.get("viewer"):
         from robot_rl.hardware.live_view import LiveView
 
@@ -125,7 +124,7 @@ def collect_robot(cfg, io=None, policy=None, ros_loop=None) -> dict:
         recorder=recorder,
         on_step=each_step(*observers),
         on_episode=between_episodes,
-        time_source=ros["time_source"],
+        time_source=time_source,
     )
     sys.stderr.write(
         f"collecting into {out} with {cfg.teleop}"

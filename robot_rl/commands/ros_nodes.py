@@ -139,10 +139,18 @@ def robot_config(name_or_path: str):
     return cfg
 
 
+def _robot_config(params: dict, io):
+    """The node's robot config; under use_sim_time, once /clock runs (within the config's
+    connect_timeout_s: the loop would wait for it forever, and every message age read 0)."""
+    cfg = robot_config(params["robot_config"])
+    io.wait_for_clock(float(cfg.get("connect_timeout_s", 5.0)))
+    return cfg
+
+
 def _env(params: dict, io):
     from robot_rl.factory import robot_env
 
-    cfg = robot_config(params["robot_config"])
+    cfg = _robot_config(params, io)
     return cfg, robot_env(cfg, params["task"], bool(params["dry_run"] or cfg.get("dry_run", False)), io)
 
 
@@ -158,15 +166,12 @@ def _teleop(params: dict, robot):
     return None if kind in ("", "none") else make_teleop(kind, _teleop_options(params), robot)
 
 
-def _ros_loop(io, env, rate: float) -> dict:
+def _ros_loop(io) -> dict:
     """What every node's ControlLoop takes from ROS: the ROS clock to tick on under
-    use_sim_time, and the node's own status topics (robot_rl.ros.node_status)."""
+    use_sim_time, and an observer that publishes the node's status (robot_rl.ros.node_status)."""
     from robot_rl.ros.node_status import NodeStatus
 
-    return {
-        "time_source": io.now if io.use_sim_time else None,
-        "observer": NodeStatus(io, env.robot.action_spec.names or (), rate),
-    }
+    return {"time_source": io.now if io.use_sim_time else None, "observer": NodeStatus(io)}
 
 
 def run_policy(params: dict, io) -> dict:
@@ -182,7 +187,7 @@ def run_policy(params: dict, io) -> dict:
     policy, execute_k = _policy(params, env)
     teleop = _teleop(params, env.robot)
     rate = float(cfg.get("control_hz", 10))
-    ros = _ros_loop(io, env, rate)
+    ros = _ros_loop(io)
     recorder = None
     if params["dataset"]:
         Path(params["dataset"]).parent.mkdir(parents=True, exist_ok=True)
@@ -251,7 +256,7 @@ def run_collect(params: dict, io) -> dict:
 
     cfg = compose("collect", [])
     OmegaConf.set_struct(cfg, False)
-    cfg.robot = robot_config(params["robot_config"])
+    cfg.robot = _robot_config(params, io)
     cfg.merge_with(
         {
             "out": params["dataset"],
@@ -268,7 +273,7 @@ def run_collect(params: dict, io) -> dict:
         cfg,
         io=io,
         policy=(lambda env: _policy(params, env)) if params["checkpoint"] else None,
-        ros_loop=lambda env, rate: _ros_loop(io, env, rate),
+        **_ros_loop(io),
     )
 
 
@@ -330,7 +335,7 @@ def run_actor(params: dict, io) -> dict:
             env=env,
             teleop=teleop,
             safety=robot_safety(cfg),
-            **_ros_loop(io, env, hil.rate_hz),
+            **_ros_loop(io),
         )
         actor.connect_learner(learner)
         if teleop is not None:

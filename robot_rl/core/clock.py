@@ -207,9 +207,10 @@ class RateClock:
 
     def start(self) -> None:
         """Start the grid now; call it in the thread that will call `wait()`."""
-        if self._thread_slack is None or not self._precise:
-            self._thread_slack = timer_slack()
-        self._precise = reduce_timer_slack()
+        if self.time_source is None:  # polling another clock: no spin for a reduced slack to serve
+            if self._thread_slack is None or not self._precise:
+                self._thread_slack = timer_slack()
+            self._precise = reduce_timer_slack()
         if self.rate_hz is not None and self.time_source is None:
             if self._probe is not None:
                 self._probe.close()
@@ -233,6 +234,9 @@ class RateClock:
             )
         elif self.time_source is not None:
             while (tick := self._now()) < deadline:
+                if tick < self._last_tick:  # the source jumped back (a simulator reset, a looping bag):
+                    deadline, self._last_tick = tick, tick - self.period  # tick now, on a new grid
+                    break
                 time.sleep(self.poll_s)
             self._deadline = deadline + self.period
         else:

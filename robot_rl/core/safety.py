@@ -168,7 +168,10 @@ class Watchdog:
     def _watch(self) -> None:
         poll = min(self.timeout_s / 5.0, 0.01)
         while not self._closed.wait(poll):
-            if self._armed and not self._tripped and self._clock() - self._last_feed > self.timeout_s:
+            now = self._clock()
+            if now < self._last_feed:  # the clock jumped back (a simulator reset): time since is unknown
+                self._last_feed = now
+            if self._armed and not self._tripped and now - self._last_feed > self.timeout_s:
                 with self._lock:
                     self._tripped = True
                     self.trips += 1

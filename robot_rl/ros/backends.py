@@ -60,7 +60,7 @@ class _CommandWatchdog:
 
     def __init__(self, timeout_s: float, stop, io: RosIO):
         self.timeout_s, self._stop = timeout_s, stop
-        self._clock = io.now if io.use_sim_time else time.monotonic
+        self._clock = io.loop_clock()
         self.lock = threading.Lock()
         self._dog: Watchdog | None = None
 
@@ -240,36 +240,36 @@ class RosArm(Robot):
             [cfg.gripper_cfg.joint] if cfg.gripper_cfg and cfg.gripper_cfg.joint else []
         )
         g = cfg.gripper_cfg
-        with _needed_by("joint_states_topic"):
-            self._joints = LatestMessage(
-                io,
-                cfg.joint_states_topic,
-                "sensor_msgs/msg/JointState",
-                _joint_state(joint_names),
-                cfg.state_qos,
-            )
-        if cfg.ee_pose_topic:
-            with _needed_by("ee_pose_topic"):
-                self._ee = LatestMessage(
-                    io, cfg.ee_pose_topic, "geometry_msgs/msg/PoseStamped", _hand_pose, cfg.state_qos
-                )
-        elif cfg.ee_frame:
-            with _needed_by("ee_frame (the hand's pose from TF)", ", or give ee_pose_topic"):
-                io.listen_to_tf()
-        if not cfg.dry_run:
-            msgtype = {
-                "pose": "geometry_msgs/msg/PoseStamped",
-                "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
-                "joint_forward": "std_msgs/msg/Float64MultiArray",
-            }[cfg.command]
-            with _needed_by(f"command: {cfg.command}"):
-                self._publish = io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
-            if g is not None and g.kind == "topic":
-                with _needed_by("gripper.kind: topic"):
-                    self._publish_gripper = io.publisher(
-                        g.name, "std_msgs/msg/Float64MultiArray", cfg.command_qos
-                    )
         try:
+            with _needed_by("joint_states_topic"):
+                self._joints = LatestMessage(
+                    io,
+                    cfg.joint_states_topic,
+                    "sensor_msgs/msg/JointState",
+                    _joint_state(joint_names),
+                    cfg.state_qos,
+                )
+            if cfg.ee_pose_topic:
+                with _needed_by("ee_pose_topic"):
+                    self._ee = LatestMessage(
+                        io, cfg.ee_pose_topic, "geometry_msgs/msg/PoseStamped", _hand_pose, cfg.state_qos
+                    )
+            elif cfg.ee_frame:
+                with _needed_by("ee_frame (the hand's pose from TF)", ", or give ee_pose_topic"):
+                    io.listen_to_tf()
+            if not cfg.dry_run:
+                msgtype = {
+                    "pose": "geometry_msgs/msg/PoseStamped",
+                    "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+                    "joint_forward": "std_msgs/msg/Float64MultiArray",
+                }[cfg.command]
+                with _needed_by(f"command: {cfg.command}"):
+                    self._publish = io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
+                if g is not None and g.kind == "topic":
+                    with _needed_by("gripper.kind: topic"):
+                        self._publish_gripper = io.publisher(
+                            g.name, "std_msgs/msg/Float64MultiArray", cfg.command_qos
+                        )
             if g is not None and g.kind == "action" and not cfg.dry_run:
                 with _needed_by(
                     "gripper.kind: action", ", or use gripper.kind: topic (a Float64MultiArray controller)"
@@ -461,16 +461,32 @@ class RosCarConfig:
         check_qos(self.command_qos)
 
 
+def _all_finite(values: dict, what: str) -> dict:
+    """A car state with a non-finite number is unreadable: it counts as no message (the loop stops
+    when the stream goes stale) and never reaches a policy or a dataset."""
+    for key, value in values.items():
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"non-finite {what} {key} {value}")
+    return values
+
+
 def _car_odometry(msg) -> dict[str, np.ndarray]:
     """Odometry as the car spec reads it: pose [x, y, yaw], the body-frame linear velocity
     [vx, vy, vz] (m/s) and, apart, the yaw rate (rad/s: the gyro when there is no IMU)."""
     values = m.odometry(msg)  # its "velocity" is [vx, vy, yaw rate]: a twist summary, not the spec's
     linear = msg.twist.twist.linear
-    return {
-        "pose": values["pose"],
-        "linear": np.array([linear.x, linear.y, linear.z]),
-        "yaw_rate": values["velocity"][2],
-    }
+    return _all_finite(
+        {
+            "pose": values["pose"],
+            "linear": np.array([linear.x, linear.y, linear.z]),
+            "yaw_rate": values["velocity"][2],
+        },
+        "odometry",
+    )
+
+
+def _car_imu(msg) -> dict[str, np.ndarray]:
+    return _all_finite(m.imu(msg), "IMU")
 
 
 class RosCar(Robot):
@@ -494,23 +510,27 @@ class RosCar(Robot):
         if self._odom is not None:
             return
         cfg = self.cfg
-        with _needed_by("odom_topic"):
-            self._odom = LatestMessage(
-                self.io, cfg.odom_topic, "nav_msgs/msg/Odometry", _car_odometry, cfg.state_qos
-            )
-        if cfg.imu_topic:
-            with _needed_by("imu_topic"):
-                self._imu = LatestMessage(self.io, cfg.imu_topic, "sensor_msgs/msg/Imu", m.imu, cfg.state_qos)
-        if not cfg.dry_run:
-            msgtype = (
-                "ackermann_msgs/msg/AckermannDriveStamped"
-                if cfg.command == "ackermann"
-                else "geometry_msgs/msg/Twist"
-            )
-            instead = ", or use command: twist (geometry_msgs/Twist)" if cfg.command == "ackermann" else ""
-            with _needed_by(f"command: {cfg.command}", instead):
-                self._publish = self.io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
         try:
+            with _needed_by("odom_topic"):
+                self._odom = LatestMessage(
+                    self.io, cfg.odom_topic, "nav_msgs/msg/Odometry", _car_odometry, cfg.state_qos
+                )
+            if cfg.imu_topic:
+                with _needed_by("imu_topic"):
+                    self._imu = LatestMessage(
+                        self.io, cfg.imu_topic, "sensor_msgs/msg/Imu", _car_imu, cfg.state_qos
+                    )
+            if not cfg.dry_run:
+                msgtype = (
+                    "ackermann_msgs/msg/AckermannDriveStamped"
+                    if cfg.command == "ackermann"
+                    else "geometry_msgs/msg/Twist"
+                )
+                instead = (
+                    ", or use command: twist (geometry_msgs/Twist)" if cfg.command == "ackermann" else ""
+                )
+                with _needed_by(f"command: {cfg.command}", instead):
+                    self._publish = self.io.publisher(cfg.command_topic, msgtype, cfg.command_qos)
             self._odom.wait(cfg.connect_timeout_s)
             if self._imu is not None:
                 self._imu.wait(cfg.connect_timeout_s)

@@ -54,8 +54,8 @@ class MissingRosPackage(ConfigError):
         self.package = package
         apt = "ros-$ROS_DISTRO-" + package.replace("_", "-")
         super().__init__(
-            f"the ROS 2 package {package} is not installed ({what}; apt install {apt}, "
-            "or build it in your workspace)"
+            f"the ROS 2 package {package} is not installed ({what}; apt install {apt}, or build it in "
+            "your workspace; the ros-wheels extra does not have it)"
         )
 
 
@@ -63,9 +63,12 @@ def rclpy_types(name: str) -> type:
     """The rclpy message class of a type name (its package must be installed in the ROS workspace)."""
     package, _, message = name.split("/")
     try:
-        return getattr(importlib.import_module(f"{package}.msg"), message)
-    except (ImportError, AttributeError):
+        module = importlib.import_module(f"{package}.msg")
+    except ImportError:
         raise MissingRosPackage(package, name) from None
+    if not hasattr(module, message):
+        raise ConfigError(f"the ROS 2 package {package} has no message {message} (is {name} spelled right?)")
+    return getattr(module, message)
 
 
 # --- time -----------------------------------------------------------------------------------------

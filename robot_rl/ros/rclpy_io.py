@@ -32,8 +32,8 @@ def qos_profile(name: str):
 
 
 class RclpyIO(RosIO):
-    """A RosIO on one rclpy node. Subscriptions share a reentrant callback group, so the
-    single-threaded executor runs their callbacks in its one background thread.
+    """A RosIO on one rclpy node, whose callbacks a single-threaded executor runs in its one
+    background thread (`run_node`).
 
     Not rclpy's MultiThreadedExecutor: on 2 cores it used 1.6 s of CPU in 3 s to serve a 100 Hz
     JointState and PoseStamped pair (the single-threaded one 0.17 s), and its callbacks fell up to
@@ -144,7 +144,19 @@ def _interrupt_once():
         signal.signal(sig, handler)
 
 
-_KINDS = {int: "an integer (5, not 5.0)", float: "a number", str: "a string", bool: "true or false"}
+_TYPE_WORDS = {int: "an integer (5, not 5.0)", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _flush(node, timeout_s: float = 0.5) -> None:
+    """Wait until the reliable subscribers have received what was published (the stop command
+    last of all) before the node goes: destroying it could drop samples still in flight."""
+    from rclpy.duration import Duration
+
+    for publisher in list(node.publishers):
+        try:
+            publisher.wait_for_all_acked(Duration(seconds=timeout_s))
+        except Exception:  # best effort publishers and a context that is going away: nothing to wait for
+            pass
 
 
 def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
@@ -169,13 +181,23 @@ def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
         options = {}
     try:
         rclpy.init(args=argv, **options)
-    except Exception as exc:  # rcl's RCLError: unparsable --ros-args, a params file that cannot be read
-        raise ConfigError(f"ROS 2 could not start the node with {' '.join(argv[1:])}: {exc}") from None
+        node = rclpy.create_node(f"robot_rl_{kind}")
+    except Exception as exc:  # rcl's RCLError: unparsable --ros-args, an unreadable params file, a bad domain
+        rclpy.try_shutdown()
+        why = str(exc).split(", at /")[0]  # without rcl's C source locations
+        raise ConfigError(
+            f"ROS 2 could not start the node with {' '.join(argv[1:]) or 'no arguments'}: {why}"
+        ) from None
     _interrupt_once()
-    node = rclpy.create_node(f"robot_rl_{kind}")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, name="rclpy-executor", daemon=True)
+    done = threading.Event()
+
+    def spin() -> None:  # until `done`: the executor is shut down only once this thread has left it
+        while not done.is_set():
+            executor.spin_once(timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, name="rclpy-executor", daemon=True)
     try:
         params = {}
         for p in params_spec:
@@ -183,7 +205,7 @@ def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
                 node.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description))
             except Exception as exc:  # rclpy's InvalidParameterTypeException and kin
                 raise ConfigError(
-                    f"node {kind}: parameter {p.name} must be {_KINDS[p.type]}: {exc}"
+                    f"node {kind}: parameter {p.name} must be {_TYPE_WORDS[p.type]}: {exc}"
                 ) from None
             params[p.name] = node.get_parameter(p.name).value
         spinner.start()
@@ -193,8 +215,10 @@ def run_node(kind: str, argv: list[str], params_spec, runner) -> dict:
         )
         return runner(params, RclpyIO(node))
     finally:
+        _flush(node)
+        done.set()
+        if spinner.is_alive():  # a spinning thread left behind at exit aborts the process (SIGABRT),
+            spinner.join(5.0)  # and one inside the executor as it shuts down raises InvalidHandle
         executor.shutdown()
-        if spinner.is_alive():  # a spinning thread left behind at exit aborts the process (SIGABRT)
-            spinner.join(5.0)
         node.destroy_node()
         rclpy.try_shutdown()

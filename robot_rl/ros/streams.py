@@ -42,6 +42,23 @@ class RosIO(abc.ABC):
     use_sim_time: bool = False  # the ROS clock is the /clock topic's simulation time
     name: str = "/robot_rl"  # the node's fully qualified name
 
+    def loop_clock(self) -> Callable[[], float]:
+        """What the loop and the watchdogs measure time on: the ROS clock under use_sim_time (so
+        a simulator slower than real time is not taken for a stall), else the host's."""
+        return self.now if self.use_sim_time else time.monotonic
+
+    def wait_for_clock(self, timeout_s: float) -> None:
+        """Under use_sim_time, block (host time) until /clock has set the ROS clock; ConfigError
+        after `timeout_s`. Without a clock the loop would wait forever and every age would read 0."""
+        deadline = time.monotonic() + timeout_s
+        while self.use_sim_time and self.now() <= 0.0:
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"use_sim_time is true but nothing published /clock within {timeout_s:g} s: start the "
+                    "simulator (or ros2 bag play --clock), or set use_sim_time false"
+                )
+            time.sleep(0.01)
+
     def resolve(self, name: str) -> str:
         """A topic name as the node resolves it (`x` in its namespace, `~/x` under its name)."""
         return name

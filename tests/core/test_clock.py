@@ -64,6 +64,13 @@ def test_a_time_source_sets_the_grid_and_a_stopped_source_holds_the_tick():
     now[0] = 100.5  # far past the next deadline: an overrun, re-anchored on the source
     clock.wait()
     assert clock.overruns == 1 and clock._deadline == pytest.approx(100.6)
+    now[0] = 3.0  # the source jumped back (a simulator reset): a tick now, a new grid from there
+    clock.wait()
+    assert (
+        clock.overruns == 1
+        and clock._deadline == pytest.approx(3.1)
+        and clock.periods[-1] == pytest.approx(0.1)
+    )
 
 
 def test_reduced_timer_slack_only_while_spinning():

@@ -2,7 +2,8 @@
 (ros_sims, at 100 Hz) and, optionally, a camera and a /clock, as a robot's drivers, a simulator
 or a bag would. Every command it receives, every command timeout it trips and every status
 message of robot_rl's node goes to stdout as one JSON line, flushed: `{"t": host monotonic
-time, "kind": ..., "value": ...}`; the first line is `{"kind": "ready"}`.
+time, "kind": ..., "value": ...}`; the first line is `{"kind": "ready"}`. Lines on stdin stage
+faults: `pause` / `resume` the state messages, `corrupt` makes them NaN.
 
     python rclpy_driver.py arm|car [--namespace NS] [--car-command twist] [--camera image|compressed]
                                    [--clock-rate 0.5] [--command-timeout 0.3]
@@ -96,17 +97,18 @@ def main() -> None:
         threading.Thread(target=publish_clock, args=(node, args.clock_rate, stop), daemon=True).start()
         while io.now() < 1000.0:  # the node's clock has seen /clock
             time.sleep(0.01)
+
     # robot_rl's own status topics (robot_rl.ros.node_status), as a rosbag or Foxglove would see them
-    io.subscribe(
-        "/diagnostics",
-        "diagnostic_msgs/msg/DiagnosticArray",
-        lambda msg: emit(
-            "diagnostics",
-            {"name": msg.status[0].name, **{kv.key: kv.value for kv in msg.status[0].values}},
-        ),
-        "reliable",
-    )
+    def status(kind):
+        def on_message(msg):
+            s = msg.status[0]
+            emit(kind, {"name": s.name, "level": s.level[0], **{kv.key: kv.value for kv in s.values}})
+
+        return on_message
+
+    io.subscribe("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", status("diagnostics"), "reliable")
     for name in ("robot_rl_policy", "robot_rl_collect", "robot_rl_actor"):
+        io.subscribe(f"{name}/status", "diagnostic_msgs/msg/DiagnosticArray", status("status"), "reliable")
         io.subscribe(
             f"{name}/action",
             "sensor_msgs/msg/JointState",
@@ -122,6 +124,8 @@ def main() -> None:
     with sim:
         emit("ready")
         try:
+            for line in sys.stdin:  # the test's faults: pause | resume (publishing), corrupt (NaN states)
+                {"pause": sim.paused.set, "resume": sim.paused.clear, "corrupt": sim.corrupt}[line.strip()]()
             while True:
                 time.sleep(1.0)
         except (KeyboardInterrupt, SystemExit):

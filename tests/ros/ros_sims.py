@@ -111,6 +111,9 @@ class ArmSim(_Publisher):
     def halt(self):
         self.target = None
 
+    def corrupt(self):
+        self.q[0] = float("nan")
+
     def step(self, dt):
         if self.target is not None and not self.frozen:
             gap = self.target[:3] - self.pose[:3]
@@ -158,6 +161,9 @@ class CarSim(_Publisher):
 
     def halt(self):
         self.speed = 0.0
+
+    def corrupt(self):
+        self.x = float("nan")
 
     def step(self, dt):
         self.x += self.speed * math.cos(self.yaw) * dt
