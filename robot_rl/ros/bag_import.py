@@ -94,7 +94,9 @@ class StreamConfig:
     def __post_init__(self):
         if self.path is not None:
             topic, _, rest = str(self.path).strip().partition(".")
-            if (self.topic, self.field) not in ((None, None), (topic, rest or None)):  # as recorded: ok
+            # topic and field may come with it only as the path's own parts: the config the store
+            # records (and a re-import from it) carries all three
+            if (self.topic, self.field) not in ((None, None), (topic, rest or None)):
                 raise ConfigError(f"stream {self.key}: give `path` or `topic` (and `field`), not both")
             self.topic, self.field = topic, rest or None
         if not self.topic or any(c in str(self.topic) for c in "[]. "):
