@@ -8,3 +8,19 @@ if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
 
 __version__ = "0.2.0"
+
+
+def _register_gym_envs() -> None:
+    """`gym.make("robot_rl/PegInsert-v0")` and the other sim tasks, once robot_rl is imported
+    (or `gym.make("robot_rl:robot_rl/PegInsert-v0")`, which imports it)."""
+    from pathlib import Path
+
+    import gymnasium
+
+    for path in sorted((Path(__file__).parent / "conf" / "env").glob("*.yaml")):
+        env_id = "robot_rl/" + "".join(part.capitalize() for part in path.stem.split("_")) + "-v0"
+        if env_id not in gymnasium.registry:
+            gymnasium.register(env_id, entry_point="robot_rl.factory:make_gym_env", kwargs={"env": path.stem})
+
+
+_register_gym_envs()

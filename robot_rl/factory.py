@@ -80,6 +80,29 @@ def env_source(env_cfg, dist: str = "none", workers: int = 1) -> EnvSource:
     )
 
 
+def make_gym_env(env: str, render_mode: str | None = None, **overrides) -> RobotEnv:
+    """The entry point of `gym.make("robot_rl/<Task>-v0", render_mode=None | "rgb_array", **overrides)`:
+    the env config `env` (robot_rl/conf/env/) with `overrides` (e.g. cameras=[] for state only);
+    rgb_array renders the config's `render_camera` at 240x320."""
+    from robot_rl.config import compose
+    from robot_rl.sim.registry import render_camera
+
+    if render_mode not in (None, "rgb_array"):
+        raise ConfigError(f"render_mode {render_mode!r}: robot_rl's envs render 'rgb_array' (or None)")
+    cfg = compose(f"env/{env}", []).env
+    OmegaConf.set_struct(cfg, False)
+    cfg = OmegaConf.merge(cfg, overrides, {"offscreen": True} if render_mode else {})
+    robot_env_, _ = make_sim_env(cfg)
+    if render_mode:
+        robot_env_.render_camera = render_camera(robot_env_, str(cfg.render_camera))
+        robot_env_.render_mode = render_mode
+    robot_env_.metadata = {**RobotEnv.metadata, "render_fps": float(cfg.get("control_hz", 20))}
+    return robot_env_
+
+
+make_gym_env.metadata = RobotEnv.metadata  # what gym.make reads of an entry point: its render modes
+
+
 def safety_from_config(cfg) -> SafetyConfig:
     """The loop's SafetyConfig from a config mapping."""
     return SafetyConfig.from_dict(_plain(cfg))

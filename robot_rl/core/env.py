@@ -36,7 +36,7 @@ class RobotEnv(gym.Env):
     separately so it can wait for the tick deadline between sending and observing, and time each.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"]}
 
     def __init__(
         self,
@@ -45,10 +45,16 @@ class RobotEnv(gym.Env):
         cameras: Sequence[Camera] = (),
         hooks: Sequence[EnvHook] = (),
         max_frame_age_s: float | None = None,
+        render_camera: Camera | None = None,
+        render_mode: str | None = None,
     ):
         # max_frame_age_s: a camera frame older than this (host monotonic clock) when observed is
         # a StaleFrameError, not a silently repeated image (real cameras; sim frames are fresh).
+        # render_camera: what `render()` shows with render_mode "rgb_array" (not an observation).
+        if render_mode not in (None, "rgb_array") or (render_mode and render_camera is None):
+            raise ValueError(f"render_mode {render_mode!r}: None, or 'rgb_array' with a render_camera")
         self.robot, self.task, self.cameras, self.hooks = robot, task, list(cameras), list(hooks)
+        self.render_camera, self.render_mode = render_camera, render_mode
         self.max_frame_age_s = max_frame_age_s
         self.robot_state_keys = [k for k in robot.observation_spec if k != "timestamp"]
         task_spec = task.observation_spec()
@@ -75,7 +81,7 @@ class RobotEnv(gym.Env):
     def connect(self) -> None:
         if not self._connected:
             self.robot.connect()
-            for cam in self.cameras:
+            for cam in self._all_cameras():
                 cam.connect()
             self._connected = True
 
@@ -84,10 +90,20 @@ class RobotEnv(gym.Env):
             try:
                 self.robot.stop()
             finally:
-                for cam in self.cameras:
+                for cam in self._all_cameras():
                     cam.disconnect()
                 self.robot.disconnect()
                 self._connected = False
+
+    def _all_cameras(self) -> list[Camera]:
+        return self.cameras + ([self.render_camera] if self.render_camera is not None else [])
+
+    def render(self):
+        """The render camera's view (H, W, 3 uint8) under render_mode "rgb_array"; None otherwise."""
+        if self.render_mode != "rgb_array":
+            return None
+        self.connect()
+        return self.render_camera.read().image
 
     def __enter__(self) -> RobotEnv:
         self.connect()

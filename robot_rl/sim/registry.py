@@ -26,3 +26,16 @@ def make_sim_env(cfg, expert_noise: float = 0.0, seed: int | None = None):
         raise ConfigError(f"unknown env kind {kind!r}; known: {', '.join(KINDS)}")
     module = importlib.import_module(KINDS[kind])
     return module.from_config(cfg, expert_noise=expert_noise, seed=seed)
+
+
+def render_camera(env, name: str, height: int = 240, width: int = 320):
+    """A camera of a sim env's scene for `render()`: robot_rl's own MuJoCo scenes (the robot has
+    the world) or robosuite's (made with an offscreen context: `offscreen: true` in its config)."""
+    world = getattr(env.robot, "world", None)
+    if world is not None:
+        from robot_rl.sim.world import MujocoCamera
+
+        return MujocoCamera(world, name, height, width)
+    from robot_rl.sim.robosuite_adapter import RobosuiteCamera
+
+    return RobosuiteCamera(env.robot, name, height, width)

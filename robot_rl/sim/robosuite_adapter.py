@@ -635,15 +635,18 @@ def make_robosuite_env(
     task_text: str = "",
     seed: int | None = 0,
     fast_render: bool = True,
+    offscreen: bool = False,
 ) -> RobotEnv:
     """A RobotEnv over `robosuite.make(env_name, robots=robot)`.
 
     `seed` fixes what robosuite randomizes when it builds the model (each episode's reset is
-    seeded by `RobotEnv.reset`); `fast_render=False` keeps robosuite's own render quality.
+    seeded by `RobotEnv.reset`); `fast_render=False` keeps robosuite's own render quality;
+    `offscreen` makes the GL context without cameras too (for a render camera).
     """
     cameras = tuple(cameras or ())
-    suite_env = make_suite_env(env_name, robot, control_hz, offscreen=bool(cameras), seed=seed)
-    if cameras and fast_render:
+    offscreen = offscreen or bool(cameras)
+    suite_env = make_suite_env(env_name, robot, control_hz, offscreen=offscreen, seed=seed)
+    if offscreen and fast_render:
         fast_rendering(suite_env)
     body = RobosuiteRobot(suite_env)
     task = RobosuiteTask(body, max_steps=max_steps, text=task_text)
@@ -665,6 +668,7 @@ def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
         control_hz=float(cfg.control_hz),
         task_text=str(cfg.get("task_text", "")),
         seed=0 if seed is None else seed,
+        offscreen=bool(cfg.get("offscreen", False)),
     )
     expert = EXPERTS.get(str(cfg.robosuite_env))
     if expert is None:
