@@ -104,6 +104,8 @@ def cmd_eval(args) -> None:
         int(cfg.seed),
         cfg.ddim_steps,
         dist={k: cfg.get(k) for k in ("dist", "workers", "ray_address")},
+        video=int(cfg.video),
+        video_dir=cfg.video_dir or (Path(cfg.out).parent / "videos" if cfg.out else Path("runs/eval/videos")),
     )
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,6 @@ def make_gym_env(env: str, render_mode: str | None = None, **overrides) -> Robot
     the env config `env` (robot_rl/conf/env/) with `overrides` (e.g. cameras=[] for state only);
     rgb_array renders the config's `render_camera` at 240x320."""
     from robot_rl.config import compose
-    from robot_rl.sim.registry import render_camera
 
     if render_mode not in (None, "rgb_array"):
         raise ConfigError(f"render_mode {render_mode!r}: robot_rl's envs render 'rgb_array' (or None)")
@@ -94,10 +93,21 @@ def make_gym_env(env: str, render_mode: str | None = None, **overrides) -> Robot
     cfg = OmegaConf.merge(cfg, overrides, {"offscreen": True} if render_mode else {})
     robot_env_, _ = make_sim_env(cfg)
     if render_mode:
-        robot_env_.render_camera = render_camera(robot_env_, str(cfg.render_camera))
-        robot_env_.render_mode = render_mode
-    robot_env_.metadata = {**RobotEnv.metadata, "render_fps": float(cfg.get("control_hz", 20))}
+        add_render_camera(robot_env_, cfg)
     return robot_env_
+
+
+def add_render_camera(env: RobotEnv, env_cfg, height: int = 240, width: int = 320) -> RobotEnv:
+    """Make a sim env render its config's `render_camera` (render_mode rgb_array) at the config's
+    control rate. A robosuite env must have been made with `offscreen: true`."""
+    from robot_rl.sim.registry import render_camera
+
+    if not env_cfg.get("render_camera"):
+        raise ConfigError(f"env {env_cfg.get('name')} names no render_camera to render")
+    env.render_camera = render_camera(env, str(env_cfg.render_camera), height, width)
+    env.render_mode = "rgb_array"
+    env.metadata = {**RobotEnv.metadata, "render_fps": float(env_cfg.get("control_hz", 20))}
+    return env
 
 
 make_gym_env.metadata = RobotEnv.metadata  # what gym.make reads of an entry point: its render modes

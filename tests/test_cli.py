@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,16 +70,25 @@ def test_collect_appends_to_an_existing_store(collected, tmp_path):
     assert EpisodeStore.open(copy).n_episodes == 4
 
 
+def h264_frames(path) -> int:
+    """The number of frames of an mp4, which must be H.264 (what browsers, TensorBoard and W&B play)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264", stream.codec_context.name
+        return sum(1 for _ in container.decode(stream))
+
+
 def test_dataset_show_writes_a_video_and_a_plot(collected, tmp_path):
     out, _ = collected
     run = cli("dataset", "show", str(out), "--episode", "1", "--out", str(tmp_path))
     assert run.returncode == 0, run.stderr
     video, plot = (Path(line) for line in run.stdout.split())
+    assert h264_frames(video) == EpisodeStore.open(out).episode_lengths[1]
     capture = cv2.VideoCapture(str(video))
-    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
     ok, frame = capture.read()
-    assert ok and frames == EpisodeStore.open(out).episode_lengths[1]
-    assert frame.shape == (48 * 3, 48 * 3, 3)
+    assert ok and frame.shape == (48 * 3, 48 * 3, 3)
     assert plot.suffix == ".png" and plot.stat().st_size > 10_000
     gif = cli("dataset", "show", str(out), "--out", str(tmp_path), "--format", "gif")
     assert gif.returncode == 0 and Path(gif.stdout.split()[0]).suffix == ".gif"
@@ -220,10 +230,23 @@ def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path):
     ):
         assert (tmp_path / "run" / name).exists(), name
     evaluated = cli(
-        "eval", f"checkpoint={tmp_path / 'run' / 'checkpoint'}", "env=cube_lift", "episodes=2", "num_envs=2"
+        "eval",
+        f"checkpoint={tmp_path / 'run' / 'checkpoint'}",
+        "env=cube_lift",
+        "episodes=2",
+        "num_envs=2",
+        "video=2",
+        f"out={tmp_path / 'eval' / 'result.json'}",
     )
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads(evaluated.stdout)["kind"] == "sac_agent"
+    result = json.loads(evaluated.stdout)
+    assert result["kind"] == "sac_agent"
+    # The first two evaluation episodes as H.264 videos beside the results, named by outcome and return.
+    videos = sorted((tmp_path / "eval" / "videos").iterdir())
+    assert [Path(v).name for v in result["videos"]] == [v.name for v in videos] and len(videos) == 2
+    for video in videos:
+        assert re.fullmatch(r"episode_00\d_(success|failure)_return_-?\d+\.\d\d\.mp4", video.name), video.name
+        assert h264_frames(video) > 1
     # A run resumes from another's weights and buffers.
     resumed = cli(
         "train",

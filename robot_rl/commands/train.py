@@ -122,24 +122,54 @@ def evaluate_checkpoint(
     ddim_steps: int | None = None,
     progress: bool = True,
     dist: dict | None = None,
+    video: int = 0,
+    video_dir=None,
 ) -> dict:
     """Success rate of a diffusion checkpoint alone, of a residual checkpoint over its base, of a SAC or an
     IQL agent.
     `dist` ({dist, workers, ray_address}) spreads the envs over Ray rollout workers: the same
-    episodes, so the same results, however many workers."""
+    episodes, so the same results, however many workers. `video` > 0 also writes that many episodes
+    (the first seeds) as H.264 mp4 into `video_dir`, rendered by the env config's render_camera."""
+    from robot_rl.learners.evaluate import record_videos, run_episodes
+
+    path = Path(checkpoint)
+    kind, make_act, extra = _checkpoint_policy(path, ddim_steps, seed)
     with _ray_if(dist):
-        return _evaluate_checkpoint(
-            checkpoint, _envs(env_cfg, dist), episodes, num_envs, seed, ddim_steps, progress
-        )
+        envs = _envs(env_cfg, dist)
+        if make_act is None:  # an image agent: one env at a time, through the ControlLoop
+            from robot_rl.learners.iql import evaluate_iql
+            from robot_rl.policies.iql import IQLAgent
+
+            result = evaluate_iql(IQLAgent.load(path), envs, episodes, num_envs, seed, progress)
+        else:
+            act = make_act(min(num_envs, episodes))
+            result = {**run_episodes(envs.make_vec, act, episodes, num_envs, seed, progress), **extra}
+    result = {"checkpoint": str(path), "kind": kind, **result}
+    if video:
+        from robot_rl.factory import add_render_camera
+
+        if make_act is None:
+            raise ConfigError("video= records state policies; this agent reads cameras")
+        env, _ = envs.make(seed=seed, offscreen=True)
+        try:
+            add_render_camera(env, env_cfg)
+            result["videos"] = record_videos(
+                env, make_act(1), int(video), seed, video_dir, env.metadata["render_fps"]
+            )
+        finally:
+            env.close()
+    return result
 
 
-def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps, progress) -> dict:
-    from robot_rl.learners.evaluate import evaluate_diffusion, run_episodes
+def _checkpoint_policy(path: Path, ddim_steps: int | None, seed: int):
+    """(its kind, a function of the number of envs giving the checkpoint's batch policy, or None for
+    an agent that reads cameras, extra result fields)."""
+    from robot_rl.learners.evaluate import diffusion_batch_policy
     from robot_rl.policies.checkpoint import read_meta
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
 
-    path, kind = Path(checkpoint), read_meta(checkpoint).get("kind")
+    kind = read_meta(path).get("kind")
     if kind == "sac_agent":
         from robot_rl.policies.sac import SACAgent, batch_policy
 
@@ -148,17 +178,12 @@ def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps,
             raise ConfigError(
                 "robot-rl eval runs state policies on vector envs; image agents are evaluated by their run"
             )
-        result = run_episodes(envs.make_vec, batch_policy(agent), episodes, num_envs, seed, progress)
-        return {"checkpoint": str(path), "kind": kind, **result}
+        return kind, lambda n: batch_policy(agent), {}
     if kind == "iql_agent":
-        from robot_rl.learners.iql import evaluate_iql
-        from robot_rl.policies.iql import IQLAgent
+        from robot_rl.policies.iql import IQLAgent, batch_policy
 
-        return {
-            "checkpoint": str(path),
-            "kind": kind,
-            **evaluate_iql(IQLAgent.load(path), envs, episodes, num_envs, seed, progress),
-        }
+        agent = IQLAgent.load(path).eval()
+        return kind, (None if agent.cfg.image_keys else lambda n: batch_policy(agent)), {}
     residual = None
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)
@@ -166,18 +191,8 @@ def _evaluate_checkpoint(checkpoint, envs, episodes, num_envs, seed, ddim_steps,
         steps = ddim_steps or 4
     else:
         base = DiffusionPolicy.load(path)
-        steps = ddim_steps
-    result = evaluate_diffusion(
-        envs.make_vec,
-        base,
-        residual,
-        episodes=episodes,
-        num_envs=num_envs,
-        seed=seed,
-        ddim_steps=steps,
-        progress=progress,
-    )
-    return {"checkpoint": str(path), "kind": kind, **result}
+        steps = ddim_steps or base.config.inference_steps
+    return kind, lambda n: diffusion_batch_policy(base, residual, n, steps, seed), {"ddim_steps": steps}
 
 
 def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: bool = True) -> dict:

@@ -8,6 +8,7 @@ import numpy as np
 
 from robot_rl.datasets.store import EpisodeStore
 from robot_rl.errors import DatasetError
+from robot_rl.utils.video import write_video
 
 
 def _side_by_side(frames: list[np.ndarray], scale: int) -> np.ndarray:
@@ -17,27 +18,6 @@ def _side_by_side(frames: list[np.ndarray], scale: int) -> np.ndarray:
     if video.shape[-1] == 1:
         video = np.repeat(video, 3, axis=-1)
     return np.repeat(np.repeat(video, scale, axis=1), scale, axis=2)
-
-
-def write_video(frames: np.ndarray, path: Path, fps: float) -> Path:
-    """Write RGB frames (T, H, W, 3) as .mp4 (OpenCV, mp4v) or .gif (imageio)."""
-    if path.suffix == ".gif":
-        import imageio.v2 as imageio
-
-        imageio.mimsave(path, list(frames), duration=1.0 / fps, loop=0)
-        return path
-    import cv2
-
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-    if not writer.isOpened():
-        raise DatasetError(f"OpenCV cannot write {path}")
-    try:
-        for frame in frames:
-            writer.write(np.ascontiguousarray(frame[..., ::-1]))  # OpenCV wants BGR
-    finally:
-        writer.release()
-    return path
 
 
 def plot_episode(

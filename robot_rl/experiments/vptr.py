@@ -20,10 +20,10 @@ from robot_rl.experiments.seeds import Figure, SeedResults
 def render_videos(cfg) -> None:
     """cfg.videos (one mp4 per episode of cfg.video_collect, camera at cfg.video_size px), then
     cfg.video: those files imported at the robot camera's size, as observation-only episodes."""
-    from robot_rl.datasets.show import write_video
     from robot_rl.datasets.store import EpisodeStore
     from robot_rl.datasets.video import import_video
     from robot_rl.experiments.vlm_iql import collect_parts
+    from robot_rl.utils.video import write_video
 
     camera = cfg.env.cameras[0]
     videos = Path(cfg.videos)

@@ -118,7 +118,25 @@ def loop_summary(results: list, seconds: float) -> dict:
     }
 
 
-@torch.no_grad()
+def diffusion_batch_policy(
+    base: DiffusionPolicy, residual: ResidualPolicy | None, num_envs: int, ddim_steps: int, seed: int
+) -> BatchPolicy:
+    """A diffusion policy alone, or with its residual acting with its mean, on `num_envs` envs."""
+    chunks = BaseChunks(base, num_envs, ddim_steps, seed)
+
+    @torch.no_grad()
+    def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
+        chunks.reset(reset)
+        state = torch.as_tensor(obs)
+        base_action = chunks.next(state)
+        if residual is None:
+            return base.action_norm.unnormalize(base_action).clamp(-1.0, 1.0).numpy()
+        mean = residual.dist(residual_input(base, state, base_action)).mean
+        return combine(base, base_action, mean, residual.config.scale).numpy()
+
+    return act
+
+
 def evaluate_diffusion(
     make_vec_env,
     base: DiffusionPolicy,
@@ -131,15 +149,33 @@ def evaluate_diffusion(
 ) -> dict:
     """A diffusion policy alone, or with its residual acting with its mean."""
     steps = ddim_steps or base.config.inference_steps
-    chunks = BaseChunks(base, min(num_envs, episodes), steps, seed)
-
-    def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
-        chunks.reset(reset)
-        state = torch.as_tensor(obs)
-        base_action = chunks.next(state)
-        if residual is None:
-            return base.action_norm.unnormalize(base_action).clamp(-1.0, 1.0).numpy()
-        mean = residual.dist(residual_input(base, state, base_action)).mean
-        return combine(base, base_action, mean, residual.config.scale).numpy()
-
+    act = diffusion_batch_policy(base, residual, min(num_envs, episodes), steps, seed)
     return {**run_episodes(make_vec_env, act, episodes, num_envs, seed, progress), "ddim_steps": steps}
+
+
+def record_videos(env, act: BatchPolicy, episodes: int, seed: int, out_dir, fps: float) -> list[str]:
+    """Episodes i = 0..episodes-1 of a state policy from seed + i (the evaluation's first seeds) on
+    one env that renders, each an H.264 mp4 named with its outcome and return:
+    `episode_000_success_return_1.00.mp4`."""
+    from pathlib import Path
+
+    from robot_rl.utils.video import write_video
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        frames, total, reset = [env.render()], 0.0, np.array([0])
+        while True:
+            action = act(np.asarray(obs["state"], np.float32)[None], reset)[0]
+            reset = np.zeros(0, int)
+            obs, reward, terminated, truncated, info = env.step(action)
+            frames.append(env.render())
+            total += float(reward)
+            if terminated or truncated:
+                break
+        outcome = "success" if info.get("success") else "failure"
+        path = out_dir / f"episode_{i:03d}_{outcome}_return_{total:.2f}.mp4"
+        written.append(str(write_video(np.stack(frames), path, fps)))
+    return written
