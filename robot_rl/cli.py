@@ -35,12 +35,11 @@ def _print_summary(info: dict) -> None:
         print(f"  {key:<22} {str(tuple(spec['shape'])):<14} {spec['dtype']}")
 
 
-def cmd_collect(args, config_name: str = "collect", replace: bool = False) -> dict:
+def cmd_collect(args, cfg) -> None:
     from robot_rl.commands.collect import collect
     from robot_rl.datasets import EpisodeStore
 
-    cfg = compose(config_name, args.overrides)
-    result = collect(cfg, replace=replace)
+    result = collect(cfg)
     clock = result["report"]["clock"]
     print(
         f"recorded {result['episodes']} episodes ({result['successes']} successful) into {result['store']}; "
@@ -48,31 +47,31 @@ def cmd_collect(args, config_name: str = "collect", replace: bool = False) -> di
         file=sys.stderr,
     )
     with EpisodeStore.open(result["store"]) as store:
-        return store.info()
+        store.info()
 
 
-def cmd_demo(args) -> None:
+def cmd_demo(args, cfg) -> None:
     from robot_rl.experiments.resip_demo import resip_seeds
 
-    _print_experiment(resip_seeds(compose("demo", args.overrides)))
+    _print_experiment(resip_seeds(cfg))
 
 
-def cmd_vlm_iql(args) -> None:
+def cmd_vlm_iql(args, cfg) -> None:
     from robot_rl.experiments.vlm_iql import vlm_iql
 
-    _print_experiment(vlm_iql(compose("vlm_iql", args.overrides)))
+    _print_experiment(vlm_iql(cfg))
 
 
-def cmd_idm_iql(args) -> None:
+def cmd_idm_iql(args, cfg) -> None:
     from robot_rl.experiments.idm_iql import idm_iql
 
-    _print_experiment(idm_iql(compose("idm_iql", args.overrides)))
+    _print_experiment(idm_iql(cfg))
 
 
-def cmd_vptr(args) -> None:
+def cmd_vptr(args, cfg) -> None:
     from robot_rl.experiments.vptr import vptr
 
-    _print_experiment(vptr(compose("vptr", args.overrides)))
+    _print_experiment(vptr(cfg))
 
 
 def _print_experiment(result) -> None:
@@ -84,18 +83,16 @@ def _print_experiment(result) -> None:
         print(path)
 
 
-def cmd_train(args) -> None:
+def cmd_train(args, cfg) -> None:
     from robot_rl.commands.train import train
 
-    cfg = compose("train", args.overrides)
     result = train(cfg)
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2, default=str))
 
 
-def cmd_eval(args) -> None:
+def cmd_eval(args, cfg) -> None:
     from robot_rl.commands.train import evaluate_checkpoint
 
-    cfg = compose("eval", args.overrides)
     result = evaluate_checkpoint(
         cfg.checkpoint,
         cfg.env,
@@ -105,7 +102,7 @@ def cmd_eval(args) -> None:
         cfg.ddim_steps,
         dist={k: cfg.get(k) for k in ("dist", "workers", "ray_address")},
         video=int(cfg.video),
-        video_dir=cfg.video_dir or (Path(cfg.out).parent / "videos" if cfg.out else Path("runs/eval/videos")),
+        video_dir=_eval_video_dir(cfg),
     )
     if cfg.out:
         Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
@@ -160,10 +157,10 @@ def cmd_dataset_show(args) -> None:
         print(path)
 
 
-def cmd_label_vlm(args) -> None:
+def cmd_label_vlm(args, cfg) -> None:
     from robot_rl.commands.label import label_vlm
 
-    result = label_vlm(compose("label", args.overrides))
+    result = label_vlm(cfg)
     report = result["report"]
     print(
         json.dumps({"labels_file": result.get("out"), "labels": report["labels"], "report": report}, indent=2)
@@ -290,13 +287,12 @@ def cmd_find_cameras(args) -> None:
             print(f"opencv     {cam['source']}  {cam['name']}")
 
 
-def cmd_read_robot(args) -> None:
+def cmd_read_robot(args, cfg) -> None:
     """Connect read-only (torque stays off), print the robot's state once: for calibration."""
     import numpy as np
 
     from robot_rl.factory import make_robot
 
-    cfg = compose("collect", args.overrides)
     if not cfg.get("robot"):
         raise ConfigError("read-robot needs robot=<name> (a config in robot_rl/conf/robot/)")
     robot = (
@@ -313,16 +309,31 @@ def cmd_read_robot(args) -> None:
             )
 
 
-def cmd_sweep(args) -> None:
-    # Arguments naming a sweep setting (grid, seeds, metric...) configure the sweep; all others are
-    # every trial's `robot-rl train` overrides.
+def sweep_overrides(overrides: list[str]) -> list[str]:
+    """The arguments naming a sweep setting (grid, seeds, metric...): they configure the sweep; all
+    others are every trial's `robot-rl train` overrides."""
     from omegaconf import OmegaConf
 
+    keys = set(OmegaConf.load(CONF_DIR / "sweep.yaml"))
+    return [a for a in overrides if a.split("=")[0].lstrip("+~").split(".")[0] in keys]
+
+
+def trial_overrides(overrides: list[str]) -> list[str]:
+    """The arguments of a sweep that are every trial's `robot-rl train` overrides."""
+    mine = sweep_overrides(overrides)
+    return [a for a in overrides if a not in mine]
+
+
+def _check_sweep(args, cfg) -> None:
+    from robot_rl.commands.sweep import check_sweep
+
+    check_sweep(cfg, trial_overrides(args.overrides))
+
+
+def cmd_sweep(args, cfg) -> None:
     from robot_rl.commands.sweep import sweep
 
-    keys = set(OmegaConf.load(CONF_DIR / "sweep.yaml"))
-    mine = [a for a in args.overrides if a.split("=")[0].lstrip("+~").split(".")[0] in keys]
-    out = sweep(compose("sweep", mine), [a for a in args.overrides if a not in mine])
+    out = sweep(cfg, trial_overrides(args.overrides))
     print((out / "table.md").read_text(), end="")
     print(f"results: {out / 'results.json'}, plot: {out / 'sweep.png'}", file=sys.stderr)
 
@@ -338,25 +349,115 @@ def cmd_ros(args) -> None:
     print(json.dumps(run_ros_node(args.node, args.ros_args), indent=2, default=str))
 
 
-def overrides_command(sub, name: str, help: str, func) -> None:
-    """A subcommand whose arguments are config overrides (key=value)."""
-    p = sub.add_parser(name, help=help)
-    p.add_argument("overrides", nargs="*")
-    p.set_defaults(func=func)
+def _train_epilog() -> str:
+    """The learners and envs `robot-rl train --help` lists (from the config folders: no imports)."""
+    learners = " ".join(sorted(p.stem for p in (CONF_DIR / "learner").glob("*.yaml")))
+    envs = " ".join(sorted(p.stem for p in (CONF_DIR / "env").glob("*.yaml")))
+    return (
+        f"learners (learner=NAME): {learners}\nenvs (env=NAME): {envs}\n"
+        "robot-rl train learner=NAME --help lists that learner's keys with their defaults."
+    )
+
+
+def learner_help(name: str) -> str:
+    """`robot-rl train learner=NAME --help`: each key of the learner's config (learner.KEY=...), its
+    default as the learner's config file sets it, and the line that documents it in its dataclass."""
+    from omegaconf import OmegaConf
+
+    from robot_rl.config import learner_config_class
+
+    cfg = compose("train", [f"learner={name}"]).learner
+    notes = field_notes(learner_config_class(name))
+    lines = [f"learner={name}: the keys of learner.KEY=VALUE, with their defaults"]
+    for key, value in OmegaConf.to_container(cfg, resolve=True).items():
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        lines.append(f"  {key} = {shown}" + (f"    # {notes[key]}" if notes.get(key) else ""))
+    return "\n".join(lines)
+
+
+def field_notes(cls) -> dict[str, str]:
+    """A dataclass's fields' trailing comments in its source: `steps: int = 10  # the note`."""
+    import inspect
+    import re
+
+    notes = {}
+    for line in inspect.getsource(cls).splitlines():
+        match = re.match(r"\s+(\w+)\s*:[^#]*#\s*(.+)$", line)
+        if match:
+            notes[match[1]] = match[2].strip()
+    return notes
+
+
+def _eval_video_dir(cfg) -> Path:
+    return Path(cfg.video_dir or (Path(cfg.out).parent / "videos" if cfg.out else "runs/eval/videos"))
+
+
+# Where each command's run record goes (robot_rl.utils.run_record): (its target, a folder?) from
+# the composed config; None, or a command not here: it writes nothing to record.
+RECORDS = {
+    "collect": lambda cfg: (cfg.out, False),
+    "demo": lambda cfg: (cfg.run_dir, True),
+    "vlm-iql": lambda cfg: (cfg.run_dir, True),
+    "idm-iql": lambda cfg: (cfg.run_dir, True),
+    "vptr": lambda cfg: (cfg.run_dir, True),
+    "train": lambda cfg: (cfg.out, True),
+    "sweep": lambda cfg: (cfg.out, True),
+    "eval": lambda cfg: (
+        (cfg.out, False) if cfg.out else ((_eval_video_dir(cfg), True) if cfg.video else None)
+    ),
+    "vlm": lambda cfg: (cfg.out or f"labels/{Path(str(cfg.store)).stem}.json", False),
+}
+
+
+def overrides_command(sub, name: str, help: str, func, config: str, overrides=None, check=None, **parser):
+    """A subcommand whose arguments are config overrides (key=value) of the config `config`:
+    `func(args, cfg)` runs with it composed, inside its run record; `--cfg` prints it instead.
+    `overrides` picks the arguments that are the config's (default: all); `check(args, cfg)`
+    rejects bad arguments before anything is written."""
+    p = sub.add_parser(name, help=help, **parser)
+    p.add_argument("overrides", nargs="*", help="config overrides, key=value")
+    p.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+    p.set_defaults(func=lambda args: _configured(args, func, name, config, overrides, check))
+    return p
+
+
+def _configured(args, func, name: str, config: str, overrides, check) -> None:
+    from omegaconf import OmegaConf
+
+    from robot_rl.utils.run_record import RunRecord
+
+    cfg = compose(config, overrides(args.overrides) if overrides else args.overrides)
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg), end="")
+        return
+    if check is not None:
+        check(args, cfg)
+    where = RECORDS[name](cfg) if name in RECORDS else None
+    if where is None:
+        func(args, cfg)
+        return
+    with RunRecord(where[0], cfg, folder=where[1], argv=getattr(args, "argv", None)):
+        func(args, cfg)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robot-rl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("collect", help="run the control loop with a teleop device and record episodes")
-    p.add_argument(
-        "overrides", nargs="*", help="config overrides, e.g. episodes=20 env=reach out=datasets/x.zarr"
+    overrides_command(
+        sub,
+        "collect",
+        "run the control loop with a teleop device and record episodes (episodes=20 env=reach out=...)",
+        cmd_collect,
+        "collect",
     )
-    p.set_defaults(func=lambda a: cmd_collect(a) and None)
 
     overrides_command(
-        sub, "demo", "what `make demo` runs: demos -> diffusion BC -> residual PPO on peg_insert", cmd_demo
+        sub,
+        "demo",
+        "what `make demo` runs: demos -> diffusion BC -> residual PPO on peg_insert",
+        cmd_demo,
+        "demo",
     )
 
     overrides_command(
@@ -364,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
         "vlm-iql",
         "offline RL from VLM feedback end to end: labels -> reward model -> IQL, per seed",
         cmd_vlm_iql,
+        "vlm_iql",
     )
 
     overrides_command(
@@ -371,12 +473,14 @@ def build_parser() -> argparse.ArgumentParser:
         "idm-iql",
         "action-free episodes: 10%% keep actions, an IDM labels the rest, IQL on the union, per seed",
         cmd_idm_iql,
+        "idm_iql",
     )
     overrides_command(
         sub,
         "vptr",
         "V-PTR: ICVF on action-free video -> IQL with that image encoder vs from scratch, per seed",
         cmd_vptr,
+        "vptr",
     )
 
     overrides_command(
@@ -384,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         "train a learner: learner=diffusion_bc dataset=PATH | learner=residual_ppo base=PATH",
         cmd_train,
+        "train",
+        epilog=_train_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
     overrides_command(
@@ -391,10 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         "grid or random search over train overrides and seeds on Ray: table (mean ± std) and plot",
         cmd_sweep,
+        "sweep",
+        overrides=sweep_overrides,
+        check=_check_sweep,
     )
 
     overrides_command(
-        sub, "eval", "success rate of a checkpoint: checkpoint=PATH env=<task> episodes=100", cmd_eval
+        sub, "eval", "success rate of a checkpoint: checkpoint=PATH env=<task> episodes=100", cmd_eval, "eval"
     )
 
     p = sub.add_parser("dataset", help="inspect, relabel and split episode stores")
@@ -478,11 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("label", help="label data: vlm (preference pairs from a vision-language model)")
     lsub = p.add_subparsers(dest="label_command", required=True, parser_class=_Parser)
-    q = lsub.add_parser(
-        "vlm", help="preference labels for frame pairs: store=PATH backend.base_url=URL backend.model=NAME"
+    overrides_command(
+        lsub,
+        "vlm",
+        "preference labels for frame pairs: store=PATH backend.base_url=URL backend.model=NAME",
+        cmd_label_vlm,
+        "label",
     )
-    q.add_argument("overrides", nargs="*")
-    q.set_defaults(func=cmd_label_vlm)
 
     p = sub.add_parser("find-cameras", help="list RealSense devices (serials, modes) and V4L2 cameras")
     p.add_argument("--json", action="store_true")
@@ -493,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
         "read-robot",
         "print a real robot's state once, read only (calibration): robot=<name>",
         cmd_read_robot,
+        "collect",
     )
 
     p = sub.add_parser(
@@ -523,7 +636,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        argv = sys.argv[1:] if argv is None else argv
+        asked = [a.split("=", 1)[1] for a in argv if a.startswith("learner=")]
+        if argv[:1] == ["train"] and asked and {"-h", "--help"} & set(argv):
+            print(learner_help(asked[-1]))
+            return 0
         args = build_parser().parse_args(argv)
+        args.argv = list(argv)  # for the run record (main is also called in-process, with its own)
         code = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers below
         return code if isinstance(code, int) else 0

@@ -1,3 +1,34 @@
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+
+@pytest.fixture
+def run_record():
+    """`run_record(path, *words, status="ok")` checks a run record (robot_rl/utils/run_record.py):
+    its command line holds `words`, it names robot_rl's commit, the versions and the device, it has
+    ended with `status`, and its config.yaml parses. Returns the record."""
+
+    def check(path, *words: str, status: str = "ok") -> dict:
+        path = Path(path)
+        record = json.loads(path.read_text())
+        assert all(word in record["command"] for word in words), record["command"]
+        assert record["git"] is None or len(record["git"]["commit"]) == 40
+        assert {"python", "robot-rl", "torch", "numpy"} <= set(record["versions"])
+        assert record["device"]["cpu"] and record["device"]["cores"] >= 1
+        assert record["started"] <= record["ended"] and record["status"].startswith(status)
+        assert record["exit_code"] == (0 if status == "ok" else record["exit_code"])
+        config = path.with_name(
+            "config.yaml" if path.name == "run.json" else path.name[: -len("run.json")] + "config.yaml"
+        )
+        assert isinstance(yaml.safe_load(config.read_text()), dict)
+        return record
+
+    return check

@@ -29,9 +29,10 @@ def collected(tmp_path_factory):
     return out, run
 
 
-def test_collect_records_what_it_reports(collected):
+def test_collect_records_what_it_reports(collected, run_record):
     out, run = collected
     assert "recorded 3 episodes" in run.stderr
+    run_record(out.with_name("reach.zarr.run.json"), "collect", "episodes=3")
     assert "episode 3 step" in run.stderr  # the live progress line
     info = json.loads(cli("dataset", "info", str(out), "--json").stdout)
     store = EpisodeStore.open(out)
@@ -68,6 +69,31 @@ def test_collect_appends_to_an_existing_store(collected, tmp_path):
     run = cli("collect", "episodes=1", "loop.rate_hz=null", f"out={copy}", "env.image_size=48", "seed=7")
     assert run.returncode == 0, run.stderr
     assert EpisodeStore.open(copy).n_episodes == 4
+
+
+def test_cfg_prints_the_config_and_runs_nothing(tmp_path):
+    run = cli("train", "learner=iql", f"dataset={tmp_path / 'd.zarr'}", f"out={tmp_path / 'run'}", "--cfg")
+    assert run.returncode == 0, run.stderr
+    assert "name: iql" in run.stdout and f"out: {tmp_path / 'run'}" in run.stdout
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_help_lists_learners_envs_and_a_learners_keys():
+    listed = cli("train", "--help")
+    assert listed.returncode == 0 and "diffusion_bc" in listed.stdout and "robosuite_lift" in listed.stdout
+    keys = cli("train", "learner=iql", "--help")
+    assert keys.returncode == 0, keys.stderr
+    assert (
+        "  steps = 100000" in keys.stdout
+        and "encoder_freeze = false    # keep that encoder fixed" in keys.stdout
+    )
+
+
+def test_a_failed_run_says_so_in_its_record(tmp_path, run_record):
+    run = cli("train", "learner=iql", f"dataset={tmp_path / 'none.zarr'}", f"out={tmp_path / 'run'}")
+    assert run.returncode == 2 and "no episode store" in run.stderr
+    record = run_record(tmp_path / "run" / "run.json", "train", status="failed: DatasetError")
+    assert record["exit_code"] == 2
 
 
 def h264_frames(path) -> int:
@@ -137,7 +163,7 @@ def test_schema_mismatch_is_reported_before_recording(collected, tmp_path):
     assert EpisodeStore.open(copy).n_episodes == 3
 
 
-def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
+def test_demo_runs_the_whole_pipeline_and_reports(tmp_path, run_record):
     # The full pipeline at toy sizes: the figures are meaningless, the plumbing is real.
     run = cli(
         "demo",
@@ -166,6 +192,7 @@ def test_demo_runs_the_whole_pipeline_and_reports(tmp_path):
     results = json.loads((tmp_path / "runs/demo/results.json").read_text())
     assert results["per_seed"]["0"]["bc_success"] == report["bc_success"] == results["mean"]["bc_success"]
     assert (tmp_path / "runs/demo/table.md").read_text() in run.stdout
+    run_record(tmp_path / "runs/demo/run.json", "demo", "episodes=4")
 
 
 def test_demo_over_seeds_writes_one_summary(tmp_path):
@@ -198,7 +225,7 @@ def test_demo_over_seeds_writes_one_summary(tmp_path):
     ]
 
 
-def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path):
+def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path, run_record):
     demos = tmp_path / "demos.zarr"
     run = cli("collect", "env=cube_lift", "episodes=2", "loop.rate_hz=null", "env.cameras=[]", f"out={demos}")
     assert run.returncode == 0, run.stderr
@@ -247,6 +274,8 @@ def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path):
     for video in videos:
         assert re.fullmatch(r"episode_00\d_(success|failure)_return_-?\d+\.\d\d\.mp4", video.name), video.name
         assert h264_frames(video) > 1
+    run_record(tmp_path / "run" / "run.json", "train", "learner=hil_serl")  # what made each
+    run_record(tmp_path / "eval" / "result.json.run.json", "eval", "video=2")
     # A run resumes from another's weights and buffers.
     resumed = cli(
         "train",

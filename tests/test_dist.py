@@ -114,7 +114,7 @@ def test_four_worker_evaluation_merges_to_the_single_process_table(local_ray, re
     assert "dist must be one of" in capsys.readouterr().err
 
 
-def test_sweep_runs_a_grid_over_seeds_on_ray(local_ray, tmp_path, capsys):
+def test_sweep_runs_a_grid_over_seeds_on_ray(local_ray, tmp_path, capsys, run_record):
     store = tmp_path / "reach.zarr"
     assert (
         main(["collect", "env=reach", "episodes=2", f"out={store}", "loop.rate_hz=null", "env.cameras=[]"])
@@ -149,6 +149,7 @@ def test_sweep_runs_a_grid_over_seeds_on_ray(local_ray, tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert len(results["trials"]) == 4 and all("value" in t for t in results["trials"])
     assert (out / "sweep.png").stat().st_size > 0
+    run_record(out / "run.json", "sweep", "seeds=[0,1]")
     # A trial is the plain `robot-rl train` with its point and seed: the same loss run here.
     from robot_rl.commands.train import train
 

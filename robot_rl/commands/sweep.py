@@ -107,22 +107,30 @@ def _label(point: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in point.items()) or "(base)"
 
 
-def sweep(cfg, overrides: list[str]) -> Path:
-    """Run the sweep `cfg` (conf/sweep.yaml) over trials of `robot-rl train <overrides> <point> seed=S`."""
-    from tqdm import tqdm
-
-    from robot_rl.utils.dist import check_dist, ray_session
+def check_sweep(cfg, overrides: list[str]) -> list[dict]:
+    """The sweep's points, once every trial's config is known to compose: checked before anything
+    is written or launched."""
+    from robot_rl.config import compose
+    from robot_rl.utils.dist import check_dist
 
     if not cfg.seeds:
         raise ConfigError("a sweep needs seeds=[...]")
     if check_dist(cfg.dist) == "none":
         raise ConfigError("a sweep runs its trials on Ray: dist=local or dist=ray")
-    from robot_rl.config import compose
-
     points = sweep_points(cfg)
+    for point in points:
+        compose("train", list(overrides) + [f"{k}={hydra_value(v)}" for k, v in point.items()])
+    return points
+
+
+def sweep(cfg, overrides: list[str]) -> Path:
+    """Run the sweep `cfg` (conf/sweep.yaml) over trials of `robot-rl train <overrides> <point> seed=S`."""
+    from tqdm import tqdm
+
+    from robot_rl.utils.dist import ray_session
+
+    points = check_sweep(cfg, overrides)
     base = list(overrides)
-    for point in points:  # every trial's config checked before anything is written or launched
-        compose("train", base + [f"{k}={hydra_value(v)}" for k, v in point.items()])
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     trials = [(p, int(s)) for p in points for s in cfg.seeds]

@@ -7,7 +7,7 @@ from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
 
 
-def test_pipeline_end_to_end(tmp_path, capsys, printed_files):
+def test_pipeline_end_to_end(tmp_path, capsys, printed_files, run_record):
     dataset, run = tmp_path / "mixed.zarr", tmp_path / "run"
     args = [
         "idm-iql",
@@ -29,6 +29,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, printed_files):
     assert main(args) == 0
     out = capsys.readouterr().out
     printed_files(out, run)
+    run_record(run / "run.json", "idm-iql")
     assert "| seed | IQL all actions | IQL IDM labels | IQL labeled only | IDM / all (return) |" in out
     report = json.loads((run / "summary.json").read_text())["seeds"]["0"]
     results = json.loads((run / "results.json").read_text())

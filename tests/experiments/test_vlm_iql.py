@@ -7,7 +7,7 @@ from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
 
 
-def test_pipeline_end_to_end(tmp_path, capsys, printed_files):
+def test_pipeline_end_to_end(tmp_path, capsys, printed_files, run_record):
     dataset, run = tmp_path / "mixed.zarr", tmp_path / "run"
     args = [
         "vlm-iql",
@@ -27,6 +27,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, printed_files):
     assert main(args) == 0
     out = capsys.readouterr().out
     printed_files(out, run)
+    run_record(run / "run.json", "vlm-iql")
     assert "| seed | IQL true reward | IQL VLM reward | BC | VLM / true |" in out and "\n| 0 | " in out
     assert "| mean ± std |" not in out  # one seed: no spread to show
     summary = json.loads((run / "summary.json").read_text())

@@ -13,7 +13,7 @@ from robot_rl.learners.icvf import ICVFAgent
 from robot_rl.policies.iql import IQLAgent
 
 
-def test_pipeline_end_to_end(tmp_path, capsys, printed_files):
+def test_pipeline_end_to_end(tmp_path, capsys, printed_files, run_record):
     data, run = tmp_path / "data", tmp_path / "run"
     args = [
         "vptr",
@@ -36,6 +36,7 @@ def test_pipeline_end_to_end(tmp_path, capsys, printed_files):
     assert main(args) == 0
     out = capsys.readouterr().out
     printed_files(out, run)
+    run_record(run / "run.json", "vptr")
     assert "| seed | IQL scratch | IQL ICVF frozen | frozen - scratch | IQL ICVF fine-tuned |" in out
     assert sorted(p.name for p in (data / "videos").iterdir()) == [f"episode_000{i}.mp4" for i in range(3)]
     with EpisodeStore.open(data / "video.zarr") as video, EpisodeStore.open(data / "robot.zarr") as robot:

@@ -202,7 +202,7 @@ def test_identical_frames_are_dropped_without_asking():
     assert answers == [None] and report.identical == 1 and report.labels == 0
 
 
-def test_cli_labels_through_the_simulated_vlm_and_resumes(peg_store, tmp_path, capsys):
+def test_cli_labels_through_the_simulated_vlm_and_resumes(peg_store, tmp_path, capsys, run_record):
     out = tmp_path / "cli.json"
     args = [
         "label",
@@ -216,6 +216,7 @@ def test_cli_labels_through_the_simulated_vlm_and_resumes(peg_store, tmp_path, c
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["labels"] > 0 and out.exists() and out.with_suffix(".cache.sqlite").exists()
+    run_record(tmp_path / "cli.json.run.json", "label", "vlm", "pairs=30")
     assert main(args) == 0
     second = json.loads(capsys.readouterr().out)
     assert second["report"]["cached"] == first["report"]["pairs"] - first["report"]["identical"]
