@@ -279,4 +279,9 @@ def train(cfg) -> dict:
         raise ConfigError(f"unknown learner {name!r} ({', '.join(LEARNERS)})")
     if cfg.learner.get("dist") != "ray":  # on Ray the learner runs where the cluster puts it
         resolve_device(cfg.learner.get("device"))  # a device this machine lacks: one line, before any work
-    return LEARNERS[name](cfg)
+    from omegaconf import OmegaConf
+
+    from robot_rl.utils.training import logging_to
+
+    with logging_to(cfg.logger, cfg.wandb_project, OmegaConf.to_container(cfg, resolve=True)):
+        return LEARNERS[name](cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
@@ -10,9 +11,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robot_rl.errors import ConfigError, require
+
+# Where runs log besides TensorBoard and results.json: set for a command by `logging_to`.
+_TRACKING: dict = {"logger": "tensorboard"}
+
+
+@contextlib.contextmanager
+def logging_to(logger: str, project: str = "robot_rl", config: dict | None = None):
+    """Every RunLog made inside logs to `logger` too: "tensorboard" (only) or "wandb" (Weights &
+    Biases, the `wandb` extra; WANDB_MODE=offline writes the run under its folder's wandb/), with
+    `config` as the run's config."""
+    if logger not in ("tensorboard", "wandb"):
+        raise ConfigError(f"logger must be tensorboard or wandb, got {logger!r}")
+    if logger == "wandb":
+        require("wandb", "wandb", "logger=wandb")
+    saved = dict(_TRACKING)
+    _TRACKING.update(logger=logger, project=project, config=config)
+    try:
+        yield
+    finally:
+        _TRACKING.clear()
+        _TRACKING.update(saved)
+
 
 class RunLog:
-    """Scalars of one run: TensorBoard events, a JSON of every logged value, and a PNG curve."""
+    """Scalars of one run: TensorBoard events, a JSON of every logged value, and a PNG curve; and,
+    under `logging_to("wandb")`, the same scalars, the config and the curve in a W&B run."""
 
     def __init__(self, directory, title: str):
         from torch.utils.tensorboard import SummaryWriter
@@ -23,12 +48,32 @@ class RunLog:
         self.writer = SummaryWriter(str(self.dir / "tensorboard"))
         self.history: dict[str, list[tuple[int, float]]] = {}
         self.start = time.monotonic()
+        self.wandb = None
+        if _TRACKING["logger"] == "wandb":
+            import wandb
+
+            self.wandb = wandb.init(
+                project=_TRACKING["project"],
+                dir=str(self.dir),
+                name=f"{self.dir.name} {title}",
+                config=_TRACKING["config"],
+                reinit="create_new",  # a command may hold several runs (a learner and its evaluations)
+            )
 
     def log(self, step: int, **values: float) -> None:
         for key, value in values.items():
             value = float(value)
             self.writer.add_scalar(key, value, step)
             self.history.setdefault(key, []).append((step, value))
+        if self.wandb is not None:
+            self.wandb.log({k: float(v) for k, v in values.items()}, step=step)
+
+    def video(self, path, caption: str = "") -> None:
+        """An mp4 (an evaluation episode) into the W&B run, where there is one."""
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({"video": wandb.Video(str(path), caption=caption, format="mp4")})
 
     def close(self, results: dict, curves: tuple[str, ...]) -> dict:
         """Write results.json and the learning-curve PNG; returns results with their paths."""
@@ -41,6 +86,12 @@ class RunLog:
         }
         self._plot(curves)
         (self.dir / "results.json").write_text(json.dumps({**results, "history": self.history}, indent=2))
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({"curve": wandb.Image(str(self.dir / "curve.png"))})
+            self.wandb.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float, str))})
+            self.wandb.finish()
         return results
 
     def _plot(self, curves: tuple[str, ...]) -> None:
