@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from robot_rl.config import CONF_DIR, compose
@@ -37,7 +38,6 @@ def _print_summary(info: dict) -> None:
 
 def cmd_collect(args, cfg) -> None:
     from robot_rl.commands.collect import collect
-    from robot_rl.datasets import EpisodeStore
 
     result = collect(cfg)
     clock = result["report"]["clock"]
@@ -46,8 +46,6 @@ def cmd_collect(args, cfg) -> None:
         f"loop {clock.get('achieved_hz', 0):.1f} Hz, {clock.get('overruns', 0)} overruns",
         file=sys.stderr,
     )
-    with EpisodeStore.open(result["store"]) as store:
-        store.info()
 
 
 def cmd_demo(args, cfg) -> None:
@@ -389,7 +387,19 @@ def field_notes(cls) -> dict[str, str]:
 
 
 def _eval_video_dir(cfg) -> Path:
-    return Path(cfg.video_dir or (Path(cfg.out).parent / "videos" if cfg.out else "runs/eval/videos"))
+    """eval's videos: `video_dir`, or a folder named after `out` (result.json: result_videos/), or
+    runs/eval/videos_<time>: two evaluations never share one."""
+    if cfg.video_dir:
+        return Path(cfg.video_dir)
+    if cfg.out:
+        return Path(cfg.out).with_name(f"{Path(cfg.out).stem}_videos")
+    return Path("runs/eval") / time.strftime("videos_%Y%m%d-%H%M%S")
+
+
+def _labels_path(cfg) -> Path:
+    from robot_rl.commands.label import labels_path
+
+    return labels_path(cfg)
 
 
 # Where each command's run record goes (robot_rl.utils.run_record): (its target, a folder?) from
@@ -405,7 +415,7 @@ RECORDS = {
     "eval": lambda cfg: (
         (cfg.out, False) if cfg.out else ((_eval_video_dir(cfg), True) if cfg.video else None)
     ),
-    "vlm": lambda cfg: (cfg.out or f"labels/{Path(str(cfg.store)).stem}.json", False),
+    "vlm": lambda cfg: (_labels_path(cfg), False),
 }
 
 

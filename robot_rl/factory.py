@@ -89,11 +89,15 @@ def make_gym_env(env: str, render_mode: str | None = None, **overrides) -> Robot
     if render_mode not in (None, "rgb_array"):
         raise ConfigError(f"render_mode {render_mode!r}: robot_rl's envs render 'rgb_array' (or None)")
     cfg = compose(f"env/{env}", []).env
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ConfigError(f"env {env} has no setting {', '.join(unknown)} (it has {', '.join(cfg)})")
     OmegaConf.set_struct(cfg, False)
     cfg = OmegaConf.merge(cfg, overrides, {"offscreen": True} if render_mode else {})
     robot_env_, _ = make_sim_env(cfg)
     if render_mode:
         add_render_camera(robot_env_, cfg)
+    robot_env_.metadata = {**RobotEnv.metadata, "render_fps": float(cfg.get("control_hz", 20))}
     return robot_env_
 
 
@@ -104,8 +108,7 @@ def add_render_camera(env: RobotEnv, env_cfg, height: int = 240, width: int = 32
 
     if not env_cfg.get("render_camera"):
         raise ConfigError(f"env {env_cfg.get('name')} names no render_camera to render")
-    env.render_camera = render_camera(env, str(env_cfg.render_camera), height, width)
-    env.render_mode = "rgb_array"
+    env.set_render_camera(render_camera(env, str(env_cfg.render_camera), height, width))
     env.metadata = {**RobotEnv.metadata, "render_fps": float(env_cfg.get("control_hz", 20))}
     return env
 

@@ -89,11 +89,22 @@ def test_train_help_lists_learners_envs_and_a_learners_keys():
     )
 
 
-def test_a_failed_run_says_so_in_its_record(tmp_path, run_record):
-    run = cli("train", "learner=iql", f"dataset={tmp_path / 'none.zarr'}", f"out={tmp_path / 'run'}")
+def test_a_refused_run_leaves_no_record_and_keeps_the_previous_one(tmp_path, run_record):
+    run = cli("train", "learner=iql", f"dataset={tmp_path / 'none.zarr'}", f"out={tmp_path / 'runs' / 'a'}")
     assert run.returncode == 2 and "no episode store" in run.stderr
-    record = run_record(tmp_path / "run" / "run.json", "train", status="failed: DatasetError")
-    assert record["exit_code"] == 2
+    assert not (tmp_path / "runs").exists()  # no folder made for a run that never ran
+    store = tmp_path / "reach.zarr"
+    assert (
+        cli(
+            "collect", "env=reach", "episodes=1", "loop.rate_hz=null", "env.cameras=[]", f"out={store}"
+        ).returncode
+        == 0
+    )
+    first = run_record(tmp_path / "reach.zarr.run.json", "collect", "episodes=1")
+    # An append refused for its schema (cameras where the store has none): the first record stands.
+    refused = cli("collect", "env=reach", "episodes=1", "loop.rate_hz=null", f"out={store}")
+    assert refused.returncode == 2 and "schema" in refused.stderr
+    assert run_record(tmp_path / "reach.zarr.run.json", "collect") == first
 
 
 def h264_frames(path) -> int:
@@ -269,7 +280,7 @@ def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path, run_record
     result = json.loads(evaluated.stdout)
     assert result["kind"] == "sac_agent"
     # The first two evaluation episodes as H.264 videos beside the results, named by outcome and return.
-    videos = sorted((tmp_path / "eval" / "videos").iterdir())
+    videos = sorted((tmp_path / "eval" / "result_videos").iterdir())
     assert [Path(v).name for v in result["videos"]] == [v.name for v in videos] and len(videos) == 2
     for video in videos:
         assert re.fullmatch(r"episode_00\d_(success|failure)_return_-?\d+\.\d\d\.mp4", video.name), video.name

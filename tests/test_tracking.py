@@ -12,6 +12,17 @@ from robot_rl.cli import main
 wandb = pytest.importorskip("wandb")
 
 
+@pytest.fixture(autouse=True)
+def no_wandb_left(monkeypatch, tmp_path):
+    """Offline, in the test's folder; wandb's service and settings do not outlive the test."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.chdir(tmp_path)
+    yield
+    wandb.teardown()
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 def wandb_records(run_file) -> list:
     """The records of a .wandb file: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of
     LevelDB log records (crc32c 4, length 2, type 1: full, first, middle, last)."""
@@ -39,9 +50,7 @@ def key_of(item) -> str:
     return item.key or "/".join(item.nested_key)  # wandb writes a nested key for every key
 
 
-def test_a_training_run_logs_its_scalars_config_and_curve_to_wandb(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
+def test_a_training_run_logs_its_scalars_config_and_curve_to_wandb(tmp_path):
     store, run = tmp_path / "reach.zarr", tmp_path / "run"
     assert (
         main(["collect", "env=reach", "episodes=2", "loop.rate_hz=null", "env.cameras=[]", f"out={store}"])
@@ -68,6 +77,7 @@ def test_a_training_run_logs_its_scalars_config_and_curve_to_wandb(tmp_path, mon
     assert list(run.glob("wandb/offline-run-*/files/media/images/curve_*.png"))
 
 
-def test_an_unknown_logger_is_one_line(capsys):
+def test_an_unknown_logger_is_one_line_and_writes_nothing(capsys, tmp_path):
     assert main(["train", "learner=iql", "logger=mlflow", "dataset=x.zarr"]) == 2
     assert "logger must be tensorboard or wandb" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

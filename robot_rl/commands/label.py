@@ -8,6 +8,11 @@ from pathlib import Path
 from robot_rl.errors import ConfigError, DatasetError
 
 
+def labels_path(cfg) -> Path:
+    """The labels file: `out`, or labels/<store name>.json."""
+    return Path(cfg.out or Path("labels") / f"{Path(str(cfg.store)).stem}.json")
+
+
 def label_vlm(cfg, progress: bool = True) -> dict:
     from robot_rl.labeling.vlm import OpenAIChatBackend, PairConfig, TransformersBackend, label_store
 
@@ -22,7 +27,7 @@ def label_vlm(cfg, progress: bool = True) -> dict:
         near_end=float(cfg.near_end),
         seed=int(cfg.seed),
     )
-    out = Path(cfg.out or Path("labels") / f"{Path(cfg.store).stem}.json")
+    out = labels_path(cfg)
     b = cfg.backend
     with contextlib.ExitStack() as stack:
         if b.kind == "transformers":

@@ -133,14 +133,17 @@ def evaluate_checkpoint(
     from robot_rl.learners.evaluate import record_videos, run_episodes
 
     path = Path(checkpoint)
-    kind, make_act, extra = _checkpoint_policy(path, ddim_steps, seed)
+    kind, make_act, extra, image_agent = _checkpoint_policy(path, ddim_steps, seed)
+    if video and image_agent is not None:  # checked before the evaluation, whose result would be lost
+        raise ConfigError("video= records state policies; this agent reads cameras")
+    if video and not env_cfg.get("render_camera"):
+        raise ConfigError(f"video= renders the env's render_camera; env {env_cfg.get('name')} names none")
     with _ray_if(dist):
         envs = _envs(env_cfg, dist)
-        if make_act is None:  # an image agent: one env at a time, through the ControlLoop
+        if image_agent is not None:  # one env at a time, through the ControlLoop
             from robot_rl.learners.iql import evaluate_iql
-            from robot_rl.policies.iql import IQLAgent
 
-            result = evaluate_iql(IQLAgent.load(path), envs, episodes, num_envs, seed, progress)
+            result = evaluate_iql(image_agent, envs, episodes, num_envs, seed, progress)
         else:
             act = make_act(min(num_envs, episodes))
             result = {**run_episodes(envs.make_vec, act, episodes, num_envs, seed, progress), **extra}
@@ -148,8 +151,6 @@ def evaluate_checkpoint(
     if video:
         from robot_rl.factory import add_render_camera
 
-        if make_act is None:
-            raise ConfigError("video= records state policies; this agent reads cameras")
         env, _ = envs.make(seed=seed, offscreen=True)
         try:
             add_render_camera(env, env_cfg)
@@ -162,8 +163,8 @@ def evaluate_checkpoint(
 
 
 def _checkpoint_policy(path: Path, ddim_steps: int | None, seed: int):
-    """(its kind, a function of the number of envs giving the checkpoint's batch policy, or None for
-    an agent that reads cameras, extra result fields)."""
+    """(its kind, a function of the number of envs giving the checkpoint's batch policy, extra
+    result fields, the agent itself where it reads cameras: no batch policy then)."""
     from robot_rl.learners.evaluate import diffusion_batch_policy
     from robot_rl.policies.checkpoint import read_meta
     from robot_rl.policies.diffusion import DiffusionPolicy
@@ -178,12 +179,14 @@ def _checkpoint_policy(path: Path, ddim_steps: int | None, seed: int):
             raise ConfigError(
                 "robot-rl eval runs state policies on vector envs; image agents are evaluated by their run"
             )
-        return kind, lambda n: batch_policy(agent), {}
+        return kind, lambda n: batch_policy(agent), {}, None
     if kind == "iql_agent":
         from robot_rl.policies.iql import IQLAgent, batch_policy
 
         agent = IQLAgent.load(path).eval()
-        return kind, (None if agent.cfg.image_keys else lambda n: batch_policy(agent)), {}
+        if agent.cfg.image_keys:
+            return kind, None, {}, agent
+        return kind, lambda n: batch_policy(agent), {}, None
     residual = None
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)
@@ -192,7 +195,7 @@ def _checkpoint_policy(path: Path, ddim_steps: int | None, seed: int):
     else:
         base = DiffusionPolicy.load(path)
         steps = ddim_steps or base.config.inference_steps
-    return kind, lambda n: diffusion_batch_policy(base, residual, n, steps, seed), {"ddim_steps": steps}
+    return kind, lambda n: diffusion_batch_policy(base, residual, n, steps, seed), {"ddim_steps": steps}, None
 
 
 def train_iql_learner(learner_cfg, dataset, env_cfg, out, seed: int, progress: bool = True) -> dict:

@@ -51,10 +51,10 @@ class RobotEnv(gym.Env):
         # max_frame_age_s: a camera frame older than this (host monotonic clock) when observed is
         # a StaleFrameError, not a silently repeated image (real cameras; sim frames are fresh).
         # render_camera: what `render()` shows with render_mode "rgb_array" (not an observation).
-        if render_mode not in (None, "rgb_array") or (render_mode and render_camera is None):
-            raise ValueError(f"render_mode {render_mode!r}: None, or 'rgb_array' with a render_camera")
         self.robot, self.task, self.cameras, self.hooks = robot, task, list(cameras), list(hooks)
-        self.render_camera, self.render_mode = render_camera, render_mode
+        self.render_camera, self.render_mode, self._render_live = None, None, False
+        if render_camera is not None or render_mode is not None:
+            self.set_render_camera(render_camera, render_mode)
         self.max_frame_age_s = max_frame_age_s
         self.robot_state_keys = [k for k in robot.observation_spec if k != "timestamp"]
         task_spec = task.observation_spec()
@@ -81,29 +81,43 @@ class RobotEnv(gym.Env):
     def connect(self) -> None:
         if not self._connected:
             self.robot.connect()
-            for cam in self._all_cameras():
+            for cam in self.cameras:
                 cam.connect()
             self._connected = True
 
     def close(self) -> None:
+        self._release_render_camera()  # connected by render() alone, without the robot
         if self._connected:
             try:
                 self.robot.stop()
             finally:
-                for cam in self._all_cameras():
+                for cam in self.cameras:
                     cam.disconnect()
                 self.robot.disconnect()
                 self._connected = False
 
-    def _all_cameras(self) -> list[Camera]:
-        return self.cameras + ([self.render_camera] if self.render_camera is not None else [])
+    def set_render_camera(self, camera: Camera | None, render_mode: str | None = "rgb_array") -> None:
+        """What `render()` shows under render_mode "rgb_array" (not an observation); the camera it
+        replaces is released."""
+        if render_mode not in (None, "rgb_array") or (render_mode and camera is None):
+            raise ValueError(f"render_mode {render_mode!r}: None, or 'rgb_array' with a render camera")
+        self._release_render_camera()
+        self.render_camera, self.render_mode = camera, render_mode
 
     def render(self):
-        """The render camera's view (H, W, 3 uint8) under render_mode "rgb_array"; None otherwise."""
+        """The render camera's view (H, W, 3 uint8) under render_mode "rgb_array"; None otherwise.
+        Only the render camera is connected for it (never the robot: rendering moves nothing)."""
         if self.render_mode != "rgb_array":
             return None
-        self.connect()
+        if not self._render_live:
+            self.render_camera.connect()
+            self._render_live = True
         return self.render_camera.read().image
+
+    def _release_render_camera(self) -> None:
+        if self._render_live:
+            self.render_camera.disconnect()
+            self._render_live = False
 
     def __enter__(self) -> RobotEnv:
         self.connect()

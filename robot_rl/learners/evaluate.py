@@ -154,9 +154,10 @@ def evaluate_diffusion(
 
 
 def record_videos(env, act: BatchPolicy, episodes: int, seed: int, out_dir, fps: float) -> list[str]:
-    """Episodes i = 0..episodes-1 of a state policy from seed + i (the evaluation's first seeds) on
-    one env that renders, each an H.264 mp4 named with its outcome and return:
-    `episode_000_success_return_1.00.mp4`."""
+    """Episodes i = 0..episodes-1 of a state policy, reset from seed + i (the seeds the evaluation's
+    envs start from), on one env that renders; each an H.264 mp4 named with its outcome and return:
+    `episode_000_success_return_1.00.mp4`. A policy that samples (diffusion) draws its own noise
+    here, so an episode can end otherwise than the evaluation's from the same seed."""
     from pathlib import Path
 
     from robot_rl.utils.video import write_video

@@ -5,7 +5,9 @@ device, start and end times, how it ended) and `config.yaml` (the composed confi
 A run folder (train, demo, sweep, the experiments) gets `FOLDER/run.json` and `FOLDER/config.yaml`;
 a file or a store (eval's results, label's labels, collect's store) gets `OUT.run.json` and
 `OUT.config.yaml` beside it. run.json is written when the run starts (status "running") and again
-when it ends: "ok", "interrupted" or "failed: <error>", with the exit code.
+when it ends: "ok", "interrupted" or "failed: <error>", with the exit code. A run refused for a
+user's mistake (robot_rl's errors: exit code 2) leaves no record of its own: the files it wrote
+are removed, or the previous run's record is put back.
 """
 
 from __future__ import annotations
@@ -31,11 +33,16 @@ def git_state(source: Path | None = None) -> dict | None:
     """robot_rl's checkout: {"commit", "dirty"}; None when it is not a git checkout (a wheel)."""
     source = source or Path(__file__).resolve().parents[2]
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        top = subprocess.run(
+            ["git", "-C", str(source), "rev-parse", "--show-toplevel", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
-        if commit.returncode != 0:
+        # An installed copy inside someone's project is not a checkout: the project's repo is not ours.
+        if top.returncode != 0 or Path(top.stdout.split()[0]).resolve() != source.resolve():
             return None
+        commit = top.stdout.split()[1]
         status = subprocess.run(
             ["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
@@ -44,7 +51,7 @@ def git_state(source: Path | None = None) -> dict | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    return {"commit": commit, "dirty": bool(status.stdout.strip())}
 
 
 def versions() -> dict[str, str]:
@@ -97,6 +104,9 @@ class RunRecord:
         self._start = time.monotonic()
 
     def __enter__(self) -> RunRecord:
+        made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        self._made_dirs = made  # deepest first: removed in this order if the run is refused
+        self._previous = {p: p.read_bytes() for p in (self.path, self.config_path) if p.exists()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.config is not None:
             from omegaconf import OmegaConf
@@ -106,6 +116,9 @@ class RunRecord:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
+        if kind is not None and _is_user_error(error):
+            self._undo()
+            return
         if kind is None:
             status, code = "ok", 0
         elif issubclass(kind, KeyboardInterrupt):
@@ -118,6 +131,19 @@ class RunRecord:
 
     def _write(self) -> None:
         _write(self.path, json.dumps(self.record, indent=2, default=str) + "\n")
+
+    def _undo(self) -> None:
+        """A refused run: the previous record back, or no record, and no folder left empty."""
+        for path in (self.path, self.config_path):
+            if path in self._previous:
+                path.write_bytes(self._previous[path])
+            else:
+                path.unlink(missing_ok=True)
+        for folder in self._made_dirs:
+            try:
+                folder.rmdir()  # only when empty: what the run wrote besides its record stays
+            except OSError:
+                break
 
 
 def _is_user_error(error) -> bool:

@@ -27,10 +27,12 @@ def logging_to(logger: str, project: str = "robot_rl", config: dict | None = Non
     if logger == "wandb":
         require("wandb", "wandb", "logger=wandb")
     saved = dict(_TRACKING)
-    _TRACKING.update(logger=logger, project=project, config=config)
+    _TRACKING.update(logger=logger, project=project, config=config, open_runs=[])
     try:
         yield
     finally:
+        for run in _TRACKING["open_runs"]:  # a learner that raised: its W&B run ends as failed
+            run.finish(exit_code=1)
         _TRACKING.clear()
         _TRACKING.update(saved)
 
@@ -59,6 +61,7 @@ class RunLog:
                 config=_TRACKING["config"],
                 reinit="create_new",  # a command may hold several runs (a learner and its evaluations)
             )
+            _TRACKING["open_runs"].append(self.wandb)
 
     def log(self, step: int, **values: float) -> None:
         for key, value in values.items():
@@ -67,13 +70,6 @@ class RunLog:
             self.history.setdefault(key, []).append((step, value))
         if self.wandb is not None:
             self.wandb.log({k: float(v) for k, v in values.items()}, step=step)
-
-    def video(self, path, caption: str = "") -> None:
-        """An mp4 (an evaluation episode) into the W&B run, where there is one."""
-        if self.wandb is not None:
-            import wandb
-
-            self.wandb.log({"video": wandb.Video(str(path), caption=caption, format="mp4")})
 
     def close(self, results: dict, curves: tuple[str, ...]) -> dict:
         """Write results.json and the learning-curve PNG; returns results with their paths."""
@@ -92,6 +88,7 @@ class RunLog:
             self.wandb.log({"curve": wandb.Image(str(self.dir / "curve.png"))})
             self.wandb.summary.update({k: v for k, v in results.items() if isinstance(v, (int, float, str))})
             self.wandb.finish()
+            _TRACKING["open_runs"].remove(self.wandb)
         return results
 
     def _plot(self, curves: tuple[str, ...]) -> None:

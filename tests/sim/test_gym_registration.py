@@ -49,3 +49,16 @@ def test_the_configs_cameras_and_the_module_prefix():
         env.close()
     with pytest.raises(ConfigError, match="render_mode 'human'"):
         make_gym_env("reach", render_mode="human")
+    with pytest.raises(ConfigError, match="has no setting camreas"):  # a typo is not ignored
+        make_gym_env("reach", camreas=[])
+
+
+def test_rendering_connects_only_the_render_camera():
+    env = make_gym_env("reach", render_mode="rgb_array", cameras=[])
+    env.reset(seed=0)
+    first = env.render()
+    env.close()
+    assert not env._connected
+    assert env.render().shape == first.shape and not env._connected  # rendering moves no robot
+    env.close()
+    assert not env._render_live  # its GL context released
