@@ -396,6 +396,12 @@ def _eval_video_dir(cfg) -> Path:
     return Path("runs/eval") / time.strftime("videos_%Y%m%d-%H%M%S")
 
 
+def _run_folder(cfg) -> str:
+    from robot_rl.commands.train import run_folder
+
+    return run_folder(cfg)
+
+
 def _labels_path(cfg) -> Path:
     from robot_rl.commands.label import labels_path
 
@@ -410,7 +416,7 @@ RECORDS = {
     "vlm-iql": lambda cfg: (cfg.run_dir, True),
     "idm-iql": lambda cfg: (cfg.run_dir, True),
     "vptr": lambda cfg: (cfg.run_dir, True),
-    "train": lambda cfg: (cfg.out, True),
+    "train": lambda cfg: (_run_folder(cfg), True),
     "sweep": lambda cfg: (cfg.out, True),
     "eval": lambda cfg: (
         (cfg.out, False) if cfg.out else ((_eval_video_dir(cfg), True) if cfg.video else None)

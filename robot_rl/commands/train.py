@@ -43,6 +43,18 @@ def _ray_if(dist: dict | None):
     return contextlib.nullcontext() if mode == "none" else ray_session(mode, (dist or {}).get("ray_address"))
 
 
+# Learners whose `resume=RUN` continues that run in its own folder (HIL-SERL's starts a new run
+# from a finished one's weights and buffers instead).
+RESUME_IN_PLACE = ("diffusion_bc",)
+
+
+def run_folder(cfg) -> str:
+    """Where `robot-rl train` writes: `out`, or the run a learner resumes in place."""
+    if cfg.learner.name in RESUME_IN_PLACE and cfg.learner.get("resume"):
+        return str(cfg.learner.resume)
+    return str(cfg.out)
+
+
 def train_bc(learner_cfg, dataset, out, seed: int, progress: bool = True) -> dict:
     from robot_rl.learners.diffusion_bc import DiffusionBCConfig, train_diffusion_bc
 
@@ -262,7 +274,7 @@ def _train_residual_and_evaluate(cfg) -> dict:
 # config. Its settings are its config dataclass (robot_rl.config.LEARNER_CONFIGS, whose defaults
 # conf/learner/<name>.yaml builds on); the runner checks and routes them, then calls the learner.
 LEARNERS = {
-    "diffusion_bc": lambda cfg: train_bc(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
+    "diffusion_bc": lambda cfg: train_bc(cfg.learner, cfg.dataset, run_folder(cfg), int(cfg.seed)),
     "residual_ppo": _train_residual_and_evaluate,
     "hil_serl": lambda cfg: train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed)),
     "fastrlap": lambda cfg: train_fastrlap_learner(cfg.learner, cfg.env, cfg.out, int(cfg.seed)),

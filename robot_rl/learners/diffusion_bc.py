@@ -6,7 +6,7 @@ schedule after a linear warm-up, an EMA of the weights (the EMA is what gets sav
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +14,21 @@ import torch
 from tqdm import tqdm
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
+from robot_rl.errors import ConfigError
 from robot_rl.policies.diffusion import DiffusionPolicy
+from robot_rl.utils.checkpoints import (
+    Checkpoints,
+    DeferredInterrupt,
+    RngLedger,
+    latest_checkpoint,
+    rng_states,
+    set_rng_states,
+)
 from robot_rl.utils.device import Prefetcher, autocast, maybe_compile, resolve_device
 from robot_rl.utils.training import EMA, RunLog, seed_everything
+
+# Settings a resumed run may change: how it runs, not what it computes.
+FREE_ON_RESUME = ("checkpoint_every", "resume", "log_every", "device", "compile")
 
 
 @dataclass
@@ -33,6 +45,10 @@ class DiffusionBCConfig:
     device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
     amp: bool = True  # bfloat16 autocast of the denoiser on CUDA (the loss is an MSE on noise)
     compile: bool = False  # torch.compile the loss
+    checkpoint_every: int = (
+        0  # steps between resumable checkpoints in RUN/checkpoints (0: none; Ctrl-C writes one)
+    )
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
     policy: dict = field(
         default_factory=dict
     )  # DiffusionConfig overrides (horizons, down_dims, image_keys...)
@@ -56,21 +72,71 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
         ),
     )
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay)
+    checkpoints = Checkpoints(out_dir, "diffusion_bc", cfg.checkpoint_every)
+    what = {k: v for k, v in asdict(cfg).items() if k not in FREE_ON_RESUME}
+    start, running, history = 0, None, {}
+    if cfg.resume:
+        state = latest_checkpoint(cfg.resume, "diffusion_bc")
+        changed = sorted(k for k in what if state["config"].get(k) != what[k])
+        if changed:
+            raise ConfigError(
+                f"resume={cfg.resume}: the run had other {', '.join(changed)}; resume it as it was"
+            )
+        policy.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        ema.model.load_state_dict(state["ema"])
+        ema.step, running, history, start = (
+            state["ema_step"],
+            state["running"],
+            state["history"],
+            state["step"],
+        )
+        set_rng_states(state["rng"], rng)
     log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
+    log.history.update(history)
     loss_of = maybe_compile(policy.loss, cfg.compile)
+    ledger = RngLedger(rng)
 
     def sample() -> dict:
-        return {
+        batch = {
             k: torch.as_tensor(v) for k, v in sampler.sample(cfg.batch_size, rng).items() if k != "is_pad"
         }
+        ledger.drawn()
+        return batch
 
-    bar = tqdm(range(cfg.steps), desc="diffusion BC", unit="step", disable=not progress, dynamic_ncols=True)
-    running = None
+    def snapshot() -> dict:
+        return {
+            "config": what,
+            "model": policy.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "ema": ema.model.state_dict(),
+            "ema_step": ema.step,
+            "running": running,
+            "history": log.history,
+            "rng": rng_states(sampler_state=ledger.state),
+        }
+
+    bar = tqdm(
+        range(start, cfg.steps),
+        initial=start,
+        total=cfg.steps,
+        desc="diffusion BC",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     policy.train()
-    with Prefetcher(sample, device) as batches:  # closed whatever ends the loop
+    with (
+        DeferredInterrupt() as interrupt,
+        Prefetcher(sample, device) as batches,
+    ):  # closed whatever ends the loop
         for step in bar:
+            batch = next(batches)
+            ledger.used()
             with autocast(device, cfg.amp):
-                loss = loss_of(next(batches))
+                loss = loss_of(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -80,6 +146,11 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 log.log(step, loss=running, lr=schedule.get_last_lr()[0])
                 bar.set_postfix(loss=f"{running:.4f}")
+            if interrupt.requested:  # Ctrl-C or SIGTERM: the state as of this step, then stop
+                checkpoints.save(step + 1, snapshot())
+                raise KeyboardInterrupt
+            if checkpoints.due(step + 1) and step + 1 < cfg.steps:
+                checkpoints.save(step + 1, snapshot())
     checkpoint = ema.model.save(Path(out_dir) / "checkpoint")  # CPU copies: it loads anywhere
     params = sum(p.numel() for p in policy.parameters())
     return log.close(

@@ -1,0 +1,154 @@
+"""Training checkpoints a run resumes from: `RUN/checkpoints/step_000001000.pt`, each the whole state
+of a learner at a step boundary (weights, optimizer and scheduler, EMA, RNG states, counters, the
+logged history), written beside its final name and renamed, the last `keep` kept. They load with
+`torch.load(weights_only=True)`: tensors and plain values only, no pickled code.
+
+Resuming is exact where the run is deterministic (CPU, a fixed seed): the state is taken between
+two steps, and the sampler's RNG as of the last batch *used*, not the last one a prefetch thread
+drew (`RngLedger`).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robot_rl.errors import ConfigError
+
+SUBDIR = "checkpoints"
+
+
+def rng_states(rng: np.random.Generator | None = None, sampler_state: dict | None = None) -> dict:
+    """The random states a step depends on: torch's, numpy's global and Python's, and the sampler's
+    (`sampler_state`, else `rng`'s)."""
+    legacy = np.random.get_state(legacy=False)  # its key is an array: as a tensor it loads without pickle
+    legacy["state"] = {
+        "key": torch.from_numpy(legacy["state"]["key"].astype(np.int64)),
+        "pos": legacy["state"]["pos"],
+    }
+    if sampler_state is None and rng is not None:
+        sampler_state = rng.bit_generator.state
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": legacy,
+        "python": random.getstate(),
+        "sampler": sampler_state,
+    }
+
+
+def set_rng_states(states: dict, rng: np.random.Generator | None = None) -> None:
+    torch.set_rng_state(states["torch"])
+    legacy = dict(states["numpy"])
+    legacy["state"] = {"key": legacy["state"]["key"].numpy().astype(np.uint32), "pos": legacy["state"]["pos"]}
+    np.random.set_state(legacy)
+    random.setstate(states["python"])
+    if rng is not None and states["sampler"] is not None:
+        rng.bit_generator.state = states["sampler"]
+
+
+class RngLedger:
+    """The sampler RNG's state after each batch a prefetch thread draws, handed out in the order the
+    batches are used: `drawn()` in the sampling thread after each draw, `used()` in the training
+    loop after each batch it takes; `state` is then the RNG's state as of the last batch used."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self._after: deque = deque()
+        self._lock = threading.Lock()
+        self.state = rng.bit_generator.state  # before any draw
+
+    def drawn(self) -> None:
+        with self._lock:
+            self._after.append(self.rng.bit_generator.state)
+
+    def used(self) -> None:
+        with self._lock:
+            self.state = self._after.popleft()
+
+
+class Checkpoints:
+    """Every `every` steps (0: only when asked) a checkpoint of a `kind` learner into `run_dir`."""
+
+    def __init__(self, run_dir, kind: str, every: int = 0, keep: int = 3):
+        self.dir, self.kind, self.every, self.keep = Path(run_dir) / SUBDIR, kind, int(every), int(keep)
+
+    def due(self, step: int) -> bool:
+        """Whether `step` steps done is a checkpoint step."""
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, step: int, state: dict) -> Path:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"step_{step:09d}.pt"
+        partial = path.with_name(f".{path.name}.partial")
+        torch.save(_plain({"kind": self.kind, "step": step, **state}), partial)
+        os.replace(partial, path)  # a kill mid-write leaves the previous checkpoint the latest
+        for old in sorted(self.dir.glob("step_*.pt"))[: -self.keep]:
+            old.unlink()
+        return path
+
+
+def _plain(value):
+    """numpy scalars (a learning-rate lambda's np.cos, in the scheduler's and optimizer's states) as
+    Python numbers: `weights_only` loading refuses numpy globals."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+def latest_checkpoint(run_dir, kind: str) -> dict:
+    """The newest checkpoint of a `kind` run in `run_dir`; ConfigError (one line) when there is none,
+    it is damaged, or it is another learner's."""
+    run_dir = Path(run_dir)
+    found = sorted((run_dir / SUBDIR).glob("step_*.pt"))
+    if not found:
+        raise ConfigError(
+            f"resume={run_dir}: no checkpoint in {run_dir / SUBDIR} (checkpoint_every=0 writes none)"
+        )
+    try:
+        state = torch.load(found[-1], map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, not a torch file, or holding what a checkpoint never does
+        raise ConfigError(f"resume={run_dir}: {found[-1].name} is damaged ({type(exc).__name__})") from None
+    if not isinstance(state, dict) or state.get("kind") != kind:
+        other = state.get("kind") if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"resume={run_dir}: {found[-1].name} is a {other} checkpoint, not {kind}")
+    return state
+
+
+class DeferredInterrupt:
+    """Ctrl-C and SIGTERM held until the training loop reaches a step boundary, where it saves a
+    checkpoint and stops (`requested`); a second signal interrupts at once. Only in the main thread
+    (a learner in a Ray worker is stopped by Ray)."""
+
+    def __init__(self):
+        self.requested = False
+        self._saved: dict = {}
+
+    def __enter__(self) -> DeferredInterrupt:
+        import signal
+
+        if threading.current_thread() is threading.main_thread():
+
+            def handler(signum, frame):
+                if self.requested:
+                    raise KeyboardInterrupt
+                self.requested = True
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, previous in self._saved.items():
+            signal.signal(sig, previous)

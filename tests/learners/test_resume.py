@@ -1,0 +1,98 @@
+"""Checkpoints and resume (robot_rl/utils/checkpoints.py): a diffusion BC run killed with SIGKILL
+between checkpoints and resumed ends with the same weights, bit for bit, as the run never killed
+(CPU, a fixed seed); `resume=` of a folder without a usable checkpoint is one line and exit 2, and
+changes nothing in the folder."""
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from robot_rl.cli import main
+from robot_rl.utils.checkpoints import Checkpoints
+
+ROBOT_RL = str(Path(sys.executable).with_name("robot-rl"))
+BC = [
+    "learner=diffusion_bc",
+    "env=reach",
+    "learner.batch_size=8",
+    "learner.policy.down_dims=[8,16]",
+    "learner.policy.diffusion_step_embed_dim=8",
+    "learner.steps=60",
+    "learner.device=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bc") / "reach.zarr"
+    assert (
+        main(["collect", "env=reach", "episodes=3", "loop.rate_hz=null", "env.cameras=[]", f"out={path}"])
+        == 0
+    )
+    return path
+
+
+def test_a_killed_run_resumes_to_the_same_weights(store, tmp_path):
+    train = ["train", *BC, f"dataset={store}"]
+    assert main([*train, f"out={tmp_path / 'whole'}"]) == 0
+    killed = tmp_path / "killed"
+    run = subprocess.Popen(
+        [ROBOT_RL, *train, "learner.checkpoint_every=10", f"out={killed}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:  # SIGKILL once the second checkpoint is down: somewhere between it and the end
+        while not (killed / "checkpoints" / "step_000000020.pt").exists():
+            assert run.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.002)
+        run.send_signal(signal.SIGKILL)
+    finally:
+        run.wait()
+    assert not (killed / "checkpoint").exists()  # it never finished
+    assert main([*train, "learner.checkpoint_every=10", f"learner.resume={killed}"]) == 0
+    whole, resumed = (load_file(p / "checkpoint" / "model.safetensors") for p in (tmp_path / "whole", killed))
+    assert whole.keys() == resumed.keys() and all(whole[k].equal(resumed[k]) for k in whole)
+    history = [json.loads((p / "results.json").read_text())["history"] for p in (tmp_path / "whole", killed)]
+    assert history[0] == history[1]  # the logged curve too, from step 0
+    assert len(list((killed / "checkpoints").glob("step_*.pt"))) <= 3  # the last three kept
+
+
+def digest(folder: Path) -> dict:
+    return {
+        p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+
+
+def test_resume_without_a_usable_checkpoint_is_one_line_and_changes_nothing(store, tmp_path, capsys):
+    train = ["train", *BC, "learner.steps=10", f"dataset={store}"]
+    run = tmp_path / "run"
+    assert main([*train, "learner.checkpoint_every=5", f"out={run}"]) == 0
+    capsys.readouterr()
+    cases = {
+        "no checkpoint": (tmp_path, "no checkpoint in"),
+        "another config": (run, "the run had other batch_size"),
+    }
+    for what, (folder, says) in cases.items():
+        before = digest(folder)
+        extra = ["learner.batch_size=4"] if what == "another config" else []
+        assert main([*train, *extra, f"learner.resume={folder}"]) == 2, what
+        assert says in capsys.readouterr().err, what
+        assert digest(folder) == before, what
+    latest = run / "checkpoints" / "step_000000005.pt"
+    latest.write_bytes(latest.read_bytes()[:100])  # truncated
+    before = digest(run)
+    assert main([*train, f"learner.resume={run}"]) == 2
+    assert "step_000000005.pt is damaged" in capsys.readouterr().err and digest(run) == before
+    other = tmp_path / "other"
+    Checkpoints(other, "iql").save(5, {"config": {}})
+    assert main([*train, f"learner.resume={other}"]) == 2
+    assert "is a iql checkpoint, not diffusion_bc" in capsys.readouterr().err
