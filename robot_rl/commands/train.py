@@ -45,7 +45,7 @@ def _ray_if(dist: dict | None):
 
 # Learners whose `resume=RUN` continues that run in its own folder (HIL-SERL's starts a new run
 # from a finished one's weights and buffers instead).
-RESUME_IN_PLACE = ("diffusion_bc",)
+RESUME_IN_PLACE = ("diffusion_bc", "iql")
 
 
 def run_folder(cfg) -> str:
@@ -279,7 +279,7 @@ LEARNERS = {
     "hil_serl": lambda cfg: train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed)),
     "fastrlap": lambda cfg: train_fastrlap_learner(cfg.learner, cfg.env, cfg.out, int(cfg.seed)),
     "reward_classifier": lambda cfg: train_classifier(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
-    "iql": lambda cfg: train_iql_learner(cfg.learner, cfg.dataset, cfg.env, cfg.out, int(cfg.seed)),
+    "iql": lambda cfg: train_iql_learner(cfg.learner, cfg.dataset, cfg.env, run_folder(cfg), int(cfg.seed)),
     "reward_model": lambda cfg: train_preference_reward(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
     "idm": lambda cfg: train_idm(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
     "icvf": lambda cfg: train_icvf_learner(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),

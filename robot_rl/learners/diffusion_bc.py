@@ -6,7 +6,7 @@ schedule after a linear warm-up, an EMA of the weights (the EMA is what gets sav
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,21 +14,18 @@ import torch
 from tqdm import tqdm
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
-from robot_rl.errors import ConfigError
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.utils.checkpoints import (
     Checkpoints,
     DeferredInterrupt,
     RngLedger,
-    latest_checkpoint,
+    resume_state,
     rng_states,
     set_rng_states,
+    settings_of,
 )
 from robot_rl.utils.device import Prefetcher, autocast, maybe_compile, resolve_device
 from robot_rl.utils.training import EMA, RunLog, seed_everything
-
-# Settings a resumed run may change: how it runs, not what it computes.
-FREE_ON_RESUME = ("checkpoint_every", "resume", "log_every", "device", "compile")
 
 
 @dataclass
@@ -73,15 +70,10 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     )
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay)
     checkpoints = Checkpoints(out_dir, "diffusion_bc", cfg.checkpoint_every)
-    what = {k: v for k, v in asdict(cfg).items() if k not in FREE_ON_RESUME}
+    settings = settings_of(cfg)
     start, running, history = 0, None, {}
     if cfg.resume:
-        state = latest_checkpoint(cfg.resume, "diffusion_bc")
-        changed = sorted(k for k in what if state["config"].get(k) != what[k])
-        if changed:
-            raise ConfigError(
-                f"resume={cfg.resume}: the run had other {', '.join(changed)}; resume it as it was"
-            )
+        state = resume_state(cfg.resume, "diffusion_bc", settings)
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -107,7 +99,7 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
 
     def snapshot() -> dict:
         return {
-            "config": what,
+            "config": settings,
             "model": policy.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),

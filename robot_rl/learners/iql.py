@@ -33,6 +33,15 @@ from robot_rl.datasets.store import EpisodeStore, read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.policies.encoders import images_to_float
 from robot_rl.policies.iql import IQLAgent, IQLConfig, batch_policy, loop_policy
+from robot_rl.utils.checkpoints import (
+    Checkpoints,
+    DeferredInterrupt,
+    RngLedger,
+    resume_state,
+    rng_states,
+    set_rng_states,
+    settings_of,
+)
 from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
 
@@ -218,6 +227,10 @@ class IQLTrainConfig:
     device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
     compile: bool = False  # torch.compile the losses
     max_memory_gb: float | None = None  # refuse a dataset that needs more (None: 3/4 of the available memory)
+    checkpoint_every: int = (
+        0  # steps between resumable checkpoints in RUN/checkpoints (0: none; Ctrl-C writes one)
+    )
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
     agent: dict = field(default_factory=dict)  # IQLConfig overrides (expectile, beta, image_keys, ...)
 
 
@@ -281,20 +294,55 @@ def train_iql(
     if cfg.compile:
         agent.losses = maybe_compile(agent.losses, True)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
+    checkpoints = Checkpoints(out_dir, "iql", cfg.checkpoint_every)
+    settings = settings_of(cfg)
+    first, history, evaluations = 0, {}, []
+    if cfg.resume:
+        state = resume_state(cfg.resume, "iql", settings)
+        agent.load_training_state(state["agent"])
+        first, history, evaluations = state["step"], state["history"], list(state["evaluations"])
+        set_rng_states(state["rng"], rng)
     log = RunLog(
         out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key} ({device})"
     )
-    bar = tqdm(range(cfg.steps), desc=what, unit="step", disable=not progress, dynamic_ncols=True)
-    evaluations = []
+    log.history.update(history)
+    ledger = RngLedger(rng)
+
+    def sample() -> dict:
+        batch = data.sample(cfg.batch_size, rng)
+        ledger.drawn()
+        return batch
+
+    def snapshot() -> dict:
+        return {
+            "config": settings,
+            "agent": agent.training_state(),
+            "history": log.history,
+            "evaluations": evaluations,
+            "rng": rng_states(sampler_state=ledger.state),
+        }
+
+    bar = tqdm(
+        range(first, cfg.steps),
+        initial=first,
+        total=cfg.steps,
+        desc=what,
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     agent.train()
     start = time.monotonic()
-    with Prefetcher(
-        lambda: data.sample(cfg.batch_size, rng), device
-    ) as batches:  # closed whatever ends the loop
+    with (
+        DeferredInterrupt() as interrupt,
+        Prefetcher(sample, device) as batches,
+    ):  # closed whatever ends the loop
         for step in bar:
-            info = agent.update(next(batches))
+            batch = next(batches)
+            ledger.used()
+            info = agent.update(batch)
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
+                log.log(step, **info, updates_per_s=(step + 1 - first) / (time.monotonic() - start))
                 bar.set_postfix_str(
                     f"q {info['q_loss']:.4f} v {info['v_loss']:.4f} actor {info['actor_loss']:.3f}",
                     refresh=False,
@@ -310,6 +358,11 @@ def train_iql(
                 evaluations.append({"step": step + 1, **result})
                 tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
                 agent.train()
+            if interrupt.requested:  # Ctrl-C or SIGTERM: the state as of this step, then stop
+                checkpoints.save(step + 1, snapshot())
+                raise KeyboardInterrupt
+            if checkpoints.due(step + 1) and step + 1 < cfg.steps:
+                checkpoints.save(step + 1, snapshot())
     agent.cpu()  # evaluated (and deployed) on the CPU
     checkpoint = agent.save(Path(out_dir) / "checkpoint")
     final = (

@@ -22,6 +22,8 @@ import torch
 from robot_rl.errors import ConfigError
 
 SUBDIR = "checkpoints"
+# A learner config's settings a resumed run may change: how it runs, not what it computes.
+FREE_ON_RESUME = ("checkpoint_every", "resume", "log_every", "device", "compile", "max_memory_gb")
 
 
 def rng_states(rng: np.random.Generator | None = None, sampler_state: dict | None = None) -> dict:
@@ -91,6 +93,22 @@ class Checkpoints:
         for old in sorted(self.dir.glob("step_*.pt"))[: -self.keep]:
             old.unlink()
         return path
+
+
+def settings_of(config) -> dict:
+    """A learner config dataclass's settings that a resumed run must share with the run it resumes."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(config).items() if k not in FREE_ON_RESUME}
+
+
+def resume_state(run_dir, kind: str, settings: dict) -> dict:
+    """The latest checkpoint of a `kind` run in `run_dir`, whose settings must be `settings`."""
+    state = latest_checkpoint(run_dir, kind)
+    changed = sorted(k for k in settings if state["config"].get(k) != settings[k])
+    if changed:
+        raise ConfigError(f"resume={run_dir}: the run had other {', '.join(changed)}; resume it as it was")
+    return state
 
 
 def _plain(value):
