@@ -17,7 +17,6 @@ from robot_rl.datasets import EpisodeStore, WindowSampler
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.utils.checkpoints import (
     Checkpoints,
-    DeferredInterrupt,
     RngLedger,
     resume_state,
     rng_states,
@@ -88,14 +87,12 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
     log.history.update(history)
     loss_of = maybe_compile(policy.loss, cfg.compile)
-    ledger = RngLedger(rng)
-
-    def sample() -> dict:
-        batch = {
+    ledger = RngLedger(
+        rng,
+        lambda: {
             k: torch.as_tensor(v) for k, v in sampler.sample(cfg.batch_size, rng).items() if k != "is_pad"
-        }
-        ledger.drawn()
-        return batch
+        },
+    )
 
     def snapshot() -> dict:
         return {
@@ -120,13 +117,9 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
         dynamic_ncols=True,
     )
     policy.train()
-    with (
-        DeferredInterrupt() as interrupt,
-        Prefetcher(sample, device) as batches,
-    ):  # closed whatever ends the loop
+    with checkpoints, Prefetcher(ledger.draw, device) as batches:  # closed whatever ends the loop
         for step in bar:
-            batch = next(batches)
-            ledger.used()
+            batch = ledger.take(batches)
             with autocast(device, cfg.amp):
                 loss = loss_of(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -138,11 +131,7 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 log.log(step, loss=running, lr=schedule.get_last_lr()[0])
                 bar.set_postfix(loss=f"{running:.4f}")
-            if interrupt.requested:  # Ctrl-C or SIGTERM: the state as of this step, then stop
-                checkpoints.save(step + 1, snapshot())
-                raise KeyboardInterrupt
-            if checkpoints.due(step + 1) and step + 1 < cfg.steps:
-                checkpoints.save(step + 1, snapshot())
+            checkpoints.step_done(step + 1, cfg.steps, snapshot)
     checkpoint = ema.model.save(Path(out_dir) / "checkpoint")  # CPU copies: it loads anywhere
     params = sum(p.numel() for p in policy.parameters())
     return log.close(

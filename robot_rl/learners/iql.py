@@ -35,7 +35,6 @@ from robot_rl.policies.encoders import images_to_float
 from robot_rl.policies.iql import IQLAgent, IQLConfig, batch_policy, loop_policy
 from robot_rl.utils.checkpoints import (
     Checkpoints,
-    DeferredInterrupt,
     RngLedger,
     resume_state,
     rng_states,
@@ -306,12 +305,7 @@ def train_iql(
         out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key} ({device})"
     )
     log.history.update(history)
-    ledger = RngLedger(rng)
-
-    def sample() -> dict:
-        batch = data.sample(cfg.batch_size, rng)
-        ledger.drawn()
-        return batch
+    ledger = RngLedger(rng, lambda: data.sample(cfg.batch_size, rng))
 
     def snapshot() -> dict:
         return {
@@ -333,14 +327,9 @@ def train_iql(
     )
     agent.train()
     start = time.monotonic()
-    with (
-        DeferredInterrupt() as interrupt,
-        Prefetcher(sample, device) as batches,
-    ):  # closed whatever ends the loop
+    with checkpoints, Prefetcher(ledger.draw, device) as batches:  # closed whatever ends the loop
         for step in bar:
-            batch = next(batches)
-            ledger.used()
-            info = agent.update(batch)
+            info = agent.update(ledger.take(batches))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
                 log.log(step, **info, updates_per_s=(step + 1 - first) / (time.monotonic() - start))
                 bar.set_postfix_str(
@@ -358,11 +347,7 @@ def train_iql(
                 evaluations.append({"step": step + 1, **result})
                 tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
                 agent.train()
-            if interrupt.requested:  # Ctrl-C or SIGTERM: the state as of this step, then stop
-                checkpoints.save(step + 1, snapshot())
-                raise KeyboardInterrupt
-            if checkpoints.due(step + 1) and step + 1 < cfg.steps:
-                checkpoints.save(step + 1, snapshot())
+            checkpoints.step_done(step + 1, cfg.steps, snapshot)
     agent.cpu()  # evaluated (and deployed) on the CPU
     checkpoint = agent.save(Path(out_dir) / "checkpoint")
     final = (

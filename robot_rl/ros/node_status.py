@@ -27,6 +27,7 @@ OK, WARN = 0, 1  # diagnostic_msgs/DiagnosticStatus levels
 class NodeStatus:
     def __init__(self, io: RosIO, diagnostics_period_s: float = 1.0):
         self.io, self.period = io, diagnostics_period_s
+        self._names: list[str] | None = None
         self._action = io.publisher("~/action", "sensor_msgs/msg/JointState", "reliable")
         self._status = io.publisher("~/status", "diagnostic_msgs/msg/DiagnosticArray", "reliable")
         self._diagnostics = io.publisher("/diagnostics", "diagnostic_msgs/msg/DiagnosticArray", "reliable")
@@ -35,8 +36,9 @@ class NodeStatus:
     def __call__(self, loop, result) -> None:
         t, target = self.io.now(), loop.clock.rate_hz
         if loop.executed is not None:
-            names = [str(n) for n in loop.env.robot.action_spec.names or ()]
-            self._action(m.make_joint_state(self.io.types, t, names, loop.executed))
+            if self._names is None:  # the robot's, known once the loop runs it: read once, not every tick
+                self._names = [str(n) for n in loop.env.robot.action_spec.names or ()]
+            self._action(m.make_joint_state(self.io.types, t, self._names, loop.executed))
         rate = loop.clock.recent_hz()
         slow = target is not None and loop.clock.ticks > 10 and rate < 0.9 * target
         if slow:

@@ -14,6 +14,7 @@ import os
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,34 +56,53 @@ def set_rng_states(states: dict, rng: np.random.Generator | None = None) -> None
 
 
 class RngLedger:
-    """The sampler RNG's state after each batch a prefetch thread draws, handed out in the order the
-    batches are used: `drawn()` in the sampling thread after each draw, `used()` in the training
-    loop after each batch it takes; `state` is then the RNG's state as of the last batch used."""
+    """A sampler behind a prefetch thread, with the RNG's state as of the last batch *used*: `draw`
+    is the thread's sample function (it notes the state after each draw), `take(batches)` the
+    training loop's next batch (it moves `state` on to that batch's)."""
 
-    def __init__(self, rng: np.random.Generator):
-        self.rng = rng
+    def __init__(self, rng: np.random.Generator, sample: Callable[[], dict]):
+        self.rng, self._sample = rng, sample
         self._after: deque = deque()
         self._lock = threading.Lock()
         self.state = rng.bit_generator.state  # before any draw
 
-    def drawn(self) -> None:
+    def draw(self) -> dict:
+        batch = self._sample()
         with self._lock:
             self._after.append(self.rng.bit_generator.state)
+        return batch
 
-    def used(self) -> None:
+    def take(self, batches) -> dict:
+        batch = next(batches)
         with self._lock:
             self.state = self._after.popleft()
+        return batch
 
 
 class Checkpoints:
-    """Every `every` steps (0: only when asked) a checkpoint of a `kind` learner into `run_dir`."""
+    """Every `every` steps (0: never on a schedule) a checkpoint of a `kind` learner into `run_dir`.
+    Used as a context around the training loop, it also holds Ctrl-C and SIGTERM until the step
+    ends, then writes a checkpoint of that step and stops (`step_done`)."""
 
     def __init__(self, run_dir, kind: str, every: int = 0, keep: int = 3):
         self.dir, self.kind, self.every, self.keep = Path(run_dir) / SUBDIR, kind, int(every), int(keep)
+        self._interrupt = _DeferredInterrupt()
 
-    def due(self, step: int) -> bool:
-        """Whether `step` steps done is a checkpoint step."""
-        return self.every > 0 and step % self.every == 0
+    def __enter__(self) -> Checkpoints:
+        self._interrupt.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._interrupt.__exit__()
+
+    def step_done(self, done: int, total: int, snapshot: Callable[[], dict]) -> None:
+        """After step `done` of `total`: a checkpoint when one is due, or when a signal came (then
+        KeyboardInterrupt)."""
+        if self._interrupt.requested:
+            self.save(done, snapshot())
+            raise KeyboardInterrupt
+        if self.every > 0 and done % self.every == 0 and done < total:
+            self.save(done, snapshot())
 
     def save(self, step: int, state: dict) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +162,7 @@ def latest_checkpoint(run_dir, kind: str) -> dict:
     return state
 
 
-class DeferredInterrupt:
+class _DeferredInterrupt:
     """Ctrl-C and SIGTERM held until the training loop reaches a step boundary, where it saves a
     checkpoint and stops (`requested`); a second signal interrupts at once. Only in the main thread
     (a learner in a Ray worker is stopped by Ray)."""
@@ -151,7 +171,7 @@ class DeferredInterrupt:
         self.requested = False
         self._saved: dict = {}
 
-    def __enter__(self) -> DeferredInterrupt:
+    def __enter__(self) -> _DeferredInterrupt:
         import signal
 
         if threading.current_thread() is threading.main_thread():

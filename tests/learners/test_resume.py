@@ -108,3 +108,32 @@ def test_resume_without_a_usable_checkpoint_is_one_line_and_changes_nothing(stor
     Checkpoints(other, "iql").save(5, {"config": {}})
     assert main([*train, f"learner.resume={other}"]) == 2
     assert "is a iql checkpoint, not diffusion_bc" in capsys.readouterr().err
+
+
+def test_sigterm_writes_a_checkpoint_at_the_step_reached_and_stops(store, tmp_path):
+    """SIGTERM (what `ros2 launch`, Ray and job schedulers send) waits for the step to end, writes a
+    checkpoint of it, off the schedule, and the run stops with 130; resumed, it ends as the whole run."""
+    train = ["train", *IQL, f"dataset={store}"]
+    assert main([*train, f"out={tmp_path / 'whole'}"]) == 0
+    stopped = tmp_path / "stopped"
+    run = subprocess.Popen(
+        [ROBOT_RL, *train, "learner.checkpoint_every=50", f"out={stopped}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        while not (stopped / "checkpoints" / "step_000000050.pt").exists():  # training is under way
+            assert run.poll() is None, "the run ended before it could be stopped"
+            time.sleep(0.002)
+        run.send_signal(signal.SIGTERM)
+    finally:
+        _, err = run.communicate(timeout=60)
+    assert run.returncode == 130 and "interrupted" in err.decode(), err.decode()[-2000:]
+    steps = sorted(int(p.stem.split("_")[1]) for p in (stopped / "checkpoints").glob("step_*.pt"))
+    assert 50 < steps[-1] < 200, steps  # the step the signal reached
+    assert not (stopped / "checkpoint").exists()  # it stopped before the end
+    assert main([*train, "learner.checkpoint_every=50", f"learner.resume={stopped}"]) == 0
+    whole, resumed = (
+        load_file(p / "checkpoint" / "model.safetensors") for p in (tmp_path / "whole", stopped)
+    )
+    assert all(whole[k].equal(resumed[k]) for k in whole)
