@@ -287,13 +287,13 @@ def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path, run_record
         assert h264_frames(video) > 1
     run_record(tmp_path / "run" / "run.json", "train", "learner=hil_serl")  # what made each
     run_record(tmp_path / "eval" / "result.json.run.json", "eval", "video=2")
-    # A run resumes from another's weights and buffers.
+    # A new run starts from a finished one's weights and buffers (init_from).
     resumed = cli(
         "train",
         "learner=hil_serl",
         "env=cube_lift",
         "env.cameras=[]",
-        f"learner.resume={tmp_path / 'run'}",
+        f"learner.init_from={tmp_path / 'run'}",
         "learner.env_steps=20",
         "learner.batch_size=16",
         "learner.eval_every=0",
@@ -327,7 +327,7 @@ def assert_resumes_what_was_saved(run: Path) -> None:
     learner = make_learner(
         env.observation_space.spaces,
         env.action_space.shape[0],
-        HILSERLConfig(resume=str(run), sac={"hidden": [32, 32]}),
+        HILSERLConfig(init_from=str(run), sac={"hidden": [32, 32]}),
     )
     saved = load_file(run / "checkpoint" / "model.safetensors")
     restored = learner.agent.state_dict()

@@ -69,6 +69,12 @@ def test_ray_vector_env_steps_the_same_episodes(local_ray, reach_base):
             for x, y in zip(ra[:4], rb[:4]):
                 np.testing.assert_array_equal(x, y)
             np.testing.assert_array_equal(ra[4]["success"], rb[4]["success"])
+        # A checkpoint's env states, restored on the workers: the episodes go on as they were
+        restored = remote.restore(local.episode_state())
+        np.testing.assert_array_equal(restored, ra[0])
+        for _ in range(20):
+            actions = rng.uniform(-1, 1, (5, local.single_action_space.shape[0])).astype(np.float32)
+            np.testing.assert_array_equal(local.step(actions)[0], remote.step(actions)[0])
     finally:
         local.close()
         remote.close()

@@ -301,7 +301,8 @@ def run_actor(params: dict, io) -> dict:
         env_steps=int(params["env_steps"]),
         human="none",
         rate_hz=float(cfg.get("control_hz", 10)),
-        resume=_absolute(params["checkpoint"] or values.get("resume")),
+        init_from=_absolute(params["checkpoint"] or values.get("init_from")),
+        resume=_absolute(values.get("resume")),
         demos=_absolute(params["demos"] or values.get("demos")),
         reward_classifier=params["reward_classifier"] or values.get("reward_classifier"),
     )
@@ -311,6 +312,14 @@ def run_actor(params: dict, io) -> dict:
 
         env = ClassifierRewardEnv(env, RewardClassifier.load(hil.reward_classifier))
     teleop = _teleop(params, env.robot)
+    # learner_config's checkpoint_every: checkpoints in `out`; its resume=RUN: RUN goes on, in place
+    out = hil.resume or _absolute(params["out"])
+    resumed = None
+    if hil.resume:
+        from robot_rl.learners.hil_serl_ray import KIND
+        from robot_rl.utils.checkpoints import LearnerCheckpoints
+
+        resumed = LearnerCheckpoints(out, KIND, hil).state["actor"]
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
@@ -328,6 +337,7 @@ def run_actor(params: dict, io) -> dict:
             hil,
             params["learner_name"],
             weights_every,
+            out,
         )
         actor = ActorServer(
             None,
@@ -335,6 +345,7 @@ def run_actor(params: dict, io) -> dict:
             env=env,
             teleop=teleop,
             safety=robot_safety(cfg),
+            resumed=resumed,
             **_ros_loop(io),
         )
         actor.connect_learner(learner)
@@ -350,7 +361,7 @@ def run_actor(params: dict, io) -> dict:
         # Ctrl-C, a lost device): its weights and buffers are never lost with the Ray session.
         # A node that joined a running learner leaves it to its maker.
         if made_here:
-            learned = ray.get(learner.finish.remote(_absolute(params["out"])))
+            learned = ray.get(learner.finish.remote(out))
             ray.kill(learner)
         if started_here:
             ray.shutdown()

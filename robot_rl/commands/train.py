@@ -43,14 +43,9 @@ def _ray_if(dist: dict | None):
     return contextlib.nullcontext() if mode == "none" else ray_session(mode, (dist or {}).get("ray_address"))
 
 
-# Learners whose `resume=RUN` continues that run in its own folder (HIL-SERL's starts a new run
-# from a finished one's weights and buffers instead).
-RESUME_IN_PLACE = ("diffusion_bc", "iql")
-
-
 def run_folder(cfg) -> str:
     """Where `robot-rl train` writes: `out`, or the run a learner resumes in place."""
-    if cfg.learner.name in RESUME_IN_PLACE and cfg.learner.get("resume"):
+    if cfg.learner.get("resume"):  # every learner's resume=RUN goes on in RUN
         return str(cfg.learner.resume)
     return str(cfg.out)
 
@@ -85,7 +80,7 @@ def train_hil(learner_cfg, env_cfg, out, seed: int, progress: bool = True) -> di
 
     values = OmegaConf.to_container(learner_cfg, resolve=True)
     ray = {k: values.pop(k, None) for k in RAY_KEYS}
-    for key in ("demos", "resume", "reward_classifier", "encoder_init"):
+    for key in ("demos", "init_from", "reward_classifier", "encoder_init"):
         if values.get(key) and not Path(values[key]).exists():
             raise DatasetError(f"{key}={values[key]}: no such path")
     cfg = _dataclass_from(HILSERLConfig, values, seed=seed)
@@ -258,7 +253,7 @@ def train_icvf_learner(learner_cfg, dataset, out, seed: int, progress: bool = Tr
 
 
 def _train_residual_and_evaluate(cfg) -> dict:
-    result = train_residual(cfg.learner, cfg.env, cfg.base, cfg.out, int(cfg.seed))
+    result = train_residual(cfg.learner, cfg.env, cfg.base, run_folder(cfg), int(cfg.seed))
     if cfg.eval_episodes:
         result["evaluation"] = evaluate_checkpoint(
             result["checkpoint"],
@@ -276,13 +271,17 @@ def _train_residual_and_evaluate(cfg) -> dict:
 LEARNERS = {
     "diffusion_bc": lambda cfg: train_bc(cfg.learner, cfg.dataset, run_folder(cfg), int(cfg.seed)),
     "residual_ppo": _train_residual_and_evaluate,
-    "hil_serl": lambda cfg: train_hil(cfg.learner, cfg.env, cfg.out, int(cfg.seed)),
-    "fastrlap": lambda cfg: train_fastrlap_learner(cfg.learner, cfg.env, cfg.out, int(cfg.seed)),
-    "reward_classifier": lambda cfg: train_classifier(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
+    "hil_serl": lambda cfg: train_hil(cfg.learner, cfg.env, run_folder(cfg), int(cfg.seed)),
+    "fastrlap": lambda cfg: train_fastrlap_learner(cfg.learner, cfg.env, run_folder(cfg), int(cfg.seed)),
+    "reward_classifier": lambda cfg: train_classifier(
+        cfg.learner, cfg.dataset, run_folder(cfg), int(cfg.seed)
+    ),
     "iql": lambda cfg: train_iql_learner(cfg.learner, cfg.dataset, cfg.env, run_folder(cfg), int(cfg.seed)),
-    "reward_model": lambda cfg: train_preference_reward(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
-    "idm": lambda cfg: train_idm(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
-    "icvf": lambda cfg: train_icvf_learner(cfg.learner, cfg.dataset, cfg.out, int(cfg.seed)),
+    "reward_model": lambda cfg: train_preference_reward(
+        cfg.learner, cfg.dataset, run_folder(cfg), int(cfg.seed)
+    ),
+    "idm": lambda cfg: train_idm(cfg.learner, cfg.dataset, run_folder(cfg), int(cfg.seed)),
+    "icvf": lambda cfg: train_icvf_learner(cfg.learner, cfg.dataset, run_folder(cfg), int(cfg.seed)),
 }
 
 

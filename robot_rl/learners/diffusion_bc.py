@@ -15,14 +15,7 @@ from tqdm import tqdm
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
 from robot_rl.policies.diffusion import DiffusionPolicy
-from robot_rl.utils.checkpoints import (
-    Checkpoints,
-    RngLedger,
-    resume_state,
-    rng_states,
-    set_rng_states,
-    settings_of,
-)
+from robot_rl.utils.checkpoints import LearnerCheckpoints, RngLedger
 from robot_rl.utils.device import Prefetcher, autocast, maybe_compile, resolve_device
 from robot_rl.utils.training import EMA, RunLog, seed_everything
 
@@ -51,6 +44,7 @@ class DiffusionBCConfig:
 
 
 def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bool = True) -> dict:
+    checkpoints = LearnerCheckpoints(out_dir, "diffusion_bc", cfg)  # a bad resume= is refused first
     rng = seed_everything(cfg.seed)
     store = EpisodeStore.open(store_path)
     device = resolve_device(cfg.device)
@@ -68,24 +62,14 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
         ),
     )
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay)
-    checkpoints = Checkpoints(out_dir, "diffusion_bc", cfg.checkpoint_every)
-    settings = settings_of(cfg)
-    start, running, history = 0, None, {}
-    if cfg.resume:
-        state = resume_state(cfg.resume, "diffusion_bc", settings)
+    log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
+    start, running = checkpoints.start, None
+    if (state := checkpoints.restore(log, rng)) is not None:
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         ema.model.load_state_dict(state["ema"])
-        ema.step, running, history, start = (
-            state["ema_step"],
-            state["running"],
-            state["history"],
-            state["step"],
-        )
-        set_rng_states(state["rng"], rng)
-    log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
-    log.history.update(history)
+        ema.step, running = state["ema_step"], state["running"]
     loss_of = maybe_compile(policy.loss, cfg.compile)
     ledger = RngLedger(
         rng,
@@ -94,18 +78,18 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
         },
     )
 
-    def snapshot() -> dict:
-        return {
-            "config": settings,
+    snapshot = checkpoints.snapshot(
+        lambda: {
             "model": policy.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "ema": ema.model.state_dict(),
             "ema_step": ema.step,
             "running": running,
-            "history": log.history,
-            "rng": rng_states(sampler_state=ledger.state),
-        }
+        },
+        log,
+        ledger=ledger,
+    )
 
     bar = tqdm(
         range(start, cfg.steps),

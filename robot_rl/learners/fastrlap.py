@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from robot_rl.core.env import EnvSource
 from robot_rl.errors import ConfigError, DatasetError
+from robot_rl.utils.checkpoints import LearnerCheckpoints, generator_states, set_generator_states
 from robot_rl.utils.device import resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
 
@@ -62,6 +63,11 @@ class FastRLAPConfig:
     device: str = "auto"  # the learner's device (acting runs there too; actions come back to the CPU)
     compile: bool = False  # torch.compile the critic loss
     seed: int = 0
+    # env steps between resumable checkpoints in RUN/checkpoints, each at the end of the episode
+    # it falls due in (0: none; Ctrl-C and SIGTERM write one at the step reached). A resumed run
+    # practises on from where the car then is (in sim: the start), with its buffers and laps.
+    checkpoint_every: int = 0
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
     sac: dict = field(default_factory=dict)  # SACConfig overrides
 
     def __post_init__(self):
@@ -298,6 +304,7 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
 
     if "practice_hooks" not in envs.extras:
         raise ConfigError(f"learner=fastrlap drives the rc_car env, not {envs.name!r}")
+    resumable = LearnerCheckpoints(out_dir, "fastrlap", cfg)  # a bad resume= is refused before any work
     settings = envs.settings
     seed_everything(cfg.seed)
     out = Path(out_dir)
@@ -330,7 +337,7 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
     learner = Learner(
         agent, replay_schema(obs_keys, sac.action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed
     )
-    if cfg.demo_prior and not cfg.demo:
+    if cfg.demo_prior and not cfg.demo and not cfg.resume:  # a resumed run has them in its buffers
         prior = demo_prior_transitions(
             practice_env(envs, overrides, cfg, checkpoints, cfg.episode_steps), driver, cfg.demo_speed
         )
@@ -343,18 +350,46 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
     )
     counts = {"env_steps": 0}
     store = PracticeStore(learner.insert)
-    info: dict = {}
+    run = {"info": {}, "laps": [], "practice_s": 0.0, "episodes": 0}
+    teleop = RecoveryTeleop(task, seed=cfg.seed + 1, **recovery)
+    saved = resumable.restore(log)
+    if saved is not None:
+        learner.load_training_state(saved["learner"], out)
+        counts.update(saved["counts"])
+        run.update(saved["run"])
+        task.counts.update(saved["task"])
+        store.stored, store.skipped = saved["store"]
+        set_generator_states([teleop], saved["teleop"])
+    practice_laps = run["laps"]
 
-    bar = tqdm(total=cfg.env_steps, desc="FastRLAP", unit="step", disable=not progress, dynamic_ncols=True)
-    start = time.monotonic()
-    practice_laps = []
+    bar = tqdm(
+        total=cfg.env_steps,
+        initial=counts["env_steps"],
+        desc="FastRLAP",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    start, first_update = time.monotonic() - run["practice_s"], learner.steps
+
+    def snapshot() -> dict:
+        run.update(practice_s=time.monotonic() - start, episodes=loop.episode)
+        return {
+            "learner": learner.training_state(out),
+            "counts": counts,
+            "run": run,
+            "task": task.counts,
+            "store": [store.stored, store.skipped],
+            "teleop": generator_states(teleop),
+        }
+
+    snapshot = resumable.snapshot(snapshot, log)
 
     def on_step(loop, result) -> None:
-        nonlocal info
         counts["env_steps"] += 1
         if len(learner.online) >= cfg.training_starts:
-            info = learner.step()
-        steps = counts["env_steps"]
+            run["info"] = learner.step()
+        info, steps = run["info"], counts["env_steps"]
         if len(task.lap_log) > len(practice_laps):
             lap = {**task.lap_log[-1], "env_step": steps, "wall_s": time.monotonic() - start}
             practice_laps.append(lap)
@@ -366,7 +401,8 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
                 f"at step {steps}, {lap['wall_s'] / 60:.1f} min"
             )
         if info and steps % cfg.log_every == 0:
-            log.log(steps, **info, updates_per_s=learner.steps / (time.monotonic() - start))
+            speed = (learner.steps - first_update) / (time.monotonic() - start - run["practice_s"])
+            log.log(steps, **info, updates_per_s=speed)
         bar.update(1)
         bar.set_postfix_str(
             f"laps {len(practice_laps)} stuck {task.counts['stuck']} flips {task.counts['flips']} "
@@ -375,24 +411,27 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
         )
         if steps >= cfg.env_steps or time.monotonic() - start > 60 * cfg.max_minutes:
             result.stop_requested = True
+        resumable.step_done(steps, cfg.env_steps, snapshot, boundary=False)  # Ctrl-C: here, mid-episode
 
     loop = ControlLoop(
         env,
         AgentPolicy(agent, keep_prev=True),
-        RecoveryTeleop(task, seed=cfg.seed + 1, **recovery),
+        teleop,
         rate_hz=None,
         execute_k=1,
         safety=envs.safety,
         recorder=TransitionSink(store, keep_prev=True),
         on_step=on_step,
     )
+    loop.episode = run["episodes"]
     try:
-        with env:
+        with env, resumable:
             while True:
                 result = loop.run_episode(seed=cfg.seed * 1_000_003 + loop.episode)
                 log.log(counts["env_steps"], episode_return=result.reward)
                 if result.stop_requested or task.flipped:
                     break
+                resumable.step_done(counts["env_steps"], cfg.env_steps, snapshot)
         report = loop.report()
     finally:
         loop.close()

@@ -22,12 +22,14 @@ from robot_rl.core.env import EnvSource, RobotEnv
 from robot_rl.errors import ConfigError
 from robot_rl.learners.replay import (
     ReplayBuffer,
+    ReplayJournal,
     TransitionSink,
     replay_schema,
     sample_mixed,
     transitions_from_store,
 )
 from robot_rl.policies.sac import AgentPolicy, SACAgent, SACConfig, batch_policy, torch_batch
+from robot_rl.utils.checkpoints import SUBDIR, LearnerCheckpoints, generator_states, set_generator_states
 from robot_rl.utils.device import resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
 
@@ -50,7 +52,11 @@ class HILSERLConfig:
     rate_hz: float | None = None  # None: as fast as the simulator runs
     log_every: int = 500  # env steps between logged learner statistics
     reward_classifier: str | None = None  # a classifier checkpoint: its verdict is the reward
-    resume: str | None = None  # a previous run folder: its weights and buffers are loaded
+    init_from: str | None = None  # a finished run's folder: this new run starts from its weights and buffers
+    # env steps between resumable checkpoints in RUN/checkpoints, each written at the end of the
+    # episode it falls due in (0: none; Ctrl-C and SIGTERM write one at the step reached)
+    checkpoint_every: int = 0
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
     encoder_init: str | None = None  # an ICVF or IQL checkpoint: its CNN encodes the cameras (V-PTR)
     encoder_freeze: bool = (
         True  # that CNN frozen (HIL-SERL keeps its pretrained encoder fixed); false: fine-tuned
@@ -77,6 +83,31 @@ class Learner:
         self.online, self.prior = ReplayBuffer(capacity, schema), ReplayBuffer(capacity, schema)
         self.rng = np.random.default_rng(seed)
         self.steps = 0
+        self._journals: dict[str, ReplayJournal] = {}
+
+    def training_state(self, run_dir) -> dict:
+        """What a checkpoint in `run_dir` holds of the learner: the agent's training state, the
+        sampler's RNG, the step count, and both buffers, whose new transitions are appended to
+        their journals (RUN/checkpoints/buffers)."""
+        for name in ("online", "prior"):
+            self._journals.setdefault(name, ReplayJournal(Path(run_dir) / SUBDIR / "buffers" / name))
+        return {
+            "agent": self.agent.training_state(),
+            "rng": self.rng.bit_generator.state,
+            "steps": self.steps,
+            "buffers": {
+                name: journal.append(getattr(self, name)) for name, journal in self._journals.items()
+            },
+        }
+
+    def load_training_state(self, state: dict, run_dir) -> None:
+        """Back to a checkpoint's `training_state`: the buffers refilled from their journals."""
+        self.agent.load_training_state(state["agent"])
+        self.rng.bit_generator.state = state["rng"]
+        self.steps = state["steps"]
+        for name, segments in state["buffers"].items():
+            self._journals[name] = ReplayJournal(Path(run_dir) / SUBDIR / "buffers" / name, segments)
+            self._journals[name].restore(getattr(self, name))
 
     def insert(self, transition: dict) -> None:
         self.insert_batch({k: np.asarray(v)[None] for k, v in transition.items()})
@@ -144,15 +175,15 @@ def make_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> Learn
     agent = make_agent(obs_spaces, action_dim, cfg)
     keys = {"state": obs_spaces["state"], **{k: obs_spaces[k] for k in agent.cfg.image_keys}}
     learner = Learner(agent, replay_schema(keys, action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
-    if cfg.resume:
-        run = Path(cfg.resume)
+    if cfg.init_from:
+        run = Path(cfg.init_from)
         learner.agent.load_state_dict(SACAgent.load(run / "checkpoint").state_dict())
         expected = learner.online.schema
         learner.online = ReplayBuffer.load(run / "buffers" / "online.zarr", cfg.buffer_capacity)
         learner.prior = ReplayBuffer.load(run / "buffers" / "prior.zarr", cfg.buffer_capacity)
         if learner.online.schema != expected or learner.prior.schema != expected:
             raise ConfigError(f"the buffers in {run} hold other observations than this env gives")
-    elif cfg.demos:
+    elif cfg.demos and not cfg.resume:  # a resumed run has them in its checkpoint's buffers
         learner.prior.add_batch(transitions_from_store(cfg.demos, learner.online.schema))
     return learner
 
@@ -206,6 +237,7 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
     from robot_rl.core import ControlLoop
     from robot_rl.tasks.teleops import ScriptedTeleop
 
+    checkpoints = LearnerCheckpoints(out_dir, "hil_serl", cfg)  # a bad resume= is refused before any work
     seed_everything(cfg.seed)
     env, expert = make_env(envs, cfg)
     learner = make_learner(env.observation_space.spaces, env.action_space.shape[0], cfg)
@@ -220,30 +252,53 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
             takeover_steps=cfg.human_takeover,
             seed=cfg.seed + 1,
         )
+    humans = [h for h in (teleop, expert) if h is not None]  # their RNGs go on across a resume
     policy = AgentPolicy(learner.agent)
-    bar = tqdm(total=cfg.env_steps, desc="HIL-SERL", unit="step", disable=not progress, dynamic_ncols=True)
-    recent: list[tuple[bool, int]] = []
-    info: dict = {}
-    evaluations = []
-    start = time.monotonic()
+    run = {"recent": [], "info": {}, "evaluations": [], "next_eval": cfg.eval_every or None}
+    saved = checkpoints.restore(log)
+    if saved is not None:
+        learner.load_training_state(saved["learner"], out_dir)
+        counts.update(saved["counts"])
+        run.update(saved["run"])
+        set_generator_states(humans, saved["humans"])
+    recent, evaluations = run["recent"], run["evaluations"]
+    snapshot = checkpoints.snapshot(
+        lambda: {
+            "learner": learner.training_state(out_dir),
+            "counts": counts,
+            "run": run,
+            "humans": generator_states(*humans),
+        },
+        log,
+    )
+    bar = tqdm(
+        total=cfg.env_steps,
+        initial=counts["env_steps"],
+        desc="HIL-SERL",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    start, first_update = time.monotonic(), learner.steps
 
     def on_step(loop, result) -> None:
-        nonlocal info
         counts["env_steps"] += 1
         if len(learner.online) >= cfg.training_starts:
             for _ in range(cfg.utd_ratio):
-                info = learner.step()
+                run["info"] = learner.step()
         steps = counts["env_steps"]
-        if info and steps % cfg.log_every == 0:
-            log.log(steps, **info, updates_per_s=learner.steps / (time.monotonic() - start))
+        if run["info"] and steps % cfg.log_every == 0:
+            speed = (learner.steps - first_update) / (time.monotonic() - start)
+            log.log(steps, **run["info"], updates_per_s=speed)
         bar.update(1)
+        checkpoints.step_done(steps, cfg.env_steps, snapshot, boundary=False)  # Ctrl-C: here, mid-episode
 
     def on_episode(loop, result) -> None:
         counts["episodes"] += 1
         counts["successes"] += int(result.success)
         counts["intervened_steps"] += result.intervened_steps
         counts["intervened_episodes"] += int(result.intervened_steps > 0)
-        recent.append((result.success, result.intervened_steps))
+        recent.append([bool(result.success), int(result.intervened_steps)])
         del recent[:-20]
         rate = np.mean([s for s, _ in recent])
         alone = [s for s, i in recent if i == 0]  # episodes the policy ran without the human
@@ -270,15 +325,16 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
         recorder=TransitionSink(learner.insert),
         on_step=on_step,
     )
-    next_eval = cfg.eval_every or None
     try:
-        with env:
+        with env, checkpoints:
             while counts["env_steps"] < cfg.env_steps:
                 result = loop.run_episode(seed=cfg.seed * 1_000_003 + counts["episodes"])
                 on_episode(loop, result)
-                if next_eval and counts["env_steps"] >= next_eval and counts["env_steps"] < cfg.env_steps:
-                    evaluations.append(_interim_eval(learner.agent, envs, env, cfg, counts["env_steps"], log))
-                    next_eval += cfg.eval_every
+                steps, due = counts["env_steps"], run["next_eval"]
+                if due and steps >= due and steps < cfg.env_steps:
+                    evaluations.append(_interim_eval(learner.agent, envs, env, cfg, steps, log))
+                    run["next_eval"] = due + cfg.eval_every
+                checkpoints.step_done(steps, cfg.env_steps, snapshot)
             report = loop.report()
             final = (
                 evaluate_agent(

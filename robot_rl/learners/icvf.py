@@ -32,6 +32,7 @@ from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import CameraFeatures, images_to_float, relu_mlp
+from robot_rl.utils.checkpoints import LearnerCheckpoints, RngLedger
 from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
 
@@ -258,6 +259,10 @@ class ICVFTrainConfig:
     use_state: bool | None = None  # None: the store's obs/state if it has one (video has none)
     device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
     compile: bool = False  # torch.compile the losses
+    checkpoint_every: int = (
+        0  # steps between resumable checkpoints in RUN/checkpoints (0: none; Ctrl-C writes one)
+    )
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
     agent: dict | None = None  # ICVFConfig overrides (image_keys, hidden, lr, expectile, ...)
 
 
@@ -266,6 +271,7 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     from robot_rl.datasets.store import EpisodeStore
 
     rng = seed_everything(cfg.seed)
+    checkpoints = LearnerCheckpoints(out_dir, "icvf", cfg)
     agent_cfg = dict(cfg.agent or {})
     with EpisodeStore.open(store_path) as store:
         keys = store.keys
@@ -303,18 +309,28 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
         return out
 
     log = RunLog(out_dir, f"ICVF on {Path(store_path).name}")
-    bar = tqdm(range(cfg.steps), desc="ICVF", unit="step", disable=not progress, dynamic_ncols=True)
+    if (state := checkpoints.restore(log, rng)) is not None:
+        agent.load_training_state(state["agent"])
+    first = checkpoints.start
+    ledger = RngLedger(rng, lambda: frame_batch(sampler.sample(cfg.batch_size, rng), gather))
+    snapshot = checkpoints.snapshot(lambda: {"agent": agent.training_state()}, log, ledger=ledger)
+    bar = tqdm(
+        range(first, cfg.steps),
+        initial=first,
+        total=cfg.steps,
+        desc="ICVF",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     start = time.monotonic()
-
-    def sample() -> dict[str, Tensor]:
-        return frame_batch(sampler.sample(cfg.batch_size, rng), gather)
-
-    with Prefetcher(sample, device) as batches:  # closed whatever ends the loop
+    with checkpoints, Prefetcher(ledger.draw, device) as batches:  # closed whatever ends the loop
         for step in bar:
-            info = agent.update(next(batches))
+            info = agent.update(ledger.take(batches))
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                log.log(step, **info, updates_per_s=(step + 1) / (time.monotonic() - start))
+                log.log(step, **info, updates_per_s=(step + 1 - first) / (time.monotonic() - start))
                 bar.set_postfix_str(f"loss {info['loss']:.4f} v {info['v_mean']:.2f}", refresh=False)
+            checkpoints.step_done(step + 1, cfg.steps, snapshot)
     checkpoint = agent.save(Path(out_dir) / "checkpoint")  # CPU copies
     return log.close(
         {

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.policies.checkpoint import CheckpointedAgent
+from robot_rl.utils.checkpoints import LearnerCheckpoints
 from robot_rl.utils.device import maybe_compile, resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
 
@@ -111,11 +112,16 @@ class IDMTrainConfig:
     device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
     compile: bool = False  # torch.compile the NLL
     seed: int = 0
+    checkpoint_every: int = (
+        0  # epochs between resumable checkpoints in RUN/checkpoints (0: none; Ctrl-C writes one)
+    )
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
 
 
 def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: bool = True) -> dict:
     """Fit the IDM on a store's (state, action) episodes; keeps the best held-out epoch."""
     rng = seed_everything(cfg.seed)
+    checkpoints = LearnerCheckpoints(out_dir, "idm", cfg)
     data, ends, stats = read_steps(store_path, ["obs/state", "action"])
     episodes = len(ends)
     if not 0.0 < cfg.holdout < 1.0:
@@ -147,26 +153,55 @@ def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: b
     if cfg.select_by not in ("mse", "nll"):
         raise ConfigError(f"select_by must be mse or nll, got {cfg.select_by!r}")
     best, best_state, best_epoch = np.inf, None, -1
-    bar = tqdm(
-        range(cfg.epochs), desc="inverse dynamics", unit="epoch", disable=not progress, dynamic_ncols=True
-    )
-    for epoch in bar:
-        model.train()
-        for batch in np.array_split(rng.permutation(train_idx), max(1, len(train_idx) // cfg.batch_size)):
-            loss = nll(w[batch], a[batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            model.updates += 1
-        val_nll, val_mse = evaluate_inverse_dynamics(model, w[val_idx], a[val_idx])
-        log.log(epoch, train_nll=loss.item(), heldout_nll=val_nll, heldout_mse=val_mse)
-        score = val_mse if cfg.select_by == "mse" else val_nll
-        if score < best:
-            best, best_epoch = score, epoch
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        bar.set_postfix_str(
-            f"held-out nll {val_nll:.3f} mse {val_mse:.4f} (best epoch {best_epoch})", refresh=False
+    if (state := checkpoints.restore(log, rng)) is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        model.updates, best, best_state, best_epoch = (
+            state["updates"],
+            state["best"],
+            state["best_state"],
+            state["best_epoch"],
         )
+    snapshot = checkpoints.snapshot(
+        lambda: {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "updates": model.updates,
+            "best": best,
+            "best_state": best_state,
+            "best_epoch": best_epoch,
+        },
+        log,
+        rng,
+    )
+    bar = tqdm(
+        range(checkpoints.start, cfg.epochs),
+        initial=checkpoints.start,
+        total=cfg.epochs,
+        desc="inverse dynamics",
+        unit="epoch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with checkpoints:
+        for epoch in bar:
+            model.train()
+            for batch in np.array_split(rng.permutation(train_idx), max(1, len(train_idx) // cfg.batch_size)):
+                loss = nll(w[batch], a[batch])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                model.updates += 1
+            val_nll, val_mse = evaluate_inverse_dynamics(model, w[val_idx], a[val_idx])
+            log.log(epoch, train_nll=loss.item(), heldout_nll=val_nll, heldout_mse=val_mse)
+            score = val_mse if cfg.select_by == "mse" else val_nll
+            if score < best:
+                best, best_epoch = score, epoch
+                best_state = {k: v.clone() for k, v in model.state_dict().items()}
+            bar.set_postfix_str(
+                f"held-out nll {val_nll:.3f} mse {val_mse:.4f} (best epoch {best_epoch})", refresh=False
+            )
+            checkpoints.step_done(epoch + 1, cfg.epochs, snapshot)
     model.load_state_dict(best_state)
     val_nll, val_mse = evaluate_inverse_dynamics(model, w[val_idx], a[val_idx])
     checkpoint = model.save(Path(out_dir) / "checkpoint")  # CPU copies

@@ -33,14 +33,7 @@ from robot_rl.datasets.store import EpisodeStore, read_steps
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.policies.encoders import images_to_float
 from robot_rl.policies.iql import IQLAgent, IQLConfig, batch_policy, loop_policy
-from robot_rl.utils.checkpoints import (
-    Checkpoints,
-    RngLedger,
-    resume_state,
-    rng_states,
-    set_rng_states,
-    settings_of,
-)
+from robot_rl.utils.checkpoints import LearnerCheckpoints, RngLedger
 from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
 
@@ -255,6 +248,7 @@ def train_iql(
     store_path, envs: EnvSource | None, out_dir, cfg: IQLTrainConfig, progress: bool = True
 ) -> dict:
     """IQL (or BC with beta 0) on the stores' transitions; evaluated on `envs` when given."""
+    checkpoints = LearnerCheckpoints(out_dir, "iql", cfg)  # a bad resume= is refused before any work
     rng = seed_everything(cfg.seed)
     agent_cfg = dict(cfg.agent)
     image_keys = tuple(agent_cfg.get("image_keys", ()))
@@ -293,28 +287,17 @@ def train_iql(
     if cfg.compile:
         agent.losses = maybe_compile(agent.losses, True)
     what = "BC (beta 0)" if acfg.beta == 0 else "IQL"
-    checkpoints = Checkpoints(out_dir, "iql", cfg.checkpoint_every)
-    settings = settings_of(cfg)
-    first, history, evaluations = 0, {}, []
-    if cfg.resume:
-        state = resume_state(cfg.resume, "iql", settings)
-        agent.load_training_state(state["agent"])
-        first, history, evaluations = state["step"], state["history"], list(state["evaluations"])
-        set_rng_states(state["rng"], rng)
     log = RunLog(
         out_dir, f"{what} on {' + '.join(Path(p).name for p in stores)}, reward {cfg.reward_key} ({device})"
     )
-    log.history.update(history)
+    first, evaluations = checkpoints.start, []
+    if (state := checkpoints.restore(log, rng)) is not None:
+        agent.load_training_state(state["agent"])
+        evaluations = list(state["evaluations"])
     ledger = RngLedger(rng, lambda: data.sample(cfg.batch_size, rng))
-
-    def snapshot() -> dict:
-        return {
-            "config": settings,
-            "agent": agent.training_state(),
-            "history": log.history,
-            "evaluations": evaluations,
-            "rng": rng_states(sampler_state=ledger.state),
-        }
+    snapshot = checkpoints.snapshot(
+        lambda: {"agent": agent.training_state(), "evaluations": evaluations}, log, ledger=ledger
+    )
 
     bar = tqdm(
         range(first, cfg.steps),

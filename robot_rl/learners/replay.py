@@ -78,11 +78,12 @@ class ReplayBuffer:
 
     def contents(self) -> dict[str, np.ndarray]:
         """All stored transitions, oldest first."""
-        order = (
-            (self.pointer + np.arange(self.size)) % self.capacity
-            if self.size == self.capacity
-            else np.arange(self.size)
-        )
+        return self.newest(self.size)
+
+    def newest(self, n: int) -> dict[str, np.ndarray]:
+        """The last `n` transitions added (at most `size`), oldest first."""
+        n = min(int(n), self.size)
+        order = (self.pointer - n + np.arange(n)) % self.capacity
         return {k: v[order] for k, v in self.data.items()}
 
     # --- persistence -----------------------------------------------------------------------
@@ -160,6 +161,63 @@ class ReplayBuffer:
                 f"the replay buffer at {path} is damaged: "
                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from None
+        return buffer
+
+
+class ReplayJournal:
+    """A replay buffer on disk for training checkpoints, kept in segments: each checkpoint adds
+    only the transitions that arrived since the one before, as a segment `<start>-<end>.zarr`
+    (transitions start..end of the buffer's life, written whole and renamed: a kill mid-write
+    leaves no partial segment), and names the segments that rebuild the buffer at that point.
+    Segments no checkpoint needs any more (older than the buffer's capacity) are removed."""
+
+    def __init__(self, directory, segments: list | None = None):
+        self.dir = Path(directory)
+        self.segments = [tuple(int(x) for x in s) for s in (segments or [])]
+        self._previous = list(self.segments)  # what the latest written checkpoint needs
+
+    def _path(self, segment) -> Path:
+        return self.dir / f"{segment[0]:012d}-{segment[1]:012d}.zarr"
+
+    def append(self, buffer: ReplayBuffer) -> list[list[int]]:
+        """Write what `buffer` took in since the last call; returns the segments that rebuild it
+        (for the checkpoint about to be written)."""
+        end = self.segments[-1][1] if self.segments else 0
+        if buffer.total > end:
+            n = min(buffer.total - end, buffer.size)  # more than the capacity since: only the newest exist
+            part = ReplayBuffer(n, buffer.schema)
+            part.add_batch(buffer.newest(n))
+            self.segments.append((buffer.total - n, buffer.total))
+            part.save(self._path(self.segments[-1]))
+        # The buffer is rebuilt from the newest segments that cover its size.
+        needed, rows = [], 0
+        for segment in reversed(self.segments):
+            if rows >= buffer.size:
+                break
+            needed.insert(0, segment)
+            rows += segment[1] - segment[0]
+        keep = set(needed) | set(self._previous)  # a kill before the next checkpoint is down needs those
+        for old in set(self.segments) - keep:
+            shutil.rmtree(self._path(old), ignore_errors=True)
+        self.segments, self._previous = sorted(keep), needed
+        return [list(s) for s in needed]
+
+    def restore(self, buffer: ReplayBuffer) -> ReplayBuffer:
+        """Fill an empty `buffer` from the segments, each transition in the slot it had. What a
+        killed run wrote after its checkpoint goes."""
+        listed = {self._path(s).name for s in self.segments}
+        for stray in self.dir.glob("*.zarr*"):
+            if stray.name not in listed:
+                shutil.rmtree(stray, ignore_errors=True)
+        for start, end in self.segments:
+            try:
+                part = ReplayBuffer.load(self._path((start, end)))
+            except DatasetError as exc:
+                raise DatasetError(f"the checkpoint's replay buffer is incomplete: {exc}") from None
+            if part.size != end - start or part.schema != buffer.schema:
+                raise DatasetError(f"{self._path((start, end))} does not hold what the checkpoint says")
+            buffer.pointer, buffer.total = start % buffer.capacity, start
+            buffer.add_batch(part.contents())
         return buffer
 
 

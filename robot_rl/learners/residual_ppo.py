@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
+from robot_rl.utils.checkpoints import LearnerCheckpoints
 from robot_rl.utils.device import maybe_compile, resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
 
@@ -51,6 +52,8 @@ class ResidualPPOConfig:
     device: str = "auto"  # the base, the residual and the rollout buffers (the envs step on the CPU)
     compile: bool = False  # torch.compile the PPO losses
     seed: int = 0
+    checkpoint_every: int = 0  # iterations between resumable checkpoints in RUN/checkpoints (0: none)
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
 
 
 class ReturnStd:
@@ -70,6 +73,13 @@ class ReturnStd:
             self.m2 += delta * (x - self.mean)
         self.ret[dones] = 0.0
         return np.clip(rewards / np.sqrt(self.m2 / self.count + 1e-8), -self.clip, self.clip)
+
+    def state_dict(self) -> dict:
+        return {"ret": self.ret.copy(), "count": self.count, "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ret = np.asarray(state["ret"], np.float64).copy()
+        self.count, self.mean, self.m2 = state["count"], state["mean"], state["m2"]
 
 
 def gae(rewards, values, dones, last_value, gamma: float, lam: float):
@@ -108,18 +118,26 @@ def cosine_schedules(optimizers, cfg: ResidualPPOConfig) -> list:
 def train_residual_ppo(
     make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True
 ) -> dict:
+    checkpoints = LearnerCheckpoints(out_dir, "residual_ppo", cfg)  # a bad resume= is refused first
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     base = DiffusionPolicy.load(base_checkpoint, device=str(device)).requires_grad_(False)
     vec = make_vec_env(cfg.num_envs)
     try:
-        return _train(vec, base, base_checkpoint, device, out_dir, cfg, progress)
+        return _train(vec, base, base_checkpoint, device, out_dir, cfg, checkpoints, progress)
     finally:
         vec.close()  # also on an error: Ray rollout workers must not outlive the run
 
 
 def _train(
-    vec, base: DiffusionPolicy, base_checkpoint, device, out_dir, cfg: ResidualPPOConfig, progress: bool
+    vec,
+    base: DiffusionPolicy,
+    base_checkpoint,
+    device,
+    out_dir,
+    cfg: ResidualPPOConfig,
+    checkpoints: LearnerCheckpoints,
+    progress: bool,
 ) -> dict:
     obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
     policy = ResidualPolicy(
@@ -139,62 +157,90 @@ def _train(
     buf_x = torch.zeros(T, N, obs_dim + action_dim, device=device)
     buf_a, buf_logp = torch.zeros(T, N, action_dim, device=device), torch.zeros(T, N, device=device)
     buf_r, buf_v, buf_d = (torch.zeros(T, N, device=device) for _ in range(3))
-    obs, _ = vec.reset(seed=cfg.seed)
+    parts = {"policy": policy, "actor_opt": actor_opt, "critic_opt": critic_opt, "reward_scale": reward_scale}
+    parts.update({f"schedule{i}": s for i, s in enumerate(schedules)})
+    start, counts = checkpoints.start, {"episodes": 0, "successes": 0, "env_steps": 0}
+    if (saved := checkpoints.restore(log)) is not None:
+        for key, part in parts.items():
+            part.load_state_dict(saved[key])
+        chunks.load_state_dict(saved["chunks"])
+        counts = saved["counts"]
+        obs = vec.restore(saved["envs"])  # each env replays its episode so far
+    else:
+        obs, _ = vec.reset(seed=cfg.seed)
     state = torch.as_tensor(obs, device=device)
-    episodes, successes, env_steps = 0, 0, 0
-    bar = tqdm(
-        range(cfg.iterations), desc="residual PPO", unit="it", disable=not progress, dynamic_ncols=True
+    snapshot = checkpoints.snapshot(
+        lambda: {
+            **{key: part.state_dict() for key, part in parts.items()},
+            "chunks": chunks.state_dict(),
+            "counts": counts,
+            "envs": vec.episode_state(),
+        },
+        log,
     )
-    for _it in bar:
-        it_episodes = it_successes = 0
-        with torch.no_grad():
-            for t in range(T):
-                base_action = chunks.next(state)
-                x = residual_input(base, state, base_action)
-                dist = policy.dist(x)
-                residual = dist.sample()
-                buf_x[t], buf_a[t], buf_logp[t], buf_v[t] = (
-                    x,
-                    residual,
-                    dist.log_prob(residual).sum(-1),
-                    policy.value(x),
-                )
-                action = combine(base, base_action, residual, cfg.residual_scale)
-                obs, reward, terminated, truncated, info = vec.step(action.cpu().numpy())
-                done = terminated | truncated  # ResiP: truncation ends the return too
-                buf_r[t] = torch.as_tensor(reward_scale.scale(reward, done))
-                buf_d[t] = torch.as_tensor(done, dtype=torch.float32, device=device)
-                chunks.reset(np.flatnonzero(done))
-                it_episodes += int(done.sum())
-                it_successes += int(info["success"][done].sum())
-                state = torch.as_tensor(obs, device=device)
-            # Bootstrap with the base action each env will take next; where its queue has run out
-            # (a new plan is due) the last queued action stands in, rather than sampling a plan
-            # that the next rollout would not use.
-            upcoming = chunks.queue[np.arange(N), np.minimum(chunks.index, chunks.queue.shape[1] - 1)]
-            last_value = policy.value(residual_input(base, state, upcoming))
-            advantages, returns = gae(buf_r, buf_v, buf_d, last_value, cfg.gamma, cfg.gae_lambda)
-        env_steps += T * N
-        episodes += it_episodes
-        successes += it_successes
-        stats = _update(
-            policy,
-            actor_opt,
-            critic_opt,
-            cfg,
-            buf_x.flatten(0, 1),
-            buf_a.flatten(0, 1),
-            buf_logp.flatten(0, 1),
-            advantages.flatten(),
-            returns.flatten(),
-        )
-        for s in schedules:
-            s.step()
-        rate = it_successes / max(it_episodes, 1)
-        log.log(env_steps, success_rate=rate, episodes=it_episodes, **stats)
-        bar.set_postfix_str(
-            f"success {rate:.2f} ({it_episodes} ep) kl {stats['approx_kl']:.3f} epochs {stats['epochs']}"
-        )
+
+    bar = tqdm(
+        range(start, cfg.iterations),
+        initial=start,
+        total=cfg.iterations,
+        desc="residual PPO",
+        unit="it",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with checkpoints:  # Ctrl-C and SIGTERM: a checkpoint at the end of the iteration, then stop
+        for it in bar:
+            it_episodes = it_successes = 0
+            with torch.no_grad():
+                for t in range(T):
+                    base_action = chunks.next(state)
+                    x = residual_input(base, state, base_action)
+                    dist = policy.dist(x)
+                    residual = dist.sample()
+                    buf_x[t], buf_a[t], buf_logp[t], buf_v[t] = (
+                        x,
+                        residual,
+                        dist.log_prob(residual).sum(-1),
+                        policy.value(x),
+                    )
+                    action = combine(base, base_action, residual, cfg.residual_scale)
+                    obs, reward, terminated, truncated, info = vec.step(action.cpu().numpy())
+                    done = terminated | truncated  # ResiP: truncation ends the return too
+                    buf_r[t] = torch.as_tensor(reward_scale.scale(reward, done))
+                    buf_d[t] = torch.as_tensor(done, dtype=torch.float32, device=device)
+                    chunks.reset(np.flatnonzero(done))
+                    it_episodes += int(done.sum())
+                    it_successes += int(info["success"][done].sum())
+                    state = torch.as_tensor(obs, device=device)
+                # Bootstrap with the base action each env will take next; where its queue has run out
+                # (a new plan is due) the last queued action stands in, rather than sampling a plan
+                # that the next rollout would not use.
+                upcoming = chunks.queue[np.arange(N), np.minimum(chunks.index, chunks.queue.shape[1] - 1)]
+                last_value = policy.value(residual_input(base, state, upcoming))
+                advantages, returns = gae(buf_r, buf_v, buf_d, last_value, cfg.gamma, cfg.gae_lambda)
+            counts["env_steps"] += T * N
+            counts["episodes"] += it_episodes
+            counts["successes"] += it_successes
+            stats = _update(
+                policy,
+                actor_opt,
+                critic_opt,
+                cfg,
+                buf_x.flatten(0, 1),
+                buf_a.flatten(0, 1),
+                buf_logp.flatten(0, 1),
+                advantages.flatten(),
+                returns.flatten(),
+            )
+            for s in schedules:
+                s.step()
+            rate = it_successes / max(it_episodes, 1)
+            log.log(counts["env_steps"], success_rate=rate, episodes=it_episodes, **stats)
+            bar.set_postfix_str(
+                f"success {rate:.2f} ({it_episodes} ep) kl {stats['approx_kl']:.3f} epochs {stats['epochs']}"
+            )
+            checkpoints.step_done(it + 1, cfg.iterations, snapshot)
+    episodes, successes, env_steps = counts["episodes"], counts["successes"], counts["env_steps"]
     checkpoint = policy.save(Path(out_dir) / "checkpoint", base_checkpoint)
     return log.close(
         {

@@ -116,15 +116,21 @@ class ClassifierTrainConfig:
     device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
     compile: bool = False  # torch.compile the logits
     seed: int = 0
+    checkpoint_every: int = (
+        0  # steps between resumable checkpoints in RUN/checkpoints (0: none; Ctrl-C writes one)
+    )
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
     classifier: dict | None = None  # ClassifierConfig overrides
 
 
 def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, progress: bool = True) -> dict:
     """BCE on balanced batches (half successes, half failures: successes are the rarer frames),
     episodes split into train and held-out; writes the checkpoint, results.json and curve.png."""
+    from robot_rl.utils.checkpoints import LearnerCheckpoints
     from robot_rl.utils.training import RunLog, seed_everything
 
     rng = seed_everything(cfg.seed)
+    checkpoints = LearnerCheckpoints(out_dir, "reward_classifier", cfg)
     ccfg = ClassifierConfig(**(cfg.classifier or {}))
     frames, labels, episode = labelled_frames(store_path, ccfg.image_keys)
     episodes = rng.permutation(episode.max() + 1)
@@ -149,19 +155,36 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
     log = RunLog(out_dir, f"reward classifier on {Path(store_path).name}")
     loss_fn = nn.BCEWithLogitsLoss()
     half = cfg.batch_size // 2
+    if (state := checkpoints.restore(log, rng)) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    snapshot = checkpoints.snapshot(
+        lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, log, rng
+    )
     model.train()
-    for step in tqdm(
-        range(cfg.steps), desc="reward classifier", unit="step", disable=not progress, dynamic_ncols=True
-    ):
-        index = np.concatenate([rng.choice(train_pos, half), rng.choice(train_neg, cfg.batch_size - half)])
-        images = {k: images_to_float(frames[k][index]) for k in ccfg.image_keys}
-        target = torch.as_tensor(labels[index], dtype=torch.float32, device=device)
-        loss = loss_fn(logits(images), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 50 == 0 or step == cfg.steps - 1:
-            log.log(step, loss=loss.item())
+    bar = tqdm(
+        range(checkpoints.start, cfg.steps),
+        initial=checkpoints.start,
+        total=cfg.steps,
+        desc="reward classifier",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with checkpoints:
+        for step in bar:
+            index = np.concatenate(
+                [rng.choice(train_pos, half), rng.choice(train_neg, cfg.batch_size - half)]
+            )
+            images = {k: images_to_float(frames[k][index]) for k in ccfg.image_keys}
+            target = torch.as_tensor(labels[index], dtype=torch.float32, device=device)
+            loss = loss_fn(logits(images), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step % 50 == 0 or step == cfg.steps - 1:
+                log.log(step, loss=loss.item())
+            checkpoints.step_done(step + 1, cfg.steps, snapshot)
     accuracy = _accuracy(model, frames, labels, test, ccfg) if test.any() else None
     checkpoint = model.save(Path(out_dir) / "checkpoint", {"dataset": str(store_path), "heldout": accuracy})
     return log.close(

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.policies.checkpoint import load_checkpoint, rebuilding, save_checkpoint
 from robot_rl.policies.encoders import images_to_float
+from robot_rl.utils.checkpoints import LearnerCheckpoints
 from robot_rl.utils.training import RunLog, seed_everything
 
 
@@ -154,6 +155,10 @@ class RewardModelTrainConfig:
     device: str = "auto"  # auto: CUDA when present (robot_rl.utils.device)
     compile: bool = False  # torch.compile the members' forward
     seed: int = 0
+    checkpoint_every: int = (
+        0  # epochs between resumable checkpoints in RUN/checkpoints (0: none; Ctrl-C writes one)
+    )
+    resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
 
 
 def load_labels(path) -> dict:
@@ -178,6 +183,7 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
     if not cfg.labels:
         raise ConfigError("reward_model needs learner.labels=FILE (from robot-rl label vlm)")
     rng = seed_everything(cfg.seed)
+    checkpoints = LearnerCheckpoints(out_dir, "reward_model", cfg)
     labels = load_labels(cfg.labels)
     segment = int(labels["pair_config"]["segment"])
     with EpisodeStore.open(store_path) as store:
@@ -220,37 +226,63 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
     log = RunLog(out_dir, f"preference reward model on {Path(store_path).name}")
     member_rngs = [np.random.default_rng(cfg.seed * 1000 + m) for m in range(cfg.ensemble)]
     best = (-1.0, -1, None)  # held-out accuracy, epoch, weights
-    bar = tqdm(range(cfg.epochs), desc="reward model", unit="epoch", disable=not progress, dynamic_ncols=True)
-    for epoch in bar:
-        model.train()
-        # Each member sees the training labels in its own order: one batch holds a different
-        # mini-batch for every member, stacked along the ensemble axis.
-        orders = [r.permutation(train) for r in member_rngs]
-        for start in range(0, len(train), cfg.batch_size):
-            index = [o[start : start + cfg.batch_size] for o in orders]
-            loss = 0.0
-            for m, idx in enumerate(index):
-                a, b = segment_sums(idx, m)
-                loss = loss + bradley_terry_loss(a, b, y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss = loss.item()
-        val_acc = _accuracy(model, segment_sums, val, y) if n_val else {}
-        if val_acc and val_acc["ensemble"] > best[0]:
-            best = (val_acc["ensemble"], epoch, copy.deepcopy(model.state_dict()))
-        if epoch % 10 == 0 or epoch == cfg.epochs - 1:
-            train_acc = _accuracy(model, segment_sums, train, y)
-            log.log(
-                epoch,
-                loss=loss / cfg.ensemble,
-                train_accuracy=train_acc["ensemble"],
-                **({"heldout_accuracy": val_acc["ensemble"]} if val_acc else {}),
-            )
-            bar.set_postfix_str(
-                f"loss {loss / cfg.ensemble:.3f} held-out {val_acc.get('ensemble', float('nan')):.3f}",
-                refresh=False,
-            )
+    if (state := checkpoints.restore(log, rng)) is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        best = state["best"]
+        for r, member_state in zip(member_rngs, state["member_rngs"]):
+            r.bit_generator.state = member_state
+    snapshot = checkpoints.snapshot(
+        lambda: {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "best": best,
+            "member_rngs": [r.bit_generator.state for r in member_rngs],
+        },
+        log,
+        rng,
+    )
+    bar = tqdm(
+        range(checkpoints.start, cfg.epochs),
+        initial=checkpoints.start,
+        total=cfg.epochs,
+        desc="reward model",
+        unit="epoch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with checkpoints:
+        for epoch in bar:
+            model.train()
+            # Each member sees the training labels in its own order: one batch holds a different
+            # mini-batch for every member, stacked along the ensemble axis.
+            orders = [r.permutation(train) for r in member_rngs]
+            for start in range(0, len(train), cfg.batch_size):
+                index = [o[start : start + cfg.batch_size] for o in orders]
+                loss = 0.0
+                for m, idx in enumerate(index):
+                    a, b = segment_sums(idx, m)
+                    loss = loss + bradley_terry_loss(a, b, y[idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss = loss.item()
+            val_acc = _accuracy(model, segment_sums, val, y) if n_val else {}
+            if val_acc and val_acc["ensemble"] > best[0]:
+                best = (val_acc["ensemble"], epoch, copy.deepcopy(model.state_dict()))
+            if epoch % 10 == 0 or epoch == cfg.epochs - 1:
+                train_acc = _accuracy(model, segment_sums, train, y)
+                log.log(
+                    epoch,
+                    loss=loss / cfg.ensemble,
+                    train_accuracy=train_acc["ensemble"],
+                    **({"heldout_accuracy": val_acc["ensemble"]} if val_acc else {}),
+                )
+                bar.set_postfix_str(
+                    f"loss {loss / cfg.ensemble:.3f} held-out {val_acc.get('ensemble', float('nan')):.3f}",
+                    refresh=False,
+                )
+            checkpoints.step_done(epoch + 1, cfg.epochs, snapshot)
     if cfg.keep_best and best[2] is not None:
         model.load_state_dict(best[2])
     checkpoint = model.save(

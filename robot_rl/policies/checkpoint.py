@@ -94,6 +94,30 @@ class CheckpointedAgent:
 
         return save_checkpoint(directory, self, self.kind, asdict(self.cfg), updates=self.updates)
 
+    def training_state(self) -> dict:
+        """What resuming its training needs besides the weights (targets included): the state of
+        every optimizer, schedule and random generator it holds, and the update count
+        (robot_rl.utils.checkpoints)."""
+        return {
+            "model": self.state_dict(),
+            **{name: part.state_dict() for name, part in self._training_parts().items()},
+            **{name: g.get_state() for name, g in vars(self).items() if isinstance(g, torch.Generator)},
+            "updates": self.updates,
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        self.load_state_dict(state["model"])
+        for name, part in self._training_parts().items():
+            part.load_state_dict(state[name])
+        for name, generator in vars(self).items():
+            if isinstance(generator, torch.Generator):
+                generator.set_state(state[name])
+        self.updates = state["updates"]
+
+    def _training_parts(self) -> dict:
+        steppers = (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)
+        return {name: part for name, part in vars(self).items() if isinstance(part, steppers)}
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -91,24 +91,6 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         self.actor_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, max(cfg.steps, 1))
         self.updates = 0
 
-    def training_state(self) -> dict:
-        """What resuming its training needs: the weights (targets included), the optimizers, the
-        actor's schedule and the update count (robot_rl.utils.checkpoints)."""
-        return {
-            "model": self.state_dict(),
-            **{
-                name: getattr(self, name).state_dict()
-                for name in ("q_opt", "v_opt", "actor_opt", "actor_schedule")
-            },
-            "updates": self.updates,
-        }
-
-    def load_training_state(self, state: dict) -> None:
-        self.load_state_dict(state["model"])
-        for name in ("q_opt", "v_opt", "actor_opt", "actor_schedule"):
-            getattr(self, name).load_state_dict(state[name])
-        self.updates = state["updates"]
-
     # --- features and heads ----------------------------------------------------------------
     def features(self, obs: dict[str, Tensor], target: bool = False) -> Tensor:
         state = (obs["state"] - self.state_mean) / self.state_std

@@ -98,6 +98,15 @@ class BaseChunks:
         self.index += 1
         return actions
 
+    def state_dict(self) -> dict:
+        state = {"queue": self.queue.cpu(), "index": self.index.copy()}
+        return {**state, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queue.copy_(state["queue"])
+        self.index[:] = np.asarray(state["index"])
+        self.generator.set_state(state["generator"])
+
 
 def residual_input(base: DiffusionPolicy, states: torch.Tensor, base_actions: torch.Tensor) -> torch.Tensor:
     """[normalized observation clamped to +-3, base action]: what the residual actor and critic see."""

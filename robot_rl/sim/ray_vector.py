@@ -36,6 +36,12 @@ class RolloutWorker:
     def step(self, actions):
         return self.vec.step(actions)
 
+    def episode_state(self):
+        return self.vec.episode_state()
+
+    def restore(self, states):
+        return self.vec.restore(states)
+
     def close(self):
         self.vec.close()
 
@@ -88,6 +94,18 @@ class RayVectorEnv(gym.vector.VectorEnv):
         obs, rewards, terminated, truncated = (np.concatenate([p[k] for p in parts]) for k in range(4))
         infos = {key: np.concatenate([p[4][key] for p in parts]) for key in parts[0][4]}
         return obs, rewards, terminated, truncated, infos
+
+    def episode_state(self) -> list[dict]:
+        """Each env's episode, as VectorEnv.episode_state gives it (for a training checkpoint)."""
+        return [s for part in self._ray.get([w.episode_state.remote() for w in self.workers]) for s in part]
+
+    def restore(self, states: list[dict]) -> np.ndarray:
+        if len(states) != self.num_envs:
+            raise ValueError(f"{len(states)} env states for {self.num_envs} envs")
+        parts = self._ray.get(
+            [w.restore.remote(states[a:b]) for w, a, b in zip(self.workers, self.offsets, self.offsets[1:])]
+        )
+        return np.concatenate(parts)
 
     def close(self, **kwargs):
         try:

@@ -55,6 +55,27 @@ def set_rng_states(states: dict, rng: np.random.Generator | None = None) -> None
         rng.bit_generator.state = states["sampler"]
 
 
+def checkpoint_due(done: int, last: int, every: int, total: int) -> bool:
+    """Whether a checkpoint is due at step `done` (of `total`), the last one having been at `last`:
+    a multiple of `every` (0: never) passed since, and the run is not at its end."""
+    return every > 0 and done // every > last // every and done < total
+
+
+def generator_states(*objects) -> list[dict]:
+    """The states of the numpy Generators each of `objects` holds (a scripted human's, an expert's
+    action noise): {attribute: state}."""
+    return [
+        {k: v.bit_generator.state for k, v in vars(o).items() if isinstance(v, np.random.Generator)}
+        for o in objects
+    ]
+
+
+def set_generator_states(objects, states: list[dict]) -> None:
+    for o, state in zip(objects, states):
+        for k, value in state.items():
+            getattr(o, k).bit_generator.state = value
+
+
 class RngLedger:
     """A sampler behind a prefetch thread, with the RNG's state as of the last batch *used*: `draw`
     is the thread's sample function (it notes the state after each draw), `take(batches)` the
@@ -84,9 +105,10 @@ class Checkpoints:
     Used as a context around the training loop, it also holds Ctrl-C and SIGTERM until the step
     ends, then writes a checkpoint of that step and stops (`step_done`)."""
 
-    def __init__(self, run_dir, kind: str, every: int = 0, keep: int = 3):
+    def __init__(self, run_dir, kind: str, every: int = 0, keep: int = 3, start: int = 0):
         self.dir, self.kind, self.every, self.keep = Path(run_dir) / SUBDIR, kind, int(every), int(keep)
         self._interrupt = _DeferredInterrupt()
+        self._last = start  # the step of the last checkpoint (or the one resumed from)
 
     def __enter__(self) -> Checkpoints:
         self._interrupt.__enter__()
@@ -95,13 +117,18 @@ class Checkpoints:
     def __exit__(self, *exc) -> None:
         self._interrupt.__exit__()
 
-    def step_done(self, done: int, total: int, snapshot: Callable[[], dict]) -> None:
-        """After step `done` of `total`: a checkpoint when one is due, or when a signal came (then
-        KeyboardInterrupt)."""
+    @property
+    def stop_requested(self) -> bool:
+        return self._interrupt.requested
+
+    def step_done(self, done: int, total: int, snapshot: Callable[[], dict], boundary: bool = True) -> None:
+        """After step `done` of `total`: a checkpoint when a signal came (then KeyboardInterrupt),
+        or at a `boundary` (where a resume can start: an episode's end for a learner on a robot)
+        when a multiple of `every` has passed since the last one."""
         if self._interrupt.requested:
             self.save(done, snapshot())
             raise KeyboardInterrupt
-        if self.every > 0 and done % self.every == 0 and done < total:
+        if boundary and checkpoint_due(done, self._last, self.every, total):
             self.save(done, snapshot())
 
     def save(self, step: int, state: dict) -> Path:
@@ -110,9 +137,49 @@ class Checkpoints:
         partial = path.with_name(f".{path.name}.partial")
         torch.save(_plain({"kind": self.kind, "step": step, **state}), partial)
         os.replace(partial, path)  # a kill mid-write leaves the previous checkpoint the latest
+        self._last = step
         for old in sorted(self.dir.glob("step_*.pt"))[: -self.keep]:
             old.unlink()
         return path
+
+
+class LearnerCheckpoints(Checkpoints):
+    """The checkpoints of a learner whose config has `checkpoint_every` and `resume`, with what
+    every such learner does around them. Made before any work, so that a bad `resume=` is refused
+    first: `state` is the checkpoint the run continues from (None: a fresh run) and `start` its
+    step. `restore(log, rng)` puts its logged history and RNG states back (once the learner's
+    setup has drawn what it draws); `snapshot(parts, log, ...)` is what `step_done` takes: the
+    learner's `parts()` with the settings, the history and the RNG states added."""
+
+    def __init__(self, run_dir, kind: str, cfg, keep: int = 3):
+        self.settings = settings_of(cfg)
+        self.state = resume_state(cfg.resume, kind, self.settings) if cfg.resume else None
+        self.start = self.state["step"] if self.state else 0
+        super().__init__(run_dir, kind, cfg.checkpoint_every, keep, start=self.start)
+
+    def restore(self, log, rng: np.random.Generator | None = None) -> dict | None:
+        """A resumed run's history into `log` and its RNG states into this process and `rng`;
+        the checkpoint, for the learner's own parts (None for a fresh run)."""
+        if self.state is not None:
+            log.history.update(self.state["history"])
+            set_rng_states(self.state["rng"], rng)
+        return self.state
+
+    def snapshot(
+        self,
+        parts: Callable[[], dict],
+        log,
+        rng: np.random.Generator | None = None,
+        ledger: RngLedger | None = None,
+    ) -> Callable[[], dict]:
+        """The state of a step: `parts()`, the settings, `log`'s history and the RNG states (the
+        sampler's as `ledger` has it when a prefetch thread draws batches, else `rng`'s)."""
+        return lambda: {
+            "config": self.settings,
+            **parts(),
+            "history": log.history,
+            "rng": rng_states(rng, ledger.state if ledger is not None else None),
+        }
 
 
 def settings_of(config) -> dict:
@@ -133,9 +200,11 @@ def resume_state(run_dir, kind: str, settings: dict) -> dict:
 
 def _plain(value):
     """numpy scalars (a learning-rate lambda's np.cos, in the scheduler's and optimizer's states) as
-    Python numbers: `weights_only` loading refuses numpy globals."""
+    Python numbers, numpy arrays as tensors: `weights_only` loading refuses numpy globals."""
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -1,8 +1,10 @@
 """FastRLAP's pieces: checkpoints from a demo lap, the progress reward, stuck and flip detection
 on the MuJoCo car, recovery kept out of the buffer, the action-rate limit, and a tiny run."""
 
+import dataclasses
 import json
 import math
+import shutil
 
 import mujoco
 import numpy as np
@@ -151,6 +153,7 @@ def test_action_rate_limit_in_acting_and_in_the_update():
 def test_a_tiny_fastrlap_run_writes_results_and_the_course_plot(tmp_path):
     cfg = FastRLAPConfig(
         env_steps=60,
+        checkpoint_every=30,
         training_starts=32,
         batch_size=32,
         eval_laps=1,
@@ -169,6 +172,20 @@ def test_a_tiny_fastrlap_run_writes_results_and_the_course_plot(tmp_path):
     )
     assert (tmp_path / "course.png").stat().st_size > 10_000 and result["evaluation"]["steps"] > 0
     assert SACAgent.load(tmp_path / "checkpoint").cfg.action_rate_limit == 0.2
+    # Resumed from its checkpoint at the end of the first practice episode (as after a crash there),
+    # practice goes on with the learner, its buffers and the counts where they were.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "checkpoints", resumed / "checkpoints")
+    [mid] = (resumed / "checkpoints").glob("step_*.pt")
+    assert mid.name == "step_000000030.pt"
+    again = train_fastrlap(
+        env_source(ENV), resumed, dataclasses.replace(cfg, resume=str(resumed)), progress=False
+    )
+    assert again["env_steps"] == saved["env_steps"] and again["learner_steps"] > 0
+    assert again["stored"] + again["recovery_steps"] == again["env_steps"]  # none lost, none twice
+    first = {k: [p for p in v if p[0] <= 30] for k, v in saved["history"].items()}
+    history = json.loads((resumed / "results.json").read_text())["history"]
+    assert all(history[k][: len(v)] == v for k, v in first.items() if v)  # its curve, from step 0
 
 
 def _circle():

@@ -1,40 +1,83 @@
 """Actor and learner apart on a real local Ray (2 CPUs): transitions reach the learner, weights
-come back to the actor, and the run leaves a checkpoint and both buffers."""
+come back to the actor, and the run leaves a checkpoint and both buffers; a run killed mid-way
+resumes with its buffers, its intervention count and its step counter."""
 
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
-from robot_rl.factory import env_source
-from robot_rl.learners.hil_serl import HILSERLConfig
 from robot_rl.learners.replay import ReplayBuffer
 
 ray = pytest.importorskip("ray", reason="the dist extra (ray) is not installed")
 
 
-@pytest.mark.timeout(600)  # ~15 s on an idle machine; Ray workers starve when the cores are busy
-def test_actor_and_learner_exchange_transitions_and_weights(tmp_path):
-    from robot_rl.cli import CONF_DIR
-    from robot_rl.learners.hil_serl_ray import train_hil_serl_ray
+@pytest.mark.timeout(600)
+def test_a_killed_run_resumes_with_its_buffers_and_counters(tmp_path):
+    """Transitions reach the learner and weights the actor. The driver is killed with SIGKILL (its
+    actors die with it; the cluster stays, as a lab's would); resumed, the run goes on from the
+    latest checkpoint, not from zero, and ends with a checkpoint, both buffers and an evaluation."""
+    import torch
 
-    env_cfg = OmegaConf.load(CONF_DIR / "env" / "cube_lift.yaml")
-    env_cfg.cameras = []
-    cfg = HILSERLConfig(
-        env_steps=300,
-        batch_size=32,
-        training_starts=50,
-        human="schedule",
-        human_until=300,
-        eval_episodes=2,
-        eval_num_envs=2,
-        rate_hz=None,
-        sac={"hidden": [32, 32]},
-    )
-    result = train_hil_serl_ray(env_source(env_cfg), tmp_path, cfg, weights_every=5, progress=False)
-    actor, learner = result["actor"], result["learner_stats"]
-    assert actor["env_steps"] >= 300
-    assert learner["received"] == actor["env_steps"]  # every transition arrived, once
-    assert learner["learner_steps"] > 0 and actor["weights_version"] >= 1  # the actor ran on learned weights
-    online = ReplayBuffer.load(tmp_path / "buffers" / "online.zarr")
-    prior = ReplayBuffer.load(tmp_path / "buffers" / "prior.zarr")
-    assert len(online) == actor["env_steps"] and len(prior) == actor["intervened_steps"]
-    assert (tmp_path / "checkpoint" / "model.safetensors").exists() and (tmp_path / "curve.png").exists()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        train = [
+            str(Path(sys.executable).with_name("robot-rl")),
+            "train",
+            "learner=hil_serl",
+            "env=reach",
+            "env.cameras=[]",
+            "learner.dist=ray",
+            f"learner.ray_address={ray.get_runtime_context().gcs_address}",
+            "learner.env_steps=200",
+            "learner.batch_size=16",
+            "learner.sac.hidden=[16,16]",
+            "learner.training_starts=20",
+            "learner.eval_every=0",
+            "learner.checkpoint_every=40",
+            "learner.weights_every=5",
+            "learner.eval_episodes=1",
+            "learner.eval_num_envs=1",
+        ]
+        run = tmp_path / "run"
+        killed = subprocess.Popen(
+            [*train, f"out={run}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            while len(list((run / "checkpoints").glob("step_*.pt"))) < 2:
+                assert killed.poll() is None, "the run ended before it could be killed"
+                time.sleep(0.01)
+            killed.send_signal(signal.SIGKILL)
+        finally:
+            killed.wait()
+        saved = torch.load(max((run / "checkpoints").glob("step_*.pt")), weights_only=True)
+        before = saved["actor"]["counts"]
+        assert 80 <= before["env_steps"] < 200 and before["intervened_steps"] > 0
+        start, end = saved["learner"]["buffers"]["online"][0]
+        first = ReplayBuffer.load(
+            run / "checkpoints" / "buffers" / "online" / f"{start:012d}-{end:012d}.zarr"
+        )
+        resumed = subprocess.run(
+            [*train, f"learner.resume={run}"], capture_output=True, text=True, timeout=300
+        )
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        result = json.loads(resumed.stdout)
+        actor, learner = result["actor"], result["learner_stats"]
+        assert actor["env_steps"] >= 200 and actor["episodes"] > before["episodes"]
+        assert actor["intervened_steps"] >= before["intervened_steps"]  # counted on from the checkpoint
+        assert learner["received"] == actor["env_steps"]  # none lost, none twice
+        assert learner["learner_steps"] > saved["learner"]["steps"]
+        assert actor["weights_version"] >= 1  # the actor acted on learned weights
+        assert result["evaluation"]["episodes"] == 1 and (run / "curve.png").exists()
+        online = ReplayBuffer.load(run / "buffers" / "online.zarr").contents()
+        prior = ReplayBuffer.load(run / "buffers" / "prior.zarr")
+        assert len(online["action"]) == actor["env_steps"] and len(prior) == actor["intervened_steps"]
+        for key, values in first.contents().items():  # the killed run's transitions begin the buffer
+            np.testing.assert_array_equal(online[key][: len(values)], values)
+    finally:
+        ray.shutdown()

@@ -1,7 +1,7 @@
-"""Checkpoints and resume (robot_rl/utils/checkpoints.py): a diffusion BC or IQL run killed with
-SIGKILL between checkpoints and resumed ends with the same weights, bit for bit, as the run never
-killed (CPU, a fixed seed); `resume=` of a folder without a usable checkpoint is one line and exit
-2, and changes nothing in the folder."""
+"""Checkpoints and resume (robot_rl/utils/checkpoints.py): a diffusion BC, residual PPO, IQL or
+HIL-SERL (SAC) run killed with SIGKILL between checkpoints and resumed ends with the same weights,
+bit for bit, as the run never killed (CPU, a fixed seed); `resume=` of a folder without a usable
+checkpoint is one line and exit 2, and changes nothing in the folder."""
 
 import hashlib
 import json
@@ -37,6 +37,32 @@ IQL = [
     "learner.device=cpu",
 ]
 
+PPO = [  # over a frozen diffusion BC base; its envs are mid-episode at every checkpoint
+    "learner=residual_ppo",
+    "env=reach",
+    "learner.num_envs=2",
+    "learner.rollout_steps=15",  # episodes of 40 steps: checkpoints fall inside them
+    "learner.iterations=12",
+    "learner.update_epochs=2",
+    "learner.hidden=16",
+    "learner.device=cpu",
+    "eval_episodes=0",
+]
+HIL = [  # SAC with demos from the scripted human's interventions; checkpoints at episode ends
+    "learner=hil_serl",
+    "env=reach",
+    "env.cameras=[]",
+    "learner.env_steps=200",
+    "learner.batch_size=16",
+    "learner.sac.hidden=[16,16]",
+    "learner.training_starts=20",
+    "learner.eval_every=0",
+    "learner.eval_episodes=0",
+    "learner.log_every=20",
+    "learner.device=cpu",
+]
+EVERY = {id(BC): 10, id(PPO): 3, id(IQL): 10, id(HIL): 40}  # steps (PPO: iterations; HIL-SERL: env steps)
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
@@ -48,31 +74,55 @@ def store(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("learner", [BC, IQL], ids=["diffusion_bc", "iql"])
-def test_a_killed_run_resumes_to_the_same_weights(store, tmp_path, learner):
-    train = ["train", *learner, f"dataset={store}"]
+@pytest.fixture(scope="module")
+def base(store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    assert (
+        main(
+            [
+                "train",
+                *BC,
+                "learner.steps=5",
+                "learner.policy.obs_horizon=1",
+                f"dataset={store}",
+                f"out={out}",
+            ]
+        )
+        == 0
+    )
+    return out / "checkpoint"
+
+
+@pytest.mark.parametrize(
+    "learner", [BC, PPO, IQL, HIL], ids=["diffusion_bc", "residual_ppo", "iql", "hil_serl"]
+)
+def test_a_killed_run_resumes_to_the_same_weights(store, base, tmp_path, learner):
+    every = EVERY[id(learner)]
+    train = ["train", *learner, f"dataset={store}", f"base={base}"]
     assert main([*train, f"out={tmp_path / 'whole'}"]) == 0
     killed = tmp_path / "killed"
     run = subprocess.Popen(
-        [ROBOT_RL, *train, "learner.checkpoint_every=10", f"out={killed}"],
+        [ROBOT_RL, *train, f"learner.checkpoint_every={every}", f"out={killed}"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:  # SIGKILL once the second checkpoint is down: somewhere between it and the end
-        while not (killed / "checkpoints" / "step_000000020.pt").exists():
+        while len(list((killed / "checkpoints").glob("step_*.pt"))) < 2:
             assert run.poll() is None, "the run ended before it could be killed"
             time.sleep(0.002)
         run.send_signal(signal.SIGKILL)
     finally:
         run.wait()
     assert not (killed / "checkpoint").exists()  # it never finished
-    assert main([*train, "learner.checkpoint_every=10", f"learner.resume={killed}"]) == 0
+    assert main([*train, f"learner.checkpoint_every={every}", f"learner.resume={killed}"]) == 0
     whole, resumed = (load_file(p / "checkpoint" / "model.safetensors") for p in (tmp_path / "whole", killed))
     assert whole.keys() == resumed.keys() and all(whole[k].equal(resumed[k]) for k in whole)
-    history = [json.loads((p / "results.json").read_text())["history"] for p in (tmp_path / "whole", killed)]
-    for logged in history:
-        logged.pop("updates_per_s", None)  # a speed, not a result
-    assert history[0] == history[1]  # the logged curve too, from step 0
+    results = [json.loads((p / "results.json").read_text()) for p in (tmp_path / "whole", killed)]
+    for result in results:
+        result["history"].pop("updates_per_s", None)  # a speed, not a result
+    assert results[0]["history"] == results[1]["history"]  # the logged curve too, from step 0
+    counters = ("env_steps", "episodes", "intervened_steps", "intervened_episodes", "learner_steps")
+    assert {k: results[0].get(k) for k in counters} == {k: results[1].get(k) for k in counters}
     assert len(list((killed / "checkpoints").glob("step_*.pt"))) <= 3  # the last three kept
 
 

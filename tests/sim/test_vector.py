@@ -71,6 +71,26 @@ def test_each_env_matches_the_same_env_stepped_alone(threads):
         np.testing.assert_array_equal(batched[:, i], np.stack(alone))
 
 
+def test_restored_envs_go_on_as_the_originals():
+    """episode_state() mid-episode, restored into fresh envs (checkpoint and resume): the episodes
+    continue bit for bit, with what no array holds (a latency queue, noise RNGs, randomized
+    physics, the solver's warm start from the episode before) rebuilt by replay."""
+    randomized = lambda: make_arm_env(  # noqa: E731
+        "cube_lift",
+        cameras=(),
+        max_steps=7,
+        randomization={"obs_noise": 0.01, "action_noise": 0.05, "action_latency": 2, "friction": [0.5, 1.5]},
+    )
+    actions = random_actions(30, 3, seed=2)
+    original = VectorEnv(randomized, 3)
+    rollout(original, actions[:18], seed=4)  # the third episodes, 4 steps in
+    copy = VectorEnv(randomized, 3)
+    np.testing.assert_array_equal(copy.restore(original.episode_state()), original._obs)
+    for a in actions[18:]:
+        for x, y in zip(original.step(a)[:4], copy.step(a)[:4]):
+            np.testing.assert_array_equal(x, y)
+
+
 def test_gymnasium_vector_api():
     vec = gym.wrappers.vector.RecordEpisodeStatistics(VectorEnv(make(max_steps=2), 2))
     vec.reset(seed=0)
