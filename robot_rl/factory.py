@@ -44,9 +44,14 @@ def env_source(env_cfg, dist: str = "none", workers: int = 1) -> EnvSource:
 
     env_cfg = OmegaConf.create(_plain(env_cfg))
 
-    def make(seed: int | None = None, expert_noise: float = 0.0, **overrides):
+    def make(seed: int | None = None, expert_noise: float = 0.0, render: bool = False, **overrides):
+        if render:  # render() shows the config's render_camera (rendered offscreen)
+            overrides = {**overrides, "offscreen": True}
         cfg = OmegaConf.merge(env_cfg, overrides) if overrides else env_cfg
-        return make_sim_env(cfg, expert_noise=expert_noise, seed=seed)
+        env, expert = make_sim_env(cfg, expert_noise=expert_noise, seed=seed)
+        if render:
+            add_render_camera(env, cfg)
+        return env, expert
 
     extras = {}
     if env_cfg.get("kind") == "rc_car":

@@ -32,3 +32,19 @@ def run_record():
         return record
 
     return check
+
+
+@pytest.fixture
+def h264_frames():
+    """frames(path): the number of frames of an mp4, which must be H.264 (what browsers,
+    TensorBoard and W&B play), decoded with PyAV."""
+
+    def frames(path) -> int:
+        import av
+
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            assert stream.codec_context.name == "h264", stream.codec_context.name
+            return sum(1 for _ in container.decode(stream))
+
+    return frames

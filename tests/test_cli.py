@@ -107,17 +107,7 @@ def test_a_refused_run_leaves_no_record_and_keeps_the_previous_one(tmp_path, run
     assert run_record(tmp_path / "reach.zarr.run.json", "collect") == first
 
 
-def h264_frames(path) -> int:
-    """The number of frames of an mp4, which must be H.264 (what browsers, TensorBoard and W&B play)."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        assert stream.codec_context.name == "h264", stream.codec_context.name
-        return sum(1 for _ in container.decode(stream))
-
-
-def test_dataset_show_writes_a_video_and_a_plot(collected, tmp_path):
+def test_dataset_show_writes_a_video_and_a_plot(collected, tmp_path, h264_frames):
     out, _ = collected
     run = cli("dataset", "show", str(out), "--episode", "1", "--out", str(tmp_path))
     assert run.returncode == 0, run.stderr
@@ -236,7 +226,7 @@ def test_demo_over_seeds_writes_one_summary(tmp_path):
     ]
 
 
-def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path, run_record):
+def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path, run_record, h264_frames):
     demos = tmp_path / "demos.zarr"
     run = cli("collect", "env=cube_lift", "episodes=2", "loop.rate_hz=null", "env.cameras=[]", f"out={demos}")
     assert run.returncode == 0, run.stderr
@@ -249,7 +239,9 @@ def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path, run_record
         "learner.env_steps=150",
         "learner.training_starts=50",
         "learner.batch_size=16",
-        "learner.eval_every=0",
+        "learner.eval_every=100",  # one evaluation inside training, filmed, its agent kept as the best
+        "learner.eval_interim_episodes=2",
+        "learner.eval_video=1",
         "learner.eval_episodes=2",
         "learner.eval_num_envs=2",
         "learner.sac.hidden=[32,32]",
@@ -259,6 +251,11 @@ def test_hil_serl_trains_from_demos_with_the_scripted_human(tmp_path, run_record
     result = json.loads(run.stdout)
     assert result["env_steps"] >= 150 and result["learner_steps"] > 0 and result["intervened_episodes"] >= 1
     assert result["evaluation"]["episodes"] == 2
+    [interim] = result["interim_evaluations"]
+    (video,) = (tmp_path / "run" / "videos" / f"step_{interim['env_steps']:09d}").glob("*.mp4")
+    assert h264_frames(video) > 1
+    best = json.loads((tmp_path / "run" / "best" / "best.json").read_text())
+    assert best == {"score": interim["success_rate"], "step": interim["env_steps"]}
     for name in (
         "results.json",
         "curve.png",

@@ -8,6 +8,7 @@ import struct
 import pytest
 
 from robot_rl.cli import main
+from robot_rl.policies.iql import IQLAgent
 
 wandb = pytest.importorskip("wandb")
 
@@ -50,7 +51,7 @@ def key_of(item) -> str:
     return item.key or "/".join(item.nested_key)  # wandb writes a nested key for every key
 
 
-def test_a_training_run_logs_its_scalars_config_and_curve_to_wandb(tmp_path):
+def test_a_training_run_logs_its_scalars_config_and_curve_to_wandb(tmp_path, h264_frames):
     store, run = tmp_path / "reach.zarr", tmp_path / "run"
     assert (
         main(["collect", "env=reach", "episodes=2", "loop.rate_hz=null", "env.cameras=[]", f"out={store}"])
@@ -59,6 +60,7 @@ def test_a_training_run_logs_its_scalars_config_and_curve_to_wandb(tmp_path):
     args = ["train", "learner=iql", "env=reach", "env.cameras=[]", f"dataset={store}", f"out={run}"]
     args += ["learner.steps=30", "learner.batch_size=16", "learner.log_every=10", "learner.eval_episodes=2"]
     args += ["learner.eval_num_envs=2", "logger=wandb", "wandb_project=robot_rl_test"]
+    args += ["learner.eval_every=10", "learner.eval_video=1"]  # evaluations inside training, filmed
     assert main(args) == 0
     history = json.loads((run / "results.json").read_text())["history"]
     (run_file,) = run.glob("wandb/offline-run-*/run-*.wandb")
@@ -75,6 +77,18 @@ def test_a_training_run_logs_its_scalars_config_and_curve_to_wandb(tmp_path):
     values = {key_of(item): json.loads(item.value_json) for item in config.update}
     assert values["learner"]["name"] == "iql" and values["logger"] == "wandb"
     assert list(run.glob("wandb/offline-run-*/files/media/images/curve_*.png"))
+    # Each evaluation inside training: its video in the run folder (H.264) and in the W&B run
+    for step in (10, 20):
+        (video,) = (run / "videos" / f"step_{step:09d}").glob("episode_000_*.mp4")
+        assert h264_frames(video) > 1
+    assert any(key.startswith("eval_video") for key in logged)
+    assert len(list(run.glob("wandb/offline-run-*/files/media/videos/eval_video_*.mp4"))) == 2
+    # ... and the best of them kept, as an agent `robot-rl eval` takes
+    interim = json.loads((run / "results.json").read_text())["interim_evaluations"]
+    best = json.loads((run / "best" / "best.json").read_text())
+    assert best["score"] == max(e["success_rate"] for e in interim)
+    assert best["step"] == next(e["step"] for e in interim if e["success_rate"] == best["score"])
+    assert IQLAgent.load(run / "best").updates == best["step"]
 
 
 def test_an_unknown_logger_is_one_line_and_writes_nothing(capsys, tmp_path):

@@ -128,6 +128,7 @@ def sweep(cfg, overrides: list[str]) -> Path:
     from tqdm import tqdm
 
     from robot_rl.utils.dist import ray_session
+    from robot_rl.utils.training import note
 
     points = check_sweep(cfg, overrides)
     base = list(overrides)
@@ -155,7 +156,7 @@ def sweep(cfg, overrides: list[str]) -> Path:
                 results[i] = ray.get(done[0])
                 bar.update(1)
                 if "error" in results[i]:
-                    tqdm.write(
+                    note(
                         f"trial {i} ({_label(trials[i][0])}, seed {trials[i][1]}) failed: "
                         f"{results[i]['error']}"
                     )

@@ -137,14 +137,12 @@ def evaluate_checkpoint(
     `dist` ({dist, workers, ray_address}) spreads the envs over Ray rollout workers: the same
     episodes, so the same results, however many workers. `video` > 0 also writes that many episodes
     (the first seeds) as H.264 mp4 into `video_dir`, rendered by the env config's render_camera."""
-    from robot_rl.learners.evaluate import record_videos, run_episodes
+    from robot_rl.learners.evaluate import check_video_setup, evaluation_videos, run_episodes
 
     path = Path(checkpoint)
     kind, make_act, extra, image_agent = _checkpoint_policy(path, ddim_steps, seed)
-    if video and image_agent is not None:  # checked before the evaluation, whose result would be lost
-        raise ConfigError("video= records state policies; this agent reads cameras")
-    if video and not env_cfg.get("render_camera"):
-        raise ConfigError(f"video= renders the env's render_camera; env {env_cfg.get('name')} names none")
+    # checked before the evaluation, whose result would be lost
+    check_video_setup(_envs(env_cfg), int(video), image_agent is not None, "video")
     with _ray_if(dist):
         envs = _envs(env_cfg, dist)
         if image_agent is not None:  # one env at a time, through the ControlLoop
@@ -156,16 +154,7 @@ def evaluate_checkpoint(
             result = {**run_episodes(envs.make_vec, act, episodes, num_envs, seed, progress), **extra}
     result = {"checkpoint": str(path), "kind": kind, **result}
     if video:
-        from robot_rl.factory import add_render_camera
-
-        env, _ = envs.make(seed=seed, offscreen=True)
-        try:
-            add_render_camera(env, env_cfg)
-            result["videos"] = record_videos(
-                env, make_act(1), int(video), seed, video_dir, env.metadata["render_fps"]
-            )
-        finally:
-            env.close()
+        result["videos"] = evaluation_videos(envs, make_act(1), int(video), seed, video_dir)
     return result
 
 

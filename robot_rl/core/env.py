@@ -201,8 +201,9 @@ class EnvSource:
     """The environments a learner acts on, built from a config by robot_rl.factory: learners are
     given them and never build an env themselves.
 
-    `make(seed=None, **overrides)` gives one env and its scripted expert (None where the env has
-    none); overrides change the env's settings (e.g. control_hz, cameras). `make_vec(n)` gives n
+    `make(seed=None, render=False, **overrides)` gives one env and its scripted expert (None where
+    the env has none); overrides change the env's settings (e.g. control_hz, cameras); with
+    `render` the env's render() shows its config's render_camera. `make_vec(n)` gives n
     state-only envs that step together (None where the env offers no vector form). `safety` is the
     loop's safety settings for this env; `settings` the env config's plain values (name, kind,
     image_size, ...) for checks and reports; `extras` what a learner may use where the env offers

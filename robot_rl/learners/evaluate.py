@@ -180,3 +180,33 @@ def record_videos(env, act: BatchPolicy, episodes: int, seed: int, out_dir, fps:
         path = out_dir / f"episode_{i:03d}_{outcome}_return_{total:.2f}.mp4"
         written.append(str(write_video(np.stack(frames), path, fps)))
     return written
+
+
+def interim_videos(envs: EnvSource, act: BatchPolicy, episodes: int, seed: int, log, step: int) -> None:
+    """The videos of an evaluation inside training, at `step`: into RUN/videos/step_N (RUN: the
+    RunLog's folder), and to the log (W&B, when it logs there)."""
+    folder = log.dir / "videos" / f"step_{step:09d}"
+    log.videos(step, evaluation_videos(envs, act, episodes, seed, folder))
+
+
+def evaluation_videos(envs: EnvSource, act: BatchPolicy, episodes: int, seed: int, out_dir) -> list[str]:
+    """`record_videos` on one env of `envs`, rendered by its config's render_camera."""
+    env, _ = envs.make(seed=seed, render=True)
+    try:
+        return record_videos(env, act, episodes, seed, out_dir, env.metadata["render_fps"])
+    finally:
+        env.close()
+
+
+def check_video_setup(envs: EnvSource | None, episodes: int, image_agent: bool, setting: str) -> None:
+    """Refuse, before any work, the evaluation videos a `setting` asks for that could not be made."""
+    from robot_rl.errors import ConfigError
+
+    if not episodes:
+        return
+    if envs is None:
+        raise ConfigError(f"{setting}= records evaluations on an env; this run has none")
+    if image_agent:
+        raise ConfigError(f"{setting}= records state policies; this agent reads cameras")
+    if not envs.settings.get("render_camera"):
+        raise ConfigError(f"{setting}= renders the env's render_camera; env {envs.name} names none")

@@ -32,7 +32,7 @@ from robot_rl.core.env import EnvSource
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.utils.checkpoints import LearnerCheckpoints, generator_states, set_generator_states
 from robot_rl.utils.device import resolve_device
-from robot_rl.utils.training import RunLog, seed_everything
+from robot_rl.utils.training import RunLog, note, seed_everything
 
 
 @dataclass
@@ -395,7 +395,7 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
             practice_laps.append(lap)
             log.log(steps, lap_time=lap["lap_time"])
             best = min(x["lap_time"] for x in practice_laps)
-            tqdm.write(
+            note(
                 f"lap {len(practice_laps)}: {lap['lap_time']:.2f} s "
                 f"(demo {demo['lap_time']:.2f} s, best {best:.2f} s) "
                 f"at step {steps}, {lap['wall_s'] / 60:.1f} min"
@@ -438,7 +438,7 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
         bar.close()
     practice_s = time.monotonic() - start
     if task.flipped:
-        tqdm.write("the car is on its roof: practice stopped (put it back on its wheels and resume)")
+        note("the car is on its roof: practice stopped (put it back on its wheels and resume)")
     checkpoint = agent.save(out / "checkpoint")
     evaluation = drive(
         practice_env(envs, overrides, cfg, checkpoints, cfg.eval_max_steps),

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from robot_rl.core.env import EnvSource, RobotEnv
 from robot_rl.errors import ConfigError
+from robot_rl.learners.evaluate import check_video_setup, interim_videos
 from robot_rl.learners.replay import (
     ReplayBuffer,
     ReplayJournal,
@@ -31,7 +32,7 @@ from robot_rl.learners.replay import (
 from robot_rl.policies.sac import AgentPolicy, SACAgent, SACConfig, batch_policy, torch_batch
 from robot_rl.utils.checkpoints import SUBDIR, LearnerCheckpoints, generator_states, set_generator_states
 from robot_rl.utils.device import resolve_device
-from robot_rl.utils.training import RunLog, seed_everything
+from robot_rl.utils.training import RunLog, note, seed_everything
 
 
 @dataclass
@@ -46,8 +47,9 @@ class HILSERLConfig:
     human_until: int = 10_000  # env steps over which the human's attention tapers from 1 to 0
     human_takeover: tuple[int, int] = (0, 40)  # step range at which the human takes over ("schedule")
     eval_episodes: int = 100  # at the end, deterministic, no human
-    eval_every: int = 5_000  # env steps between interim evaluations (0: none)
+    eval_every: int = 5_000  # env steps between interim evaluations (0: none); the best goes to RUN/best
     eval_interim_episodes: int = 20
+    eval_video: int = 0  # episodes of each interim evaluation written as mp4 in RUN/videos (and to W&B)
     eval_num_envs: int = 25
     rate_hz: float | None = None  # None: as fast as the simulator runs
     log_every: int = 500  # env steps between logged learner statistics
@@ -238,6 +240,8 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
     from robot_rl.tasks.teleops import ScriptedTeleop
 
     checkpoints = LearnerCheckpoints(out_dir, "hil_serl", cfg)  # a bad resume= is refused before any work
+    image_agent = bool((cfg.sac or {}).get("image_keys"))
+    check_video_setup(envs if cfg.eval_every else None, cfg.eval_video, image_agent, "eval_video")
     seed_everything(cfg.seed)
     env, expert = make_env(envs, cfg)
     learner = make_learner(env.observation_space.spaces, env.action_space.shape[0], cfg)
@@ -333,6 +337,10 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
                 steps, due = counts["env_steps"], run["next_eval"]
                 if due and steps >= due and steps < cfg.env_steps:
                     evaluations.append(_interim_eval(learner.agent, envs, env, cfg, steps, log))
+                    checkpoints.keep_best(evaluations[-1]["success_rate"], steps, learner.agent.save)
+                    if cfg.eval_video:
+                        act = batch_policy(learner.agent)
+                        interim_videos(envs, act, cfg.eval_video, 20_000 + steps, log, steps)
                     run["next_eval"] = due + cfg.eval_every
                 checkpoints.step_done(steps, cfg.env_steps, snapshot)
             report = loop.report()
@@ -390,7 +398,7 @@ def _interim_eval(agent, envs: EnvSource, env, cfg: HILSERLConfig, steps: int, l
         20_000 + steps,
     )
     log.log(steps, eval_success_rate=result["success_rate"])
-    tqdm.write(
+    note(
         f"env step {steps}: evaluation success {result['success_rate']:.2f} "
         f"({cfg.eval_interim_episodes} episodes)"
     )

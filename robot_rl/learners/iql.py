@@ -31,11 +31,12 @@ from tqdm import tqdm
 from robot_rl.core.env import EnvSource
 from robot_rl.datasets.store import EpisodeStore, read_steps
 from robot_rl.errors import ConfigError, DatasetError
+from robot_rl.learners.evaluate import check_video_setup, interim_videos
 from robot_rl.policies.encoders import images_to_float
 from robot_rl.policies.iql import IQLAgent, IQLConfig, batch_policy, loop_policy
 from robot_rl.utils.checkpoints import LearnerCheckpoints, RngLedger
 from robot_rl.utils.device import Prefetcher, maybe_compile, resolve_device
-from robot_rl.utils.training import RunLog, seed_everything
+from robot_rl.utils.training import RunLog, note, seed_everything
 
 # --- data ---------------------------------------------------------------------------------------
 MEMORY_FRACTION = 0.75  # of the available memory, the default limit of an OfflineDataset
@@ -209,9 +210,10 @@ class IQLTrainConfig:
     batch_size: int = 256
     reward_key: str = "reward"
     done_key: str | None = "terminated"
-    eval_every: int = 0  # steps between interim evaluations (0: only at the end)
+    eval_every: int = 0  # steps between interim evaluations (0: only at the end); the best goes to RUN/best
     eval_episodes: int = 100
     eval_num_envs: int = 25
+    eval_video: int = 0  # episodes of each interim evaluation written as mp4 in RUN/videos (and to W&B)
     log_every: int = 500
     seed: int = 0
     encoder_init: str | None = None  # V-PTR: an ICVF (or IQL) checkpoint whose image encoder starts this one
@@ -252,6 +254,7 @@ def train_iql(
     rng = seed_everything(cfg.seed)
     agent_cfg = dict(cfg.agent)
     image_keys = tuple(agent_cfg.get("image_keys", ()))
+    check_video_setup(envs if cfg.eval_every else None, cfg.eval_video, bool(image_keys), "eval_video")
     stores = [str(store_path)] if isinstance(store_path, (str, Path)) else [str(p) for p in store_path]
     data = OfflineDataset(
         stores,
@@ -328,7 +331,10 @@ def train_iql(
                 result = evaluate_iql(agent, envs, cfg.eval_episodes, cfg.eval_num_envs, seed=20_000 + step)
                 log.log(step + 1, eval_success_rate=result["success_rate"])
                 evaluations.append({"step": step + 1, **result})
-                tqdm.write(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
+                note(f"step {step + 1}: evaluation success {result['success_rate']:.2f}")
+                checkpoints.keep_best(result["success_rate"], step + 1, agent.save)
+                if cfg.eval_video:
+                    interim_videos(envs, batch_policy(agent), cfg.eval_video, 20_000 + step, log, step + 1)
                 agent.train()
             checkpoints.step_done(step + 1, cfg.steps, snapshot)
     agent.cpu()  # evaluated (and deployed) on the CPU

@@ -1,6 +1,7 @@
 """Training checkpoints a run resumes from: `RUN/checkpoints/step_000001000.pt`, each the whole state
 of a learner at a step boundary (weights, optimizer and scheduler, EMA, RNG states, counters, the
-logged history), written beside its final name and renamed, the last `keep` kept. They load with
+logged history), written beside its final name and renamed, the last `keep` kept; and RUN/best,
+the policy that scored best in the evaluations inside training. They load with
 `torch.load(weights_only=True)`: tensors and plain values only, no pickled code.
 
 Resuming is exact where the run is deterministic (CPU, a fixed seed): the state is taken between
@@ -10,8 +11,10 @@ drew (`RngLedger`).
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -130,6 +133,25 @@ class Checkpoints:
             raise KeyboardInterrupt
         if boundary and checkpoint_due(done, self._last, self.every, total):
             self.save(done, snapshot())
+
+    def keep_best(self, score: float, step: int, save: Callable[[Path], object]) -> bool:
+        """After an evaluation inside training: when `score` beats every earlier one of the run
+        (resumes included), `save(folder)` writes the policy, and it replaces RUN/best (with
+        best.json: the score and the step). Whether it did."""
+        best = self.dir.parent / "best"
+        record = best / "best.json"
+        if record.exists() and score <= json.loads(record.read_text())["score"]:
+            return False
+        partial, old = best.with_name(".best.partial"), best.with_name(".best.old")
+        for stale in (partial, old):
+            shutil.rmtree(stale, ignore_errors=True)
+        save(partial)
+        (partial / "best.json").write_text(json.dumps({"score": float(score), "step": int(step)}))
+        if best.exists():
+            best.rename(old)
+        partial.rename(best)  # a kill between the renames leaves .best.old, the previous best
+        shutil.rmtree(old, ignore_errors=True)
+        return True
 
     def save(self, step: int, state: dict) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,16 @@ def logging_to(logger: str, project: str = "robot_rl", config: dict | None = Non
         _TRACKING.update(saved)
 
 
+def note(message: str) -> None:
+    """A line for the person watching, above any progress bar, on stderr: stdout carries the
+    command's result (JSON) for scripts."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 class RunLog:
     """Scalars of one run: TensorBoard events, a JSON of every logged value, and a PNG curve; and,
     under `logging_to("wandb")`, the same scalars, the config and the curve in a W&B run."""
@@ -70,6 +80,13 @@ class RunLog:
             self.history.setdefault(key, []).append((step, value))
         if self.wandb is not None:
             self.wandb.log({k: float(v) for k, v in values.items()}, step=step)
+
+    def videos(self, step: int, paths: list[str]) -> None:
+        """Evaluation videos of `step` (mp4 files written beside): to W&B too, when it logs."""
+        if self.wandb is not None and paths:
+            import wandb
+
+            self.wandb.log({"eval_video": [wandb.Video(p, format="mp4") for p in paths]}, step=step)
 
     def close(self, results: dict, curves: tuple[str, ...]) -> dict:
         """Write results.json and the learning-curve PNG; returns results with their paths."""
