@@ -669,25 +669,15 @@ def main(argv: list[str] | None = None) -> int:
         print("robot-rl: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        if not _stdout_closed():  # a robot's, ROS's or Ray's connection: an error like any other
+        from robot_rl.utils.run_record import stdout_closed
+
+        if not stdout_closed():  # a robot's, ROS's or Ray's connection: an error like any other
             raise
         # The reader went away (`robot-rl dataset info X | head`): nothing left to say.
         os.dup2(
             os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno()
         )  # so the exit's flush cannot fail again
         return 141
-
-
-def _stdout_closed() -> bool:
-    """Whether standard output is a pipe whose reader has gone (poll reports an error on it)."""
-    import select
-
-    try:
-        poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poller.poll(0))
-    except (OSError, ValueError):
-        return False
 
 
 if __name__ == "__main__":

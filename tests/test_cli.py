@@ -48,18 +48,24 @@ def test_collect_records_what_it_reports(collected, run_record):
     assert "episodes   3" in text and "obs/image/front" in text
 
 
-def test_a_reader_that_goes_away_is_no_traceback(collected):
-    read, write = os.pipe()
-    os.close(read)  # like `robot-rl dataset info X | head -1` once head has exited
-    run = subprocess.run(
-        [ROBOT_RL, "dataset", "info", str(collected[0])],
-        stdout=write,
-        stderr=subprocess.PIPE,
-        text=True,
-        timeout=120,
+def test_a_reader_that_goes_away_is_no_traceback(collected, tmp_path):
+    """Like `robot-rl dataset info X | head -1` once head has exited: exit 141, nothing on stderr;
+    and a run whose output pipe closes under it is recorded with that exit code, not as failed."""
+    inside_a_run = (
+        "from robot_rl.utils.run_record import RunRecord\n"
+        f"with RunRecord({str(tmp_path / 'run')!r}):\n"
+        "    print('x' * 100_000)  # past the pipe's buffer: the write itself fails\n"
     )
-    os.close(write)
-    assert run.returncode == 141 and run.stderr == ""
+    for command in ([ROBOT_RL, "dataset", "info", str(collected[0])], [sys.executable, "-c", inside_a_run]):
+        read, write = os.pipe()
+        os.close(read)
+        run = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+        os.close(write)
+        if command[0] == ROBOT_RL:
+            assert run.returncode == 141 and run.stderr == ""
+        else:
+            assert "BrokenPipeError" in run.stderr  # no CLI around it to turn it into 141
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["exit_code"] == 141
 
 
 def test_collect_appends_to_an_existing_store(collected, tmp_path):

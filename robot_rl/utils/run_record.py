@@ -123,6 +123,8 @@ class RunRecord:
             status, code = "ok", 0
         elif issubclass(kind, KeyboardInterrupt):
             status, code = "interrupted", 130
+        elif issubclass(kind, BrokenPipeError) and stdout_closed():
+            status, code = "ok (the reader of its output went away)", 141  # as the CLI exits
         else:
             status, code = f"failed: {kind.__name__}: {error}", 2 if _is_user_error(error) else 1
         self.record.update(ended=_now(), seconds=round(time.monotonic() - self._start, 3), status=status)
@@ -156,3 +158,16 @@ def _write(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
     os.replace(partial, path)  # a reader never sees half a record
+
+
+def stdout_closed() -> bool:
+    """Whether standard output is a pipe whose reader has gone (poll reports an error on it)."""
+    import select
+    import sys
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
