@@ -343,6 +343,8 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
         )
         learner.prior.add_batch({k: np.stack([t[k] for t in prior]) for k in prior[0]})
     recovery = {"steps": cfg.recovery_steps, "speed": cfg.recovery_speed}
+    if resumable.state is not None:  # buffers read before anything is written: damaged ones are refused
+        learner.load_training_state(resumable.state["learner"], out)
     log = RunLog(
         out,
         f"FastRLAP on {envs.name} (course {settings.get('course_seed', 0)}), "
@@ -354,7 +356,6 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
     teleop = RecoveryTeleop(task, seed=cfg.seed + 1, **recovery)
     saved = resumable.restore(log)
     if saved is not None:
-        learner.load_training_state(saved["learner"], out)
         counts.update(saved["counts"])
         run.update(saved["run"])
         task.counts.update(saved["task"])

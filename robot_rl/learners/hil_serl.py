@@ -245,6 +245,8 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
     seed_everything(cfg.seed)
     env, expert = make_env(envs, cfg)
     learner = make_learner(env.observation_space.spaces, env.action_space.shape[0], cfg)
+    if checkpoints.state is not None:  # buffers read before anything is written: damaged ones are refused
+        learner.load_training_state(checkpoints.state["learner"], out_dir)
     log = RunLog(out_dir, f"HIL-SERL on {envs.name}")
     counts = {"env_steps": 0, "episodes": 0, "successes": 0, "intervened_steps": 0, "intervened_episodes": 0}
     teleop = None
@@ -261,7 +263,6 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
     run = {"recent": [], "info": {}, "evaluations": [], "next_eval": cfg.eval_every or None}
     saved = checkpoints.restore(log)
     if saved is not None:
-        learner.load_training_state(saved["learner"], out_dir)
         counts.update(saved["counts"])
         run.update(saved["run"])
         set_generator_states(humans, saved["humans"])

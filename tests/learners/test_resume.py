@@ -114,6 +114,18 @@ def test_a_killed_run_resumes_to_the_same_weights(store, base, tmp_path, learner
     finally:
         run.wait()
     assert not (killed / "checkpoint").exists()  # it never finished
+    if learner is HIL:  # a damaged replay buffer segment: refused in one line, the folder untouched
+        (segment, *_) = sorted((killed / "checkpoints" / "buffers" / "online").glob("*.zarr"))
+        meta = segment / "zarr.json"
+        good, before = meta.read_bytes(), digest(killed)
+        meta.write_bytes(good[: len(good) // 2])
+        refused = subprocess.run(
+            [ROBOT_RL, *train, f"learner.resume={killed}"], capture_output=True, text=True
+        )
+        assert refused.returncode == 2 and "replay buffer" in refused.stderr, refused.stderr[-2000:]
+        assert len(refused.stderr.strip().splitlines()) == 1
+        meta.write_bytes(good)
+        assert digest(killed) == before
     assert main([*train, f"learner.checkpoint_every={every}", f"learner.resume={killed}"]) == 0
     whole, resumed = (load_file(p / "checkpoint" / "model.safetensors") for p in (tmp_path / "whole", killed))
     assert whole.keys() == resumed.keys() and all(whole[k].equal(resumed[k]) for k in whole)
