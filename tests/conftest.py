@@ -48,3 +48,24 @@ def h264_frames():
             return sum(1 for _ in container.decode(stream))
 
     return frames
+
+
+@pytest.fixture
+def killed_mid_run():
+    """kill(command, run_dir): start a training command and SIGKILL it once its second checkpoint
+    is down in run_dir/checkpoints: somewhere between that checkpoint and the end."""
+    import signal
+    import subprocess
+    import time
+
+    def kill(command: list[str], run_dir) -> None:
+        run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while len(list((Path(run_dir) / "checkpoints").glob("step_*.pt"))) < 2:
+                assert run.poll() is None, "the run ended before it could be killed"
+                time.sleep(0.002)
+            run.send_signal(signal.SIGKILL)
+        finally:
+            run.wait()
+
+    return kill

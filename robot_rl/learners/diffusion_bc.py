@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
 from robot_rl.policies.diffusion import DiffusionPolicy
@@ -63,7 +62,7 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     )
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay)
     log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
-    start, running = checkpoints.start, None
+    running = None
     if (state := checkpoints.restore(log, rng)) is not None:
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -91,15 +90,7 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
         ledger=ledger,
     )
 
-    bar = tqdm(
-        range(start, cfg.steps),
-        initial=start,
-        total=cfg.steps,
-        desc="diffusion BC",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = checkpoints.bar(cfg.steps, "diffusion BC", "step", progress)
     policy.train()
     with checkpoints, Prefetcher(ledger.draw, device) as batches:  # closed whatever ends the loop
         for step in bar:

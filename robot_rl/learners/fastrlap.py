@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from robot_rl.core.env import EnvSource
 from robot_rl.errors import ConfigError, DatasetError
@@ -363,14 +362,7 @@ def train_fastrlap(envs: EnvSource, out_dir, cfg: FastRLAPConfig, progress: bool
         set_generator_states([teleop], saved["teleop"])
     practice_laps = run["laps"]
 
-    bar = tqdm(
-        total=cfg.env_steps,
-        initial=counts["env_steps"],
-        desc="FastRLAP",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = resumable.bar(cfg.env_steps, "FastRLAP", "step", progress, steps=False)
     start, first_update = time.monotonic() - run["practice_s"], learner.steps
 
     def snapshot() -> dict:

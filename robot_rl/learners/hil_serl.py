@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from robot_rl.core.env import EnvSource, RobotEnv
 from robot_rl.errors import ConfigError
@@ -276,14 +275,7 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
         },
         log,
     )
-    bar = tqdm(
-        total=cfg.env_steps,
-        initial=counts["env_steps"],
-        desc="HIL-SERL",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = checkpoints.bar(cfg.env_steps, "HIL-SERL", "step", progress, steps=False)
     start, first_update = time.monotonic(), learner.steps
 
     def on_step(loop, result) -> None:

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
@@ -314,15 +313,7 @@ def train_icvf(store_path, out_dir, cfg: ICVFTrainConfig, progress: bool = True)
     first = checkpoints.start
     ledger = RngLedger(rng, lambda: frame_batch(sampler.sample(cfg.batch_size, rng), gather))
     snapshot = checkpoints.snapshot(lambda: {"agent": agent.training_state()}, log, ledger=ledger)
-    bar = tqdm(
-        range(first, cfg.steps),
-        initial=first,
-        total=cfg.steps,
-        desc="ICVF",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = checkpoints.bar(cfg.steps, "ICVF", "step", progress)
     start = time.monotonic()
     with checkpoints, Prefetcher(ledger.draw, device) as batches:  # closed whatever ends the loop
         for step in bar:

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from robot_rl.datasets.store import read_steps
 from robot_rl.errors import ConfigError, DatasetError
@@ -174,15 +173,7 @@ def train_inverse_dynamics(store_path, out_dir, cfg: IDMTrainConfig, progress: b
         log,
         rng,
     )
-    bar = tqdm(
-        range(checkpoints.start, cfg.epochs),
-        initial=checkpoints.start,
-        total=cfg.epochs,
-        desc="inverse dynamics",
-        unit="epoch",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = checkpoints.bar(cfg.epochs, "inverse dynamics", "epoch", progress)
     with checkpoints:
         for epoch in bar:
             model.train()

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from robot_rl.core.env import EnvSource
 from robot_rl.datasets.store import EpisodeStore, read_steps
@@ -302,15 +301,7 @@ def train_iql(
         lambda: {"agent": agent.training_state(), "evaluations": evaluations}, log, ledger=ledger
     )
 
-    bar = tqdm(
-        range(first, cfg.steps),
-        initial=first,
-        total=cfg.steps,
-        desc=what,
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = checkpoints.bar(cfg.steps, what, "step", progress)
     agent.train()
     start = time.monotonic()
     with checkpoints, Prefetcher(ledger.draw, device) as batches:  # closed whatever ends the loop

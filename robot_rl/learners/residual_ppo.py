@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
@@ -159,7 +158,7 @@ def _train(
     buf_r, buf_v, buf_d = (torch.zeros(T, N, device=device) for _ in range(3))
     parts = {"policy": policy, "actor_opt": actor_opt, "critic_opt": critic_opt, "reward_scale": reward_scale}
     parts.update({f"schedule{i}": s for i, s in enumerate(schedules)})
-    start, counts = checkpoints.start, {"episodes": 0, "successes": 0, "env_steps": 0}
+    counts = {"episodes": 0, "successes": 0, "env_steps": 0}
     if (saved := checkpoints.restore(log)) is not None:
         for key, part in parts.items():
             part.load_state_dict(saved[key])
@@ -179,15 +178,7 @@ def _train(
         log,
     )
 
-    bar = tqdm(
-        range(start, cfg.iterations),
-        initial=start,
-        total=cfg.iterations,
-        desc="residual PPO",
-        unit="it",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = checkpoints.bar(cfg.iterations, "residual PPO", "it", progress)
     with checkpoints:  # Ctrl-C and SIGTERM: a checkpoint at the end of the iteration, then stop
         for it in bar:
             it_episodes = it_successes = 0

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.policies.encoders import (
@@ -162,15 +161,7 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
         lambda: {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, log, rng
     )
     model.train()
-    bar = tqdm(
-        range(checkpoints.start, cfg.steps),
-        initial=checkpoints.start,
-        total=cfg.steps,
-        desc="reward classifier",
-        unit="step",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = checkpoints.bar(cfg.steps, "reward classifier", "step", progress)
     with checkpoints:
         for step in bar:
             index = np.concatenate(

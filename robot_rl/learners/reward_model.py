@@ -21,7 +21,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.policies.checkpoint import load_checkpoint, rebuilding, save_checkpoint
@@ -242,15 +241,7 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
         log,
         rng,
     )
-    bar = tqdm(
-        range(checkpoints.start, cfg.epochs),
-        initial=checkpoints.start,
-        total=cfg.epochs,
-        desc="reward model",
-        unit="epoch",
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = checkpoints.bar(cfg.epochs, "reward model", "epoch", progress)
     with checkpoints:
         for epoch in bar:
             model.train()

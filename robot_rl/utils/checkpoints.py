@@ -179,6 +179,16 @@ class LearnerCheckpoints(Checkpoints):
         self.start = self.state["step"] if self.state else 0
         super().__init__(run_dir, kind, cfg.checkpoint_every, keep, start=self.start)
 
+    def bar(self, total: int, desc: str, unit: str, enabled: bool, steps: bool = True):
+        """The run's progress bar from the step it starts at: over the remaining steps (`steps`), or
+        one the learner moves itself (`update`)."""
+        from tqdm import tqdm
+
+        rest = {"initial": self.start, "total": total, "desc": desc, "unit": unit}
+        return tqdm(
+            range(self.start, total) if steps else None, **rest, disable=not enabled, dynamic_ncols=True
+        )
+
     def restore(self, log, rng: np.random.Generator | None = None) -> dict | None:
         """A resumed run's history into `log` and its RNG states into this process and `rng`;
         the checkpoint, for the learner's own parts (None for a fresh run)."""

@@ -3,10 +3,8 @@ come back to the actor, and the run leaves a checkpoint and both buffers; a run 
 resumes with its buffers, its intervention count and its step counter."""
 
 import json
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +16,7 @@ ray = pytest.importorskip("ray", reason="the dist extra (ray) is not installed")
 
 
 @pytest.mark.timeout(600)
-def test_a_killed_run_resumes_with_its_buffers_and_counters(tmp_path):
+def test_a_killed_run_resumes_with_its_buffers_and_counters(tmp_path, killed_mid_run):
     """Transitions reach the learner and weights the actor. The driver is killed with SIGKILL (its
     actors die with it; the cluster stays, as a lab's would); resumed, the run goes on from the
     latest checkpoint, not from zero, and ends with a checkpoint, both buffers and an evaluation."""
@@ -45,16 +43,7 @@ def test_a_killed_run_resumes_with_its_buffers_and_counters(tmp_path):
             "learner.eval_num_envs=1",
         ]
         run = tmp_path / "run"
-        killed = subprocess.Popen(
-            [*train, f"out={run}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            while len(list((run / "checkpoints").glob("step_*.pt"))) < 2:
-                assert killed.poll() is None, "the run ended before it could be killed"
-                time.sleep(0.01)
-            killed.send_signal(signal.SIGKILL)
-        finally:
-            killed.wait()
+        killed_mid_run([*train, f"out={run}"], run)
         saved = torch.load(max((run / "checkpoints").glob("step_*.pt")), weights_only=True)
         before = saved["actor"]["counts"]
         assert 80 <= before["env_steps"] < 200 and before["intervened_steps"] > 0

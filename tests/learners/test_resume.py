@@ -96,23 +96,12 @@ def base(store, tmp_path_factory):
 @pytest.mark.parametrize(
     "learner", [BC, PPO, IQL, HIL], ids=["diffusion_bc", "residual_ppo", "iql", "hil_serl"]
 )
-def test_a_killed_run_resumes_to_the_same_weights(store, base, tmp_path, learner):
+def test_a_killed_run_resumes_to_the_same_weights(store, base, tmp_path, learner, killed_mid_run):
     every = EVERY[id(learner)]
     train = ["train", *learner, f"dataset={store}", f"base={base}"]
     assert main([*train, f"out={tmp_path / 'whole'}"]) == 0
     killed = tmp_path / "killed"
-    run = subprocess.Popen(
-        [ROBOT_RL, *train, f"learner.checkpoint_every={every}", f"out={killed}"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:  # SIGKILL once the second checkpoint is down: somewhere between it and the end
-        while len(list((killed / "checkpoints").glob("step_*.pt"))) < 2:
-            assert run.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.002)
-        run.send_signal(signal.SIGKILL)
-    finally:
-        run.wait()
+    killed_mid_run([ROBOT_RL, *train, f"learner.checkpoint_every={every}", f"out={killed}"], killed)
     assert not (killed / "checkpoint").exists()  # it never finished
     if learner is HIL:  # a damaged replay buffer segment: refused in one line, the folder untouched
         (segment, *_) = sorted((killed / "checkpoints" / "buffers" / "online").glob("*.zarr"))
