@@ -24,7 +24,7 @@ $(VENV)/.installed-core: $(VENV)/.created pyproject.toml constraints.txt
 	touch $@
 
 $(VENV)/.installed-all: $(VENV)/.installed-core
-	$(PIP) -e '.[dev,sim,dist,vision,hardware,ros,ros-wheels,viewer,wandb]'
+	$(PIP) -e '.[dev,sim,dist,vision,hardware,ros,ros-wheels,viewer,wandb,formats]'
 	touch $@
 
 install: $(VENV)/.installed-all

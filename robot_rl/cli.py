@@ -217,6 +217,25 @@ def cmd_dataset_import_video(args) -> None:
     )
 
 
+def _key_map(pairs: list[str]) -> dict[str, str]:
+    bad = [p for p in pairs if "=" not in p]
+    if bad:
+        raise ConfigError(f"--key takes OURS=THEIRS, got {bad[0]!r}")
+    return dict(p.split("=", 1) for p in pairs)
+
+
+def cmd_dataset_import(args) -> None:
+    from robot_rl.datasets.formats import import_dataset
+
+    print(json.dumps(import_dataset(args.src, args.out, args.format, _key_map(args.key)), indent=2))
+
+
+def cmd_dataset_export(args) -> None:
+    from robot_rl.datasets.formats import export_dataset
+
+    print(json.dumps(export_dataset(args.store, args.out, args.format, _key_map(args.key)), indent=2))
+
+
 def cmd_dataset_import_rosbag(args) -> None:
     from omegaconf import OmegaConf
 
@@ -581,6 +600,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML: fps, clock, align, tolerance_s, episodes, streams (docs/data.md)",
     )
     q.set_defaults(func=cmd_dataset_import_rosbag)
+    from robot_rl.datasets.formats import FORMATS
+
+    formats = "lerobot: LeRobotDataset v3.0, robomimic: HDF5, diffusion_policy: its zarr ReplayBuffer"
+    for direction, source, preposition, what in (
+        ("import", "src", "--from", "another project's dataset -> a new store"),
+        ("export", "store", "--to", "a store -> another project's dataset"),
+    ):
+        q = dsub.add_parser(direction, help=f"{what} ({formats})")
+        q.add_argument(source)
+        q.add_argument("out")
+        q.add_argument(preposition, dest="format", required=True, choices=FORMATS)
+        q.add_argument(
+            "--key",
+            action="append",
+            default=[],
+            metavar="OURS=THEIRS",
+            help="map a store key to the format's name for it (defaults: robot_rl/conf/formats/)",
+        )
+        q.set_defaults(func=cmd_dataset_import if direction == "import" else cmd_dataset_export)
     q = dsub.add_parser(
         "label-actions", help="write an inverse-dynamics model's actions into an action-free store"
     )
