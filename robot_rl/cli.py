@@ -33,7 +33,8 @@ def _print_summary(info: dict) -> None:
             print(f"{key:<10} {info[key]}")
     print("keys")
     for key, spec in info["keys"].items():
-        print(f"  {key:<22} {str(tuple(spec['shape'])):<14} {spec['dtype']}")
+        codec = "  (video)" if spec.get("codec") == "video" else ""
+        print(f"  {key:<22} {str(tuple(spec['shape'])):<14} {spec['dtype']}{codec}")
 
 
 def cmd_collect(args, cfg) -> None:

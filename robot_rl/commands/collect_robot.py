@@ -19,6 +19,7 @@ from pathlib import Path
 from robot_rl.core import ControlLoop
 from robot_rl.core.loop import each_step, transition_schema
 from robot_rl.datasets import EpisodeRecorder
+from robot_rl.datasets.store import with_camera_codec
 from robot_rl.errors import ConfigError
 from robot_rl.factory import robot_env, robot_safety
 
@@ -74,7 +75,7 @@ def collect_robot(cfg, io=None, policy=None, time_source=None, observer=None) ->
     recorder = EpisodeRecorder(
         out,
         fps=rate,
-        schema=transition_schema(env),
+        schema=with_camera_codec(transition_schema(env), str(cfg.get("camera_codec", "video"))),
         attrs={
             "robot": robot_cfg.name,
             "task": str(cfg.task),

@@ -179,6 +179,7 @@ def run_policy(params: dict, io) -> dict:
     from robot_rl.core import ControlLoop
     from robot_rl.core.loop import each_step, transition_schema
     from robot_rl.datasets import EpisodeRecorder
+    from robot_rl.datasets.store import with_camera_codec
     from robot_rl.factory import robot_safety
 
     if not params["checkpoint"]:
@@ -194,7 +195,7 @@ def run_policy(params: dict, io) -> dict:
         recorder = EpisodeRecorder(
             params["dataset"],
             fps=rate,
-            schema=transition_schema(env),
+            schema=with_camera_codec(transition_schema(env), "video"),  # real cameras: as collect stores them
             attrs={
                 "robot": cfg.name,
                 "task": params["task"],

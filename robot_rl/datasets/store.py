@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import fcntl
+import functools
 import os
 import shutil
 import struct
@@ -36,6 +37,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.array import Array, AsyncArray
 
+from robot_rl.datasets import video_frames
 from robot_rl.errors import DatasetError, SchemaMismatchError
 
 FORMAT = "robot_rl.episode_store/1"
@@ -96,16 +98,43 @@ def is_image_key(shape: tuple[int, ...], dtype: np.dtype) -> bool:
 
 
 def _normalize_schema(schema: dict) -> dict[str, dict]:
+    """key -> {shape, dtype} (and codec "video" for a camera key kept as video)."""
     out = {}
     for key, spec in schema.items():
+        codec = None
         if isinstance(spec, dict):
-            shape, dtype = spec["shape"], spec["dtype"]
+            shape, dtype, codec = spec["shape"], spec["dtype"], spec.get("codec")
         elif hasattr(spec, "shape") and hasattr(spec, "dtype"):
             shape, dtype = spec.shape, spec.dtype
         else:
             shape, dtype = spec
         out[key] = {"shape": [int(s) for s in shape], "dtype": np.dtype(dtype).name}
+        if codec is not None:
+            if codec != "video" or not is_image_key(tuple(out[key]["shape"]), out[key]["dtype"]):
+                raise DatasetError(f"{key}: codec {codec!r}; only camera keys (uint8 HxWx3) take codec video")
+            out[key]["codec"] = "video"
     return out
+
+
+def is_video(spec: dict) -> bool:
+    return spec.get("codec") == "video"
+
+
+CAMERA_CODECS = ("video", "blosc")
+
+
+def with_camera_codec(schema: dict, codec: str) -> dict[str, dict]:
+    """`schema` with its camera keys stored as `codec`: "video" (H.264, lossy, ~25x smaller on
+    real camera frames) or "blosc" (lossless)."""
+    from robot_rl.errors import ConfigError
+
+    if codec not in CAMERA_CODECS:
+        raise ConfigError(f"camera_codec must be video or blosc, got {codec!r}")
+    schema = _normalize_schema(schema)
+    for spec in schema.values():
+        if codec == "video" and is_image_key(tuple(spec["shape"]), spec["dtype"]):
+            spec["codec"] = "video"
+    return schema
 
 
 class EpisodeStore:
@@ -163,6 +192,19 @@ class EpisodeStore:
         root = zarr.open_group(str(building), mode="w")
         for key, spec in schema.items():
             shape, dtype = tuple(spec["shape"]), np.dtype(spec["dtype"])
+            if is_video(spec):  # the frames go to video files; meta/video/<key> indexes them
+                index = root.create_array(
+                    f"meta/video/{key}",
+                    shape=(0, len(video_frames.INDEX_COLUMNS)),
+                    chunks=(4096, len(video_frames.INDEX_COLUMNS)),
+                    dtype="int64",
+                    fill_value=0,
+                    compressors=(array_codec(8), Crc32cCodec()) if checksums else array_codec(8),
+                )
+                index.attrs.update(
+                    {"columns": list(video_frames.INDEX_COLUMNS), **video_frames.encoder_settings(shape)}
+                )
+                continue
             if is_image_key(shape, dtype):
                 chunk_steps, codec = IMAGE_CHUNK_STEPS, image_codec()
             else:
@@ -292,12 +334,22 @@ class EpisodeStore:
             raise DatasetError(f"{self.path}: the schema in meta is missing or malformed")
         return schema
 
-    def _data_array(self, key: str) -> zarr.Array:
+    def _data_array(self, key: str) -> zarr.Array | video_frames.VideoArray:
+        spec = self.schema[key]
+        if is_video(spec):
+            try:
+                index = self._root[f"meta/video/{key}"]
+            except KeyError:
+                raise DatasetError(
+                    f"{self.path}: the schema lists {key} as video but meta/video/{key} is missing"
+                ) from None
+            return video_frames.VideoArray(
+                self.path, key, spec, index, functools.partial(getattr, self, "_ends")
+            )
         try:
             array = self._root[f"data/{key}"]
         except KeyError:
             raise DatasetError(f"{self.path}: the schema lists {key} but data/{key} is missing") from None
-        spec = self.schema[key]
         if (
             not isinstance(array, zarr.Array)
             or list(array.shape[1:]) != spec["shape"]
@@ -350,6 +402,11 @@ class EpisodeStore:
         while older stores' zarr writes skipped all-zero chunks, which then read as zeros rightly."""
         out = {}
         for key, array in self._arrays.items():
+            if isinstance(array, video_frames.VideoArray):
+                missing = self._missing_videos(array)
+                if missing:
+                    out[key] = self.episode_bounds(missing[0])[0], self.episode_bounds(missing[0])[1] - 1
+                continue
             if not has_checksums(array):
                 continue
             absent = self._absent_chunks(array, self.n_steps)
@@ -357,6 +414,12 @@ class EpisodeStore:
                 size = array.chunks[0]
                 out[key] = (absent[0] * size, min((absent[0] + 1) * size, self.n_steps) - 1)
         return out
+
+    def _missing_videos(self, array: video_frames.VideoArray) -> list[int]:
+        """Committed episodes whose video or index entry is not on disk."""
+        if self._absent_chunks(array.index, self.n_episodes):
+            return list(range(self.n_episodes))
+        return [e for e in range(self.n_episodes) if not video_frames.episode_file(array.folder, e).exists()]
 
     def verify(self, progress: bool = False) -> list[dict]:
         """Read every chunk of the committed steps: a list of damaged ones, each {key, first, last,
@@ -367,9 +430,24 @@ class EpisodeStore:
         todo = [
             (key, array, t)
             for key, array in self._arrays.items()
-            for t in range(-(-self.n_steps // array.chunks[0]))
+            for t in range(
+                self.n_episodes
+                if isinstance(array, video_frames.VideoArray)
+                else -(-self.n_steps // array.chunks[0])
+            )
         ]
         for key, array, t in tqdm(todo, desc="verify", unit="chunk", disable=not progress):
+            if isinstance(array, video_frames.VideoArray):  # t: an episode
+                first, stop = self.episode_bounds(t)
+                try:
+                    array.check(t)
+                    continue
+                except DatasetError as exc:
+                    problem = str(exc).split(f"episode {t} ", 1)[-1].split(";")[0]
+                damage.append(
+                    {"key": key, "first": first, "last": stop - 1, "problem": problem, "episodes": [t]}
+                )
+                continue
             size = array.chunks[0]
             first, last = t * size, min((t + 1) * size, self.n_steps) - 1
             if has_checksums(array) and not chunk_file(array, t).exists():
@@ -425,10 +503,13 @@ class EpisodeStore:
     def image_keys(self) -> list[str]:
         return [k for k, s in self.schema.items() if is_image_key(tuple(s["shape"]), s["dtype"])]
 
-    def array(self, key: str) -> CheckedArray:
+    def array(self, key: str) -> CheckedArray | video_frames.VideoArray:
         """One key's array, read like a zarr array; a corrupt chunk raises DatasetError."""
         try:
-            return CheckedArray(self.path, f"data/{key}", self._arrays[key])
+            array = self._arrays[key]
+            if isinstance(array, video_frames.VideoArray):
+                return array
+            return CheckedArray(self.path, f"data/{key}", array)
         except KeyError:
             raise DatasetError(f"{self.path} has no key {key!r} (keys: {', '.join(self.keys)})") from None
 
@@ -454,7 +535,7 @@ class EpisodeStore:
             )
             raise SchemaMismatchError(f"{what} does not match the schema of {self.path}: {'; '.join(parts)}")
         for key, spec in schema.items():
-            if spec != mine[key]:
+            if (spec["shape"], spec["dtype"]) != (mine[key]["shape"], mine[key]["dtype"]):
                 raise SchemaMismatchError(
                     f"{what} does not match the schema of {self.path}: {key} is "
                     f"{tuple(spec['shape'])} {spec['dtype']}, "
@@ -478,11 +559,17 @@ class EpisodeStore:
                 raise SchemaMismatchError(f"{key} contains NaN or inf; refusing to store it")
         start = self.n_steps
         stop = start + length
+        videos = [k for k in arrays if isinstance(self._arrays[k], video_frames.VideoArray)]
+        encoded = _pool().map(lambda k: self._encode(k, arrays[k]), videos)  # beside the other writes
         for key, value in arrays.items():
+            if key in videos:
+                continue
             array = self._arrays[key]
             # Resizing to `stop` also drops whatever a killed append left beyond `start`.
             array.resize((stop, *array.shape[1:]))
             self._write_steps(key, array, start, value)
+        for key, data in zip(videos, encoded):
+            self._write_video(key, data, length)
         self._commit_end(stop)
         self._update_stats(arrays)
         return self.n_episodes - 1
@@ -526,6 +613,16 @@ class EpisodeStore:
         self._tails[key] = (
             (head + last, data[last:].copy()) if len(data) % size else (head + len(data), data[:0])
         )
+
+    def _encode(self, key: str, frames: np.ndarray) -> bytes:
+        return video_frames.encode_frames(frames, dict(self._arrays[key].attrs))
+
+    def _write_video(self, key: str, data: bytes, frames: int) -> None:
+        """Episode n's video of `key`, then its index entry (both before the episode is committed)."""
+        array, n = self._arrays[key], self.n_episodes
+        video_frames.write_atomic(video_frames.episode_file(array.folder, n), data)
+        array.index.resize((n + 1, len(video_frames.INDEX_COLUMNS)))
+        array.index[n] = (frames, len(data), video_frames.checksum(data))
 
     def _commit_end(self, end: int) -> None:
         ends = self._ends_array
@@ -664,7 +761,7 @@ class EpisodeStore:
                 "mean": float(lengths.mean()) if len(lengths) else 0.0,
                 "max": int(lengths.max()) if len(lengths) else 0,
             },
-            "keys": {k: {"shape": s["shape"], "dtype": s["dtype"]} for k, s in self.schema.items()},
+            "keys": {k: dict(s) for k, s in self.schema.items()},
             "size_bytes": self.size_bytes(),
             **provenance,
         }
@@ -726,16 +823,19 @@ def chunk_file(array: zarr.Array, t: int) -> Path:
 
 
 def remove_dead_leftovers(path: Path) -> None:
-    """Folders that a create, import or repair killed before its rename left beside `path`
+    """Folders that a create, import, export or repair killed before its rename left beside `path`
     (`.<name>.<what>-<pid>`, their process gone)."""
     for leftover in path.parent.glob(f".{path.name}.*-*"):
         kind, _, pid = leftover.name.rpartition("-")
         if (
-            kind.endswith((".creating", ".replaced", ".importing", ".repairing"))
+            kind.endswith((".creating", ".replaced", ".importing", ".exporting", ".repairing"))
             and pid.isdigit()
             and not _alive(int(pid))
         ):
-            shutil.rmtree(leftover, ignore_errors=True)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:  # an exported file (robomimic's HDF5)
+                leftover.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

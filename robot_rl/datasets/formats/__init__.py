@@ -37,18 +37,21 @@ def _keys(fmt: str, overrides: dict | None) -> dict[str, str]:
     return {**default_keys(fmt), **(overrides or {})}
 
 
-def _building(out) -> tuple:
-    """(out, the hidden path beside it that an import or export is built in and renamed from)."""
+def _building(out, what: str) -> tuple:
+    """(out, the hidden path beside it that an import or export is built in and renamed from; what
+    a killed one left there is removed)."""
     import os
     from pathlib import Path
 
+    from robot_rl.datasets.store import remove_dead_leftovers
     from robot_rl.errors import DatasetError
 
     out = Path(out)
     if out.exists():
         raise DatasetError(f"{out} already exists")
     out.parent.mkdir(parents=True, exist_ok=True)
-    return out, out.with_name(f".{out.name}.building-{os.getpid()}")
+    remove_dead_leftovers(out)
+    return out, out.with_name(f".{out.name}.{what}-{os.getpid()}")
 
 
 def import_dataset(src, out, fmt: str, keys: dict | None = None, progress: bool = True) -> dict:
@@ -66,7 +69,7 @@ def import_dataset(src, out, fmt: str, keys: dict | None = None, progress: bool 
     module = _module(fmt)
     if not Path(src).exists():
         raise DatasetError(f"no {fmt} dataset at {src}")
-    out, building = _building(out)
+    out, building = _building(out, "importing")
     episodes, meta = module.read(src, _keys(fmt, keys))
     store = None
     try:
@@ -100,7 +103,7 @@ def export_dataset(store_path, out, fmt: str, keys: dict | None = None, progress
     from robot_rl.datasets.store import EpisodeStore
 
     module = _module(fmt)
-    out, building = _building(out)
+    out, building = _building(out, "exporting")
     try:
         with EpisodeStore.open(store_path) as store:
             written = module.write(store, building, _keys(fmt, keys), progress)
