@@ -228,7 +228,10 @@ def _key_map(pairs: list[str]) -> dict[str, str]:
 def cmd_dataset_import(args) -> None:
     from robot_rl.datasets.formats import import_dataset
 
-    print(json.dumps(import_dataset(args.src, args.out, args.format, _key_map(args.key)), indent=2))
+    if args.fps is not None and not args.fps > 0:
+        raise ConfigError(f"--fps must be positive, got {args.fps}")
+    result = import_dataset(args.src, args.out, args.format, _key_map(args.key), fps=args.fps)
+    print(json.dumps(result, indent=2))
 
 
 def cmd_dataset_export(args) -> None:
@@ -619,6 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="OURS=THEIRS",
             help="map a store key to the format's name for it (defaults: robot_rl/conf/formats/)",
         )
+        if direction == "import":
+            q.add_argument("--fps", type=float, help="the data's rate where the dataset does not hold it")
         q.set_defaults(func=cmd_dataset_import if direction == "import" else cmd_dataset_export)
     q = dsub.add_parser(
         "label-actions", help="write an inverse-dynamics model's actions into an action-free store"

@@ -68,7 +68,7 @@ def test_frames_come_back_within_the_codecs_loss_and_windows_match(store_path):
     whole = store.array("obs/image/cam")[:]
     sampler = WindowSampler(store, horizon=8, n_obs=3, n_action=4)
     for i in range(len(sampler)):  # every window: the frames at its steps, padding included
-        window, (start, stop, first, last) = sampler[i], sampler.indices[i]
+        window, (start, stop, first, _) = sampler[i], sampler.indices[i]
         frames = whole[start:stop][: 3 - first]
         np.testing.assert_array_equal(window["obs/image/cam"][first : first + len(frames)], frames)
     assert store.verify() == []

@@ -54,9 +54,12 @@ def _building(out, what: str) -> tuple:
     return out, out.with_name(f".{out.name}.{what}-{os.getpid()}")
 
 
-def import_dataset(src, out, fmt: str, keys: dict | None = None, progress: bool = True) -> dict:
+def import_dataset(
+    src, out, fmt: str, keys: dict | None = None, progress: bool = True, fps: float | None = None
+) -> dict:
     """A dataset in format `fmt` at `src` into a new EpisodeStore at `out` (built beside it and
-    renamed when whole: a failed or killed import leaves nothing at `out`)."""
+    renamed when whole: a failed or killed import leaves nothing at `out`); `fps` where the
+    dataset does not say its rate (or says it wrong)."""
     import os
     import shutil
     from pathlib import Path
@@ -70,7 +73,7 @@ def import_dataset(src, out, fmt: str, keys: dict | None = None, progress: bool 
     if not Path(src).exists():
         raise DatasetError(f"no {fmt} dataset at {src}")
     out, building = _building(out, "importing")
-    episodes, meta = module.read(src, _keys(fmt, keys))
+    episodes, meta = module.read(src, _keys(fmt, keys), fps=fps)
     store = None
     try:
         bar = tqdm(
