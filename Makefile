@@ -25,6 +25,9 @@ $(VENV)/.installed-core: $(VENV)/.created pyproject.toml constraints.txt
 
 $(VENV)/.installed-all: $(VENV)/.installed-core
 	$(PIP) -e '.[dev,sim,dist,vision,hardware,ros,ros-wheels,viewer,wandb,formats]'
+	# robomimic's own dataset reader checks our HDF5 export; without its dependencies (egl_probe
+	# builds from source with cmake; tensorboard, torchvision): the reader needs none of them.
+	$(BIN)/python -m pip install --quiet --no-deps robomimic==0.3.0
 	touch $@
 
 install: $(VENV)/.installed-all
