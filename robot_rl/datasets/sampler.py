@@ -27,34 +27,37 @@ class ChunkCache:
         self._chunks: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     def read(self, key: str, array, start: int, stop: int) -> np.ndarray:
-        """array[start:stop] along time, decoding whole chunks on a miss."""
-        if getattr(array, "caches_itself", False):  # a video key: its decoded GOPs are cached there
-            return array[start:stop]
-        size = array.chunks[0]
-        first, last = start // size, (stop - 1) // size
-        if first == last:
-            chunk = self._chunk(key, array, first)
-            return chunk[start - first * size : stop - first * size]
-        parts = []
-        for c in range(first, last + 1):
-            chunk = self._chunk(key, array, c)
-            lo, hi = max(start, c * size) - c * size, min(stop, (c + 1) * size) - c * size
-            parts.append(chunk[lo:hi])
-        return np.concatenate(parts)
+        """array[start:stop] along time, decoding whole chunks on a miss (a video key's chunks:
+        its keyframe groups, `chunk_span`)."""
+        parts, step = [], start
+        while step < stop:
+            lo, hi = _chunk_span(array, step)
+            chunk = self._chunk(key, array, lo, hi)
+            parts.append(chunk[step - lo : min(stop, hi) - lo])
+            step = hi
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def _chunk(self, key: str, array, index: int) -> np.ndarray:
-        chunk = self._chunks.get((key, index))
+    def _chunk(self, key: str, array, lo: int, hi: int) -> np.ndarray:
+        chunk = self._chunks.get((key, lo))
         if chunk is not None:
-            self._chunks.move_to_end((key, index))
+            self._chunks.move_to_end((key, lo))
             return chunk
-        size = array.chunks[0]
-        chunk = array[index * size : min((index + 1) * size, array.shape[0])]
-        self._chunks[(key, index)] = chunk
+        chunk = array[lo:hi]
+        self._chunks[(key, lo)] = chunk
         self.bytes += chunk.nbytes
         while self.bytes > self.max_bytes and len(self._chunks) > 1:
             _, old = self._chunks.popitem(last=False)
             self.bytes -= old.nbytes
         return chunk
+
+
+def _chunk_span(array, step: int) -> tuple[int, int]:
+    """The steps [lo, hi) of the stored chunk that holds `step`."""
+    if hasattr(array, "chunk_span"):
+        return array.chunk_span(step)
+    size = array.chunks[0]
+    lo = step // size * size
+    return lo, min(lo + size, array.shape[0])
 
 
 class WindowSampler:

@@ -568,8 +568,8 @@ class EpisodeStore:
             # Resizing to `stop` also drops whatever a killed append left beyond `start`.
             array.resize((stop, *array.shape[1:]))
             self._write_steps(key, array, start, value)
-        for key, data in zip(videos, encoded):
-            self._write_video(key, data, length)
+        for key, data in zip(videos, encoded):  # before the commit, as every other key's data
+            self._arrays[key].add_episode(self.n_episodes, data, length)
         self._commit_end(stop)
         self._update_stats(arrays)
         return self.n_episodes - 1
@@ -616,13 +616,6 @@ class EpisodeStore:
 
     def _encode(self, key: str, frames: np.ndarray) -> bytes:
         return video_frames.encode_frames(frames, dict(self._arrays[key].attrs))
-
-    def _write_video(self, key: str, data: bytes, frames: int) -> None:
-        """Episode n's video of `key`, then its index entry (both before the episode is committed)."""
-        array, n = self._arrays[key], self.n_episodes
-        video_frames.write_atomic(video_frames.episode_file(array.folder, n), data)
-        array.index.resize((n + 1, len(video_frames.INDEX_COLUMNS)))
-        array.index[n] = (frames, len(data), video_frames.checksum(data))
 
     def _commit_end(self, end: int) -> None:
         ends = self._ends_array

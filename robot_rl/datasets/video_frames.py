@@ -83,41 +83,67 @@ def episode_file(folder: Path, episode: int) -> Path:
 
 class VideoArray:
     """One video key of a store, read like a zarr array along time: `array[start:stop]` gives
-    (n, H, W, 3) uint8 frames. `ends()` gives the store's committed episode ends."""
+    (n, H, W, 3) uint8 frames, decoded from the keyframe before `start` on. `ends()` gives the
+    store's committed episode ends. Caching decoded frames is the reader's business (the
+    WindowSampler's chunk cache keeps whole keyframe groups: `chunk_span`)."""
 
-    caches_itself = True  # the WindowSampler's chunk cache leaves the caching to this array
-
-    def __init__(self, store_path: Path, key: str, spec: dict, index, ends, cache_mb: float = 256):
+    def __init__(self, store_path: Path, key: str, spec: dict, index, ends, decoders_mb: float = 256):
         self.store_path, self.key, self.index, self._ends = store_path, key, index, ends
         self.folder = Path(store_path) / "video" / key
         self.dtype = np.dtype(spec["dtype"])
         self.frame_shape = tuple(spec["shape"])
         self.attrs = index.attrs
         self.gop = int(self.attrs.get("gop", GOP))
-        self.chunks = (self.gop, *self.frame_shape)
         self.ndim = 1 + len(self.frame_shape)
-        self._decoders: OrderedDict[int, object] = OrderedDict()
-        self._gops: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._gop_bytes, self._max_bytes = 0, int(cache_mb * 2**20)
+        self._rows: np.ndarray | None = None  # the index in memory
+        # Open decoders, each holding its mp4: kept while their files total under decoders_mb.
+        self._decoders: OrderedDict[int, tuple[object, int]] = OrderedDict()
+        self._decoder_bytes, self._max_decoder_bytes = 0, int(decoders_mb * 2**20)
         self._rgb = None  # one converter for every frame: a new one per frame costs ~10 ms to set up
 
     def __getstate__(self):  # what a copy in another process takes: no FFmpeg state
-        return {
-            **self.__dict__,
-            "_decoders": OrderedDict(),
-            "_gops": OrderedDict(),
-            "_gop_bytes": 0,
-            "_rgb": None,
-        }
+        return {**self.__dict__, "_decoders": OrderedDict(), "_decoder_bytes": 0, "_rgb": None}
+
+    # --- writing (the store, before it commits the episode) -----------------------------------
+    def add_episode(self, episode: int, data: bytes, frames: int) -> None:
+        """Episode `episode`'s mp4, then its index entry: what a killed append leaves of them
+        belongs to an episode no one sees, and is replaced here by the next append."""
+        write_atomic(episode_file(self.folder, episode), data)
+        self.index.resize((episode + 1, len(INDEX_COLUMNS)))
+        self.index[episode] = (frames, len(data), checksum(data))
+        self._rows = None
+        old = self._decoders.pop(episode, None)
+        if old is not None:
+            old[0].close()
+
+    # --- shape ---------------------------------------------------------------------------------
+    def _row(self, episode: int) -> np.ndarray:
+        if self._rows is None or episode >= len(self._rows):
+            self._rows = np.asarray(self.index[:], np.int64).reshape(-1, len(INDEX_COLUMNS))
+        return self._rows[episode]
 
     @property
     def shape(self) -> tuple[int, ...]:
-        rows = np.asarray(self.index[:, 0]) if self.index.shape[0] else np.zeros(0, np.int64)
-        return (int(rows.sum()), *self.frame_shape)
+        rows = np.asarray(self.index[:], np.int64).reshape(-1, len(INDEX_COLUMNS))
+        return (int(rows[:, 0].sum()), *self.frame_shape)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        return (self.gop, *self.frame_shape)
 
     def __len__(self) -> int:
         return self.shape[0]
 
+    def chunk_span(self, step: int) -> tuple[int, int]:
+        """The steps [lo, hi) of the keyframe group that holds global step `step`: decoded
+        together, so what a cache keeps whole."""
+        ends = self._ends()
+        e = int(np.searchsorted(ends, step, side="right"))
+        begin = int(ends[e - 1]) if e > 0 else 0
+        lo = begin + (step - begin) // self.gop * self.gop
+        return lo, min(lo + self.gop, int(ends[e]))
+
+    # --- reading -------------------------------------------------------------------------------
     def __getitem__(self, index):
         if isinstance(index, tuple):
             index, rest = index[0], index[1:]
@@ -140,36 +166,18 @@ class VideoArray:
         return np.zeros((0, *self.frame_shape), self.dtype)
 
     def _frames(self, ends: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """Frames of global steps [start, stop), across episodes."""
+        """Frames of global steps [start, stop), across episodes: one seek per episode."""
         if stop <= start:
             return self._empty()
         parts = []
-        first = int(np.searchsorted(ends, start, side="right"))
-        for e in range(first, len(ends)):
+        for e in range(int(np.searchsorted(ends, start, side="right")), len(ends)):
             begin = int(ends[e - 1]) if e > 0 else 0
             if begin >= stop:
                 break
             lo, hi = max(start, begin) - begin, min(stop, int(ends[e])) - begin
-            for g in range(lo // self.gop, (hi - 1) // self.gop + 1):
-                frames = self._gop(e, g)
-                a, b = max(lo, g * self.gop) - g * self.gop, min(hi, (g + 1) * self.gop) - g * self.gop
-                parts.append(frames[a:b])
+            keyframe = lo // self.gop * self.gop
+            parts.append(self._decode(e, keyframe, hi - keyframe)[lo - keyframe :])
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
-
-    def _gop(self, episode: int, g: int) -> np.ndarray:
-        cached = self._gops.get((episode, g))
-        if cached is not None:
-            self._gops.move_to_end((episode, g))
-            return cached
-        length = int(self.index[episode, 0])
-        want = min(self.gop, length - g * self.gop)
-        frames = self._decode(episode, g * self.gop, want)
-        self._gops[(episode, g)] = frames
-        self._gop_bytes += frames.nbytes
-        while self._gop_bytes > self._max_bytes and len(self._gops) > 1:
-            _, old = self._gops.popitem(last=False)
-            self._gop_bytes -= old.nbytes
-        return frames
 
     def _decode(self, episode: int, first: int, count: int) -> np.ndarray:
         """`count` frames of an episode from frame `first` (a keyframe)."""
@@ -191,26 +199,36 @@ class VideoArray:
                 if len(out) == count:
                     break
         except Exception as exc:  # FFmpeg errors of every kind: damage, named
-            self._decoders.pop(episode, None)
+            self._forget(episode)
             raise self._damaged(episode, f"does not decode ({type(exc).__name__}: {exc})") from None
         if len(out) != count:
-            self._decoders.pop(episode, None)
+            self._forget(episode)
             raise self._damaged(episode, f"holds fewer frames than its index says ({first + len(out)})")
         return np.stack(out)
 
     def _decoder(self, episode: int):
-        container = self._decoders.get(episode)
-        if container is not None:
+        held = self._decoders.get(episode)
+        if held is not None:
             self._decoders.move_to_end(episode)
-            return container
+            return held[0]
         import av
 
-        container = av.open(io.BytesIO(self.episode_bytes(episode)))
-        self._decoders[episode] = container
-        while len(self._decoders) > 64:  # an open decoder holds its file's bytes and FFmpeg's state
-            _, old = self._decoders.popitem(last=False)
-            old.close()
+        data = self.episode_bytes(episode)
+        container = av.open(io.BytesIO(data))
+        # One thread: a decode is a few small frames, and threads per decoder would multiply
+        # with the decoders kept open.
+        container.streams.video[0].codec_context.thread_count = 1
+        self._decoders[episode] = (container, len(data))
+        self._decoder_bytes += len(data)
+        while self._decoder_bytes > self._max_decoder_bytes and len(self._decoders) > 1:
+            self._forget(next(iter(self._decoders)))
         return container
+
+    def _forget(self, episode: int) -> None:
+        held = self._decoders.pop(episode, None)
+        if held is not None:
+            held[0].close()
+            self._decoder_bytes -= held[1]
 
     def episode_bytes(self, episode: int) -> bytes:
         """The episode's mp4, checked against its index (size and CRC-32C)."""
@@ -219,18 +237,15 @@ class VideoArray:
             data = path.read_bytes()
         except FileNotFoundError:
             raise self._damaged(episode, "is missing") from None
-        frames, size, crc = (int(x) for x in self.index[episode])
+        frames, size, crc = (int(x) for x in self._row(episode))
         if len(data) != size or checksum(data) != crc:
             raise self._damaged(episode, "fails its checksum")
         return data
 
     def check(self, episode: int) -> None:
         """Decode every frame of an episode (verify)."""
-        self._decoders.pop(episode, None)
-        frames = int(self.index[episode, 0])
-        for g in range(-(-frames // self.gop)):
-            self._gops.pop((episode, g), None)
-            self._gop(episode, g)
+        self._forget(episode)
+        self._decode(episode, 0, int(self._row(episode)[0]))
 
     def _damaged(self, episode: int, problem: str) -> DatasetError:
         return DatasetError(
