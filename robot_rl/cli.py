@@ -230,7 +230,9 @@ def cmd_dataset_import(args) -> None:
 
     if args.fps is not None and not args.fps > 0:
         raise ConfigError(f"--fps must be positive, got {args.fps}")
-    result = import_dataset(args.src, args.out, args.format, _key_map(args.key), fps=args.fps)
+    result = import_dataset(
+        args.src, args.out, args.format, _key_map(args.key), fps=args.fps, camera_codec=args.camera_codec
+    )
     print(json.dumps(result, indent=2))
 
 
@@ -624,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if direction == "import":
             q.add_argument("--fps", type=float, help="the data's rate where the dataset does not hold it")
+            q.add_argument(
+                "--camera-codec",
+                choices=("video", "blosc"),
+                help="how the store keeps the cameras (default: video from LeRobot, blosc from the others)",
+            )
         q.set_defaults(func=cmd_dataset_import if direction == "import" else cmd_dataset_export)
     q = dsub.add_parser(
         "label-actions", help="write an inverse-dynamics model's actions into an action-free store"

@@ -32,11 +32,10 @@ INDEX_COLUMNS = ("frames", "bytes", "crc32c")
 
 
 def encoder_settings(shape) -> dict:
-    """What a key's video is encoded with (kept in its index's attributes)."""
-    height, width = shape[:2]
-    # 4:2:0 halves the chroma resolution and needs even sides; 4:4:4 takes any size.
-    pix_fmt = "yuv420p" if height % 2 == 0 and width % 2 == 0 else "yuv444p"
-    return {"codec": "h264", "crf": CRF, "gop": GOP, "pix_fmt": pix_fmt}
+    """What a key's video is encoded with (kept in its index's attributes). Full-resolution
+    chroma (4:4:4): 4:2:0 halves it, which costs robot cameras' small frames visible colour
+    detail for a size saving measured at 0-14 %; 4:4:4 also takes frames of any size."""
+    return {"codec": "h264", "crf": CRF, "gop": GOP, "pix_fmt": "yuv444p"}
 
 
 def encode_frames(frames: np.ndarray, settings: dict) -> bytes:

@@ -21,28 +21,10 @@ from robot_rl.datasets import EpisodeStore
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("diffusion_policy") / "reach.zarr"
-    argv = ["collect", "env=reach", "episodes=2", "loop.rate_hz=null", "env.image_size=32", f"out={path}"]
-    assert main(argv) == 0
-    return path
-
-
-@pytest.fixture(scope="module")
-def exported(store):
-    out = store.with_name("reach_replay.zarr")
-    assert main(["dataset", "export", str(store), str(out), "--to", "diffusion_policy"]) == 0
+def exported(collected_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("diffusion_policy") / "reach_replay.zarr"
+    assert main(["dataset", "export", str(collected_store), str(out), "--to", "diffusion_policy"]) == 0
     return out
-
-
-def refused(capsys, *argv: str) -> str:
-    """The one error line of a command that exits 2."""
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("robot-rl: error: ")
-    return line
 
 
 def same(a: EpisodeStore, b: EpisodeStore) -> None:
@@ -53,17 +35,17 @@ def same(a: EpisodeStore, b: EpisodeStore) -> None:
     assert a.fps == b.fps and a.attrs.get("task") == b.attrs.get("task")
 
 
-def test_round_trip_is_exact(store, exported, tmp_path):
+def test_round_trip_is_exact(collected_store, exported, tmp_path):
     back = tmp_path / "back.zarr"
     assert main(["dataset", "import", str(exported), str(back), "--from", "diffusion_policy"]) == 0
-    a, b = EpisodeStore.open(store), EpisodeStore.open(back)
+    a, b = EpisodeStore.open(collected_store), EpisodeStore.open(back)
     same(a, b)
     assert len(a.keys) == 8 and a.fps == 20.0 and a.attrs["task"]
     assert b.attrs["source"] == f"diffusion_policy:{exported.resolve()}"
 
 
-def test_replay_buffer_reads_it(store, exported):
-    source = EpisodeStore.open(store)
+def test_replay_buffer_reads_it(collected_store, exported):
+    source = EpisodeStore.open(collected_store)
     assert (exported / ".zgroup").is_file() and not (exported / "zarr.json").exists()
     for folder in ("data", "meta"):
         assert json.loads((exported / folder / ".zgroup").read_text()) == {"zarr_format": 2}
@@ -177,41 +159,30 @@ def test_import_of_a_pusht_buffer(tmp_path):
     assert np.array_equal(store.array("timestamp")[:], arrays["timestamp"])
 
 
-def test_train_diffusion_bc_on_the_import(exported, tmp_path):
+def test_train_diffusion_bc_on_the_import(exported, tmp_path, diffusion_bc_trains):
     imported = tmp_path / "imported.zarr"
     assert main(["dataset", "import", str(exported), str(imported), "--from", "diffusion_policy"]) == 0
-    argv = [
-        "train",
-        "learner=diffusion_bc",
-        f"dataset={imported}",
-        "learner.steps=3",
-        "learner.batch_size=4",
-        "learner.policy.down_dims=[8,16]",
-        "learner.policy.diffusion_step_embed_dim=8",
-        "learner.device=cpu",
-        f"out={tmp_path / 'run'}",
-    ]
-    assert main(argv) == 0
+    diffusion_bc_trains(imported)
 
 
-def test_refusals(store, tmp_path, capsys):
+def test_refusals(collected_store, tmp_path, refused):
     out = str(tmp_path / "out.zarr")
     (tmp_path / "folder").mkdir()
-    line = refused(capsys, "dataset", "import", str(tmp_path / "folder"), out, "--from", "diffusion_policy")
+    line = refused("dataset", "import", str(tmp_path / "folder"), out, "--from", "diffusion_policy")
     assert "is not a" in line and "ReplayBuffer" in line
     no_ends = tmp_path / "no_ends.zarr"
     zarr.open_group(str(no_ends), mode="w", zarr_format=2).require_group("data")
-    line = refused(capsys, "dataset", "import", str(no_ends), out, "--from", "diffusion_policy")
+    line = refused("dataset", "import", str(no_ends), out, "--from", "diffusion_policy")
     assert "not a diffusion_policy ReplayBuffer (no meta" in line
     src = tmp_path / "pusht.zarr"
     write_pusht(src, img=np.full((9, 16, 16, 3), 0.5, dtype=np.float32))
-    line = refused(capsys, "dataset", "import", str(src), out, "--from", "diffusion_policy")
+    line = refused("dataset", "import", str(src), out, "--from", "diffusion_policy")
     assert "img is float32 but not whole numbers 0-255" in line and not (tmp_path / "out.zarr").exists()
     key = "obs/state=robot_eef_pose"
-    line = refused(capsys, "dataset", "import", str(src), out, "--from", "diffusion_policy", "--key", key)
+    line = refused("dataset", "import", str(src), out, "--from", "diffusion_policy", "--key", key)
     assert "has no robot_eef_pose for obs/state" in line and "keypoint" in line
     bad = str(tmp_path / "bad.zarr")
     line = refused(
-        capsys, "dataset", "export", str(store), bad, "--to", "diffusion_policy", "--key", "action=a/b"
+        "dataset", "export", str(collected_store), bad, "--to", "diffusion_policy", "--key", "action=a/b"
     )
     assert "data holds arrays, not folders" in line and not (tmp_path / "bad.zarr").exists()

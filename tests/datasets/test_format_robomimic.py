@@ -19,34 +19,16 @@ from robot_rl.datasets import EpisodeStore
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    path = tmp_path_factory.mktemp("robomimic") / "reach.zarr"
-    argv = ["collect", "env=reach", "episodes=2", "loop.rate_hz=null", "env.image_size=32", f"out={path}"]
-    assert main(argv) == 0
-    return path
-
-
-@pytest.fixture(scope="module")
-def exported(store):
-    out = store.with_name("reach.hdf5")
-    assert main(["dataset", "export", str(store), str(out), "--to", "robomimic"]) == 0
+def exported(collected_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("robomimic") / "reach.hdf5"
+    assert main(["dataset", "export", str(collected_store), str(out), "--to", "robomimic"]) == 0
     return out
 
 
-def refused(capsys, *argv: str) -> str:
-    """The one error line of a command that exits 2."""
-    assert main(list(argv)) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    line = err.strip().splitlines()[-1]
-    assert line.startswith("robot-rl: error: ")
-    return line
-
-
-def test_round_trip_is_exact(store, exported, tmp_path):
+def test_round_trip_is_exact(collected_store, exported, tmp_path):
     back = tmp_path / "back.zarr"
     assert main(["dataset", "import", str(exported), str(back), "--from", "robomimic"]) == 0
-    a, b = EpisodeStore.open(store), EpisodeStore.open(back)
+    a, b = EpisodeStore.open(collected_store), EpisodeStore.open(back)
     assert a.schema == b.schema and len(a.keys) == 8  # state, front camera, action, reward, 4 flags
     assert np.array_equal(a.episode_ends, b.episode_ends)
     for key in a.keys:
@@ -62,8 +44,8 @@ def sequence(f, demo: str, key: str, start: int, length: int) -> np.ndarray:
     return np.concatenate([seq, np.repeat(seq[-1:], start + length - len(seq), axis=0)])
 
 
-def test_read_as_sequence_dataset_reads_it(store, exported):
-    source = EpisodeStore.open(store)
+def test_read_as_sequence_dataset_reads_it(collected_store, exported):
+    source = EpisodeStore.open(collected_store)
     with h5py.File(exported, "r", swmr=True, libver="latest") as f:
         demos = list(f["data"].keys())  # load_demo_info: every key of data is a demo_<i>
         demos = [demos[i] for i in np.argsort([int(d[5:]) for d in demos])]
@@ -95,7 +77,7 @@ def test_read_as_sequence_dataset_reads_it(store, exported):
         assert np.array_equal(window[:2], episode["action"][-2:]) and np.array_equal(window[3], window[1])
 
 
-def test_robomimic_sequence_dataset(store, exported):
+def test_robomimic_sequence_dataset(collected_store, exported):
     ObsUtils = pytest.importorskip("robomimic.utils.obs_utils", reason="robomimic is not installed")
     from robomimic.utils.dataset import SequenceDataset
 
@@ -108,7 +90,7 @@ def test_robomimic_sequence_dataset(store, exported):
         hdf5_cache_mode="all",
     )
     batch = dataset[0]
-    assert len(dataset) == EpisodeStore.open(store).n_steps
+    assert len(dataset) == EpisodeStore.open(collected_store).n_steps
     assert batch["obs"]["state"].shape == (4, 12) and batch["obs"]["front_image"].shape == (4, 32, 32, 3)
     assert batch["actions"].shape == (4, 3) and batch["next_obs"]["state"].shape == (4, 12)
 
@@ -138,10 +120,10 @@ def write_lift(path, lang: str | None = "lift the cube", control_freq: float | N
         f["mask/train"] = np.array([b"demo_1"])
 
 
-def test_import_of_a_robosuite_file(tmp_path, capsys):
+def test_import_of_a_robosuite_file(tmp_path, refused):
     src, out = tmp_path / "lift.hdf5", tmp_path / "lift.zarr"
     write_lift(src)
-    line = refused(capsys, "dataset", "import", str(src), str(out), "--from", "robomimic")
+    line = refused("dataset", "import", str(src), str(out), "--from", "robomimic")
     assert "has no obs/state for obs/state" in line and "obs/robot0_eef_pos" in line
     assert "next_obs" not in line and "--key obs/state=NAME" in line and not out.exists()
     joined = "obs/state=obs/robot0_eef_pos+obs/robot0_gripper_qpos"
@@ -170,48 +152,34 @@ def test_fps_default_and_differing_tasks(tmp_path):
     assert store.fps == 20.0 and store.attrs["task"] is None  # the yaml's default; no one task
 
 
-def test_train_diffusion_bc_on_the_import(exported, tmp_path):
+def test_train_diffusion_bc_on_the_import(exported, tmp_path, diffusion_bc_trains):
     imported = tmp_path / "imported.zarr"
     assert main(["dataset", "import", str(exported), str(imported), "--from", "robomimic"]) == 0
-    argv = [
-        "train",
-        "learner=diffusion_bc",
-        f"dataset={imported}",
-        "learner.steps=3",
-        "learner.batch_size=4",
-        "learner.policy.down_dims=[8,16]",
-        "learner.policy.diffusion_step_embed_dim=8",
-        "learner.device=cpu",
-        f"out={tmp_path / 'run'}",
-    ]
-    assert main(argv) == 0
+    diffusion_bc_trains(imported)
 
 
-def test_refusals(store, exported, tmp_path, capsys):
+def test_refusals(collected_store, exported, tmp_path, refused):
     out = str(tmp_path / "out.zarr")
     text = tmp_path / "notes.hdf5"
     text.write_text("not hdf5")
-    assert "is not an HDF5 file" in refused(
-        capsys, "dataset", "import", str(text), out, "--from", "robomimic"
-    )
+    assert "is not an HDF5 file" in refused("dataset", "import", str(text), out, "--from", "robomimic")
     with h5py.File(tmp_path / "empty.hdf5", "w") as f:
         f.create_group("other")
-    line = refused(capsys, "dataset", "import", str(tmp_path / "empty.hdf5"), out, "--from", "robomimic")
+    line = refused("dataset", "import", str(tmp_path / "empty.hdf5"), out, "--from", "robomimic")
     assert "not a robomimic dataset (no data group)" in line
     src = tmp_path / "lift.hdf5"
     write_lift(src)
     with h5py.File(src, "a") as f:
         f["data/demo_2/dones"][0] = 2
     key = "obs/state=obs/robot0_eef_pos"
-    line = refused(capsys, "dataset", "import", str(src), out, "--from", "robomimic", "--key", key)
+    line = refused("dataset", "import", str(src), out, "--from", "robomimic", "--key", key)
     assert "demo_2: dones holds values other than 0 and 1, so it is not terminated" in line
     assert not (tmp_path / "out.zarr").exists()
     joined = "obs/state=obs/a+obs/b"
     line = refused(
-        capsys,
         "dataset",
         "export",
-        str(store),
+        str(collected_store),
         str(tmp_path / "x.hdf5"),
         "--to",
         "robomimic",
@@ -219,5 +187,5 @@ def test_refusals(store, exported, tmp_path, capsys):
         joined,
     )
     assert "export writes one" in line and not (tmp_path / "x.hdf5").exists()
-    line = refused(capsys, "dataset", "export", str(store), str(exported), "--to", "robomimic")
+    line = refused("dataset", "export", str(collected_store), str(exported), "--to", "robomimic")
     assert "already exists" in line

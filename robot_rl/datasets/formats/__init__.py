@@ -14,23 +14,32 @@ import importlib
 FORMATS = ("lerobot", "robomimic", "diffusion_policy")
 
 
-def _module(fmt: str):
+def _known(fmt: str) -> None:
     from robot_rl.errors import ConfigError
 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown dataset format {fmt!r} ({', '.join(FORMATS)})")
+
+
+def _module(fmt: str):
+    _known(fmt)
     return importlib.import_module(f"robot_rl.datasets.formats.{fmt}")
 
 
-def default_keys(fmt: str) -> dict[str, str]:
-    """The format's conventional names for the store's keys (conf/formats/<format>.yaml)."""
+def format_conf(fmt: str) -> dict:
+    """The whole conf/formats/<format>.yaml: its keys and the format's other defaults (fps, ...)."""
     from pathlib import Path
 
     import yaml
 
-    _module(fmt)
+    _known(fmt)
     conf = Path(__file__).resolve().parents[2] / "conf" / "formats" / f"{fmt}.yaml"
-    return dict(yaml.safe_load(conf.read_text())["keys"])
+    return yaml.safe_load(conf.read_text())
+
+
+def default_keys(fmt: str) -> dict[str, str]:
+    """The format's conventional names for the store's keys (conf/formats/<format>.yaml)."""
+    return dict(format_conf(fmt)["keys"])
 
 
 def _keys(fmt: str, overrides: dict | None) -> dict[str, str]:
@@ -55,21 +64,30 @@ def _building(out, what: str) -> tuple:
 
 
 def import_dataset(
-    src, out, fmt: str, keys: dict | None = None, progress: bool = True, fps: float | None = None
+    src,
+    out,
+    fmt: str,
+    keys: dict | None = None,
+    progress: bool = True,
+    fps: float | None = None,
+    camera_codec: str | None = None,
 ) -> dict:
     """A dataset in format `fmt` at `src` into a new EpisodeStore at `out` (built beside it and
     renamed when whole: a failed or killed import leaves nothing at `out`); `fps` where the
-    dataset does not say its rate (or says it wrong)."""
+    dataset does not say its rate (or says it wrong). Cameras are stored as `camera_codec`
+    (EpisodeStore's video or blosc; default: video for a format that holds video, LeRobot's)."""
     import os
     import shutil
     from pathlib import Path
 
     from tqdm import tqdm
 
-    from robot_rl.datasets.store import EpisodeStore
+    from robot_rl.datasets.store import EpisodeStore, with_camera_codec
     from robot_rl.errors import DatasetError
 
     module = _module(fmt)
+    codec = camera_codec or getattr(module, "CAMERA_CODEC", "blosc")
+    with_camera_codec({}, codec)  # an unknown codec: refused before any work
     if not Path(src).exists():
         raise DatasetError(f"no {fmt} dataset at {src}")
     out, building = _building(out, "importing")
@@ -81,7 +99,7 @@ def import_dataset(
         )
         for episode in bar:
             if store is None:
-                schema = {k: (v.shape[1:], v.dtype) for k, v in episode.items()}
+                schema = with_camera_codec({k: (v.shape[1:], v.dtype) for k, v in episode.items()}, codec)
                 attrs = {"source": f"{fmt}:{Path(src).resolve()}", "task": meta.get("task")}
                 store = EpisodeStore.create(building, schema, fps=float(meta["fps"]), attrs=attrs)
             store.append_episode(episode)

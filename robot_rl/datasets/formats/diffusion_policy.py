@@ -21,23 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from robot_rl.datasets.formats.robomimic import (
-    episode_from,
-    export_names,
-    format_conf,
-    import_names,
-    looks_like_image,
-    rate,
-)
+from robot_rl.datasets.formats import format_conf
+from robot_rl.datasets.formats.names import episode_from, export_names, import_names, looks_like_image, rate
+from robot_rl.datasets.store import _first_line
 from robot_rl.errors import ConfigError, DatasetError
 
 TARGET_CHUNK_BYTES = 2_000_000  # the ReplayBuffer's own target (get_optimal_chunks)
 IN_MEMORY_BYTES = 64 << 20  # smaller arrays are read once, not once per episode
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _register_image_codecs() -> None:
