@@ -10,6 +10,7 @@ the value and what it must be, raised before any file is created.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -132,9 +133,7 @@ def compose(config_name: str, overrides: list[str]):
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name=config_name, overrides=list(overrides))
-            defaults = (
-                hydra_compose(config_name=config_name, overrides=groups) if overrides != groups else cfg
-            )
+        defaults = _group_defaults(config_name, tuple(groups)) if overrides != groups else cfg
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             raise ConfigError(f"{config_name} needs {' '.join(f'{k}=...' for k in missing)} (no default)")
@@ -144,6 +143,18 @@ def compose(config_name: str, overrides: list[str]):
         raise ConfigError(f"bad config ({' '.join(overrides) or 'defaults'}): {first}") from exc
     check_types(cfg, defaults)
     return cfg
+
+
+@functools.lru_cache(maxsize=64)
+def _group_defaults(config_name: str, groups: tuple[str, ...]) -> DictConfig:
+    """The defaults a config's values are type-checked against: the config with only its group
+    choices (env=reach, learner=iql). The same for every call with those choices, so composed
+    once per process (a sweep composes one config per trial); read, never changed."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return hydra_compose(config_name=config_name, overrides=list(groups))
 
 
 _NAMES = {

@@ -65,7 +65,9 @@ def ros_env(ros_domain):
 
 
 class Driver:
-    """The driver process; `events` are its JSON lines as they arrive."""
+    """The driver process; `events` are its JSON lines as they arrive. It starts alongside the
+    node, as a launch file starts both (the node waits for its messages up to connect_timeout_s);
+    whatever reads its events waits for it to be ready first."""
 
     def __init__(self, env, *args):
         self.events: list[dict] = []
@@ -77,15 +79,21 @@ class Driver:
             text=True,
             env=env,
         )
+        self._ready = False
         threading.Thread(target=self._read, daemon=True).start()
-        self.wait_for(lambda: self.of("ready"), 30, "the driver to start")
 
     def _read(self):
         for line in self.process.stdout:
             self.events.append(json.loads(line))
 
+    def ready(self) -> None:
+        if not self._ready:
+            self._poll(lambda: self.of("ready"), 30, "the driver to start")
+            self._ready = True
+
     def stage(self, fault: str) -> None:
         """pause | resume | corrupt: see rclpy_driver.py."""
+        self.ready()
         self.process.stdin.write(fault + "\n")
         self.process.stdin.flush()
 
@@ -93,6 +101,10 @@ class Driver:
         return [e for e in list(self.events) if e["kind"] == kind]
 
     def wait_for(self, condition, timeout_s: float, what: str):
+        self.ready()
+        self._poll(condition, timeout_s, what)
+
+    def _poll(self, condition, timeout_s: float, what: str):
         deadline = time.monotonic() + timeout_s
         while not condition():
             if self.process.poll() is not None:
