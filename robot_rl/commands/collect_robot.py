@@ -148,6 +148,9 @@ def collect_robot(cfg, io=None, policy=None, time_source=None, observer=None) ->
             teleop.disconnect()
         finally:
             recorder.close()
+            for view in observers:
+                if hasattr(view, "close"):  # the live view's servers
+                    view.close()
     return {
         "store": str(out),
         "episodes": sum(not r.discarded for r in results),

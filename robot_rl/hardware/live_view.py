@@ -45,3 +45,8 @@ class LiveView:
                 f"episode {loop.episode + 1} step {result.steps} intervened {result.intervened_steps}"
             ),
         )
+
+    def close(self) -> None:
+        """Stop serving: rerun's servers otherwise live on with the process (its message proxy
+        keeps a thread busy)."""
+        self.rr.disconnect()

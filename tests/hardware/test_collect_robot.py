@@ -175,5 +175,8 @@ def test_live_view_serves_the_cameras_on_localhost(tmp_path):
         loop.run_episode(seed=0)
     loop.close()
     assert view._step > 0
-    with urllib.request.urlopen(view.url, timeout=10) as reply:
-        assert reply.status == 200 and b"rerun" in reply.read().lower()
+    try:
+        with urllib.request.urlopen(view.url, timeout=10) as reply:
+            assert reply.status == 200 and b"rerun" in reply.read().lower()
+    finally:
+        view.close()  # its servers would otherwise keep a thread busy for the rest of the process
