@@ -407,6 +407,9 @@ def _sac_figures(figures, stdout):
     learners = [m["learner"] for m in figures["actor"]]
     assert learners[0] == "none" and learners[-1] == "thread"
     assert all(m["achieved_hz"] > 0 and "period_error_us_p99" in m for m in figures["actor"])
+    assert "backbone on every batch" in stdout  # the image learner's baseline
+    image = figures["image_learner"]
+    assert image["cached_steps_per_s"] > 0 and image["per_batch_steps_per_s"] > 0
 
 
 def _iql_figures(figures, stdout):

@@ -47,17 +47,20 @@ class RobotEnv(gym.Env):
         max_frame_age_s: float | None = None,
         render_camera: Camera | None = None,
         render_mode: str | None = None,
+        task_state: bool = True,
     ):
         # max_frame_age_s: a camera frame older than this (host monotonic clock) when observed is
         # a StaleFrameError, not a silently repeated image (real cameras; sim frames are fresh).
         # render_camera: what `render()` shows with render_mode "rgb_array" (not an observation).
+        # task_state: the task's observations (object poses: in sim, privileged) in the state;
+        # without them the state is the robot's proprioception and the cameras must show the rest.
         self.robot, self.task, self.cameras, self.hooks = robot, task, list(cameras), list(hooks)
         self.render_camera, self.render_mode, self._render_live = None, None, False
         if render_camera is not None or render_mode is not None:
             self.set_render_camera(render_camera, render_mode)
         self.max_frame_age_s = max_frame_age_s
         self.robot_state_keys = [k for k in robot.observation_spec if k != "timestamp"]
-        task_spec = task.observation_spec()
+        task_spec = task.observation_spec() if task_state else {}
         specs = {**{k: robot.observation_spec[k] for k in self.robot_state_keys}, **task_spec}
         self.state_layout = {k: int(np.prod(s.shape)) for k, s in specs.items()}
         state_dim = sum(self.state_layout.values())

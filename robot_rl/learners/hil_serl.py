@@ -77,10 +77,12 @@ class HILSERLConfig:
 
 class Learner:
     """The agent and its two buffers. Every transition goes into the online buffer; intervened
-    ones (the human's action) into the demo + intervention buffer as well."""
+    ones (the human's action) into the demo + intervention buffer as well. With the agent's cached
+    features the buffers hold each camera frame's feature map (`SACAgent.encode_frames`)."""
 
     def __init__(self, agent: SACAgent, schema, capacity: int, batch_size: int, seed: int = 0):
         self.agent, self.batch_size = agent, batch_size
+        schema = agent.buffer_schema(schema)
         self.online, self.prior = ReplayBuffer(capacity, schema), ReplayBuffer(capacity, schema)
         self.rng = np.random.default_rng(seed)
         self.steps = 0
@@ -114,6 +116,7 @@ class Learner:
         self.insert_batch({k: np.asarray(v)[None] for k, v in transition.items()})
 
     def insert_batch(self, batch: dict) -> None:
+        batch = self.agent.encode_frames(batch)
         self.online.add_batch(batch)
         human = np.asarray(batch["intervened"], bool)
         if human.any():
@@ -175,7 +178,8 @@ def make_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> Learn
     """Agent and buffers; the demonstrations in the prior buffer, or a previous run's state."""
     agent = make_agent(obs_spaces, action_dim, cfg)
     keys = {"state": obs_spaces["state"], **{k: obs_spaces[k] for k in agent.cfg.image_keys}}
-    learner = Learner(agent, replay_schema(keys, action_dim), cfg.buffer_capacity, cfg.batch_size, cfg.seed)
+    schema = replay_schema(keys, action_dim)  # as transitions arrive; the buffers may hold maps for frames
+    learner = Learner(agent, schema, cfg.buffer_capacity, cfg.batch_size, cfg.seed)
     if cfg.init_from:
         run = Path(cfg.init_from)
         learner.agent.load_state_dict(SACAgent.load(run / "checkpoint").state_dict())
@@ -185,7 +189,8 @@ def make_learner(obs_spaces: dict, action_dim: int, cfg: HILSERLConfig) -> Learn
         if learner.online.schema != expected or learner.prior.schema != expected:
             raise ConfigError(f"the buffers in {run} hold other observations than this env gives")
     elif cfg.demos and not cfg.resume:  # a resumed run has them in its checkpoint's buffers
-        learner.prior.add_batch(transitions_from_store(cfg.demos, learner.online.schema))
+        demos = transitions_from_store(cfg.demos, schema, end_at_success=True)
+        learner.prior.add_batch(learner.agent.encode_frames(demos))
     return learner
 
 
@@ -216,8 +221,13 @@ def evaluate_agent(
     progress: bool = False,
 ) -> dict:
     """Deterministic success rate with no human: on vector envs for state policies, through the
-    ControlLoop on `env` for image policies (vector envs are state-only)."""
+    ControlLoop on `env` for image policies (vector envs are state-only). Success is the task's
+    own verdict, also where a reward classifier gives the training reward."""
     from robot_rl.learners.evaluate import evaluate_policy
+    from robot_rl.learners.reward_classifier import ClassifierRewardEnv
+
+    if isinstance(env, ClassifierRewardEnv):
+        env = env.env
 
     agent.eval()
     return evaluate_policy(
@@ -299,8 +309,18 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
         del recent[:-20]
         rate = np.mean([s for s, _ in recent])
         alone = [s for s, i in recent if i == 0]  # episodes the policy ran without the human
+        judged = {}  # with a reward classifier: its verdict against the task's own
+        if hasattr(env, "task_success"):
+            counts["reward_false_successes"] = counts.get("reward_false_successes", 0) + int(
+                result.success and not env.task_success
+            )
+            counts["reward_missed_successes"] = counts.get("reward_missed_successes", 0) + int(
+                env.task_success and not result.success
+            )
+            judged = {"task_success": float(env.task_success)}
         log.log(
             counts["env_steps"],
+            **judged,
             episode_success=float(result.success),
             intervened_steps=result.intervened_steps,
             success_rate_20=rate,

@@ -235,11 +235,14 @@ def sample_mixed(
     return {k: np.concatenate([a[k], b[k]]) for k in a}
 
 
-def transitions_from_store(path, schema: Schema) -> dict[str, np.ndarray]:
+def transitions_from_store(path, schema: Schema, end_at_success: bool = False) -> dict[str, np.ndarray]:
     """Every transition of an EpisodeStore's episodes (demonstrations), with next observations
     taken from the following step. An episode's last step bootstraps from nothing when it
     terminated (mask 0; its own observation stands in as next); after a time limit it has no
-    next observation, so it is left out."""
+    next observation, so it is left out. With `end_at_success` (a sparse success reward) each
+    episode ends, terminated, at its first rewarded step, as a learner's episodes do: demos
+    recorded on past the success (to show a success classifier many success frames) give the
+    same transitions as demos that stopped there."""
     from robot_rl.datasets.store import EpisodeStore
 
     obs_keys = [k[len("obs/") :] for k in schema if k.startswith("obs/")]
@@ -251,6 +254,11 @@ def transitions_from_store(path, schema: Schema) -> dict[str, np.ndarray]:
         parts = []
         for e in range(store.n_episodes):
             ep = store.episode(e, needed + (["intervened"] if "intervened" in store.keys else []))
+            rewarded = np.flatnonzero(ep["reward"] > 0)
+            if end_at_success and len(rewarded):
+                ep = {k: v[: rewarded[0] + 1] for k, v in ep.items()}
+                ep["terminated"] = ep["terminated"].copy()
+                ep["terminated"][-1] = True
             n = len(ep["action"])
             terminated = bool(ep["terminated"][-1])
             keep = n if terminated else n - 1

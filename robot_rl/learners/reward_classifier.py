@@ -5,7 +5,8 @@ The classifier is the frozen pretrained backbone, a trainable spatial-embedding 
 Dense 256, dropout, LayerNorm, ReLU and one logit, trained with binary cross-entropy (Adam 1e-4)
 on frames labelled during collection: a frame is a success where its step's reward is positive
 (in sim the task's success; on a robot, the step the operator marked with the success key), a
-failure otherwise.
+failure otherwise. The backbone being frozen, each frame is encoded once before training and the
+head trains on the stored feature maps (policies.encoders.FrameFeatures).
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from torch import Tensor, nn
 
 from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.policies.encoders import (
+    FrameFeatures,
     PretrainedEfficientNet,
     SpatialLearnedEmbeddings,
     WithFrozenBackbone,
-    images_to_float,
 )
 
 
@@ -45,6 +46,7 @@ class RewardClassifier(WithFrozenBackbone):
         super().__init__()
         self.cfg = cfg
         self.backbone = [PretrainedEfficientNet()]  # frozen; not a submodule, so never saved or trained
+        self.features = FrameFeatures(self.backbone[0])
         side = self.backbone[0].feature_size(cfg.image_size)
         c = PretrainedEfficientNet.out_channels
         self.heads = nn.ModuleList(
@@ -58,20 +60,22 @@ class RewardClassifier(WithFrozenBackbone):
             nn.Linear(256, 1),
         )
 
-    def logits(self, images: dict[str, Tensor]) -> Tensor:
-        """images: obs key -> (B, 3, H, W) floats in [0, 1] (on any device)."""
+    def logits(self, maps: dict[str, Tensor]) -> Tensor:
+        """maps: obs key -> (B, C, h, w) feature maps of its frames (`maps`; on any device)."""
         device = self.mlp[0].weight.device
-        features = [
-            head(self.backbone[0](images[k].to(device))) for k, head in zip(self.cfg.image_keys, self.heads)
-        ]
+        features = [head(maps[k].to(device)) for k, head in zip(self.cfg.image_keys, self.heads)]
         return self.mlp(torch.cat(features, -1)).squeeze(-1)
+
+    def maps(self, frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """obs key -> (B, H, W, 3) uint8 frames, as float16 feature maps (each frame encoded once)."""
+        return {k: self.features(np.asarray(frames[k])) for k in self.cfg.image_keys}
 
     @torch.no_grad()
     def probability(self, obs: dict[str, np.ndarray]) -> float:
         """Success probability of one observation (uint8 HWC images under their obs keys)."""
         self.eval()
-        images = {k: images_to_float(np.asarray(obs[k])[None]) for k in self.cfg.image_keys}
-        return float(torch.sigmoid(self.logits(images))[0].cpu())
+        maps = self.maps({k: np.asarray(obs[k])[None] for k in self.cfg.image_keys})
+        return float(torch.sigmoid(self.logits(_tensors(maps)))[0].cpu())
 
     def save(self, directory, meta: dict | None = None) -> Path:
         from robot_rl.policies.checkpoint import save_checkpoint
@@ -87,6 +91,10 @@ class RewardClassifier(WithFrozenBackbone):
             model = cls(ClassifierConfig(**meta["config"]))
             model.load_state_dict(weights)
         return model.eval()
+
+
+def _tensors(maps: dict[str, np.ndarray], index=slice(None)) -> dict[str, Tensor]:
+    return {k: torch.as_tensor(m[index], dtype=torch.float32) for k, m in maps.items()}
 
 
 def labelled_frames(
@@ -149,6 +157,7 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
 
     device = resolve_device(cfg.device)
     model = RewardClassifier(ccfg).to(device)
+    frames = model.maps(frames)  # the frames as feature maps from here on
     logits = maybe_compile(model.logits, cfg.compile)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     log = RunLog(out_dir, f"reward classifier on {Path(store_path).name}")
@@ -167,9 +176,8 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
             index = np.concatenate(
                 [rng.choice(train_pos, half), rng.choice(train_neg, cfg.batch_size - half)]
             )
-            images = {k: images_to_float(frames[k][index]) for k in ccfg.image_keys}
             target = torch.as_tensor(labels[index], dtype=torch.float32, device=device)
-            loss = loss_fn(logits(images), target)
+            loss = loss_fn(logits(_tensors(frames, index)), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -191,17 +199,13 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
 
 
 @torch.no_grad()
-def _accuracy(model: RewardClassifier, frames, labels, test, ccfg: ClassifierConfig) -> dict:
+def _accuracy(model: RewardClassifier, maps, labels, test, ccfg: ClassifierConfig) -> dict:
     model.eval()
     index = np.flatnonzero(test)
     probs = []
     for start in range(0, len(index), 256):
         chunk = index[start : start + 256]
-        probs.append(
-            torch.sigmoid(model.logits({k: images_to_float(frames[k][chunk]) for k in ccfg.image_keys}))
-            .cpu()
-            .numpy()
-        )
+        probs.append(torch.sigmoid(model.logits(_tensors(maps, chunk))).cpu().numpy())
     predicted = np.concatenate(probs) > ccfg.threshold
     truth = labels[index]
     return {
@@ -225,6 +229,7 @@ class ClassifierRewardEnv:
         self.env, self.classifier = env, classifier
         self.threshold = classifier.cfg.threshold if threshold is None else threshold
         self.last_probability = 0.0
+        self.task_success = False  # the task's own verdict this episode (in sim: how far to trust the reward)
         self._obs: dict | None = None
 
     def __getattr__(self, name):
@@ -232,7 +237,7 @@ class ClassifierRewardEnv:
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self._obs = obs
+        self._obs, self.task_success = obs, False
         return obs, info
 
     def observe(self):
@@ -241,6 +246,7 @@ class ClassifierRewardEnv:
 
     def evaluate(self):
         _, _, _, info = self.env.evaluate()  # the task's own verdict is kept in info, not used
+        self.task_success = self.task_success or bool(info.get("success"))
         self.last_probability = self.classifier.probability(self._obs)
         success = self.last_probability > self.threshold
         truncated = not success and self.env.steps >= self.env.task.max_steps

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+from collections import OrderedDict
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -105,6 +109,7 @@ class PretrainedEfficientNet(nn.Module):
 
     BLOCKS = 11  # stem + MBConv stages 1-5 (16, 24, 40, 80, 112 channels): stride 16
     out_channels = 112
+    stride = 16
 
     def __init__(self):
         super().__init__()
@@ -137,6 +142,70 @@ class PretrainedEfficientNet(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
+
+
+class FrameFeatures:
+    """The frozen backbone's feature maps of camera frames, each distinct frame encoded once.
+
+    A frozen backbone gives a frame the same map every time, so learners store the map when the
+    frame enters a buffer or is loaded from a dataset (float16: 5.6 KB a frame at 84 px, a quarter
+    of the frame) and train their heads on the stored maps instead of running the backbone on every
+    sampled batch. Frames are recognised by content: a call encodes each distinct frame once (a
+    transition's next frame is often the next transition's frame), and the last `remember`
+    frames' maps are kept, so the frame the actor just encoded to act is not encoded again when
+    its transition is stored."""
+
+    CHUNK = 128  # frames per backbone call (bounds the activations' memory)
+
+    def __init__(self, backbone: PretrainedEfficientNet, remember: int = 64):
+        self.backbone, self.remember = backbone, remember
+        self._recent: OrderedDict[bytes, np.ndarray] = OrderedDict()
+
+    def shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        """The map's (C, h, w) for frames of shape (H, W, 3)."""
+        side = self.backbone.feature_size(int(image_shape[0]))
+        if int(image_shape[0]) != int(image_shape[1]):
+            raise ValueError(f"the pretrained encoder takes square frames, got {tuple(image_shape)}")
+        return (self.backbone.out_channels, side, side)
+
+    def __call__(self, frames: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 frames -> (N, C, h, w) float16 maps."""
+        frames = np.ascontiguousarray(frames)
+        digests = [hashlib.blake2b(f.tobytes(), digest_size=16).digest() for f in frames]
+        first: dict[bytes, int] = {}
+        for i, d in enumerate(digests):
+            if d not in self._recent:
+                first.setdefault(d, i)
+        if first:
+            todo = list(first.values())
+            device = self.backbone.mean.device
+            for start in range(0, len(todo), self.CHUNK):
+                chunk = todo[start : start + self.CHUNK]
+                maps = self.backbone(images_to_float(frames[chunk]).to(device)).half().cpu().numpy()
+                for i, m in zip(chunk, maps):
+                    self._recent[digests[i]] = m
+        out = np.stack([self._recent[d] for d in digests]) if digests else np.zeros((0,), np.float16)
+        for d in digests[-self.remember :]:
+            self._recent.move_to_end(d)
+        while len(self._recent) > self.remember:
+            self._recent.popitem(last=False)
+        return out
+
+
+def shift_features(maps: Tensor, cells: float, generator: torch.Generator | None = None) -> Tensor:
+    """DrQ's random shift on stored feature maps: each map translated by up to `cells` cells in x
+    and y (uniform, bilinear, the border repeated), as a shift of `cells` x stride pixels moves
+    what the backbone sees."""
+    if cells <= 0:
+        return maps
+    b, _, h, w = maps.shape
+    offset = (torch.rand(b, 2, generator=generator) * 2 - 1) * cells  # in cells
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = offset[:, 0] * 2 / w  # affine grids span [-1, 1] over the map
+    theta[:, 1, 2] = offset[:, 1] * 2 / h
+    grid = F.affine_grid(theta.to(maps.device, maps.dtype), list(maps.shape), align_corners=False)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 class SpatialLearnedEmbeddings(nn.Module):

@@ -11,10 +11,13 @@
   LayerNorm, tanh) and the state through Dense 64 (LayerNorm, tanh); or (`frozen_cnn`, FastRLAP)
   the project's small CNN pretrained offline by IQL or ICVF and frozen, its features used as they
   are (`init_camera_encoder` loads its weights; they are saved with the agent), or (`finetune_cnn`,
-  V-PTR) trained on through the critic with a soft-updated target copy; random-crop augmentation
-  (pad 4) on obs and next obs; the head is trained by the critic only (the actor sees it detached).
-  The backbone runs once per batch on obs and once on next obs; every network reads those maps
-  (the actor's update reuses its batch's crops rather than paying for a third backbone pass).
+  V-PTR) trained on through the critic with a soft-updated target copy; the head is trained by
+  the critic only (the actor sees it detached). With the frozen backbone its feature maps are
+  computed once per frame (`cache_features`): the buffers store maps, not frames, and DrQ's
+  random shift (4 px) moves the stored maps by the same amount (a quarter of a cell at stride 16).
+  Otherwise random-crop augmentation (pad 4) on the frames of obs and next obs and the backbone
+  run once on each per batch. Every network reads those maps (the actor's update reuses its
+  batch's augmented maps).
 - Optional grasp critic: a DQN over {open, stay, close} with a double-Q target and a penalty for
   each toggle; the continuous actor then controls every action dimension but the last (gripper).
 - Optional action-rate limit (FastRLAP): the actor's tanh output u moves the action at most
@@ -36,10 +39,12 @@ from torch import Tensor, nn
 from robot_rl.errors import ConfigError
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import (
+    FrameFeatures,
     PretrainedEfficientNet,
     SpatialLearnedEmbeddings,
     WithFrozenBackbone,
     images_to_float,
+    shift_features,
 )
 from robot_rl.policies.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
 
@@ -65,7 +70,8 @@ class SACConfig:
     grasp_penalty: float = -0.02
     image_keys: tuple[str, ...] = ()  # e.g. ("image/front",): obs keys of camera images
     image_size: int = 84
-    crop_pad: int = 4
+    crop_pad: int = 4  # DrQ's random shift, pixels (0: none); on cached feature maps, crop_pad / 16 cells
+    cache_features: bool = True  # frozen EfficientNet: encode each frame once, buffers hold its map
     image_features: int = 8  # spatial embeddings per camera
     proprio_dim: int = 64
     action_rate_limit: float | None = None  # e.g. 0.2 (FastRLAP): |a - a_prev| <= this, per dimension
@@ -174,13 +180,14 @@ class ObsEncoder(WithFrozenBackbone):
 
     def maps(self, obs: dict[str, Tensor]) -> dict[str, Tensor]:
         """The frozen backbone's feature maps in place of the images (computed once per batch and
-        shared by every network that reads the batch); a CNN being fine-tuned runs in `forward`."""
+        shared by every network that reads the batch; maps already computed are kept); a CNN
+        being fine-tuned runs in `forward`."""
         if not self.image_keys or self.finetune_cnn:
             return obs
         if self.cnn is not None:
             with torch.no_grad():
                 return {"state": obs["state"], "cnn": self.cnn([obs[k] for k in self.image_keys])}
-        return {**obs, **{k: self.backbone[0](obs[k]) for k in self.image_keys}}
+        return {**obs, **{k: self.backbone[0](obs[k]) for k in self.image_keys if is_frames(obs[k])}}
 
     def forward(self, maps: dict[str, Tensor]) -> Tensor:
         """Features from the output of `maps`."""
@@ -194,6 +201,11 @@ class ObsEncoder(WithFrozenBackbone):
         for key, head in zip(self.image_keys, self.heads):
             parts.append(head(maps[key]))
         return torch.cat(parts, -1)
+
+
+def is_frames(x: Tensor) -> bool:
+    """Camera frames (B, 3, H, W) rather than the backbone's maps (B, 112, h, w)."""
+    return x.shape[1] == 3
 
 
 def random_crop(images: Tensor, pad: int, generator: torch.Generator | None = None) -> Tensor:
@@ -214,10 +226,12 @@ def random_crop(images: Tensor, pad: int, generator: torch.Generator | None = No
 
 
 def to_tensors(obs: dict[str, np.ndarray], image_keys: tuple[str, ...]) -> dict[str, Tensor]:
-    """numpy obs (state float, images uint8 BHWC) -> float tensors (images BCHW in [0, 1])."""
+    """numpy obs (state float, images uint8 BHWC or their feature maps) -> float tensors (images
+    BCHW in [0, 1])."""
     out = {"state": torch.as_tensor(np.asarray(obs["state"], np.float32))}
     for key in image_keys:
-        out[key] = images_to_float(np.asarray(obs[key]))
+        x = np.asarray(obs[key])
+        out[key] = images_to_float(x) if x.dtype == np.uint8 else torch.as_tensor(x, dtype=torch.float32)
     return out
 
 
@@ -253,6 +267,7 @@ class SACAgent(CheckpointedAgent, nn.Module):
         )
         if cfg.image_keys and not cfg.frozen_cnn:
             self.target_encoder.backbone = self.encoder.backbone
+        self.frame_features = FrameFeatures(backbone) if backbone is not None and cfg.cache_features else None
         self.target_entropy = cfg.target_entropy if cfg.target_entropy is not None else -cfg.actor_dim / 2
         critic_params = list(self.critic.parameters()) + list(self.encoder.parameters())
         self.critic_opt = torch.optim.Adam(critic_params, lr=cfg.critic_lr)
@@ -281,18 +296,57 @@ class SACAgent(CheckpointedAgent, nn.Module):
 
     # --- losses ----------------------------------------------------------------------------
     def prepare(self, batch: dict) -> dict:
-        """Random-crop the images of obs and next obs (each its own crop) and run the frozen
-        backbone once on each; a prepared batch is left as it is."""
+        """Augment the cameras of obs and next obs (each its own random shift: a crop of the
+        frames, or the same shift of stored maps) and run the frozen backbone once on frames; a
+        prepared batch is left as it is."""
         if batch.get("prepared") or not self.cfg.image_keys:
             return batch
         out = dict(batch, prepared=True)
+        pad, cells = self.cfg.crop_pad, self.cfg.crop_pad / PretrainedEfficientNet.stride
         for part in ("obs", "next_obs"):
-            obs = {
-                k: random_crop(v, self.cfg.crop_pad, self.generator) if k in self.cfg.image_keys else v
-                for k, v in batch[part].items()
-            }
+            obs = dict(batch[part])
+            for k in self.cfg.image_keys:
+                x = obs[k]
+                if is_frames(x):
+                    obs[k] = random_crop(x, pad, self.generator)
+                else:
+                    obs[k] = shift_features(x, cells, self.generator)
             out[part] = self.encoder.maps(obs)
         return out
+
+    def encode_frames(self, data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """With cached features: the cameras' uint8 frames in an observation or a batch of
+        transitions (keys <camera>, obs/<camera>, next_obs/<camera>) replaced by their float16
+        feature maps, each distinct frame encoded once; anything else as it is."""
+        if self.frame_features is None:
+            return data
+        out = dict(data)
+        for camera in self.cfg.image_keys:
+            keys = [k for k in (camera, f"obs/{camera}", f"next_obs/{camera}") if k in data]
+            keys = [k for k in keys if np.asarray(data[k]).dtype == np.uint8]
+            if not keys:
+                continue
+            frames = [np.asarray(data[k]) for k in keys]
+            single = [f.ndim == 3 for f in frames]  # one observation's frame
+            stacked = np.concatenate([f[None] if s else f for f, s in zip(frames, single)])
+            maps = self.frame_features(stacked)
+            start = 0
+            for k, f, s in zip(keys, frames, single):
+                n = 1 if s else len(f)
+                out[k] = maps[start] if s else maps[start : start + n]
+                start += n
+        return out
+
+    def buffer_schema(self, schema: dict) -> dict:
+        """A replay schema of frames as the buffers hold it: with cached features, each camera's
+        float16 feature map in place of its frame."""
+        if self.frame_features is None:
+            return schema
+        cameras = {f"{p}/{k}" for p in ("obs", "next_obs") for k in self.cfg.image_keys}
+        return {
+            k: ((self.frame_features.shape(shape), "float16") if k in cameras else (shape, dtype))
+            for k, (shape, dtype) in schema.items()
+        }
 
     def inputs(self, features: Tensor, prev_action: Tensor | None) -> Tensor:
         """What actor and critics read: the features, and the previous action when rate-limited."""
@@ -506,6 +560,7 @@ class AgentPolicy:
         self._prev = np.asarray(action, np.float32).copy()
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        obs = self.agent.encode_frames(obs)  # cached features: the frame's map, kept for storing it
         batch = to_tensors({k: np.asarray(v)[None] for k, v in obs.items()}, self.agent.cfg.image_keys)
         prev = torch.as_tensor(self._prev)[None]
         action = self.agent.act(batch, prev[:, -1], self.deterministic, prev_action=prev)[0].numpy()

