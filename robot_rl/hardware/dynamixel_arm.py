@@ -179,6 +179,11 @@ class DynamixelArm(Robot):
         self._raw = {i: (0.0, 0.0) for i in self._ids}  # servo angle, velocity
 
     # --- connection ----------------------------------------------------------------------------
+    PING_TRIES = 3  # a lost packet or a busy host misses a ping; a missing servo misses them all
+
+    def _answers(self, servo_id: int) -> bool:
+        return any(self._packets.ping(self._port, servo_id)[1] == 0 for _ in range(self.PING_TRIES))
+
     def connect(self) -> None:
         if self._port is not None:
             return
@@ -193,7 +198,7 @@ class DynamixelArm(Robot):
             raise DeviceError(f"cannot open the Dynamixel bus at {self.cfg.port} at {self.cfg.baudrate} baud")
         self._port, self._packets = port, PacketHandler(2.0)
         try:
-            missing = [i for i in self._ids if self._packets.ping(port, i)[1] != 0]
+            missing = [i for i in self._ids if not self._answers(i)]
             if missing:
                 raise DeviceError(
                     f"no servo answers on {self.cfg.port} with id {', '.join(map(str, missing))} "
