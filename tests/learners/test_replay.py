@@ -155,3 +155,34 @@ def test_scripted_human_attention_schedule():
         flags = [(never.read().intervening, always.read().intervening) for _ in range(6)]
     assert [n for n, _ in flags] == [False] * 6
     assert [a for _, a in flags] == [False, False, False, True, True, True]
+
+
+def test_demonstrations_recorded_past_the_success_end_at_their_first_rewarded_step(tmp_path):
+    schema = {
+        "obs/state": ((2,), "float32"),
+        "action": ((1,), "float32"),
+        "reward": ((), "float32"),
+        "terminated": ((), "bool"),
+        "truncated": ((), "bool"),
+    }
+    store = EpisodeStore.create(tmp_path / "demos.zarr", schema, fps=20)
+    x = np.arange(6, dtype=np.float32)
+    store.append_episode(  # success from step 3 on, recorded to the time limit (end_on_success=false)
+        {
+            "obs/state": np.stack([x, x], 1),
+            "action": x[:, None],
+            "reward": (x >= 3).astype(np.float32),
+            "terminated": np.zeros(6, bool),
+            "truncated": x == 5,
+        }
+    )
+    store.close()
+    space = __import__("gymnasium").spaces.Box(-1, 1, (2,), np.float32)
+    whole = transitions_from_store(tmp_path / "demos.zarr", replay_schema({"state": space}, 1))
+    cut = transitions_from_store(
+        tmp_path / "demos.zarr", replay_schema({"state": space}, 1), end_at_success=True
+    )
+    assert len(whole["action"]) == 5 and whole["mask"].all()  # as recorded: the success goes on
+    np.testing.assert_array_equal(cut["obs/state"][:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(cut["reward"], [0, 0, 0, 1])
+    np.testing.assert_array_equal(cut["mask"], [1, 1, 1, 0])  # ended there, as the learner's episodes do

@@ -68,6 +68,39 @@ def test_time_limit_when_the_classifier_never_fires():
     assert result.steps == 5 and not result.success
 
 
+def test_the_tasks_own_verdict_is_kept_and_scores_evaluations(monkeypatch):
+    """A classifier that never fires while the expert lifts the cube: the wrapper records the
+    task's success it missed, and an evaluation scores the task, not the classifier."""
+    import robot_rl.learners.hil_serl as hil_serl
+
+    env = ClassifierRewardEnv(make_arm_env("cube_lift", cameras=("front",)), fixed_probability(0.1))
+    expert = make_expert(env.env, seed=0)
+    loop = ControlLoop(env, teleop=ScriptedTeleop(expert), rate_hz=None)
+
+    class ExpertPolicy:  # the scripted expert acting as the agent's policy
+        def __init__(self, agent, deterministic):
+            pass
+
+        def reset(self):
+            expert.reset()
+
+        def __call__(self, obs):
+            return expert()
+
+    class ImageAgent:
+        cfg = ClassifierConfig()  # has image_keys: evaluated through the loop on `env`
+
+        def eval(self):
+            pass
+
+    monkeypatch.setattr(hil_serl, "AgentPolicy", ExpertPolicy)
+    with env:
+        result = loop.run_episode(seed=0)
+        assert not result.success and env.task_success  # missed by the classifier
+        scored = hil_serl.evaluate_agent(ImageAgent(), None, env, episodes=1, num_envs=1, seed=0)
+    assert scored["success_rate"] == 1.0  # the task's verdict: the classifier never fired
+
+
 def test_wrapper_needs_the_classifiers_cameras():
     with pytest.raises(ConfigError, match="cameras"):
         ClassifierRewardEnv(make_arm_env("cube_lift", cameras=()), fixed_probability(0.5))

@@ -56,6 +56,21 @@ def test_observations_actions_and_cameras(task, state_dim):
     env.close()
 
 
+def test_without_task_state_the_state_is_the_arms_own_and_success_is_still_the_tasks():
+    env = make_arm_env("cube_lift", cameras=("front", "wrist"), image_size=32, task_state=False)
+    obs, _ = env.reset(seed=0)
+    assert obs["state"].shape == (20,) and env.observation_space.contains(obs)
+    assert not any("cube" in name for name in env.state_names())
+    assert "image/wrist" in obs
+    expert = make_expert(env)  # the expert reads the simulator, not the observation
+    for _ in range(env.task.max_steps):
+        _, reward, terminated, truncated, info = env.step(expert())
+        if terminated or truncated:
+            break
+    assert terminated and info["success"] and reward == 1.0
+    env.close()
+
+
 def test_cube_observations_are_relative_to_the_gripper():
     env = make_arm_env("cube_lift", cameras=())
     env.reset(seed=3)
