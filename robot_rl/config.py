@@ -97,6 +97,7 @@ NULL_DEFAULT = {
     "random": "dict",
     "gripper": "dict",
     "collect_env": "dict",
+    "value": "dict",  # a critic's value head (policies.value_head)
     "max_memory_gb": "float",
 }
 # Keys with an integer default that take any number.

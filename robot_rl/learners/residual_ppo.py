@@ -21,6 +21,7 @@ import torch
 
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
+from robot_rl.policies.value_head import value_head_config
 from robot_rl.utils.checkpoints import LearnerCheckpoints
 from robot_rl.utils.device import maybe_compile, resolve_device
 from robot_rl.utils.training import RunLog, seed_everything
@@ -48,6 +49,13 @@ class ResidualPPOConfig:
     hidden: int = 256
     base_ddim_steps: int = 4
     reward_clip: float = 5.0
+    # the critic's value head (policies.value_head.ValueHeadConfig): mse, or hl_gauss over bins
+    # spanning the normalized returns, e.g. {loss: hl_gauss, v_min: 0, v_max: 10}
+    value: dict | None = None
+
+    def __post_init__(self):
+        value_head_config(self.value)  # a bad value head is refused before any work
+
     device: str = "auto"  # the base, the residual and the rollout buffers (the envs step on the CPU)
     compile: bool = False  # torch.compile the PPO losses
     seed: int = 0
@@ -103,7 +111,7 @@ def ppo_losses(policy: ResidualPolicy, x, actions, old_logp, advantages, returns
     ratio = log_ratio.exp()
     adv = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
     pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)).mean()
-    value = 0.5 * (policy.value(x) - returns).pow(2).mean()
+    value = 0.5 * policy.value_loss(x, returns).mean()
     approx_kl = ((ratio - 1) - log_ratio).mean()
     return pg, value, approx_kl
 
@@ -140,7 +148,7 @@ def _train(
 ) -> dict:
     obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
     policy = ResidualPolicy(
-        ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale)
+        ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale, value=cfg.value)
     ).to(device)
     actor_opt = torch.optim.AdamW(
         policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay

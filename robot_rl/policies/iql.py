@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robot_rl.errors import ConfigError
 from robot_rl.policies.checkpoint import CheckpointedAgent
 from robot_rl.policies.encoders import CameraFeatures, images_to_float, relu_mlp
+from robot_rl.policies.value_head import ValueHead, value_head_config
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 EXP_ADV_MAX = 100.0
@@ -33,6 +33,10 @@ class IQLConfig:
     lr: float = 3e-4  # Q, V and the actor (its rate cosine-annealed over `steps`)
     steps: int = 100_000  # for the actor's cosine schedule
     deterministic: bool = False  # actor: tanh-Gaussian likelihood (False) or squared error
+    # Q's value head (policies.value_head.ValueHeadConfig): mse, or hl_gauss (classification over
+    # value bins). V keeps its expectile regression: an expectile is not the mean a histogram's
+    # expectation gives, so the classification loss replaces only the regression to r + gamma V(s').
+    value: dict | None = None
 
     def __post_init__(self):
         self.image_keys, self.hidden = tuple(self.image_keys), tuple(self.hidden)
@@ -40,6 +44,8 @@ class IQLConfig:
             raise ConfigError(f"expectile must be in (0, 1), got {self.expectile}")
         if self.beta < 0:
             raise ConfigError(f"beta must be at least 0, got {self.beta}")
+        self.value = dict(self.value) if self.value else None
+        value_head_config(self.value)  # a bad value head is refused here
 
 
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
@@ -69,7 +75,9 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         self.encoder = CameraFeatures(len(cfg.image_keys), cfg.image_size) if cfg.image_keys else None
         feat = cfg.state_dim + (self.encoder.out_dim if self.encoder else 0)
         a = cfg.action_dim
-        self.q1, self.q2 = relu_mlp(feat + a, cfg.hidden, 1), relu_mlp(feat + a, cfg.hidden, 1)
+        self.head = ValueHead(cfg.value)
+        q_out = self.head.outputs
+        self.q1, self.q2 = relu_mlp(feat + a, cfg.hidden, q_out), relu_mlp(feat + a, cfg.hidden, q_out)
         self.target_q1, self.target_q2 = (
             copy.deepcopy(self.q1).requires_grad_(False),
             copy.deepcopy(self.q2).requires_grad_(False),
@@ -101,7 +109,7 @@ class IQLAgent(CheckpointedAgent, nn.Module):
 
     def min_target_q(self, feat: Tensor, action: Tensor) -> Tensor:
         x = torch.cat([feat, action], -1)
-        return torch.minimum(self.target_q1(x), self.target_q2(x)).squeeze(-1)
+        return torch.minimum(self.head.value(self.target_q1(x)), self.head.value(self.target_q2(x)))
 
     def mean_action(self, feat: Tensor) -> Tensor:
         return torch.tanh(self.actor(feat))
@@ -133,9 +141,7 @@ class IQLAgent(CheckpointedAgent, nn.Module):
         adv = target_q - v
         v_loss = expectile_loss(adv, cfg.expectile)
         x = torch.cat([feat, batch["action"]], -1)
-        q_loss = (
-            F.mse_loss(self.q1(x).squeeze(-1), q_target) + F.mse_loss(self.q2(x).squeeze(-1), q_target)
-        ) / 2
+        q_loss = (self.head.loss(self.q1(x), q_target) + self.head.loss(self.q2(x), q_target)).mean() / 2
         weights = torch.exp(cfg.beta * adv.detach()).clamp(max=EXP_ADV_MAX)
         if cfg.deterministic:
             bc = ((self.mean_action(detached) - batch["action"]) ** 2).sum(-1)

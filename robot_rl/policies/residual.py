@@ -17,6 +17,7 @@ from torch import nn
 
 from robot_rl.policies.checkpoint import load_checkpoint, rebuilding, save_checkpoint
 from robot_rl.policies.diffusion import STATE_KEY, DiffusionPolicy
+from robot_rl.policies.value_head import ValueHead
 
 OBS_CLAMP = 3.0
 
@@ -29,6 +30,7 @@ class ResidualConfig:
     log_std: float = -1.0
     scale: float = 0.1
     critic_bias: float = 0.25
+    value: dict | None = None  # the critic's value head (policies.value_head.ValueHeadConfig)
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -44,15 +46,20 @@ class ResidualPolicy(nn.Module):
         self.actor = _mlp(c.obs_dim + c.action_dim, c.hidden, c.action_dim)
         nn.init.zeros_(self.actor[-1].weight)  # residual exactly zero at the start
         nn.init.zeros_(self.actor[-1].bias)
-        self.critic = _mlp(c.obs_dim + c.action_dim, c.hidden, 1)
-        nn.init.constant_(self.critic[-1].bias, c.critic_bias)
+        self.head = ValueHead(c.value)
+        self.critic = _mlp(c.obs_dim + c.action_dim, c.hidden, self.head.outputs)
+        self.head.init_output(self.critic[-1], c.critic_bias)
         self.register_buffer("log_std", torch.full((c.action_dim,), float(c.log_std)))
 
     def dist(self, x: torch.Tensor) -> torch.distributions.Normal:
         return torch.distributions.Normal(self.actor(x), self.log_std.exp().expand(x.shape[0], -1))
 
     def value(self, x: torch.Tensor) -> torch.Tensor:
-        return self.critic(x).squeeze(-1)
+        return self.head.value(self.critic(x))
+
+    def value_loss(self, x: torch.Tensor, returns: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss of the critic to its return targets (squared error, or HL-Gauss)."""
+        return self.head.loss(self.critic(x), returns)
 
     def save(self, directory, base_checkpoint: str) -> Path:
         return save_checkpoint(

@@ -47,6 +47,7 @@ from robot_rl.policies.encoders import (
     shift_features,
 )
 from robot_rl.policies.sac_networks import CriticEnsemble, GraspCritic, TanhGaussianActor
+from robot_rl.policies.value_head import ValueHead, value_head_config
 
 OPEN, STAY, CLOSE = 0, 1, 2
 
@@ -85,9 +86,12 @@ class SACConfig:
         False  # that CNN trained on through the critic (V-PTR's fine-tuning) instead of frozen
     )
     angle_indices: tuple[int, ...] = ()  # state entries that are angles: read as (cos, sin), no jump at +-pi
+    value: dict | None = None  # the critics' value head (policies.value_head): mse or hl_gauss
 
     def __post_init__(self):
         self.hidden, self.image_keys = tuple(self.hidden), tuple(self.image_keys)
+        self.value = dict(self.value) if self.value else None
+        value_head_config(self.value)  # a bad value head is refused here
         self.angle_indices = tuple(int(i) for i in self.angle_indices)
         if self.finetune_cnn and not self.frozen_cnn:
             raise ValueError(
@@ -256,7 +260,8 @@ class SACAgent(CheckpointedAgent, nn.Module):
         backbone = PretrainedEfficientNet() if cfg.image_keys and not cfg.frozen_cnn else None
         self.encoder = ObsEncoder(cfg, backbone)
         in_dim = self.encoder.out_dim + cfg.prev_action_dim
-        self.critic = CriticEnsemble(cfg.critic_ensemble, in_dim, cfg.actor_dim, cfg.hidden)
+        head = ValueHead(cfg.value)
+        self.critic = CriticEnsemble(cfg.critic_ensemble, in_dim, cfg.actor_dim, cfg.hidden, head)
         self.actor = TanhGaussianActor(in_dim, cfg.actor_dim, cfg.hidden)
         self.log_alpha = nn.Parameter(torch.tensor(float(np.log(cfg.init_temperature))))
         self.grasp = GraspCritic(self.encoder.out_dim, cfg.hidden) if cfg.grasp_critic else None
@@ -385,10 +390,11 @@ class SACAgent(CheckpointedAgent, nn.Module):
     def critic_loss(self, batch: dict) -> tuple[Tensor, dict]:
         batch = self.prepare(batch)
         target = self.target_q(batch["next_obs"], batch["reward"], batch["mask"], batch["action"])
-        q = self.critic(
+        out = self.critic.outputs(
             self.inputs(self.encoder(batch["obs"]), batch["prev_action"]), self._arm(batch["action"])
         )
-        loss = (q - target).pow(2).mean()
+        loss = self.critic.head.loss(out, target).mean()  # every member to the same target
+        q = self.critic.head.value(out.detach())
         return loss, {"critic_loss": loss.item(), "q": q.mean().item()}
 
     def actor_loss(self, batch: dict) -> tuple[Tensor, Tensor, dict]:

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robot_rl.policies.value_head import ValueHead
+
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int | None = None) -> nn.Sequential:
     """Dense -> LayerNorm -> tanh per hidden layer (serl's MLP with use_layer_norm and tanh)."""
@@ -56,41 +58,64 @@ class EnsembleLayerNorm(nn.Module):
 
 
 class CriticEnsemble(nn.Module):
-    """Q_1..Q_E(s, a), each an MLP 256x256 with LayerNorm: (B, D), (B, A) -> (E, B)."""
+    """Q_1..Q_E(s, a), each an MLP 256x256 with LayerNorm: (B, D), (B, A) -> (E, B). The last layer
+    gives what the value head reads: one number (regression) or one logit per value bin (HL-Gauss,
+    policies.value_head)."""
 
-    def __init__(self, members: int, in_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256)):
+    def __init__(
+        self,
+        members: int,
+        in_dim: int,
+        action_dim: int,
+        hidden: tuple[int, ...] = (256, 256),
+        head: ValueHead | None = None,
+    ):
         super().__init__()
-        self.members = members
+        self.members, self.head = members, head if head is not None else ValueHead()
         layers: list[nn.Module] = []
         width_in = in_dim + action_dim
         for width in hidden:
             layers += [EnsembleLinear(members, width_in, width), EnsembleLayerNorm(members, width), nn.Tanh()]
             width_in = width
-        layers.append(EnsembleLinear(members, width_in, 1))
+        layers.append(EnsembleLinear(members, width_in, self.head.outputs))
         self.net = nn.Sequential(*layers)
+
+    def outputs(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
+        """(E, B, outputs): what the value head turns into values and trains (`head.loss`)."""
+        x = torch.cat([features, action], -1)
+        for layer in self.net:
+            x = layer(x, members) if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)) else layer(x)
+        return x
 
     def forward(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
         """(E, B), or (len(members), B) for a subset: REDQ's target evaluates only the members it
         takes the min over."""
-        x = torch.cat([features, action], -1)
-        for layer in self.net:
-            x = layer(x, members) if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)) else layer(x)
-        return x.squeeze(-1)
+        return self.head.value(self.outputs(features, action, members))
 
 
 class LoopCriticEnsemble(nn.Module):
     """The same ensemble as a Python loop over separate MLPs: the baseline `robot-rl bench sac`
     compares the batched ensemble against."""
 
-    def __init__(self, members: int, in_dim: int, action_dim: int, hidden: tuple[int, ...] = (256, 256)):
+    def __init__(
+        self,
+        members: int,
+        in_dim: int,
+        action_dim: int,
+        hidden: tuple[int, ...] = (256, 256),
+        head: ValueHead | None = None,
+    ):
         super().__init__()
-        self.members = members
-        self.nets = nn.ModuleList(mlp(in_dim + action_dim, hidden, 1) for _ in range(members))
+        self.members, self.head = members, head if head is not None else ValueHead()
+        self.nets = nn.ModuleList(mlp(in_dim + action_dim, hidden, self.head.outputs) for _ in range(members))
 
-    def forward(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
+    def outputs(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
         x = torch.cat([features, action], -1)
         chosen = self.nets if members is None else [self.nets[int(i)] for i in members]
-        return torch.stack([net(x).squeeze(-1) for net in chosen])
+        return torch.stack([net(x) for net in chosen])
+
+    def forward(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
+        return self.head.value(self.outputs(features, action, members))
 
 
 class TanhGaussianActor(nn.Module):
