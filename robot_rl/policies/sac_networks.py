@@ -57,21 +57,30 @@ class EnsembleLayerNorm(nn.Module):
         return F.layer_norm(x, x.shape[-1:]) * weight + bias
 
 
-class CriticEnsemble(nn.Module):
-    """Q_1..Q_E(s, a), each an MLP 256x256 with LayerNorm: (B, D), (B, A) -> (E, B). The last layer
-    gives what the value head reads: one number (regression) or one logit per value bin (HL-Gauss,
-    policies.value_head)."""
+class Critics(nn.Module):
+    """E critics Q_1..Q_E(s, a) whose last layers give what the value head reads: one number
+    (regression) or one logit per value bin (HL-Gauss, policies.value_head)."""
 
-    def __init__(
-        self,
-        members: int,
-        in_dim: int,
-        action_dim: int,
-        hidden: tuple[int, ...] = (256, 256),
-        head: ValueHead | None = None,
-    ):
+    def __init__(self, members: int, head: ValueHead | None):
         super().__init__()
         self.members, self.head = members, head if head is not None else ValueHead()
+
+    def outputs(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
+        """(E, B, outputs): what the value head turns into values and trains (`head.loss`)."""
+        raise NotImplementedError
+
+    def forward(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
+        """(E, B), or (len(members), B) for a subset: REDQ's target evaluates only the members it
+        takes the min over."""
+        return self.head.value(self.outputs(features, action, members))
+
+
+class CriticEnsemble(Critics):
+    """Each critic an MLP 256x256 with LayerNorm, all evaluated in one batched call:
+    (B, D), (B, A) -> (E, B)."""
+
+    def __init__(self, members: int, in_dim: int, action_dim: int, hidden=(256, 256), head=None):
+        super().__init__(members, head)
         layers: list[nn.Module] = []
         width_in = in_dim + action_dim
         for width in hidden:
@@ -81,41 +90,24 @@ class CriticEnsemble(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def outputs(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
-        """(E, B, outputs): what the value head turns into values and trains (`head.loss`)."""
         x = torch.cat([features, action], -1)
         for layer in self.net:
             x = layer(x, members) if isinstance(layer, (EnsembleLinear, EnsembleLayerNorm)) else layer(x)
         return x
 
-    def forward(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
-        """(E, B), or (len(members), B) for a subset: REDQ's target evaluates only the members it
-        takes the min over."""
-        return self.head.value(self.outputs(features, action, members))
 
-
-class LoopCriticEnsemble(nn.Module):
+class LoopCriticEnsemble(Critics):
     """The same ensemble as a Python loop over separate MLPs: the baseline `robot-rl bench sac`
     compares the batched ensemble against."""
 
-    def __init__(
-        self,
-        members: int,
-        in_dim: int,
-        action_dim: int,
-        hidden: tuple[int, ...] = (256, 256),
-        head: ValueHead | None = None,
-    ):
-        super().__init__()
-        self.members, self.head = members, head if head is not None else ValueHead()
+    def __init__(self, members: int, in_dim: int, action_dim: int, hidden=(256, 256), head=None):
+        super().__init__(members, head)
         self.nets = nn.ModuleList(mlp(in_dim + action_dim, hidden, self.head.outputs) for _ in range(members))
 
     def outputs(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
         x = torch.cat([features, action], -1)
         chosen = self.nets if members is None else [self.nets[int(i)] for i in members]
         return torch.stack([net(x) for net in chosen])
-
-    def forward(self, features: Tensor, action: Tensor, members: Tensor | None = None) -> Tensor:
-        return self.head.value(self.outputs(features, action, members))
 
 
 class TanhGaussianActor(nn.Module):

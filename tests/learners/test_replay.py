@@ -79,15 +79,17 @@ def test_a_damaged_saved_buffer_is_one_error_and_a_kill_between_renames_keeps_th
     assert ReplayBuffer.load(buffer.save(tmp_path / "b2.zarr")).total == 4
 
 
+DEMO_SCHEMA = {
+    "obs/state": ((2,), "float32"),
+    "action": ((1,), "float32"),
+    "reward": ((), "float32"),
+    "terminated": ((), "bool"),
+    "truncated": ((), "bool"),
+}
+
+
 def test_demonstrations_from_a_store(tmp_path):
-    schema = {
-        "obs/state": ((2,), "float32"),
-        "action": ((1,), "float32"),
-        "reward": ((), "float32"),
-        "terminated": ((), "bool"),
-        "truncated": ((), "bool"),
-    }
-    store = EpisodeStore.create(tmp_path / "demos.zarr", schema, fps=20)
+    store = EpisodeStore.create(tmp_path / "demos.zarr", DEMO_SCHEMA, fps=20)
     for n, terminated in ((4, True), (3, False)):
         x = np.arange(n, dtype=np.float32)
         store.append_episode(
@@ -158,14 +160,7 @@ def test_scripted_human_attention_schedule():
 
 
 def test_demonstrations_recorded_past_the_success_end_at_their_first_rewarded_step(tmp_path):
-    schema = {
-        "obs/state": ((2,), "float32"),
-        "action": ((1,), "float32"),
-        "reward": ((), "float32"),
-        "terminated": ((), "bool"),
-        "truncated": ((), "bool"),
-    }
-    store = EpisodeStore.create(tmp_path / "demos.zarr", schema, fps=20)
+    store = EpisodeStore.create(tmp_path / "demos.zarr", DEMO_SCHEMA, fps=20)
     x = np.arange(6, dtype=np.float32)
     store.append_episode(  # success from step 3 on, recorded to the time limit (end_on_success=false)
         {
