@@ -328,18 +328,15 @@ class SACAgent(CheckpointedAgent, nn.Module):
         out = dict(data)
         for camera in self.cfg.image_keys:
             keys = [k for k in (camera, f"obs/{camera}", f"next_obs/{camera}") if k in data]
-            keys = [k for k in keys if np.asarray(data[k]).dtype == np.uint8]
-            if not keys:
+            arrays = [np.asarray(data[k]) for k in keys]
+            arrays = [(k, a) for k, a in zip(keys, arrays) if a.dtype == np.uint8]
+            if not arrays:
                 continue
-            frames = [np.asarray(data[k]) for k in keys]
-            single = [f.ndim == 3 for f in frames]  # one observation's frame
-            stacked = np.concatenate([f[None] if s else f for f, s in zip(frames, single)])
-            maps = self.frame_features(stacked)
-            start = 0
-            for k, f, s in zip(keys, frames, single):
-                n = 1 if s else len(f)
-                out[k] = maps[start] if s else maps[start : start + n]
-                start += n
+            frames = [a.reshape(-1, *a.shape[-3:]) for _, a in arrays]  # one frame: a batch of one
+            maps = self.frame_features(np.concatenate(frames))
+            pieces = np.split(maps, np.cumsum([len(f) for f in frames])[:-1])
+            for (k, a), piece in zip(arrays, pieces):
+                out[k] = piece.reshape(*a.shape[:-3], *piece.shape[1:])
         return out
 
     def buffer_schema(self, schema: dict) -> dict:
