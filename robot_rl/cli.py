@@ -274,6 +274,15 @@ def cmd_bench(args) -> None:
         print(f"wrote {args.json}", file=sys.stderr)
 
 
+def cmd_plot(args) -> None:
+    from robot_rl.utils.training import plot_runs
+
+    if args.smooth < 1:
+        raise ConfigError(f"--smooth must be at least 1, got {args.smooth}")
+    curves = [c for c in args.curves.split(",") if c]
+    print(plot_runs(args.runs, curves, args.out, args.smooth))
+
+
 def cmd_find_cameras(args) -> None:
     """RealSense devices (serials and modes, through librealsense) and V4L2 video devices."""
     import glob
@@ -685,6 +694,13 @@ def build_parser() -> argparse.ArgumentParser:
         "ros_args", nargs=argparse.REMAINDER, help="ROS arguments, e.g. --ros-args -p checkpoint:=PATH"
     )
     p.set_defaults(func=cmd_ros)
+
+    p = sub.add_parser("plot", help="learning curves of runs side by side (finished, running or killed)")
+    p.add_argument("runs", nargs="+", help="run folders (each with its tensorboard/ events)")
+    p.add_argument("--curves", required=True, help="logged values, comma-separated, e.g. eval_success_rate,q")
+    p.add_argument("--out", required=True, help="the PNG to write")
+    p.add_argument("--smooth", type=int, default=1, help="running mean over this many logged values")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
     p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql", "icvf", "scale"))

@@ -95,3 +95,21 @@ def test_an_unknown_logger_is_one_line_and_writes_nothing(capsys, tmp_path):
     assert main(["train", "learner=iql", "logger=mlflow", "dataset=x.zarr"]) == 2
     assert "logger must be tensorboard or wandb" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_reads_the_curves_of_runs_killed_or_finished(tmp_path, capsys):
+    from robot_rl.utils.training import RunLog, logged_curves
+
+    for seed, slope in ((0, 0.1), (1, 0.2)):
+        log = RunLog(tmp_path / f"seed{seed}", "a run")
+        for step in range(0, 50, 10):
+            log.log(step, success=slope * step / 10, q=1.0)
+        log.writer.flush()  # a killed run: no close(), no results.json
+    assert logged_curves(tmp_path / "seed1")["success"][-1] == (40, pytest.approx(0.8))
+    out = tmp_path / "curves.png"
+    main(
+        ["plot", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--curves", "success,q", "--out", str(out)]
+    )
+    assert out.read_bytes()[:4] == b"\x89PNG" and str(out) in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "seed0"), "--curves", "reward", "--out", str(out)]) == 2
+    assert "no run logged reward; they logged q, success" in capsys.readouterr().err

@@ -167,3 +167,54 @@ def seed_everything(seed: int, threads: int = 1) -> np.random.Generator:
     torch.manual_seed(seed)
     np.random.seed(seed)
     return np.random.default_rng(seed)
+
+
+def logged_curves(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """Every value a run logged, read from its TensorBoard events: works on a finished, a running
+    and a killed run alike (results.json holds only the end)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    files = sorted((Path(run_dir) / "tensorboard").glob("events.*"))
+    if not files:
+        raise ConfigError(f"{run_dir} has no logged values (no tensorboard/events.* in it)")
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for path in files:  # a resumed run may have written several files
+        events = EventAccumulator(str(path), size_guidance={"scalars": 0})
+        events.Reload()
+        for key in events.Tags()["scalars"]:
+            curves.setdefault(key, []).extend((e.step, e.value) for e in events.Scalars(key))
+    return {k: sorted(v) for k, v in curves.items()}
+
+
+def plot_runs(runs: list, curves: list[str], out, smooth: int = 1) -> Path:
+    """One panel per curve, one line per run (named by its folder), each a running mean over
+    `smooth` logged values: learning curves of several seeds or arms side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logged = {Path(run).name: logged_curves(run) for run in runs}
+    absent = [c for c in curves if not any(c in runs_curves for runs_curves in logged.values())]
+    if absent:
+        known = sorted({k for runs_curves in logged.values() for k in runs_curves})
+        raise ConfigError(f"no run logged {', '.join(absent)}; they logged {', '.join(known)}")
+    fig, axes = plt.subplots(len(curves), 1, figsize=(7, 2.6 * len(curves)), squeeze=False, sharex=True)
+    for ax, key in zip(axes[:, 0], curves):
+        for name, runs_curves in logged.items():
+            if key not in runs_curves:
+                continue
+            steps, values = map(np.asarray, zip(*runs_curves[key]))
+            n = max(1, min(smooth, len(values)))
+            mean = np.convolve(values, np.ones(n) / n, mode="valid")
+            ax.plot(steps[n - 1 :], mean, lw=1.2, label=name)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
