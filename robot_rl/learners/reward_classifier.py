@@ -184,7 +184,7 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
             if step % 50 == 0 or step == cfg.steps - 1:
                 log.log(step, loss=loss.item())
             checkpoints.step_done(step + 1, cfg.steps, snapshot)
-    accuracy = _accuracy(model, frames, labels, test, ccfg) if test.any() else None
+    accuracy = _accuracy(model, frames, labels, episode, test, ccfg) if test.any() else None
     checkpoint = model.save(Path(out_dir) / "checkpoint", {"dataset": str(store_path), "heldout": accuracy})
     return log.close(
         {
@@ -199,7 +199,10 @@ def train_reward_classifier(store_path, out_dir, cfg: ClassifierTrainConfig, pro
 
 
 @torch.no_grad()
-def _accuracy(model: RewardClassifier, maps, labels, test, ccfg: ClassifierConfig) -> dict:
+def _accuracy(model: RewardClassifier, maps, labels, episode, test, ccfg: ClassifierConfig) -> dict:
+    """Per-frame rates on the held-out episodes, and when the reward would end each one: the
+    first frame above the threshold against the first labelled success, in steps (negative:
+    early). The env ends an episode at that first frame, so its timing is the reward's error."""
     model.eval()
     index = np.flatnonzero(test)
     probs = []
@@ -208,11 +211,25 @@ def _accuracy(model: RewardClassifier, maps, labels, test, ccfg: ClassifierConfi
         probs.append(torch.sigmoid(model.logits(_tensors(maps, chunk))).cpu().numpy())
     predicted = np.concatenate(probs) > ccfg.threshold
     truth = labels[index]
+    onsets, false_ends, missed = [], 0, 0
+    for e in np.unique(episode[index]):
+        mine = episode[index] == e
+        fired, true = np.flatnonzero(predicted[mine]), np.flatnonzero(truth[mine])
+        if len(true) and len(fired):
+            onsets.append(int(fired[0] - true[0]))
+        false_ends += int(len(fired) > 0 and not len(true))
+        missed += int(len(true) > 0 and not len(fired))
     return {
         "frames": int(len(index)),
         "accuracy": float(np.mean(predicted == truth)),
         "true_positive_rate": float(predicted[truth].mean()) if truth.any() else None,
         "false_positive_rate": float(predicted[~truth].mean()) if (~truth).any() else None,
+        "episodes": int(len(np.unique(episode[index]))),
+        "onset_steps": {"min": min(onsets), "mean": float(np.mean(onsets)), "max": max(onsets)}
+        if onsets
+        else None,
+        "episodes_ended_without_success": false_ends,
+        "successes_missed": missed,
     }
 
 

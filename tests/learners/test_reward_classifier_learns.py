@@ -65,3 +65,6 @@ def test_classifier_separates_lifted_from_not_on_held_out_episodes(tmp_path):
     assert held["frames"] == 8 * 60
     assert held["accuracy"] >= 0.9 and held["accuracy"] >= majority + 0.05, (held, majority)
     assert balanced >= 0.8, held
+    # When the reward would end each held-out episode: at its lift, give or take a few steps.
+    assert held["episodes"] == 8 and held["episodes_ended_without_success"] == 0
+    assert held["onset_steps"] is not None and -5 <= held["onset_steps"]["mean"] <= 5, held
