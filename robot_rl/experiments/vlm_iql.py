@@ -41,14 +41,27 @@ def collect_mixed(cfg) -> None:
     collect_parts(env, cfg.collect, cfg.dataset)
 
 
+def reward_arms(cfg) -> dict[str, str]:
+    """The learned-reward arms, name -> the store key its reward model reads (cfg.reward_inputs)."""
+    arms = dict(cfg.reward_inputs or {})
+    if not arms:
+        raise ConfigError(
+            "vlm-iql needs at least one reward model in reward_inputs (e.g. {state: obs/state})"
+        )
+    return arms
+
+
 def run_seed(cfg, seed: int, run: Path) -> dict:
+    """One seed: labels, then per arm of cfg.reward_inputs a reward model, its relabeled key
+    reward_vlm_<arm> and IQL on it, beside IQL on the true reward and BC, all on one copy of the store."""
     from robot_rl.commands.label import label_vlm
     from robot_rl.commands.train import train_iql_learner, train_preference_reward
     from robot_rl.config import CONF_DIR
     from robot_rl.learners.reward_model import relabel_store
 
     start = time.monotonic()
-    data = run / "data.zarr"  # a copy per seed: the relabeled key is this seed's alone
+    arms = reward_arms(cfg)
+    data = run / "data.zarr"  # a copy per seed: the relabeled keys are this seed's alone
     shutil.rmtree(data, ignore_errors=True)
     shutil.copytree(cfg.dataset, data, ignore=shutil.ignore_patterns(".writer.lock"))
     label_cfg = OmegaConf.merge(
@@ -57,35 +70,52 @@ def run_seed(cfg, seed: int, run: Path) -> dict:
         {"store": str(data), "out": str(run / "labels.json"), "seed": seed},
     )
     labels = label_vlm(label_cfg)
-    reward_model = train_preference_reward(
-        OmegaConf.merge(cfg.reward_model, {"labels": str(run / "labels.json")}),
-        data,
-        run / "reward_model",
-        seed,
-    )
-    relabel = relabel_store(data, reward_model["checkpoint"], "reward_vlm")
+    reward_models = {}
+    for arm, input_key in arms.items():  # every arm learns from the same labels
+        arm_start = time.monotonic()
+        model = train_preference_reward(
+            OmegaConf.merge(cfg.reward_model, {"labels": str(run / "labels.json"), "input_key": input_key}),
+            data,
+            run / f"reward_model_{arm}",
+            seed,
+        )
+        relabel = relabel_store(data, model["checkpoint"], f"reward_vlm_{arm}")
+        reward_models[arm] = {
+            "input_key": input_key,
+            "heldout_accuracy": model["heldout_accuracy"],
+            "kept_epoch": model["kept_epoch"],
+            "relabel": {k: relabel[k] for k in ("mean", "min", "max")},
+            "seconds": time.monotonic() - arm_start,
+        }
     variants = {
         "iql_true_reward": {"reward_key": "reward", "done_key": "terminated"},
-        "iql_vlm_reward": {"reward_key": "reward_vlm", "done_key": None},
+        **{f"iql_vlm_{arm}": {"reward_key": f"reward_vlm_{arm}", "done_key": None} for arm in arms},
         "bc": {"agent": {"beta": 0.0}},
     }
     results = {}
     for name, override in variants.items():
         results[name] = train_iql_learner(OmegaConf.merge(cfg.iql, override), data, cfg.env, run / name, seed)
     success = {k: r["evaluation"]["success_rate"] for k, r in results.items()}
-    report = {
-        "seed": seed,
-        **{f"{k}_success": v for k, v in success.items()},
-        "vlm_over_true": success["iql_vlm_reward"] / success["iql_true_reward"]
-        if success["iql_true_reward"]
-        else None,
+    true = success["iql_true_reward"]
+    report = {"seed": seed, **{f"{k}_success": v for k, v in success.items()}}
+    for arm, model in reward_models.items():
+        accuracy = model["heldout_accuracy"]
+        report[f"vlm_{arm}_over_true"] = success[f"iql_vlm_{arm}"] / true if true else None
+        report[f"reward_model_{arm}_heldout_accuracy"] = accuracy["ensemble"] if accuracy else None
+    report["bar_met"] = {arm: arm_bar_met(report, arm) for arm in arms}
+    report |= {
         "labels": labels["report"],
-        "reward_model_heldout_accuracy": reward_model["heldout_accuracy"],
-        "relabel": {k: relabel[k] for k in ("mean", "min", "max")},
+        "reward_models": reward_models,
         "seconds": time.monotonic() - start,
     }
     (run / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def arm_bar_met(report: dict, arm: str) -> bool:
+    """One learned-reward arm's target: IQL on it at least 0.8 of IQL on the true reward, and above BC."""
+    ratio = report[f"vlm_{arm}_over_true"]
+    return ratio is not None and ratio >= 0.8 and report[f"iql_vlm_{arm}_success"] > report["bc_success"]
 
 
 def mixed_data_seeds(
@@ -123,24 +153,26 @@ def mixed_data_seeds(
     return result.with_file("summary", path)
 
 
-FIGURES = (
-    Figure("iql_true_reward_success", "IQL true reward"),
-    Figure("iql_vlm_reward_success", "IQL VLM reward"),
-    Figure("bc_success", "BC"),
-    Figure("vlm_over_true", "VLM / true", ".2f"),
-)
+def figures(arms) -> tuple[Figure, ...]:
+    """table.md's columns: the success of every IQL arm and BC, each learned reward's ratio to the
+    true reward, and each reward model's held-out label accuracy."""
+    return (
+        Figure("iql_true_reward_success", "IQL true reward"),
+        *(Figure(f"iql_vlm_{arm}_success", f"IQL VLM reward ({arm})") for arm in arms),
+        Figure("bc_success", "BC"),
+        *(Figure(f"vlm_{arm}_over_true", f"{arm} / true", ".2f") for arm in arms),
+        *(Figure(f"reward_model_{arm}_heldout_accuracy", f"RM held-out ({arm})") for arm in arms),
+    )
 
 
 def vlm_iql(cfg) -> SeedResults:
+    arms = reward_arms(cfg)
     return mixed_data_seeds(
         cfg,
         "vlm-iql",
         run_seed,
-        FIGURES,
-        ("iql_true_reward_success", "iql_vlm_reward_success", "bc_success"),
-        lambda r: (
-            r["vlm_over_true"] is not None
-            and r["vlm_over_true"] >= 0.8
-            and r["iql_vlm_reward_success"] > r["bc_success"]
-        ),
+        figures(arms),
+        ("iql_true_reward_success", *(f"iql_vlm_{arm}_success" for arm in arms), "bc_success"),
+        lambda r: all(r["bar_met"].values()),
+        reward_inputs=arms,
     )

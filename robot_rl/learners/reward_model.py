@@ -43,6 +43,9 @@ class RewardModelConfig:
         return len(self.input_shape) == 3
 
 
+MIN_IMAGE_SIZE = 47  # the smallest side conv_trunk leaves at least one pixel of
+
+
 def conv_trunk() -> nn.Sequential:
     """RL-VLM-F's reward CNN: channels 16/32/64/128, kernels 5/3/3/3, strides 3/2/2/2, flattened."""
     layers: list[nn.Module] = []
@@ -57,6 +60,11 @@ class RewardMember(nn.Module):
     def __init__(self, cfg: RewardModelConfig):
         super().__init__()
         if cfg.is_image:
+            if min(cfg.input_shape[:2]) < MIN_IMAGE_SIZE:
+                raise ConfigError(
+                    f"{cfg.input_key} has {cfg.input_shape[0]}x{cfg.input_shape[1]} frames: RL-VLM-F's "
+                    f"reward CNN needs at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}"
+                )
             trunk = conv_trunk()
             with torch.no_grad():
                 flat = trunk(torch.zeros(1, 3, *cfg.input_shape[:2])).shape[-1]
@@ -299,9 +307,12 @@ def train_reward_model(store_path, out_dir, cfg: RewardModelTrainConfig, progres
 
 
 @torch.no_grad()
-def _accuracy(model, segment_sums, index: np.ndarray, y: Tensor) -> dict:
+def _accuracy(model, segment_sums, index: np.ndarray, y: Tensor, chunk: int = 256) -> dict:
+    """Held-out (or training) accuracy per member and of the ensemble, `chunk` pairs at a time: the
+    whole training set of a camera model at once would be gigabytes of float frames."""
     model.eval()
-    a, b = segment_sums(index)
+    sums = [segment_sums(index[i : i + chunk]) for i in range(0, len(index), chunk)]
+    a, b = (torch.cat([s[k] for s in sums], -1) for k in (0, 1))
     out = {f"member_{m}": float(bt_accuracy(a[m], b[m], y[index])) for m in range(a.shape[0])}
     out["ensemble"] = float(bt_accuracy(a.mean(0), b.mean(0), y[index]))
     return out

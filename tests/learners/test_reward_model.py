@@ -11,7 +11,7 @@ import torch
 
 from robot_rl.cli import main
 from robot_rl.datasets import EpisodeStore
-from robot_rl.errors import DatasetError
+from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.labeling.vlm import PairConfig, sample_pairs
 from robot_rl.learners.reward_model import (
     PreferenceRewardModel,
@@ -167,3 +167,10 @@ def test_the_camera_reward_model_scores_frames():
     frames = np.random.default_rng(0).integers(0, 255, (5, 64, 64, 3), dtype=np.uint8)
     rewards = model.reward(frames)
     assert rewards.shape == (5,) and np.all(np.abs(rewards) < 1) and len(np.unique(rewards)) > 1
+
+
+def test_frames_too_small_for_the_camera_reward_model_are_refused():
+    """Below 47 pixels RL-VLM-F's CNN has nothing left after its last layer: a clear error, not torch's."""
+    PreferenceRewardModel(RewardModelConfig(input_key="obs/image/front", input_shape=(47, 47, 3)))
+    with pytest.raises(ConfigError, match="at least 47x47"):
+        PreferenceRewardModel(RewardModelConfig(input_key="obs/image/front", input_shape=(46, 46, 3)))
