@@ -429,7 +429,43 @@ def _scale_figures(figures, stdout):
     assert "single process" in stdout
     assert set(figures["ppo"]) == {"single process", "1 Ray workers", "2 Ray workers"}
     assert figures["ppo_ratio"]["single process"] == 1.0 and all(v > 0 for v in figures["ppo"].values())
-    assert "gpu" in figures
+
+
+GPU_CASES = {
+    "diffusion BC, ResiP-size UNet",
+    "diffusion BC, demo-size UNet",
+    "residual PPO update",
+    "residual PPO rollout, ResiP-size base",
+    "residual PPO rollout, demo-size base",
+    "SAC, 2 critics",
+    "SAC, 10 critics (REDQ, subsample 2)",
+    "SAC, UTD 8 (FastRLAP)",
+    "SAC from 2 cameras (cached maps)",
+    "IQL",
+    "ICVF (32 px camera)",
+    "inverse dynamics (IDM)",
+    "preference reward model (state)",
+    "preference reward model (camera)",
+    "diffusion inference, ResiP-size UNet",
+}
+
+
+def _gpu_figures(figures, stdout):
+    """cpu mode here: every learner case ran on the CPU as both sides, its losses finite, and its
+    checkpoint loaded on the CPU gave the trained model's actions or values."""
+    assert figures["device"] == "cpu" and figures["cpu_mode"] is True
+    assert "cpu mode" in stdout and "not a GPU result" in stdout
+    assert {c["name"] for c in figures["cases"]} == GPU_CASES
+    for case in figures["cases"]:
+        assert not case.get("skipped"), case
+        ran = [v for v in case["variants"] if "skipped" not in v]
+        assert ran and all("error" not in v and v["finite"] for v in ran), case
+        assert all(v["speedup"] == 1.0 for v in ran), case  # one measurement serves both sides
+        assert case["roundtrip"]["match"] and case["roundtrip"]["max_abs_diff"] <= 1e-3, case
+        assert all(result == "ok" for result in case.get("checks", {}).values()), case
+        skipped = {v["variant"]: v["skipped"] for v in case["variants"] if "skipped" in v}
+        assert all(reason == "CUDA only" for reason in skipped.values()), case  # bf16 and compile
+    assert figures["ok"] is True and figures["failures"] == []
 
 
 BENCHES = {
@@ -441,6 +477,7 @@ BENCHES = {
     "iql": _iql_figures,
     "icvf": _icvf_figures,
     "scale": _scale_figures,
+    "gpu": _gpu_figures,
 }
 
 

@@ -131,7 +131,7 @@ class PretrainedEfficientNet(nn.Module):
     def feature_size(self, image_size: int) -> int:
         """Side of the feature map for square images of this size (the stem's fixed padding makes
         it differ from image_size / 16)."""
-        return int(self(torch.zeros(1, 3, image_size, image_size)).shape[-1])
+        return int(self(torch.zeros(1, 3, image_size, image_size, device=self.mean.device)).shape[-1])
 
     def train(self, mode: bool = True) -> PretrainedEfficientNet:
         return super().train(False)  # frozen: BatchNorm keeps its ImageNet statistics

@@ -20,14 +20,14 @@ from robot_rl.policies.iql import EXP_ADV_MAX, IQLAgent, IQLConfig, expectile_lo
 STATE_DIM, ACTION_DIM, BATCH = 32, 5, 256
 
 
-def _batch(seed: int = 0) -> dict:
+def _batch(seed: int = 0, batch: int = BATCH) -> dict:
     g = torch.Generator().manual_seed(seed)
     return {
-        "obs/state": torch.randn(BATCH, STATE_DIM, generator=g),
-        "next_obs/state": torch.randn(BATCH, STATE_DIM, generator=g),
-        "action": torch.rand(BATCH, ACTION_DIM, generator=g) * 1.8 - 0.9,
-        "reward": torch.rand(BATCH, generator=g),
-        "mask": torch.ones(BATCH),
+        "obs/state": torch.randn(batch, STATE_DIM, generator=g),
+        "next_obs/state": torch.randn(batch, STATE_DIM, generator=g),
+        "action": torch.rand(batch, ACTION_DIM, generator=g) * 1.8 - 0.9,
+        "reward": torch.rand(batch, generator=g),
+        "mask": torch.ones(batch),
     }
 
 

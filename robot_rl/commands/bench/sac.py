@@ -28,16 +28,16 @@ from robot_rl.policies.sac_networks import CriticEnsemble, LoopCriticEnsemble
 STATE_DIM, ACTION_DIM, BATCH = 34, 5, 256
 
 
-def _batches(n: int, seed: int = 0) -> list[dict]:
+def _batches(n: int, seed: int = 0, batch: int = BATCH) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     return [
         {
-            "obs": {"state": torch.randn(BATCH, STATE_DIM, generator=g)},
-            "next_obs": {"state": torch.randn(BATCH, STATE_DIM, generator=g)},
-            "action": torch.rand(BATCH, ACTION_DIM, generator=g) * 2 - 1,
-            "prev_action": torch.rand(BATCH, ACTION_DIM, generator=g) * 2 - 1,
-            "reward": torch.rand(BATCH, generator=g),
-            "mask": torch.ones(BATCH),
+            "obs": {"state": torch.randn(batch, STATE_DIM, generator=g)},
+            "next_obs": {"state": torch.randn(batch, STATE_DIM, generator=g)},
+            "action": torch.rand(batch, ACTION_DIM, generator=g) * 2 - 1,
+            "prev_action": torch.rand(batch, ACTION_DIM, generator=g) * 2 - 1,
+            "reward": torch.rand(batch, generator=g),
+            "mask": torch.ones(batch),
         }
         for _ in range(n)
     ]
@@ -71,21 +71,28 @@ def learner_steps_per_s(members: int, critic_cls, seconds: float) -> float:
 IMAGE_STATE_DIM, CAMERAS, IMAGE_SIZE = 20, ("image/front", "image/wrist"), 84
 
 
-def image_learner_steps_per_s(cache_features: bool, batch: int, seconds: float) -> float:
-    """HIL-SERL's learner step from cameras, sampling from its buffers (random frames: the
-    backbone's cost does not depend on what they show). At least two steps are timed."""
+def image_spaces() -> dict:
+    """The image learner's observation spaces: 20-D proprioception and two 84 px cameras."""
     import gymnasium as gym
+    import numpy as np
+
+    return {
+        "state": gym.spaces.Box(-1, 1, (IMAGE_STATE_DIM,), np.float32),
+        **{k: gym.spaces.Box(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8) for k in CAMERAS},
+    }
+
+
+def image_learner(cache_features: bool, batch: int, device: str | torch.device = "cpu"):
+    """HIL-SERL's Learner from cameras, its buffers holding batch + 1 transitions of random frames
+    (the backbone's cost does not depend on what they show); the agent on `device`."""
     import numpy as np
 
     from robot_rl.learners.hil_serl import Learner
     from robot_rl.learners.replay import replay_schema
 
-    spaces = {
-        "state": gym.spaces.Box(-1, 1, (IMAGE_STATE_DIM,), np.float32),
-        **{k: gym.spaces.Box(0, 255, (IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8) for k in CAMERAS},
-    }
     cfg = SACConfig(IMAGE_STATE_DIM, ACTION_DIM, image_keys=CAMERAS, cache_features=cache_features)
-    learner = Learner(SACAgent(cfg), replay_schema(spaces, ACTION_DIM), 2 * batch, batch)
+    learner = Learner(SACAgent(cfg), replay_schema(image_spaces(), ACTION_DIM), 2 * batch, batch)
+    learner.agent.to(device)
     rng = np.random.default_rng(0)
     n = batch + 1
     frames = {k: rng.integers(0, 256, (n + 1, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8) for k in CAMERAS}
@@ -102,6 +109,12 @@ def image_learner_steps_per_s(cache_features: bool, batch: int, seconds: float) 
             "intervened": np.arange(n) % 2 == 0,  # half of them in the prior buffer too
         }
     )
+    return learner
+
+
+def image_learner_steps_per_s(cache_features: bool, batch: int, seconds: float) -> float:
+    """HIL-SERL's learner step from cameras, sampling from its buffers. At least two steps are timed."""
+    learner = image_learner(cache_features, batch)
     learner.step()
     steps, start = 0, time.perf_counter()
     while steps < 2 or time.perf_counter() - start < seconds:

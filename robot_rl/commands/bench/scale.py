@@ -1,6 +1,6 @@
 """`robot-rl bench scale`: residual PPO env-steps/s with its envs in 1, 2 and 4 Ray rollout
-workers, against the single-process vector env, in the same run; and, where a GPU is present,
-learner updates/s of diffusion BC, SAC and IQL on it against the same code on the CPU.
+workers, against the single-process vector env, in the same run. (The learners on a GPU against
+the CPU: `robot-rl bench gpu`.)
 
 PPO runs its real loop (rollouts, GAE, epochs of minibatch updates) on peg_insert with an
 untrained diffusion base: throughput does not depend on what the base learned. The Ray session
@@ -60,61 +60,6 @@ def ppo_steps_per_s(
     return result["env_steps"] / (time.perf_counter() - start)
 
 
-def gpu_updates(seconds: float) -> dict:
-    """Updates/s of diffusion BC, SAC and IQL on CUDA against the CPU (same code, same batch)."""
-    from robot_rl.commands.bench import iql as iql_bench
-    from robot_rl.commands.bench import sac as sac_bench
-    from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
-    from robot_rl.policies.iql import IQLAgent, IQLConfig
-    from robot_rl.policies.sac_networks import CriticEnsemble
-
-    def rate(step, device) -> float:
-        step(device)  # warm-up (kernels, allocator)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            step(device)
-            n += 1
-        if device == "cuda":
-            torch.cuda.synchronize()
-        return n / (time.perf_counter() - start)
-
-    learners = {}
-    agents: dict = {}
-
-    def iql_step(device):
-        agent = agents.setdefault(
-            ("iql", device),
-            IQLAgent(IQLConfig(state_dim=iql_bench.STATE_DIM, action_dim=iql_bench.ACTION_DIM)).to(device),
-        )
-        agent.update(iql_bench._batch())
-
-    def sac_step(device):
-        agent = agents.setdefault(("sac", device), sac_bench._agent(2, CriticEnsemble).to(device))
-        agent.update(sac_bench._batches(agent.cfg.cta_ratio))
-
-    def bc_step(device):
-        if ("bc", device) not in agents:
-            c = DiffusionConfig(20, 7, obs_horizon=1, down_dims=(256, 512, 1024))
-            policy = DiffusionPolicy(c, -np.ones(20), np.ones(20), -np.ones(7), np.ones(7)).to(device)
-            agents["bc", device] = (policy, torch.optim.AdamW(policy.parameters(), lr=1e-4))
-        policy, opt = agents["bc", device]
-        batch = {
-            "obs/state": torch.randn(256, 1, 20, device=device),
-            "action": torch.randn(256, 16, 7, device=device),
-        }
-        loss = policy.loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for name, step in (("diffusion_bc", bc_step), ("sac", sac_step), ("iql", iql_step)):
-        cpu, cuda = rate(step, "cpu"), rate(step, "cuda")
-        learners[name] = {"cpu_updates_per_s": cpu, "cuda_updates_per_s": cuda, "speedup": cuda / cpu}
-    return learners
-
-
 def run(quick: bool = False) -> dict:
     import ray
 
@@ -153,7 +98,6 @@ def run(quick: bool = False) -> dict:
             ray.shutdown()
     single = results["ppo"]["single process"]
     results["ppo_ratio"] = {k: v / single for k, v in results["ppo"].items()}
-    results["gpu"] = gpu_updates(1.0 if quick else 5.0) if torch.cuda.is_available() else None
     return results
 
 
@@ -165,12 +109,5 @@ def format_table(r: dict) -> str:
         "|---|---|---|",
     ]
     lines += [f"| {k} | {v:,.0f} | {r['ppo_ratio'][k]:.2f}x |" for k, v in r["ppo"].items()]
-    if r["gpu"] is None:
-        lines.append("GPU learners: no CUDA device here (skipped)")
-    else:
-        lines += ["", "| learner | CPU updates/s | CUDA updates/s | speed-up |", "|---|---|---|---|"]
-        lines += [
-            f"| {k} | {v['cpu_updates_per_s']:.1f} | {v['cuda_updates_per_s']:.1f} | {v['speedup']:.1f}x |"
-            for k, v in r["gpu"].items()
-        ]
+    lines.append("the learners on a GPU against the CPU: robot-rl bench gpu")
     return "\n".join(lines)
