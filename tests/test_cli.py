@@ -537,3 +537,23 @@ def test_help_lists_every_command(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("collect", "find-cameras", "read-robot", "idm-iql", "bench"))
+
+
+def test_collect_records_a_checkpoints_rollouts(tmp_path):
+    """teleop=policy: a checkpoint acts and its episodes are recorded (e.g. a reward classifier's
+    hard negatives from an RL policy); a checkpoint that reads other observations is refused."""
+    from robot_rl.policies.sac import SACAgent, SACConfig
+    from robot_rl.sim.reach import make_reach_env
+
+    state_dim = make_reach_env(cameras=()).observation_space["state"].shape[0]
+    good = SACAgent(SACConfig(state_dim=state_dim, action_dim=3)).save(tmp_path / "good")
+    wrong = SACAgent(SACConfig(state_dim=state_dim + 1, action_dim=3)).save(tmp_path / "wrong")
+    out = tmp_path / "rollouts.zarr"
+    common = ["collect", "env=reach", "env.cameras=[]", "episodes=2", "loop.rate_hz=null", "teleop=policy"]
+    run = cli(*common, f"policy={good}", "policy_sample=true", f"out={out}")
+    assert run.returncode == 0, run.stderr
+    assert "recorded 2 episodes" in run.stderr
+    refused = cli(*common, f"policy={wrong}", f"out={tmp_path / 'x.zarr'}")
+    assert refused.returncode == 2 and "reads a" in refused.stderr and not (tmp_path / "x.zarr").exists()
+    missing = cli(*common, f"out={tmp_path / 'y.zarr'}")
+    assert missing.returncode == 2 and "teleop=policy needs policy=CHECKPOINT" in missing.stderr

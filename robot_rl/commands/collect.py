@@ -15,14 +15,37 @@ from robot_rl.factory import make_sim_env, safety_from_config
 from robot_rl.tasks.teleops import RandomTeleop, ScriptedTeleop
 
 
+def rollout_policy(cfg: DictConfig, env):
+    """The checkpoint that acts for teleop=policy, checked against the env's observations."""
+    from robot_rl.policies.loading import load_policy
+
+    policy, _, needs = load_policy(cfg.policy)
+    spaces = env.observation_space.spaces
+    missing = [k for k in needs["image_keys"] if k not in spaces]
+    if missing or spaces["state"].shape[0] != needs["state_dim"]:
+        cameras = [k for k in spaces if k != "state"]
+        raise ConfigError(
+            f"policy {cfg.policy} reads a {needs['state_dim']}-D state and cameras "
+            f"{list(needs['image_keys'])}; env {cfg.env.name} gives "
+            f"{spaces['state'].shape[0]}-D and {cameras}"
+        )
+    if cfg.get("policy_sample") and hasattr(policy, "deterministic"):
+        policy.deterministic = False  # SAC: its sampled actions, as it explores in training
+    return policy
+
+
 def collect(cfg: DictConfig, replace: bool = False) -> dict:
     """Record `cfg.episodes` episodes into `cfg.out`; returns the loop's report and the store path."""
     if cfg.get("robot"):  # a real robot and a human at a device
         from robot_rl.commands.collect_robot import collect_robot
 
         return collect_robot(cfg)
-    if cfg.teleop not in ("scripted", "random"):
-        raise ConfigError(f"unknown teleop {cfg.teleop!r}; in simulation use teleop=scripted (or random)")
+    if cfg.teleop not in ("scripted", "random", "policy"):
+        raise ConfigError(
+            f"unknown teleop {cfg.teleop!r}; in simulation use teleop=scripted, random or policy"
+        )
+    if cfg.teleop == "policy" and not cfg.get("policy"):
+        raise ConfigError("teleop=policy needs policy=CHECKPOINT (whose rollouts are recorded)")
     if cfg.episodes < 1:
         raise ConfigError(f"episodes must be at least 1, got {cfg.episodes}")
     out = Path(cfg.out)
@@ -32,9 +55,20 @@ def collect(cfg: DictConfig, replace: bool = False) -> dict:
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     env, expert = make_sim_env(cfg.env, expert_noise=float(cfg.expert_noise), seed=int(cfg.seed))
-    if expert is None:
+    if expert is None and cfg.teleop == "scripted":
         env.close()
         raise ConfigError(f"env {cfg.env.name} has no scripted expert, so teleop=scripted cannot drive it")
+    policy = teleop = None  # who acts: chosen (and checked) before anything is written
+    if cfg.teleop == "random":
+        teleop = RandomTeleop(env.action_space.shape[0], seed=int(cfg.seed))
+    elif cfg.teleop == "policy":
+        try:
+            policy = rollout_policy(cfg, env)
+        except BaseException:
+            env.close()
+            raise
+    else:
+        teleop = ScriptedTeleop(expert, mode="always")
     recorder = EpisodeRecorder(
         out,
         fps=float(cfg.env.control_hz),
@@ -64,12 +98,9 @@ def collect(cfg: DictConfig, replace: bool = False) -> dict:
             bar.update(1)
 
     rate = cfg.loop.rate_hz
-    if cfg.teleop == "random":
-        teleop = RandomTeleop(env.action_space.shape[0], seed=int(cfg.seed))
-    else:
-        teleop = ScriptedTeleop(expert, mode="always")
     loop = ControlLoop(
         env,
+        policy,
         teleop=teleop,
         rate_hz=None if rate is None else float(rate),
         execute_k=int(cfg.loop.execute_k),
