@@ -42,7 +42,7 @@ lint: $(VENV)/.installed-all
 	$(BIN)/lint-imports
 
 test: lint
-	ROBOT_RL_REQUIRE_RCLPY=1 $(BIN)/python -m pytest -q
+	ROBOT_RL_REQUIRE_RCLPY=1 $(BIN)/python -m pytest -q --durations=15
 
 bench: $(VENV)/.installed-all
 	$(BIN)/robot-rl bench loop --load 2 --json benchmarks/results/loop.json
