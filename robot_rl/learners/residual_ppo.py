@@ -52,15 +52,14 @@ class ResidualPPOConfig:
     # the critic's value head (policies.value_head.ValueHeadConfig): mse, or hl_gauss over bins
     # spanning the normalized returns, e.g. {loss: hl_gauss, v_min: 0, v_max: 10}
     value: dict | None = None
-
-    def __post_init__(self):
-        value_head_config(self.value)  # a bad value head is refused before any work
-
     device: str = "auto"  # the base, the residual and the rollout buffers (the envs step on the CPU)
     compile: bool = False  # torch.compile the PPO losses
     seed: int = 0
     checkpoint_every: int = 0  # iterations between resumable checkpoints in RUN/checkpoints (0: none)
     resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
+
+    def __post_init__(self):
+        value_head_config(self.value)  # a bad value head is refused before any work
 
 
 class ReturnStd:
