@@ -163,10 +163,11 @@ class FrameFeatures:
 
     def shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
         """The map's (C, h, w) for frames of shape (H, W, 3)."""
-        side = self.backbone.feature_size(int(image_shape[0]))
+        from robot_rl.errors import ConfigError
+
         if int(image_shape[0]) != int(image_shape[1]):
-            raise ValueError(f"the pretrained encoder takes square frames, got {tuple(image_shape)}")
-        return (self.backbone.out_channels, side, side)
+            raise ConfigError(f"the pretrained encoder's heads take square frames, got {tuple(image_shape)}")
+        return (self.backbone.out_channels, *[self.backbone.feature_size(int(image_shape[0]))] * 2)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 frames -> (N, C, h, w) float16 maps."""
