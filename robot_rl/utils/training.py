@@ -188,7 +188,8 @@ def logged_curves(run_dir) -> dict[str, list[tuple[int, float]]]:
 
 def plot_runs(runs: list, curves: list[str], out, smooth: int = 1) -> Path:
     """One panel per curve, one line per run (named by its folder), each a running mean over
-    `smooth` logged values: learning curves of several seeds or arms side by side."""
+    `smooth` logged values (curves of 20 values or fewer, such as evaluations, as they are):
+    learning curves of several seeds or arms side by side."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,9 +206,12 @@ def plot_runs(runs: list, curves: list[str], out, smooth: int = 1) -> Path:
             if key not in runs_curves:
                 continue
             steps, values = map(np.asarray, zip(*runs_curves[key]))
-            n = max(1, min(smooth, len(values)))
-            mean = np.convolve(values, np.ones(n) / n, mode="valid")
-            ax.plot(steps[n - 1 :], mean, lw=1.2, label=name)
+            sparse = len(values) <= 20  # a few points (evaluations): as they are, marked
+            width = 1 if sparse else smooth
+            sums = np.cumsum(np.concatenate([[0.0], values]))
+            start = np.maximum(np.arange(len(values)) + 1 - width, 0)  # the window, shorter at first
+            mean = (sums[1:] - sums[start]) / (np.arange(len(values)) + 1 - start)
+            ax.plot(steps, mean, lw=1.2, label=name, marker="o" if sparse else None, ms=4)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
