@@ -206,6 +206,16 @@ def make_env(envs: EnvSource, cfg: HILSERLConfig):
     return env, expert
 
 
+def share_frame_features(env, agent: SACAgent) -> None:
+    """A reward classifier reads frames through the same frozen backbone as the agent: it takes
+    the agent's per-frame cache, so each frame is encoded once for the reward, the action and the
+    buffers (instead of once more for the reward)."""
+    from robot_rl.learners.reward_classifier import ClassifierRewardEnv
+
+    if isinstance(env, ClassifierRewardEnv) and agent.frame_features is not None:
+        env.classifier.features = agent.frame_features
+
+
 def human_attention(cfg: HILSERLConfig, env_steps: callable):
     """The scripted human's attention: 1 at the start, tapering linearly to 0 at `human_until`."""
     return lambda: max(0.0, 1.0 - env_steps() / cfg.human_until) if cfg.human_until > 0 else 0.0
@@ -254,6 +264,7 @@ def train_hil_serl(envs: EnvSource, out_dir, cfg: HILSERLConfig, progress: bool 
     seed_everything(cfg.seed)
     env, expert = make_env(envs, cfg)
     learner = make_learner(env.observation_space.spaces, env.action_space.shape[0], cfg)
+    share_frame_features(env, learner.agent)
     if checkpoints.state is not None:  # buffers read before anything is written: damaged ones are refused
         learner.load_training_state(checkpoints.state["learner"], out_dir)
     log = RunLog(out_dir, f"HIL-SERL on {envs.name}")

