@@ -557,3 +557,23 @@ def test_collect_records_a_checkpoints_rollouts(tmp_path):
     assert refused.returncode == 2 and "reads a" in refused.stderr and not (tmp_path / "x.zarr").exists()
     missing = cli(*common, f"out={tmp_path / 'y.zarr'}")
     assert missing.returncode == 2 and "teleop=policy needs policy=CHECKPOINT" in missing.stderr
+
+
+def test_eval_runs_an_image_agent_through_the_control_loop(tmp_path):
+    """An agent that reads cameras (image HIL-SERL) is evaluated one env at a time; one whose state
+    size is not the env's is refused in one line before any episode."""
+    from robot_rl.policies.sac import SACAgent, SACConfig
+    from robot_rl.sim.reach import make_reach_env
+
+    state_dim = make_reach_env(image_size=32).observation_space["state"].shape[0]
+    common = ["eval", "env=reach", "env.image_size=32", "env.max_steps=5", "episodes=2"]
+    for name, dim in (("good", state_dim), ("wrong", state_dim + 1)):
+        agent = SACAgent(SACConfig(state_dim=dim, action_dim=3, image_keys=("image/front",), image_size=32))
+        agent.save(tmp_path / name)
+    run = cli(*common, f"checkpoint={tmp_path / 'good'}")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["kind"] == "sac_agent" and result["episodes"] == 2 and result["mean_length"] == 5
+    refused = cli(*common, f"checkpoint={tmp_path / 'wrong'}")
+    assert refused.returncode == 2 and f"reads a {state_dim + 1}-D state" in refused.stderr
+    assert "Traceback" not in refused.stderr

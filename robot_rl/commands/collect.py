@@ -17,18 +17,10 @@ from robot_rl.tasks.teleops import RandomTeleop, ScriptedTeleop
 
 def rollout_policy(cfg: DictConfig, env):
     """The checkpoint that acts for teleop=policy, checked against the env's observations."""
-    from robot_rl.policies.loading import load_policy
+    from robot_rl.policies.loading import check_fits, load_policy
 
     policy, _, needs = load_policy(cfg.policy)
-    spaces = env.observation_space.spaces
-    missing = [k for k in needs["image_keys"] if k not in spaces]
-    if missing or spaces["state"].shape[0] != needs["state_dim"]:
-        cameras = [k for k in spaces if k != "state"]
-        raise ConfigError(
-            f"policy {cfg.policy} reads a {needs['state_dim']}-D state and cameras "
-            f"{list(needs['image_keys'])}; env {cfg.env.name} gives "
-            f"{spaces['state'].shape[0]}-D and {cameras}"
-        )
+    check_fits(cfg.policy, needs, env, cfg.env.name)
     if cfg.get("policy_sample") and hasattr(policy, "deterministic"):
         policy.deterministic = False  # SAC: its sampled actions, as it explores in training
     return policy

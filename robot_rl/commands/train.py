@@ -137,18 +137,23 @@ def evaluate_checkpoint(
     `dist` ({dist, workers, ray_address}) spreads the envs over Ray rollout workers: the same
     episodes, so the same results, however many workers. `video` > 0 also writes that many episodes
     (the first seeds) as H.264 mp4 into `video_dir`, rendered by the env config's render_camera."""
-    from robot_rl.learners.evaluate import check_video_setup, evaluation_videos, run_episodes
+    from robot_rl.learners.evaluate import check_video_setup, evaluate_policy, evaluation_videos, run_episodes
+    from robot_rl.policies.loading import check_fits
 
     path = Path(checkpoint)
-    kind, make_act, extra, image_agent = _checkpoint_policy(path, ddim_steps, seed)
+    kind, make_act, extra, loop_act = _checkpoint_policy(path, ddim_steps, seed)
     # checked before the evaluation, whose result would be lost
-    check_video_setup(_envs(env_cfg), int(video), image_agent is not None, "video")
+    check_video_setup(_envs(env_cfg), int(video), loop_act is not None, "video")
     with _ray_if(dist):
         envs = _envs(env_cfg, dist)
-        if image_agent is not None:  # one env at a time, through the ControlLoop
-            from robot_rl.learners.iql import evaluate_iql
-
-            result = evaluate_iql(image_agent, envs, episodes, num_envs, seed, progress)
+        if loop_act is not None:  # an image agent: one env at a time, through the ControlLoop
+            policy, needs = loop_act
+            env, _ = envs.make(seed=seed)
+            try:
+                check_fits(path, needs, env, env_cfg.name)
+                result = evaluate_policy(envs, None, policy, episodes, num_envs, seed, progress, env=env)
+            finally:
+                env.close()
         else:
             act = make_act(min(num_envs, episodes))
             result = {**run_episodes(envs.make_vec, act, episodes, num_envs, seed, progress), **extra}
@@ -160,29 +165,25 @@ def evaluate_checkpoint(
 
 def _checkpoint_policy(path: Path, ddim_steps: int | None, seed: int):
     """(its kind, a function of the number of envs giving the checkpoint's batch policy, extra
-    result fields, the agent itself where it reads cameras: no batch policy then)."""
+    result fields, (ControlLoop policy, what it reads) for an agent that reads cameras: no batch
+    policy then)."""
     from robot_rl.learners.evaluate import diffusion_batch_policy
     from robot_rl.policies.checkpoint import read_meta
     from robot_rl.policies.diffusion import DiffusionPolicy
     from robot_rl.policies.residual import ResidualPolicy
 
-    kind = read_meta(path).get("kind")
-    if kind == "sac_agent":
-        from robot_rl.policies.sac import SACAgent, batch_policy
+    meta = read_meta(path)
+    kind = meta.get("kind")
+    if kind in ("sac_agent", "iql_agent"):
+        from robot_rl.policies import iql, sac
+        from robot_rl.policies.loading import load_policy
 
-        agent = SACAgent.load(path)
-        if agent.cfg.image_keys:
-            raise ConfigError(
-                "robot-rl eval runs state policies on vector envs; image agents are evaluated by their run"
-            )
-        return kind, lambda n: batch_policy(agent), {}, None
-    if kind == "iql_agent":
-        from robot_rl.policies.iql import IQLAgent, batch_policy
-
-        agent = IQLAgent.load(path).eval()
-        if agent.cfg.image_keys:
-            return kind, None, {}, agent
-        return kind, lambda n: batch_policy(agent), {}, None
+        if meta["config"].get("image_keys"):
+            policy, _, needs = load_policy(path)
+            return kind, None, {}, (policy, needs)
+        agent = (sac.SACAgent if kind == "sac_agent" else iql.IQLAgent).load(path).eval()
+        agent_batch_policy = sac.batch_policy if kind == "sac_agent" else iql.batch_policy
+        return kind, lambda n: agent_batch_policy(agent), {}, None
     residual = None
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)

@@ -45,3 +45,16 @@ def load_policy(checkpoint, ddim_steps: int | None = None):
             "image_keys": tuple(k.removeprefix("obs/") for k in c.image_keys),
         },
     )
+
+
+def check_fits(checkpoint, needs: dict, env, env_name: str) -> None:
+    """Refuses (one line) a policy whose state size or cameras are not what `env` observes, before
+    it acts."""
+    spaces = env.observation_space.spaces
+    missing = [k for k in needs["image_keys"] if k not in spaces]
+    if missing or spaces["state"].shape[0] != needs["state_dim"]:
+        cameras = [k for k in spaces if k != "state"]
+        raise ConfigError(
+            f"policy {checkpoint} reads a {needs['state_dim']}-D state and cameras "
+            f"{list(needs['image_keys'])}; env {env_name} gives {spaces['state'].shape[0]}-D and {cameras}"
+        )
