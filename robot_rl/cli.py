@@ -33,7 +33,10 @@ def _print_summary(info: dict) -> None:
             print(f"{key:<10} {info[key]}")
     print("keys")
     for key, spec in info["keys"].items():
-        codec = "  (video)" if spec.get("codec") == "video" else ""
+        codec = spec.get("codec")
+        if isinstance(codec, dict):  # Blosc settings other than the default
+            codec = f"{codec['cname']} {codec['clevel']} {codec['shuffle']}"
+        codec = f"  ({codec})" if codec else ""
         print(f"  {key:<22} {str(tuple(spec['shape'])):<14} {spec['dtype']}{codec}")
 
 

@@ -384,8 +384,14 @@ def _sim_figures(figures, stdout):
 
 
 def _store_figures(figures, stdout):
-    assert "plain zarr" in stdout
+    assert "plain zarr" in stdout and "diffusion_policy" in stdout
     assert figures["sample"]["images"]["ours_warm_per_s"] > 0 and figures["write"]["ours_steps_per_s"] > 0
+    for sample in figures["sample"].values():  # every column, against both baselines
+        assert all(sample[k] > 0 for k in sample if k.endswith("_per_s"))
+        assert sample["decodes_per_batch_8_per_chunk"] <= sample["decodes_per_batch_cache_off"]
+    images = figures["sample"]["images"]  # every batch holds all the few state chunks, not all camera ones
+    assert images["decodes_per_batch_8_per_chunk"] < images["decodes_per_batch_cache_off"]
+    assert set(figures["camera_like"]) >= {"blosc", "before", "diffusion_policy_disk", "video"}
     assert figures["write"]["plain_zarr_steps_per_s"] > 0 and {"write_cost", "first_pass_cost"} <= set(
         figures["checksums"]
     )

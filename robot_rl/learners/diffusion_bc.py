@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
+from robot_rl.errors import ConfigError
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.utils.checkpoints import LearnerCheckpoints, RngLedger
 from robot_rl.utils.device import Prefetcher, autocast, maybe_compile, resolve_device
@@ -37,9 +38,20 @@ class DiffusionBCConfig:
         0  # steps between resumable checkpoints in RUN/checkpoints (0: none; Ctrl-C writes one)
     )
     resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
+    cache_mb: float = 1024  # decoded chunks the window sampler keeps (a dataset this size decodes once)
+    # > 1: windows drawn that many to a chunk, each still uniform over the dataset: fewer decodes
+    # per batch for a dataset larger than the cache, less varied batches (robot_rl/datasets/sampler.py)
+    windows_per_chunk: int = 1
     policy: dict = field(
         default_factory=dict
     )  # DiffusionConfig overrides (horizons, down_dims, image_keys...)
+
+    def __post_init__(self):
+        if self.cache_mb < 0 or self.windows_per_chunk < 1:
+            raise ConfigError(
+                f"cache_mb must be 0 or more and windows_per_chunk at least 1, "
+                f"got {self.cache_mb} and {self.windows_per_chunk}"
+            )
 
 
 def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bool = True) -> dict:
@@ -51,7 +63,13 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     c = policy.config
     keys = [k for k in store.keys if k == "obs/state" or k in c.image_keys]
     sampler = WindowSampler(
-        store, horizon=c.pred_horizon, n_obs=c.obs_horizon, n_action=c.action_horizon, obs_keys=keys
+        store,
+        horizon=c.pred_horizon,
+        n_obs=c.obs_horizon,
+        n_action=c.action_horizon,
+        obs_keys=keys,
+        cache_mb=cfg.cache_mb,
+        windows_per_chunk=cfg.windows_per_chunk,
     )
     optimizer = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(

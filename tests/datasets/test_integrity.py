@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from robot_rl.cli import main
-from robot_rl.datasets import EpisodeStore
+from robot_rl.datasets import EpisodeStore, WindowSampler
 from robot_rl.errors import DatasetError
 
 SCHEMA = {"obs/state": ((4,), "float32"), "obs/image/cam": ((8, 8, 3), "uint8"), "action": ((2,), "float32")}
@@ -78,6 +78,14 @@ def test_a_damaged_data_chunk_is_an_error_naming_the_key_and_steps(store_path, h
     np.testing.assert_array_equal(store.episode(1)["obs/image/cam"], episode(30, 1)["obs/image/cam"])
     with pytest.raises(DatasetError, match=r"data/obs/image/cam steps 96-119 are corrupt"):
         store.episode(2)
+    # the sampler's reads, straight from the chunk files, see the same
+    cam = store.array("obs/image/cam")
+    np.testing.assert_array_equal(cam.chunk(64, 96), cam[64:96])
+    with pytest.raises(DatasetError, match=r"data/obs/image/cam steps 96-119 are corrupt"):
+        cam.chunk(96, 120)
+    sampler = WindowSampler(store, horizon=4, n_obs=2, cache_mb=0)
+    with pytest.raises(DatasetError, match=r"data/obs/image/cam steps 96-119 are corrupt"):
+        sampler.windows(np.arange(len(sampler)))
 
 
 @pytest.mark.parametrize("how", ["deleted", "reordered", "corrupt", "beyond the data"])
@@ -130,7 +138,7 @@ def test_collect_refuses_a_store_with_lost_metadata(store_path, tmp_path, capsys
 CREATE_CHILD = textwrap.dedent(
     """
     import sys, numpy as np
-    from robot_rl.datasets import EpisodeStore
+    from robot_rl.datasets import EpisodeStore, WindowSampler
     schema = {f"obs/k{i}": ((4,), "float32") for i in range(400)}  # many arrays: creation takes a while
     print("creating", flush=True)
     with EpisodeStore.create(sys.argv[1], schema, fps=10) as store:

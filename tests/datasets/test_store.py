@@ -142,3 +142,66 @@ def test_add_key_after_a_killed_add_key(tmp_path):
         assert s.key_attrs("reward_x") == {"source": "test"}
         with pytest.raises(DatasetError, match="read-only"):
             s.add_key("reward_y", np.zeros(5))
+
+
+def test_codec_per_key(tmp_path):
+    """A key's Blosc settings come from the schema (default: zstd with bit-shuffle for cameras),
+    are what zarr records and reads, and what the direct chunk reader decodes; settings Blosc does
+    not have are refused when the store is created."""
+    import zarr
+
+    lz4 = {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"}
+    schema = {
+        "obs/image/front": ((8, 8, 3), "uint8"),
+        "obs/image/wrist": {"shape": [8, 8, 3], "dtype": "uint8", "codec": lz4},
+        "action": {
+            "shape": [2],
+            "dtype": "float32",
+            "codec": {"cname": "zstd", "clevel": 1, "shuffle": "noshuffle"},
+        },
+    }
+    rng = np.random.default_rng(0)
+    episodes = [
+        {
+            "obs/image/front": rng.integers(0, 255, (n, 8, 8, 3), np.uint8),
+            "obs/image/wrist": rng.integers(0, 255, (n, 8, 8, 3), np.uint8),
+            "action": rng.normal(size=(n, 2)).astype(np.float32),
+        }
+        for n in (40, 30)
+    ]
+    with EpisodeStore.create(tmp_path / "s.zarr", schema, fps=10) as store:
+        for ep in episodes:
+            store.append_episode(ep)
+    blosc = {
+        key: next(
+            c
+            for c in zarr.open_array(str(tmp_path / "s.zarr/data" / key)).metadata.codecs
+            if "Blosc" in type(c).__name__
+        )
+        for key in schema
+    }
+    assert (blosc["obs/image/front"].cname.value, blosc["obs/image/front"].shuffle.value) == (
+        "zstd",
+        "bitshuffle",
+    )
+    assert (blosc["obs/image/wrist"].cname.value, blosc["obs/image/wrist"].shuffle.value) == (
+        "lz4",
+        "bitshuffle",
+    )
+    assert (blosc["action"].clevel, blosc["action"].shuffle.value) == (1, "noshuffle")
+    with EpisodeStore.open(tmp_path / "s.zarr") as store:
+        assert store.schema["obs/image/wrist"]["codec"]["cname"] == "lz4"
+        for key in schema:
+            whole = np.concatenate([ep[key] for ep in episodes])
+            np.testing.assert_array_equal(store.array(key)[:70], whole)
+            size = store.array(key).chunks[0]
+            for lo in range(0, 70, size):
+                np.testing.assert_array_equal(
+                    store.array(key).chunk(lo, min(lo + size, 70)), whole[lo : lo + size]
+                )
+    for bad in ({"cname": "gzip"}, {"clevel": 12}, {"shuffle": "bytes"}, {"level": 3}):
+        with pytest.raises(DatasetError, match="action: codec .* is not a Blosc codec"):
+            EpisodeStore.create(
+                tmp_path / "bad.zarr", {"action": {"shape": [2], "dtype": "float32", "codec": bad}}, fps=10
+            )
+    assert not (tmp_path / "bad.zarr").exists()

@@ -3,13 +3,27 @@
 Data as in the reference measurements (docs/benchmarks.md): episodes of 200 steps with two 84x84x3
 uint8 cameras, state 9 and action 7 float32. Images are real MuJoCo renders of the reach arm (a pool
 of frames from scripted reaches, cut into episodes), so compression behaves as on simulated camera
-data. Windows of 16 steps (pad 1 before, 7 after) at random indices, single process, store on disk.
-Baselines in the same run: writing with plain zarr (default codec, automatic chunks) and reading the
-same windows through plain zarr slicing of the same store. The cost of integrity: the same store
-without CRC-32C checksums, written and sampled (first pass) in the same run, best of three
-alternating repeats, and the time `EpisodeStore.open` takes to check the metadata and that every
-chunk is on disk. Camera-like images: the same renders with Gaussian sensor noise (std 4 grey
-levels, as a real camera's), stored with Blosc and as video (`codec: video`).
+data. Windows of 16 steps (pad 1 before, 7 after) at random indices, read in batches of 256 as a
+learner reads them, single process, store on disk.
+
+Baselines in the same run. Writing: plain zarr (default codec, automatic chunks). Sampling: what a
+user of diffusion_policy gets, rebuilt from its code: the store laid out as its ReplayBuffer writes
+one (`add_episode`: chunks sized by its `get_optimal_chunks` from the first episode, a 2 MB target,
+so whole 200-step episodes of state and 95 frames of camera; Blosc lz4 without shuffle, its default
+compressor) and windows read as its SequenceSampler reads them, one slice per key per window
+(observation keys their first n_obs steps), padded by repeating the edge steps. It is timed twice:
+through zarr (the installed zarr 3), and with each slice's chunks read and decoded straight from
+their files, which is all that zarr 2 (diffusion_policy's) does per slice: a floor for its cost.
+Ours: a fresh sampler (first pass: every chunk decoded once, kept in the 1 GiB cache), the same
+batches again (warm), and a sampler with no cache (cache off: what a dataset larger than the cache
+costs), also drawing windows 8 to a chunk (`windows_per_chunk=8`).
+
+The cost of integrity: the same store without CRC-32C checksums, written and sampled (first pass)
+in the same run, best of three alternating repeats, and the time `EpisodeStore.open` takes to check
+the metadata and that every chunk is on disk. Camera-like images: the same renders with Gaussian
+sensor noise (std 4 grey levels, as a real camera's), stored with the camera codec, with the one it
+replaced (zstd without shuffle), as diffusion_policy stores them on disk (its "disk" compressor,
+zstd 5 with bit-shuffle, its chunks) and as video (`codec: video`).
 """
 
 from __future__ import annotations
@@ -23,9 +37,11 @@ import numpy as np
 import zarr
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
-from robot_rl.datasets.store import IMAGE_BLOSC, with_camera_codec
+from robot_rl.datasets.store import IMAGE_BLOSC, chunk_file, with_camera_codec
 
 HORIZON, N_OBS, N_ACTION = 16, 2, 8  # pad_before 1, pad_after 7
+BATCH = 256
+CAMERAS = ("obs/image/front", "obs/image/top")
 
 
 def render_frame_pool(n_frames: int, size: int = 84, seed: int = 0) -> dict[str, np.ndarray]:
@@ -62,9 +78,15 @@ def make_episodes(pool: dict[str, np.ndarray], n_episodes: int, length: int, see
 
 
 def write_ours(
-    path: Path, episodes: list[dict], checksums: bool = True, camera_codec: str = "blosc"
+    path: Path,
+    episodes: list[dict],
+    checksums: bool = True,
+    camera_codec: str = "blosc",
+    camera_blosc: dict | None = None,
 ) -> float:
     schema = with_camera_codec({k: (v.shape[1:], v.dtype) for k, v in episodes[0].items()}, camera_codec)
+    for key in CAMERAS if camera_blosc else ():
+        schema[key]["codec"] = camera_blosc
     start = time.perf_counter()
     with EpisodeStore.create(path, schema, fps=10, overwrite=True, checksums=checksums) as store:
         for ep in episodes:
@@ -97,18 +119,78 @@ def write_plain_zarr(path: Path, episodes: list[dict]) -> float:
     return time.perf_counter() - start
 
 
-def plain_zarr_window(arrays: dict, row, horizon: int, n_obs: int, obs_keys) -> dict:
-    """The same window as WindowSampler[i], read by slicing zarr arrays directly."""
-    buffer_start, buffer_end, sample_start, sample_end = (int(x) for x in row)
-    out = {}
-    for key, array in arrays.items():
-        data = array[buffer_start:buffer_end]
-        if sample_start > 0 or sample_end < horizon:
-            data = np.concatenate(
-                [np.repeat(data[:1], sample_start, 0), data, np.repeat(data[-1:], horizon - sample_end, 0)]
-            )
-        out[key] = data[:n_obs] if key in obs_keys else data
-    return out
+def dp_chunks(shape: tuple[int, ...], dtype, target_bytes: float = 2e6) -> tuple[int, ...]:
+    """diffusion_policy's get_optimal_chunks for a (T, ...) episode array whose step fits the
+    target (every key here): the whole step, and as many steps as fill `target_bytes`, at most T."""
+    step_bytes = int(np.prod(shape[1:], dtype=int)) * np.dtype(dtype).itemsize
+    return (min(shape[0], -(-int(target_bytes) // step_bytes)), *shape[1:])
+
+
+def write_dp_layout(path: Path, episodes: list[dict], blosc: dict | None = None) -> float:
+    """A store laid out as diffusion_policy's ReplayBuffer.add_episode writes one: data/<key> created
+    at the first episode with its optimal chunks and compressor (default Blosc lz4 5 without
+    shuffle), each episode appended by resize and slice assignment, meta/episode_ends."""
+    from zarr.codecs import BloscCodec
+
+    blosc = blosc or {"cname": "lz4", "clevel": 5, "shuffle": "noshuffle"}
+    start = time.perf_counter()
+    root = zarr.open_group(str(path), mode="w")
+    ends = root.create_array("meta/episode_ends", shape=(0,), dtype="int64", chunks=(1024,), compressors=None)
+    arrays, n = {}, 0
+    for ep in episodes:
+        length = len(next(iter(ep.values())))
+        for key, value in ep.items():
+            if key not in arrays:
+                arrays[key] = root.create_array(
+                    f"data/{key}",
+                    shape=(0, *value.shape[1:]),
+                    dtype=value.dtype,
+                    chunks=dp_chunks(value.shape, value.dtype),
+                    compressors=BloscCodec(**blosc, typesize=value.dtype.itemsize),
+                )
+            arrays[key].resize((n + length, *value.shape[1:]))
+            arrays[key][n : n + length] = value
+        n += length
+        ends.append(np.array([n]))
+    return time.perf_counter() - start
+
+
+class DiffusionPolicyWindows:
+    """Windows as diffusion_policy's SequenceSampler.sample_sequence reads them from a store in its
+    layout: per key one slice [buffer_start, buffer_end) (observation keys only their first n_obs
+    steps), padded by repeating the first and last real step. `direct` reads each slice's chunks
+    from their files and decodes them (zarr 2's work per slice, without its overhead)."""
+
+    def __init__(self, path: Path, keys: list[str], obs_keys: list[str], direct: bool):
+        import numcodecs
+
+        root = zarr.open_group(str(path), mode="r")
+        self.arrays = {k: root[f"data/{k}"] for k in keys}
+        self.obs_keys, self.direct, self.blosc = set(obs_keys), direct, numcodecs.Blosc()
+
+    def _slice(self, array, a: int, b: int) -> np.ndarray:
+        if not self.direct:
+            return array[a:b]
+        size = array.chunks[0]
+        parts = []
+        for t in range(a // size, (b - 1) // size + 1):
+            raw = self.blosc.decode(chunk_file(array, t).read_bytes())
+            chunk = np.frombuffer(raw, array.dtype).reshape(array.chunks)
+            parts.append(chunk[max(a - t * size, 0) : b - t * size])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __call__(self, row) -> dict[str, np.ndarray]:
+        buffer_start, buffer_end, sample_start, sample_end = (int(x) for x in row)
+        out = {}
+        for key, array in self.arrays.items():
+            n = N_OBS if key in self.obs_keys else HORIZON
+            real = self._slice(array, buffer_start, min(buffer_end, buffer_start + n))
+            data = np.empty((HORIZON, *array.shape[1:]), array.dtype)
+            data[:sample_start] = real[0]
+            data[sample_start : sample_start + len(real)] = real
+            data[sample_start + len(real) :] = real[-1]
+            out[key] = data[:n]
+        return out
 
 
 def windows_per_second(fn, n: int) -> float:
@@ -116,6 +198,58 @@ def windows_per_second(fn, n: int) -> float:
     for i in range(n):
         fn(i)
     return n / (time.perf_counter() - start)
+
+
+def batched_rate(read, order: np.ndarray) -> float:
+    """Windows/s reading the windows `order` in batches of BATCH through `read(indices)`."""
+    start = time.perf_counter()
+    for i in range(0, len(order), BATCH):
+        read(order[i : i + BATCH])
+    return len(order) / (time.perf_counter() - start)
+
+
+def sampling(store: EpisodeStore, dp_path: Path, obs_keys: list[str], n: int, rng, quick: bool) -> dict:
+    """Windows/s of our sampler (first pass, warm, cache off, cache off 8 windows to a chunk) and of
+    diffusion_policy's reads of its own layout (straight from the chunk files, and through zarr),
+    over the same n random windows in batches of BATCH."""
+    keys = obs_keys + ["action"]
+
+    def sampler(**kw):
+        return WindowSampler(store, HORIZON, N_OBS, N_ACTION, obs_keys=obs_keys, **kw)
+
+    cached = sampler()
+    order = rng.integers(0, len(cached), size=n)
+    first = batched_rate(cached.windows, order)
+    warm = batched_rate(cached.windows, order)
+    cache_off = sampler(cache_mb=0)
+    off = batched_rate(cache_off.windows, order)
+    grouped_sampler, draws = sampler(cache_mb=0, windows_per_chunk=8), np.random.default_rng(1)
+    grouped = batched_rate(lambda b: grouped_sampler.sample(len(b), draws), order)
+    rows = cached.indices[order]
+    direct, through_zarr = (DiffusionPolicyWindows(dp_path, keys, obs_keys, d) for d in (True, False))
+    for i in range(0, n, max(1, n // 20)):  # the baseline reads the same windows
+        for key, value in direct(rows[i]).items():
+            np.testing.assert_array_equal(value, cached[int(order[i])][key])
+    dp_direct = windows_per_second(lambda i: direct(rows[i]), n)
+    n_zarr = min(n, 200 if quick else 2000)  # zarr 3 takes ~1 ms a slice
+    dp_zarr = windows_per_second(lambda i: through_zarr(rows[i]), n_zarr)
+    return {
+        "windows": n,
+        "batch": BATCH,
+        "ours_first_pass_per_s": first,
+        "ours_warm_per_s": warm,
+        "ours_cache_off_per_s": off,
+        "ours_cache_off_8_per_chunk_per_s": grouped,
+        "diffusion_policy_direct_per_s": dp_direct,
+        "diffusion_policy_zarr3_per_s": dp_zarr,
+        "diffusion_policy_zarr3_windows": n_zarr,
+        "ratio_first_pass": first / dp_direct,
+        "ratio_warm": warm / dp_direct,
+        "ratio_cache_off": off / dp_direct,
+        "ratio_cache_off_8_per_chunk": grouped / dp_direct,
+        "decodes_per_batch_cache_off": cache_off.decodes * BATCH / n,
+        "decodes_per_batch_8_per_chunk": grouped_sampler.decodes * BATCH / n,
+    }
 
 
 def run(quick: bool = False) -> dict:
@@ -163,30 +297,14 @@ def run(quick: bool = False) -> dict:
             },
             "sample": {},
         }
+        dp_s = write_dp_layout(tmp / "dp.zarr", episodes)
+        results["write"]["diffusion_policy_steps_per_s"] = steps / dp_s
         rng = np.random.default_rng(0)
         for name, obs_keys, n in (
             ("state", ["obs/state"], n_state_windows),
             ("images", ["obs/state", "obs/image/front", "obs/image/top"], n_image_windows),
         ):
-            sampler = WindowSampler(store, HORIZON, N_OBS, N_ACTION, obs_keys=obs_keys)
-            order = rng.integers(0, len(sampler), size=n)
-            cold = windows_per_second(lambda i, sampler=sampler, order=order: sampler[order[i]], n)
-            warm = windows_per_second(lambda i, sampler=sampler, order=order: sampler[order[i]], n)
-            arrays = {k: store.array(k) for k in obs_keys + ["action"]}
-            plain = windows_per_second(
-                lambda i, arrays=arrays, sampler=sampler, order=order, obs_keys=obs_keys: plain_zarr_window(
-                    arrays, sampler.indices[order[i]], HORIZON, N_OBS, obs_keys
-                ),
-                n,
-            )
-            results["sample"][name] = {
-                "windows": n,
-                "ours_first_pass_per_s": cold,
-                "ours_warm_per_s": warm,
-                "plain_zarr_per_s": plain,
-                "ratio_first_pass": cold / plain,
-                "ratio_warm": warm / plain,
-            }
+            results["sample"][name] = sampling(store, tmp / "dp.zarr", obs_keys, n, rng, quick)
         results["checksums"] = checksum_cost(tmp, episodes, n_image_windows)
         results["camera_like"] = camera_codecs(tmp, episodes, n_image_windows)
         return results
@@ -194,12 +312,14 @@ def run(quick: bool = False) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-CAMERAS = ("obs/image/front", "obs/image/top")
+BEFORE_BLOSC = {"cname": "zstd", "clevel": 5, "shuffle": "noshuffle"}  # the camera codec until 2026-12-07
+DP_DISK_BLOSC = {"cname": "zstd", "clevel": 5, "shuffle": "bitshuffle"}  # diffusion_policy's "disk"
 
 
 def camera_codecs(tmp: Path, episodes: list[dict], n_windows: int) -> dict:
-    """Camera-like frames (the renders plus sensor noise) as Blosc and as video: bytes per frame,
-    append speed, first-pass and warm image-window sampling, and the video's fidelity (PSNR)."""
+    """Camera-like frames (the renders plus sensor noise) stored with our camera codec, with the one
+    it replaced, as diffusion_policy stores them on disk, and as video: bytes per frame, append
+    speed, first-pass and warm image-window sampling, and the video's fidelity (PSNR)."""
     rng = np.random.default_rng(2)
     noisy = [
         {
@@ -209,27 +329,42 @@ def camera_codecs(tmp: Path, episodes: list[dict], n_windows: int) -> dict:
         for ep in episodes
     ]
     frames = sum(len(ep[k]) for ep in noisy for k in CAMERAS)
+    raw = sum(ep[k].nbytes for ep in noisy for k in CAMERAS)
+
+    def folder_bytes(folders) -> int:
+        return sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
+
     out = {}
-    for codec in ("blosc", "video"):
-        path = tmp / f"camera_{codec}.zarr"
-        seconds = write_ours(path, noisy, camera_codec=codec)
-        folders = [path / ("video" if codec == "video" else "data") / k for k in CAMERAS]
-        size = sum(f.stat().st_size for folder in folders for f in folder.rglob("*") if f.is_file())
+    for name, codec, blosc in (
+        ("blosc", "blosc", None),
+        ("before", "blosc", BEFORE_BLOSC),
+        ("video", "video", None),
+    ):
+        path = tmp / f"camera_{name}.zarr"
+        seconds = write_ours(path, noisy, camera_codec=codec, camera_blosc=blosc)
+        size = folder_bytes([path / ("video" if codec == "video" else "data") / k for k in CAMERAS])
         with EpisodeStore.open(path) as store:
             sampler = WindowSampler(store, HORIZON, N_OBS, N_ACTION, obs_keys=["obs/state", *CAMERAS])
             order = rng.integers(0, len(sampler), size=n_windows)
-            cold = windows_per_second(lambda i, sampler=sampler, order=order: sampler[order[i]], n_windows)
-            warm = windows_per_second(lambda i, sampler=sampler, order=order: sampler[order[i]], n_windows)
+            cold, warm = batched_rate(sampler.windows, order), batched_rate(sampler.windows, order)
             decoded = store.episode(0)["obs/image/front"].astype(np.float64)
         error = np.mean((decoded - noisy[0]["obs/image/front"]) ** 2)
-        out[codec] = {
+        out[name] = {
             "bytes_per_frame": size / frames,
+            "compression": raw / size,
             "append_steps_per_s": sum(len(ep["action"]) for ep in noisy) / seconds,
             "first_pass_per_s": cold,
             "warm_per_s": warm,
             "psnr_db": float("inf") if error == 0 else float(10 * np.log10(255**2 / error)),
         }
+    write_dp_layout(tmp / "camera_dp.zarr", noisy, DP_DISK_BLOSC)
+    dp_size = folder_bytes([tmp / "camera_dp.zarr/data" / k for k in CAMERAS])
+    out["diffusion_policy_disk"] = {"bytes_per_frame": dp_size / frames, "compression": raw / dp_size}
     out["video_smaller"] = out["blosc"]["bytes_per_frame"] / out["video"]["bytes_per_frame"]
+    out["compression_over_diffusion_policy"] = (
+        out["blosc"]["compression"] / out["diffusion_policy_disk"]["compression"]
+    )
+    out["append_over_before"] = out["blosc"]["append_steps_per_s"] / out["before"]["append_steps_per_s"]
     return out
 
 
@@ -245,9 +380,7 @@ def checksum_cost(tmp: Path, episodes: list[dict], n_windows: int) -> dict:
             with EpisodeStore.open(path) as store:
                 sampler = WindowSampler(store, HORIZON, N_OBS, N_ACTION, obs_keys=keys)
                 order = np.random.default_rng(1).integers(0, len(sampler), size=n_windows)
-                sample[checksums].append(
-                    windows_per_second(lambda i, sampler=sampler, order=order: sampler[order[i]], n_windows)
-                )
+                sample[checksums].append(batched_rate(sampler.windows, order))
     start = time.perf_counter()
     for _ in range(10):
         EpisodeStore.open(tmp / "crc_True.zarr").close()
@@ -264,25 +397,31 @@ def checksum_cost(tmp: Path, episodes: list[dict], n_windows: int) -> dict:
 
 def format_table(r: dict) -> str:
     d, w = r["data"], r["write"]
+    codec = f"{IMAGE_BLOSC['cname']} {IMAGE_BLOSC['clevel']} {IMAGE_BLOSC['shuffle']}"
     lines = [
         f"store benchmark: {d['episodes']} episodes x {d['steps_per_episode']} steps, {d['cameras']}, "
         f"state {d['state']}, action {d['action']} ({d['raw_mb']:.0f} MB raw)",
         "",
-        f"{'write':<34}{'steps/s':>10}{'MB/s':>9}{'image ratio':>13}",
-        f"{'  EpisodeStore (zstd ' + str(IMAGE_BLOSC['clevel']) + ')':<34}"
+        f"{'write':<40}{'steps/s':>10}{'MB/s':>9}{'image ratio':>13}",
+        f"{'  EpisodeStore (' + codec + ')':<40}"
         f"{w['ours_steps_per_s']:>10.0f}{w['ours_mb_per_s']:>9.1f}{w['ours_image_compression']:>12.1f}x",
-        f"{'  plain zarr (defaults)':<34}"
+        f"{'  plain zarr (defaults)':<40}"
         f"{w['plain_zarr_steps_per_s']:>10.0f}{w['plain_zarr_mb_per_s']:>9.1f}"
         f"{w['plain_zarr_image_compression']:>12.1f}x",
-        f"{'  ratio (ours / plain)':<34}{w['ratio']:>9.2f}x",
+        f"{'  diffusion_policy ReplayBuffer layout':<40}{w['diffusion_policy_steps_per_s']:>10.0f}",
+        f"{'  ratio (ours / plain)':<40}{w['ratio']:>9.2f}x",
         "",
-        f"{'sample (windows/s)':<22}{'first pass':>12}{'warm':>10}{'plain zarr':>12}{'ratio':>16}",
+        f"sample, windows/s in batches of {BATCH}; diffusion_policy: its layout, its SequenceSampler's reads",
+        f"{'':<10}{'first pass':>11}{'warm':>9}{'cache off':>11}{'off, 8/chunk':>14}"
+        f"{'dp direct':>11}{'dp zarr3':>10}   ratio to dp direct (first / off / off 8)",
     ]
     for name, s in r["sample"].items():
         lines.append(
-            f"{'  ' + name:<22}{s['ours_first_pass_per_s']:>12.0f}{s['ours_warm_per_s']:>10.0f}"
-            f"{s['plain_zarr_per_s']:>12.0f}"
-            f"{s['ratio_first_pass']:>7.1f}x /{s['ratio_warm']:>5.1f}x"
+            f"{'  ' + name:<10}{s['ours_first_pass_per_s']:>11.0f}{s['ours_warm_per_s']:>9.0f}"
+            f"{s['ours_cache_off_per_s']:>11.0f}{s['ours_cache_off_8_per_chunk_per_s']:>14.0f}"
+            f"{s['diffusion_policy_direct_per_s']:>11.0f}{s['diffusion_policy_zarr3_per_s']:>10.0f}"
+            f"   {s['ratio_first_pass']:.1f}x / {s['ratio_cache_off']:.2f}x"
+            f" / {s['ratio_cache_off_8_per_chunk']:.2f}x"
         )
     c = r["checksums"]
     lines += [
@@ -295,14 +434,28 @@ def format_table(r: dict) -> str:
         f"  open (metadata and chunk presence)  {c['open_ms']:.1f} ms",
         "",
         "camera-like frames (renders + sensor noise, std 4), 2 cameras",
-        f"{'':<10}{'bytes/frame':>13}{'append steps/s':>16}{'first pass':>12}{'warm':>8}{'PSNR':>9}",
+        f"{'':<34}{'bytes/frame':>12}{'ratio':>8}{'append steps/s':>16}{'first pass':>12}{'warm':>8}"
+        f"{'PSNR':>9}",
     ]
     v = r["camera_like"]
-    for codec in ("blosc", "video"):
-        x = v[codec]
-        lines.append(
-            f"{'  ' + codec:<10}{x['bytes_per_frame']:>13.0f}{x['append_steps_per_s']:>16.0f}"
-            f"{x['first_pass_per_s']:>12.0f}{x['warm_per_s']:>8.0f}{x['psnr_db']:>7.1f}dB"
-        )
-    lines.append(f"  video is {v['video_smaller']:.1f}x smaller than Blosc")
+    names = {
+        "blosc": f"Blosc {codec}",
+        "before": "Blosc zstd 5 noshuffle (before)",
+        "diffusion_policy_disk": "diffusion_policy disk (zstd 5 bit)",
+        "video": "video (H.264)",
+    }
+    for key, label in names.items():
+        x = v[key]
+        line = f"{'  ' + label:<34}{x['bytes_per_frame']:>12.0f}{x['compression']:>7.2f}x"
+        if "append_steps_per_s" in x:
+            line += (
+                f"{x['append_steps_per_s']:>16.0f}{x['first_pass_per_s']:>12.0f}{x['warm_per_s']:>8.0f}"
+                f"{x['psnr_db']:>7.1f}dB"
+            )
+        lines.append(line)
+    lines.append(
+        f"  compression {v['compression_over_diffusion_policy']:.3f}x diffusion_policy's, append "
+        f"{v['append_over_before']:.2f}x the codec before; "
+        f"video is {v['video_smaller']:.1f}x smaller than Blosc"
+    )
     return "\n".join(lines)
