@@ -80,13 +80,14 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
     )
     ema = EMA(policy, cfg.ema_power, cfg.ema_max_decay)
     log = RunLog(out_dir, f"diffusion BC on {Path(store_path).name} ({device})")
-    running = None
+    running = None  # the loss's running mean, kept on the device: read back only when logged
     if (state := checkpoints.restore(log, rng)) is not None:
         policy.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         ema.model.load_state_dict(state["ema"])
         ema.step, running = state["ema_step"], state["running"]
+        running = None if running is None else torch.tensor(float(running), device=device)
     loss_of = maybe_compile(policy.loss, cfg.compile)
     ledger = RngLedger(
         rng,
@@ -102,7 +103,7 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
             "schedule": schedule.state_dict(),
             "ema": ema.model.state_dict(),
             "ema_step": ema.step,
-            "running": running,
+            "running": None if running is None else float(running),
         },
         log,
         ledger=ledger,
@@ -120,10 +121,11 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
             optimizer.step()
             schedule.step()
             ema.update(policy)
-            running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+            loss = loss.detach().float()
+            running = loss.clone() if running is None else running.lerp_(loss, 0.02)
             if step % cfg.log_every == 0 or step == cfg.steps - 1:
-                log.log(step, loss=running, lr=schedule.get_last_lr()[0])
-                bar.set_postfix(loss=f"{running:.4f}")
+                log.log(step, loss=float(running), lr=schedule.get_last_lr()[0])
+                bar.set_postfix(loss=f"{float(running):.4f}")
             checkpoints.step_done(step + 1, cfg.steps, snapshot)
     checkpoint = ema.model.save(Path(out_dir) / "checkpoint")  # CPU copies: it loads anywhere
     params = sum(p.numel() for p in policy.parameters())
@@ -131,7 +133,7 @@ def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bo
         {
             "learner": "diffusion_bc",
             "checkpoint": str(checkpoint),
-            "final_loss": running,
+            "final_loss": None if running is None else float(running),
             "steps": cfg.steps,
             "parameters": params,
             "episodes": store.n_episodes,
