@@ -706,7 +706,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("bench", help="performance benchmarks (table; --json FILE writes the figures)")
-    p.add_argument("which", choices=("loop", "store", "sim", "policy", "sac", "iql", "icvf", "scale", "gpu"))
+    p.add_argument(
+        "which", choices=("loop", "store", "sim", "policy", "sac", "iql", "icvf", "scale", "gpu", "resip")
+    )
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--quick", action="store_true", help="a smaller, faster run (for smoke tests)")
     p.add_argument(

@@ -474,6 +474,14 @@ def _gpu_figures(figures, stdout):
     assert figures["ok"] is True and figures["failures"] == []
 
 
+def _resip_figures(figures, stdout):  # every phase of a BC step and of a residual iteration, timed
+    assert "residual PPO iteration" in stdout and set(figures["bc_step_s"]) == {"1", "2"}
+    assert set(figures["bc_step_s"]["1"]) == {"sample", "forward", "backward", "optimizer", "ema"}
+    assert {"base denoising", "residual forward", "physics", "GAE"} <= set(figures["residual_rollout_s"])
+    updates = figures["residual_update"]
+    assert updates["1"]["epochs"] == updates["2"]["epochs"] and updates["1"]["seconds"] > 0
+
+
 BENCHES = {
     "loop": _loop_figures,
     "store": _store_figures,
@@ -484,6 +492,7 @@ BENCHES = {
     "icvf": _icvf_figures,
     "scale": _scale_figures,
     "gpu": _gpu_figures,
+    "resip": _resip_figures,
 }
 
 
