@@ -38,6 +38,9 @@ class DiffusionBCConfig:
         0  # steps between resumable checkpoints in RUN/checkpoints (0: none; Ctrl-C writes one)
     )
     resume: str | None = None  # a run folder: continue it from its latest checkpoint, to the same end
+    # torch threads: BC runs no physics beside it, so on an idle machine it may use every core (on a
+    # busy one, OpenMP threads fighting other processes for a core make 2 threads slower than 1)
+    threads: int = 1
     cache_mb: float = 1024  # decoded chunks the window sampler keeps (a dataset this size decodes once)
     # > 1: windows drawn that many to a chunk, each still uniform over the dataset: fewer decodes
     # per batch for a dataset larger than the cache, less varied batches (robot_rl/datasets/sampler.py)
@@ -47,16 +50,16 @@ class DiffusionBCConfig:
     )  # DiffusionConfig overrides (horizons, down_dims, image_keys...)
 
     def __post_init__(self):
-        if self.cache_mb < 0 or self.windows_per_chunk < 1:
+        if self.cache_mb < 0 or self.windows_per_chunk < 1 or self.threads < 1:
             raise ConfigError(
-                f"cache_mb must be 0 or more and windows_per_chunk at least 1, "
-                f"got {self.cache_mb} and {self.windows_per_chunk}"
+                f"cache_mb must be 0 or more, windows_per_chunk and threads at least 1, "
+                f"got {self.cache_mb}, {self.windows_per_chunk} and {self.threads}"
             )
 
 
 def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bool = True) -> dict:
     checkpoints = LearnerCheckpoints(out_dir, "diffusion_bc", cfg)  # a bad resume= is refused first
-    rng = seed_everything(cfg.seed)
+    rng = seed_everything(cfg.seed, cfg.threads)
     store = EpisodeStore.open(store_path)
     device = resolve_device(cfg.device)
     policy = DiffusionPolicy.from_store(store, **dict(cfg.policy)).to(device)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robot_rl.errors import ConfigError
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
 from robot_rl.policies.value_head import value_head_config
@@ -52,6 +53,9 @@ class ResidualPPOConfig:
     # the critic's value head (policies.value_head.ValueHeadConfig): mse, or hl_gauss over bins
     # spanning the normalized returns, e.g. {loss: hl_gauss, v_min: 0, v_max: 10}
     value: dict | None = None
+    # torch threads of the PPO update, which runs no physics beside it (rollouts keep one thread:
+    # their physics runs on the vector env's threads); on a busy machine more can be slower
+    update_threads: int = 1
     device: str = "auto"  # the base, the residual and the rollout buffers (the envs step on the CPU)
     compile: bool = False  # torch.compile the PPO losses
     seed: int = 0
@@ -60,6 +64,8 @@ class ResidualPPOConfig:
 
     def __post_init__(self):
         value_head_config(self.value)  # a bad value head is refused before any work
+        if self.update_threads < 1:
+            raise ConfigError(f"update_threads must be at least 1, got {self.update_threads}")
 
 
 class ReturnStd:
@@ -219,6 +225,7 @@ def _train(
             counts["env_steps"] += T * N
             counts["episodes"] += it_episodes
             counts["successes"] += it_successes
+            torch.set_num_threads(cfg.update_threads)
             stats = _update(
                 policy,
                 actor_opt,
@@ -230,6 +237,7 @@ def _train(
                 advantages.flatten(),
                 returns.flatten(),
             )
+            torch.set_num_threads(1)
             for s in schedules:
                 s.step()
             rate = it_successes / max(it_episodes, 1)
