@@ -1,6 +1,8 @@
-"""Per-stage timing of the control loop: mean, p50, p99 and max of each stage's duration."""
+"""Timing: the control loop's per-stage percentiles, and a learner loop's seconds per phase."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -34,3 +36,37 @@ class StageTimer:
                 "n": int(self._n[s]),
             }
         return out
+
+
+class PhaseClock:
+    """Seconds spent in each named phase, summed over calls: `with clock("physics"): ...`.
+
+    A learner's loop takes one so that a benchmark can time its phases in the real code path; with
+    `enabled=False` (the default in training) each phase costs one branch and records nothing.
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> _Phase:
+        return _Phase(self, name)
+
+
+class _Phase:
+    __slots__ = ("clock", "name", "start")
+
+    def __init__(self, clock: PhaseClock, name: str):
+        self.clock, self.name = clock, name
+
+    def __enter__(self) -> None:
+        if self.clock.enabled:
+            self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        if self.clock.enabled:
+            elapsed = time.perf_counter() - self.start
+            self.clock.seconds[self.name] = self.clock.seconds.get(self.name, 0.0) + elapsed
+
+
+UNTIMED = PhaseClock(enabled=False)  # the default clock of loops that are timed only when benchmarked

@@ -42,19 +42,23 @@ class DiffusionBCConfig:
     # busy one, OpenMP threads fighting other processes for a core make 2 threads slower than 1)
     threads: int = 1
     cache_mb: float = 1024  # decoded chunks the window sampler keeps (a dataset this size decodes once)
-    # > 1: windows drawn that many to a chunk, each still uniform over the dataset: fewer decodes
-    # per batch for a dataset larger than the cache, less varied batches (robot_rl/datasets/sampler.py)
-    windows_per_chunk: int = 1
+    # windows drawn that many to a chunk, each still uniform over the dataset: fewer decodes per
+    # batch for a dataset larger than the cache, less varied batches; auto: 1 while the data fit
+    # the cache, 8 when not (robot_rl/datasets/sampler.py)
+    windows_per_chunk: int | str = "auto"
     policy: dict = field(
         default_factory=dict
     )  # DiffusionConfig overrides (horizons, down_dims, image_keys...)
 
     def __post_init__(self):
-        if self.cache_mb < 0 or self.windows_per_chunk < 1 or self.threads < 1:
+        if self.cache_mb < 0 or self.threads < 1:
             raise ConfigError(
-                f"cache_mb must be 0 or more, windows_per_chunk and threads at least 1, "
-                f"got {self.cache_mb}, {self.windows_per_chunk} and {self.threads}"
+                f"cache_mb must be 0 or more and threads at least 1, got {self.cache_mb} and {self.threads}"
             )
+        if self.windows_per_chunk != "auto" and not (
+            isinstance(self.windows_per_chunk, int) and self.windows_per_chunk >= 1
+        ):
+            raise ConfigError(f"windows_per_chunk must be auto or at least 1, got {self.windows_per_chunk!r}")
 
 
 def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bool = True) -> dict:

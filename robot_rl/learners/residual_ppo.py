@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robot_rl.core.timing import UNTIMED, PhaseClock
 from robot_rl.errors import ConfigError
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
@@ -121,6 +122,88 @@ def ppo_losses(policy: ResidualPolicy, x, actions, old_logp, advantages, returns
     return pg, value, approx_kl
 
 
+class RolloutBuffers:
+    """One iteration's (T, N) rollout on the learner's device, allocated once for the run."""
+
+    def __init__(self, T: int, N: int, obs_dim: int, action_dim: int, device):
+        self.x = torch.zeros(T, N, obs_dim + action_dim, device=device)  # the residual's input
+        self.actions = torch.zeros(T, N, action_dim, device=device)  # the sampled residuals
+        self.logp, self.rewards, self.values, self.dones = (
+            torch.zeros(T, N, device=device) for _ in range(4)
+        )
+
+
+@dataclass
+class Rollout:
+    episodes: int
+    successes: int
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def batch(self, buffers: RolloutBuffers) -> tuple:
+        """(x, actions, old log-probs, advantages, returns), flattened over time and envs: the PPO
+        update's inputs."""
+        flat = (buffers.x, buffers.actions, buffers.logp, self.advantages, self.returns)
+        return tuple(t.flatten(0, 1) for t in flat)
+
+
+@torch.no_grad()
+def collect_rollout(
+    vec,
+    base: DiffusionPolicy,
+    policy: ResidualPolicy,
+    chunks: BaseChunks,
+    reward_scale: ReturnStd,
+    state: torch.Tensor,
+    buffers: RolloutBuffers,
+    cfg: ResidualPPOConfig,
+    clock: PhaseClock = UNTIMED,
+) -> tuple[torch.Tensor, Rollout]:
+    """Step the envs `cfg.rollout_steps` times with base + residual into `buffers`; returns the next
+    state and the rollout's counts and GAE. `clock` times the phases (for `robot-rl bench resip`)."""
+    device = buffers.x.device
+    episodes = successes = 0
+    for t in range(cfg.rollout_steps):
+        with clock("base denoising"):
+            base_action = chunks.next(state)
+        with clock("residual forward"):
+            x = residual_input(base, state, base_action)
+            dist = policy.dist(x)
+            residual = dist.sample()
+            buffers.x[t], buffers.actions[t] = x, residual
+            buffers.logp[t], buffers.values[t] = dist.log_prob(residual).sum(-1), policy.value(x)
+            action = combine(base, base_action, residual, cfg.residual_scale).cpu().numpy()
+        with clock("physics"):
+            obs, reward, terminated, truncated, info = vec.step(action)
+        with clock("bookkeeping"):
+            done = terminated | truncated  # ResiP: truncation ends the return too
+            buffers.rewards[t] = torch.as_tensor(reward_scale.scale(reward, done))
+            buffers.dones[t] = torch.as_tensor(done, dtype=torch.float32, device=device)
+            chunks.reset(np.flatnonzero(done))
+            episodes += int(done.sum())
+            successes += int(info["success"][done].sum())
+            state = torch.as_tensor(obs, device=device)
+    with clock("GAE"):
+        # Bootstrap with the base action each env will take next; where its queue has run out (a
+        # new plan is due) the last queued action stands in, rather than sampling a plan that the
+        # next rollout would not use.
+        N = len(state)
+        upcoming = chunks.queue[np.arange(N), np.minimum(chunks.index, chunks.queue.shape[1] - 1)]
+        last_value = policy.value(residual_input(base, state, upcoming))
+        advantages, returns = gae(
+            buffers.rewards, buffers.values, buffers.dones, last_value, cfg.gamma, cfg.gae_lambda
+        )
+    return state, Rollout(episodes, successes, advantages, returns)
+
+
+def optimizers(policy: ResidualPolicy, cfg: ResidualPPOConfig) -> tuple:
+    """ResiP's separate AdamW optimizers of the actor and the critic."""
+    return tuple(
+        torch.optim.AdamW(part.parameters(), lr=lr, eps=1e-5, weight_decay=cfg.weight_decay)
+        for part, lr in ((policy.actor, cfg.actor_lr), (policy.critic, cfg.critic_lr))
+    )
+
+
 def cosine_schedules(optimizers, cfg: ResidualPPOConfig) -> list:
     """Cosine learning-rate decay over `lr_horizon` iterations (to zero at `iterations` if unset)."""
     horizon = cfg.lr_horizon or cfg.iterations
@@ -155,20 +238,12 @@ def _train(
     policy = ResidualPolicy(
         ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale, value=cfg.value)
     ).to(device)
-    actor_opt = torch.optim.AdamW(
-        policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay
-    )
-    critic_opt = torch.optim.AdamW(
-        policy.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay
-    )
+    actor_opt, critic_opt = optimizers(policy, cfg)
     schedules = cosine_schedules((actor_opt, critic_opt), cfg)
     chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
     reward_scale = ReturnStd(cfg.num_envs, cfg.gamma, cfg.reward_clip)
     log = RunLog(out_dir, "residual PPO")
-    T, N = cfg.rollout_steps, cfg.num_envs
-    buf_x = torch.zeros(T, N, obs_dim + action_dim, device=device)
-    buf_a, buf_logp = torch.zeros(T, N, action_dim, device=device), torch.zeros(T, N, device=device)
-    buf_r, buf_v, buf_d = (torch.zeros(T, N, device=device) for _ in range(3))
+    buffers = RolloutBuffers(cfg.rollout_steps, cfg.num_envs, obs_dim, action_dim, device)
     parts = {"policy": policy, "actor_opt": actor_opt, "critic_opt": critic_opt, "reward_scale": reward_scale}
     parts.update({f"schedule{i}": s for i, s in enumerate(schedules)})
     counts = {"episodes": 0, "successes": 0, "env_steps": 0}
@@ -194,57 +269,19 @@ def _train(
     bar = checkpoints.bar(cfg.iterations, "residual PPO", "it", progress)
     with checkpoints:  # Ctrl-C and SIGTERM: a checkpoint at the end of the iteration, then stop
         for it in bar:
-            it_episodes = it_successes = 0
-            with torch.no_grad():
-                for t in range(T):
-                    base_action = chunks.next(state)
-                    x = residual_input(base, state, base_action)
-                    dist = policy.dist(x)
-                    residual = dist.sample()
-                    buf_x[t], buf_a[t], buf_logp[t], buf_v[t] = (
-                        x,
-                        residual,
-                        dist.log_prob(residual).sum(-1),
-                        policy.value(x),
-                    )
-                    action = combine(base, base_action, residual, cfg.residual_scale)
-                    obs, reward, terminated, truncated, info = vec.step(action.cpu().numpy())
-                    done = terminated | truncated  # ResiP: truncation ends the return too
-                    buf_r[t] = torch.as_tensor(reward_scale.scale(reward, done))
-                    buf_d[t] = torch.as_tensor(done, dtype=torch.float32, device=device)
-                    chunks.reset(np.flatnonzero(done))
-                    it_episodes += int(done.sum())
-                    it_successes += int(info["success"][done].sum())
-                    state = torch.as_tensor(obs, device=device)
-                # Bootstrap with the base action each env will take next; where its queue has run out
-                # (a new plan is due) the last queued action stands in, rather than sampling a plan
-                # that the next rollout would not use.
-                upcoming = chunks.queue[np.arange(N), np.minimum(chunks.index, chunks.queue.shape[1] - 1)]
-                last_value = policy.value(residual_input(base, state, upcoming))
-                advantages, returns = gae(buf_r, buf_v, buf_d, last_value, cfg.gamma, cfg.gae_lambda)
-            counts["env_steps"] += T * N
-            counts["episodes"] += it_episodes
-            counts["successes"] += it_successes
+            state, rollout = collect_rollout(vec, base, policy, chunks, reward_scale, state, buffers, cfg)
+            counts["env_steps"] += cfg.rollout_steps * cfg.num_envs
+            counts["episodes"] += rollout.episodes
+            counts["successes"] += rollout.successes
             torch.set_num_threads(cfg.update_threads)
-            stats = _update(
-                policy,
-                actor_opt,
-                critic_opt,
-                cfg,
-                buf_x.flatten(0, 1),
-                buf_a.flatten(0, 1),
-                buf_logp.flatten(0, 1),
-                advantages.flatten(),
-                returns.flatten(),
-            )
+            stats = ppo_update(policy, actor_opt, critic_opt, cfg, *rollout.batch(buffers))
             torch.set_num_threads(1)
             for s in schedules:
                 s.step()
-            rate = it_successes / max(it_episodes, 1)
-            log.log(counts["env_steps"], success_rate=rate, episodes=it_episodes, **stats)
-            bar.set_postfix_str(
-                f"success {rate:.2f} ({it_episodes} ep) kl {stats['approx_kl']:.3f} epochs {stats['epochs']}"
-            )
+            rate = rollout.successes / max(rollout.episodes, 1)
+            log.log(counts["env_steps"], success_rate=rate, episodes=rollout.episodes, **stats)
+            kl, epochs = stats["approx_kl"], stats["epochs"]
+            bar.set_postfix_str(f"success {rate:.2f} ({rollout.episodes} ep) kl {kl:.3f} epochs {epochs}")
             checkpoints.step_done(it + 1, cfg.iterations, snapshot)
     episodes, successes, env_steps = counts["episodes"], counts["successes"], counts["env_steps"]
     checkpoint = policy.save(Path(out_dir) / "checkpoint", base_checkpoint)
@@ -261,7 +298,7 @@ def _train(
     )
 
 
-def _update(
+def ppo_update(
     policy, actor_opt, critic_opt, cfg: ResidualPPOConfig, x, actions, old_logp, advantages, returns
 ) -> dict:
     losses = maybe_compile(ppo_losses, cfg.compile)

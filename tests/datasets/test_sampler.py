@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
+from robot_rl.datasets.sampler import OUT_OF_CORE_GROUP
 
 
 def make_store(path, lengths, image=False):
@@ -116,7 +117,7 @@ def test_windows_drawn_by_chunk_are_uniform_over_the_dataset(tmp_path):
     chi-square test over 96,000 draws)."""
     store = make_store(tmp_path / "s.zarr", [70, 3, 45, 33] * 10, image=True)  # 47 camera chunks
     grouped = WindowSampler(store, horizon=8, n_obs=2, cache_mb=0, windows_per_chunk=8)
-    plain = WindowSampler(store, horizon=8, n_obs=2, cache_mb=0)
+    plain = WindowSampler(store, horizon=8, n_obs=2, cache_mb=0, windows_per_chunk=1)
     rng = np.random.default_rng(0)
     size = store.array("obs/image/cam").chunks[0]
     counts = np.zeros(len(grouped))
@@ -132,3 +133,15 @@ def test_windows_drawn_by_chunk_are_uniform_over_the_dataset(tmp_path):
         for _ in range(20):
             assert sampler.sample(64, rng)["action"].shape == (64, 8, 1)
     assert grouped.decodes < plain.decodes / 2
+
+
+def test_windows_are_drawn_by_chunk_only_when_the_data_outgrow_the_cache(tmp_path):
+    """The default ("auto"): i.i.d. draws while every sampled key fits the cache of decoded chunks,
+    OUT_OF_CORE_GROUP windows to a chunk once they do not; a wrong value is refused."""
+    store = make_store(tmp_path / "s.zarr", [70, 3, 45, 33], image=True)
+    assert WindowSampler(store, horizon=8, n_obs=2).windows_per_chunk == 1
+    assert WindowSampler(store, horizon=8, n_obs=2, cache_mb=0.001).windows_per_chunk == OUT_OF_CORE_GROUP
+    assert WindowSampler(store, horizon=8, n_obs=2, cache_mb=0, windows_per_chunk=3).windows_per_chunk == 3
+    for wrong in (0, "eight", 2.5):
+        with pytest.raises(ValueError, match="windows_per_chunk"):
+            WindowSampler(store, horizon=8, n_obs=2, windows_per_chunk=wrong)

@@ -5,7 +5,7 @@ Device: CUDA when torch sees one, else the CPU ("cpu mode": the same checks with
 sides, one measurement serving as both, so every speed-up is 1.0; the JSON's `device` says which).
 Each case builds the learner's own networks, optimizers and update (its code, not a copy where the
 learner exposes it: `SACAgent.update`, `IQLAgent.update`, `ICVFAgent.update`, the Learner of
-HIL-SERL, residual PPO's `_update`; the diffusion BC, inverse-dynamics and reward-model steps are
+HIL-SERL, residual PPO's `ppo_update`; the diffusion BC, inverse-dynamics and reward-model steps are
 written out as their training loops write them, per-step `.item()` included) and records:
 
 - device updates/s and CPU updates/s (the CPU measured briefly), and the speed-up;
@@ -77,7 +77,7 @@ class Settings:
     budget_s: float  # the whole run; cases that would not fit are skipped
     envs: int  # residual PPO rollout and update
     rollout_steps: int
-    ppo_epochs: int  # epochs of minibatch updates per `_update` call
+    ppo_epochs: int  # epochs of minibatch updates per `ppo_update` call
     diffusion_batch: dict
     sac_batch: int
     image_batch: int
@@ -326,23 +326,18 @@ def _residual_policy(device: torch.device, cfg):
 
 
 class _PPOUpdate:
-    """residual_ppo._update over a rollout's batch: epochs of minibatch updates (ppo_losses, both
+    """residual_ppo.ppo_update over a rollout's batch: epochs of minibatch updates (ppo_losses, both
     AdamW steps, gradient clipping), the KL read once per epoch; an update is one minibatch."""
 
     def __init__(self, device: torch.device, envs: int, rollout_steps: int, epochs: int):
-        from robot_rl.learners.residual_ppo import ResidualPPOConfig
+        from robot_rl.learners.residual_ppo import ResidualPPOConfig, optimizers
 
         # target_kl: no early stop, so that every call does the same work
         self.cfg = cfg = ResidualPPOConfig(
             num_envs=envs, rollout_steps=rollout_steps, update_epochs=epochs, target_kl=float("inf")
         )
         self.policy = _residual_policy(device, cfg)
-        self.actor_opt = torch.optim.AdamW(
-            self.policy.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay
-        )
-        self.critic_opt = torch.optim.AdamW(
-            self.policy.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay
-        )
+        self.actor_opt, self.critic_opt = optimizers(self.policy, cfg)
         n, g = envs * rollout_steps, torch.Generator().manual_seed(0)
         self.data = to_device(
             {
@@ -358,10 +353,10 @@ class _PPOUpdate:
         self.stats: dict = {}
 
     def step(self) -> int:
-        from robot_rl.learners.residual_ppo import _update
+        from robot_rl.learners.residual_ppo import ppo_update
 
         d = self.data
-        self.stats = _update(
+        self.stats = ppo_update(
             self.policy,
             self.actor_opt,
             self.critic_opt,

@@ -64,10 +64,17 @@ def bc_step(policy, sampler, bc_cfg, steps: int, threads: int, rng) -> dict:
 
 
 def residual_iteration(base, vec, cfg, threads_update: tuple[int, ...]) -> dict:
-    """Seconds of one residual PPO iteration by phase (rollout on 1 thread, the update on each of
-    `threads_update`), and the PPO epochs the update ran."""
-    from robot_rl.learners.residual_ppo import ReturnStd, _update, gae
-    from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy, combine, residual_input
+    """Seconds of one residual PPO iteration by phase (the learner's own rollout, on 1 thread; the
+    update on each of `threads_update`), and the PPO epochs the update ran."""
+    from robot_rl.core.timing import PhaseClock
+    from robot_rl.learners.residual_ppo import (
+        ReturnStd,
+        RolloutBuffers,
+        collect_rollout,
+        optimizers,
+        ppo_update,
+    )
+    from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy
 
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
@@ -75,62 +82,23 @@ def residual_iteration(base, vec, cfg, threads_update: tuple[int, ...]) -> dict:
     policy = ResidualPolicy(ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale))
     chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
     reward_scale = ReturnStd(cfg.num_envs, cfg.gamma, cfg.reward_clip)
-    xs, acts, logps, values, rewards, dones = [], [], [], [], [], []
+    buffers = RolloutBuffers(cfg.rollout_steps, cfg.num_envs, obs_dim, action_dim, "cpu")
     obs, _ = vec.reset(seed=cfg.seed)
-    state = torch.as_tensor(obs)
-    clock: dict[str, float] = {}
-    with torch.no_grad():
-        for _ in range(cfg.rollout_steps):
-            base_action = _timed(clock, "base denoising", lambda s=state: chunks.next(s))
-
-            def residual(s=state, b=base_action):
-                x = residual_input(base, s, b)
-                dist = policy.dist(x)
-                a = dist.sample()
-                return x, a, dist.log_prob(a).sum(-1), policy.value(x)
-
-            x, a, logp, v = _timed(clock, "residual forward", residual)
-            action = combine(base, base_action, a, cfg.residual_scale).numpy()
-            obs, reward, terminated, truncated, _ = _timed(clock, "physics", lambda u=action: vec.step(u))
-            start = time.perf_counter()
-            done = terminated | truncated
-            rewards.append(torch.as_tensor(reward_scale.scale(reward, done), dtype=torch.float32))
-            dones.append(torch.as_tensor(done, dtype=torch.float32))
-            chunks.reset(np.flatnonzero(done))
-            xs.append(x), acts.append(a), logps.append(logp), values.append(v)
-            state = torch.as_tensor(obs)
-            clock["bookkeeping"] = clock.get("bookkeeping", 0.0) + time.perf_counter() - start
-        last = policy.value(residual_input(base, state, chunks.queue[:, -1]))
-        advantages, returns = _timed(
-            clock,
-            "GAE",
-            lambda: gae(
-                torch.stack(rewards), torch.stack(values), torch.stack(dones), last, cfg.gamma, cfg.gae_lambda
-            ),
-        )
-    data = (
-        torch.stack(xs).flatten(0, 1),
-        torch.stack(acts).flatten(0, 1),
-        torch.stack(logps).flatten(0, 1),
-        advantages.flatten(),
-        returns.flatten(),
+    clock = PhaseClock()
+    _, rollout = collect_rollout(
+        vec, base, policy, chunks, reward_scale, torch.as_tensor(obs), buffers, cfg, clock
     )
+    batch = rollout.batch(buffers)
     updates = {}
     for threads in threads_update:
         torch.set_num_threads(threads)
         torch.manual_seed(cfg.seed)  # the same minibatch order: the same epochs on every thread count
         copy_ = copy.deepcopy(policy)
-        actor = torch.optim.AdamW(
-            copy_.actor.parameters(), lr=cfg.actor_lr, eps=1e-5, weight_decay=cfg.weight_decay
-        )
-        critic = torch.optim.AdamW(
-            copy_.critic.parameters(), lr=cfg.critic_lr, eps=1e-5, weight_decay=cfg.weight_decay
-        )
         start = time.perf_counter()
-        stats = _update(copy_, actor, critic, cfg, *data)
+        stats = ppo_update(copy_, *optimizers(copy_, cfg), cfg, *batch)
         updates[threads] = {"seconds": time.perf_counter() - start, "epochs": stats["epochs"]}
     torch.set_num_threads(1)
-    return {"rollout": clock, "update": updates}
+    return {"rollout": clock.seconds, "update": updates}
 
 
 def run(quick: bool = False) -> dict:
