@@ -24,10 +24,16 @@ import numpy as np
 from robot_rl.datasets.store import EpisodeStore, thread_pool
 
 # Windows to a chunk when the sampled keys outgrow the cache. `robot-rl bench store` (two 84x84
-# cameras in 32-frame chunks, batches of 256): i.i.d. draws with no cache read 0.76x as fast as
-# diffusion_policy's per-window reads of its own layout, 8 to a chunk 3.8x; a batch of 256 still
+# cameras in 32-frame chunks, batches of 256): i.i.d. draws with no cache read 0.70x as fast as
+# diffusion_policy's per-window reads of its own layout, 8 to a chunk 3.7x; a batch of 256 still
 # spans 32 chunks.
 OUT_OF_CORE_GROUP = 8
+
+
+def check_windows_per_chunk(value) -> None:
+    """Raises ValueError unless `value` is "auto" or a whole number of windows, at least 1."""
+    if value != "auto" and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        raise ValueError(f"windows_per_chunk must be 'auto' or at least 1, got {value!r}")
 
 
 class ChunkCache:
@@ -86,9 +92,7 @@ class WindowSampler:
         n_action = horizon if n_action is None else n_action
         if not (1 <= n_obs <= horizon and 1 <= n_action <= horizon):
             raise ValueError(f"need 1 <= n_obs, n_action <= horizon; got {n_obs}, {n_action}, {horizon}")
-        auto = windows_per_chunk == "auto"
-        if not auto and not (isinstance(windows_per_chunk, int) and windows_per_chunk >= 1):
-            raise ValueError(f"windows_per_chunk must be 'auto' or at least 1, got {windows_per_chunk!r}")
+        check_windows_per_chunk(windows_per_chunk)
         self.store, self.horizon, self.n_obs = store, horizon, n_obs
         self.pad_before = n_obs - 1 if pad_before is None else pad_before
         self.pad_after = n_action - 1 if pad_after is None else pad_after
@@ -101,7 +105,7 @@ class WindowSampler:
             store.array(key)  # a clear error for a key the store lacks
         self._arrays = {k: store.array(k) for k in self.obs_keys + self.action_keys}
         self.cache = ChunkCache(int(cache_mb * 2**20))
-        if auto:
+        if windows_per_chunk == "auto":
             decoded = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in self._arrays.values())
             windows_per_chunk = 1 if decoded <= self.cache.max_bytes else OUT_OF_CORE_GROUP
         self.windows_per_chunk = int(windows_per_chunk)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
+from robot_rl.datasets.sampler import check_windows_per_chunk
 from robot_rl.errors import ConfigError
 from robot_rl.policies.diffusion import DiffusionPolicy
 from robot_rl.utils.checkpoints import LearnerCheckpoints, RngLedger
@@ -55,10 +56,10 @@ class DiffusionBCConfig:
             raise ConfigError(
                 f"cache_mb must be 0 or more and threads at least 1, got {self.cache_mb} and {self.threads}"
             )
-        if self.windows_per_chunk != "auto" and not (
-            isinstance(self.windows_per_chunk, int) and self.windows_per_chunk >= 1
-        ):
-            raise ConfigError(f"windows_per_chunk must be auto or at least 1, got {self.windows_per_chunk!r}")
+        try:
+            check_windows_per_chunk(self.windows_per_chunk)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def train_diffusion_bc(store_path, out_dir, cfg: DiffusionBCConfig, progress: bool = True) -> dict:

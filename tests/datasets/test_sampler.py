@@ -5,6 +5,8 @@ import pytest
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
 from robot_rl.datasets.sampler import OUT_OF_CORE_GROUP
+from robot_rl.errors import ConfigError
+from robot_rl.learners.diffusion_bc import DiffusionBCConfig
 
 
 def make_store(path, lengths, image=False):
@@ -142,6 +144,8 @@ def test_windows_are_drawn_by_chunk_only_when_the_data_outgrow_the_cache(tmp_pat
     assert WindowSampler(store, horizon=8, n_obs=2).windows_per_chunk == 1
     assert WindowSampler(store, horizon=8, n_obs=2, cache_mb=0.001).windows_per_chunk == OUT_OF_CORE_GROUP
     assert WindowSampler(store, horizon=8, n_obs=2, cache_mb=0, windows_per_chunk=3).windows_per_chunk == 3
-    for wrong in (0, "eight", 2.5):
+    for wrong in (0, "eight", 2.5, True):
         with pytest.raises(ValueError, match="windows_per_chunk"):
             WindowSampler(store, horizon=8, n_obs=2, windows_per_chunk=wrong)
+        with pytest.raises(ConfigError, match="windows_per_chunk"):  # diffusion BC's setting, before any work
+            DiffusionBCConfig(windows_per_chunk=wrong)
