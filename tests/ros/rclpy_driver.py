@@ -81,6 +81,9 @@ def main() -> None:
     # rclpy's own handlers would catch SIGTERM and leave this process running: Python's stay
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    # and SIGINT stops it even when started with SIGINT ignored, as a background job of a
+    # non-interactive shell is (`make test &`): the ignore is inherited through exec
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sim_time = args.clock_rate is not None
     node = rclpy.create_node(
         "robot_driver",
