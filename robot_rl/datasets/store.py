@@ -53,10 +53,10 @@ CHUNK_TARGET_BYTES = 1 << 14
 # Images: Blosc zstd 5 with bit-shuffle, one 1 MB block per chunk. Measured on MuJoCo renders with
 # a camera's sensor noise (std 4 grey levels; `robot-rl bench store`, results/benchmarks): 2.49x
 # where zstd without shuffle gave 2.23x and diffusion_policy's zstd 5 + bit-shuffle 2.48x,
-# appending 3.7x faster than zstd without shuffle (bit-shuffle keeps the predictable high bit
-# planes apart from the noisy low ones). On noise-free renders no shuffle compresses better (about
-# 21x against 13x): a store of clean simulated frames may set its camera keys' codec to
-# {cname: zstd, clevel: 5, shuffle: noshuffle}.
+# appending 2.9-3.7x as fast as zstd without shuffle in two runs (bit-shuffle keeps the
+# predictable high bit planes apart from the noisy low ones). On noise-free renders no shuffle
+# compresses better (about 21x against 13x): a store of clean simulated frames may set its
+# camera keys' codec to {cname: zstd, clevel: 5, shuffle: noshuffle}.
 # One dict so that zarr's codec and the fast chunk writer below encode identically.
 IMAGE_BLOSC = {"cname": "zstd", "clevel": 5, "shuffle": "bitshuffle", "blocksize": 1 << 20}
 ARRAY_BLOSC = {"cname": "zstd", "clevel": 3, "shuffle": "shuffle", "blocksize": 0}

@@ -135,16 +135,17 @@ class RolloutBuffers:
 
 @dataclass
 class Rollout:
+    buffers: RolloutBuffers
     episodes: int
     successes: int
     advantages: torch.Tensor
     returns: torch.Tensor
 
-    def batch(self, buffers: RolloutBuffers) -> tuple:
+    def batch(self) -> tuple:
         """(x, actions, old log-probs, advantages, returns), flattened over time and envs: the PPO
         update's inputs."""
-        flat = (buffers.x, buffers.actions, buffers.logp, self.advantages, self.returns)
-        return tuple(t.flatten(0, 1) for t in flat)
+        b = self.buffers
+        return tuple(t.flatten(0, 1) for t in (b.x, b.actions, b.logp, self.advantages, self.returns))
 
 
 @torch.no_grad()
@@ -193,7 +194,13 @@ def collect_rollout(
         advantages, returns = gae(
             buffers.rewards, buffers.values, buffers.dones, last_value, cfg.gamma, cfg.gae_lambda
         )
-    return state, Rollout(episodes, successes, advantages, returns)
+    return state, Rollout(buffers, episodes, successes, advantages, returns)
+
+
+def make_policy(obs_dim: int, action_dim: int, cfg: ResidualPPOConfig, device="cpu") -> ResidualPolicy:
+    """The residual actor and critic the config describes, its output layer zero (the base exactly)."""
+    config = ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale, value=cfg.value)
+    return ResidualPolicy(config).to(device)
 
 
 def optimizers(policy: ResidualPolicy, cfg: ResidualPPOConfig) -> tuple:
@@ -235,9 +242,7 @@ def _train(
     progress: bool,
 ) -> dict:
     obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
-    policy = ResidualPolicy(
-        ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale, value=cfg.value)
-    ).to(device)
+    policy = make_policy(obs_dim, action_dim, cfg, device)
     actor_opt, critic_opt = optimizers(policy, cfg)
     schedules = cosine_schedules((actor_opt, critic_opt), cfg)
     chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
@@ -274,7 +279,7 @@ def _train(
             counts["episodes"] += rollout.episodes
             counts["successes"] += rollout.successes
             torch.set_num_threads(cfg.update_threads)
-            stats = ppo_update(policy, actor_opt, critic_opt, cfg, *rollout.batch(buffers))
+            stats = ppo_update(policy, actor_opt, critic_opt, cfg, *rollout.batch())
             torch.set_num_threads(1)
             for s in schedules:
                 s.step()

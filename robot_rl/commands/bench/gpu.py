@@ -316,27 +316,18 @@ class _DiffusionBC:
         return chunk(self.ema.model), chunk(loaded), "DDIM-10 chunks of the saved EMA weights, 4 observations"
 
 
-def _residual_policy(device: torch.device, cfg):
-    from robot_rl.policies.residual import ResidualConfig, ResidualPolicy
-
-    config = ResidualConfig(
-        PEG_STATE, PEG_ACTION, cfg.hidden, cfg.log_std, cfg.residual_scale, value=cfg.value
-    )
-    return ResidualPolicy(config).to(device)
-
-
 class _PPOUpdate:
     """residual_ppo.ppo_update over a rollout's batch: epochs of minibatch updates (ppo_losses, both
     AdamW steps, gradient clipping), the KL read once per epoch; an update is one minibatch."""
 
     def __init__(self, device: torch.device, envs: int, rollout_steps: int, epochs: int):
-        from robot_rl.learners.residual_ppo import ResidualPPOConfig, optimizers
+        from robot_rl.learners.residual_ppo import ResidualPPOConfig, make_policy, optimizers
 
         # target_kl: no early stop, so that every call does the same work
         self.cfg = cfg = ResidualPPOConfig(
             num_envs=envs, rollout_steps=rollout_steps, update_epochs=epochs, target_kl=float("inf")
         )
-        self.policy = _residual_policy(device, cfg)
+        self.policy = make_policy(PEG_STATE, PEG_ACTION, cfg, device)
         self.actor_opt, self.critic_opt = optimizers(self.policy, cfg)
         n, g = envs * rollout_steps, torch.Generator().manual_seed(0)
         self.data = to_device(
@@ -396,7 +387,7 @@ class _PPORollout:
     observations, rewards and dones onto the device. One call is one chunk of steps."""
 
     def __init__(self, device: torch.device, unet: dict, envs: int):
-        from robot_rl.learners.residual_ppo import ResidualPPOConfig
+        from robot_rl.learners.residual_ppo import ResidualPPOConfig, RolloutBuffers, make_policy
         from robot_rl.policies.diffusion import DiffusionConfig, DiffusionPolicy
         from robot_rl.policies.residual import BaseChunks
 
@@ -405,19 +396,14 @@ class _PPORollout:
         config = DiffusionConfig(PEG_STATE, PEG_ACTION, obs_horizon=1, **unet)
         s, a = np.ones(PEG_STATE), np.ones(PEG_ACTION)
         self.base = DiffusionPolicy(config, -s, s, -a, a).to(device).requires_grad_(False)
-        self.policy = _residual_policy(device, cfg)
+        self.policy = make_policy(PEG_STATE, PEG_ACTION, cfg, device)
         with torch.no_grad():  # a trained residual is not zero (its last layer starts at zero)
             self.policy.actor[-1].weight.normal_(0.0, 0.01)
         self.chunks = BaseChunks(self.base, envs, cfg.base_ddim_steps, cfg.seed)
         rng = np.random.default_rng(0)
         self.obs = rng.uniform(-1, 1, (envs, PEG_STATE)).astype(np.float32)
         self.reward, self.done = np.zeros(envs, np.float32), np.zeros(envs, bool)
-        T, d = cfg.rollout_steps, PEG_STATE + PEG_ACTION
-        self.buf_x = torch.zeros(T, envs, d, device=device)
-        self.buf_a = torch.zeros(T, envs, PEG_ACTION, device=device)
-        self.buf_logp, self.buf_v, self.buf_r, self.buf_d = (
-            torch.zeros(T, envs, device=device) for _ in range(4)
-        )
+        self.buf = RolloutBuffers(cfg.rollout_steps, envs, PEG_STATE, PEG_ACTION, device)
         self.t, self.action = 0, None
 
     def step(self) -> int:
@@ -432,23 +418,20 @@ class _PPORollout:
                 x = residual_input(self.base, state, base_action)
                 dist = self.policy.dist(x)
                 residual = dist.sample()
-                self.buf_x[t], self.buf_a[t], self.buf_logp[t], self.buf_v[t] = (
-                    x,
-                    residual,
-                    dist.log_prob(residual).sum(-1),
-                    self.policy.value(x),
-                )
+                b = self.buf
+                b.x[t], b.actions[t] = x, residual
+                b.logp[t], b.values[t] = dist.log_prob(residual).sum(-1), self.policy.value(x)
                 action = combine(self.base, base_action, residual, self.cfg.residual_scale)
                 self.action = action.cpu().numpy()  # to the envs, which step on the CPU
-                self.buf_r[t] = torch.as_tensor(self.reward)
-                self.buf_d[t] = torch.as_tensor(self.done, dtype=torch.float32, device=self.device)
+                b.rewards[t] = torch.as_tensor(self.reward)
+                b.dones[t] = torch.as_tensor(self.done, dtype=torch.float32, device=self.device)
                 self.t += 1
         return k
 
     def losses(self) -> dict:
         return {
             "action_abs_max": float(np.abs(self.action).max()),
-            "log_prob_mean": float(self.buf_logp.mean()),
+            "log_prob_mean": float(self.buf.logp.mean()),
         }
 
     def modules(self) -> list:

@@ -72,15 +72,16 @@ def residual_iteration(base, vec, cfg, threads_update: tuple[int, ...]) -> dict:
         ReturnStd,
         RolloutBuffers,
         collect_rollout,
+        make_policy,
         optimizers,
         ppo_update,
     )
-    from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy
+    from robot_rl.policies.residual import BaseChunks
 
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
-    policy = ResidualPolicy(ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale))
+    policy = make_policy(obs_dim, action_dim, cfg)
     chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
     # Stagger the envs' plans as they are once episodes have ended at different steps (from the
     # first iterations of a real run on): each step then plans for about N / action_horizon envs,
@@ -93,7 +94,7 @@ def residual_iteration(base, vec, cfg, threads_update: tuple[int, ...]) -> dict:
     _, rollout = collect_rollout(
         vec, base, policy, chunks, reward_scale, torch.as_tensor(obs), buffers, cfg, clock
     )
-    batch = rollout.batch(buffers)
+    batch = rollout.batch()
     updates = {}
     for threads in threads_update:
         torch.set_num_threads(threads)
