@@ -179,7 +179,8 @@ def test_demo_runs_the_whole_pipeline_and_reports(tmp_path, run_record):
         "bc.steps=10",
         "residual.iterations=1",
         "residual.num_envs=4",
-        "residual.rollout_steps=8",
+        "residual.rollout_steps=10",
+        "env.max_steps=10",  # the demo's rollouts are an episode long (and a BC window needs 9 steps)
         "eval_episodes=4",
         cwd=tmp_path,
     )
@@ -211,7 +212,8 @@ def test_demo_over_seeds_writes_one_summary(tmp_path):
         "bc.steps=2",
         "residual.iterations=1",
         "residual.num_envs=2",
-        "residual.rollout_steps=4",
+        "residual.rollout_steps=10",
+        "env.max_steps=10",
         "eval_episodes=2",
         "run_dir=runs/s",
         "out=datasets/s.zarr",
@@ -479,7 +481,9 @@ def _gpu_figures(figures, stdout):
 def _resip_figures(figures, stdout):  # every phase of a BC step and of a residual iteration, timed
     assert "residual PPO iteration" in stdout and set(figures["bc_step_s"]) == {"1", "2"}
     assert set(figures["bc_step_s"]["1"]) == {"sample", "forward", "backward", "optimizer", "ema"}
-    assert {"base denoising", "residual forward", "physics", "GAE"} <= set(figures["residual_rollout_s"])
+    rollouts = figures["residual_rollout_s"]  # both ways of planning, the config's own last
+    assert list(rollouts) == ["replan on reset", "plans together"]
+    assert all({"base denoising", "residual forward", "physics", "GAE"} <= set(r) for r in rollouts.values())
     updates = figures["residual_update"]
     assert updates["1"]["epochs"] == updates["2"]["epochs"] and updates["1"]["seconds"] > 0
 

@@ -22,6 +22,7 @@ from collections import OrderedDict
 import numpy as np
 
 from robot_rl.datasets.store import EpisodeStore, thread_pool
+from robot_rl.errors import DatasetError
 
 # Windows to a chunk when the sampled keys outgrow the cache. `robot-rl bench store` (two 84x84
 # cameras in 32-frame chunks, batches of 256): i.i.d. draws with no cache read 0.70x as fast as
@@ -111,6 +112,12 @@ class WindowSampler:
         self.windows_per_chunk = int(windows_per_chunk)
         self.decodes = 0  # chunks decoded so far (cache misses)
         self.indices = self._build_indices(episodes)
+        if not len(self.indices):
+            need = horizon - self.pad_before - self.pad_after
+            raise DatasetError(
+                f"no {horizon}-step window fits the chosen episodes of {store.path}: "
+                f"an episode needs at least {need} steps here"
+            )
         self._groups = None  # windows_per_chunk > 1: windows sorted by chunk, and where each group starts
 
     def _build_indices(self, episodes) -> np.ndarray:

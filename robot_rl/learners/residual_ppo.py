@@ -50,6 +50,16 @@ class ResidualPPOConfig:
     log_std: float = -1.0
     hidden: int = 256
     base_ddim_steps: int = 4
+    # How the envs' episodes and the base's plans line up with the rollouts (docs/methods/resip.md):
+    # - replan_on_reset: an env plans afresh when its episode resets, so the base runs in many
+    #   small calls once episodes have ended at different steps. False, as the reference's shared
+    #   action queue: one batched call plans every env when the queue runs out, and an env whose
+    #   episode ends mid-chunk finishes that chunk in its next episode.
+    # - reset_every_iteration, as the reference (with a rollout as long as an episode): every env
+    #   starts a fresh episode with each rollout, so the plans start together and clean; an episode
+    #   that a success restarted mid-rollout is cut at the rollout's end. False: episodes run on.
+    replan_on_reset: bool = True
+    reset_every_iteration: bool = False
     reward_clip: float = 5.0
     # the critic's value head (policies.value_head.ValueHeadConfig): mse, or hl_gauss over bins
     # spanning the normalized returns, e.g. {loss: hl_gauss, v_min: 0, v_max: 10}
@@ -164,6 +174,10 @@ def collect_rollout(
     state and the rollout's counts and GAE. `clock` times the phases (for `robot-rl bench resip`)."""
     device = buffers.x.device
     episodes = successes = 0
+    if cfg.reset_every_iteration:
+        state = torch.as_tensor(vec.reset()[0], device=device)  # each env's own RNG goes on
+        chunks.reset()
+        reward_scale.ret[:] = 0.0  # the discounted returns of the cut episodes end here
     for t in range(cfg.rollout_steps):
         with clock("base denoising"):
             base_action = chunks.next(state)
@@ -180,7 +194,8 @@ def collect_rollout(
             done = terminated | truncated  # ResiP: truncation ends the return too
             buffers.rewards[t] = torch.as_tensor(reward_scale.scale(reward, done))
             buffers.dones[t] = torch.as_tensor(done, dtype=torch.float32, device=device)
-            chunks.reset(np.flatnonzero(done))
+            if cfg.replan_on_reset:
+                chunks.reset(np.flatnonzero(done))
             episodes += int(done.sum())
             successes += int(info["success"][done].sum())
             state = torch.as_tensor(obs, device=device)
@@ -217,6 +232,18 @@ def cosine_schedules(optimizers, cfg: ResidualPPOConfig) -> list:
     return [torch.optim.lr_scheduler.CosineAnnealingLR(o, horizon) for o in optimizers]
 
 
+def check_rollout_length(vec, cfg: ResidualPPOConfig) -> None:
+    """With reset_every_iteration a rollout must fit an episode, or no episode could time out.
+    Checked where the envs are in this process (a VectorEnv; Ray workers' envs are not)."""
+    envs = getattr(vec, "envs", None)
+    limit = getattr(getattr(envs[0], "task", None), "max_steps", None) if envs else None
+    if cfg.reset_every_iteration and limit and cfg.rollout_steps < limit:
+        raise ConfigError(
+            f"reset_every_iteration needs rollout_steps of at least the episode's {limit} steps "
+            f"(got {cfg.rollout_steps}): set rollout_steps={limit}"
+        )
+
+
 def train_residual_ppo(
     make_vec_env, base_checkpoint, out_dir, cfg: ResidualPPOConfig, progress: bool = True
 ) -> dict:
@@ -226,6 +253,7 @@ def train_residual_ppo(
     base = DiffusionPolicy.load(base_checkpoint, device=str(device)).requires_grad_(False)
     vec = make_vec_env(cfg.num_envs)
     try:
+        check_rollout_length(vec, cfg)
         return _train(vec, base, base_checkpoint, device, out_dir, cfg, checkpoints, progress)
     finally:
         vec.close()  # also on an error: Ray rollout workers must not outlive the run

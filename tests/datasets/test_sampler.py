@@ -5,7 +5,7 @@ import pytest
 
 from robot_rl.datasets import EpisodeStore, WindowSampler
 from robot_rl.datasets.sampler import OUT_OF_CORE_GROUP
-from robot_rl.errors import ConfigError
+from robot_rl.errors import ConfigError, DatasetError
 from robot_rl.learners.diffusion_bc import DiffusionBCConfig
 
 
@@ -149,3 +149,11 @@ def test_windows_are_drawn_by_chunk_only_when_the_data_outgrow_the_cache(tmp_pat
             WindowSampler(store, horizon=8, n_obs=2, windows_per_chunk=wrong)
         with pytest.raises(ConfigError, match="windows_per_chunk"):  # diffusion BC's setting, before any work
             DiffusionBCConfig(windows_per_chunk=wrong)
+
+
+def test_episodes_too_short_for_any_window_are_one_clear_error(tmp_path):
+    # horizon 8, n_action 4: pad_after 3, so an episode needs 5 steps for a window
+    store = make_store(tmp_path / "s.zarr", [2, 4])
+    with pytest.raises(DatasetError, match="no 8-step window fits .* an episode needs at least 5 steps"):
+        WindowSampler(store, horizon=8, n_obs=1, n_action=4)
+    assert len(WindowSampler(make_store(tmp_path / "t.zarr", [5]), horizon=8, n_obs=1, n_action=4)) == 1

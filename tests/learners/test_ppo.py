@@ -1,10 +1,25 @@
 """PPO pieces against small hand-computed cases."""
 
 import numpy as np
+import pytest
 import torch
 
-from robot_rl.learners.residual_ppo import ResidualPPOConfig, ReturnStd, cosine_schedules, gae, ppo_losses
-from robot_rl.policies.residual import ResidualConfig, ResidualPolicy
+from robot_rl.config import compose
+from robot_rl.errors import ConfigError
+from robot_rl.learners.residual_ppo import (
+    ResidualPPOConfig,
+    ReturnStd,
+    RolloutBuffers,
+    check_rollout_length,
+    collect_rollout,
+    cosine_schedules,
+    gae,
+    make_policy,
+    ppo_losses,
+)
+from robot_rl.policies.diffusion import STATE_KEY, DiffusionConfig, DiffusionPolicy
+from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy
+from robot_rl.sim.vector import make_vector_env
 
 
 def test_gae_by_hand():
@@ -83,3 +98,75 @@ def test_cosine_horizon_keeps_the_rate_near_its_peak():
 
     assert final_lr() < 1e-6  # no horizon: annealed to zero by the last iteration
     assert 0.96 < final_lr(lr_horizon=1000) < 1.0  # the reference's regime: barely decayed
+
+
+class StaggeredEpisodes:
+    """A stand-in vector env (the property under test is the base's plan schedule, not physics):
+    env i's episodes last i + 2 steps, so they end at different steps."""
+
+    def __init__(self, n: int):
+        self.n, self.t, self.resets = n, np.zeros(n, int), 0
+
+    def reset(self, seed=None):
+        self.t[:], self.resets = 0, self.resets + 1
+        return np.zeros((self.n, 4), np.float32), {}
+
+    def step(self, actions):
+        self.t += 1
+        done = self.t >= np.arange(self.n) + 2
+        self.t[done] = 0
+        obs = np.random.default_rng(int(self.t.sum())).uniform(-1, 1, (self.n, 4)).astype(np.float32)
+        return obs, done.astype(float), done, np.zeros(self.n, bool), {"success": done}
+
+
+def plan_batches(monkeypatch, rollouts=1, **settings) -> tuple[list[int], BaseChunks, StaggeredEpisodes]:
+    """The batch size of every base call in `rollouts` 10-step rollouts of 4 envs (action horizon 4)."""
+    torch.manual_seed(0)
+    config = DiffusionConfig(
+        state_dim=4, action_dim=2, obs_horizon=1, pred_horizon=8, action_horizon=4, down_dims=(8, 16),
+        diffusion_step_embed_dim=8, n_groups=2,
+    )  # fmt: skip
+    base = DiffusionPolicy(config, -np.ones(4), np.ones(4), -np.ones(2), np.ones(2)).eval()
+    batches, predict = [], base.predict_normalized
+    monkeypatch.setattr(
+        base, "predict_normalized", lambda obs, *a: batches.append(len(obs[STATE_KEY])) or predict(obs, *a)
+    )
+    cfg = ResidualPPOConfig(num_envs=4, rollout_steps=10, **settings)
+    chunks, vec = BaseChunks(base, 4, ddim_steps=2), StaggeredEpisodes(4)
+    buffers, returns = RolloutBuffers(10, 4, 4, 2, "cpu"), ReturnStd(4, 0.99, 5.0)
+    state, policy = torch.as_tensor(vec.reset()[0]), make_policy(4, 2, cfg)
+    for _ in range(rollouts):
+        state, _ = collect_rollout(vec, base, policy, chunks, returns, state, buffers, cfg)
+    return batches, chunks, vec
+
+
+def test_without_replan_on_reset_the_base_plans_every_env_together_as_the_reference_does(monkeypatch):
+    """One batched call plans all envs every action_horizon steps, whatever episodes ended between
+    (an env finishes its chunk in its next episode, as the reference's shared queue has it); with
+    replan_on_reset (the default) an env plans afresh at its reset, in smaller calls."""
+    together, chunks, _ = plan_batches(monkeypatch, replan_on_reset=False)
+    assert together == [4, 4, 4] and len(set(chunks.index)) == 1
+    per_env, chunks, _ = plan_batches(monkeypatch)
+    assert len(per_env) > 3 and min(per_env) < 4 and len(set(chunks.index)) > 1
+
+
+def test_reset_every_iteration_starts_every_rollout_with_fresh_episodes_and_plans(monkeypatch):
+    """10 steps are 2 chunks and a half: without the reset the second rollout plans at steps 2 and 6;
+    with it, every rollout resets the envs and plans at its steps 0, 4 and 8."""
+    reference = {"replan_on_reset": False}
+    batches, _, vec = plan_batches(monkeypatch, rollouts=2, reset_every_iteration=True, **reference)
+    assert batches == [4] * 6 and vec.resets == 3  # the learner's first reset, then one per rollout
+    batches, _, vec = plan_batches(monkeypatch, rollouts=2, **reference)
+    assert batches == [4] * 5 and vec.resets == 1
+
+
+def test_reset_every_iteration_refuses_a_rollout_shorter_than_an_episode():
+    vec = make_vector_env(compose("collect", ["env=reach", "env.cameras=[]"]).env, 2)
+    try:
+        limit = vec.envs[0].task.max_steps
+        check_rollout_length(vec, ResidualPPOConfig(rollout_steps=limit, reset_every_iteration=True))
+        check_rollout_length(vec, ResidualPPOConfig(rollout_steps=limit - 1))  # episodes run on: fine
+        with pytest.raises(ConfigError, match=f"rollout_steps of at least the episode's {limit} steps"):
+            check_rollout_length(vec, ResidualPPOConfig(rollout_steps=limit - 1, reset_every_iteration=True))
+    finally:
+        vec.close()

@@ -3,11 +3,13 @@
 The demo's own settings (robot_rl/conf/demo.yaml) on peg_insert, with the learners' own parts:
 - one diffusion BC step (batch 128, the demo's UNet): drawing the window batch, the loss's forward
   pass, backward, AdamW, the EMA update;
-- one residual PPO iteration (64 envs x 100 steps, the envs' plans staggered as in a real run once
-  episodes have ended at different steps): the frozen base's DDIM denoising (BaseChunks),
+- one residual PPO iteration (64 envs x 100 steps): the frozen base's DDIM denoising (BaseChunks),
   the residual's forward pass and sampling, the physics (the vector env's step, on its own
   threads), the rest of the rollout's bookkeeping, GAE, and the PPO update (50 epochs of 4
-  minibatches, target-KL early stop).
+  minibatches, target-KL early stop). The rollout is timed both ways the learner can plan: every
+  env's chunk in one batched call (`replan_on_reset: false`, the reference's way and the default),
+  and a fresh plan at each env's reset, the envs' plans staggered as in a real run once episodes
+  have ended at different steps.
 BC and the PPO update run no physics beside them, so each is timed on 1 and on 2 torch threads
 (the update on identical copies of the residual, so both do the same epochs); the rollout runs on
 1 thread, as the learner runs it. The demos are a few scripted episodes; timing does not depend on
@@ -17,6 +19,7 @@ how well the base has learned. Run on an otherwise idle machine: the load averag
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -65,8 +68,9 @@ def bc_step(policy, sampler, bc_cfg, steps: int, threads: int, rng) -> dict:
 
 
 def residual_iteration(base, vec, cfg, threads_update: tuple[int, ...]) -> dict:
-    """Seconds of one residual PPO iteration by phase (the learner's own rollout, on 1 thread; the
-    update on each of `threads_update`), and the PPO epochs the update ran."""
+    """Seconds of one residual PPO iteration by phase (the learner's own rollout, on 1 thread, for
+    each way of planning; the update, of the config's rollout, on each of `threads_update`), and
+    the PPO epochs the update ran."""
     from robot_rl.core.timing import PhaseClock
     from robot_rl.learners.residual_ppo import (
         ReturnStd,
@@ -82,18 +86,24 @@ def residual_iteration(base, vec, cfg, threads_update: tuple[int, ...]) -> dict:
     torch.manual_seed(cfg.seed)
     obs_dim, action_dim = vec.single_observation_space.shape[0], base.config.action_dim
     policy = make_policy(obs_dim, action_dim, cfg)
-    chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
-    # Stagger the envs' plans as they are once episodes have ended at different steps (from the
-    # first iterations of a real run on): each step then plans for about N / action_horizon envs,
-    # in many small batches, rather than for all N at once every action_horizon steps.
-    chunks.index[:] = np.random.default_rng(cfg.seed).integers(0, chunks.queue.shape[1], cfg.num_envs)
-    reward_scale = ReturnStd(cfg.num_envs, cfg.gamma, cfg.reward_clip)
     buffers = RolloutBuffers(cfg.rollout_steps, cfg.num_envs, obs_dim, action_dim, "cpu")
-    obs, _ = vec.reset(seed=cfg.seed)
-    clock = PhaseClock()
-    _, rollout = collect_rollout(
-        vec, base, policy, chunks, reward_scale, torch.as_tensor(obs), buffers, cfg, clock
-    )
+    rollouts = {}
+    for replan in (not cfg.replan_on_reset, cfg.replan_on_reset):  # the config's last: it feeds the update
+        chunks = BaseChunks(base, cfg.num_envs, cfg.base_ddim_steps, cfg.seed)
+        if replan:
+            # Stagger the plans as they are once episodes have ended at different steps (from the
+            # first iterations of a real run on): each step then plans for about N / action_horizon
+            # envs, in many small batches, rather than for all N at once every action_horizon steps.
+            chunks.index[:] = np.random.default_rng(cfg.seed).integers(0, chunks.queue.shape[1], cfg.num_envs)
+        obs, _ = vec.reset(seed=cfg.seed)
+        clock = PhaseClock()
+        # replanning at each reset runs episodes on across rollouts (a reset would align the plans)
+        scheme = dataclasses.replace(
+            cfg, replan_on_reset=replan, reset_every_iteration=cfg.reset_every_iteration and not replan
+        )
+        state, returns = torch.as_tensor(obs), ReturnStd(cfg.num_envs, cfg.gamma, cfg.reward_clip)
+        _, rollout = collect_rollout(vec, base, policy, chunks, returns, state, buffers, scheme, clock)
+        rollouts["replan on reset" if replan else "plans together"] = clock.seconds
     batch = rollout.batch()
     updates = {}
     for threads in threads_update:
@@ -104,7 +114,7 @@ def residual_iteration(base, vec, cfg, threads_update: tuple[int, ...]) -> dict:
         stats = ppo_update(copy_, *optimizers(copy_, cfg), cfg, *batch)
         updates[threads] = {"seconds": time.perf_counter() - start, "epochs": stats["epochs"]}
     torch.set_num_threads(1)
-    return {"rollout": clock.seconds, "update": updates}
+    return {"rollout": rollouts, "update": updates}
 
 
 def run(quick: bool = False) -> dict:
@@ -180,22 +190,25 @@ def format_table(r: dict) -> str:
         f"  {s['bc_steps_in_demo']} steps: {s['bc_steps_in_demo'] * t1 / 60:.1f} min on 1 thread, "
         f"{s['bc_steps_in_demo'] * t2 / 60:.1f} on 2"
     )
-    rollout, update = r["residual_rollout_s"], r["residual_update"]
-    total_rollout = sum(rollout.values())
+    rollouts, update = r["residual_rollout_s"], r["residual_update"]
+    modes = list(rollouts)  # the config's own way of planning last: the iteration lines use it
     lines += [
         "",
         f"residual PPO iteration ({s['num_envs']} envs x {s['rollout_steps']} steps, DDIM {s['ddim_steps']}, "
         f"{s['update_epochs']} epochs x {s['minibatches']} minibatches)",
+        f"  {'rollout, 1 thread':<38}" + "".join(f"{m:>18}" for m in modes),
     ]
-    for phase, seconds in rollout.items():
-        lines.append(f"  {phase:<38}{seconds:>8.2f} s")
+    for phase in rollouts[modes[-1]]:
+        lines.append(f"  {phase:<38}" + "".join(f"{rollouts[m].get(phase, 0.0):>16.2f} s" for m in modes))
+    lines.append(f"  {'rollout':<38}" + "".join(f"{sum(rollouts[m].values()):>16.2f} s" for m in modes))
     for threads, u in update.items():
         label = f"PPO update, {threads} thread(s), {u['epochs']} epochs"
         lines.append(f"  {label:<38}{u['seconds']:>8.2f} s")
+    total_rollout = sum(rollouts[modes[-1]].values())
     for threads, u in update.items():
         it = total_rollout + u["seconds"]
         lines.append(
-            f"  iteration with the update on {threads} thread(s): {it:.2f} s; "
+            f"  iteration ({modes[-1]}) with the update on {threads} thread(s): {it:.2f} s; "
             f"{s['iterations_in_demo']} iterations {s['iterations_in_demo'] * it / 60:.1f} min"
         )
     return "\n".join(lines)
