@@ -6,10 +6,10 @@ The demo's own settings (robot_rl/conf/demo.yaml) on peg_insert, with the learne
 - one residual PPO iteration (64 envs x 100 steps): the frozen base's DDIM denoising (BaseChunks),
   the residual's forward pass and sampling, the physics (the vector env's step, on its own
   threads), the rest of the rollout's bookkeeping, GAE, and the PPO update (50 epochs of 4
-  minibatches, target-KL early stop). The rollout is timed both ways the learner can plan: every
-  env's chunk in one batched call (`replan_on_reset: false`, the reference's way and the default),
-  and a fresh plan at each env's reset, the envs' plans staggered as in a real run once episodes
-  have ended at different steps.
+  minibatches, target-KL early stop). The rollout is timed both ways the learner can plan: a
+  fresh plan at each env's reset (the default), the envs' plans staggered as in a real run once
+  episodes have ended at different steps, and every env's chunk in one batched call
+  (`replan_on_reset: false`, as the reference's shared action queue).
 BC and the PPO update run no physics beside them, so each is timed on 1 and on 2 torch threads
 (the update on identical copies of the residual, so both do the same epochs); the rollout runs on
 1 thread, as the learner runs it. The demos are a few scripted episodes; timing does not depend on
