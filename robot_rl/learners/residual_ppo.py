@@ -61,6 +61,13 @@ class ResidualPPOConfig:
     replan_on_reset: bool = True
     reset_every_iteration: bool = False
     reward_clip: float = 5.0
+    # Keep the policy that did best in periodic deterministic evaluations, as the reference keeps
+    # its `eval_best.pt` (every 5 iterations there); 0: none, the last policy is the result. The
+    # episodes start from `select_seed` on, apart from `robot-rl eval`'s (10,000 on), so a figure
+    # reported on those is not the one the choice was made on. Training is the same either way.
+    select_every: int = 0
+    select_episodes: int = 64
+    select_seed: int = 50_000
     # the critic's value head (policies.value_head.ValueHeadConfig): mse, or hl_gauss over bins
     # spanning the normalized returns, e.g. {loss: hl_gauss, v_min: 0, v_max: 10}
     value: dict | None = None
@@ -77,6 +84,11 @@ class ResidualPPOConfig:
         value_head_config(self.value)  # a bad value head is refused before any work
         if self.update_threads < 1:
             raise ConfigError(f"update_threads must be at least 1, got {self.update_threads}")
+        if self.select_every < 0 or self.select_episodes < 1:
+            raise ConfigError(
+                f"select_every must be at least 0 and select_episodes at least 1, "
+                f"got {self.select_every} and {self.select_episodes}"
+            )
 
 
 class ReturnStd:
@@ -254,13 +266,14 @@ def train_residual_ppo(
     vec = make_vec_env(cfg.num_envs)
     try:
         check_rollout_length(vec, cfg)
-        return _train(vec, base, base_checkpoint, device, out_dir, cfg, checkpoints, progress)
+        return _train(vec, make_vec_env, base, base_checkpoint, device, out_dir, cfg, checkpoints, progress)
     finally:
         vec.close()  # also on an error: Ray rollout workers must not outlive the run
 
 
 def _train(
     vec,
+    make_vec_env,
     base: DiffusionPolicy,
     base_checkpoint,
     device,
@@ -315,13 +328,20 @@ def _train(
             log.log(counts["env_steps"], success_rate=rate, episodes=rollout.episodes, **stats)
             kl, epochs = stats["approx_kl"], stats["epochs"]
             bar.set_postfix_str(f"success {rate:.2f} ({rollout.episodes} ep) kl {kl:.3f} epochs {epochs}")
+            if cfg.select_every and (it + 1) % cfg.select_every == 0:
+                select(make_vec_env, base, policy, base_checkpoint, out_dir, cfg, counts, it + 1, log)
             checkpoints.step_done(it + 1, cfg.iterations, snapshot)
     episodes, successes, env_steps = counts["episodes"], counts["successes"], counts["env_steps"]
     checkpoint = policy.save(Path(out_dir) / "checkpoint", base_checkpoint)
+    selected = {}
+    if "selected_iteration" in counts:  # the result is the best evaluated policy, the last one kept too
+        selected = {k: counts[k] for k in ("selected_iteration", "selected_success_rate")}
+        selected["last_checkpoint"], checkpoint = str(checkpoint), Path(out_dir) / "best_checkpoint"
     return log.close(
         {
             "learner": "residual_ppo",
             "checkpoint": str(checkpoint),
+            **selected,
             "base_checkpoint": str(base_checkpoint),
             "env_steps": env_steps,
             "training_episodes": episodes,
@@ -329,6 +349,28 @@ def _train(
         },
         curves=("success_rate", "policy_loss", "value_loss", "approx_kl"),
     )
+
+
+def select(make_vec_env, base, policy, base_checkpoint, out_dir, cfg: ResidualPPOConfig, counts, it, log):
+    """Evaluate the residual's mean on the selection episodes; save it as the best if it beats the
+    best so far (the first evaluation always does). Uses no training RNG: training is unchanged."""
+    from robot_rl.learners.evaluate import evaluate_diffusion
+
+    result = evaluate_diffusion(
+        make_vec_env,
+        base,
+        policy,
+        episodes=cfg.select_episodes,
+        num_envs=min(cfg.num_envs, cfg.select_episodes),
+        seed=cfg.select_seed,
+        ddim_steps=cfg.base_ddim_steps,
+        progress=False,
+    )
+    torch.set_num_threads(1)
+    log.log(counts["env_steps"], selection_success_rate=result["success_rate"])
+    if result["success_rate"] > counts.get("selected_success_rate", -1.0):
+        policy.save(Path(out_dir) / "best_checkpoint", base_checkpoint)
+        counts["selected_success_rate"], counts["selected_iteration"] = result["success_rate"], it
 
 
 def ppo_update(

@@ -188,3 +188,25 @@ def test_sigterm_writes_a_checkpoint_at_the_step_reached_and_stops(store, tmp_pa
         load_file(p / "checkpoint" / "model.safetensors") for p in (tmp_path / "whole", stopped)
     )
     assert all(whole[k].equal(resumed[k]) for k in whole)
+
+
+def test_residual_selection_keeps_the_best_evaluated_policy_and_leaves_training_unchanged(
+    store, base, tmp_path
+):
+    """With select_every the result is the best of the periodic evaluations (its own checkpoint);
+    the last policy is kept as well, bit-identical to a run without selection."""
+    train = ["train", *PPO, "learner.iterations=4", f"dataset={store}", f"base={base}"]
+    assert main([*train, f"out={tmp_path / 'plain'}"]) == 0
+    select = ["learner.select_every=2", "learner.select_episodes=3"]
+    assert main([*train, *select, f"out={tmp_path / 'selected'}"]) == 0
+    plain, last = (
+        load_file(p / "model.safetensors")
+        for p in (tmp_path / "plain/checkpoint", tmp_path / "selected/checkpoint")
+    )
+    assert all(plain[k].equal(last[k]) for k in plain)
+    result = json.loads((tmp_path / "selected/results.json").read_text())
+    assert result["selected_iteration"] in (2, 4) and 0.0 <= result["selected_success_rate"] <= 1.0
+    assert result["checkpoint"] == str(tmp_path / "selected/best_checkpoint")
+    assert result["last_checkpoint"] == str(tmp_path / "selected/checkpoint")
+    assert len(result["history"]["selection_success_rate"]) == 2
+    assert "selected_iteration" not in json.loads((tmp_path / "plain/results.json").read_text())
