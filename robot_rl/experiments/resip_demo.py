@@ -40,6 +40,8 @@ def resip_demo(cfg) -> Path:
         "bc_eval": bc_eval,
         "residual_eval": residual_eval,
         "residual_env_steps": residual["env_steps"],
+        # with residual.select_every: the iteration whose policy was kept, and its selection score
+        **{k: residual[k] for k in ("selected_iteration", "selected_success_rate") if k in residual},
     }
     path = run_dir / "report.json"
     path.write_text(json.dumps(report, indent=2))

@@ -170,3 +170,9 @@ def test_reset_every_iteration_refuses_a_rollout_shorter_than_an_episode():
             check_rollout_length(vec, ResidualPPOConfig(rollout_steps=limit - 1, reset_every_iteration=True))
     finally:
         vec.close()
+
+
+@pytest.mark.parametrize("bad", [{"select_every": -1}, {"select_episodes": 0}])
+def test_bad_selection_settings_are_refused(bad):
+    with pytest.raises(ConfigError, match="select_every must be at least 0"):
+        ResidualPPOConfig(**bad)
