@@ -123,16 +123,17 @@ def diffusion_batch_policy(
 ) -> BatchPolicy:
     """A diffusion policy alone, or with its residual acting with its mean, on `num_envs` envs."""
     chunks = BaseChunks(base, num_envs, ddim_steps, seed)
+    device = next(base.parameters()).device  # a learner's selection evaluates on its own device
 
     @torch.no_grad()
     def act(obs: np.ndarray, reset: np.ndarray) -> np.ndarray:
         chunks.reset(reset)
-        state = torch.as_tensor(obs)
+        state = torch.as_tensor(obs, device=device)
         base_action = chunks.next(state)
         if residual is None:
-            return base.action_norm.unnormalize(base_action).clamp(-1.0, 1.0).numpy()
+            return base.action_norm.unnormalize(base_action).clamp(-1.0, 1.0).cpu().numpy()
         mean = residual.dist(residual_input(base, state, base_action)).mean
-        return combine(base, base_action, mean, residual.config.scale).numpy()
+        return combine(base, base_action, mean, residual.config.scale).cpu().numpy()
 
     return act
 

@@ -366,7 +366,6 @@ def select(make_vec_env, base, policy, base_checkpoint, out_dir, cfg: ResidualPP
         ddim_steps=cfg.base_ddim_steps,
         progress=False,
     )
-    torch.set_num_threads(1)
     log.log(counts["env_steps"], selection_success_rate=result["success_rate"])
     if result["success_rate"] > counts.get("selected_success_rate", -1.0):
         policy.save(Path(out_dir) / "best_checkpoint", base_checkpoint)
