@@ -482,7 +482,7 @@ def _resip_figures(figures, stdout):  # every phase of a BC step and of a residu
     assert "residual PPO iteration" in stdout and set(figures["bc_step_s"]) == {"1", "2"}
     assert set(figures["bc_step_s"]["1"]) == {"sample", "forward", "backward", "optimizer", "ema"}
     rollouts = figures["residual_rollout_s"]  # both ways of planning, the config's own last
-    assert list(rollouts) == ["replan on reset", "plans together"]
+    assert list(rollouts) == ["plans together", "replan on reset"]  # the demo replans at each reset
     assert all({"base denoising", "residual forward", "physics", "GAE"} <= set(r) for r in rollouts.values())
     updates = figures["residual_update"]
     assert updates["1"]["epochs"] == updates["2"]["epochs"] and updates["1"]["seconds"] > 0
