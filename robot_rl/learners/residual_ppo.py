@@ -3,12 +3,12 @@
 Faithful to Ankile et al. and `ankile/robust-rearrangement`: the base predicts a chunk with a few
 DDIM steps and the envs execute it step by step; the residual acts every step on [normalized obs,
 base action]; GAE with gamma 0.999 and lambda 0.95; clipped surrogate (0.2), no value clipping, no
-entropy bonus, value coefficient 1; many epochs over the batch with a target-KL early stop;
-separate AdamW optimizers (actor 3e-4, critic 5e-3, cosine over `lr_horizon` iterations: the
-reference sets that horizon from a total-timestep budget far past where its runs are stopped, so
-the rate stays near its peak); per-minibatch advantage normalization; rewards divided by a running
-std of the discounted return (no centering) and clipped to +-5; truncation ends the return like
-termination.
+entropy bonus, value coefficient 1; many epochs over the batch, stopped at the minibatch whose
+approximate KL passes the target; one gradient-norm clip over actor and critic together; separate
+AdamW optimizers (actor 3e-4, critic 5e-3, cosine over `lr_horizon` iterations: the reference sets
+that horizon from a total-timestep budget far past where its runs are stopped, so the rate stays
+near its peak); per-minibatch advantage normalization; rewards divided by a running std of the
+discounted return (no centering) and clipped to +-5; truncation ends the return like termination.
 """
 
 from __future__ import annotations
@@ -378,8 +378,9 @@ def ppo_update(
     losses = maybe_compile(ppo_losses, cfg.compile)
     n = len(x)
     size = n // cfg.num_minibatches
-    epochs_done, kl = 0, torch.tensor(0.0)
+    epochs_done, kl, stop = 0, torch.tensor(0.0), False
     for _ in range(cfg.update_epochs):
+        epochs_done += 1
         order = torch.randperm(n)
         for start in range(0, n - size + 1, size):
             idx = order[start : start + size]
@@ -389,12 +390,14 @@ def ppo_update(
             actor_opt.zero_grad(set_to_none=True)
             critic_opt.zero_grad(set_to_none=True)
             (pg + cfg.vf_coef * value).backward()
-            torch.nn.utils.clip_grad_norm_(policy.actor.parameters(), cfg.max_grad_norm)
-            torch.nn.utils.clip_grad_norm_(policy.critic.parameters(), cfg.max_grad_norm)
+            # One norm over actor and critic together, as the reference clips its whole module.
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
             actor_opt.step()
             critic_opt.step()
-        epochs_done += 1
-        if kl.item() > cfg.target_kl:  # early stop: the policy moved far enough for this batch
+            stop = kl.item() > cfg.target_kl  # the policy moved far enough for this batch
+            if stop:  # as the reference, at the minibatch that crossed it
+                break
+        if stop:
             break
     return {
         "policy_loss": pg.item(),

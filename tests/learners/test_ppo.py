@@ -16,6 +16,7 @@ from robot_rl.learners.residual_ppo import (
     gae,
     make_policy,
     ppo_losses,
+    ppo_update,
 )
 from robot_rl.policies.diffusion import STATE_KEY, DiffusionConfig, DiffusionPolicy
 from robot_rl.policies.residual import BaseChunks, ResidualConfig, ResidualPolicy
@@ -56,6 +57,55 @@ def test_ppo_loss_by_hand():
     assert abs(value.item() - 0.5 * ((v - returns) ** 2).mean().item()) < 1e-6  # no value clipping
     expected_kl = np.mean([(np.exp(0.5) - 1) - 0.5, (np.exp(-0.5) - 1) + 0.5])
     assert abs(kl.item() - expected_kl) < 1e-5
+
+
+def _update_batch(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    policy = ResidualPolicy(ResidualConfig(obs_dim=3, action_dim=2, hidden=16, log_std=0.0))
+    x, actions = torch.randn(n, 5, generator=g), torch.randn(n, 2, generator=g)
+    with torch.no_grad():
+        old_logp = policy.dist(x).log_prob(actions).sum(-1)
+    return policy, x, actions, old_logp, torch.randn(n, generator=g)
+
+
+def _sgd(policy, lr=1.0):
+    return torch.optim.SGD(policy.actor.parameters(), lr), torch.optim.SGD(policy.critic.parameters(), lr)
+
+
+def _flat(module):
+    return torch.cat([p.detach().flatten().clone() for p in module.parameters()])
+
+
+def test_the_gradient_norm_is_clipped_over_actor_and_critic_together():
+    # As the reference clips its whole residual module: a critic far off its targets takes the
+    # whole norm budget, so the actor's step shrinks with it (clipped apart, it would keep its own).
+    policy, x, actions, old_logp, advantages = _update_batch()
+    actor0, critic0 = _flat(policy.actor), _flat(policy.critic)
+    cfg = ResidualPPOConfig(update_epochs=1, num_minibatches=1, max_grad_norm=1.0, target_kl=1e9)
+    ppo_update(policy, *_sgd(policy), cfg, x, actions, old_logp, advantages, torch.full((64,), 1e4))
+    actor_step, critic_step = (_flat(policy.actor) - actor0).norm(), (_flat(policy.critic) - critic0).norm()
+    assert torch.hypot(actor_step, critic_step) <= 1.0 + 1e-4  # SGD, lr 1: the step is the gradient
+    assert 0 < actor_step < 1e-3
+
+    policy, x, actions, old_logp, advantages = _update_batch()  # the same batch, returns on target
+    with torch.no_grad():
+        returns = policy.value(x)
+    actor0 = _flat(policy.actor)
+    ppo_update(policy, *_sgd(policy), cfg, x, actions, old_logp, advantages, returns)
+    assert (_flat(policy.actor) - actor0).norm() > 1e-2
+
+
+def test_the_kl_early_stop_ends_the_update_at_the_minibatch_that_crossed_it():
+    policy, x, actions, old_logp, advantages = _update_batch()
+    actor_opt, critic_opt = _sgd(policy, lr=1e-3)
+    cfg = ResidualPPOConfig(update_epochs=5, num_minibatches=4, target_kl=-1.0)  # any KL crosses it
+    steps = []
+    actor_opt.register_step_post_hook(lambda *_: steps.append(1))
+    out = ppo_update(policy, actor_opt, critic_opt, cfg, x, actions, old_logp, advantages, advantages)
+    assert (out["epochs"], len(steps)) == (1, 1)
+    cfg = ResidualPPOConfig(update_epochs=5, num_minibatches=4, target_kl=1e9)
+    out = ppo_update(policy, actor_opt, critic_opt, cfg, x, actions, old_logp, advantages, advantages)
+    assert (out["epochs"], len(steps)) == (5, 1 + 20)
 
 
 def test_rewards_are_divided_by_the_return_std_then_clipped():
