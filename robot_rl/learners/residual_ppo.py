@@ -4,11 +4,12 @@ Faithful to Ankile et al. and `ankile/robust-rearrangement`: the base predicts a
 DDIM steps and the envs execute it step by step; the residual acts every step on [normalized obs,
 base action]; GAE with gamma 0.999 and lambda 0.95; clipped surrogate (0.2), no value clipping, no
 entropy bonus, value coefficient 1; many epochs over the batch, stopped at the minibatch whose
-approximate KL passes the target; one gradient-norm clip over actor and critic together; separate
-AdamW optimizers (actor 3e-4, critic 5e-3, cosine over `lr_horizon` iterations: the reference sets
-that horizon from a total-timestep budget far past where its runs are stopped, so the rate stays
-near its peak); per-minibatch advantage normalization; rewards divided by a running std of the
-discounted return (no centering) and clipped to +-5; truncation ends the return like termination.
+approximate KL passes the target; separate AdamW optimizers (actor 3e-4, critic 5e-3, cosine over
+`lr_horizon` iterations: the reference sets that horizon from a total-timestep budget far past
+where its runs are stopped, so the rate stays near its peak); per-minibatch advantage
+normalization; rewards divided by a running std of the discounted return (no centering) and
+clipped to +-5; truncation ends the return like termination. One difference by default: each
+network's gradient norm is clipped apart (`joint_grad_clip`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class ResidualPPOConfig:
     target_kl: float = 0.1
     vf_coef: float = 1.0
     max_grad_norm: float = 1.0
+    # True: one gradient norm over actor and critic together, as the reference clips its module;
+    # a critic far off its targets then takes the whole norm and shrinks the actor's step.
+    # False: each network's own norm (measured against each other in docs/methods/resip.md).
+    joint_grad_clip: bool = False
     actor_lr: float = 3e-4
     critic_lr: float = 5e-3
     lr_horizon: int | None = None  # cosine period in iterations; None: anneal to zero at `iterations`
@@ -378,6 +383,8 @@ def ppo_update(
     losses = maybe_compile(ppo_losses, cfg.compile)
     n = len(x)
     size = n // cfg.num_minibatches
+    nets = (policy,) if cfg.joint_grad_clip else (policy.actor, policy.critic)
+    grad_clip_groups = [list(net.parameters()) for net in nets]
     epochs_done, kl, stop = 0, torch.tensor(0.0), False
     for _ in range(cfg.update_epochs):
         epochs_done += 1
@@ -390,8 +397,8 @@ def ppo_update(
             actor_opt.zero_grad(set_to_none=True)
             critic_opt.zero_grad(set_to_none=True)
             (pg + cfg.vf_coef * value).backward()
-            # One norm over actor and critic together, as the reference clips its whole module.
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+            for params in grad_clip_groups:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             actor_opt.step()
             critic_opt.step()
             stop = kl.item() > cfg.target_kl  # the policy moved far enough for this batch
