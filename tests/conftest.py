@@ -1,13 +1,80 @@
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Every process a test starts inherits this mark (children take the environment unless a test
+# builds one from nothing), so what a test module leaves running is found even once it has been
+# re-parented to init.
+_MARK = f"{os.getpid()}-{os.urandom(4).hex()}"
+os.environ["ROBOT_RL_TEST_SESSION"] = _MARK
 
 
 import json  # noqa: E402
+import signal  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+
+
+def _marked_processes() -> dict[int, str]:
+    """This session's live processes other than pytest itself: pid -> command line."""
+    found, mark = {}, f"ROBOT_RL_TEST_SESSION={_MARK}".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if mark in Path(entry.path, "environ").read_bytes().split(b"\0"):
+                command = Path(entry.path, "cmdline").read_bytes()
+                found[int(entry.name)] = command.replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or a zombie
+            continue
+    return found
+
+
+def _busy_threads(seconds: float) -> dict[str, float]:
+    """This process's threads that used over half a core in the next `seconds`: name -> cores."""
+
+    def cpu_ticks() -> dict[str, int]:
+        ticks = {}
+        for task in os.scandir("/proc/self/task"):
+            try:
+                fields = Path(task.path, "stat").read_text().rsplit(")", 1)[1].split()
+                name = Path(task.path, "comm").read_text().strip()
+            except OSError:  # ended meanwhile
+                continue
+            ticks[f"{name} ({task.name})"] = int(fields[11]) + int(fields[12])  # utime + stime
+        return ticks
+
+    before = cpu_ticks()
+    time.sleep(seconds)
+    after, hz = cpu_ticks(), os.sysconf("SC_CLK_TCK")
+    cores = {t: (after[t] - before[t]) / hz / seconds for t in after if t in before}
+    return {t: round(c, 2) for t, c in cores.items() if c > 0.5}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_runs_on_after_its_module():
+    """What a test module starts must end with it. A process left running (a Ray worker, a busy
+    learner, a driver) or a thread left spinning in this process (a server's loop) takes a core
+    from every later test on this 2-core machine, and would from a user's program too. Checked
+    after the module's own fixtures are torn down: its processes get 15 s to exit, then are killed
+    and fail the module; a thread busy over 0.1 s is measured again over 1 s and fails it if
+    still busy (this process cannot kill a thread)."""
+    yield
+    if not os.path.isdir("/proc"):
+        return
+    deadline = time.monotonic() + 15
+    while (left := _marked_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not left, f"processes left running after the module: {left}"
+    busy = _busy_threads(0.1) and _busy_threads(1.0)
+    assert not busy, f"threads left busy after the module (cores each): {busy}"
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,20 @@ ROBOT_RL = shutil.which("robot-rl", path=str(Path(sys.executable).parent)) or "r
 
 
 def cli(*args, cwd=None):
+    """`robot-rl *args` in its own process group: past 600 s, or when the test is stopped, the
+    command and whatever it started (Ray's processes, a learner) are killed together."""
     env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    return subprocess.run([ROBOT_RL, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    command = [ROBOT_RL, *args]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(
+        command, stdout=pipe, stderr=pipe, text=True, cwd=cwd, env=env, start_new_session=True
+    ) as run:
+        try:
+            stdout, stderr = run.communicate(timeout=600)
+        except BaseException:
+            os.killpg(run.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
 
 
 @pytest.fixture(scope="module")

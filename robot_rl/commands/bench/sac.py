@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -24,8 +25,10 @@ import torch
 
 from robot_rl.policies.sac import SACAgent, SACConfig
 from robot_rl.policies.sac_networks import CriticEnsemble, LoopCriticEnsemble
+from robot_rl.utils.dist import ray_session
 
 STATE_DIM, ACTION_DIM, BATCH = 34, 5, 256
+RAY_WAIT_S = 300  # a learner process that has not started or stopped by then is an error, not a wait
 
 
 def _batches(n: int, seed: int = 0, batch: int = BATCH) -> list[dict]:
@@ -157,7 +160,7 @@ def actor_rate(seconds: float, learner: str) -> dict:
         import ray
 
         remote = ray.remote(num_cpus=1)(_BusyLearner).remote()
-        ray.get(remote.ready.remote())
+        ray.get(remote.ready.remote(), timeout=RAY_WAIT_S)
         remote.train.remote()
     loop = ControlLoop(env, AgentPolicy(agent), rate_hz=20.0, execute_k=1)
     start = time.monotonic()
@@ -169,7 +172,7 @@ def actor_rate(seconds: float, learner: str) -> dict:
     if remote is not None:
         import ray
 
-        updates[0] = ray.get(remote.stop.remote())
+        updates[0] = ray.get(remote.stop.remote(), timeout=RAY_WAIT_S)
     loop.close()
     return {
         "learner": learner,
@@ -240,19 +243,14 @@ def run(quick: bool = False) -> dict:
         "cached_over_per_batch": cached / per_batch,
     }
     actor_seconds = 1.5 if quick else 20.0
-    modes = ["none", "thread"]
     try:
-        import ray
+        import ray  # noqa: F401  (the learner-in-a-process run needs it)
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        modes.insert(1, "process")
+        session, modes = ray_session("local", num_cpus=2), ["none", "process", "thread"]
     except ImportError:
-        ray = None
-    try:
+        session, modes = contextlib.nullcontext(), ["none", "thread"]
+    with session:
         results["actor"] = [actor_rate(actor_seconds, mode) for mode in modes]
-    finally:
-        if ray is not None:
-            ray.shutdown()
     results["load_average_1min_at_end"] = os.getloadavg()[0]
     return results
 

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from robot_rl.utils.dist import ray_session
+
 ENV = "peg_insert"
 
 
@@ -61,8 +63,6 @@ def ppo_steps_per_s(
 
 
 def run(quick: bool = False) -> dict:
-    import ray
-
     from robot_rl.config import compose
     from robot_rl.utils.training import seed_everything
 
@@ -86,16 +86,11 @@ def run(quick: bool = False) -> dict:
         results["ppo"]["single process"] = ppo_steps_per_s(
             env_cfg, base, tmp / "single", None, num_envs, iterations, rollout_steps
         )
-        ray.init(
-            num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False
-        )
-        try:
+        with ray_session("local", num_cpus=os.cpu_count()):
             for workers in worker_counts:
                 results["ppo"][f"{workers} Ray workers"] = ppo_steps_per_s(
                     env_cfg, base, tmp / f"w{workers}", workers, num_envs, iterations, rollout_steps
                 )
-        finally:
-            ray.shutdown()
     single = results["ppo"]["single process"]
     results["ppo_ratio"] = {k: v / single for k, v in results["ppo"].items()}
     return results
