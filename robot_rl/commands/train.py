@@ -188,7 +188,7 @@ def _checkpoint_policy(path: Path, ddim_steps: int | None, seed: int):
     if kind == "residual_policy":
         residual, base_path = ResidualPolicy.load(path)
         base = DiffusionPolicy.load(base_path)
-        steps = ddim_steps or 4
+        steps = ddim_steps or residual.config.base_ddim_steps  # as the residual was trained
     else:
         base = DiffusionPolicy.load(path)
         steps = ddim_steps or base.config.inference_steps

@@ -231,7 +231,15 @@ def collect_rollout(
 
 def make_policy(obs_dim: int, action_dim: int, cfg: ResidualPPOConfig, device="cpu") -> ResidualPolicy:
     """The residual actor and critic the config describes, its output layer zero (the base exactly)."""
-    config = ResidualConfig(obs_dim, action_dim, cfg.hidden, cfg.log_std, cfg.residual_scale, value=cfg.value)
+    config = ResidualConfig(
+        obs_dim,
+        action_dim,
+        cfg.hidden,
+        cfg.log_std,
+        cfg.residual_scale,
+        value=cfg.value,
+        base_ddim_steps=cfg.base_ddim_steps,
+    )
     return ResidualPolicy(config).to(device)
 
 

@@ -31,6 +31,9 @@ class ResidualConfig:
     scale: float = 0.1
     critic_bias: float = 0.25
     value: dict | None = None  # the critic's value head (policies.value_head.ValueHeadConfig)
+    # the base's denoising steps in training: the residual corrects those plans, so evaluation
+    # and deployment sample the base the same way (checkpoints from before it: 4, the default)
+    base_ddim_steps: int = 4
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -136,12 +139,13 @@ class ResidualActor:
         self,
         base: DiffusionPolicy,
         residual: ResidualPolicy | None,
-        ddim_steps: int = 4,
+        ddim_steps: int | None = None,  # None: the residual's base_ddim_steps (4 without one)
         seed: int = 0,
         deterministic: bool = True,
     ):
         self.base, self.residual, self.deterministic = base, residual, deterministic
-        self.chunks = BaseChunks(base, 1, ddim_steps, seed)
+        steps = ddim_steps or (residual.config.base_ddim_steps if residual is not None else 4)
+        self.chunks = BaseChunks(base, 1, steps, seed)
         self.rng = torch.Generator().manual_seed(seed + 1)
 
     def reset(self) -> None:

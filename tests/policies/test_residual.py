@@ -67,6 +67,26 @@ def test_checkpoints_round_trip_to_identical_actions(tmp_path):
         np.testing.assert_array_equal(before(obs), after(obs))
 
 
+def test_evaluation_samples_the_base_as_the_residual_was_trained(tmp_path):
+    """A residual trained on DDIM-2 plans is evaluated and deployed on DDIM-2 plans."""
+    from robot_rl.commands.train import _checkpoint_policy
+
+    base = tiny_base()
+    base.save(tmp_path / "base")
+    ResidualPolicy(ResidualConfig(obs_dim=4, action_dim=2, base_ddim_steps=2)).save(
+        tmp_path / "r2", tmp_path / "base"
+    )
+    assert _checkpoint_policy(tmp_path / "r2", None, 0)[2] == {"ddim_steps": 2}
+    assert _checkpoint_policy(tmp_path / "r2", 8, 0)[2] == {"ddim_steps": 8}  # asked for explicitly
+    residual, _ = ResidualPolicy.load(tmp_path / "r2")
+    assert ResidualActor(base, residual).chunks.steps == 2
+    from robot_rl.learners.residual_ppo import ResidualPPOConfig, make_policy
+
+    assert (
+        make_policy(4, 2, ResidualPPOConfig(base_ddim_steps=2)).config.base_ddim_steps == 2
+    )  # the learner's
+
+
 def test_checkpoint_files_are_safetensors_and_json(tmp_path):
     tiny_base().save(tmp_path / "base")
     assert sorted(p.name for p in (tmp_path / "base").iterdir()) == ["config.json", "model.safetensors"]
