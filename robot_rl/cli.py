@@ -7,9 +7,12 @@ with one line on stderr and exit code 2; a traceback means a bug in robot_rl.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -723,6 +726,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where it is stuck
     try:
         argv = sys.argv[1:] if argv is None else argv
         asked = [a.split("=", 1)[1] for a in argv if a.startswith("learner=")]

@@ -29,7 +29,12 @@ def cli(*args, cwd=None):
     ) as run:
         try:
             stdout, stderr = run.communicate(timeout=600)
-        except BaseException:
+        except BaseException:  # past its time: show where it is stuck, then end it and its children
+            run.send_signal(signal.SIGUSR1)  # robot-rl prints every thread's stack
+            try:
+                print(run.communicate(timeout=5)[1][-20_000:], file=sys.stderr)
+            except Exception:
+                pass
             os.killpg(run.pid, signal.SIGKILL)
             raise
     return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
