@@ -727,7 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread():
-        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID`: where it is stuck
+        try:  # `kill -USR1 PID` prints where every thread is: for a run that seems stuck
+            faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+        except (AttributeError, ValueError, OSError):  # no real stderr (an embedding host): no dump
+            pass
     try:
         argv = sys.argv[1:] if argv is None else argv
         asked = [a.split("=", 1)[1] for a in argv if a.startswith("learner=")]
