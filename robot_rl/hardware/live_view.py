@@ -90,10 +90,10 @@ def _serve(web_port: int, grpc_port: int) -> subprocess.Popen:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 raise ConfigError(f"the live view's port {port} is in use by another program") from None
-    command = [str(rerun), "--serve-web", "--bind", "127.0.0.1", "--port", str(grpc_port)]
+    command = [str(rerun), "--serve-web", "--bind", "127.0.0.1"]
     log = tempfile.TemporaryFile()  # its messages, read only if it fails to start
     server = subprocess.Popen(
-        [*command, "--web-viewer-port", str(web_port)],
+        [*command, "--port", str(grpc_port), "--web-viewer-port", str(web_port)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=log,
