@@ -16,6 +16,7 @@ damped least-squares IK on the arm's MuJoCo model, or joint targets with `contro
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,23 @@ from robot_rl.hardware import dynamixel_xseries as x
 from robot_rl.tasks.arm import down_rotation, yaw_of  # the same tool frame and yaw as the sim arm
 
 ASSETS = Path(__file__).parent / "assets"
+
+
+def _waiting_port(path: str):
+    """dynamixel_sdk's PortHandler, except that a read finding no bytes waits for them in the
+    kernel (up to 1 ms) instead of returning at once. The SDK polls for a status packet in a tight
+    loop: that keeps a core busy through every transaction and, in CPython, takes the GIL back
+    before the process's other threads (the watchdog, camera readers, an in-process bus simulator)
+    get it, so a reply they should produce or handle can miss the SDK's ~35 ms packet timeout."""
+    from dynamixel_sdk import PortHandler
+
+    class WaitingPortHandler(PortHandler):
+        def readPort(self, length):
+            if self.ser.in_waiting == 0:
+                select.select([self.ser.fileno()], [], [], 0.001)
+            return super().readPort(length)
+
+    return WaitingPortHandler(path)
 
 
 @dataclass
@@ -187,9 +205,9 @@ class DynamixelArm(Robot):
     def connect(self) -> None:
         if self._port is not None:
             return
-        from dynamixel_sdk import PacketHandler, PortHandler
+        from dynamixel_sdk import PacketHandler
 
-        port = PortHandler(self.cfg.port)
+        port = _waiting_port(self.cfg.port)
         try:
             opened = port.openPort() and port.setBaudRate(self.cfg.baudrate)
         except Exception as exc:  # pyserial's SerialException, OSError

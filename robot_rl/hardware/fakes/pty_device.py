@@ -60,12 +60,14 @@ class PtyDevice:
             now = time.monotonic()
             self.tick(now - last, now)
             last = now
-            if not ready or not self._plugged:
+            if not ready:
                 continue
             try:
                 data = os.read(self._master, 4096)
             except OSError:
                 return
+            if not self._plugged:
+                continue  # what is sent down a pulled cable is lost (left unread, it would spin this loop)
             reply = self.on_bytes(data, now)
             if reply:
                 os.write(self._master, reply)
