@@ -17,6 +17,7 @@ damped least-squares IK on the arm's MuJoCo model, or joint targets with `contro
 from __future__ import annotations
 
 import select
+import termios
 import threading
 import time
 from dataclasses import dataclass, field
@@ -431,7 +432,10 @@ class DynamixelArm(Robot):
     def _transact(self, call, what: str) -> None:
         result = None
         for _ in range(self.cfg.retries):
-            result = call()
+            try:
+                result = call()
+            except (OSError, termios.error) as exc:  # the port itself failed: a pulled USB cable
+                raise DeviceError(f"Dynamixel bus {self.cfg.port}: {what} failed ({exc})") from None
             code, error = result if isinstance(result, tuple) else (result, 0)
             if code == 0 and error == 0:
                 return

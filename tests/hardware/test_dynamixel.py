@@ -119,6 +119,13 @@ def test_missing_servo_unplugged_bus_and_bad_config_are_clear_errors():
         wall, cpu = time.monotonic() - wall, time.process_time() - cpu
         assert cpu < 0.5 * wall  # waiting for a reply leaves the CPU (and the GIL) to other threads
         arm.disconnect()
+    with DynamixelSimulator(IDS, positions_rad=HOME + [0.6]) as bus:
+        arm = arm_on(bus)
+        arm.connect()
+        bus.close()  # the USB adapter itself is gone: the port's own calls fail
+        with pytest.raises(DeviceError, match="read positions failed"):
+            arm.observe()
+        arm.disconnect()
     with pytest.raises(DeviceError, match="cannot open"):
         make_robot(OmegaConf.load(CONF), port="/dev/does-not-exist").connect()
     with pytest.raises(ConfigError, match="distinct"):
