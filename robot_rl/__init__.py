@@ -7,6 +7,12 @@ import os
 if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
     os.environ["MUJOCO_GL"] = "egl"
 
+# numpy's OpenBLAS spreads even a 6x6 solve (the arm's IK, every tick) over every core, and its
+# threads spin while they wait: beside one busy process (a learner) a solve took 120x longer and
+# the control loop stalled. Nothing here gives numpy matrices large enough to gain from threads.
+# Set before numpy is first imported; a user's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 __version__ = "0.2.0"
 
 

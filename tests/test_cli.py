@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -30,12 +31,13 @@ def cli(*args, cwd=None):
         try:
             stdout, stderr = run.communicate(timeout=600)
         except BaseException:  # past its time: show where it is stuck, then end it and its children
-            run.send_signal(signal.SIGUSR1)  # robot-rl prints every thread's stack
+            run.send_signal(signal.SIGUSR1)  # robot-rl prints every thread's stack...
+            time.sleep(2)
+            os.killpg(run.pid, signal.SIGKILL)  # ...which reaches us once it is gone and its pipes close
             try:
-                print(run.communicate(timeout=5)[1][-20_000:], file=sys.stderr)
+                print(run.communicate(timeout=10)[1][-20_000:], file=sys.stderr)
             except Exception:
                 pass
-            os.killpg(run.pid, signal.SIGKILL)
             raise
     return subprocess.CompletedProcess(command, run.returncode, stdout, stderr)
 

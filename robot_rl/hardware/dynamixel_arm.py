@@ -198,6 +198,7 @@ class DynamixelArm(Robot):
         self._raw = {i: (0.0, 0.0) for i in self._ids}  # servo angle, velocity
 
     # --- connection ----------------------------------------------------------------------------
+    RETRY_QUIET_S = 0.05  # before a retry: longer than the SDK's ~35 ms packet timeout
     PING_TRIES = 3  # a lost packet or a busy host misses a ping; a missing servo misses them all
 
     def _answers(self, servo_id: int) -> bool:
@@ -431,8 +432,11 @@ class DynamixelArm(Robot):
 
     def _transact(self, call, what: str) -> None:
         result = None
-        for _ in range(self.cfg.retries):
+        for attempt in range(self.cfg.retries):
             try:
+                if attempt:  # status packets carry no sequence number: a late reply to the failed
+                    time.sleep(self.RETRY_QUIET_S)  # try would pass for the retry's own, so let it
+                    self._port.clearPort()  # arrive and drop it first
                 result = call()
             except (OSError, termios.error) as exc:  # the port itself failed: a pulled USB cable
                 raise DeviceError(f"Dynamixel bus {self.cfg.port}: {what} failed ({exc})") from None
