@@ -1,5 +1,8 @@
 """ControlLoop behaviour on a no-op robot: rate, chunk queue, interventions, safety, events."""
 
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -246,3 +249,15 @@ def test_recent_hz_reads_the_last_periods_only():
     assert clock.recent_hz() == 0.0
     clock.periods.extend([1.0] * 50 + [0.1] * 20)  # slow once, 10 Hz lately
     assert abs(clock.recent_hz(20) - 10.0) < 1e-9
+
+
+def test_numpy_blas_runs_on_one_thread_unless_the_user_says_otherwise():
+    """OpenBLAS threads spin while they wait: beside a busy process, each small solve of the arm's
+    IK stalled the loop (120x slower, measured). robot_rl sets one thread before numpy loads."""
+    code = "import robot_rl, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    for users_setting, expected in ((None, "1"), ("2", "2")):
+        if users_setting is not None:
+            env["OPENBLAS_NUM_THREADS"] = users_setting
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        assert run.stdout.strip() == expected, run.stderr
